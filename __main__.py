@@ -1,0 +1,5 @@
+"""Allows `python -m dhtmesh`."""
+
+from dhtmesh.cli.main import main
+
+raise SystemExit(main())

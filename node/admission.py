@@ -1,0 +1,127 @@
+"""Who may enter the routing table: a peer proves that its id is the hash of its key, from its address.
+
+Any dhtmesh request may carry a fresh nonce; the reply then carries `[public_key, signature]` over it.
+The nonce travelled to the peer's address, so a valid proof shows both that the id is
+`SHA-1(public_key)` and that the address is really the peer's (no spoofing). Until then a peer is
+answered but never routed through and never sent data (flaws F9, F10). A request from an unproven
+sender makes us challenge it in the background, at a bounded rate.
+"""
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.keys import node_id_from_public_key, verify_signature
+from dhtmesh.node.routing.contact import Contact
+from dhtmesh.node.routing.table import RoutingTable
+from dhtmesh.node.stats import Counters
+from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, new_nonce
+from dhtmesh.node.wire.ratelimit import Address
+
+log = logging.getLogger(__name__)
+
+PROOF_DOMAIN = b"dhtmesh/node-proof/v1"
+MAX_REMEMBERED = 65536
+
+
+def proof_message(nonce: bytes) -> bytes:
+    return PROOF_DOMAIN + nonce
+
+
+class Admission:
+    def __init__(
+        self,
+        identity: Identity,
+        endpoint: Endpoint,
+        table: RoutingTable,
+        counters: Counters,
+        on_admitted: Callable[[Contact], None],
+        max_challenges: int = 32,
+    ) -> None:
+        self._identity = identity
+        self._endpoint = endpoint
+        self._table = table
+        self._counters = counters
+        self._on_admitted = on_admitted
+        self._proven: OrderedDict[Address, bytes] = OrderedDict()
+        self._challenging: set[Address] = set()
+        self._tasks = TaskSet(limit=max_challenges)
+
+    def prove(self, nonce: bytes) -> list:
+        return [self._identity.public_key, self._identity.sign(proof_message(nonce))]
+
+    def is_proven(self, address: Address, node_id: bytes) -> bool:
+        return self._proven.get(address) == node_id
+
+    def accept_proof(self, contact: Contact, nonce: bytes, proof: Any) -> bool:
+        """Check a proof that answered our `nonce`; on success the contact is admitted."""
+        if not (isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof)):
+            self._counters.add("bad_proofs")
+            return False
+        public_key, signature = proof
+        if node_id_from_public_key(public_key) != contact.node_id or not verify_signature(
+            public_key, proof_message(nonce), signature
+        ):
+            self._counters.add("bad_proofs")
+            return False
+        self.admit(contact)
+        return True
+
+    def admit(self, contact: Contact) -> None:
+        if contact.node_id == self._identity.node_id:
+            return
+        self._proven[contact.address] = contact.node_id
+        self._proven.move_to_end(contact.address)
+        while len(self._proven) > MAX_REMEMBERED:
+            self._proven.popitem(last=False)
+        was_known = contact.node_id in self._table
+        if self._table.add(contact) and not was_known:
+            self._on_admitted(contact)
+
+    def forget(self, contact: Contact) -> None:
+        """A contact stopped answering: drop it (its replacement, if any, is then proven again on use)."""
+        if self._proven.get(contact.address) == contact.node_id:
+            del self._proven[contact.address]
+        self._table.remove(contact.node_id)
+
+    def consider(self, address: Address, claimed_id: bytes) -> None:
+        """A request came from `address` claiming `claimed_id`: refresh it, or challenge it if unproven."""
+        if self.is_proven(address, claimed_id):
+            self._table.note_request(Contact(claimed_id, *address))
+            return
+        if claimed_id == self._identity.node_id or address in self._challenging:
+            return
+        if self._table.get(claimed_id) is None and not self._table.would_accept(claimed_id):
+            return
+        self._challenging.add(address)
+        if self._tasks.spawn(self._challenge(Contact(claimed_id, *address))) is None:
+            self._challenging.discard(address)
+            self._counters.add("challenges_skipped")
+
+    async def challenge(self, address: Address) -> Contact | None:
+        """Say hello to an address whose id we do not know yet (a bootstrap peer); admit it if it proves."""
+        nonce = new_nonce()
+        try:
+            reply = await self._endpoint.call(address, "dm_hello", {}, nonce=nonce)
+        except RpcFailure:
+            return None
+        payload = reply.payload if isinstance(reply.payload, dict) else {}
+        node_id = payload.get("id")
+        if not (isinstance(node_id, bytes) and len(node_id) == 20):
+            return None
+        contact = Contact(node_id, *address)
+        return contact if self.accept_proof(contact, nonce, reply.proof) else None
+
+    async def _challenge(self, contact: Contact) -> None:
+        try:
+            proven = await self.challenge(contact.address)
+            if proven is None or proven.node_id != contact.node_id:
+                self._counters.add("challenges_failed")
+        finally:
+            self._challenging.discard(contact.address)
+
+    async def close(self) -> None:
+        await self._tasks.close()

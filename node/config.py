@@ -1,0 +1,24 @@
+"""Tunables of one node, with OpenDHT/Kademlia defaults; tests shorten the periods."""
+
+from dataclasses import dataclass, field
+
+from dhtmesh.node.storage.store import Quotas
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    k: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 1.0  # per attempt; every call retries once
+    max_in_flight: int = 256
+    listen_fanout: int = 8  # replicas a listener subscribes to
+    subscription_ttl: float = 60.0
+    repair_interval: float = 300.0
+    bucket_refresh_interval: float = 900.0
+    republish_margin: float = 0.2  # re-announce a permanent value when this share of its life is left
+    sweep_interval: float = 1.0
+    handoff_delay: float = 0.5  # let a newcomer's own join settle before pushing values to it
+    max_challenges: int = 32
+    total_request_rate: float = 8192.0
+    peer_request_rate: float = 1024.0
+    quotas: Quotas = field(default_factory=Quotas)

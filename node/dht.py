@@ -1,0 +1,386 @@
+"""`DhtNode`: one Kademlia node — its socket, routing table, store and listeners — and its public API.
+
+The API is what the proxy and the CLI call: `put`, `get`, `listen`, `cancel_put`, `join`, `info`.
+Lookups use `traverse` over `_find`, which proves every contact it routes through.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.node.admission import Admission
+from dhtmesh.node.config import NodeConfig
+from dhtmesh.node.listeners import Listener, ListenerHub
+from dhtmesh.node.lookups.traverse import traverse
+from dhtmesh.node.replication import Replicator
+from dhtmesh.node.routing.contact import Contact, contact_from_wire, distance
+from dhtmesh.node.routing.table import RoutingTable
+from dhtmesh.node.rpcs.mesh import MeshRpcs
+from dhtmesh.node.rpcs.stock import StockRpcs
+from dhtmesh.node.stats import Counters
+from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
+from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.values.policy import Verdict
+from dhtmesh.node.values.types import expiry_for
+from dhtmesh.node.values.value import InvalidValue, Value, sign_value, value_from_wire
+from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
+from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
+
+log = logging.getLogger(__name__)
+
+MAX_VALUE_PAGES = 64
+SUBSCRIBE_RETRIES = 4
+
+
+class PutRefused(Exception):
+    """The value was refused by this node's own store (stale seq, edit of an unsigned value, quota...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    value: Value
+    replicas: int  # remote nodes that accepted the value
+    asked: int  # remote nodes it was sent to
+
+    @property
+    def stored(self) -> int:
+        """Copies that now exist: the remote replicas plus this node's own."""
+        return self.replicas + 1
+
+
+class _ValueCollector:
+    """Merges the values a lookup gathers: one per (owner, id), the highest seq wins.
+
+    Replicas send big values as references; each version is fetched from one replica only.
+    """
+
+    def __init__(self, key: bytes, initial: list[Value]) -> None:
+        self.key = key
+        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial}
+        self._fetching: dict[tuple[bytes, int], int] = {}
+
+    def offer(self, raw: Any) -> None:
+        try:
+            value = value_from_wire(raw)
+            value.check(self.key)
+        except InvalidValue:
+            return
+        current = self.values.get(value.identity)
+        if current is None or value.seq > current.seq:
+            self.values[value.identity] = value
+
+    def wants(self, ref: Any) -> tuple[bytes, int] | None:
+        """The identity to fetch for a reference `[owner, id, seq]`, unless we have or are fetching it."""
+        if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], bytes)):
+            return None
+        owner, value_id, seq = ref
+        if not (isinstance(value_id, int) and isinstance(seq, int)):
+            return None
+        identity = (owner, value_id)
+        known = self.values.get(identity)
+        if (known is not None and known.seq >= seq) or self._fetching.get(identity, -1) >= seq:
+            return None
+        self._fetching[identity] = seq
+        return identity
+
+    def result(self) -> list[Value]:
+        return sorted(self.values.values(), key=lambda v: (v.owner, v.id))
+
+
+class DhtNode:
+    def __init__(self, identity: Identity, config: NodeConfig | None = None, data_dir: Path | None = None) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.config = config or NodeConfig()
+        self.data_dir = data_dir
+        self.counters = Counters()
+        self.table = RoutingTable(self.node_id, self.config.k)
+        self.store = ValueStore(data_dir / "values.sqlite3" if data_dir else None, self.config.quotas)
+        self.hub = ListenerHub(on_last_closed=self._stop_listening)
+        self.endpoint = Endpoint(
+            self.node_id,
+            lambda nonce: self.admission.prove(nonce),
+            self.counters,
+            limiter=RequestLimiter(self.config.total_request_rate, self.config.peer_request_rate),
+            timeout=self.config.rpc_timeout,
+            max_in_flight=self.config.max_in_flight,
+        )
+        self.admission = Admission(
+            identity, self.endpoint, self.table, self.counters, self._on_admitted, self.config.max_challenges
+        )
+        self.replicator = Replicator(self)
+        StockRpcs(self).register(self.endpoint)
+        MeshRpcs(self).register(self.endpoint)
+        self._tasks = TaskSet()
+        self._keepers: dict[bytes, asyncio.Task] = {}
+        self._subscribed: dict[bytes, list[Contact]] = {}
+        self._started = time.time()
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self.endpoint, local_addr=(host, port))
+        self._started = time.time()
+        self._tasks.spawn(self._sweep_loop())
+        self.replicator.start()
+
+    async def stop(self) -> None:
+        for task in self._keepers.values():
+            task.cancel()
+        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        self._keepers.clear()
+        self._subscribed.clear()
+        await self.replicator.stop()
+        await self.admission.close()
+        await self._tasks.close()
+        if self.endpoint.transport is not None:
+            self.endpoint.transport.close()
+        self.store.close()
+
+    @property
+    def address(self) -> Address:
+        return self.endpoint.address
+
+    @property
+    def contact(self) -> Contact:
+        return Contact(self.node_id, *self.address)
+
+    # ---- joining ------------------------------------------------------------------------------
+
+    async def join(self, addresses: list[Address]) -> int:
+        """Prove ourselves to, and prove, each address; then look up our own id. Returns contacts known."""
+        own = self.address
+        peers = [a for a in addresses if a != own]
+        await asyncio.gather(*(self.admission.challenge(a) for a in peers))
+        if len(self.table):
+            await self.lookup(self.node_id)
+        return len(self.table)
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    async def lookup(self, target: bytes) -> list[Contact]:
+        """The k proven nodes closest to `target`."""
+        return await traverse(
+            target,
+            self.table.closest(target),
+            lambda contact: self._find(contact, target, None),
+            k=self.config.k,
+            alpha=self.config.alpha,
+            exclude=self.node_id,
+        )
+
+    async def _find(self, contact: Contact, target: bytes, collector: _ValueCollector | None) -> list[Contact] | None:
+        nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
+        body: dict[str, Any] = {"t": target}
+        if collector is not None:
+            body["v"] = True
+        try:
+            reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce)
+        except RpcFailure:
+            self.admission.forget(contact)
+            return None
+        if nonce is not None and not self.admission.accept_proof(contact, nonce, reply.proof):
+            return None
+        if nonce is None:
+            self.table.add(contact)
+        payload = reply.payload if isinstance(reply.payload, dict) else {}
+        nodes = payload.get("nodes")
+        found = [c for c in map(contact_from_wire, nodes if isinstance(nodes, list) else []) if c is not None]
+        if collector is not None:
+            await self._collect_pages(contact, target, payload, collector)
+        return found
+
+    async def _collect_pages(self, contact: Contact, key: bytes, payload: dict, collector: _ValueCollector) -> None:
+        for _ in range(MAX_VALUE_PAGES):
+            values, refs = payload.get("vals"), payload.get("refs")
+            for raw in values if isinstance(values, list) else []:
+                collector.offer(raw)
+            wanted = [i for i in map(collector.wants, refs if isinstance(refs, list) else []) if i is not None]
+            await asyncio.gather(*(self._fetch(contact, key, identity, collector) for identity in wanted))
+            more = payload.get("more")
+            if not isinstance(more, int) or isinstance(more, bool) or more <= 0:
+                return
+            try:
+                reply = await self.endpoint.call(contact.address, "dm_find", {"t": key, "v": True, "p": more})
+            except RpcFailure:
+                return
+            payload = reply.payload if isinstance(reply.payload, dict) else {}
+
+    async def _fetch(
+        self, contact: Contact, key: bytes, identity: tuple[bytes, int], collector: _ValueCollector
+    ) -> None:
+        owner, value_id = identity
+        try:
+            reply = await self.endpoint.call(contact.address, "dm_fetch", {"k": key, "o": owner, "i": value_id})
+        except RpcFailure:
+            return
+        collector.offer(reply.payload)
+
+    # ---- values -------------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> list[Value]:
+        """Every live value under `key`, gathered from the k closest nodes and merged by (owner, id)."""
+        values, _ = await self._gather(key)
+        return values
+
+    async def _gather(self, key: bytes) -> tuple[list[Value], list[Contact]]:
+        collector = _ValueCollector(key, self.store.get(key))
+        nodes = await traverse(
+            key,
+            self.table.closest(key),
+            lambda contact: self._find(contact, key, collector),
+            k=self.config.k,
+            alpha=self.config.alpha,
+            exclude=self.node_id,
+        )
+        self.counters.add("gets")
+        return collector.result(), nodes
+
+    def sign(self, key: bytes, value: Value) -> Value:
+        return sign_value(self.identity, key, value)
+
+    async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
+        """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
+        value.check(key)
+        verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=expiry_for(value.type))
+        if not verdict.accepted:
+            raise PutRefused(verdict.value)
+        if verdict in (Verdict.NEW, Verdict.UPDATE):
+            self._on_new_value(key, value)
+        if permanent:
+            self.store.add_announce(key, value)
+        self.counters.add("puts")
+        return await self.announce(key, value)
+
+    async def announce(self, key: bytes, value: Value) -> PutResult:
+        ttl = expiry_for(value.type)
+        nodes = await self.lookup(key)
+        accepted = await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in nodes))
+        return PutResult(value, sum(accepted), len(nodes))
+
+    async def store_on(self, contact: Contact, key: bytes, value: Value, ttl: float) -> bool:
+        try:
+            reply = await self.endpoint.call(contact.address, "dm_store", {"k": key, "v": value.to_wire(), "ttl": ttl})
+        except RpcRefused:
+            return False
+        except RpcFailure:
+            self.admission.forget(contact)
+            return False
+        return isinstance(reply.payload, dict) and reply.payload.get("stored") is True
+
+    def cancel_put(self, key: bytes, value_id: int) -> bool:
+        """Stop re-announcing a permanent value; it then expires on its replicas as any other."""
+        return self.store.remove_announce(key, value_id)
+
+    def accept_store(self, key: bytes, value: Value, address: Address, ttl: float) -> Verdict:
+        """A peer asks us to hold a (checked) value: apply policy and quotas, then tell listeners."""
+        verdict = self.store.put(key, value, origin=f"{address[0]}:{address[1]}", ttl=ttl)
+        self.counters.add("stores_accepted" if verdict.accepted else "stores_refused")
+        if verdict in (Verdict.NEW, Verdict.UPDATE):
+            self._on_new_value(key, value)
+        return verdict
+
+    def _on_new_value(self, key: bytes, value: Value) -> None:
+        self.hub.emit(key, value)
+        self._push(key, value, expired=False)
+
+    def _push(self, key: bytes, value: Value, *, expired: bool) -> None:
+        for address, _ in self.hub.subscribers_of(key):
+            self._tasks.spawn(self._notify(address, key, value, expired))
+
+    async def _notify(self, address: Address, key: bytes, value: Value, expired: bool) -> None:
+        try:
+            reply = await self.endpoint.call(address, "dm_notify", {"k": key, "v": value.to_wire(), "x": expired})
+            listening = reply.payload is True
+        except RpcFailure:
+            listening = False
+        if not listening:
+            self.hub.unsubscribe(key, address)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            for key, value in self.store.expire():
+                self.hub.emit(key, value, expired=True)
+                self._push(key, value, expired=True)
+
+    # ---- listening ----------------------------------------------------------------------------
+
+    def listen(self, key: bytes) -> Listener:
+        """Events for every new, updated and expired value under `key`, from anywhere in the mesh."""
+        listener, first = self.hub.open(key)
+        for value in self.store.get(key):
+            self.hub.emit(key, value)
+        if first:
+            self._keepers[key] = asyncio.get_running_loop().create_task(self._keep_listening(key))
+        return listener
+
+    def _stop_listening(self, key: bytes) -> None:
+        """The last local listener on `key` left: stop refreshing, and tell the replicas."""
+        keeper = self._keepers.pop(key, None)
+        if keeper is not None:
+            keeper.cancel()
+        for contact in self._subscribed.pop(key, []):
+            self._tasks.spawn(self._unsubscribe(contact, key))
+
+    async def _keep_listening(self, key: bytes) -> None:
+        while True:
+            values, nodes = await self._gather(key)
+            for value in values:
+                self.hub.emit(key, value)
+            self._subscribed[key] = nodes[: self.config.listen_fanout]
+            await asyncio.gather(*(self._subscribe(contact, key) for contact in self._subscribed[key]))
+            await asyncio.sleep(self.config.subscription_ttl / 3)
+
+    async def _subscribe(self, contact: Contact, key: bytes) -> bool:
+        body = {"k": key, "ttl": self.config.subscription_ttl}
+        for attempt in range(SUBSCRIBE_RETRIES):
+            try:
+                await self.endpoint.call(contact.address, "dm_sub", body)
+                return True
+            except RpcRefused as refusal:
+                if str(refusal) != "unproven":
+                    return False
+                # The replica is proving us right now (our find made it challenge us): give it a moment.
+                await asyncio.sleep(0.05 * 2**attempt)
+            except RpcFailure:
+                return False
+        return False
+
+    async def _unsubscribe(self, contact: Contact, key: bytes) -> None:
+        try:
+            await self.endpoint.call(contact.address, "dm_unsub", {"k": key})
+        except RpcFailure:
+            pass
+
+    # ---- routing events -----------------------------------------------------------------------
+
+    def _on_admitted(self, contact: Contact) -> None:
+        self.replicator.welcome(contact)
+
+    def is_closest_holder(self, key: bytes, ignoring: bytes | None = None) -> bool:
+        """Whether, as far as we know, no other node (but `ignoring`) is closer to `key` than we are."""
+        nearest = self.table.closest(key, 2, exclude=[ignoring] if ignoring else [])
+        own = distance(self.node_id, key)
+        return not nearest or own < distance(nearest[0].node_id, key)
+
+    # ---- reporting ----------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        good, dubious = self.table.health()
+        return {
+            "node_id": self.node_id.hex(),
+            "ipv4": {"good": good, "dubious": dubious, "incoming": self.table.incoming()},
+            "ipv6": {"good": 0, "dubious": 0, "incoming": 0},
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "listeners": self.hub.listener_count(),
+            "subscribers": self.hub.subscription_count(),
+            "started": self._started,
+            **self.store.counts(),
+            "counters": self.counters.snapshot(),
+        }

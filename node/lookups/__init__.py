@@ -1,0 +1,1 @@
+"""Iterative lookups over the network, written as pure functions of an injected query."""

@@ -1,0 +1,158 @@
+"""Keeping values where they belong, in the background.
+
+* hand-off: when a proven newcomer is among the k closest to a key that we are the closest holder of,
+  it gets that key's values (the stock library tested the wrong point here: flaw F14);
+* repair: for keys we are the closest holder of, every replica in the k closest is compared by
+  (owner, id) → seq and sent what it lacks, so lost replicas come back;
+* re-announce: permanent puts made here are announced again before they would expire;
+* bucket refresh: a lookup of a random id in every bucket not touched for a while.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from dhtmesh.node.routing.contact import Contact
+from dhtmesh.node.storage.store import LOCAL_ORIGIN
+from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.values.types import expiry_for
+from dhtmesh.node.wire.endpoint import RpcFailure
+
+if TYPE_CHECKING:
+    from dhtmesh.node.dht import DhtNode
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_WELCOMES = 1024
+TICK = 1.0
+
+
+class Replicator:
+    def __init__(self, node: "DhtNode") -> None:
+        self._node = node
+        self._welcomes: asyncio.Queue[Contact] | None = None
+        self._tasks = TaskSet()
+        self._last_repair = time.monotonic()
+        self._last_refresh = time.monotonic()
+
+    def start(self) -> None:
+        self._welcomes = asyncio.Queue(MAX_QUEUED_WELCOMES)
+        self._tasks.spawn(self._hand_off_loop())
+        self._tasks.spawn(self._maintenance_loop())
+
+    async def stop(self) -> None:
+        await self._tasks.close()
+
+    def welcome(self, contact: Contact) -> None:
+        if self._welcomes is not None and not self._welcomes.full():
+            self._welcomes.put_nowait(contact)
+
+    # ---- hand-off to newcomers ----------------------------------------------------------------
+
+    async def _hand_off_loop(self) -> None:
+        assert self._welcomes is not None
+        while True:
+            contact = await self._welcomes.get()
+            await asyncio.sleep(self._node.config.handoff_delay)
+            await self.hand_off(contact)
+
+    async def hand_off(self, newcomer: Contact) -> int:
+        """Send `newcomer` the values it should now hold; returns how many keys were handed over."""
+        node = self._node
+        handed = 0
+        for key in node.store.keys():
+            closest = node.table.closest(key)
+            if newcomer not in closest or not node.is_closest_holder(key, ignoring=newcomer.node_id):
+                continue
+            await asyncio.gather(
+                *(
+                    node.store_on(newcomer, key, value, node.store.remaining_ttl(key, value))
+                    for value in node.store.get(key)
+                )
+            )
+            handed += 1
+        if handed:
+            node.counters.add("handoff_keys", handed)
+        return handed
+
+    # ---- periodic duties ----------------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        config = self._node.config
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self.republish_due()
+                now = time.monotonic()
+                if now - self._last_repair >= config.repair_interval:
+                    self._last_repair = now
+                    await self.repair()
+                if now - self._last_refresh >= config.bucket_refresh_interval:
+                    self._last_refresh = now
+                    await self.refresh_buckets()
+            except (RpcFailure, OSError):
+                log.debug("maintenance round failed", exc_info=True)
+
+    async def republish_due(self) -> int:
+        node = self._node
+        due = 0
+        for key, value in node.store.announces():
+            lifetime = expiry_for(value.type)
+            if node.store.remaining_ttl(key, value) > lifetime * node.config.republish_margin:
+                continue
+            node.store.put(key, value, origin=LOCAL_ORIGIN, ttl=lifetime)
+            await node.announce(key, value)
+            due += 1
+        if due:
+            node.counters.add("republished", due)
+        return due
+
+    async def repair(self) -> int:
+        """Bring every replica of the keys we are closest to up to date; returns values re-sent."""
+        node = self._node
+        sent = 0
+        for key in node.store.keys():
+            if node.is_closest_holder(key):
+                sent += await self.repair_key(key)
+        if sent:
+            node.counters.add("repaired_values", sent)
+        return sent
+
+    async def repair_key(self, key: bytes) -> int:
+        node = self._node
+        replicas = await node.lookup(key)
+        held = node.store.get(key)
+        sent = 0
+        for contact in replicas:
+            remote = await self._versions(contact, key)
+            if remote is None:
+                continue
+            missing = [v for v in held if remote.get(v.identity, -1) < v.seq]
+            results = await asyncio.gather(
+                *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in missing)
+            )
+            sent += sum(results)
+        return sent
+
+    async def _versions(self, contact: Contact, key: bytes) -> dict[tuple[bytes, int], int] | None:
+        try:
+            reply = await self._node.endpoint.call(contact.address, "dm_versions", {"k": key})
+        except RpcFailure:
+            return None
+        if not isinstance(reply.payload, list):
+            return None
+        versions: dict[tuple[bytes, int], int] = {}
+        for item in reply.payload:
+            if isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes):
+                owner, value_id, seq = item
+                if isinstance(value_id, int) and isinstance(seq, int):
+                    versions[(owner, value_id)] = seq
+        return versions
+
+    async def refresh_buckets(self) -> None:
+        node = self._node
+        for low, high in node.table.stale_buckets(node.config.bucket_refresh_interval):
+            target = random.randrange(low, high).to_bytes(20, "big")
+            await node.lookup(target)

@@ -1,0 +1,1 @@
+"""Who the node knows: contacts, XOR distance, and the k-bucket routing table."""

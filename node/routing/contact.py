@@ -1,0 +1,41 @@
+"""A peer's routing identity: its 160-bit id and UDP address, and XOR distance between ids."""
+
+from dataclasses import dataclass
+
+ID_BITS = 160
+ID_BYTES = ID_BITS // 8
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    node_id: bytes
+    host: str
+    port: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def id_int(self) -> int:
+        return int.from_bytes(self.node_id, "big")
+
+    def to_wire(self) -> list:
+        """The `(id, ip, port)` triple that `kademlia` uses in `find_node` replies."""
+        return [self.node_id, self.host, self.port]
+
+
+def distance(a: bytes, b: bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def contact_from_wire(item: object) -> Contact | None:
+    """Parse one `(id, ip, port)` triple from a peer; anything malformed is None (flaw F7)."""
+    if not (isinstance(item, list) and len(item) == 3):
+        return None
+    node_id, host, port = item
+    if not (isinstance(node_id, bytes) and len(node_id) == ID_BYTES):
+        return None
+    if not (isinstance(host, str) and 0 < len(host) <= 64 and isinstance(port, int) and 0 < port < 65536):
+        return None
+    return Contact(node_id, host, port)

@@ -1,0 +1,1 @@
+"""RPC handlers: the four `kademlia`-compatible ones, and dhtmesh's own `dm_*` RPCs."""

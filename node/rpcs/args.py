@@ -1,0 +1,25 @@
+"""Type checks for RPC arguments: a peer chooses every msgpack type, so every field is checked."""
+
+from typing import Any
+
+from dhtmesh.node.wire.endpoint import RpcRefused
+
+KEY_SIZE = 20
+
+
+def require_key(value: Any, name: str = "key") -> bytes:
+    if not (isinstance(value, bytes) and len(value) == KEY_SIZE):
+        raise RpcRefused(f"{name} must be {KEY_SIZE} bytes")
+    return value
+
+
+def require_int(value: Any, name: str, low: int, high: int) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        raise RpcRefused(f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
+def require_number(value: Any, name: str, low: float, high: float) -> float:
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high):
+        raise RpcRefused(f"{name} must be a number in [{low}, {high}]")
+    return float(value)

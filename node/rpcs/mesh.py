@@ -1,0 +1,129 @@
+"""dhtmesh's own RPCs between proven nodes: hello, find (paged values), fetch, store, subscribe,
+notify, versions.
+
+Every request first passes through `Admission.consider`, which refreshes a proven sender in the routing
+table or challenges an unproven one. Values are verified on every hop (`Value.check`).
+"""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dhtmesh.node.rpcs.args import require_int, require_key, require_number
+from dhtmesh.node.values.types import expiry_for
+from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+from dhtmesh.node.wire.endpoint import Endpoint, Request, RpcRefused
+
+if TYPE_CHECKING:
+    from dhtmesh.node.dht import DhtNode
+
+# A find reply carries up to PAGE_ENTRIES values: small ones inline, within INLINE_BUDGET bytes in all,
+# and the others as references `[owner, id, seq]` that the asker fetches once, from one replica.
+PAGE_ENTRIES = 8
+INLINE_VALUE_MAX = 256
+INLINE_BUDGET = 512
+MAX_SUBSCRIPTION_TTL = 600.0
+
+
+def checked_value(key: bytes, raw: Any) -> Value:
+    try:
+        value = value_from_wire(raw)
+        value.check(key)
+    except InvalidValue as error:
+        raise RpcRefused(f"invalid value: {error}") from error
+    return value
+
+
+class MeshRpcs:
+    def __init__(self, node: "DhtNode") -> None:
+        self._node = node
+
+    def register(self, endpoint: Endpoint) -> None:
+        handlers: dict[str, Callable[[Request], Any]] = {
+            "dm_hello": self.hello,
+            "dm_find": self.find,
+            "dm_store": self.store,
+            "dm_sub": self.subscribe,
+            "dm_unsub": self.unsubscribe,
+            "dm_notify": self.notify,
+            "dm_versions": self.versions,
+            "dm_fetch": self.fetch,
+        }
+        for name, handler in handlers.items():
+            endpoint.route(name, self._admitting(handler))
+
+    def _admitting(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        def serve(request: Request) -> Any:
+            self._node.admission.consider(request.address, request.sender_id)
+            return handler(request)
+
+        return serve
+
+    def hello(self, request: Request) -> dict:
+        return {"id": self._node.node_id, "you": list(request.address)}
+
+    def find(self, request: Request) -> dict:
+        target = require_key(request.body.get("t"), "target")
+        offset = require_int(request.body.get("p", 0), "page offset", 0, 1 << 32)
+        reply: dict[str, Any] = {}
+        if offset == 0:
+            closest = self._node.table.closest(target, exclude=[request.sender_id])
+            reply["nodes"] = [c.to_wire() for c in closest]
+        if request.body.get("v") is True:
+            reply |= self._values_page(target, offset)
+        return reply
+
+    def _values_page(self, key: bytes, offset: int) -> dict:
+        values = self._node.store.values_from(key, offset, PAGE_ENTRIES + 1)
+        page, more = values[:PAGE_ENTRIES], (offset + PAGE_ENTRIES if len(values) > PAGE_ENTRIES else None)
+        inline: list[list] = []
+        refs: list[list] = []
+        budget = INLINE_BUDGET
+        for value in page:
+            if value.size <= min(INLINE_VALUE_MAX, budget):
+                inline.append(value.to_wire())
+                budget -= value.size
+            else:
+                refs.append([value.owner, value.id, value.seq])
+        return {"vals": inline, "refs": refs, "more": more}
+
+    def fetch(self, request: Request) -> Any:
+        key = require_key(request.body.get("k"))
+        owner, value_id = request.body.get("o"), request.body.get("i")
+        if not isinstance(owner, bytes):
+            raise RpcRefused("owner must be bytes")
+        value = self._node.store.get_one(key, owner, require_int(value_id, "value id", 1, (1 << 64) - 1))
+        return value.to_wire() if value else None
+
+    def store(self, request: Request) -> dict:
+        key = require_key(request.body.get("k"))
+        value = checked_value(key, request.body.get("v"))
+        ttl = require_number(request.body.get("ttl"), "ttl", 0.0, expiry_for(value.type))
+        verdict = self._node.accept_store(key, value, request.address, ttl)
+        return {"stored": verdict.accepted, "why": verdict.value}
+
+    def subscribe(self, request: Request) -> bool:
+        key = require_key(request.body.get("k"))
+        ttl = require_number(request.body.get("ttl"), "ttl", 1.0, MAX_SUBSCRIPTION_TTL)
+        if not self._node.admission.is_proven(request.address, request.sender_id):
+            # Pushing to an address that never proved itself would make us a reflector (flaw F10).
+            raise RpcRefused("unproven")
+        if not self._node.hub.subscribe(key, request.address, request.sender_id, ttl):
+            raise RpcRefused("too many subscriptions")
+        return True
+
+    def unsubscribe(self, request: Request) -> bool:
+        self._node.hub.unsubscribe(require_key(request.body.get("k")), request.address)
+        return True
+
+    def notify(self, request: Request) -> bool:
+        key = require_key(request.body.get("k"))
+        value = checked_value(key, request.body.get("v"))
+        expired = request.body.get("x") is True
+        if not self._node.hub.is_listening(key):
+            return False
+        self._node.hub.emit(key, value, expired)
+        return True
+
+    def versions(self, request: Request) -> list:
+        key = require_key(request.body.get("k"))
+        return [[owner, value_id, seq] for (owner, value_id), seq in self._node.store.versions(key).items()]

@@ -1,0 +1,216 @@
+"""The node's value store: every value it holds, the puts it keeps re-announcing, and the quotas.
+
+A put is committed before it is acknowledged, so a node killed with SIGKILL still has every value it
+acknowledged (WAL, synchronous=NORMAL: a committed transaction survives the process, if not the OS).
+Expiry times are wall-clock seconds, so they mean the same after a restart.
+"""
+
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+from dhtmesh.node.values.policy import Verdict, judge_update
+from dhtmesh.node.values.value import Value, value_from_wire
+
+LOCAL_ORIGIN = "local"
+ROW_OVERHEAD = 64  # bytes charged per value beyond its payload, for keys and bookkeeping
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vals (
+    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
+    type INTEGER NOT NULL, data BLOB NOT NULL, sig BLOB NOT NULL, utype TEXT NOT NULL,
+    expires REAL NOT NULL, origin TEXT NOT NULL, stored_at REAL NOT NULL, charge INTEGER NOT NULL,
+    PRIMARY KEY (key, owner, vid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
+CREATE TABLE IF NOT EXISTS announces (
+    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (key, owner, vid)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """OpenDHT's defaults: 64 MiB stored for others, each peer at most 1/8 of it; a cap per key."""
+
+    max_remote_bytes: int = 64 * 1024 * 1024
+    max_local_bytes: int = 64 * 1024 * 1024
+    max_values_per_key: int = 1024
+    peer_share: float = 1 / 8
+
+
+def _sql_id(value_id: int) -> int:
+    return value_id - (1 << 64) if value_id >= 1 << 63 else value_id
+
+
+def _py_id(sql_id: int) -> int:
+    return sql_id + (1 << 64) if sql_id < 0 else sql_id
+
+
+def _row_value(row: tuple) -> Value:
+    owner, vid, seq, value_type, data, sig, utype = row
+    return Value(_py_id(vid), data, value_type, owner, seq, sig, utype)
+
+
+_VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype"
+
+
+class ValueStore:
+    def __init__(self, path: Path | None, quotas: Quotas | None = None) -> None:
+        self.quotas = quotas or Quotas()
+        self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._charges: Counter[str] = Counter(
+            dict(self._db.execute("SELECT origin, SUM(charge) FROM vals GROUP BY origin").fetchall())
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: Value, *, origin: str, ttl: float) -> Verdict:
+        """Store `value` (already checked) under `key` if policy and quotas allow; never raises for a
+        refused value."""
+        current = self._current(key, value)
+        verdict = judge_update(current, value, self._id_owners(key, value.id))
+        if verdict is Verdict.NEW:
+            verdict = self._admit(key, value, origin)
+        elif verdict is Verdict.UPDATE and origin != LOCAL_ORIGIN:
+            verdict = self._admit_growth(value, current, origin)
+        if not verdict.accepted:
+            return verdict
+        expires = time.time() + ttl
+        if verdict is Verdict.REFRESH:
+            self._db.execute(
+                "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
+                (expires, key, value.owner, _sql_id(value.id)),
+            )
+            return verdict
+        charge = value.size + ROW_OVERHEAD
+        old = self._db.execute(
+            "SELECT origin, charge FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
+        ).fetchone()
+        self._db.execute(
+            "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
+             expires, origin, time.time(), charge),
+        )
+        if old:
+            self._charges[old[0]] -= old[1]
+        self._charges[origin] += charge
+        return verdict
+
+    def _admit(self, key: bytes, value: Value, origin: str) -> Verdict:
+        count = self._db.execute("SELECT COUNT(*) FROM vals WHERE key=?", (key,)).fetchone()[0]
+        if count >= self.quotas.max_values_per_key:
+            return Verdict.REFUSE_KEY_FULL
+        return self._admit_growth(value, None, origin)
+
+    def _admit_growth(self, value: Value, current: Value | None, origin: str) -> Verdict:
+        growth = value.size + ROW_OVERHEAD - (current.size + ROW_OVERHEAD if current else 0)
+        if origin == LOCAL_ORIGIN:
+            return Verdict.NEW if self._charges[LOCAL_ORIGIN] + growth <= self.quotas.max_local_bytes else (
+                Verdict.REFUSE_STORE_FULL
+            )
+        if self.remote_bytes + growth > self.quotas.max_remote_bytes:
+            return Verdict.REFUSE_STORE_FULL
+        if self._charges[origin] + growth > self.quotas.max_remote_bytes * self.quotas.peer_share:
+            return Verdict.REFUSE_PEER_QUOTA
+        return Verdict.NEW if current is None else Verdict.UPDATE
+
+    def expire(self, now: float | None = None) -> list[tuple[bytes, Value]]:
+        """Remove and return every value whose time is up."""
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            f"SELECT key, {_VALUE_COLUMNS}, origin, charge FROM vals WHERE expires <= ?", (now,)
+        ).fetchall()
+        if rows:
+            self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
+        for row in rows:
+            self._charges[row[8]] -= row[9]
+        return [(row[0], _row_value(row[1:8])) for row in rows]
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> list[Value]:
+        rows = self._db.execute(f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? ORDER BY owner, vid", (key,))
+        return [_row_value(row) for row in rows]
+
+    def values_from(self, key: bytes, offset: int, limit: int) -> list[Value]:
+        """Up to `limit` values under `key` from position `offset`, in a stable order (for paging)."""
+        rows = self._db.execute(
+            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? ORDER BY owner, vid LIMIT ? OFFSET ?", (key, limit, offset)
+        )
+        return [_row_value(row) for row in rows]
+
+    def versions(self, key: bytes) -> dict[tuple[bytes, int], int]:
+        """(owner, id) → seq of every value under `key`: what a replica compares to find gaps."""
+        rows = self._db.execute("SELECT owner, vid, seq FROM vals WHERE key=?", (key,))
+        return {(owner, _py_id(vid)): seq for owner, vid, seq in rows}
+
+    def get_one(self, key: bytes, owner: bytes, value_id: int) -> Value | None:
+        row = self._db.execute(
+            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND owner=? AND vid=?", (key, owner, _sql_id(value_id))
+        ).fetchone()
+        return _row_value(row) if row else None
+
+    def remaining_ttl(self, key: bytes, value: Value) -> float:
+        row = self._db.execute(
+            "SELECT expires FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
+        ).fetchone()
+        return max(0.0, row[0] - time.time()) if row else 0.0
+
+    def latest_unsigned(self, key: bytes) -> Value | None:
+        row = self._db.execute(
+            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND owner=X'' ORDER BY stored_at DESC LIMIT 1", (key,)
+        ).fetchone()
+        return _row_value(row) if row else None
+
+    def keys(self) -> list[bytes]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT key FROM vals")]
+
+    def counts(self) -> dict[str, int]:
+        total, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals").fetchone()
+        local, local_size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals WHERE origin=?", (LOCAL_ORIGIN,)
+        ).fetchone()
+        return {
+            "storage_values": total,
+            "storage_size": size,
+            "local_storage_values": local,
+            "local_storage_size": local_size,
+        }
+
+    @property
+    def remote_bytes(self) -> int:
+        return sum(charge for origin, charge in self._charges.items() if origin != LOCAL_ORIGIN)
+
+    def _current(self, key: bytes, value: Value) -> Value | None:
+        return self.get_one(key, value.owner, value.id)
+
+    def _id_owners(self, key: bytes, value_id: int) -> set[bytes]:
+        rows = self._db.execute("SELECT owner FROM vals WHERE key=? AND vid=?", (key, _sql_id(value_id)))
+        return {row[0] for row in rows}
+
+    # ---- permanent puts this node keeps alive -------------------------------------------------
+
+    def add_announce(self, key: bytes, value: Value) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO announces VALUES (?,?,?,?)",
+            (key, value.owner, _sql_id(value.id), msgpack.packb(value.to_wire(), use_bin_type=True)),
+        )
+
+    def remove_announce(self, key: bytes, value_id: int) -> bool:
+        cursor = self._db.execute("DELETE FROM announces WHERE key=? AND vid=?", (key, _sql_id(value_id)))
+        return cursor.rowcount > 0
+
+    def announces(self) -> list[tuple[bytes, Value]]:
+        rows = self._db.execute("SELECT key, value FROM announces").fetchall()
+        return [(key, value_from_wire(msgpack.unpackb(blob, raw=False))) for key, blob in rows]

@@ -1,0 +1,40 @@
+"""Whether a value may replace what a replica already holds (OpenDHT's edit policy, made consistent).
+
+* unsigned values can never be edited: the same id with other data is refused, the same bytes refresh;
+* signed values can be replaced only by their owner, with a higher seq; an equal seq is accepted only
+  for the very same signed bytes (a re-announce); a lower one is a replay and refused;
+* an id held by one owner cannot be taken by another owner under the same key.
+"""
+
+from enum import Enum
+
+from dhtmesh.node.values.value import Value
+
+
+class Verdict(Enum):
+    NEW = "new"
+    UPDATE = "update"
+    REFRESH = "refresh"
+    REFUSE_EDIT_UNSIGNED = "unsigned values cannot be edited"
+    REFUSE_STALE = "stale seq: a newer version is stored"
+    REFUSE_ID_TAKEN = "this value id belongs to another owner"
+    REFUSE_STORE_FULL = "storage quota exceeded"
+    REFUSE_KEY_FULL = "too many values under this key"
+    REFUSE_PEER_QUOTA = "this peer's storage share is used up"
+
+    @property
+    def accepted(self) -> bool:
+        return self in (Verdict.NEW, Verdict.UPDATE, Verdict.REFRESH)
+
+
+def judge_update(current: Value | None, incoming: Value, id_owners: set[bytes]) -> Verdict:
+    """`current`: the stored value with the same (owner, id); `id_owners`: owners of that id here."""
+    if current is None:
+        return Verdict.REFUSE_ID_TAKEN if id_owners - {incoming.owner} else Verdict.NEW
+    if current == incoming:
+        return Verdict.REFRESH
+    if not incoming.signed:
+        return Verdict.REFUSE_EDIT_UNSIGNED
+    if incoming.seq > current.seq:
+        return Verdict.UPDATE
+    return Verdict.REFUSE_STALE

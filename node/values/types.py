@@ -1,0 +1,20 @@
+"""Value types and their expiry, as OpenDHT's built-in types define them."""
+
+MINUTE = 60.0
+DAY = 86400.0
+DEFAULT_EXPIRY = 10 * MINUTE  # type 0, USER_DATA
+
+_EXPIRY_BY_TYPE = {
+    0: DEFAULT_EXPIRY,
+    1: 5 * MINUTE,  # DhtMessage
+    2: 15 * MINUTE,  # IpServiceAnnouncement
+    3: 5 * MINUTE,  # ImMessage
+    4: 7 * DAY,  # TrustRequest
+    5: 1 * MINUTE,  # IceCandidates
+    8: 7 * DAY,  # Certificate
+}
+
+
+def expiry_for(value_type: int) -> float:
+    """Seconds a value of this type lives after a put; unknown types live as type 0 does."""
+    return _EXPIRY_BY_TYPE.get(value_type, DEFAULT_EXPIRY)

@@ -1,0 +1,443 @@
+"""The UDP RPC endpoint: sends requests and matches replies, serves handlers, and moves big messages.
+
+Two kinds of RPC share one socket and one framing:
+
+* *plain* RPCs (`ping`, `store`, `find_node`, `find_value`) speak exactly as `kademlia`/`rpcudp` do:
+  args are whatever the stock package sends, the reply is the bare result;
+* *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope: `{"ok": payload}`,
+  `{"err": reason}`, or `{"big": [transfer_id, pieces]}` for a reply that would not fit one datagram.
+  A body may carry `"n"` (a nonce); the reply then carries `"pf"`, the responder's proof of identity.
+
+No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: a large request goes as
+`dm_part` pieces followed by `dm_done`; a large reply is left with the responder and pulled back with
+`dm_pull`. Calls retry once before failing, and at most `max_in_flight` are outstanding at a time.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from dhtmesh.node.stats import Counters
+from dhtmesh.node.wire import codec
+from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
+
+log = logging.getLogger(__name__)
+
+PIECE_SIZE = 1200
+MAX_PIECES = codec.MAX_MESSAGE // PIECE_SIZE
+TRANSFER_TTL = 15.0
+MAX_PENDING_BYTES_PER_PEER = 512 * 1024
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+NONCE_SIZE = 16
+RECEIVE_BUFFER = 4 * 1024 * 1024
+FRAGMENT_WINDOW = 8
+_TRANSFER_RPCS = ("dm_part", "dm_done", "dm_pull")
+
+
+class RpcFailure(Exception):
+    """A call that got no usable answer."""
+
+
+class RpcTimeout(RpcFailure):
+    """No reply, even after the retry."""
+
+
+class RpcRefused(RpcFailure):
+    """The peer answered with an error (or a handler refuses a request: the reason goes back)."""
+
+
+class ProtocolViolation(RpcFailure):
+    """The peer answered something that is not a well-formed reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    address: Address
+    name: str
+    sender_id: bytes
+    body: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    payload: Any
+    proof: Any = None
+
+
+PlainHandler = Callable[[Address, list], Any]
+MeshHandler = Callable[[Request], Any]
+Prover = Callable[[bytes], list]
+
+
+@dataclass(slots=True)
+class _Pending:
+    address: Address
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """A big message held for a peer: pieces received from it, or pieces of a reply waiting for it."""
+
+    address: Address
+    pieces: dict[int, bytes]
+    count: int
+    expires: float
+    size: int = field(default=0)
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        node_id: bytes,
+        prove: Prover,
+        counters: Counters,
+        *,
+        limiter: RequestLimiter | None = None,
+        timeout: float = 1.0,
+        max_in_flight: int = 256,
+    ) -> None:
+        self.node_id = node_id
+        self._prove = prove
+        self._counters = counters
+        self._limiter = limiter or RequestLimiter()
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: dict[bytes, _Pending] = {}
+        self._plain: dict[str, PlainHandler] = {}
+        self._mesh: dict[str, MeshHandler] = {
+            "dm_part": self._serve_part,
+            "dm_done": self._serve_done,
+            "dm_pull": self._serve_pull,
+        }
+        self._incoming: OrderedDict[tuple[Address, bytes], _Transfer] = OrderedDict()
+        self._outgoing: OrderedDict[bytes, _Transfer] = OrderedDict()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def route_plain(self, name: str, handler: PlainHandler) -> None:
+        self._plain[name] = handler
+
+    def route(self, name: str, handler: MeshHandler) -> None:
+        assert name.startswith("dm_") and name not in _TRANSFER_RPCS
+        self._mesh[name] = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A burst of replies overflows the default ~200 KiB buffer (flaw F16); 4 MiB absorbs it.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError:
+                log.debug("could not raise SO_RCVBUF")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(RpcTimeout("endpoint closed"))
+        self._pending.clear()
+
+    def error_received(self, exc: Exception) -> None:
+        self._counters.add("socket_errors")
+
+    @property
+    def address(self) -> Address:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    # ---- receiving ----------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        address: Address = (addr[0], addr[1])
+        self._counters.add("datagrams_in")
+        try:
+            frame = codec.decode(data)
+        except codec.MalformedDatagram:
+            self._counters.add("malformed_datagrams")
+            return
+        if frame.kind == codec.RESPONSE:
+            self._accept_response(frame, address)
+        elif not self._limiter.allow(address):
+            self._counters.add("rate_limited")
+        else:
+            self._accept_request(frame, address)
+
+    def _accept_response(self, frame: codec.Frame, address: Address) -> None:
+        pending = self._pending.get(frame.message_id)
+        if pending is None or pending.address != address:
+            # Unknown or late id, or a reply from an address we did not ask: ignore it.
+            self._counters.add("unexpected_responses")
+            return
+        del self._pending[frame.message_id]
+        if not pending.future.done():
+            pending.future.set_result(frame.body)
+
+    def _accept_request(self, frame: codec.Frame, address: Address) -> None:
+        body = frame.body
+        if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], str)):
+            self._counters.add("malformed_requests")
+            return
+        name, args = body
+        if not isinstance(args, list):
+            self._counters.add("malformed_requests")
+            return
+        self._counters.add(f"rpc_in.{name}" if name in self._plain or name in self._mesh else "rpc_in.unknown")
+        if name in self._plain:
+            self._serve_plain(frame.message_id, address, name, args)
+        elif name in self._mesh:
+            reply = self._serve_mesh(address, name, args)
+            if reply is not None:
+                self._send(codec.RESPONSE, frame.message_id, reply, address)
+        # Unknown names get no answer, as rpcudp does.
+
+    def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list) -> None:
+        try:
+            result = self._plain[name](address, args)
+        except RpcRefused:
+            self._counters.add("refused_requests")
+            return
+        except Exception:
+            log.exception("plain handler %s failed", name)
+            self._counters.add("handler_errors")
+            return
+        if not self._send(codec.RESPONSE, message_id, result, address):
+            self._counters.add("oversized_plain_replies")
+
+    def _serve_mesh(self, address: Address, name: str, args: list) -> dict | None:
+        if len(args) != 2 or not _is_node_id(args[0]) or not isinstance(args[1], dict):
+            self._counters.add("malformed_requests")
+            return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
+        request = Request(address, name, args[0], args[1])
+        try:
+            envelope: dict[str, Any] = {"ok": self._mesh[name](request)}
+        except RpcRefused as refusal:
+            self._counters.add("refused_requests")
+            envelope = {"err": str(refusal)}
+        except Exception:
+            log.exception("handler %s failed", name)
+            self._counters.add("handler_errors")
+            envelope = {"err": "internal error"}
+        nonce = request.body.get("n")
+        if isinstance(nonce, bytes) and len(nonce) == NONCE_SIZE:
+            envelope["pf"] = self._prove(nonce)
+        return self._fit(envelope, address)
+
+    def _fit(self, envelope: dict, address: Address) -> dict:
+        """Return `envelope` if it fits a datagram, else hold it for `dm_pull` and say so."""
+        encoded = codec.pack(envelope)
+        if len(encoded) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
+            return envelope
+        pieces = _split(encoded)
+        if len(pieces) > MAX_PIECES:
+            self._counters.add("oversized_replies")
+            return {"err": "reply too large"}
+        transfer_id = os.urandom(8)
+        self._purge(self._outgoing)
+        self._outgoing[transfer_id] = _Transfer(
+            address, dict(enumerate(pieces)), len(pieces), time.monotonic() + TRANSFER_TTL, len(encoded)
+        )
+        self._bound(self._outgoing)
+        return {"big": [transfer_id, len(pieces)]}
+
+    # ---- serving the transfer RPCs ------------------------------------------------------------
+
+    def _serve_part(self, request: Request) -> bool:
+        body = request.body
+        transfer_id, index, count, piece = body.get("x"), body.get("i"), body.get("c"), body.get("d")
+        if not (
+            isinstance(transfer_id, bytes)
+            and len(transfer_id) == 8
+            and isinstance(count, int)
+            and 1 < count <= MAX_PIECES
+            and isinstance(index, int)
+            and 0 <= index < count
+            and isinstance(piece, bytes)
+            and len(piece) <= PIECE_SIZE
+        ):
+            raise RpcRefused("malformed piece")
+        key = (request.address, transfer_id)
+        self._purge(self._incoming)
+        transfer = self._incoming.get(key)
+        if transfer is None:
+            if self._pending_bytes(request.address) + count * PIECE_SIZE > MAX_PENDING_BYTES_PER_PEER:
+                raise RpcRefused("too many transfers in progress")
+            transfer = _Transfer(request.address, {}, count, time.monotonic() + TRANSFER_TTL)
+            self._incoming[key] = transfer
+        elif transfer.count != count:
+            raise RpcRefused("piece count changed")
+        if index not in transfer.pieces:
+            transfer.pieces[index] = piece
+            transfer.size += len(piece)
+        self._bound(self._incoming)
+        return True
+
+    def _serve_done(self, request: Request) -> Any:
+        transfer_id = request.body.get("x")
+        transfer = self._incoming.pop((request.address, transfer_id), None) if isinstance(transfer_id, bytes) else None
+        if transfer is None or len(transfer.pieces) != transfer.count:
+            raise RpcRefused("incomplete transfer")
+        try:
+            inner = codec.unpack(b"".join(transfer.pieces[i] for i in range(transfer.count)))
+        except codec.MalformedDatagram as error:
+            raise RpcRefused("transfer holds no request") from error
+        if not (isinstance(inner, list) and len(inner) == 2 and inner[0] in self._mesh):
+            raise RpcRefused("transfer holds no request")
+        name, args = inner
+        if name in _TRANSFER_RPCS:
+            raise RpcRefused("transfer holds no request")
+        reply = self._serve_mesh(request.address, name, args)
+        # The inner reply is the real answer: hand it back whole, as this RPC's payload.
+        return reply
+
+    def _serve_pull(self, request: Request) -> bytes:
+        transfer_id, index = request.body.get("x"), request.body.get("i")
+        transfer = self._outgoing.get(transfer_id) if isinstance(transfer_id, bytes) else None
+        if transfer is None or transfer.address != request.address or not isinstance(index, int):
+            raise RpcRefused("unknown transfer")
+        piece = transfer.pieces.get(index)
+        if piece is None:
+            raise RpcRefused("no such piece")
+        return piece
+
+    def _pending_bytes(self, address: Address) -> int:
+        return sum(t.count * PIECE_SIZE for t in self._incoming.values() if t.address == address)
+
+    @staticmethod
+    def _purge(transfers: OrderedDict) -> None:
+        now = time.monotonic()
+        for key in [key for key, transfer in transfers.items() if transfer.expires < now]:
+            del transfers[key]
+
+    @staticmethod
+    def _bound(transfers: OrderedDict) -> None:
+        while transfers and sum(t.count * PIECE_SIZE for t in transfers.values()) > MAX_PENDING_BYTES:
+            transfers.popitem(last=False)
+
+    # ---- calling ------------------------------------------------------------------------------
+
+    async def call_plain(self, address: Address, name: str, args: list) -> Any:
+        """A stock-style call: returns the bare result."""
+        return await self._exchange(address, codec.pack([name, args]))
+
+    async def call(self, address: Address, name: str, body: dict, *, nonce: bytes | None = None) -> Reply:
+        """A dhtmesh call: returns the payload (and the proof, when `nonce` asked for one)."""
+        if nonce is not None:
+            body = {**body, "n": nonce}
+        payload = codec.pack([name, [self.node_id, body]])
+        if len(payload) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
+            envelope = await self._exchange(address, payload)
+        else:
+            envelope = await self._send_in_pieces(address, payload)
+            if isinstance(envelope, dict) and "ok" in envelope:
+                envelope = envelope["ok"]  # dm_done wraps the inner request's envelope
+        return await self._open(address, envelope)
+
+    async def _open(self, address: Address, envelope: Any) -> Reply:
+        if not isinstance(envelope, dict):
+            raise ProtocolViolation("reply is not an envelope")
+        if "big" in envelope:
+            envelope = await self._pull(address, envelope["big"])
+        if "err" in envelope:
+            raise RpcRefused(str(envelope["err"])[:200])
+        if "ok" not in envelope:
+            raise ProtocolViolation("reply has neither ok nor err")
+        return Reply(envelope["ok"], envelope.get("pf"))
+
+    async def _send_in_pieces(self, address: Address, payload: bytes) -> Any:
+        pieces = _split(payload)
+        if len(pieces) > MAX_PIECES:
+            raise RpcRefused("request too large")
+        transfer_id = os.urandom(8)
+        window = asyncio.Semaphore(FRAGMENT_WINDOW)
+
+        async def send_piece(index: int, piece: bytes) -> None:
+            async with window:
+                body = {"x": transfer_id, "i": index, "c": len(pieces), "d": piece}
+                await self._open(address, await self._exchange(address, self._mesh_payload("dm_part", body)))
+
+        async with asyncio.TaskGroup() as group:
+            for index, piece in enumerate(pieces):
+                group.create_task(send_piece(index, piece))
+        return await self._exchange(address, self._mesh_payload("dm_done", {"x": transfer_id}))
+
+    async def _pull(self, address: Address, big: Any) -> dict:
+        if not (isinstance(big, list) and len(big) == 2 and isinstance(big[0], bytes)):
+            raise ProtocolViolation("bad transfer handle")
+        transfer_id, count = big
+        if not isinstance(count, int) or not 1 < count <= MAX_PIECES:
+            raise ProtocolViolation("bad transfer size")
+        window = asyncio.Semaphore(FRAGMENT_WINDOW)
+
+        async def pull(index: int) -> bytes:
+            async with window:
+                body = {"x": transfer_id, "i": index}
+                reply = await self._open(address, await self._exchange(address, self._mesh_payload("dm_pull", body)))
+            if not isinstance(reply.payload, bytes):
+                raise ProtocolViolation("bad piece")
+            return reply.payload
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(pull(index)) for index in range(count)]
+        envelope = codec.unpack(b"".join(task.result() for task in tasks))
+        if not isinstance(envelope, dict) or "big" in envelope:
+            raise ProtocolViolation("bad reassembled reply")
+        return envelope
+
+    def _mesh_payload(self, name: str, body: dict) -> bytes:
+        return codec.pack([name, [self.node_id, body]])
+
+    async def _exchange(self, address: Address, payload: bytes) -> Any:
+        """Send a request, retrying once, and return the reply body."""
+        async with self._slots:
+            message_id = os.urandom(codec.MESSAGE_ID_SIZE)
+            datagram = bytes((codec.REQUEST,)) + message_id + payload
+            future = asyncio.get_running_loop().create_future()
+            self._pending[message_id] = _Pending(address, future)
+            try:
+                for attempt in range(2):
+                    self._counters.add("rpc_out" if attempt == 0 else "rpc_retries")
+                    self._transmit(datagram, address)
+                    try:
+                        return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+                    except TimeoutError:
+                        continue
+                self._counters.add("rpc_timeouts")
+                raise RpcTimeout(f"no reply from {address[0]}:{address[1]}")
+            finally:
+                self._pending.pop(message_id, None)
+                if not future.done():
+                    future.cancel()
+
+    def _send(self, kind: int, message_id: bytes, body: Any, address: Address) -> bool:
+        datagram = codec.encode(kind, message_id, body)
+        if len(datagram) > codec.MAX_DATAGRAM:
+            return False
+        self._transmit(datagram, address)
+        return True
+
+    def _transmit(self, datagram: bytes, address: Address) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise RpcTimeout("endpoint closed")
+        self._counters.add("datagrams_out")
+        self.transport.sendto(datagram, address)
+
+
+def _split(encoded: bytes) -> list[bytes]:
+    return [encoded[offset : offset + PIECE_SIZE] for offset in range(0, len(encoded), PIECE_SIZE)]
+
+
+def _is_node_id(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == 20
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_SIZE)
