@@ -1,0 +1,1 @@
+"""Joining the mesh: bootstrap addresses, saved peers (JSON), and staying joined."""

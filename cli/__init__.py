@@ -1,0 +1,1 @@
+"""The `dhtmesh` command: `run` a node, talk to a running node's proxy, manage identities."""

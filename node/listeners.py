@@ -26,7 +26,7 @@ class ValueEvent:
 
 
 class Listener:
-    """One local consumer of one key's events. Close it (or leave its `async with`) to stop."""
+    """One local consumer of one key's events. Close it (or leave its `with` block) to stop."""
 
     def __init__(self, hub: "ListenerHub", key: bytes) -> None:
         self.key = key
@@ -53,10 +53,10 @@ class Listener:
         while not self.closed:
             yield await self._queue.get()
 
-    async def __aenter__(self) -> "Listener":
+    def __enter__(self) -> "Listener":
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -1,0 +1,66 @@
+"""Staying joined: join through the bootstrap peers and the saved ones; while isolated, retry with
+exponential backoff and say so; save the routing table's peers now and then."""
+
+import asyncio
+import logging
+
+from dhtmesh.bootstrap.peers import PeerBook
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.wire.ratelimit import Address
+
+log = logging.getLogger("dhtmesh.join")
+
+MIN_RETRY = 1.0
+MAX_RETRY = 60.0
+SAVE_INTERVAL = 30.0
+
+
+class Joiner:
+    def __init__(self, node: DhtNode, bootstrap: list[Address], book: PeerBook | None) -> None:
+        self._node = node
+        self._bootstrap = bootstrap
+        self._book = book
+        self.isolated = True
+
+    def candidates(self) -> list[Address]:
+        saved = self._book.load() if self._book else []
+        return list(dict.fromkeys(self._bootstrap + saved))
+
+    async def run(self) -> None:
+        delay = MIN_RETRY
+        while True:
+            if len(self._node.table) == 0:
+                delay = await self._try_join(delay)
+            else:
+                self.isolated = False
+                delay = MIN_RETRY
+                self.save()
+                await asyncio.sleep(SAVE_INTERVAL)
+
+    async def _try_join(self, delay: float) -> float:
+        candidates = self.candidates()
+        if candidates:
+            known = await self._node.join(candidates)
+            if known:
+                self.isolated = False
+                log.info("joined the mesh: %d contacts", known)
+                self.save()
+                return MIN_RETRY
+        self.isolated = True
+        good, dubious = self._node.table.health()
+        log.warning(
+            "isolated: %d good and %d dubious contacts, %d peers to try; retrying in %.0f s",
+            good,
+            dubious,
+            len(candidates),
+            delay,
+        )
+        await asyncio.sleep(delay)
+        return min(delay * 2, MAX_RETRY)
+
+    def save(self) -> None:
+        if self._book is not None and len(self._node.table):
+            try:
+                self._book.save(self._node.table.contacts())
+            except OSError as error:
+                log.warning("cannot save peers: %s", error)

@@ -1,0 +1,94 @@
+"""`dhtmesh run`: start one node and its proxy, join the mesh, serve until SIGINT/SIGTERM."""
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from dhtmesh.bootstrap.addresses import AddressError, resolve
+from dhtmesh.bootstrap.join import Joiner
+from dhtmesh.bootstrap.peers import PeerBook
+from dhtmesh.cli.errors import CliError
+from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.proxy.app import ProxyServer
+
+log = logging.getLogger("dhtmesh.run")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "--port", type=int, default=4222, help="UDP port of the node (0: any free port)")
+    parser.add_argument("--bind", default="0.0.0.0", help="address the UDP socket binds to (default 0.0.0.0)")
+    parser.add_argument("-b", "--bootstrap", action="append", default=[], metavar="HOST:PORT", help="peer to join")
+    parser.add_argument("--proxyserver", type=int, default=8080, metavar="HTTP_PORT", help="proxy port (0: any)")
+    parser.add_argument("--proxy-addr", default="127.0.0.1", help="address the proxy listens on")
+    parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
+    parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
+
+
+def command(args: argparse.Namespace) -> int:
+    for name in ("port", "proxyserver"):
+        if not 0 <= getattr(args, name) < 65536:
+            raise CliError(f"--{name} must be between 0 and 65535")
+    data_dir = Path(args.persist) if args.persist else default_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot use data directory {data_dir}: {error}") from error
+    identity = load_or_create_identity(identity_path(data_dir, args.identity), explicit=bool(args.identity))
+    try:
+        bootstrap = [resolve(spec) for spec in args.bootstrap]
+    except AddressError as error:
+        raise CliError(str(error)) from error
+    node = DhtNode(identity, data_dir=data_dir)
+    _run_loop(_serve(node, args, bootstrap, data_dir))
+    return 0
+
+
+def _run_loop(main: object) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(main)  # type: ignore[arg-type]
+
+
+async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_dir: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await _start(node, args.bind, args.port, "UDP")
+    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver)
+    try:
+        await _start(proxy, args.proxy_addr, args.proxyserver, "proxy")
+        joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
+        host, port = node.address
+        print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
+        join_task = loop.create_task(joiner.run())
+        await stop.wait()
+        join_task.cancel()
+        await asyncio.gather(join_task, return_exceptions=True)
+        joiner.save()
+    finally:
+        await proxy.stop()
+        await node.stop()
+    print("stopped", file=sys.stderr, flush=True)
+
+
+async def _start(server: DhtNode | ProxyServer, host: str, port: int, what: str) -> None:
+    try:
+        if isinstance(server, DhtNode):
+            await server.start(host, port)
+        else:
+            await server.start()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise CliError(f"{what} port {port} on {host} is already in use") from error
+        raise CliError(f"cannot open {what} socket on {host}:{port}: {error.strerror or error}") from error
