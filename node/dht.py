@@ -6,6 +6,7 @@ Lookups use `traverse` over `_find`, which proves every contact it routes throug
 
 import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,14 @@ class DhtNode:
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self.endpoint, local_addr=(host, port))
+        """Bind the UDP socket (raises `OSError` with its errno, e.g. EADDRINUSE) and start serving."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: self.endpoint, sock=sock)
         self._started = time.time()
         self._tasks.spawn(self._sweep_loop())
         self.replicator.start()

@@ -1,24 +1,19 @@
-"""Shared fixtures: in-process meshes of real `DhtNode`s on 127.0.0.1 (real UDP sockets, real SQLite)."""
+"""Shared fixtures: in-process meshes of real `DhtNode`s on 127.0.0.1 (real UDP sockets, real SQLite),
+and real `dhtmesh run` processes."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-
-# Short periods so that background duties (sweep, repair, hand-off) happen within a test.
-FAST = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
+from support import DHTMESH, FAST, NodeProcess, start_node, wait_ready
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
-
-
-async def start_node(config: NodeConfig = FAST, data_dir: Path | None = None) -> DhtNode:
-    node = DhtNode(Identity.generate(), config, data_dir)
-    await node.start("127.0.0.1", 0)
-    return node
 
 
 @pytest.fixture
@@ -44,3 +39,29 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
     yield make
     for node in started:
         await node.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """`spawn(name, *extra_args)`: a `dhtmesh run` process on 127.0.0.1 with free ports and its own
+    data dir (reused when the same name is spawned again). Every process is stopped by PID at the end."""
+    started: list[subprocess.Popen] = []
+
+    def launch(name: str, *extra: str) -> NodeProcess:
+        data_dir = tmp_path / name
+        args = ["run", "-p", "0", "--bind", "127.0.0.1", "--proxyserver", "0", "--persist", str(data_dir), *extra]
+        process = subprocess.Popen(
+            [*DHTMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        started.append(process)
+        ready = wait_ready(process)
+        return NodeProcess(process, ready["node_id"], ready["udp"], ready["proxy"], data_dir)
+
+    yield launch
+    for process in started:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()

@@ -1,0 +1,61 @@
+"""Helpers shared by the tests: fast node settings, in-process nodes, and `dhtmesh` processes."""
+
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dhtmesh.crypto import Identity
+from dhtmesh.node.config import NodeConfig
+from dhtmesh.node.dht import DhtNode
+
+# Short periods so that background duties (sweep, repair, hand-off) happen within a test.
+FAST = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
+
+async def start_node(config: NodeConfig = FAST, data_dir: Path | None = None) -> DhtNode:
+    node = DhtNode(Identity.generate(), config, data_dir)
+    await node.start("127.0.0.1", 0)
+    return node
+
+
+DHTMESH = [str(Path(sys.executable).with_name("dhtmesh"))]
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class NodeProcess:
+    process: subprocess.Popen
+    node_id: str
+    udp: str
+    url: str
+    data_dir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a short `dhtmesh` command to completion."""
+    return subprocess.run(
+        [*DHTMESH, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def wait_ready(process: subprocess.Popen) -> dict[str, str]:
+    """Read the `ready node_id=... udp=... proxy=...` line a node prints once it serves."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([process.stdout], [], [], 0.2)
+        if readable:
+            line = process.stdout.readline()
+            if line.startswith("ready "):
+                return dict(field.split("=", 1) for field in line.split()[1:])
+            if not line and process.poll() is not None:
+                break
+    process.kill()
+    raise AssertionError(f"node did not become ready: {process.stderr.read() if process.stderr else ''}")

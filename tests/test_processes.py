@@ -1,0 +1,238 @@
+"""Real `dhtmesh run` OS processes on 127.0.0.1, driven through the real CLI and the real HTTP proxy."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import DHTMESH, NodeProcess, run_cli
+
+Spawn = Callable[..., NodeProcess]
+
+
+def values_of(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def data_of(output: str) -> list[bytes]:
+    return sorted(base64.b64decode(v["data"]) for v in values_of(output))
+
+
+def post_json(url: str, document: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def info(node: NodeProcess) -> dict:
+    result = run_cli("info", "--url", node.url)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def new_identity(path: Path, **env: str) -> str:
+    result = run_cli("identity", "new", "-i", str(path), *(["--password"] if env else []), env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
+def test_value_put_on_one_node_is_read_on_another_and_pushed_to_a_listener_on_a_third(spawn: Spawn) -> None:
+    first = spawn("a")
+    second = spawn("b", "-b", first.udp)
+    third = spawn("c", "-b", first.udp)
+    wait_until(lambda: info(third)["ipv4"]["good"] >= 2)
+    listener = subprocess.Popen(
+        [*DHTMESH, "listen", "--url", third.url, "greeting", "--count", "1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.0)  # the listener subscribes to the replicas before the put
+        put = run_cli("put", "--url", first.url, "greeting", "hello mesh")
+        assert put.returncode == 0, put.stderr
+        assert values_of(put.stdout)[0]["replicas"] >= 2
+
+        got = run_cli("get", "--url", second.url, "greeting")
+        assert got.returncode == 0, got.stderr
+        assert data_of(got.stdout) == [b"hello mesh"]
+
+        pushed, _ = listener.communicate(timeout=15)
+        assert data_of(pushed) == [b"hello mesh"]
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+
+
+def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spawn, tmp_path: Path) -> None:
+    nodes = [spawn("a")]
+    nodes += [spawn(name, "-b", nodes[0].udp) for name in ("b", "c")]
+    wait_until(lambda: all(info(node)["ipv4"]["good"] >= 2 for node in nodes))
+    alice, mallory = tmp_path / "alice.json", tmp_path / "mallory.json"
+    new_identity(alice)
+    new_identity(mallory)
+
+    first = run_cli("put", "--url", nodes[0].url, "-i", str(alice), "--id", "42", "--seq", "1", "doc", "v1 by alice")
+    assert first.returncode == 0, first.stderr
+    assert values_of(first.stdout)[0]["replicas"] == 2
+
+    # Mallory reuses Alice's id under her own key: the id is taken, every replica refuses.
+    taken = run_cli("put", "--url", nodes[1].url, "-i", str(mallory), "--id", "42", "--seq", "9", "doc", "evil")
+    assert taken.returncode != 0
+    assert "another owner" in taken.stderr
+
+    # Mallory edits Alice's value, keeping Alice as owner: the signature no longer verifies.
+    forged = values_of(first.stdout)[0]
+    forged.pop("replicas")
+    forged |= {"data": base64.b64encode(b"evil").decode(), "seq": 2}
+    status, body = post_json(f"{nodes[2].url}/key/doc", forged)
+    assert status == 400 and "signature" in body["err"]
+
+    for node in nodes:
+        got = run_cli("get", "--url", node.url, "doc")
+        assert got.returncode == 0, got.stderr
+        assert data_of(got.stdout) == [b"v1 by alice"]
+
+
+def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_saved_peers(spawn: Spawn) -> None:
+    first = spawn("a")
+    second = spawn("b", "-b", first.udp)
+    wait_until(lambda: info(second)["ipv4"]["good"] >= 1)
+    put = run_cli("put", "--url", first.url, "durable", "survives kill -9")
+    assert put.returncode == 0 and values_of(put.stdout)[0]["replicas"] == 1
+    wait_until(lambda: (second.data_dir / "peers.json").exists())
+
+    os.kill(second.pid, signal.SIGKILL)
+    second.process.wait(timeout=10)
+    # No -b this time: the restarted node must find its way back through its saved peers.
+    revived = spawn("b")
+    wait_until(lambda: info(revived)["ipv4"]["good"] >= 1)
+    assert info(revived)["storage_values"] >= 1
+
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=15) == 0
+    got = run_cli("get", "--url", revived.url, "durable")
+    assert data_of(got.stdout) == [b"survives kill -9"]
+
+
+def test_sigterm_stops_a_node_cleanly(spawn: Spawn) -> None:
+    node = spawn("a")
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(timeout=15) == 0
+    assert node.process.stderr is not None
+    errors = node.process.stderr.read()
+    assert "stopped" in errors and "Traceback" not in errors
+
+
+def test_isolated_node_retries_and_joins_when_its_bootstrap_appears(spawn: Spawn) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        later_port = probe.getsockname()[1]
+    lonely = spawn("lonely", "-b", f"127.0.0.1:{later_port}")
+    assert info(lonely)["ipv4"]["good"] == 0
+    time.sleep(3.5)  # the first attempt (a call and its retry) times out, then the node backs off
+    spawn("late", "-p", str(later_port))
+    wait_until(lambda: info(lonely)["ipv4"]["good"] >= 1, timeout=20)
+    lonely.process.send_signal(signal.SIGTERM)
+    lonely.process.wait(timeout=15)
+    assert lonely.process.stderr is not None
+    assert "isolated" in lonely.process.stderr.read()
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dhtmesh: error:")
+    assert "Traceback" not in result.stderr
+    for fragment in expected:
+        assert fragment in lines[0]
+
+
+def test_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = str(taken.getsockname()[1])
+        result = run_cli("run", "-p", port, "--bind", "127.0.0.1", "--proxyserver", "0", "--persist", str(tmp_path))
+    assert_one_line_error(result, "already in use", port)
+
+
+def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("run", "-p", "0", "--bind", "127.0.0.1", "--proxyserver", port, "--persist", str(tmp_path))
+    assert_one_line_error(result, "proxy port", "already in use")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["-b", "no-such-host.invalid:4222"], "cannot resolve"),
+        (["-b", "127.0.0.1:notaport"], "bad port"),
+        (["-b", "127.0.0.1:70000"], "out of range"),
+        (["-i", "/nonexistent/identity.json"], "does not exist"),
+        (["-p", "70000"], "--port"),
+    ],
+)
+def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:
+    result = run_cli("run", "-p", "0", "--proxyserver", "0", "--persist", str(tmp_path), *flags)
+    assert_one_line_error(result, expected)
+
+
+def test_unreadable_identity_gives_one_clear_line(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\x00\xffnot json")
+    result = run_cli("run", "-p", "0", "--proxyserver", "0", "--persist", str(tmp_path), "-i", str(garbage))
+    assert_one_line_error(result, "unreadable")
+
+
+def test_identity_new_and_show(tmp_path: Path) -> None:
+    path = tmp_path / "me.json"
+    node_id = new_identity(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    shown = run_cli("identity", "show", "-i", str(path))
+    assert shown.returncode == 0 and shown.stdout.split()[1] == node_id
+    again = run_cli("identity", "new", "-i", str(path))
+    assert_one_line_error(again, "already exists")
+
+
+def test_password_protected_identity(tmp_path: Path) -> None:
+    path = tmp_path / "locked.json"
+    node_id = new_identity(path, DHTMESH_PASSWORD="correct horse")
+    assert "sealed_seed" in json.loads(path.read_text())
+    assert (
+        run_cli("identity", "show", "-i", str(path), env={"DHTMESH_PASSWORD": "correct horse"}).stdout.split()[1]
+        == node_id
+    )
+    wrong = run_cli("identity", "show", "-i", str(path), env={"DHTMESH_PASSWORD": "wrong"})
+    assert_one_line_error(wrong, "wrong password")
+
+
+def test_client_commands_report_an_unreachable_proxy() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_cli("get", "--url", f"http://127.0.0.1:{port}", "k")
+    assert_one_line_error(result, "cannot reach")
