@@ -312,9 +312,15 @@ class DhtNode:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
-            for key, value in self.store.expire():
-                self.hub.emit(key, value, expired=True)
-                self._push(key, value, expired=True)
+            self.expire_values()
+
+    def expire_values(self, now: float | None = None) -> int:
+        """Drop values whose time is up, and tell local listeners and subscribers they expired."""
+        expired = self.store.expire(now)
+        for key, value in expired:
+            self.hub.emit(key, value, expired=True)
+            self._push(key, value, expired=True)
+        return len(expired)
 
     # ---- listening ----------------------------------------------------------------------------
 
