@@ -73,7 +73,9 @@ def save_identity(identity: Identity, path: Path, password: str | None = None) -
         document["seed"] = _b64(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover temporary file keeps its old mode through O_CREAT: remove it so 0600 always applies.
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(document, handle)
         handle.flush()
@@ -96,7 +98,7 @@ def load_identity(path: Path, password: str | None = None) -> Identity:
         return Identity.from_seed(seed)
     except IdentityError as error:
         raise IdentityError(f"identity file {path}: {error}") from error
-    except (KeyError, TypeError, ValueError, CryptoError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError, CryptoError) as error:
         raise IdentityError(f"identity file {path} is corrupt: {error}") from error
 
 

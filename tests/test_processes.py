@@ -124,8 +124,11 @@ def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_save
 
     os.kill(second.pid, signal.SIGKILL)
     second.process.wait(timeout=10)
-    # No -b this time: the restarted node must find its way back through its saved peers.
-    revived = spawn("b")
+    # Its bootstrap is now a dead address: it must find its way back through its saved peers.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    revived = spawn("b", "-b", dead)
     wait_until(lambda: info(revived)["ipv4"]["good"] >= 1)
     assert info(revived)["storage_values"] >= 1
 

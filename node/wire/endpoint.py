@@ -334,12 +334,10 @@ class Endpoint(asyncio.DatagramProtocol):
             body = {**body, "n": nonce}
         payload = codec.pack([name, [self.node_id, body]])
         if len(payload) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
-            envelope = await self._exchange(address, payload)
-        else:
-            envelope = await self._send_in_pieces(address, payload)
-            if isinstance(envelope, dict) and "ok" in envelope:
-                envelope = envelope["ok"]  # dm_done wraps the inner request's envelope
-        return await self._open(address, envelope)
+            return await self._open(address, await self._exchange(address, payload))
+        # `dm_done` answers with the inner request's own envelope as its payload.
+        outer = await self._open(address, await self._send_in_pieces(address, payload))
+        return await self._open(address, outer.payload)
 
     async def _open(self, address: Address, envelope: Any) -> Reply:
         if not isinstance(envelope, dict):
