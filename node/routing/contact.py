@@ -36,6 +36,8 @@ def contact_from_wire(item: object) -> Contact | None:
     node_id, host, port = item
     if not (isinstance(node_id, bytes) and len(node_id) == ID_BYTES):
         return None
-    if not (isinstance(host, str) and 0 < len(host) <= 64 and isinstance(port, int) and 0 < port < 65536):
+    if not (isinstance(host, str) and 0 < len(host) <= 64):
+        return None
+    if isinstance(port, bool) or not (isinstance(port, int) and 0 < port < 65536):
         return None
     return Contact(node_id, host, port)

@@ -6,6 +6,7 @@ and its best replacement promoted.
 """
 
 import heapq
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -19,8 +20,9 @@ GOOD_FOR = 600.0  # a contact that answered within this many seconds is "good", 
 @dataclass(slots=True)
 class _Entry:
     contact: Contact
-    last_reply: float = 0.0
-    last_request: float = 0.0
+    # -inf, not 0: monotonic time starts at boot, so 0 can be "recent" on a freshly booted host.
+    last_reply: float = -math.inf
+    last_request: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -62,7 +64,7 @@ class RoutingTable:
         excluded = set(exclude)
         target_int = int.from_bytes(target, "big")
         candidates = (c for c in self.contacts() if c.node_id not in excluded)
-        return heapq.nsmallest(count or self.k, candidates, key=lambda c: c.id_int ^ target_int)
+        return heapq.nsmallest(self.k if count is None else count, candidates, key=lambda c: c.id_int ^ target_int)
 
     def health(self) -> tuple[int, int]:
         """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest."""
@@ -123,7 +125,7 @@ class RoutingTable:
                     entry.last_reply = now
                 return True
             if len(bucket.entries) < self.k:
-                bucket.entries[contact.node_id] = _Entry(contact, last_reply=now if replied else 0.0)
+                bucket.entries[contact.node_id] = _Entry(contact, last_reply=now if replied else -math.inf)
                 bucket.replacements.pop(contact.node_id, None)
                 return True
             if bucket.covers(self.own_id_int) and bucket.high - bucket.low > 1:

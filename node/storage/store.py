@@ -78,12 +78,7 @@ class ValueStore:
     def put(self, key: bytes, value: Value, *, origin: str, ttl: float) -> Verdict:
         """Store `value` (already checked) under `key` if policy and quotas allow; never raises for a
         refused value."""
-        current = self._current(key, value)
-        verdict = judge_update(current, value, self._id_owners(key, value.id))
-        if verdict is Verdict.NEW:
-            verdict = self._admit(key, value, origin)
-        elif verdict is Verdict.UPDATE and origin != LOCAL_ORIGIN:
-            verdict = self._admit_growth(value, current, origin)
+        verdict = judge_update(self._current(key, value), value, self._id_owners(key, value.id))
         if not verdict.accepted:
             return verdict
         expires = time.time() + ttl
@@ -93,10 +88,15 @@ class ValueStore:
                 (expires, key, value.owner, _sql_id(value.id)),
             )
             return verdict
+        if verdict is Verdict.NEW and self._count(key) >= self.quotas.max_values_per_key:
+            return Verdict.REFUSE_KEY_FULL
         charge = value.size + ROW_OVERHEAD
         old = self._db.execute(
             "SELECT origin, charge FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
         ).fetchone()
+        refusal = self._quota_refusal(origin, charge, old)
+        if refusal is not None:
+            return refusal
         self._db.execute(
             "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
@@ -107,23 +107,23 @@ class ValueStore:
         self._charges[origin] += charge
         return verdict
 
-    def _admit(self, key: bytes, value: Value, origin: str) -> Verdict:
-        count = self._db.execute("SELECT COUNT(*) FROM vals WHERE key=?", (key,)).fetchone()[0]
-        if count >= self.quotas.max_values_per_key:
-            return Verdict.REFUSE_KEY_FULL
-        return self._admit_growth(value, None, origin)
-
-    def _admit_growth(self, value: Value, current: Value | None, origin: str) -> Verdict:
-        growth = value.size + ROW_OVERHEAD - (current.size + ROW_OVERHEAD if current else 0)
+    def _quota_refusal(self, origin: str, charge: int, old: tuple[str, int] | None) -> Verdict | None:
+        """Whether charging `charge` to `origin` (releasing the replaced row's charge) breaks a quota."""
+        old_origin, old_charge = old if old else ("", 0)
+        growth = charge - (old_charge if old_origin == origin else 0)
         if origin == LOCAL_ORIGIN:
-            return Verdict.NEW if self._charges[LOCAL_ORIGIN] + growth <= self.quotas.max_local_bytes else (
-                Verdict.REFUSE_STORE_FULL
-            )
-        if self.remote_bytes + growth > self.quotas.max_remote_bytes:
+            if self._charges[LOCAL_ORIGIN] + growth > self.quotas.max_local_bytes:
+                return Verdict.REFUSE_STORE_FULL
+            return None
+        released = old_charge if old and old_origin != LOCAL_ORIGIN else 0
+        if self.remote_bytes + charge - released > self.quotas.max_remote_bytes:
             return Verdict.REFUSE_STORE_FULL
         if self._charges[origin] + growth > self.quotas.max_remote_bytes * self.quotas.peer_share:
             return Verdict.REFUSE_PEER_QUOTA
-        return Verdict.NEW if current is None else Verdict.UPDATE
+        return None
+
+    def _count(self, key: bytes) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM vals WHERE key=?", (key,)).fetchone()[0]
 
     def expire(self, now: float | None = None) -> list[tuple[bytes, Value]]:
         """Remove and return every value whose time is up."""
