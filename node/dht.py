@@ -172,10 +172,13 @@ class DhtNode:
 
     async def lookup(self, target: bytes) -> list[Contact]:
         """The k proven nodes closest to `target`."""
+        return await self._traverse(target, None)
+
+    async def _traverse(self, target: bytes, collector: "_ValueCollector | None") -> list[Contact]:
         return await traverse(
             target,
             self.table.closest(target),
-            lambda contact: self._find(contact, target, None),
+            lambda contact: self._find(contact, target, collector),
             k=self.config.k,
             alpha=self.config.alpha,
             exclude=self.node_id,
@@ -237,14 +240,7 @@ class DhtNode:
 
     async def _gather(self, key: bytes) -> tuple[list[Value], list[Contact]]:
         collector = _ValueCollector(key, self.store.get(key))
-        nodes = await traverse(
-            key,
-            self.table.closest(key),
-            lambda contact: self._find(contact, key, collector),
-            k=self.config.k,
-            alpha=self.config.alpha,
-            exclude=self.node_id,
-        )
+        nodes = await self._traverse(key, collector)
         self.counters.add("gets")
         return collector.result(), nodes
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_WELCOMES = 1024
 TICK = 1.0
+YIELD_EVERY = 200
 
 
 class Replicator:
@@ -62,7 +63,9 @@ class Replicator:
         """Send `newcomer` the values it should now hold; returns how many keys were handed over."""
         node = self._node
         handed = 0
-        for key in node.store.keys():
+        for index, key in enumerate(node.store.keys()):
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
             closest = node.table.closest(key)
             if newcomer not in closest or not node.is_closest_holder(key, ignoring=newcomer.node_id):
                 continue
