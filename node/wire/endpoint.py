@@ -213,7 +213,7 @@ class Endpoint(asyncio.DatagramProtocol):
             self._counters.add("oversized_plain_replies")
 
     def _serve_mesh(self, address: Address, name: str, args: list) -> dict | None:
-        if len(args) != 2 or not _is_node_id(args[0]) or not isinstance(args[1], dict):
+        if not isinstance(args, list) or len(args) != 2 or not _is_node_id(args[0]) or not isinstance(args[1], dict):
             self._counters.add("malformed_requests")
             return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
         request = Request(address, name, args[0], args[1])
@@ -289,10 +289,10 @@ class Endpoint(asyncio.DatagramProtocol):
             inner = codec.unpack(b"".join(transfer.pieces[i] for i in range(transfer.count)))
         except codec.MalformedDatagram as error:
             raise RpcRefused("transfer holds no request") from error
-        if not (isinstance(inner, list) and len(inner) == 2 and inner[0] in self._mesh):
+        if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)):
             raise RpcRefused("transfer holds no request")
         name, args = inner
-        if name in _TRANSFER_RPCS:
+        if name not in self._mesh or name in _TRANSFER_RPCS or not isinstance(args, list):
             raise RpcRefused("transfer holds no request")
         reply = self._serve_mesh(request.address, name, args)
         # The inner reply is the real answer: hand it back whole, as this RPC's payload.
