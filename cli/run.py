@@ -5,6 +5,7 @@ import asyncio
 import errno
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def command(args: argparse.Namespace) -> int:
         bootstrap = [resolve(spec) for spec in args.bootstrap]
     except AddressError as error:
         raise CliError(str(error)) from error
-    node = DhtNode(identity, data_dir=data_dir)
+    try:
+        node = DhtNode(identity, data_dir=data_dir)
+    except sqlite3.DatabaseError as error:
+        raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
     _run_loop(_serve(node, args, bootstrap, data_dir))
     return 0
 

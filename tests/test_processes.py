@@ -211,6 +211,12 @@ def test_unreadable_identity_gives_one_clear_line(tmp_path: Path) -> None:
     assert_one_line_error(result, "unreadable")
 
 
+def test_corrupt_value_store_gives_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "values.sqlite3").write_bytes(b"this is not a database" * 100)
+    result = run_cli("run", "-p", "0", "--proxyserver", "0", "--persist", str(tmp_path))
+    assert_one_line_error(result, "value store")
+
+
 def test_identity_new_and_show(tmp_path: Path) -> None:
     path = tmp_path / "me.json"
     node_id = new_identity(path)
