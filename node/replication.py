@@ -96,6 +96,7 @@ class Replicator:
                     self._last_refresh = now
                     await self.refresh_buckets()
             except (RpcFailure, OSError):
+                # One unreachable or misbehaving replica must not end the duties of this node.
                 log.debug("maintenance round failed", exc_info=True)
 
     async def republish_due(self) -> int:

@@ -1,5 +1,6 @@
 """A peer's routing identity: its 160-bit id and UDP address, and XOR distance between ids."""
 
+import ipaddress
 from dataclasses import dataclass
 
 ID_BITS = 160
@@ -36,7 +37,12 @@ def contact_from_wire(item: object) -> Contact | None:
     node_id, host, port = item
     if not (isinstance(node_id, bytes) and len(node_id) == ID_BYTES):
         return None
-    if not (isinstance(host, str) and 0 < len(host) <= 64):
+    if not isinstance(host, str):
+        return None
+    try:
+        # Literal addresses only: a name would make us resolve (and block on) whatever a peer chose.
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
         return None
     if isinstance(port, bool) or not (isinstance(port, int) and 0 < port < 65536):
         return None

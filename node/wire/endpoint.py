@@ -19,15 +19,16 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PIECE_SIZE = 1200
 MAX_PIECES = codec.MAX_MESSAGE // PIECE_SIZE
@@ -355,16 +356,12 @@ class Endpoint(asyncio.DatagramProtocol):
         if len(pieces) > MAX_PIECES:
             raise RpcRefused("request too large")
         transfer_id = os.urandom(8)
-        window = asyncio.Semaphore(FRAGMENT_WINDOW)
 
         async def send_piece(index: int, piece: bytes) -> None:
-            async with window:
-                body = {"x": transfer_id, "i": index, "c": len(pieces), "d": piece}
-                await self._open(address, await self._exchange(address, self._mesh_payload("dm_part", body)))
+            body = {"x": transfer_id, "i": index, "c": len(pieces), "d": piece}
+            await self._open(address, await self._exchange(address, self._mesh_payload("dm_part", body)))
 
-        async with asyncio.TaskGroup() as group:
-            for index, piece in enumerate(pieces):
-                group.create_task(send_piece(index, piece))
+        await _all_or_first_failure([send_piece(index, piece) for index, piece in enumerate(pieces)])
         return await self._exchange(address, self._mesh_payload("dm_done", {"x": transfer_id}))
 
     async def _pull(self, address: Address, big: Any) -> dict:
@@ -373,19 +370,19 @@ class Endpoint(asyncio.DatagramProtocol):
         transfer_id, count = big
         if not isinstance(count, int) or not 1 < count <= MAX_PIECES:
             raise ProtocolViolation("bad transfer size")
-        window = asyncio.Semaphore(FRAGMENT_WINDOW)
 
         async def pull(index: int) -> bytes:
-            async with window:
-                body = {"x": transfer_id, "i": index}
-                reply = await self._open(address, await self._exchange(address, self._mesh_payload("dm_pull", body)))
+            body = {"x": transfer_id, "i": index}
+            reply = await self._open(address, await self._exchange(address, self._mesh_payload("dm_pull", body)))
             if not isinstance(reply.payload, bytes):
                 raise ProtocolViolation("bad piece")
             return reply.payload
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(pull(index)) for index in range(count)]
-        envelope = codec.unpack(b"".join(task.result() for task in tasks))
+        pieces = await _all_or_first_failure([pull(index) for index in range(count)])
+        try:
+            envelope = codec.unpack(b"".join(pieces))
+        except codec.MalformedDatagram as error:
+            raise ProtocolViolation("reassembled reply is not msgpack") from error
         if not isinstance(envelope, dict) or "big" in envelope:
             raise ProtocolViolation("bad reassembled reply")
         return envelope
@@ -427,6 +424,29 @@ class Endpoint(asyncio.DatagramProtocol):
             raise RpcTimeout("endpoint closed")
         self._counters.add("datagrams_out")
         self.transport.sendto(datagram, address)
+
+
+async def _all_or_first_failure(jobs: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run piece transfers `FRAGMENT_WINDOW` at a time; the first failure cancels the rest and is raised
+    as itself (an `RpcFailure`), not wrapped in an exception group."""
+    window = asyncio.Semaphore(FRAGMENT_WINDOW)
+
+    async def limited(job: Coroutine[Any, Any, T]) -> T:
+        try:
+            async with window:
+                return await job
+        finally:
+            job.close()  # a job cancelled before its turn was never started: close it quietly
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(limited(job)) for job in jobs]
+    except ExceptionGroup as failures:
+        first = next((error for error in failures.exceptions if isinstance(error, RpcFailure)), None)
+        if first is None:
+            raise
+        raise first from failures
+    return [task.result() for task in tasks]
 
 
 def _split(encoded: bytes) -> list[bytes]:
