@@ -1,19 +1,24 @@
 """Helpers shared by the tests: fast node settings, in-process nodes, and `dhtmesh` processes."""
 
+import contextlib
 import os
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.wire.ratelimit import Address
 
 # Short periods so that background duties (sweep, repair, hand-off) happen within a test.
 FAST = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
+
 
 async def start_node(config: NodeConfig = FAST, data_dir: Path | None = None) -> DhtNode:
     node = DhtNode(Identity.generate(), config, data_dir)
@@ -59,3 +64,26 @@ def wait_ready(process: subprocess.Popen) -> dict[str, str]:
                 break
     process.kill()
     raise AssertionError(f"node did not become ready: {process.stderr.read() if process.stderr else ''}")
+
+
+@contextlib.contextmanager
+def watch_datagrams(nodes: Iterable[DhtNode]) -> Iterator[list[tuple[Address, bytes]]]:
+    """Record `(destination, datagram)` for everything the nodes send while the block runs."""
+    sent: list[tuple[Address, bytes]] = []
+    transports = []
+    for node in nodes:
+        transport = node.endpoint.transport
+        assert transport is not None
+        original = transport.sendto
+
+        def sendto(data: bytes, addr: Any = None, *, _original: Callable = original) -> None:
+            sent.append((addr, bytes(data)))
+            _original(data, addr)
+
+        transport.sendto = sendto  # type: ignore[method-assign]
+        transports.append(transport)
+    try:
+        yield sent
+    finally:
+        for transport in transports:
+            del transport.sendto  # the class's own method again

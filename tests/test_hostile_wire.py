@@ -29,6 +29,7 @@ from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
 from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import watch_datagrams
 
 Address = tuple[str, int]
 LOCALHOST = "127.0.0.1"
@@ -228,22 +229,6 @@ async def wait_until(condition: Callable[[], bool], patience: float = 3.0) -> bo
             return False
         await asyncio.sleep(0.01)
     return True
-
-
-def record_datagram_sizes(nodes: list[DhtNode]) -> list[int]:
-    """Observe every datagram the nodes' sockets send (wraps each transport's `sendto`; sends unchanged)."""
-    sizes: list[int] = []
-    for node in nodes:
-        transport = node.endpoint.transport
-        assert transport is not None
-        original = transport.sendto
-
-        def observed(data: bytes, addr: Any = None, _send: Callable[..., None] = original) -> None:
-            sizes.append(len(data))
-            _send(data, addr)
-
-        transport.sendto = observed  # type: ignore[method-assign]
-    return sizes
 
 
 KEY = hashlib.sha1(b"hostile-wire").digest()
@@ -863,38 +848,38 @@ async def reader_without_copy(nodes: list[DhtNode], key: bytes) -> DhtNode:
 
 async def test_64_kib_value_travels_in_datagrams_of_at_most_1400_bytes(make_mesh: Callable[..., Any]) -> None:
     nodes = await make_mesh(5, config=FAST_K3)
-    sizes = record_datagram_sizes(nodes)
-    key = hashlib.sha1(b"a big value").digest()
-    value = nodes[0].sign(key, Value(new_value_id(), os.urandom(64 * 1024), utype="application/octet-stream"))
+    with watch_datagrams(nodes) as sent:
+        key = hashlib.sha1(b"a big value").digest()
+        value = nodes[0].sign(key, Value(new_value_id(), os.urandom(64 * 1024), utype="application/octet-stream"))
 
-    result = await nodes[0].put(key, value)
-    reader = await reader_without_copy(nodes, key)
-    got = await reader.get(key)
+        result = await nodes[0].put(key, value)
+        reader = await reader_without_copy(nodes, key)
+        got = await reader.get(key)
 
-    assert result.replicas >= 1
-    assert got == [value]
-    assert len(sizes) > 2 * (64 * 1024 // PIECE_SIZE), "the value did not cross the wire in pieces"
-    assert max(sizes) <= MAX_DATAGRAM
-    assert_no_handler_errors(nodes)
+        assert result.replicas >= 1
+        assert got == [value]
+        assert_no_handler_errors(nodes)
+    assert len(sent) > 2 * (64 * 1024 // PIECE_SIZE), "the value did not cross the wire in pieces"
+    assert max(len(datagram) for _, datagram in sent) <= MAX_DATAGRAM
 
 
 async def test_key_with_50_values_is_paged_in_datagrams_of_at_most_1400_bytes(
     make_mesh: Callable[..., Any],
 ) -> None:
     nodes = await make_mesh(5, config=FAST_K3)
-    sizes = record_datagram_sizes(nodes)
-    key = hashlib.sha1(b"a crowded key").digest()
-    # Small values go inline in find pages, larger ones as references fetched one by one.
-    values = [Value(new_value_id(), os.urandom(40 if index % 2 else 700)) for index in range(50)]
-    for value in values:
-        assert (await nodes[0].put(key, value)).replicas >= 1
+    with watch_datagrams(nodes) as sent:
+        key = hashlib.sha1(b"a crowded key").digest()
+        # Small values go inline in find pages, larger ones as references fetched one by one.
+        values = [Value(new_value_id(), os.urandom(40 if index % 2 else 700)) for index in range(50)]
+        for value in values:
+            assert (await nodes[0].put(key, value)).replicas >= 1
 
-    reader = await reader_without_copy(nodes, key)
-    got = await reader.get(key)
+        reader = await reader_without_copy(nodes, key)
+        got = await reader.get(key)
 
-    assert sorted(got, key=lambda v: v.id) == sorted(values, key=lambda v: v.id)
-    assert max(sizes) <= MAX_DATAGRAM
-    assert_no_handler_errors(nodes)
+        assert sorted(got, key=lambda v: v.id) == sorted(values, key=lambda v: v.id)
+        assert_no_handler_errors(nodes)
+    assert max(len(datagram) for _, datagram in sent) <= MAX_DATAGRAM
 
 
 async def test_request_in_pieces_whose_wrapped_reply_just_overflows_returns_the_bare_payload(

@@ -36,7 +36,7 @@ from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
-from support import FAST, start_node
+from support import FAST, start_node, watch_datagrams
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 LOCALHOST = "127.0.0.1"
@@ -64,29 +64,6 @@ def rpc_name(datagram: bytes) -> str | None:
     if frame.kind == codec.REQUEST and isinstance(body, list) and len(body) == 2 and isinstance(body[0], str):
         return body[0]
     return None
-
-
-@contextlib.contextmanager
-def watch_datagrams(nodes: Iterable[DhtNode]) -> Iterator[list[tuple[Address, bytes]]]:
-    """Record `(destination, datagram)` for everything the nodes send while the block runs."""
-    sent: list[tuple[Address, bytes]] = []
-    transports = []
-    for node in nodes:
-        transport = node.endpoint.transport
-        assert transport is not None
-        original = transport.sendto
-
-        def sendto(data: bytes, addr: Any = None, *, _original: Callable = original) -> None:
-            sent.append((addr, bytes(data)))
-            _original(data, addr)
-
-        transport.sendto = sendto  # type: ignore[method-assign]
-        transports.append(transport)
-    try:
-        yield sent
-    finally:
-        for transport in transports:
-            del transport.sendto  # the class's own method again
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import pytest
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, new_value_id
 from kademlia.network import Server
+from support import watch_datagrams
 
 LOCALHOST = "127.0.0.1"
 TEXT = "text/plain"
@@ -44,22 +45,6 @@ def address_of(server: Server) -> Address:
 def dkey(key: str) -> bytes:
     """The DHT key a stock peer uses for `key`: SHA-1 of it (`kademlia.utils.digest`)."""
     return hashlib.sha1(key.encode()).digest()
-
-
-def record_datagram_sizes(nodes: list[DhtNode]) -> list[int]:
-    """Observe every datagram the nodes' sockets send (wraps each transport's `sendto`; sends unchanged)."""
-    sizes: list[int] = []
-    for node in nodes:
-        transport = node.endpoint.transport
-        assert transport is not None
-        original = transport.sendto
-
-        def observed(data: bytes, addr: Any = None, _send: Callable[..., None] = original) -> None:
-            sizes.append(len(data))
-            _send(data, addr)
-
-        transport.sendto = observed  # type: ignore[method-assign]
-    return sizes
 
 
 @pytest.fixture
@@ -198,13 +183,13 @@ async def test_two_stock_peers_exchange_values_through_the_mesh(mesh: list[DhtNo
 async def test_value_too_big_for_one_datagram_is_never_sent_to_a_stock_peer(mesh: list[DhtNode], stock: Server) -> None:
     """A stock value of 3 KB reaches dhtmesh whole; served back to a stock peer it would need an oversized
     reply (flaw F11), so dhtmesh answers find_value with contacts instead and sends nothing over 1,400 B."""
-    sizes = record_datagram_sizes(mesh)
-    big = "x" * 3000
-    assert await stock.set("big", big) is True
-    assert [v.data for v in await mesh[0].get(dkey("big"))] == [big.encode()]
+    with watch_datagrams(mesh) as sent:
+        big = "x" * 3000
+        assert await stock.set("big", big) is True
+        assert [v.data for v in await mesh[0].get(dkey("big"))] == [big.encode()]
 
-    async with stock_server() as other:
-        await other.bootstrap([mesh[1].address])
-        assert await other.get("big") is None
-    assert max(sizes) <= MAX_DATAGRAM
-    assert_no_handler_errors(mesh)
+        async with stock_server() as other:
+            await other.bootstrap([mesh[1].address])
+            assert await other.get("big") is None
+        assert_no_handler_errors(mesh)
+    assert max(len(datagram) for _, datagram in sent) <= MAX_DATAGRAM
