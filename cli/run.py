@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--bootstrap", action="append", default=[], metavar="HOST:PORT", help="peer to join")
     parser.add_argument("--proxyserver", type=int, default=8080, metavar="HTTP_PORT", help="proxy port (0: any)")
     parser.add_argument("--proxy-addr", default="127.0.0.1", help="address the proxy listens on")
+    parser.add_argument("--pushserver", metavar="URL", help="push gateway (gorush-style POST URL/api/push)")
     parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
 
@@ -69,7 +70,7 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await _start(node, args.bind, args.port, "UDP")
-    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver)
+    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver)
     try:
         await _start(proxy, args.proxy_addr, args.proxyserver, "proxy")
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))

@@ -8,11 +8,14 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.keys import node_id_from_public_key
+from dhtmesh.crypto.sealed import SealedBoxError, seal_to
 from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
@@ -27,7 +30,7 @@ from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import expiry_for
-from dhtmesh.node.values.value import InvalidValue, Value, sign_value, value_from_wire
+from dhtmesh.node.values.value import InvalidValue, Value, new_value_id, sign_value, value_from_wire
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
@@ -59,10 +62,11 @@ class _ValueCollector:
     Replicas send big values as references; each version is fetched from one replica only.
     """
 
-    def __init__(self, key: bytes, initial: list[Value]) -> None:
+    def __init__(self, key: bytes, initial: list[Value], on_new: Callable[[Value], None] | None = None) -> None:
         self.key = key
         self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial}
         self._fetching: dict[tuple[bytes, int], int] = {}
+        self._on_new = on_new
 
     def offer(self, raw: Any) -> None:
         try:
@@ -73,6 +77,8 @@ class _ValueCollector:
         current = self.values.get(value.identity)
         if current is None or value.seq > current.seq:
             self.values[value.identity] = value
+            if self._on_new is not None:
+                self._on_new(value)
 
     def wants(self, ref: Any) -> tuple[bytes, int] | None:
         """The identity to fetch for a reference `[owner, id, seq]`, unless we have or are fetching it."""
@@ -120,6 +126,7 @@ class DhtNode:
         self._keepers: dict[bytes, asyncio.Task] = {}
         self._subscribed: dict[bytes, list[Contact]] = {}
         self._started = time.time()
+        self.ongoing_ops = 0  # lookups in flight, reported as OpenDHT's `ops`
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -175,14 +182,18 @@ class DhtNode:
         return await self._traverse(target, None)
 
     async def _traverse(self, target: bytes, collector: "_ValueCollector | None") -> list[Contact]:
-        return await traverse(
-            target,
-            self.table.closest(target),
-            lambda contact: self._find(contact, target, collector),
-            k=self.config.k,
-            alpha=self.config.alpha,
-            exclude=self.node_id,
-        )
+        self.ongoing_ops += 1
+        try:
+            return await traverse(
+                target,
+                self.table.closest(target),
+                lambda contact: self._find(contact, target, collector),
+                k=self.config.k,
+                alpha=self.config.alpha,
+                exclude=self.node_id,
+            )
+        finally:
+            self.ongoing_ops -= 1
 
     async def _find(self, contact: Contact, target: bytes, collector: _ValueCollector | None) -> list[Contact] | None:
         nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
@@ -238,6 +249,23 @@ class DhtNode:
         values, _ = await self._gather(key)
         return values
 
+    async def get_stream(self, key: bytes) -> AsyncIterator[Value]:
+        """The values under `key` as they arrive: this node's own first, then each value (or newer
+        version of one) that the lookup finds. Ends when the lookup does."""
+        found: asyncio.Queue[Value | None] = asyncio.Queue()
+        collector = _ValueCollector(key, self.store.get(key), on_new=found.put_nowait)
+        for value in collector.result():
+            yield value
+        lookup = asyncio.get_running_loop().create_task(self._traverse(key, collector))
+        lookup.add_done_callback(lambda _: found.put_nowait(None))
+        self.counters.add("gets")
+        try:
+            while (value := await found.get()) is not None:
+                yield value
+        finally:
+            lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+
     async def _gather(self, key: bytes) -> tuple[list[Value], list[Contact]]:
         collector = _ValueCollector(key, self.store.get(key))
         nodes = await self._traverse(key, collector)
@@ -246,6 +274,28 @@ class DhtNode:
 
     def sign(self, key: bytes, value: Value) -> Value:
         return sign_value(self.identity, key, value)
+
+    async def put_signed(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
+        """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
+        existing id gets a seq above every version of it this node (or the mesh) holds."""
+        if value.id == 0:
+            value = replace(value, id=new_value_id())
+        else:
+            versions = [v.seq for v in await self.get(key) if v.identity == (self.identity.public_key, value.id)]
+            if versions:
+                value = replace(value, seq=max(value.seq, max(versions) + 1))
+        return await self.put(key, self.sign(key, value), permanent=permanent)
+
+    async def put_encrypted(
+        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False
+    ) -> PutResult:
+        """Seal `value.data` to the recipient's Ed25519 public key, sign as this node, and put it."""
+        try:
+            sealed = seal_to(recipient_key, value.data)
+        except SealedBoxError as error:
+            raise InvalidValue(str(error)) from error
+        encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
+        return await self.put_signed(key, encrypted, permanent=permanent)
 
     async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
@@ -386,6 +436,7 @@ class DhtNode:
             "node_id": self.node_id.hex(),
             "ipv4": {"good": good, "dubious": dubious, "incoming": self.table.incoming()},
             "ipv6": {"good": 0, "dubious": 0, "incoming": 0},
+            "ops": self.ongoing_ops,
             "address": f"{self.address[0]}:{self.address[1]}",
             "listeners": self.hub.listener_count(),
             "subscribers": self.hub.subscription_count(),

@@ -41,6 +41,10 @@ class Listener:
     async def next(self) -> ValueEvent:
         return await self._queue.get()
 
+    def empty(self) -> bool:
+        """No event is waiting (the next `next()` would wait)."""
+        return self._queue.empty()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

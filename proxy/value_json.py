@@ -1,5 +1,6 @@
 """Values as OpenDHT's proxy writes them in JSON: `id` a decimal string, `data` standard base64, the owner
-as a PEM public key (Ed25519 here), `sig` base64. Parsing is strict: every wrong field is an error."""
+as a PEM public key (Ed25519 here), `sig` base64; an encrypted value has `cypher` (base64) and `to`
+(the recipient's 40-hex node id) instead of `data`. Parsing is strict: every wrong field is an error."""
 
 import base64
 import binascii
@@ -30,8 +31,28 @@ def owner_from_pem(text: str) -> bytes:
     return der[len(_ED25519_SPKI_PREFIX) :]
 
 
+def public_key_from_text(text: Any) -> bytes:
+    """A recipient's Ed25519 public key, as 64 hex characters or PEM."""
+    if not isinstance(text, str):
+        raise ValueJsonError("to must be a string")
+    if text.lstrip().startswith("-----BEGIN"):
+        return owner_from_pem(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as error:
+        raise ValueJsonError("to must be the recipient's Ed25519 public key (64 hex characters or PEM)") from error
+    if len(key) != 32:
+        raise ValueJsonError("to must be the recipient's Ed25519 public key (64 hex characters or PEM)")
+    return key
+
+
 def value_to_json(value: Value, *, expired: bool = False) -> dict[str, Any]:
-    document: dict[str, Any] = {"id": str(value.id), "type": value.type, "data": base64.b64encode(value.data).decode()}
+    payload = base64.b64encode(value.data).decode()
+    document: dict[str, Any] = {"id": str(value.id), "type": value.type}
+    if value.encrypted:
+        document |= {"cypher": payload, "to": value.to.hex()}
+    else:
+        document["data"] = payload
     if value.utype:
         document["utype"] = value.utype
     if value.signed:
@@ -49,7 +70,12 @@ def value_from_json(document: Any) -> Value:
         raise ValueJsonError("the body must be a JSON object")
     value_id = _id(document.get("id", 0))
     value_type = _int(document.get("type", 0), "type", MAX_TYPE)
-    data = _b64decode(_str(document.get("data", ""), "data"), "data")
+    to = b""
+    if "cypher" in document:
+        data = _b64decode(_str(document["cypher"], "cypher"), "cypher")
+        to = _recipient(document.get("to"))
+    else:
+        data = _b64decode(_str(document.get("data", ""), "data"), "data")
     utype = _str(document.get("utype", ""), "utype")
     owner = b""
     seq = 0
@@ -60,7 +86,16 @@ def value_from_json(document: Any) -> Value:
         sig = _b64decode(_str(document.get("sig", ""), "sig"), "sig")
     elif "sig" in document:
         raise ValueJsonError("sig without owner")
-    return Value(value_id, data, value_type, owner, seq, sig, utype)
+    return Value(value_id, data, value_type, owner, seq, sig, utype, to)
+
+
+def _recipient(raw: Any) -> bytes:
+    if not (isinstance(raw, str) and len(raw) == 40):
+        raise ValueJsonError("an encrypted value needs `to`: the recipient's 40-hex node id")
+    try:
+        return bytes.fromhex(raw)
+    except ValueError as error:
+        raise ValueJsonError("to must be 40 hex characters") from error
 
 
 def _id(raw: Any) -> int:

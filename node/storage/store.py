@@ -21,7 +21,7 @@ ROW_OVERHEAD = 64  # bytes charged per value beyond its payload, for keys and bo
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
     key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
-    type INTEGER NOT NULL, data BLOB NOT NULL, sig BLOB NOT NULL, utype TEXT NOT NULL,
+    type INTEGER NOT NULL, data BLOB NOT NULL, sig BLOB NOT NULL, utype TEXT NOT NULL, recipient BLOB NOT NULL,
     expires REAL NOT NULL, origin TEXT NOT NULL, stored_at REAL NOT NULL, charge INTEGER NOT NULL,
     PRIMARY KEY (key, owner, vid)
 ) WITHOUT ROWID;
@@ -52,11 +52,11 @@ def _py_id(sql_id: int) -> int:
 
 
 def _row_value(row: tuple) -> Value:
-    owner, vid, seq, value_type, data, sig, utype = row
-    return Value(_py_id(vid), data, value_type, owner, seq, sig, utype)
+    owner, vid, seq, value_type, data, sig, utype, recipient = row
+    return Value(_py_id(vid), data, value_type, owner, seq, sig, utype, recipient)
 
 
-_VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype"
+_VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype, recipient"
 
 
 class ValueStore:
@@ -98,9 +98,9 @@ class ValueStore:
         if refusal is not None:
             return refusal
         self._db.execute(
-            "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
-             expires, origin, time.time(), charge),
+             value.to, expires, origin, time.time(), charge),
         )
         if old:
             self._charges[old[0]] -= old[1]
@@ -134,8 +134,8 @@ class ValueStore:
         if rows:
             self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
         for row in rows:
-            self._charges[row[8]] -= row[9]
-        return [(row[0], _row_value(row[1:8])) for row in rows]
+            self._charges[row[9]] -= row[10]
+        return [(row[0], _row_value(row[1:9])) for row in rows]
 
     # ---- reads --------------------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """One value stored under a key: OpenDHT's fields, with Ed25519 signatures that also cover the key.
 
+An encrypted value keeps its ciphertext (a sealed box) in `data` and its recipient's node id in `to`;
+unlike OpenDHT, the owner and signature stay outside the ciphertext, so replicas can still enforce the
+edit policy on it.
+
 Identity of a value within a key is `(owner, id)`; unsigned values have an empty owner.
 """
 
@@ -16,6 +20,7 @@ MAX_UTYPE_SIZE = 256
 MAX_ID = (1 << 64) - 1
 MAX_SEQ = (1 << 32) - 1
 MAX_TYPE = (1 << 16) - 1
+RECIPIENT_SIZE = 20
 _SIGNING_DOMAIN = b"dhtmesh/value/v1"
 
 
@@ -32,6 +37,11 @@ class Value:
     seq: int = 0
     sig: bytes = b""
     utype: str = ""
+    to: bytes = b""  # recipient's node id when `data` is sealed to that recipient
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.to)
 
     @property
     def signed(self) -> bool:
@@ -46,7 +56,8 @@ class Value:
         return len(self.data) + len(self.sig) + len(self.utype)
 
     def to_wire(self) -> list:
-        return [self.id, self.type, self.data, self.owner, self.seq, self.sig, self.utype]
+        fields = [self.id, self.type, self.data, self.owner, self.seq, self.sig, self.utype]
+        return [*fields, self.to] if self.to else fields
 
     def verify(self, key: bytes) -> bool:
         return verify_signature(self.owner, signing_bytes(key, self), self.sig)
@@ -63,6 +74,8 @@ class Value:
             raise InvalidValue(f"data is larger than {MAX_DATA_SIZE} bytes")
         if len(self.utype.encode()) > MAX_UTYPE_SIZE:
             raise InvalidValue("utype is too long")
+        if self.to and len(self.to) != RECIPIENT_SIZE:
+            raise InvalidValue(f"to must be a {RECIPIENT_SIZE}-byte node id")
         if not self.owner:
             if self.sig or self.seq:
                 raise InvalidValue("an unsigned value carries no signature and no seq")
@@ -76,7 +89,8 @@ class Value:
 def signing_bytes(key: bytes, value: Value) -> bytes:
     """What the owner signs: the key (so a value cannot be replayed under another key) and every field."""
     return msgpack.packb(
-        [_SIGNING_DOMAIN, key, value.id, value.seq, value.type, value.data, value.utype], use_bin_type=True
+        [_SIGNING_DOMAIN, key, value.id, value.seq, value.type, value.data, value.utype, value.to],
+        use_bin_type=True,
     )
 
 
@@ -91,11 +105,12 @@ def new_value_id() -> int:
 
 def value_from_wire(item: Any) -> Value:
     """Parse a value from a peer, checking every type; raises `InvalidValue` for anything malformed."""
-    if not (isinstance(item, list) and len(item) == 7):
-        raise InvalidValue("a value is a 7-element list")
-    value_id, value_type, data, owner, seq, sig, utype = item
+    if not (isinstance(item, list) and len(item) in (7, 8)):
+        raise InvalidValue("a value is a 7- or 8-element list")
+    value_id, value_type, data, owner, seq, sig, utype, *recipient = item
+    to = recipient[0] if recipient else b""
     if not all(isinstance(field, int) and not isinstance(field, bool) for field in (value_id, value_type, seq)):
         raise InvalidValue("id, type and seq must be integers")
-    if not all(isinstance(field, bytes) for field in (data, owner, sig)) or not isinstance(utype, str):
-        raise InvalidValue("data, owner and sig must be bytes; utype a string")
-    return Value(value_id, data, value_type, owner, seq, sig, utype)
+    if not all(isinstance(field, bytes) for field in (data, owner, sig, to)) or not isinstance(utype, str):
+        raise InvalidValue("data, owner, sig and to must be bytes; utype a string")
+    return Value(value_id, data, value_type, owner, seq, sig, utype, to)

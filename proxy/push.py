@@ -1,0 +1,154 @@
+"""Push notifications (OpenDHT's SUBSCRIBE / UNSUBSCRIBE): a key's changes relayed to a push gateway.
+
+A subscription is `(key, push token, client id)`. While it lives (24 h unless renewed, as OpenDHT), a
+listener on the key turns each batch of new or expired values into one gorush-style `POST /api/push`
+to the gateway given by `--pushserver`, carrying OpenDHT's payload: `{"key", "to", "t", "s", "ids"}`
+(and `"exp"` for expired ids).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.listeners import Listener, ValueEvent
+from dhtmesh.node.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_LIFETIME = 24 * 3600.0
+PLATFORMS = {"ios": 1, "android": 2, "unifiedpush": 2}
+MAX_SUBSCRIPTIONS = 10000
+
+
+class PushError(ValueError):
+    """A SUBSCRIBE/UNSUBSCRIBE body that cannot be used; the message is fit for the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    token: str
+    client_id: str
+    platform: str
+    session_id: str
+    topic: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "PushTarget":
+        token = body.get("key")
+        if not isinstance(token, str) or not token:
+            raise PushError("No token")
+        fields = {name: body.get(name, "") for name in ("client_id", "platform", "session_id", "topic")}
+        if not all(isinstance(value, str) for value in fields.values()):
+            raise PushError("client_id, platform, session_id and topic must be strings")
+        return cls(token, **fields)
+
+
+@dataclass(slots=True)
+class _Subscription:
+    key: bytes
+    target: PushTarget
+    listener: Listener
+    expires: float
+    task: asyncio.Task | None = field(default=None)
+
+
+class PushRelay:
+    def __init__(self, node: DhtNode, gateway: str | None) -> None:
+        self._node = node
+        self._gateway = gateway.rstrip("/") if gateway else None
+        self._subscriptions: dict[tuple[bytes, str, str], _Subscription] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks = TaskSet()
+        self.sent = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._gateway is not None
+
+    def __len__(self) -> int:
+        return len(self._subscriptions)
+
+    async def start(self) -> None:
+        if self._gateway:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions.values():
+            subscription.listener.close()
+        self._subscriptions.clear()
+        await self._tasks.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def subscribe(self, key: bytes, target: PushTarget) -> bool:
+        """Start (or renew) a subscription; True when it is new."""
+        self._expire()
+        identity = (key, target.token, target.client_id)
+        existing = self._subscriptions.get(identity)
+        if existing is not None:
+            existing.expires = time.monotonic() + SUBSCRIPTION_LIFETIME
+            return False
+        if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise PushError("too many push subscriptions")
+        subscription = _Subscription(key, target, self._node.listen(key), time.monotonic() + SUBSCRIPTION_LIFETIME)
+        subscription.task = self._tasks.spawn(self._relay(subscription))
+        self._subscriptions[identity] = subscription
+        return True
+
+    def unsubscribe(self, key: bytes, target: PushTarget) -> bool:
+        subscription = self._subscriptions.pop((key, target.token, target.client_id), None)
+        if subscription is None:
+            return False
+        self._end(subscription)
+        return True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for identity in [i for i, s in self._subscriptions.items() if s.expires < now]:
+            self._end(self._subscriptions.pop(identity))
+
+    @staticmethod
+    def _end(subscription: _Subscription) -> None:
+        subscription.listener.close()
+        if subscription.task is not None:
+            subscription.task.cancel()
+
+    async def _relay(self, subscription: _Subscription) -> None:
+        while True:
+            batch = [await subscription.listener.next()]
+            while not subscription.listener.empty():
+                batch.append(await subscription.listener.next())
+            await self._send(subscription, batch)
+
+    async def _send(self, subscription: _Subscription, batch: list[ValueEvent]) -> None:
+        if self._session is None or self._gateway is None:
+            return
+        target = subscription.target
+        data: dict[str, Any] = {
+            "key": subscription.key.hex(),
+            "to": target.client_id,
+            "t": int(time.time() * 1000),
+            "s": target.session_id,
+            "ids": ",".join(str(e.value.id) for e in batch if not e.expired),
+        }
+        expired = [str(e.value.id) for e in batch if e.expired]
+        if expired:
+            data["exp"] = ",".join(expired)
+        notification = {
+            "tokens": [target.token],
+            "platform": PLATFORMS.get(target.platform, 2),
+            "priority": "high",
+            "topic": target.topic,
+            "data": data,
+        }
+        try:
+            async with self._session.post(f"{self._gateway}/api/push", json={"notifications": [notification]}) as reply:
+                if reply.status >= 400:
+                    log.warning("push gateway answered %d", reply.status)
+                self.sent += 1
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("push gateway unreachable: %s", error)

@@ -1,0 +1,46 @@
+"""How the proxy answers: JSON lines, JSON errors (`{"err": ...}` with a 4xx), chunked streams."""
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses; becomes `{"err": message}` with `status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_line(document: Any) -> bytes:
+    """One JSON document and a newline, keys sorted as OpenDHT's jsoncpp writes them."""
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def json_reply(document: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json_line(document), status=status, headers=JSON_HEADERS)
+
+
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    """A chunked 200 whose headers are sent at once, before the first line."""
+    response = web.StreamResponse(headers=JSON_HEADERS)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    return response
+
+
+async def json_body(request: web.Request) -> dict:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("Missing parameters")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest("Incorrect JSON") from error
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document

@@ -1,0 +1,221 @@
+"""Every HTTP route of the proxy, as one table (`ROUTES`) that both the router and `/openapi.json` are
+built from, and the thin handlers behind them. Handlers parse and format; the node does the work."""
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from aiohttp import web
+from dhtmesh.node.dht import DhtNode, PutRefused, PutResult
+from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
+from dhtmesh.proxy.keys import parse_key
+from dhtmesh.proxy.openapi import document
+from dhtmesh.proxy.push import PushError, PushRelay, PushTarget
+from dhtmesh.proxy.responses import JSON_HEADERS, BadRequest, json_body, json_line, json_reply, open_stream
+from dhtmesh.proxy.stats import RequestStats
+from dhtmesh.proxy.value_json import ValueJsonError, public_key_from_text, value_from_json, value_to_json
+
+NODE = web.AppKey("node", DhtNode)
+PUSH = web.AppKey("push", PushRelay)
+STATS = web.AppKey("stats", RequestStats)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "OPTIONS, GET, POST, LISTEN, SUBSCRIBE, UNSUBSCRIBE",
+    "Access-Control-Allow-Headers": "content-type",
+    "Access-Control-Max-Age": "86400",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: str | None = None  # what the request body holds, if anything
+    replies: dict[int, str] = field(default_factory=lambda: {200: "OK"})
+    streams: bool = False  # a chunked reply of one JSON value per line
+
+
+# ---- node ---------------------------------------------------------------------------------------
+
+
+async def node_info(request: web.Request) -> web.Response:
+    info = request.app[NODE].info()
+    info["public_ip"] = request.remote
+    return json_reply(info)
+
+
+async def node_stats(request: web.Request) -> web.Response:
+    node, stats = request.app[NODE], request.app[STATS]
+    announces = node.store.announces()
+    info = node.info()
+    info["public_ip"] = request.remote
+    return json_reply(
+        {
+            "listenCount": node.hub.listener_count(),
+            "pushListenersCount": len(request.app[PUSH]),
+            "putCount": len({key for key, _ in announces}),
+            "totalPermanentPuts": len(announces),
+            "requestRate": stats.rate(),
+            "totalRequests": stats.total,
+            "serverStartTime": int(stats.started),
+            "lastUpdated": int(time.time()),
+            "nodeInfo": info,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_reply(document(ROUTES))
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+
+
+def _key(request: web.Request) -> bytes:
+    return parse_key(request.match_info["key"])
+
+
+async def get_values(request: web.Request) -> web.StreamResponse:
+    response = await open_stream(request)
+    async for value in request.app[NODE].get_stream(_key(request)):
+        await response.write(json_line(value_to_json(value)))
+    await response.write_eof()
+    return response
+
+
+async def listen(request: web.Request) -> web.StreamResponse:
+    response = await open_stream(request)
+    # The handler is cancelled when the client goes away (handler_cancellation), closing the listener.
+    with request.app[NODE].listen(_key(request)) as listener:
+        async for event in listener:
+            await response.write(json_line(value_to_json(event.value, expired=event.expired)))
+    return response
+
+
+async def put_value(request: web.Request) -> web.Response:
+    document, value = await _value_body(request)
+    if value.id == 0:
+        if value.signed:
+            raise BadRequest("a signed value must carry the id it was signed with")
+        value = replace(value, id=new_value_id())
+    return await _put(request.app[NODE].put(_key(request), value, permanent=_permanent(document)))
+
+
+async def sign_value(request: web.Request) -> web.Response:
+    document, value = await _value_body(request)
+    if value.signed:
+        raise BadRequest("the value is already signed; POST it to /key/{key}")
+    return await _put(request.app[NODE].put_signed(_key(request), value, permanent=_permanent(document)))
+
+
+async def encrypt_value(request: web.Request) -> web.Response:
+    document, value = await _value_body(request, allow_recipient=True)
+    recipient = document.get("to")
+    if not recipient:
+        raise BadRequest("No destination found")
+    try:
+        recipient_key = public_key_from_text(recipient)
+    except ValueJsonError as error:
+        raise BadRequest(str(error)) from error
+    if value.signed or value.encrypted:
+        raise BadRequest("give the plain value: the node signs and encrypts it")
+    node = request.app[NODE]
+    return await _put(node.put_encrypted(_key(request), value, recipient_key, permanent=_permanent(document)))
+
+
+async def _value_body(request: web.Request, allow_recipient: bool = False) -> tuple[dict, Value]:
+    document = await json_body(request)
+    fields = {name: item for name, item in document.items() if not (allow_recipient and name == "to")}
+    try:
+        return document, value_from_json(fields)
+    except ValueJsonError as error:
+        raise BadRequest(str(error)) from error
+
+
+def _permanent(document: dict) -> bool:
+    permanent = document.get("permanent", False)
+    if not isinstance(permanent, bool | dict):
+        raise BadRequest("permanent must be a boolean or an object")
+    return bool(permanent)
+
+
+async def _put(operation: Awaitable[PutResult]) -> web.Response:
+    try:
+        result = await operation
+    except InvalidValue as error:
+        raise BadRequest(str(error)) from error
+    except PutRefused as error:
+        raise BadRequest(str(error), status=409) from error
+    return json_reply(value_to_json(result.value) | {"replicas": result.replicas})
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(headers={**JSON_HEADERS, **CORS_HEADERS})
+
+
+# ---- push ---------------------------------------------------------------------------------------
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    relay = request.app[PUSH]
+    target, body = await _push_target(request)
+    key = _key(request)
+    created = relay.subscribe(key, target)
+    if created or body.get("refresh") is True:
+        return json_reply({})
+    response = await open_stream(request)
+    for value in request.app[NODE].store.get(key):
+        await response.write(json_line(value_to_json(value)))
+    await response.write_eof()
+    return response
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    target, _ = await _push_target(request)
+    request.app[PUSH].unsubscribe(_key(request), target)
+    return web.Response(headers=JSON_HEADERS)
+
+
+async def _push_target(request: web.Request) -> tuple[PushTarget, dict]:
+    if not request.app[PUSH].enabled:
+        raise BadRequest("push notifications are off: start the node with --pushserver URL", status=501)
+    body = await json_body(request)
+    try:
+        return PushTarget.from_body(body), body
+    except PushError as error:
+        raise BadRequest(str(error)) from error
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+_VALUE = "a value JSON (id, type, data, utype; owner, seq, sig when signed); optional `permanent`"
+_PUT_REPLIES = {200: "the stored value, with its id and `replicas`", 400: "bad value", 409: "refused by policy"}
+_PUSH = "`{key: push token, client_id, platform, session_id, topic, refresh}`"
+
+ROUTES: list[Route] = [
+    Route("GET", "/", node_info, "node info: id, routing table health, storage"),
+    Route("GET", "/node/info", node_info, "node info (same as /)"),
+    Route("GET", "/node/stats", node_stats, "proxy and node statistics"),
+    Route("GET", "/openapi.json", openapi, "this document"),
+    Route("GET", "/key/{key}", get_values, "the key's values, streamed as they are found", streams=True),
+    Route("POST", "/key/{key}", put_value, "put a value", _VALUE, _PUT_REPLIES),
+    Route("GET", "/key/{key}/listen", listen, "current, new and expired values; never ends", streams=True),
+    Route("POST", "/key/{key}/sign", sign_value, "sign as the node and put", _VALUE, _PUT_REPLIES),
+    Route("POST", "/key/{key}/encrypt", encrypt_value, "encrypt to `to`, sign, put", _VALUE, _PUT_REPLIES),
+    Route("OPTIONS", "/key/{key}", options, "CORS preflight"),
+    Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight"),
+    Route("GET", "/key/{key}/options", options, "CORS headers"),
+    Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH),
+    Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH),
+    # Legacy OpenDHT 1.x paths without the /key prefix.
+    Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
+    Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),
+    Route("LISTEN", "/{key}", listen, "legacy: listen", streams=True),
+    Route("OPTIONS", "/{key}", options, "legacy: CORS preflight"),
+    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH),
+    Route("UNSUBSCRIBE", "/{key}", unsubscribe, "legacy: stop push notifications", _PUSH),
+]

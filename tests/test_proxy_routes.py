@@ -1,0 +1,345 @@
+"""Every proxy route over real HTTP against a mesh of `dhtmesh run` processes on 127.0.0.1."""
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from dhtmesh.crypto import Identity, node_id_from_public_key, open_sealed
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.values import Value
+from dhtmesh.proxy.app import create_app
+from dhtmesh.proxy.keys import parse_key
+from dhtmesh.proxy.openapi import STANDARD_METHODS, document
+from dhtmesh.proxy.routes import ROUTES
+from dhtmesh.proxy.value_json import owner_from_pem, value_from_json
+from openapi_spec_validator import validate
+from support import NodeProcess
+
+Spawn = Callable[..., NodeProcess]
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+async def read_json(response: aiohttp.ClientResponse) -> dict:
+    return json.loads(await response.read())
+
+
+async def lines_of(session: aiohttp.ClientSession, url: str) -> list[dict]:
+    async with session.get(url) as response:
+        assert response.status == 200
+        return [json.loads(line) for line in (await response.text()).splitlines() if line]
+
+
+async def next_line(response: aiohttp.ClientResponse, within: float = 10.0) -> dict:
+    return json.loads(await asyncio.wait_for(response.content.readline(), within))
+
+
+@pytest.fixture
+def mesh(spawn: Spawn) -> list[NodeProcess]:
+    first = spawn("a")
+    return [first, spawn("b", "-b", first.udp), spawn("c", "-b", first.udp)]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def wait_connected(session: aiohttp.ClientSession, nodes: list[NodeProcess], good: int) -> None:
+    for _ in range(100):
+        infos = [await read_json(await session.get(f"{node.url}/")) for node in nodes]
+        if all(info["ipv4"]["good"] >= good for info in infos):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("mesh did not connect")
+
+
+async def test_node_info_is_live_and_truthful(spawn: Spawn, session: aiohttp.ClientSession) -> None:
+    alone = spawn("alone")
+    async with session.get(f"{alone.url}/") as response:
+        assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
+        info = await read_json(response)
+    assert info["node_id"] == alone.node_id and info["public_ip"] == "127.0.0.1"
+    assert info["ipv4"]["good"] == 0, "an isolated node must not look connected"
+    assert {"dubious", "incoming"} <= info["ipv4"].keys() and "ops" in info and "storage_values" in info
+
+    spawn("friend", "-b", alone.udp)
+    await wait_connected(session, [alone], good=1)  # seen at once, not after a cache period
+    node_info = await read_json(await session.get(f"{alone.url}/node/info"))
+    assert node_info["ipv4"]["good"] == 1
+
+
+async def test_put_get_and_legacy_routes(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    await wait_connected(session, mesh, good=2)
+    async with session.post(f"{mesh[0].url}/key/mykey", json={"data": b64(b"hello"), "id": "0"}) as response:
+        assert response.status == 200
+        stored = await read_json(response)
+    assert stored["id"].isdecimal() and int(stored["id"]) > 0 and stored["replicas"] == 2
+
+    async with session.get(f"{mesh[1].url}/key/mykey") as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        lines = [json.loads(line) for line in (await response.text()).splitlines()]
+    assert lines == [{"data": b64(b"hello"), "id": stored["id"], "type": 0}]
+
+    hashed = parse_key("mykey").hex()
+    for url in (f"{mesh[2].url}/{hashed}", f"{mesh[2].url}/key/{hashed.upper()}zzz", f"{mesh[2].url}/mykey"):
+        assert [line["id"] for line in await lines_of(session, url)] == [stored["id"]]
+
+    async with session.post(f"{mesh[2].url}/legacykey", json={"data": b64(b"old style")}) as response:
+        assert response.status == 200
+    assert [base64.b64decode(v["data"]) for v in await lines_of(session, f"{mesh[0].url}/key/legacykey")] == [
+        b"old style"
+    ]
+    assert await lines_of(session, f"{mesh[0].url}/key/never-put") == []
+
+
+async def test_permanent_put_is_counted_in_stats(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    async with session.post(f"{mesh[0].url}/key/kept", json={"data": b64(b"x"), "permanent": True}) as response:
+        assert response.status == 200
+    stats = await read_json(await session.get(f"{mesh[0].url}/node/stats"))
+    assert stats["putCount"] == 1 and stats["totalPermanentPuts"] == 1
+    assert stats["totalRequests"] >= 2 and stats["requestRate"] > 0 and stats["serverStartTime"] <= time.time()
+    assert stats["nodeInfo"]["node_id"] == mesh[0].node_id and stats["listenCount"] == 0
+
+
+async def test_listen_receives_values_put_through_other_nodes_and_frees_on_disconnect(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    await wait_connected(session, mesh, good=2)
+    await session.post(f"{mesh[0].url}/key/news", json={"data": b64(b"already there")})
+    async with session.get(f"{mesh[2].url}/key/news/listen") as response:
+        assert response.status == 200 and response.headers["Transfer-Encoding"] == "chunked"
+        assert base64.b64decode((await next_line(response))["data"]) == b"already there"
+        stats = await read_json(await session.get(f"{mesh[2].url}/node/stats"))
+        assert stats["listenCount"] == 1
+        await asyncio.sleep(0.5)
+        for node, text in ((mesh[0], b"from a"), (mesh[1], b"from b")):
+            await session.post(f"{node.url}/key/news", json={"data": b64(text)})
+            assert base64.b64decode((await next_line(response))["data"]) == text
+    for _ in range(50):
+        stats = await read_json(await session.get(f"{mesh[2].url}/node/stats"))
+        if stats["listenCount"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert stats["listenCount"] == 0, "a client that disconnects frees its listener"
+
+
+async def test_legacy_listen_method(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    await session.post(f"{mesh[0].url}/key/legacy-listen", json={"data": b64(b"v")})
+    async with session.request("LISTEN", f"{mesh[1].url}/legacy-listen") as response:
+        assert response.status == 200
+        assert base64.b64decode((await next_line(response))["data"]) == b"v"
+
+
+async def test_expired_values_are_announced_to_listeners(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    """Type 5 (IceCandidates) values live one minute, as in OpenDHT."""
+    await wait_connected(session, mesh, good=2)
+    async with session.get(f"{mesh[2].url}/key/short-lived/listen") as response:
+        await asyncio.sleep(0.5)
+        async with session.post(f"{mesh[0].url}/key/short-lived", json={"data": b64(b"ice"), "type": 5}) as put:
+            stored = await read_json(put)
+        fresh = await next_line(response)
+        assert (fresh["id"], fresh.get("expired")) == (stored["id"], None)
+        gone = await next_line(response, within=75)
+        assert gone == {"data": b64(b"ice"), "expired": True, "id": stored["id"], "type": 5}
+
+
+async def test_cors_options(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    preflights = (("OPTIONS", "/key/k"), ("OPTIONS", "/k"), ("OPTIONS", "/key/k/listen"), ("GET", "/key/k/options"))
+    for method, path in preflights:
+        async with session.request(method, mesh[0].url + path) as response:
+            assert response.status == 200
+            assert "LISTEN" in response.headers["Access-Control-Allow-Methods"]
+            assert response.headers["Access-Control-Allow-Headers"] == "content-type"
+            assert response.headers["Access-Control-Max-Age"] == "86400"
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_sign_puts_a_value_signed_by_the_node_and_bumps_seq(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    await wait_connected(session, mesh, good=2)
+    url = f"{mesh[0].url}/key/signed/sign"
+    async with session.post(url, json={"data": b64(b"v1"), "id": "77"}) as response:
+        assert response.status == 200
+        first = await read_json(response)
+    async with session.post(url, json={"data": b64(b"v2"), "id": "77"}) as response:
+        second = await read_json(response)
+    assert second["seq"] == first["seq"] + 1
+    owner = owner_from_pem(first["owner"])
+    assert node_id_from_public_key(owner).hex() == mesh[0].node_id, "signed with the node's own key"
+    values = await lines_of(session, f"{mesh[1].url}/key/signed")
+    assert len(values) == 1
+    value = value_from_json(values[0])
+    assert value.data == b"v2" and value.verify(parse_key("signed"))
+
+    async with session.post(url, json=second) as response:
+        assert response.status == 400, "an already signed value is POSTed to /key/{key}"
+
+
+async def test_encrypt_puts_a_value_only_the_recipient_can_read(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    recipient = Identity.generate()
+    body = {"data": b64(b"for your eyes"), "to": recipient.public_key.hex()}
+    async with session.post(f"{mesh[0].url}/key/secret/encrypt", json=body) as response:
+        assert response.status == 200
+        stored = await read_json(response)
+    assert "data" not in stored and stored["to"] == recipient.node_id.hex()
+    (line,) = await lines_of(session, f"{mesh[1].url}/key/secret")
+    value = value_from_json(line)
+    assert value.verify(parse_key("secret"))
+    assert open_sealed(recipient, value.data) == b"for your eyes"
+
+    for bad, message in (({"data": b64(b"x")}, "No destination found"), ({"data": "", "to": "abcd"}, "public key")):
+        async with session.post(f"{mesh[0].url}/key/secret/encrypt", json=bad) as response:
+            assert response.status == 400 and message in (await read_json(response))["err"]
+
+
+@pytest.fixture
+async def push_gateway() -> AsyncIterator[tuple[str, list[dict]]]:
+    """A small gorush-style receiver on 127.0.0.1 that records every `POST /api/push` body."""
+    received: list[dict] = []
+
+    async def push(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"counts": 1, "success": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/api/push", push)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    yield f"http://{host}:{port}", received
+    await runner.cleanup()
+
+
+async def test_subscribe_pushes_through_the_gateway_and_unsubscribe_stops(
+    spawn: Spawn, session: aiohttp.ClientSession, push_gateway: tuple[str, list[dict]]
+) -> None:
+    gateway, received = push_gateway
+    first = spawn("a")
+    pushing = spawn("b", "-b", first.udp, "--pushserver", gateway)
+    await wait_connected(session, [first, pushing], good=1)
+    subscription = {"key": "device-token", "client_id": "phone", "platform": "android", "session_id": "s1"}
+
+    async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
+        assert response.status == 200 and await read_json(response) == {}
+    await asyncio.sleep(0.5)
+    async with session.post(f"{first.url}/key/alerts", json={"data": b64(b"wake up")}) as response:
+        stored = await read_json(response)
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    (notification,) = received[0]["notifications"]
+    assert notification["tokens"] == ["device-token"] and notification["platform"] == 2
+    assert notification["data"]["key"] == parse_key("alerts").hex()
+    assert notification["data"]["ids"] == stored["id"] and notification["data"]["to"] == "phone"
+
+    async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
+        assert response.status == 200
+        existing = [json.loads(line) for line in (await response.text()).splitlines()]
+    assert [line["id"] for line in existing] == [stored["id"]]
+    stats = await read_json(await session.get(f"{pushing.url}/node/stats"))
+    assert stats["pushListenersCount"] == 1
+
+    async with session.request("UNSUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
+        assert response.status == 200
+    count = len(received)
+    await session.post(f"{first.url}/key/alerts", json={"data": b64(b"silence")})
+    await asyncio.sleep(1.0)
+    assert len(received) == count
+
+    for bad in ({}, {"key": 5}):
+        async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=bad) as response:
+            assert response.status == 400
+    async with session.request("SUBSCRIBE", f"{first.url}/key/alerts", json=subscription) as response:
+        assert response.status == 501 and "pushserver" in (await read_json(response))["err"]
+
+
+async def test_bad_input_is_answered_and_the_node_keeps_serving(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    url = f"{mesh[0].url}/key/guarded"
+    await session.post(url, json={"data": b64(b"kept")})
+    cases: list[bytes] = [b"", b"not json", b"[]", b'{"data": 1}', b'{"data": "***"}', b"{" + b" " * 300_000 + b"}"]
+    for body in cases:
+        async with session.post(url, data=body) as response:
+            assert 400 <= response.status < 500
+            assert "err" in await read_json(response)
+    assert [base64.b64decode(v["data"]) for v in await lines_of(session, url)] == [b"kept"]
+
+
+def test_openapi_document_lists_exactly_the_routes_the_router_serves() -> None:
+    node = DhtNode(Identity.generate())
+    try:
+        app = create_app(node)
+        served = {
+            (route.method, route.resource.canonical)
+            for route in app.router.routes()
+            if route.resource is not None and route.method != "HEAD"
+        }
+    finally:
+        node.store.close()
+    doc = document(ROUTES)
+    documented = set()
+    for path, item in doc["paths"].items():
+        documented |= {(method.upper(), path) for method in item if method.upper() in STANDARD_METHODS}
+        documented |= {(method, path) for method in item.get("x-custom-methods", {})}
+    assert served == documented
+    validate(doc)
+
+
+async def test_openapi_is_served(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    doc = await read_json(await session.get(f"{mesh[0].url}/openapi.json"))
+    assert doc["openapi"].startswith("3.") and "/key/{key}" in doc["paths"]
+
+
+def test_real_opendht_proxy_client_puts_gets_and_listens(mesh: list[NodeProcess]) -> None:
+    """Debian's `dhtnode --proxyclient` (OpenDHT 2.4.12) against a dhtmesh proxy."""
+    if shutil.which("dhtnode") is None:
+        if os.environ.get("CI"):
+            pytest.fail("dhtnode is not installed: scripts/test installs it with apt-get")
+        pytest.skip("dhtnode (Debian package) is not installed")
+    script = "sleep 3; echo 'll'; sleep 1; echo 'p pykey hello'; sleep 2; echo 'g pykey'; sleep 1; "
+    script += "echo 'l pykey'; sleep 1; echo 'p pykey again'; sleep 2; echo x"
+    feeder = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+    try:
+        client = subprocess.run(
+            ["dhtnode", "--proxyclient", mesh[0].url], stdin=feeder.stdout, capture_output=True, text=True, timeout=40
+        )
+    finally:
+        feeder.wait(timeout=10)
+        if feeder.stdout:
+            feeder.stdout.close()
+    output = client.stdout
+    assert "Known nodes: 2 good" in output, output  # the client sees the node as connected
+    assert output.count("Put: success") == 2, output
+    assert 'data(text/plain):"hello"' in output
+    assert "Get: found 1 value(s)" in output
+    assert 'Listen: found 1 values (total 2)' in output and 'data(text/plain):"again"' in output
+    stored = [value_from_json(json.loads(line)) for line in _get_lines(mesh[1].url, "pykey")]
+    assert sorted(v.data for v in stored) == [b"again", b"hello"]
+    assert all(isinstance(v, Value) and v.utype == "text/plain" for v in stored)
+
+
+def _get_lines(url: str, key: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/key/{key}", timeout=10) as response:
+        return [line for line in response.read().decode().splitlines() if line]
