@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.paths import read_identity
 from dhtmesh.node.values.value import Value, sign_value

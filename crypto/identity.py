@@ -16,9 +16,10 @@ from pathlib import Path
 import nacl.pwhash
 import nacl.secret
 import nacl.utils
-from dhtmesh.crypto.keys import node_id_from_public_key
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey
+
+from dhtmesh.crypto.keys import node_id_from_public_key
 
 FILE_VERSION = 1
 KDF_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE

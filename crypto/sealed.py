@@ -1,9 +1,10 @@
 """Anonymous encryption to a recipient's Ed25519 key: a sealed box to its X25519 twin."""
 
-from dhtmesh.crypto.identity import Identity
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.public import PublicKey, SealedBox
+
+from dhtmesh.crypto.identity import Identity
 
 
 class SealedBoxError(Exception):

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp.web_protocol
 from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
+
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.tasks import TaskSet

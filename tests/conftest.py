@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+
 from support import DHTMESH, FAST, NodeProcess, start_node, wait_ready
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]

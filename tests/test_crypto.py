@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dhtmesh.crypto import (
     Identity,
     IdentityError,
@@ -21,8 +24,6 @@ from dhtmesh.crypto import (
     verify_signature,
 )
 from dhtmesh.crypto.identity import is_password_protected
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 PASSWORD = "correct horse battery staple"
 

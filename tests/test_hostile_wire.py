@@ -21,14 +21,16 @@ from typing import Any, cast
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import proof_message
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
 from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
 from support import watch_datagrams
 
 Address = tuple[str, int]

@@ -23,8 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import dhtmesh
 import pytest
+
+import dhtmesh
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import proof_message
@@ -36,6 +37,7 @@ from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
+
 from support import FAST, start_node, watch_datagrams
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]

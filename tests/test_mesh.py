@@ -6,11 +6,12 @@ import random
 import time
 from dataclasses import replace
 
-from conftest import MeshFactory
 from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.values import Value, new_value_id, sign_value
+
+from conftest import MeshFactory
 from support import FAST, start_node
 
 SMALL_K = replace(FAST, k=4)

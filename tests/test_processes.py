@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from support import DHTMESH, NodeProcess, run_cli
 
 Spawn = Callable[..., NodeProcess]

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from openapi_spec_validator import validate
+
 from dhtmesh.crypto import Identity, node_id_from_public_key, open_sealed
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value
@@ -21,7 +23,7 @@ from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.value_json import owner_from_pem, value_from_json
-from openapi_spec_validator import validate
+
 from support import NodeProcess
 
 Spawn = Callable[..., NodeProcess]

@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dhtmesh.node.routing import table as table_module
 from dhtmesh.node.routing.contact import ID_BITS, Contact, contact_from_wire, distance
 from dhtmesh.node.routing.table import RoutingTable
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SPACE = 1 << ID_BITS
 OWN_ZERO = bytes(20)

@@ -13,9 +13,11 @@ from typing import Any
 
 import msgpack
 import pytest
+from kademlia.network import Server
+
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, new_value_id
-from kademlia.network import Server
+
 from support import watch_datagrams
 
 LOCALHOST = "127.0.0.1"

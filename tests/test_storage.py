@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dhtmesh.crypto import Identity
 from dhtmesh.node.storage import Quotas, ValueStore
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ROW_OVERHEAD

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+
 from dhtmesh.node.lookups.traverse import Query, traverse, traverse_in_rounds
 from dhtmesh.node.routing.contact import Contact, distance
 

@@ -5,6 +5,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dhtmesh.crypto import Identity
 from dhtmesh.node.values import (
     MAX_DATA_SIZE,
@@ -18,8 +21,6 @@ from dhtmesh.node.values import (
     value_from_wire,
 )
 from dhtmesh.node.values.value import MAX_ID, MAX_SEQ, MAX_UTYPE_SIZE
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 KEY_A = bytes(range(20))
 KEY_B = bytes(range(1, 21))

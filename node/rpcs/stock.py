@@ -10,6 +10,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
 from dhtmesh.node.rpcs.args import require_key
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+
 from dhtmesh.node.values.policy import Verdict, judge_update
 from dhtmesh.node.values.value import Value, value_from_wire
 
