@@ -10,6 +10,10 @@ from typing import Any, Protocol
 
 from dhtmesh import __version__
 
+PARAMETERS = {
+    "key": "40 hex characters, or any text (hashed with SHA-1)",
+    "value_id": "a value id, decimal",
+}
 STANDARD_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 
 
@@ -60,7 +64,7 @@ def _operation(route: RouteLike) -> dict[str, Any]:
                 "name": name,
                 "in": "path",
                 "required": True,
-                "description": "40 hex characters, or any text (hashed with SHA-1)",
+                "description": PARAMETERS.get(name, name),
                 "schema": {"type": "string"},
             }
             for name in parameters

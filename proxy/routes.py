@@ -154,6 +154,15 @@ async def _put(operation: Awaitable[PutResult]) -> web.Response:
     return json_reply(value_to_json(result.value) | {"replicas": result.replicas})
 
 
+async def cancel_put(request: web.Request) -> web.Response:
+    raw_id = request.match_info["value_id"]
+    if not raw_id.isdecimal() or not 0 < int(raw_id) < 1 << 64:
+        raise BadRequest("value id must be a decimal integer in [1, 2^64-1]")
+    if not request.app[NODE].cancel_put(_key(request), int(raw_id)):
+        raise BadRequest("no permanent put with this id under this key", status=404)
+    return json_reply({"cancelled": raw_id})
+
+
 async def options(request: web.Request) -> web.Response:
     return web.Response(headers={**JSON_HEADERS, **CORS_HEADERS})
 
@@ -207,6 +216,13 @@ ROUTES: list[Route] = [
     Route("GET", "/key/{key}/listen", listen, "current, new and expired values; never ends", streams=True),
     Route("POST", "/key/{key}/sign", sign_value, "sign as the node and put", _VALUE, _PUT_REPLIES),
     Route("POST", "/key/{key}/encrypt", encrypt_value, "encrypt to `to`, sign, put", _VALUE, _PUT_REPLIES),
+    Route(
+        "DELETE",
+        "/key/{key}/{value_id}",
+        cancel_put,
+        "cancel a permanent put: the value is no longer re-announced, and expires",
+        replies={200: "cancelled", 400: "bad id", 404: "no such permanent put"},
+    ),
     Route("OPTIONS", "/key/{key}", options, "CORS preflight"),
     Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight"),
     Route("GET", "/key/{key}/options", options, "CORS headers"),

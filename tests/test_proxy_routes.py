@@ -107,13 +107,24 @@ async def test_put_get_and_legacy_routes(mesh: list[NodeProcess], session: aioht
     assert await lines_of(session, f"{mesh[0].url}/key/never-put") == []
 
 
-async def test_permanent_put_is_counted_in_stats(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+async def test_permanent_put_is_counted_in_stats_and_can_be_cancelled(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
     async with session.post(f"{mesh[0].url}/key/kept", json={"data": b64(b"x"), "permanent": True}) as response:
         assert response.status == 200
+        stored = await read_json(response)
     stats = await read_json(await session.get(f"{mesh[0].url}/node/stats"))
     assert stats["putCount"] == 1 and stats["totalPermanentPuts"] == 1
     assert stats["totalRequests"] >= 2 and stats["requestRate"] > 0 and stats["serverStartTime"] <= time.time()
     assert stats["nodeInfo"]["node_id"] == mesh[0].node_id and stats["listenCount"] == 0
+
+    async with session.delete(f"{mesh[0].url}/key/kept/{stored['id']}") as response:
+        assert response.status == 200
+    stats = await read_json(await session.get(f"{mesh[0].url}/node/stats"))
+    assert stats["totalPermanentPuts"] == 0
+    for bad_id, status in ((stored["id"], 404), ("abc", 400), ("0", 400), (str(2**64), 400)):
+        async with session.delete(f"{mesh[0].url}/key/kept/{bad_id}") as response:
+            assert response.status == status and "err" in await read_json(response)
 
 
 async def test_listen_receives_values_put_through_other_nodes_and_frees_on_disconnect(
@@ -336,7 +347,7 @@ def test_real_opendht_proxy_client_puts_gets_and_listens(mesh: list[NodeProcess]
     assert output.count("Put: success") == 2, output
     assert 'data(text/plain):"hello"' in output
     assert "Get: found 1 value(s)" in output
-    assert 'Listen: found 1 values (total 2)' in output and 'data(text/plain):"again"' in output
+    assert "Listen: found 1 values (total 2)" in output and 'data(text/plain):"again"' in output
     stored = [value_from_json(json.loads(line)) for line in _get_lines(mesh[1].url, "pykey")]
     assert sorted(v.data for v in stored) == [b"again", b"hello"]
     assert all(isinstance(v, Value) and v.utype == "text/plain" for v in stored)
