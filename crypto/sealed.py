@@ -16,7 +16,7 @@ def seal_to(recipient_public_key: bytes, plaintext: bytes) -> bytes:
     try:
         curve_key = crypto_sign_ed25519_pk_to_curve25519(recipient_public_key)
     except (CryptoError, ValueError, TypeError) as error:
-        raise SealedBoxError(f"not an Ed25519 public key: {error}") from error
+        raise SealedBoxError("not a valid Ed25519 public key") from error
     return SealedBox(PublicKey(curve_key)).encrypt(plaintext)
 
 
