@@ -8,6 +8,7 @@ sender makes us challenge it in the background, at a bounded rate.
 """
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PROOF_DOMAIN = b"dhtmesh/node-proof/v1"
 MAX_REMEMBERED = 65536
+UNREACHABLE_FOR = 60.0  # a contact that failed a call is skipped by lookups for this long
 
 
 def proof_message(nonce: bytes) -> bytes:
@@ -48,6 +50,7 @@ class Admission:
         self._on_admitted = on_admitted
         self._proven: OrderedDict[Address, bytes] = OrderedDict()
         self._challenging: set[Address] = set()
+        self._unreachable: OrderedDict[Address, float] = OrderedDict()  # address → when it failed
         self._tasks = TaskSet(limit=max_challenges)
 
     def prove(self, nonce: bytes) -> list:
@@ -73,6 +76,7 @@ class Admission:
     def admit(self, contact: Contact) -> None:
         if contact.node_id == self._identity.node_id:
             return
+        self._unreachable.pop(contact.address, None)
         self._proven[contact.address] = contact.node_id
         self._proven.move_to_end(contact.address)
         while len(self._proven) > MAX_REMEMBERED:
@@ -82,10 +86,24 @@ class Admission:
             self._on_admitted(contact)
 
     def forget(self, contact: Contact) -> None:
-        """A contact stopped answering: drop it (its replacement, if any, is then proven again on use)."""
+        """A contact stopped answering: drop it, and let lookups skip it for a while, since other nodes
+        will keep offering it until they notice too."""
         if self._proven.get(contact.address) == contact.node_id:
             del self._proven[contact.address]
         self._table.remove(contact.node_id)
+        self._unreachable[contact.address] = time.monotonic()
+        self._unreachable.move_to_end(contact.address)
+        while len(self._unreachable) > MAX_REMEMBERED:
+            self._unreachable.popitem(last=False)
+
+    def recently_unreachable(self, address: Address) -> bool:
+        failed_at = self._unreachable.get(address)
+        if failed_at is None:
+            return False
+        if time.monotonic() - failed_at < UNREACHABLE_FOR:
+            return True
+        del self._unreachable[address]
+        return False
 
     def consider(self, address: Address, claimed_id: bytes) -> None:
         """A request came from `address` claiming `claimed_id`: refresh it, or challenge it if unproven."""

@@ -196,12 +196,16 @@ class DhtNode:
             self.ongoing_ops -= 1
 
     async def _find(self, contact: Contact, target: bytes, collector: _ValueCollector | None) -> list[Contact] | None:
+        if self.admission.recently_unreachable(contact.address):
+            return None
         nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
         body: dict[str, Any] = {"t": target}
         if collector is not None:
             body["v"] = True
         try:
             reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce)
+        except RpcRefused:
+            return None  # alive, but unwilling: not a contact to drop
         except RpcFailure:
             self.admission.forget(contact)
             return None
@@ -422,11 +426,12 @@ class DhtNode:
     def _on_admitted(self, contact: Contact) -> None:
         self.replicator.welcome(contact)
 
-    def is_closest_holder(self, key: bytes, ignoring: bytes | None = None) -> bool:
-        """Whether, as far as we know, no other node (but `ignoring`) is closer to `key` than we are."""
-        nearest = self.table.closest(key, 2, exclude=[ignoring] if ignoring else [])
+    def closeness_rank(self, key: bytes, ignoring: bytes | None = None) -> int:
+        """How many known contacts (but `ignoring`) are closer to `key` than we are: 0 means closest."""
         own = distance(self.node_id, key)
-        return not nearest or own < distance(nearest[0].node_id, key)
+        return sum(
+            1 for c in self.table.closest(key, exclude=[ignoring] if ignoring else []) if distance(c.node_id, key) < own
+        )
 
     # ---- reporting ----------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 * hand-off: when a proven newcomer is among the k closest to a key that we are the closest holder of,
   it gets that key's values (the stock library tested the wrong point here: flaw F14);
-* repair: for keys we are the closest holder of, every replica in the k closest is compared by
-  (owner, id) → seq and sent what it lacks, so lost replicas come back;
+* repair: for keys we are one of the few closest holders of, every replica in the k closest is compared
+  by (owner, id) → seq and sent what it lacks, so lost replicas come back;
 * re-announce: permanent puts made here are announced again before they would expire;
 * bucket refresh: a lookup of a random id in every bucket not touched for a while.
 """
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_WELCOMES = 1024
 TICK = 1.0
+REPAIRERS = 3  # the holders closest to a key (in their own view) that repair it
+REPAIR_CONCURRENCY = 8
 YIELD_EVERY = 200
 
 
@@ -67,7 +69,7 @@ class Replicator:
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
             closest = node.table.closest(key)
-            if newcomer not in closest or not node.is_closest_holder(key, ignoring=newcomer.node_id):
+            if newcomer not in closest or node.closeness_rank(key, ignoring=newcomer.node_id) > 0:
                 continue
             await asyncio.gather(
                 *(
@@ -114,12 +116,17 @@ class Replicator:
         return due
 
     async def repair(self) -> int:
-        """Bring every replica of the keys we are closest to up to date; returns values re-sent."""
+        """Bring every replica of the keys we are among the closest holders of up to date; returns values
+        re-sent. Several holders repair, so one that wrongly believes another is closer changes nothing."""
         node = self._node
-        sent = 0
-        for key in node.store.keys():
-            if node.is_closest_holder(key):
-                sent += await self.repair_key(key)
+        keys = [key for key in node.store.keys() if node.closeness_rank(key) < REPAIRERS]
+        window = asyncio.Semaphore(REPAIR_CONCURRENCY)
+
+        async def repair_one(key: bytes) -> int:
+            async with window:
+                return await self.repair_key(key)
+
+        sent = sum(await asyncio.gather(*(repair_one(key) for key in keys)))
         if sent:
             node.counters.add("repaired_values", sent)
         return sent

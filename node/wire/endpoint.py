@@ -10,7 +10,8 @@ Two kinds of RPC share one socket and one framing:
 
 No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: a large request goes as
 `dm_part` pieces followed by `dm_done`; a large reply is left with the responder and pulled back with
-`dm_pull`. Calls retry once before failing, and at most `max_in_flight` are outstanding at a time.
+`dm_pull`. A call waits a few measured round-trip times (`rtt.py`), then retries once and waits the
+full `timeout` before failing; at most `max_in_flight` calls are outstanding at a time.
 """
 
 import asyncio
@@ -26,6 +27,7 @@ from typing import Any, TypeVar, cast
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
+from dhtmesh.node.wire.rtt import RttEstimator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,7 +110,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._prove = prove
         self._counters = counters
         self._limiter = limiter or RequestLimiter()
-        self._timeout = timeout
+        self._rtt = RttEstimator(timeout)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[bytes, _Pending] = {}
         self._plain: dict[str, PlainHandler] = {}
@@ -391,20 +393,26 @@ class Endpoint(asyncio.DatagramProtocol):
         return codec.pack([name, [self.node_id, body]])
 
     async def _exchange(self, address: Address, payload: bytes) -> Any:
-        """Send a request, retrying once, and return the reply body."""
+        """Send a request, and return the reply body. The first attempt waits a few measured round trips;
+        the retry waits the full configured timeout, so a busy peer (or a busy us) is not taken for dead."""
         async with self._slots:
             message_id = os.urandom(codec.MESSAGE_ID_SIZE)
             datagram = bytes((codec.REQUEST,)) + message_id + payload
             future = asyncio.get_running_loop().create_future()
             self._pending[message_id] = _Pending(address, future)
+            waits = (self._rtt.timeout(address), self._rtt.max_timeout)
             try:
                 for attempt in range(2):
                     self._counters.add("rpc_out" if attempt == 0 else "rpc_retries")
+                    sent_at = time.monotonic()
                     self._transmit(datagram, address)
                     try:
-                        return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+                        reply = await asyncio.wait_for(asyncio.shield(future), waits[attempt])
                     except TimeoutError:
                         continue
+                    if attempt == 0:
+                        self._rtt.observe(address, time.monotonic() - sent_at)
+                    return reply
                 self._counters.add("rpc_timeouts")
                 raise RpcTimeout(f"no reply from {address[0]}:{address[1]}")
             finally:
