@@ -7,10 +7,12 @@ answered but never routed through and never sent data (flaws F9, F10). A request
 sender makes us challenge it in the background, at a bounded rate.
 """
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dhtmesh.crypto.identity import Identity
@@ -27,6 +29,16 @@ log = logging.getLogger(__name__)
 PROOF_DOMAIN = b"dhtmesh/node-proof/v1"
 MAX_REMEMBERED = 65536
 UNREACHABLE_FOR = 60.0  # a contact that failed a call is skipped by lookups for this long
+FIRST_PROBE = 5.0  # then it is probed again, backing off, so that a healed partition re-merges
+MAX_PROBE_INTERVAL = 300.0
+GIVE_UP_AFTER = 3600.0
+
+
+@dataclass(slots=True)
+class _Failure:
+    failed_at: float
+    next_probe: float
+    interval: float = FIRST_PROBE
 
 
 def proof_message(nonce: bytes) -> bytes:
@@ -50,7 +62,7 @@ class Admission:
         self._on_admitted = on_admitted
         self._proven: OrderedDict[Address, bytes] = OrderedDict()
         self._challenging: set[Address] = set()
-        self._unreachable: OrderedDict[Address, float] = OrderedDict()  # address → when it failed
+        self._unreachable: OrderedDict[Address, _Failure] = OrderedDict()
         self._tasks = TaskSet(limit=max_challenges)
 
     def prove(self, nonce: bytes) -> list:
@@ -91,19 +103,29 @@ class Admission:
         if self._proven.get(contact.address) == contact.node_id:
             del self._proven[contact.address]
         self._table.remove(contact.node_id)
-        self._unreachable[contact.address] = time.monotonic()
-        self._unreachable.move_to_end(contact.address)
-        while len(self._unreachable) > MAX_REMEMBERED:
-            self._unreachable.popitem(last=False)
+        if contact.address not in self._unreachable:
+            now = time.monotonic()
+            self._unreachable[contact.address] = _Failure(now, now + FIRST_PROBE)
+            while len(self._unreachable) > MAX_REMEMBERED:
+                self._unreachable.popitem(last=False)
 
     def recently_unreachable(self, address: Address) -> bool:
-        failed_at = self._unreachable.get(address)
-        if failed_at is None:
-            return False
-        if time.monotonic() - failed_at < UNREACHABLE_FOR:
-            return True
-        del self._unreachable[address]
-        return False
+        failure = self._unreachable.get(address)
+        return failure is not None and time.monotonic() - failure.failed_at < UNREACHABLE_FOR
+
+    async def probe_unreachable(self, limit: int = 8) -> int:
+        """Say hello again to a few addresses that failed, when their (backed-off) turn has come; those
+        that answer are admitted again. Returns how many came back."""
+        now = time.monotonic()
+        for address in [a for a, f in self._unreachable.items() if now - f.failed_at > GIVE_UP_AFTER]:
+            del self._unreachable[address]
+        due = [a for a, f in self._unreachable.items() if f.next_probe <= now][:limit]
+        for address in due:
+            failure = self._unreachable[address]
+            failure.interval = min(MAX_PROBE_INTERVAL, failure.interval * 2)
+            failure.next_probe = now + failure.interval
+        revived = [c for c in await asyncio.gather(*(self.challenge(a) for a in due)) if c is not None]
+        return len(revived)
 
     def consider(self, address: Address, claimed_id: bytes) -> None:
         """A request came from `address` claiming `claimed_id`: refresh it, or challenge it if unproven."""

@@ -5,6 +5,7 @@
 * repair: for keys we are one of the few closest holders of, every replica in the k closest is compared
   by (owner, id) → seq and sent what it lacks, so lost replicas come back;
 * re-announce: permanent puts made here are announced again before they would expire;
+* re-discovery: contacts that stopped answering are probed again, backing off, so a partition heals;
 * bucket refresh: a lookup of a random id in every bucket not touched for a while.
 """
 
@@ -89,6 +90,7 @@ class Replicator:
         while True:
             await asyncio.sleep(TICK)
             try:
+                await self._node.admission.probe_unreachable()
                 await self.republish_due()
                 now = time.monotonic()
                 if now - self._last_repair >= config.repair_interval:
