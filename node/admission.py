@@ -71,6 +71,9 @@ class Admission:
     def is_proven(self, address: Address, node_id: bytes) -> bool:
         return self._proven.get(address) == node_id
 
+    def is_proven_address(self, address: Address) -> bool:
+        return address in self._proven
+
     def accept_proof(self, contact: Contact, nonce: bytes, proof: Any) -> bool:
         """Check a proof that answered our `nonce`; on success the contact is admitted."""
         if not (isinstance(proof, list) and len(proof) == 2 and all(isinstance(p, bytes) for p in proof)):

@@ -112,6 +112,7 @@ class DhtNode:
             self.node_id,
             lambda nonce: self.admission.prove(nonce),
             self.counters,
+            is_trusted=lambda address: self.admission.is_proven_address(address),
             limiter=RequestLimiter(self.config.total_request_rate, self.config.peer_request_rate),
             timeout=self.config.rpc_timeout,
             max_in_flight=self.config.max_in_flight,

@@ -30,6 +30,7 @@ MAX_QUEUED_WELCOMES = 1024
 TICK = 1.0
 REPAIRERS = 3  # the holders closest to a key (in their own view) that repair it
 REPAIR_CONCURRENCY = 8
+HANDOFF_CONCURRENCY = 8
 YIELD_EVERY = 200
 
 
@@ -57,31 +58,32 @@ class Replicator:
 
     async def _hand_off_loop(self) -> None:
         assert self._welcomes is not None
+        window = asyncio.Semaphore(HANDOFF_CONCURRENCY)
+
+        async def hand_off_one(newcomer: Contact) -> None:
+            async with window:
+                await self.hand_off(newcomer)
+
         while True:
-            contact = await self._welcomes.get()
+            newcomers = [await self._welcomes.get()]
+            # Let the newcomer's own join settle, then serve everyone who arrived meanwhile at once.
             await asyncio.sleep(self._node.config.handoff_delay)
-            await self.hand_off(contact)
+            while not self._welcomes.empty():
+                newcomers.append(self._welcomes.get_nowait())
+            await asyncio.gather(*(hand_off_one(newcomer) for newcomer in dict.fromkeys(newcomers)))
 
     async def hand_off(self, newcomer: Contact) -> int:
-        """Send `newcomer` the values it should now hold; returns how many keys were handed over."""
+        """Send `newcomer` the values it should now hold and lacks; returns how many values were sent."""
         node = self._node
-        handed = 0
+        sent = 0
         for index, key in enumerate(node.store.keys()):
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
-            closest = node.table.closest(key)
-            if newcomer not in closest or node.closeness_rank(key, ignoring=newcomer.node_id) > 0:
-                continue
-            await asyncio.gather(
-                *(
-                    node.store_on(newcomer, key, value, node.store.remaining_ttl(key, value))
-                    for value in node.store.get(key)
-                )
-            )
-            handed += 1
-        if handed:
-            node.counters.add("handoff_keys", handed)
-        return handed
+            if newcomer in node.table.closest(key) and node.closeness_rank(key, ignoring=newcomer.node_id) == 0:
+                sent += await self.send_missing(newcomer, key)
+        if sent:
+            node.counters.add("handoff_values", sent)
+        return sent
 
     # ---- periodic duties ----------------------------------------------------------------------
 
@@ -134,20 +136,20 @@ class Replicator:
         return sent
 
     async def repair_key(self, key: bytes) -> int:
+        replicas = await self._node.lookup(key)
+        return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
+
+    async def send_missing(self, contact: Contact, key: bytes) -> int:
+        """Compare `contact`'s versions of `key` with ours and send it what it lacks or holds older."""
         node = self._node
-        replicas = await node.lookup(key)
-        held = node.store.get(key)
-        sent = 0
-        for contact in replicas:
-            remote = await self._versions(contact, key)
-            if remote is None:
-                continue
-            missing = [v for v in held if remote.get(v.identity, -1) < v.seq]
-            results = await asyncio.gather(
-                *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in missing)
-            )
-            sent += sum(results)
-        return sent
+        remote = await self._versions(contact, key)
+        if remote is None:
+            return 0
+        missing = [v for v in node.store.get(key) if remote.get(v.identity, -1) < v.seq]
+        results = await asyncio.gather(
+            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in missing)
+        )
+        return sum(results)
 
     async def _versions(self, contact: Contact, key: bytes) -> dict[tuple[bytes, int], int] | None:
         try:

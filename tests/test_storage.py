@@ -444,3 +444,33 @@ def test_in_memory_store_works_without_a_path() -> None:
         assert store.get(KEY) == [unsigned(1)]
     finally:
         store.close()
+
+
+def test_counts_are_kept_without_scanning_and_match_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "counted.sqlite3"
+    store = ValueStore(path)
+    key = b"c" * 20
+    for index in range(1, 6):
+        store.put(key, Value(index, b"x" * index), origin="10.0.0.1:1", ttl=600)
+    store.put(key, Value(9, b"mine"), origin="local", ttl=600)
+    store.put(key, Value(1, b"x"), origin="10.0.0.2:1", ttl=600)  # a refresh: no new row
+    store.expire(now=time.time() + 3600)
+    store.put(key, Value(10, b"late"), origin="10.0.0.1:1", ttl=600)
+
+    def from_table(db_store: ValueStore) -> dict[str, int]:
+        total, size = db_store._db.execute("SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals").fetchone()
+        local, local_size = db_store._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals WHERE origin='local'"
+        ).fetchone()
+        return {
+            "storage_values": total,
+            "storage_size": size,
+            "local_storage_values": local,
+            "local_storage_size": local_size,
+        }
+
+    assert store.counts() == from_table(store) and store.counts()["storage_values"] == 1
+    store.close()
+    reopened = ValueStore(path)
+    assert reopened.counts() == from_table(reopened)
+    reopened.close()

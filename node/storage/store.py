@@ -67,9 +67,12 @@ class ValueStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._charges: Counter[str] = Counter(
-            dict(self._db.execute("SELECT origin, SUM(charge) FROM vals GROUP BY origin").fetchall())
-        )
+        # Bytes and values per origin, kept in memory so that quotas and `counts()` never scan the table.
+        self._charges: Counter[str] = Counter()
+        self._values: Counter[str] = Counter()
+        for origin, charge, count in self._db.execute("SELECT origin, SUM(charge), COUNT(*) FROM vals GROUP BY origin"):
+            self._charges[origin] = charge
+            self._values[origin] = count
 
     def close(self) -> None:
         self._db.close()
@@ -105,7 +108,9 @@ class ValueStore:
         )
         if old:
             self._charges[old[0]] -= old[1]
+            self._values[old[0]] -= 1
         self._charges[origin] += charge
+        self._values[origin] += 1
         return verdict
 
     def _quota_refusal(self, origin: str, charge: int, old: tuple[str, int] | None) -> Verdict | None:
@@ -136,6 +141,7 @@ class ValueStore:
             self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
         for row in rows:
             self._charges[row[9]] -= row[10]
+            self._values[row[9]] -= 1
         return [(row[0], _row_value(row[1:9])) for row in rows]
 
     # ---- reads --------------------------------------------------------------------------------
@@ -178,15 +184,11 @@ class ValueStore:
         return [row[0] for row in self._db.execute("SELECT DISTINCT key FROM vals")]
 
     def counts(self) -> dict[str, int]:
-        total, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals").fetchone()
-        local, local_size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(charge), 0) FROM vals WHERE origin=?", (LOCAL_ORIGIN,)
-        ).fetchone()
         return {
-            "storage_values": total,
-            "storage_size": size,
-            "local_storage_values": local,
-            "local_storage_size": local_size,
+            "storage_values": sum(self._values.values()),
+            "storage_size": sum(self._charges.values()),
+            "local_storage_values": self._values[LOCAL_ORIGIN],
+            "local_storage_size": self._charges[LOCAL_ORIGIN],
         }
 
     @property

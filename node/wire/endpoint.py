@@ -102,6 +102,7 @@ class Endpoint(asyncio.DatagramProtocol):
         prove: Prover,
         counters: Counters,
         *,
+        is_trusted: Callable[[Address], bool] = lambda address: False,
         limiter: RequestLimiter | None = None,
         timeout: float = 1.0,
         max_in_flight: int = 256,
@@ -110,6 +111,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._prove = prove
         self._counters = counters
         self._limiter = limiter or RequestLimiter()
+        self._is_trusted = is_trusted
         self._rtt = RttEstimator(timeout)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[bytes, _Pending] = {}
@@ -169,7 +171,7 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         if frame.kind == codec.RESPONSE:
             self._accept_response(frame, address)
-        elif not self._limiter.allow(address):
+        elif not self._limiter.allow(address, self._is_trusted(address)):
             self._counters.add("rate_limited")
         else:
             self._accept_request(frame, address)

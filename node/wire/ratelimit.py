@@ -29,9 +29,13 @@ class TokenBucket:
 class RequestLimiter:
     """A global bucket plus one bucket per address (OpenDHT: 8,192 req/s, a peer 1/8 of that).
 
-    Per-address buckets are kept for the most recently active addresses only, so a flood of spoofed
-    source addresses cannot grow memory without bound.
+    A peer that proved its identity from its address gets `TRUSTED_FACTOR` times the per-address
+    budget: a busy proxy node legitimately sends its replicas two requests per put, and a silent drop
+    costs it a timeout. Per-address buckets are kept for the most recently active addresses only, so a
+    flood of spoofed source addresses cannot grow memory without bound.
     """
+
+    TRUSTED_FACTOR = 4
 
     def __init__(self, total_rate: float = 8192.0, per_peer_rate: float = 1024.0, max_peers: int = 4096):
         self._total = TokenBucket(total_rate, total_rate)
@@ -39,11 +43,12 @@ class RequestLimiter:
         self._peers: OrderedDict[Address, TokenBucket] = OrderedDict()
         self._max_peers = max_peers
 
-    def allow(self, address: Address) -> bool:
+    def allow(self, address: Address, trusted: bool = False) -> bool:
         now = time.monotonic()
         bucket = self._peers.get(address)
-        if bucket is None:
-            bucket = TokenBucket(self._per_peer_rate, self._per_peer_rate)
+        rate = self._per_peer_rate * (self.TRUSTED_FACTOR if trusted else 1)
+        if bucket is None or bucket.rate != rate:
+            bucket = TokenBucket(rate, rate)
             self._peers[address] = bucket
             if len(self._peers) > self._max_peers:
                 self._peers.popitem(last=False)
