@@ -147,3 +147,18 @@ async def test_a_flood_of_spoofed_sources_cannot_grow_memory_without_bound() -> 
         for sock in sockets:
             sock.close()
         await node.stop()
+
+
+async def test_every_get_succeeds_in_a_mesh_of_150_nodes(make_mesh: MeshFactory) -> None:
+    """The 500-node run is in the benchmark; CI checks the same property at 150."""
+    chooser = random.Random(11)
+    nodes = await make_mesh(150)
+    stored = {}
+    for index in range(60):
+        key = hashlib.sha1(f"large-{index}".encode()).digest()
+        value = Value(new_value_id(), f"v{index}".encode())
+        assert (await chooser.choice(nodes).put(key, value)).replicas >= FAST.k - 1
+        stored[key] = value
+    for key, value in stored.items():
+        reader = chooser.choice([node for node in nodes if not node.store.get(key)])
+        assert await reader.get(key) == [value]
