@@ -9,6 +9,10 @@ from dhtmesh.node.storage.store import Quotas
 class NodeConfig:
     k: int = 20
     alpha: int = 3
+    # 0: a get merges what all k closest replicas hold, so one up-to-date replica beats a stale
+    # majority. N > 0: stop once N replicas (this node's own copy counts) returned values: gets then
+    # cost a few RPCs instead of k, but a newer version held by farther replicas only may be missed.
+    get_quorum: int = 0
     rpc_timeout: float = 1.0  # per attempt; every call retries once
     max_in_flight: int = 256
     listen_fanout: int = 8  # replicas a listener subscribes to

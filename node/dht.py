@@ -59,14 +59,15 @@ class PutResult:
 class _ValueCollector:
     """Merges the values a lookup gathers: one per (owner, id), the highest seq wins.
 
-    Replicas send big values as references; each version is fetched from one replica only.
+    Replicas send big values as references, fetched from the replica that offered them unless a newer
+    or equal version is already here. A replica counts as a holder only once its values are in hand.
     """
 
     def __init__(self, key: bytes, initial: list[Value], on_new: Callable[[Value], None] | None = None) -> None:
         self.key = key
         self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial}
-        self._fetching: dict[tuple[bytes, int], int] = {}
         self._on_new = on_new
+        self.holders = 1 if initial else 0  # replicas that returned values, this node included
 
     def offer(self, raw: Any) -> None:
         try:
@@ -81,18 +82,14 @@ class _ValueCollector:
                 self._on_new(value)
 
     def wants(self, ref: Any) -> tuple[bytes, int] | None:
-        """The identity to fetch for a reference `[owner, id, seq]`, unless we have or are fetching it."""
+        """The identity to fetch for a reference `[owner, id, seq]`, unless we hold that version."""
         if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], bytes)):
             return None
         owner, value_id, seq = ref
         if not (isinstance(value_id, int) and isinstance(seq, int)):
             return None
-        identity = (owner, value_id)
-        known = self.values.get(identity)
-        if (known is not None and known.seq >= seq) or self._fetching.get(identity, -1) >= seq:
-            return None
-        self._fetching[identity] = seq
-        return identity
+        known = self.values.get((owner, value_id))
+        return None if known is not None and known.seq >= seq else (owner, value_id)
 
     def result(self) -> list[Value]:
         return sorted(self.values.values(), key=lambda v: (v.owner, v.id))
@@ -182,7 +179,7 @@ class DhtNode:
         """The k proven nodes closest to `target`."""
         return await self._traverse(target, None)
 
-    async def _traverse(self, target: bytes, collector: "_ValueCollector | None") -> list[Contact]:
+    async def _traverse(self, target: bytes, collector: "_ValueCollector | None", quorum: int = 0) -> list[Contact]:
         self.ongoing_ops += 1
         try:
             return await traverse(
@@ -192,6 +189,7 @@ class DhtNode:
                 k=self.config.k,
                 alpha=self.config.alpha,
                 exclude=self.node_id,
+                satisfied=lambda: bool(quorum) and collector is not None and collector.holders >= quorum,
             )
         finally:
             self.ongoing_ops -= 1
@@ -218,7 +216,9 @@ class DhtNode:
         nodes = payload.get("nodes")
         found = [c for c in map(contact_from_wire, nodes if isinstance(nodes, list) else []) if c is not None]
         if collector is not None:
+            holds = bool(payload.get("vals") or payload.get("refs"))
             await self._collect_pages(contact, target, payload, collector)
+            collector.holders += holds
         return found
 
     async def _collect_pages(self, contact: Contact, key: bytes, payload: dict, collector: _ValueCollector) -> None:
@@ -250,8 +250,9 @@ class DhtNode:
     # ---- values -------------------------------------------------------------------------------
 
     async def get(self, key: bytes) -> list[Value]:
-        """Every live value under `key`, gathered from the k closest nodes and merged by (owner, id)."""
-        values, _ = await self._gather(key)
+        """The live values under `key`, gathered from the closest replicas (until `get_quorum` of them
+        answered) and merged by (owner, id), highest seq."""
+        values, _ = await self._gather(key, self.config.get_quorum)
         return values
 
     async def get_stream(self, key: bytes) -> AsyncIterator[Value]:
@@ -261,7 +262,7 @@ class DhtNode:
         collector = _ValueCollector(key, self.store.get(key), on_new=found.put_nowait)
         for value in collector.result():
             yield value
-        lookup = asyncio.get_running_loop().create_task(self._traverse(key, collector))
+        lookup = asyncio.get_running_loop().create_task(self._traverse(key, collector, self.config.get_quorum))
         lookup.add_done_callback(lambda _: found.put_nowait(None))
         self.counters.add("gets")
         try:
@@ -271,9 +272,9 @@ class DhtNode:
             lookup.cancel()
             await asyncio.gather(lookup, return_exceptions=True)
 
-    async def _gather(self, key: bytes) -> tuple[list[Value], list[Contact]]:
+    async def _gather(self, key: bytes, quorum: int = 0) -> tuple[list[Value], list[Contact]]:
         collector = _ValueCollector(key, self.store.get(key))
-        nodes = await self._traverse(key, collector)
+        nodes = await self._traverse(key, collector, quorum)
         self.counters.add("gets")
         return collector.result(), nodes
 
@@ -427,12 +428,10 @@ class DhtNode:
     def _on_admitted(self, contact: Contact) -> None:
         self.replicator.welcome(contact)
 
-    def closeness_rank(self, key: bytes, ignoring: bytes | None = None) -> int:
-        """How many known contacts (but `ignoring`) are closer to `key` than we are: 0 means closest."""
+    def closeness_rank(self, key: bytes) -> int:
+        """How many known contacts are closer to `key` than we are: 0 means we are the closest."""
         own = distance(self.node_id, key)
-        return sum(
-            1 for c in self.table.closest(key, exclude=[ignoring] if ignoring else []) if distance(c.node_id, key) < own
-        )
+        return sum(1 for c in self.table.closest(key) if distance(c.node_id, key) < own)
 
     # ---- reporting ----------------------------------------------------------------------------
 

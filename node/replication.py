@@ -15,7 +15,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from dhtmesh.node.routing.contact import Contact
+from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.storage.store import LOCAL_ORIGIN
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.types import expiry_for
@@ -32,6 +32,12 @@ REPAIRERS = 3  # the holders closest to a key (in their own view) that repair it
 REPAIR_CONCURRENCY = 8
 HANDOFF_CONCURRENCY = 8
 YIELD_EVERY = 200
+
+
+def _closest_of_the_others(own_id: bytes, key: bytes, closest: list[Contact], newcomer: Contact) -> bool:
+    """Whether we are closer to `key` than every contact in `closest` but the newcomer."""
+    own = distance(own_id, key)
+    return all(own < distance(c.node_id, key) for c in closest if c.node_id != newcomer.node_id)
 
 
 class Replicator:
@@ -58,29 +64,34 @@ class Replicator:
 
     async def _hand_off_loop(self) -> None:
         assert self._welcomes is not None
-        window = asyncio.Semaphore(HANDOFF_CONCURRENCY)
-
-        async def hand_off_one(newcomer: Contact) -> None:
-            async with window:
-                await self.hand_off(newcomer)
-
         while True:
             newcomers = [await self._welcomes.get()]
-            # Let the newcomer's own join settle, then serve everyone who arrived meanwhile at once.
+            # Let the newcomers' own joins settle, then serve everyone who arrived meanwhile in one scan.
             await asyncio.sleep(self._node.config.handoff_delay)
             while not self._welcomes.empty():
                 newcomers.append(self._welcomes.get_nowait())
-            await asyncio.gather(*(hand_off_one(newcomer) for newcomer in dict.fromkeys(newcomers)))
+            await self.hand_off(list(dict.fromkeys(newcomers)))
 
-    async def hand_off(self, newcomer: Contact) -> int:
-        """Send `newcomer` the values it should now hold and lacks; returns how many values were sent."""
+    async def hand_off(self, newcomers: list[Contact]) -> int:
+        """Send each newcomer the values it should now hold and lacks: the keys for which it is among the
+        k closest and we are the closest of the others. Returns how many values were sent."""
         node = self._node
-        sent = 0
+        own_id = node.node_id
+        window = asyncio.Semaphore(HANDOFF_CONCURRENCY)
+
+        async def send(newcomer: Contact, key: bytes) -> int:
+            async with window:
+                return await self.send_missing(newcomer, key)
+
+        jobs = []
         for index, key in enumerate(node.store.keys()):
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
-            if newcomer in node.table.closest(key) and node.closeness_rank(key, ignoring=newcomer.node_id) == 0:
-                sent += await self.send_missing(newcomer, key)
+            closest = node.table.closest(key, node.config.k - 1)  # with us, the k replicas of the key
+            for newcomer in newcomers:
+                if newcomer in closest and _closest_of_the_others(own_id, key, closest, newcomer):
+                    jobs.append(send(newcomer, key))
+        sent = sum(await asyncio.gather(*jobs))
         if sent:
             node.counters.add("handoff_values", sent)
         return sent
@@ -136,7 +147,8 @@ class Replicator:
         return sent
 
     async def repair_key(self, key: bytes) -> int:
-        replicas = await self._node.lookup(key)
+        # We are one of the key's k replicas: the other k - 1 are the closest others.
+        replicas = (await self._node.lookup(key))[: self._node.config.k - 1]
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:

@@ -196,3 +196,26 @@ async def test_sixty_four_kib_value_moves_between_nodes(make_mesh: MeshFactory) 
         assert await reader.get(key) == [value]
     finally:
         await reader.stop()
+
+
+async def test_a_get_quorum_answers_with_a_few_rpcs_instead_of_k(make_mesh: MeshFactory) -> None:
+    quick = replace(FAST, get_quorum=3)
+    nodes = await make_mesh(30, config=quick)
+    key = key_of("popular")
+    value = Value(new_value_id(), b"asked often")
+    await nodes[0].put(key, value)
+    reader = next(node for node in nodes if not node.store.get(key))
+    before = reader.counters.get("rpc_out")
+    assert await reader.get(key) == [value]
+    quorum_rpcs = reader.counters.get("rpc_out") - before
+
+    exhaustive = DhtNode(Identity.generate(), FAST)  # the default: every one of the k closest
+    await exhaustive.start()
+    try:
+        await exhaustive.join([nodes[0].address])
+        before = exhaustive.counters.get("rpc_out")
+        assert await exhaustive.get(key) == [value]
+        exhaustive_rpcs = exhaustive.counters.get("rpc_out") - before
+    finally:
+        await exhaustive.stop()
+    assert quorum_rpcs <= 6 < FAST.k <= exhaustive_rpcs

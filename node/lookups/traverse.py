@@ -3,8 +3,9 @@
 `traverse` keeps `alpha` queries in flight at all times: as soon as one answers, the next closest
 unqueried candidate is asked, with no waiting for a whole round (the stock crawler's synchronisation,
 which hivemind measured as the reason extra alpha did not help). It ends when the k closest
-candidates that have not failed have all answered. `traverse_in_rounds` is the plain textbook version,
-kept as the reference the tests compare against.
+candidates that have not failed have all answered, or earlier when the caller is `satisfied` (a get
+that heard from enough replicas). `traverse_in_rounds` is the plain textbook version, kept as the
+reference the tests compare against.
 """
 
 import asyncio
@@ -49,8 +50,10 @@ async def traverse(
     k: int = 20,
     alpha: int = 3,
     exclude: bytes | None = None,
+    satisfied: Callable[[], bool] = lambda: False,
 ) -> list[Contact]:
-    """The k contacts closest to `target` that answered, nearest first."""
+    """The k contacts closest to `target` that answered, nearest first; or, as soon as `satisfied()`
+    holds after an answer, those that answered so far."""
     candidates = _Candidates(target, exclude)
     candidates.offer(seeds)
     in_flight: dict[asyncio.Task, Contact] = {}
@@ -70,6 +73,8 @@ async def traverse(
                 else:
                     candidates.answered.add(contact.node_id)
                     candidates.offer(found)
+            if satisfied():
+                return candidates.result(k)
     finally:
         for task in in_flight:
             task.cancel()
@@ -85,11 +90,13 @@ async def traverse_in_rounds(
     k: int = 20,
     alpha: int = 3,
     exclude: bytes | None = None,
+    satisfied: Callable[[], bool] = lambda: False,
 ) -> list[Contact]:
-    """Reference: ask alpha contacts per round, wait for the round, stop when the k nearest all answered."""
+    """Reference: ask alpha contacts per round, wait for the round, stop when the k nearest all answered
+    (or `satisfied()` holds after a round)."""
     candidates = _Candidates(target, exclude)
     candidates.offer(seeds)
-    while batch := candidates.next_to_ask(k)[:alpha]:
+    while not satisfied() and (batch := candidates.next_to_ask(k)[:alpha]):
         candidates.asked.update(c.node_id for c in batch)
         for contact, found in zip(batch, await asyncio.gather(*(query(c) for c in batch)), strict=True):
             if found is None:

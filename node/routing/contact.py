@@ -1,5 +1,6 @@
 """A peer's routing identity: its 160-bit id and UDP address, and XOR distance between ids."""
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -37,13 +38,19 @@ def contact_from_wire(item: object) -> Contact | None:
     node_id, host, port = item
     if not (isinstance(node_id, bytes) and len(node_id) == ID_BYTES):
         return None
-    if not isinstance(host, str):
-        return None
-    try:
-        # Literal addresses only: a name would make us resolve (and block on) whatever a peer chose.
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
+    literal = literal_ip(host) if isinstance(host, str) and len(host) <= 45 else None
+    if literal is None:
         return None
     if isinstance(port, bool) or not (isinstance(port, int) and 0 < port < 65536):
         return None
-    return Contact(node_id, host, port)
+    return Contact(node_id, literal, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def literal_ip(host: str) -> str | None:
+    """`host` as a normalised literal IP address, or None. Names are refused: dialling one would make us
+    resolve (and block on) whatever a peer chose. Cached: every find reply carries up to k contacts."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dhtmesh.node.wire.ratelimit import Address
 
 MAX_TRACKED = 4096
-MIN_TIMEOUT = 0.1  # an event loop busy for a moment must not look like a dead peer
+MIN_TIMEOUT = 0.25  # an event loop busy for a moment (a burst) must not look like a dead peer
 ALPHA = 1 / 8
 BETA = 1 / 4
 
