@@ -28,8 +28,8 @@ def run_bench(name: str, quick: bool) -> dict:
     command = [sys.executable, str(HERE / script[0]), *script[1:], *(quick_args if quick else [])]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    sys.stdout.write(completed.stdout)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    print("\n".join(line for line in completed.stdout.splitlines() if not line.startswith("{")), flush=True)
     if completed.returncode != 0 or not lines:
         sys.stderr.write(completed.stderr[-4000:])
         return {"bench": name, "error": f"exit {completed.returncode}", "rows": [], "ratios": []}
