@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_proxy import Network, drive, rss_mib, run_loop, start_dhtmesh, stop
+from bench_proxy import Network, drive, emit, rss_mib, run_loop, start_dhtmesh, stop
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
@@ -419,10 +419,7 @@ def main() -> int:
         doc["error"] = f"{type(error).__name__}: {error}"
         log(f"error: {doc['error']}")
         status = 1
-    if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc), flush=True)
-    return status
+    return emit(doc, args.json, status)
 
 
 if __name__ == "__main__":

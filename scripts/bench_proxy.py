@@ -436,8 +436,14 @@ def main() -> int:
         doc["error"] = f"{type(error).__name__}: {error}"
         print(f"bench_proxy: error: {doc['error']}", file=sys.stderr)
         status = 1
-    if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return emit(doc, args.json, status)
+
+
+def emit(doc: dict[str, Any], json_path: str | None, status: int) -> int:
+    """Print the result document as the last line of output (scripts/bench reads it), and write it to
+    `json_path` when given; return the exit status."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc), flush=True)
     return status
 
