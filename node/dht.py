@@ -158,10 +158,6 @@ class DhtNode:
     def address(self) -> Address:
         return self.endpoint.address
 
-    @property
-    def contact(self) -> Contact:
-        return Contact(self.node_id, *self.address)
-
     # ---- joining ------------------------------------------------------------------------------
 
     async def join(self, addresses: list[Address]) -> int:
