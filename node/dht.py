@@ -158,6 +158,11 @@ class DhtNode:
     def address(self) -> Address:
         return self.endpoint.address
 
+    @property
+    def contact(self) -> Contact:
+        """How peers see this node in their routing tables."""
+        return Contact(self.node_id, *self.address)
+
     # ---- joining ------------------------------------------------------------------------------
 
     async def join(self, addresses: list[Address]) -> int:

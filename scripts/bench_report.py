@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the side-by-side benchmarks (proxy vs OpenDHT, DHT vs stock kademlia, cost), each in its own
+"""Run the side-by-side benchmarks (proxy vs OpenDHT, DHT vs stock kademlia, cost, scale and churn), each in its own
 process, and print one table of figures and ratios, with the machine and date; write it all as JSON.
 
 Each benchmark script prints, as its last line of output, a JSON document
@@ -20,6 +20,7 @@ BENCHES = {
     "proxy": (["bench_proxy.py"], ["--quick"]),
     "dht": (["bench_dht.py", "--multiproc"], ["--quick"]),
     "cost": (["bench_cost.py"], ["--quick"]),
+    "scale": (["bench_scale.py"], ["--quick"]),
 }
 
 
