@@ -2,8 +2,8 @@
 
 * hand-off: when a proven newcomer is among the k closest to a key that we are the closest holder of,
   it gets that key's values (the stock library tested the wrong point here: flaw F14);
-* repair: for keys we are a replica of, every other replica among the k closest is compared by
-  (owner, id) → seq and sent what it lacks, so lost replicas come back;
+* repair: for keys we are one of the few closest holders of, every replica in the k closest is compared
+  by (owner, id) → seq and sent what it lacks, so lost replicas come back;
 * re-announce: permanent puts made here are announced again before they would expire;
 * re-discovery: contacts that stopped answering are probed again, backing off, so a partition heals;
 * bucket refresh: a lookup of a random id in every bucket not touched for a while.
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_WELCOMES = 1024
 TICK = 1.0
+REPAIRERS = 3  # the holders closest to a key (in their own view) that repair it
 REPAIR_CONCURRENCY = 8
 HANDOFF_CONCURRENCY = 8
 YIELD_EVERY = 200
@@ -130,11 +131,10 @@ class Replicator:
         return due
 
     async def repair(self) -> int:
-        """Bring the other replicas of every key we are a replica of up to date; returns values re-sent.
-        Every replica repairs (not only the closest few): after churn the closest nodes may all be
-        newcomers that lack the value, and only a farther holder can fill them."""
+        """Bring every replica of the keys we are among the closest holders of up to date; returns values
+        re-sent. Several holders repair, so one that wrongly believes another is closer changes nothing."""
         node = self._node
-        keys = [key for key in node.store.keys() if node.closeness_rank(key) < node.config.k]
+        keys = [key for key in node.store.keys() if node.closeness_rank(key) < REPAIRERS]
         window = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
         async def repair_one(key: bytes) -> int:
@@ -147,9 +147,8 @@ class Replicator:
         return sent
 
     async def repair_key(self, key: bytes) -> int:
-        # We are one of the key's k replicas: the other k - 1 are the closest others we know. The routing
-        # table, not a lookup per key, names them: lookups and refreshes keep it current.
-        replicas = self._node.table.closest(key, self._node.config.k - 1)
+        # We are one of the key's k replicas: the other k - 1 are the closest others.
+        replicas = (await self._node.lookup(key))[: self._node.config.k - 1]
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:
