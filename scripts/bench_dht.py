@@ -258,7 +258,7 @@ class DhtmeshMesh:
 def _instrument(node: DhtNode, tally: Counter[str]) -> None:
     """Attribute this node's RPC counters, call names and lookup depth to the op running (if any); tally
     the hand-offs that newly admitted contacts trigger (each scans every key the node holds)."""
-    add, call, find, hand_off = node.counters.add, node.endpoint.call, node._find, node.replicator.hand_off
+    add, call, hand_off = node.counters.add, node.endpoint.call, node.replicator.hand_off
 
     def counted_add(name: str, amount: int = 1) -> None:
         add(name, amount)
@@ -268,6 +268,21 @@ def _instrument(node: DhtNode, tally: Counter[str]) -> None:
     async def named_call(address: Address, name: str, body: dict, *, nonce: bytes | None = None) -> Any:
         count(f"rpc.{name}")
         return await call(address, name, body, nonce=nonce)
+
+    async def tallied_hand_off(newcomers: list[Contact]) -> int:
+        tally["handoffs"] += len(newcomers)
+        tally["handoff_keys_scanned"] += len(node.store.keys())
+        return await hand_off(newcomers)
+
+    node.counters.add = counted_add  # type: ignore[method-assign]
+    node.replicator.hand_off = tallied_hand_off  # type: ignore[method-assign]
+    node.endpoint.call = named_call  # type: ignore[method-assign]
+    track_depth(node)
+
+
+def track_depth(node: DhtNode) -> None:
+    """Record, in the op running, the lookup depth at which each contact was learnt and the deepest hop."""
+    find = node._find
 
     async def deep_find(contact: Contact, target: bytes, collector: Any) -> list[Contact] | None:
         trace = OP.get()
@@ -280,14 +295,6 @@ def _instrument(node: DhtNode, tally: Counter[str]) -> None:
                 trace.depth[learnt.node_id] = min(trace.depth.get(learnt.node_id, level + 1), level + 1)
         return found
 
-    async def tallied_hand_off(newcomers: list[Contact]) -> int:
-        tally["handoffs"] += len(newcomers)
-        tally["handoff_keys_scanned"] += len(node.store.keys())
-        return await hand_off(newcomers)
-
-    node.counters.add = counted_add  # type: ignore[method-assign]
-    node.replicator.hand_off = tallied_hand_off  # type: ignore[method-assign]
-    node.endpoint.call = named_call  # type: ignore[method-assign]
     node._find = deep_find  # type: ignore[method-assign]
 
 

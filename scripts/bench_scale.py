@@ -41,7 +41,6 @@ load average are recorded: all processes share its cores, so latency here includ
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import json
 import logging
@@ -55,15 +54,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench_dht import OP, Trace, count, track_depth
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.values.value import Value, new_value_id
 
 HOST = "127.0.0.1"
@@ -86,23 +84,6 @@ Address = tuple[str, int]
 # ---- per-op tracing (inside a worker) -----------------------------------------------------------------
 
 
-@dataclass
-class Trace:
-    """What one op did: named counts, and the lookup depth at which each contact was learnt."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    depth: dict[bytes, int] = field(default_factory=dict)
-
-
-OP: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("bench_scale_op", default=None)
-
-
-def count(name: str, amount: int = 1) -> None:
-    trace = OP.get()
-    if trace is not None:
-        trace.counts[name] += amount
-
-
 def key_of(name: str) -> bytes:
     return hashlib.sha1(name.encode()).digest()
 
@@ -113,26 +94,15 @@ def data_of(name: str) -> bytes:
 
 def instrument(node: DhtNode) -> None:
     """Attribute the node's RPC counters and lookup depth to the op running (if any), as bench_dht.py does."""
-    add, find = node.counters.add, node._find
+    add = node.counters.add
 
     def counted_add(name: str, amount: int = 1) -> None:
         add(name, amount)
         if name in ("rpc_out", "rpc_retries", "rpc_timeouts"):
             count(name, amount)
 
-    async def deep_find(contact: Contact, target: bytes, collector: Any) -> list[Contact] | None:
-        trace = OP.get()
-        level = trace.depth.get(contact.node_id, 1) if trace else 1
-        if trace is not None:
-            trace.counts["hops"] = max(trace.counts["hops"], level)
-        found = await find(contact, target, collector)
-        if trace is not None:
-            for learnt in found or []:
-                trace.depth[learnt.node_id] = min(trace.depth.get(learnt.node_id, level + 1), level + 1)
-        return found
-
     node.counters.add = counted_add  # type: ignore[method-assign]
-    node._find = deep_find  # type: ignore[method-assign]
+    track_depth(node)
 
 
 # ---- the worker process ------------------------------------------------------------------------------
