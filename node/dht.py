@@ -21,7 +21,7 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
 from dhtmesh.node.replication import Replicator
-from dhtmesh.node.routing.contact import Contact, contact_from_wire, distance
+from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.rpcs.mesh import MeshRpcs
 from dhtmesh.node.rpcs.stock import StockRpcs
@@ -38,10 +38,23 @@ log = logging.getLogger(__name__)
 
 MAX_VALUE_PAGES = 64
 SUBSCRIBE_RETRIES = 4
+# A put of a value up to this size rides on the lookup's find requests (one datagram each), so the k
+# closest hold it when the lookup ends, with no second round of stores. Bigger values are sent only to
+# the k closest, once known: a few extra replicas on nodes the lookup passed through cost too much.
+STORE_ALONG_MAX = 768
 
 
 class PutRefused(Exception):
     """The value was refused by this node's own store (stale seq, edit of an unsigned value, quota...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreAlong:
+    """A value a put's lookup asks every node it queries to store, and which of them accepted it."""
+
+    wire: list
+    ttl: float
+    accepted: set[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +193,19 @@ class DhtNode:
         """The k proven nodes closest to `target`."""
         return await self._traverse(target, None)
 
-    async def _traverse(self, target: bytes, collector: "_ValueCollector | None", quorum: int = 0) -> list[Contact]:
+    async def _traverse(
+        self,
+        target: bytes,
+        collector: "_ValueCollector | None",
+        quorum: int = 0,
+        store: _StoreAlong | None = None,
+    ) -> list[Contact]:
         self.ongoing_ops += 1
         try:
             return await traverse(
                 target,
                 self.table.closest(target),
-                lambda contact: self._find(contact, target, collector),
+                lambda contact: self._find(contact, target, collector, store),
                 k=self.config.k,
                 alpha=self.config.alpha,
                 exclude=self.node_id,
@@ -195,13 +214,17 @@ class DhtNode:
         finally:
             self.ongoing_ops -= 1
 
-    async def _find(self, contact: Contact, target: bytes, collector: _ValueCollector | None) -> list[Contact] | None:
+    async def _find(
+        self, contact: Contact, target: bytes, collector: _ValueCollector | None, store: _StoreAlong | None
+    ) -> list[Contact] | None:
         if self.admission.recently_unreachable(contact.address):
             return None
         nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
         body: dict[str, Any] = {"t": target}
         if collector is not None:
             body["v"] = True
+        if store is not None:
+            body |= {"s": store.wire, "ttl": store.ttl}
         try:
             reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce)
         except RpcRefused:
@@ -214,6 +237,8 @@ class DhtNode:
         if nonce is None:
             self.table.add(contact)
         payload = reply.payload if isinstance(reply.payload, dict) else {}
+        if store is not None and payload.get("stored") is True:
+            store.accepted.add(contact.node_id)
         nodes = payload.get("nodes")
         found = [c for c in map(contact_from_wire, nodes if isinstance(nodes, list) else []) if c is not None]
         if collector is not None:
@@ -318,10 +343,15 @@ class DhtNode:
         return await self.announce(key, value)
 
     async def announce(self, key: bytes, value: Value) -> PutResult:
+        """Send `value` to the k closest nodes; the result counts those that accepted it."""
         ttl = expiry_for(value.type)
-        nodes = await self.lookup(key)
-        accepted = await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in nodes))
-        return PutResult(value, sum(accepted), len(nodes))
+        if value.size > STORE_ALONG_MAX:
+            nodes = await self.lookup(key)
+            accepted = await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in nodes))
+            return PutResult(value, sum(accepted), len(nodes))
+        along = _StoreAlong(value.to_wire(), ttl, set())
+        nodes = await self._traverse(key, None, store=along)
+        return PutResult(value, sum(c.node_id in along.accepted for c in nodes), len(nodes))
 
     async def store_on(self, contact: Contact, key: bytes, value: Value, ttl: float) -> bool:
         try:
@@ -428,11 +458,6 @@ class DhtNode:
 
     def _on_admitted(self, contact: Contact) -> None:
         self.replicator.welcome(contact)
-
-    def closeness_rank(self, key: bytes) -> int:
-        """How many known contacts are closer to `key` than we are: 0 means we are the closest."""
-        own = distance(self.node_id, key)
-        return sum(1 for c in self.table.closest(key) if distance(c.node_id, key) < own)
 
     # ---- reporting ----------------------------------------------------------------------------
 

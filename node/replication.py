@@ -3,7 +3,8 @@
 * hand-off: when a proven newcomer is among the k closest to a key that we are the closest holder of,
   it gets that key's values (the stock library tested the wrong point here: flaw F14);
 * repair: for keys we are one of the few closest holders of, every replica in the k closest is compared
-  by (owner, id) → seq and sent what it lacks, so lost replicas come back;
+  by (owner, id) → seq and sent what it lacks, so lost replicas come back; the other holders make sure
+  the closest node holds the key, so that it can repair it;
 * re-announce: permanent puts made here are announced again before they would expire;
 * re-discovery: contacts that stopped answering are probed again, backing off, so a partition heals;
 * bucket refresh: a lookup of a random id in every bucket not touched for a while.
@@ -131,32 +132,62 @@ class Replicator:
         return due
 
     async def repair(self) -> int:
-        """Bring every replica of the keys we are among the closest holders of up to date; returns values
-        re-sent. Several holders repair, so one that wrongly believes another is closer changes nothing."""
+        """One repair round over the keys we hold; returns values re-sent.
+
+        The few holders closest to a key (in their own view) repair it: every replica in the k closest is
+        compared and sent what it lacks. Several do, so one that wrongly believes another is closer
+        changes nothing. The other holders within the k closest make sure the closest live node holds
+        what they hold: after churn the closest may all be newcomers that never got the key, and a node
+        that lacks a key cannot repair it. Once it has it, its own repair reaches the rest."""
         node = self._node
-        keys = [key for key in node.store.keys() if node.closeness_rank(key) < REPAIRERS]
         window = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
-        async def repair_one(key: bytes) -> int:
+        async def repair_one(key: bytes, closer: list[Contact]) -> int:
             async with window:
-                return await self.repair_key(key)
+                if len(closer) < REPAIRERS:
+                    return await self.repair_key(key)
+                return await self.feed_closest(key, closer[:REPAIRERS])
 
-        sent = sum(await asyncio.gather(*(repair_one(key) for key in keys)))
+        jobs = []
+        for key in node.store.keys():
+            closer = self._closer_replicas(key)
+            if closer is not None:
+                jobs.append(repair_one(key, closer))
+        sent = sum(await asyncio.gather(*jobs))
         if sent:
             node.counters.add("repaired_values", sent)
         return sent
+
+    def _closer_replicas(self, key: bytes) -> list[Contact] | None:
+        """The known contacts closer to `key` than we are, closest first; None if k or more are, so
+        that we are not one of the key's replicas in our own view."""
+        node = self._node
+        own = distance(node.node_id, key)
+        closest = node.table.closest(key, node.config.k)
+        closer = [c for c in closest if distance(c.node_id, key) < own]
+        return None if len(closer) >= node.config.k else closer
 
     async def repair_key(self, key: bytes) -> int:
         # We are one of the key's k replicas: the other k - 1 are the closest others.
         replicas = (await self._node.lookup(key))[: self._node.config.k - 1]
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
+    async def feed_closest(self, key: bytes, closest: list[Contact]) -> int:
+        """Send the first of `closest` that answers whatever of `key` it lacks; dead contacts may linger
+        in the table until they are dropped, so one that does not answer passes the duty on."""
+        for contact in closest:
+            remote = await self._versions(contact, key)
+            if remote is not None:
+                return await self._send_lacking(contact, key, remote)
+        return 0
+
     async def send_missing(self, contact: Contact, key: bytes) -> int:
         """Compare `contact`'s versions of `key` with ours and send it what it lacks or holds older."""
-        node = self._node
         remote = await self._versions(contact, key)
-        if remote is None:
-            return 0
+        return 0 if remote is None else await self._send_lacking(contact, key, remote)
+
+    async def _send_lacking(self, contact: Contact, key: bytes, remote: dict[tuple[bytes, int], int]) -> int:
+        node = self._node
         missing = [v for v in node.store.get(key) if remote.get(v.identity, -1) < v.seq]
         results = await asyncio.gather(
             *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in missing)

@@ -284,12 +284,12 @@ def track_depth(node: DhtNode) -> None:
     """Record, in the op running, the lookup depth at which each contact was learnt and the deepest hop."""
     find = node._find
 
-    async def deep_find(contact: Contact, target: bytes, collector: Any) -> list[Contact] | None:
+    async def deep_find(contact: Contact, target: bytes, *rest: Any) -> list[Contact] | None:
         trace = OP.get()
         level = trace.depth.get(contact.node_id, 1) if trace else 1
         if trace is not None:
             trace.counts["hops"] = max(trace.counts["hops"], level)
-        found = await find(contact, target, collector)
+        found = await find(contact, target, *rest)
         if trace is not None:
             for learnt in found or []:
                 trace.depth[learnt.node_id] = min(trace.depth.get(learnt.node_id, level + 1), level + 1)

@@ -141,6 +141,7 @@ class Worker:
             "ids": [node.node_id.hex() for node in self.nodes],
             "join_s": round(time.perf_counter() - started, 2),
             "join_failed": failed,
+            "table_min": min(len(node.table) for node in self.nodes),
         }
 
     async def traced(self, index: int, kind: str, name: str) -> dict[str, Any]:
@@ -582,6 +583,8 @@ def bench_churn(total: int, parts: int, values: int, seed: int, workdir: Path) -
                 "wave": wave,
                 "killed_process": victim.wid,
                 "newcomer_join_s": round(join_s, 2),
+                "newcomer_join_failed": newcomer.info["join_failed"],
+                "newcomer_table_min": newcomer.info["table_min"],
                 "settle_s": round(time.monotonic() - settle_started, 2),
                 "lookup_s_max": max(s["lookup_s"] for s in settled),
                 "repair_s_max": max(s["repair_s"] for s in settled),

@@ -29,7 +29,7 @@ import dhtmesh
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import proof_message
-from dhtmesh.node.dht import DhtNode, PutRefused
+from dhtmesh.node.dht import STORE_ALONG_MAX, DhtNode, PutRefused
 from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.storage.store import ROW_OVERHEAD, Quotas
@@ -320,7 +320,7 @@ async def test_F4_a_contact_survives_one_lost_datagram(make_mesh: MeshFactory) -
     assert [contact.node_id for contact in found] == [peer.node_id]
     assert peer.node_id in asker.table
     key = new_key()
-    with drop_first(asker, peer.address, "dm_store") as dropped:
+    with drop_first(asker, peer.address, "dm_find") as dropped:  # a small put's store rides on its find
         result = await asker.put(key, Value(new_value_id(), b"despite a loss"))
     assert len(dropped) == 1
     assert result.replicas == 1
@@ -525,10 +525,29 @@ async def test_F7_a_replica_answering_store_with_garbage_does_not_break_put(
     hostile.serve(misbehaving(case, "dm_store"))
     key = new_key()
     await admit_raw(nodes[:1], flip_last_bit(key), hostile)
-    value = Value(new_value_id(), os.urandom(3000 if case.startswith("refuses") else 100))
+    # Big enough to be stored after the lookup (dm_store), not along it (dm_find).
+    value = Value(new_value_id(), os.urandom(3000 if case.startswith("refuses") else STORE_ALONG_MAX + 1))
     result = await asyncio.wait_for(nodes[0].put(key, value), 10)
     assert (result.asked, result.replicas) == (3, 2)
     assert {"dm_store", "dm_part"} & {name for name, _ in hostile.requests}  # the store was tried
+    assert all(node.store.get(key) == [value] for node in nodes)
+    assert loop_errors == []
+
+
+@pytest.mark.parametrize("stored", ["yes", 1, None, [True]])
+async def test_F3_a_replica_claiming_a_store_along_the_lookup_in_a_bad_shape_is_not_counted(
+    make_mesh: MeshFactory, raw_peer: Callable[[], RawPeer], loop_errors: list[dict], stored: Any
+) -> None:
+    """F3 for a small put, whose store rides on the lookup's dm_find: only `"stored": true` counts."""
+    nodes = await make_mesh(3)
+    hostile = raw_peer()
+    hostile.serve(lambda name, args: [{"ok": {"nodes": [], "stored": stored}}] if name == "dm_find" else [])
+    key = new_key()
+    await admit_raw(nodes[:1], flip_last_bit(key), hostile)
+    value = Value(new_value_id(), b"small")
+    result = await asyncio.wait_for(nodes[0].put(key, value), 10)
+    assert (result.asked, result.replicas) == (3, 2)
+    assert any(name == "dm_find" and "s" in args[1] for name, args in hostile.requests)
     assert all(node.store.get(key) == [value] for node in nodes)
     assert loop_errors == []
 

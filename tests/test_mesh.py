@@ -7,8 +7,9 @@ import time
 from dataclasses import replace
 
 from dhtmesh.crypto import Identity
-from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.dht import STORE_ALONG_MAX, DhtNode
 from dhtmesh.node.listeners import Listener, ValueEvent
+from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, new_value_id, sign_value
 
 from conftest import MeshFactory
@@ -143,6 +144,46 @@ async def test_lost_replicas_are_repaired_by_the_closest_holder(make_mesh: MeshF
     wiped.store._db.execute("DELETE FROM vals")
     assert await closest.replicator.repair() == 1
     assert wiped in holders(alive, key, value)
+
+
+async def test_holders_refill_the_closest_nodes_when_all_of_them_lost_a_key(make_mesh: MeshFactory) -> None:
+    # After churn, the nodes closest to a key may all be newcomers that never received it; they cannot
+    # repair what they lack, so the farther holders must hand it to them.
+    config = replace(FAST, k=6)
+    nodes = await make_mesh(12, config=config)
+    key = key_of("orphaned")
+    value = Value(new_value_id(), b"held only by the far replicas")
+    await by_distance(nodes, key)[-1].put(key, value)
+    replicas = by_distance(nodes, key)[: config.k]
+    for node in replicas[:3]:
+        node.store.close()
+        node.store = ValueStore(None, config.quotas)  # as a newcomer: it never got the key
+    assert holders(replicas, key, value) == replicas[3:]
+    for _ in range(2):  # the first round refills the closest, whose own repair then reaches the rest
+        await asyncio.gather(*(node.replicator.repair() for node in nodes))
+    assert holders(replicas, key, value) == replicas
+
+
+async def test_a_small_put_stores_along_its_lookup_and_a_big_one_after_it(make_mesh: MeshFactory) -> None:
+    config = replace(FAST, k=8)
+    nodes = await make_mesh(30, config=config)
+    publisher = nodes[0]
+    for name, size in (("small", STORE_ALONG_MAX), ("big", STORE_ALONG_MAX + 1)):
+        key = key_of(name)
+        before = publisher.counters.get("rpc_out")
+        await publisher.lookup(key)
+        lookup_rpcs = publisher.counters.get("rpc_out") - before
+        value = Value(new_value_id(), b"v" * size)
+        before = publisher.counters.get("rpc_out")
+        result = await publisher.put(key, value)
+        put_rpcs = publisher.counters.get("rpc_out") - before
+        closest = [n for n in by_distance(nodes, key) if n is not publisher][: config.k]
+        assert all(node in holders(nodes, key, value) for node in closest)
+        assert result.replicas == result.asked == config.k
+        if name == "small":
+            assert put_rpcs == lookup_rpcs  # the stores rode on the finds
+        else:
+            assert put_rpcs == lookup_rpcs + config.k
 
 
 async def test_permanent_put_is_announced_again_until_cancelled(make_mesh: MeshFactory) -> None:

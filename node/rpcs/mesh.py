@@ -1,4 +1,4 @@
-"""dhtmesh's own RPCs between proven nodes: hello, find (paged values), fetch, store, subscribe,
+"""dhtmesh's own RPCs between proven nodes: hello, find (paged values; a put's value along), fetch, store, subscribe,
 notify, versions.
 
 Every request first passes through `Admission.consider`, which refreshes a proven sender in the routing
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dhtmesh.node.rpcs.args import require_int, require_key, require_number
+from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.node.wire.endpoint import Endpoint, Request, RpcRefused
@@ -70,6 +71,9 @@ class MeshRpcs:
             reply["nodes"] = [c.to_wire() for c in closest]
         if request.body.get("v") is True:
             reply |= self._values_page(target, offset)
+        if "s" in request.body:
+            # A put's lookup: store the value it carries, as dm_store would, and say whether we did.
+            reply["stored"] = self._accept(target, request).accepted
         return reply
 
     def _values_page(self, key: bytes, offset: int) -> dict:
@@ -96,10 +100,13 @@ class MeshRpcs:
 
     def store(self, request: Request) -> dict:
         key = require_key(request.body.get("k"))
-        value = checked_value(key, request.body.get("v"))
-        ttl = require_number(request.body.get("ttl"), "ttl", 0.0, expiry_for(value.type))
-        verdict = self._node.accept_store(key, value, request.address, ttl)
+        verdict = self._accept(key, request, value_field="v")
         return {"stored": verdict.accepted, "why": verdict.value}
+
+    def _accept(self, key: bytes, request: Request, value_field: str = "s") -> Verdict:
+        value = checked_value(key, request.body.get(value_field))
+        ttl = require_number(request.body.get("ttl"), "ttl", 0.0, expiry_for(value.type))
+        return self._node.accept_store(key, value, request.address, ttl)
 
     def subscribe(self, request: Request) -> bool:
         key = require_key(request.body.get("k"))
