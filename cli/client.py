@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import aiohttp
 
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.paths import read_identity
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.sealed import SealedBoxError, open_sealed
 from dhtmesh.node.values.value import Value, sign_value
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_to_json
@@ -21,6 +24,14 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 def add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the node's proxy (default {DEFAULT_URL})")
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url(parser)
+    parser.add_argument("key")
+    parser.add_argument(
+        "-i", "--identity", metavar="FILE", help="decrypt the values encrypted to this identity (client side)"
+    )
 
 
 def add_put_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +66,7 @@ def put(args: argparse.Namespace) -> int:
 
 
 def get(args: argparse.Namespace) -> int:
-    return _run(_request(args.url, "GET", f"/key/{args.key}"))
+    return _run(_stream(args.url, f"/key/{args.key}", None, _reader(args)))
 
 
 def info(args: argparse.Namespace) -> int:
@@ -63,7 +74,33 @@ def info(args: argparse.Namespace) -> int:
 
 
 def listen(args: argparse.Namespace) -> int:
-    return _run(_stream(args.url, f"/key/{args.key}/listen", args.count))
+    return _run(_stream(args.url, f"/key/{args.key}/listen", args.count, _reader(args)))
+
+
+def _reader(args: argparse.Namespace) -> Callable[[str], str]:
+    if not args.identity:
+        return lambda line: line
+    identity = read_identity(Path(args.identity))
+    return lambda line: decrypted_line(identity, line)
+
+
+def decrypted_line(identity: Identity, line: str) -> str:
+    """The value's JSON line with `cypher` opened into `data` when it is addressed to `identity`;
+    any other line unchanged (a value for someone else, a tampered one: said on stderr)."""
+    try:
+        document = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(document, dict) or document.get("to") != identity.node_id.hex() or "cypher" not in document:
+        return line
+    try:
+        data = open_sealed(identity, base64.b64decode(str(document["cypher"]), validate=True))
+    except (SealedBoxError, ValueError) as error:
+        sys.stderr.write(f"dhtmesh: value {document.get('id')}: {error}\n")
+        return line
+    del document["cypher"]
+    document |= {"data": base64.b64encode(data).decode(), "decrypted": True}
+    return json.dumps(document) + "\n"
 
 
 def _run(coroutine: Any) -> int:
@@ -85,14 +122,14 @@ async def _request(url: str, method: str, path: str, body: Any = None) -> int:
         return 0
 
 
-async def _stream(url: str, path: str, count: int | None) -> int:
+async def _stream(url: str, path: str, count: int | None, reader: Callable[[str], str]) -> int:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url + path) as response:
         if response.status >= 400:
             raise CliError(f"{response.status}: {_error_of(await response.text())}")
         seen = 0
         async for line in response.content:
-            sys.stdout.write(line.decode())
+            sys.stdout.write(reader(line.decode()))
             sys.stdout.flush()
             seen += 1
             if count is not None and seen >= count:

@@ -24,13 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     put_parser.set_defaults(handler=client.put)
 
     get_parser = commands.add_parser("get", help="get a key's values (one JSON per line)")
-    client.add_url(get_parser)
-    get_parser.add_argument("key")
+    client.add_reading_arguments(get_parser)
     get_parser.set_defaults(handler=client.get)
 
     listen_parser = commands.add_parser("listen", help="print a key's values as they arrive")
-    client.add_url(listen_parser)
-    listen_parser.add_argument("key")
+    client.add_reading_arguments(listen_parser)
     listen_parser.add_argument("--count", type=int, help="stop after this many lines")
     listen_parser.set_defaults(handler=client.listen)
 

@@ -89,8 +89,9 @@ class Replicator:
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
             closest = node.table.closest(key, node.config.k - 1)  # with us, the k replicas of the key
+            replica_ids = {c.node_id for c in closest}
             for newcomer in newcomers:
-                if newcomer in closest and _closest_of_the_others(own_id, key, closest, newcomer):
+                if newcomer.node_id in replica_ids and _closest_of_the_others(own_id, key, closest, newcomer):
                     jobs.append(send(newcomer, key))
         sent = sum(await asyncio.gather(*jobs))
         if sent:

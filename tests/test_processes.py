@@ -115,6 +115,35 @@ def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spaw
         assert data_of(got.stdout) == [b"v1 by alice"]
 
 
+def test_get_and_listen_decrypt_the_values_encrypted_to_the_given_identity(spawn: Spawn, tmp_path: Path) -> None:
+    first = spawn("a")
+    second = spawn("b", "-b", first.udp)
+    wait_until(lambda: info(second)["ipv4"]["good"] >= 1)
+    bob, eve = tmp_path / "bob.json", tmp_path / "eve.json"
+    new_identity(bob)
+    new_identity(eve)
+    shown = run_cli("identity", "show", "-i", str(bob))
+    bob_key = dict(line.split(" ", 1) for line in shown.stdout.splitlines())["public_key"]
+    sealed = {"data": base64.b64encode(b"for bob only").decode(), "to": bob_key}
+    status, _ = post_json(f"{first.url}/key/letter/encrypt", sealed)
+    assert status == 200
+    post_json(f"{first.url}/key/letter", {"data": base64.b64encode(b"for all").decode()})
+
+    for command in (["get"], ["listen", "--count", "2"]):
+        as_bob = run_cli(*command, "--url", second.url, "-i", str(bob), "letter")
+        assert as_bob.returncode == 0, as_bob.stderr
+        assert data_of(as_bob.stdout) == [b"for all", b"for bob only"]
+        assert [v.get("decrypted") for v in values_of(as_bob.stdout) if "to" in v] == [True]
+        # Eve holds the wrong key: the sealed value stays sealed.
+        as_eve = run_cli(*command, "--url", second.url, "-i", str(eve), "letter")
+        assert as_eve.returncode == 0, as_eve.stderr
+        sealed_lines = [v for v in values_of(as_eve.stdout) if "to" in v]
+        assert len(sealed_lines) == 1 and "cypher" in sealed_lines[0] and "data" not in sealed_lines[0]
+
+    missing = run_cli("get", "--url", second.url, "-i", str(tmp_path / "nobody.json"), "letter")
+    assert missing.returncode != 0 and missing.stderr.startswith("dhtmesh: error:")
+
+
 def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_saved_peers(spawn: Spawn) -> None:
     first = spawn("a")
     second = spawn("b", "-b", first.udp)

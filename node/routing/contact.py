@@ -2,7 +2,7 @@
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ID_BITS = 160
 ID_BYTES = ID_BITS // 8
@@ -13,14 +13,14 @@ class Contact:
     node_id: bytes
     host: str
     port: int
+    id_int: int = field(init=False, repr=False, compare=False)  # for XOR distance, computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id_int", int.from_bytes(self.node_id, "big"))
 
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
-
-    @property
-    def id_int(self) -> int:
-        return int.from_bytes(self.node_id, "big")
 
     def to_wire(self) -> list:
         """The `(id, ip, port)` triple that `kademlia` uses in `find_node` replies."""
@@ -36,12 +36,17 @@ def contact_from_wire(item: object) -> Contact | None:
     if not (isinstance(item, list) and len(item) == 3):
         return None
     node_id, host, port = item
-    if not (isinstance(node_id, bytes) and len(node_id) == ID_BYTES):
+    if type(node_id) is bytes and type(host) is str and type(port) is int:
+        return _contact(node_id, host, port)  # a find reply repeats contacts we parsed before
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _contact(node_id: bytes, host: str, port: int) -> Contact | None:
+    if len(node_id) != ID_BYTES:
         return None
-    literal = literal_ip(host) if isinstance(host, str) and len(host) <= 45 else None
-    if literal is None:
-        return None
-    if isinstance(port, bool) or not (isinstance(port, int) and 0 < port < 65536):
+    literal = literal_ip(host) if len(host) <= 45 else None
+    if literal is None or not 0 < port < 65536:
         return None
     return Contact(node_id, literal, port)
 

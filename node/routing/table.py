@@ -5,7 +5,6 @@ bounded replacement cache; a contact is dropped after a failed call (which alrea
 and its best replacement promoted.
 """
 
-import heapq
 import math
 import time
 from collections import OrderedDict
@@ -43,6 +42,8 @@ class RoutingTable:
         self.k = k
         self._replacement_limit = k * replacement_factor
         self._buckets: list[_Bucket] = [_Bucket(0, 1 << ID_BITS)]
+        # Every find we serve or make asks for the closest contacts: keep them flat between changes.
+        self._flat: list[Contact] | None = None
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -53,7 +54,12 @@ class RoutingTable:
         return node_id in self._bucket_for(node_id).entries
 
     def contacts(self) -> list[Contact]:
-        return [entry.contact for bucket in self._buckets for entry in bucket.entries.values()]
+        return list(self._all())
+
+    def _all(self) -> list[Contact]:
+        if self._flat is None:
+            self._flat = [entry.contact for bucket in self._buckets for entry in bucket.entries.values()]
+        return self._flat
 
     def get(self, node_id: bytes) -> Contact | None:
         entry = self._bucket_for(node_id).entries.get(node_id)
@@ -63,8 +69,8 @@ class RoutingTable:
         """The `count` (default k) known contacts XOR-closest to `target`, nearest first."""
         excluded = set(exclude)
         target_int = int.from_bytes(target, "big")
-        candidates = (c for c in self.contacts() if c.node_id not in excluded)
-        return heapq.nsmallest(self.k if count is None else count, candidates, key=lambda c: c.id_int ^ target_int)
+        candidates = [c for c in self._all() if c.node_id not in excluded] if excluded else self._all()
+        return sorted(candidates, key=lambda c: c.id_int ^ target_int)[: self.k if count is None else count]
 
     def health(self) -> tuple[int, int]:
         """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest."""
@@ -119,13 +125,15 @@ class RoutingTable:
             now = time.monotonic()
             bucket.touched = now
             if entry is not None:
-                entry.contact = contact
+                if entry.contact != contact:
+                    entry.contact, self._flat = contact, None
                 bucket.entries.move_to_end(contact.node_id)
                 if replied:
                     entry.last_reply = now
                 return True
             if len(bucket.entries) < self.k:
                 bucket.entries[contact.node_id] = _Entry(contact, last_reply=now if replied else -math.inf)
+                self._flat = None
                 bucket.replacements.pop(contact.node_id, None)
                 return True
             if bucket.covers(self.own_id_int) and bucket.high - bucket.low > 1:
@@ -146,7 +154,10 @@ class RoutingTable:
         """Drop a contact that failed a call, promoting its most recent replacement; return that one."""
         bucket = self._bucket_for(node_id)
         bucket.replacements.pop(node_id, None)
-        if bucket.entries.pop(node_id, None) is None or not bucket.replacements:
+        if bucket.entries.pop(node_id, None) is None:
+            return None
+        self._flat = None
+        if not bucket.replacements:
             return None
         _, promoted = bucket.replacements.popitem(last=True)
         # A replacement was proven when it was offered, but has not replied since: mark it unheard.

@@ -70,9 +70,9 @@ class ValueStore:
         # Bytes and values per origin, kept in memory so that quotas and `counts()` never scan the table.
         self._charges: Counter[str] = Counter()
         self._values: Counter[str] = Counter()
+        self.remote_bytes = 0  # the sum of the charges of every origin but this node
         for origin, charge, count in self._db.execute("SELECT origin, SUM(charge), COUNT(*) FROM vals GROUP BY origin"):
-            self._charges[origin] = charge
-            self._values[origin] = count
+            self._account(origin, charge, count)
 
     def close(self) -> None:
         self._db.close()
@@ -82,7 +82,13 @@ class ValueStore:
     def put(self, key: bytes, value: Value, *, origin: str, ttl: float) -> Verdict:
         """Store `value` (already checked) under `key` if policy and quotas allow; never raises for a
         refused value."""
-        verdict = judge_update(self._current(key, value), value, self._id_owners(key, value.id))
+        # One read serves the policy (the current version, who else holds this id) and the quotas.
+        same_id = self._db.execute(
+            f"SELECT {_VALUE_COLUMNS}, origin, charge FROM vals WHERE key=? AND vid=?", (key, _sql_id(value.id))
+        ).fetchall()
+        mine = next((row for row in same_id if row[0] == value.owner), None)
+        current = _row_value(mine[:8]) if mine else None
+        verdict = judge_update(current, value, {row[0] for row in same_id})
         if not verdict.accepted:
             return verdict
         expires = time.time() + ttl
@@ -95,9 +101,7 @@ class ValueStore:
         if verdict is Verdict.NEW and self._count(key) >= self.quotas.max_values_per_key:
             return Verdict.REFUSE_KEY_FULL
         charge = value.size + ROW_OVERHEAD
-        old = self._db.execute(
-            "SELECT origin, charge FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
-        ).fetchone()
+        old = (mine[8], mine[9]) if mine else None
         refusal = self._quota_refusal(origin, charge, old)
         if refusal is not None:
             return refusal
@@ -107,11 +111,17 @@ class ValueStore:
              value.to, expires, origin, time.time(), charge),
         )
         if old:
-            self._charges[old[0]] -= old[1]
-            self._values[old[0]] -= 1
-        self._charges[origin] += charge
-        self._values[origin] += 1
+            self._account(old[0], -old[1], -1)
+        self._account(origin, charge, 1)
         return verdict
+
+    def _account(self, origin: str, charge: int, count: int) -> None:
+        self._charges[origin] += charge
+        self._values[origin] += count
+        if origin != LOCAL_ORIGIN:
+            self.remote_bytes += charge
+        if not self._values[origin]:
+            del self._charges[origin], self._values[origin]  # origins come and go: keep only live ones
 
     def _quota_refusal(self, origin: str, charge: int, old: tuple[str, int] | None) -> Verdict | None:
         """Whether charging `charge` to `origin` (releasing the replaced row's charge) breaks a quota."""
@@ -140,8 +150,7 @@ class ValueStore:
         if rows:
             self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
         for row in rows:
-            self._charges[row[9]] -= row[10]
-            self._values[row[9]] -= 1
+            self._account(row[9], -row[10], -1)
         return [(row[0], _row_value(row[1:9])) for row in rows]
 
     # ---- reads --------------------------------------------------------------------------------
@@ -190,17 +199,6 @@ class ValueStore:
             "local_storage_values": self._values[LOCAL_ORIGIN],
             "local_storage_size": self._charges[LOCAL_ORIGIN],
         }
-
-    @property
-    def remote_bytes(self) -> int:
-        return sum(charge for origin, charge in self._charges.items() if origin != LOCAL_ORIGIN)
-
-    def _current(self, key: bytes, value: Value) -> Value | None:
-        return self.get_one(key, value.owner, value.id)
-
-    def _id_owners(self, key: bytes, value_id: int) -> set[bytes]:
-        rows = self._db.execute("SELECT owner FROM vals WHERE key=? AND vid=?", (key, _sql_id(value_id)))
-        return {row[0] for row in rows}
 
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
