@@ -3,8 +3,8 @@
 * hand-off: when a proven newcomer is among the k closest to a key that we are the closest holder of,
   it gets that key's values (the stock library tested the wrong point here: flaw F14);
 * repair: for keys we are one of the few closest holders of, every replica in the k closest is compared
-  by (owner, id) → seq and sent what it lacks, so lost replicas come back; the other holders make sure
-  the closest node holds the key, so that it can repair it;
+  by (owner, id) → seq and sent what it lacks, so lost replicas come back; the other holders check that
+  the closest node holds the key, and repair it themselves when it does not;
 * re-announce: permanent puts made here are announced again before they would expire;
 * re-discovery: contacts that stopped answering are probed again, backing off, so a partition heals;
 * bucket refresh: a lookup of a random id in every bucket not touched for a while.
@@ -137,9 +137,10 @@ class Replicator:
 
         The few holders closest to a key (in their own view) repair it: every replica in the k closest is
         compared and sent what it lacks. Several do, so one that wrongly believes another is closer
-        changes nothing. The other holders within the k closest make sure the closest live node holds
-        what they hold: after churn the closest may all be newcomers that never got the key, and a node
-        that lacks a key cannot repair it. Once it has it, its own repair reaches the rest."""
+        changes nothing. The other holders within the k closest check the closest live node only: after
+        churn the closest may all be newcomers that never got the key, and a node that lacks a key cannot
+        repair it. A holder that finds such a gap repairs the key itself; in a healthy mesh the check
+        finds none and costs one small RPC per key."""
         node = self._node
         window = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
@@ -174,12 +175,14 @@ class Replicator:
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
     async def feed_closest(self, key: bytes, closest: list[Contact]) -> int:
-        """Send the first of `closest` that answers whatever of `key` it lacks; dead contacts may linger
-        in the table until they are dropped, so one that does not answer passes the duty on."""
+        """Check that the first of `closest` that answers holds what we hold of `key` (dead contacts may
+        linger in the table until they are dropped, so one that does not answer passes the duty on). If
+        it lacked something, the key's repairers could not have been doing their job: repair it here."""
         for contact in closest:
             remote = await self._versions(contact, key)
             if remote is not None:
-                return await self._send_lacking(contact, key, remote)
+                fed = await self._send_lacking(contact, key, remote)
+                return fed + await self.repair_key(key) if fed else 0
         return 0
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:

@@ -400,16 +400,20 @@ class Endpoint(asyncio.DatagramProtocol):
         async with self._slots:
             message_id = os.urandom(codec.MESSAGE_ID_SIZE)
             datagram = bytes((codec.REQUEST,)) + message_id + payload
-            future = asyncio.get_running_loop().create_future()
-            self._pending[message_id] = _Pending(address, future)
+            loop = asyncio.get_running_loop()
             waits = (self._rtt.timeout(address), self._rtt.max_timeout)
             try:
                 for attempt in range(2):
                     self._counters.add("rpc_out" if attempt == 0 else "rpc_retries")
+                    # A fresh future per attempt (same message id): a late reply to the first attempt
+                    # still answers the retry, and the timeout may cancel the future it waited on.
+                    future = loop.create_future()
+                    self._pending[message_id] = _Pending(address, future)
                     sent_at = time.monotonic()
                     self._transmit(datagram, address)
                     try:
-                        reply = await asyncio.wait_for(asyncio.shield(future), waits[attempt])
+                        async with asyncio.timeout(waits[attempt]):
+                            reply = await future
                     except TimeoutError:
                         continue
                     if attempt == 0:
@@ -419,8 +423,6 @@ class Endpoint(asyncio.DatagramProtocol):
                 raise RpcTimeout(f"no reply from {address[0]}:{address[1]}")
             finally:
                 self._pending.pop(message_id, None)
-                if not future.done():
-                    future.cancel()
 
     def _send(self, kind: int, message_id: bytes, body: Any, address: Address) -> bool:
         datagram = codec.encode(kind, message_id, body)
