@@ -1159,8 +1159,7 @@ def test_F21_peers_are_saved_as_json_and_a_pickle_is_never_loaded(tmp_path: Path
         book.path.write_bytes(damage)
         assert book.load() == []
     assert not marker.exists()
-    package = Path(dhtmesh.__file__).parent
-    sources = [p for p in package.rglob("*.py") if "tests" not in p.relative_to(package).parts]
+    sources = own_sources(Path(dhtmesh.__file__).parent)
     assert len(sources) > 20
     assert not [p for p in sources if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
 
@@ -1215,14 +1214,22 @@ async def test_F23_a_stopped_mesh_leaves_no_tasks_and_no_warnings(loop_errors: l
     assert fire_and_forget_calls() == []
 
 
+def own_sources(package: Path) -> list[Path]:
+    """dhtmesh's own modules: not the tests, nor a virtualenv or cache that an editable checkout holds
+    (`scripts/test` and `scripts/bench` make `.venv` at the repository root, which is the package)."""
+    return sorted(
+        path
+        for path in package.rglob("*.py")
+        if not any(part == "tests" or part.startswith(".") for part in path.relative_to(package).parts)
+    )
+
+
 def fire_and_forget_calls(package: Path | None = None) -> list[str]:
     """`create_task(...)`/`ensure_future(...)` calls whose task is dropped on the floor, and uses of the
     deprecated `asyncio.iscoroutinefunction`, anywhere in dhtmesh's own source (or `package`)."""
     package = package or Path(dhtmesh.__file__).parent
     found = []
-    for source in sorted(package.rglob("*.py")):
-        if "tests" in source.relative_to(package).parts:
-            continue
+    for source in own_sources(package):
         tree = ast.parse(source.read_text())
         task_groups = {  # `async with asyncio.TaskGroup() as group`: group.create_task(...) is owned
             item.optional_vars.id
