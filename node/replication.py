@@ -20,6 +20,7 @@ from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.storage.store import LOCAL_ORIGIN
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.types import expiry_for
+from dhtmesh.node.values.value import Value
 from dhtmesh.node.wire.endpoint import RpcFailure
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class Replicator:
             async with window:
                 if len(closer) < REPAIRERS:
                     return await self.repair_key(key)
-                return await self.feed_closest(key, closer[:REPAIRERS])
+                return await self.check_closest(key, closer[:REPAIRERS])
 
         jobs = []
         for key in node.store.keys():
@@ -174,29 +175,31 @@ class Replicator:
         replicas = (await self._node.lookup(key))[: self._node.config.k - 1]
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
-    async def feed_closest(self, key: bytes, closest: list[Contact]) -> int:
-        """Check that the first of `closest` that answers holds what we hold of `key` (dead contacts may
-        linger in the table until they are dropped, so one that does not answer passes the duty on). If
-        it lacked something, the key's repairers could not have been doing their job: repair it here."""
+    async def check_closest(self, key: bytes, closest: list[Contact]) -> int:
+        """Ask the first of `closest` that answers (dead contacts may linger in the table until they are
+        dropped) whether it holds what we hold of `key`. If it lacks something, the key's repairers cannot
+        have been doing their job: repair the key here, against a lookup rather than our table, so that
+        a contact our table wrongly ranks among the closest is not filled for nothing."""
         for contact in closest:
             remote = await self._versions(contact, key)
             if remote is not None:
-                fed = await self._send_lacking(contact, key, remote)
-                return fed + await self.repair_key(key) if fed else 0
+                return await self.repair_key(key) if self._lacking(key, remote) else 0
         return 0
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:
         """Compare `contact`'s versions of `key` with ours and send it what it lacks or holds older."""
         remote = await self._versions(contact, key)
-        return 0 if remote is None else await self._send_lacking(contact, key, remote)
-
-    async def _send_lacking(self, contact: Contact, key: bytes, remote: dict[tuple[bytes, int], int]) -> int:
+        if remote is None:
+            return 0
         node = self._node
-        missing = [v for v in node.store.get(key) if remote.get(v.identity, -1) < v.seq]
+        lacking = self._lacking(key, remote)
         results = await asyncio.gather(
-            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in missing)
+            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in lacking)
         )
         return sum(results)
+
+    def _lacking(self, key: bytes, remote: dict[tuple[bytes, int], int]) -> list[Value]:
+        return [v for v in self._node.store.get(key) if remote.get(v.identity, -1) < v.seq]
 
     async def _versions(self, contact: Contact, key: bytes) -> dict[tuple[bytes, int], int] | None:
         try:
