@@ -20,6 +20,7 @@ from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
+from dhtmesh.node.records import check_value
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
@@ -85,7 +86,7 @@ class _ValueCollector:
     def offer(self, raw: Any) -> None:
         try:
             value = value_from_wire(raw)
-            value.check(self.key)
+            check_value(self.key, value)
         except InvalidValue:
             return
         current = self.values.get(value.identity)
@@ -331,7 +332,7 @@ class DhtNode:
 
     async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
-        value.check(key)
+        check_value(key, value)
         verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=expiry_for(value.type))
         if not verdict.accepted:
             raise PutRefused(verdict.value)

@@ -8,6 +8,7 @@ table or challenges an unproven one. Values are verified on every hop (`Value.ch
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dhtmesh.node.records import check_value
 from dhtmesh.node.rpcs.args import require_int, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import expiry_for
@@ -28,7 +29,7 @@ MAX_SUBSCRIPTION_TTL = 600.0
 def checked_value(key: bytes, raw: Any) -> Value:
     try:
         value = value_from_wire(raw)
-        value.check(key)
+        check_value(key, value)
     except InvalidValue as error:
         raise RpcRefused(f"invalid value: {error}") from error
     return value

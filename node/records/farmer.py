@@ -1,0 +1,100 @@
+"""A farmer's registration as the mesh keeps it: one value per farmer, signed by the farmer's own key.
+
+The value lives under `farmer_key(node_id)`, has type `FARMER_VALUE_TYPE` and id 1, and its owner is the
+farmer's Ed25519 key, whose hash is the farmer's node id: so only the farmer can write it (a new state
+is a higher seq), and every node can check that the record speaks for the key that signed it. Times are
+Unix seconds; `uptime` counts the seconds seen online since `reg_time`, as dataserv's develop branch does.
+"""
+
+import hashlib
+import ipaddress
+from dataclasses import astuple, dataclass
+
+import msgpack
+
+from dhtmesh.crypto.addresses import InvalidAddress, address_payload
+from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
+from dhtmesh.node.values.value import InvalidValue, Value
+
+FARMER_VALUE_TYPE = 0x4661
+FARMER_VALUE_ID = 1
+HEIGHT_LIMIT = 200_000  # dataserv: 200,000 shards of 128 MiB, about 25 TB
+_KEY_DOMAIN = b"dhtmesh/farmer/"
+_FORMAT = 1
+
+
+class InvalidRecord(InvalidValue):
+    """A farmer value whose data is malformed or does not match the key or the signer."""
+
+
+@dataclass(frozen=True, slots=True)
+class FarmerRecord:
+    node_id: bytes
+    payout_addr: str
+    reg_time: int
+    last_seen: int
+    height: int = 0
+    uptime: int = 0
+    bandwidth_upload: int = 0
+    bandwidth_download: int = 0
+    ip: str = ""
+
+    def encode(self) -> bytes:
+        return msgpack.packb([_FORMAT, *astuple(self)], use_bin_type=True)
+
+
+def farmer_key(node_id: bytes) -> bytes:
+    return hashlib.sha1(_KEY_DOMAIN + node_id).digest()
+
+
+def decode_farmer(data: bytes) -> FarmerRecord:
+    """The record in a farmer value's data; raises `InvalidRecord` for anything malformed."""
+    try:
+        fields = msgpack.unpackb(data, raw=False)  # data is at most 64 KiB: the value check bounds it
+    except (ValueError, TypeError) as error:  # msgpack: ValueError subclasses; TypeError for unhashable keys
+        raise InvalidRecord("farmer data is not msgpack") from error
+    if not (isinstance(fields, list) and len(fields) == 10 and fields[0] == _FORMAT):
+        raise InvalidRecord("farmer data is not a format-1 record")
+    record = FarmerRecord(*fields[1:])
+    _check_fields(record)
+    return record
+
+
+def _check_fields(record: FarmerRecord) -> None:
+    if not (isinstance(record.node_id, bytes) and len(record.node_id) == NODE_ID_SIZE):
+        raise InvalidRecord("node_id must be 20 bytes")
+    if not isinstance(record.payout_addr, str):
+        raise InvalidRecord("payout_addr must be text")
+    try:
+        address_payload(record.payout_addr)
+    except InvalidAddress as error:
+        raise InvalidRecord(f"payout_addr: {error}") from error
+    counts = (record.reg_time, record.last_seen, record.height, record.uptime)
+    counts += (record.bandwidth_upload, record.bandwidth_download)
+    if not all(type(n) is int and 0 <= n < 1 << 63 for n in counts):
+        raise InvalidRecord("times, height, uptime and bandwidth must be non-negative integers")
+    if record.last_seen < record.reg_time or record.uptime > record.last_seen - record.reg_time:
+        raise InvalidRecord("last_seen precedes reg_time, or uptime exceeds the time since registration")
+    if record.height > HEIGHT_LIMIT:
+        raise InvalidRecord(f"height is over the limit of {HEIGHT_LIMIT}")
+    if not isinstance(record.ip, str) or (record.ip and not _is_ip(record.ip)):
+        raise InvalidRecord("ip must be empty or a literal IP address")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_farmer_value(key: bytes, value: Value) -> None:
+    """The rule for `FARMER_VALUE_TYPE`: signed by the farmer it describes, under that farmer's key."""
+    if value.id != FARMER_VALUE_ID or not value.signed or value.encrypted:
+        raise InvalidRecord("a farmer record is value 1, signed, in the clear")
+    record = decode_farmer(value.data)
+    if node_id_from_public_key(value.owner) != record.node_id:
+        raise InvalidRecord("a farmer record must be signed by that farmer's own key")
+    if key != farmer_key(record.node_id):
+        raise InvalidRecord("a farmer record must be stored under its farmer's key")
