@@ -54,13 +54,13 @@ class ReplayGuard:
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
     def first_use(self, signature: bytes, now: float) -> bool:
+        """Whether `signature` was not seen within the window. When full of live signatures it refuses
+        (fails closed): evicting one still inside the window would let its request be replayed."""
         while self._seen and next(iter(self._seen.values())) < now - 2 * self._window:
             self._seen.popitem(last=False)
-        if signature in self._seen:
+        if signature in self._seen or len(self._seen) >= self._capacity:
             return False
         self._seen[signature] = now
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
         return True
 
 
@@ -88,7 +88,7 @@ def verify_request(
     if not verify_signature(public_key, signing_message(method, path, body, recipient_id, date), signature):
         raise RequestAuthError("bad signature")
     if not guard.first_use(signature, now):
-        raise RequestAuthError("replayed request")
+        raise RequestAuthError("replayed request (or too many requests to remember)")
     return public_key
 
 

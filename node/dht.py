@@ -56,6 +56,10 @@ class _StoreAlong:
     wire: list
     ttl: float
     accepted: set[bytes]
+    # Contacts that answered without a verdict on the value: unproven ones are never sent it along (a
+    # reflector could fill a find reply with a victim's address), older nodes ignore it. They get a
+    # plain store if they end up among the k closest.
+    unanswered: set[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,7 @@ class DhtNode:
         body: dict[str, Any] = {"t": target}
         if collector is not None:
             body["v"] = True
-        if store is not None:
+        if store is not None and nonce is None:
             body |= {"s": store.wire, "ttl": store.ttl}
         try:
             reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce)
@@ -238,8 +242,12 @@ class DhtNode:
         if nonce is None:
             self.table.add(contact)
         payload = reply.payload if isinstance(reply.payload, dict) else {}
-        if store is not None and payload.get("stored") is True:
-            store.accepted.add(contact.node_id)
+        if store is not None:
+            verdict = payload.get("stored")
+            if verdict is True:
+                store.accepted.add(contact.node_id)
+            elif verdict is None:
+                store.unanswered.add(contact.node_id)
         nodes = payload.get("nodes")
         found = [c for c in map(contact_from_wire, nodes if isinstance(nodes, list) else []) if c is not None]
         if collector is not None:
@@ -350,9 +358,13 @@ class DhtNode:
             nodes = await self.lookup(key)
             accepted = await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in nodes))
             return PutResult(value, sum(accepted), len(nodes))
-        along = _StoreAlong(value.to_wire(), ttl, set())
+        along = _StoreAlong(value.to_wire(), ttl, set(), set())
         nodes = await self._traverse(key, None, store=along)
-        return PutResult(value, sum(c.node_id in along.accepted for c in nodes), len(nodes))
+        replicas = sum(c.node_id in along.accepted for c in nodes)
+        late = [c for c in nodes if c.node_id in along.unanswered]
+        if late:
+            replicas += sum(await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in late)))
+        return PutResult(value, replicas, len(nodes))
 
     async def store_on(self, contact: Contact, key: bytes, value: Value, ttl: float) -> bool:
         try:

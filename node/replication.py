@@ -176,25 +176,26 @@ class Replicator:
         return sum(await asyncio.gather(*(self.send_missing(contact, key) for contact in replicas)))
 
     async def check_closest(self, key: bytes, closest: list[Contact]) -> int:
-        """Ask the first of `closest` that answers (dead contacts may linger in the table until they are
-        dropped) whether it holds what we hold of `key`. If it lacks something, the key's repairers cannot
-        have been doing their job: repair the key here, against a lookup rather than our table, so that
-        a contact our table wrongly ranks among the closest is not filled for nothing."""
+        """Make sure the first of `closest` that answers (dead contacts may linger in the table until they
+        are dropped) holds what we hold of `key`. If it lacked something and took it, the key's repairers
+        cannot have been doing their job: repair the whole key here. If it refused (full, or hostile),
+        more sending would not help: the next round asks again."""
         for contact in closest:
             remote = await self._versions(contact, key)
             if remote is not None:
-                return await self.repair_key(key) if self._lacking(key, remote) else 0
+                fed = await self._send(contact, key, self._lacking(key, remote))
+                return fed + await self.repair_key(key) if fed else 0
         return 0
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:
         """Compare `contact`'s versions of `key` with ours and send it what it lacks or holds older."""
         remote = await self._versions(contact, key)
-        if remote is None:
-            return 0
+        return 0 if remote is None else await self._send(contact, key, self._lacking(key, remote))
+
+    async def _send(self, contact: Contact, key: bytes, values: list[Value]) -> int:
         node = self._node
-        lacking = self._lacking(key, remote)
         results = await asyncio.gather(
-            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in lacking)
+            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in values)
         )
         return sum(results)
 

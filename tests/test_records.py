@@ -47,6 +47,7 @@ def forged_cases() -> dict[str, tuple[Identity, FarmerRecord, bytes | None]]:
         "seen before registered": (farmer, record_of(farmer, last_seen=0), None),
         "ip a name": (farmer, record_of(farmer, ip="example.com"), None),
         "negative height": (farmer, record_of(farmer, height=-1), None),
+        "seen in the future": (farmer, record_of(farmer, last_seen=int(time.time()) + 3600), None),
     }
 
 

@@ -91,6 +91,10 @@ def test_the_replay_guard_forgets_old_signatures_and_stays_bounded() -> None:
     for index in range(1000):
         guard.first_use(index.to_bytes(4, "big"), NOW + 42)
     assert len(guard._seen) <= 100
+    # Full of live signatures it refuses rather than forget one a replay could then reuse.
+    assert not guard.first_use(b"fresh", NOW + 43)
+    assert not guard.first_use(b"\x00\x00\x00\x00", NOW + 43)
+    assert guard.first_use(b"fresh", NOW + 42 + 41)  # once the window has passed, there is room again
 
 
 @given(st.text(max_size=60))

@@ -8,6 +8,7 @@ Unix seconds; `uptime` counts the seconds seen online since `reg_time`, as datas
 
 import hashlib
 import ipaddress
+import time
 from dataclasses import astuple, dataclass
 
 import msgpack
@@ -18,6 +19,7 @@ from dhtmesh.node.values.value import InvalidValue, Value
 
 FARMER_VALUE_TYPE = 0x4661
 FARMER_VALUE_ID = 1
+CLOCK_SKEW = 60  # seconds a record's last_seen may be ahead of this node's clock
 HEIGHT_LIMIT = 200_000  # dataserv: 200,000 shards of 128 MiB, about 25 TB
 _KEY_DOMAIN = b"dhtmesh/farmer/"
 _FORMAT = 1
@@ -73,6 +75,8 @@ def _check_fields(record: FarmerRecord) -> None:
     counts += (record.bandwidth_upload, record.bandwidth_download)
     if not all(type(n) is int and 0 <= n < 1 << 63 for n in counts):
         raise InvalidRecord("times, height, uptime and bandwidth must be non-negative integers")
+    if record.last_seen > time.time() + CLOCK_SKEW:
+        raise InvalidRecord("last_seen is in the future")
     if record.last_seen < record.reg_time or record.uptime > record.last_seen - record.reg_time:
         raise InvalidRecord("last_seen precedes reg_time, or uptime exceeds the time since registration")
     if record.height > HEIGHT_LIMIT:

@@ -36,19 +36,17 @@ def contact_from_wire(item: object) -> Contact | None:
     if not (isinstance(item, list) and len(item) == 3):
         return None
     node_id, host, port = item
-    if type(node_id) is bytes and type(host) is str and type(port) is int:
-        return _contact(node_id, host, port)  # a find reply repeats contacts we parsed before
-    return None
+    if not (type(node_id) is bytes and type(host) is str and type(port) is int):
+        return None
+    if len(node_id) != ID_BYTES or len(host) > 45 or not 0 < port < 65536:
+        return None  # checked before the cache, so a peer cannot fill it with huge keys
+    return _contact(node_id, host, port)  # a find reply repeats contacts we parsed before
 
 
 @functools.lru_cache(maxsize=8192)
 def _contact(node_id: bytes, host: str, port: int) -> Contact | None:
-    if len(node_id) != ID_BYTES:
-        return None
-    literal = literal_ip(host) if len(host) <= 45 else None
-    if literal is None or not 0 < port < 65536:
-        return None
-    return Contact(node_id, literal, port)
+    literal = literal_ip(host)
+    return None if literal is None else Contact(node_id, literal, port)
 
 
 @functools.lru_cache(maxsize=4096)
