@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_dht import OP, Trace, count, track_depth
+from bench_dht import OP, Trace, count, percentile, rounded, track_depth
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
@@ -366,20 +366,6 @@ def stop_all(procs: list[Proc]) -> None:
 
 
 # ---- statistics ---------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def rounded(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def op_row(case: str, results: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
