@@ -142,6 +142,11 @@ def test_get_and_listen_decrypt_the_values_encrypted_to_the_given_identity(spawn
 
     missing = run_cli("get", "--url", second.url, "-i", str(tmp_path / "nobody.json"), "letter")
     assert missing.returncode != 0 and missing.stderr.startswith("dhtmesh: error:")
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\x00{not an identity")
+    broken = run_cli("listen", "--url", second.url, "-i", str(garbage), "letter")
+    assert broken.returncode != 0 and broken.stderr.startswith("dhtmesh: error:")
+    assert "Traceback" not in broken.stderr
 
 
 def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_saved_peers(spawn: Spawn) -> None:
