@@ -20,7 +20,7 @@ from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
-from dhtmesh.node.records import check_value
+from dhtmesh.node.records import check_value, is_valid_successor
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
@@ -121,7 +121,9 @@ class DhtNode:
         self.data_dir = data_dir
         self.counters = Counters()
         self.table = RoutingTable(self.node_id, self.config.k)
-        self.store = ValueStore(data_dir / "values.sqlite3" if data_dir else None, self.config.quotas)
+        self.store = ValueStore(
+            data_dir / "values.sqlite3" if data_dir else None, self.config.quotas, may_follow=is_valid_successor
+        )
         self.hub = ListenerHub(on_last_closed=self._stop_listening)
         self.endpoint = Endpoint(
             self.node_id,

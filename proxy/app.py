@@ -11,10 +11,13 @@ import aiohttp.web_protocol
 from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
 
+from dhtmesh.crypto.request_auth import ReplayGuard
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply
-from dhtmesh.proxy.routes import NODE, PUSH, ROUTES, STATS
+from dhtmesh.proxy.route import NODE, PUSH, REGISTRY, REPLAY_GUARD, STATS
+from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,19 @@ async def _allow_any_origin(request: web.Request, response: web.StreamResponse) 
     response.headers["Access-Control-Allow-Origin"] = "*"
 
 
+async def _close_registry(app: web.Application) -> None:
+    await app[REGISTRY].close()
+
+
 def create_app(node: DhtNode, push: PushRelay | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[NODE] = node
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
+    app[REGISTRY] = FarmerRegistry(node)
+    app[REPLAY_GUARD] = ReplayGuard()
     app.on_response_prepare.append(_allow_any_origin)
+    app.on_cleanup.append(_close_registry)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     return app

@@ -13,6 +13,11 @@ from dhtmesh import __version__
 PARAMETERS = {
     "key": "40 hex characters, or any text (hashed with SHA-1)",
     "value_id": "a value id, decimal",
+    "nodeid": "a farmer's node id: 40 lowercase hex characters, or its base58check address",
+    "payout_addr": "a base58check address (checksum verified)",
+    "height": "capacity in 128 MiB shards, at most 200000",
+    "upload": "upload bandwidth, a non-negative number",
+    "download": "download bandwidth, a non-negative number",
 }
 STANDARD_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 

@@ -2,42 +2,26 @@
 built from, and the thin handlers behind them. Handlers parse and format; the node does the work."""
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable
+from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import DhtNode, PutRefused, PutResult
+from dhtmesh.node.dht import PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
+from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import document
-from dhtmesh.proxy.push import PushError, PushRelay, PushTarget
+from dhtmesh.proxy.push import PushError, PushTarget
 from dhtmesh.proxy.responses import JSON_HEADERS, BadRequest, json_body, json_line, json_reply, open_stream
-from dhtmesh.proxy.stats import RequestStats
+from dhtmesh.proxy.route import NODE, PUSH, STATS, Route
 from dhtmesh.proxy.value_json import ValueJsonError, public_key_from_text, value_from_json, value_to_json
-
-NODE = web.AppKey("node", DhtNode)
-PUSH = web.AppKey("push", PushRelay)
-STATS = web.AppKey("stats", RequestStats)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "OPTIONS, GET, POST, LISTEN, SUBSCRIBE, UNSUBSCRIBE",
     "Access-Control-Allow-Headers": "content-type",
     "Access-Control-Max-Age": "86400",
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    body: str | None = None  # what the request body holds, if anything
-    replies: dict[int, str] = field(default_factory=lambda: {200: "OK"})
-    streams: bool = False  # a chunked reply of one JSON value per line
 
 
 # ---- node ---------------------------------------------------------------------------------------
@@ -228,6 +212,7 @@ ROUTES: list[Route] = [
     Route("GET", "/key/{key}/options", options, "CORS headers"),
     Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH),
     Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH),
+    *FARMER_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
     Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),

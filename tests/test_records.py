@@ -3,6 +3,7 @@ put locally, stored over UDP by a peer, or met in a get."""
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -10,9 +11,20 @@ from hypothesis import strategies as st
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
-from dhtmesh.node.records import FARMER_VALUE_TYPE, FarmerRecord, InvalidRecord, check_value, farmer_key
-from dhtmesh.node.records.farmer import FARMER_VALUE_ID, HEIGHT_LIMIT, decode_farmer
+from dhtmesh.node.records import (
+    DIRECTORY_KEYS,
+    FARMER_VALUE_TYPE,
+    FarmerRecord,
+    InvalidRecord,
+    check_value,
+    farmer_key,
+    farmer_value_id,
+    is_valid_successor,
+)
+from dhtmesh.node.records.farmer import HEIGHT_LIMIT, decode_farmer
+from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
+from dhtmesh.node.values.policy import Verdict
 
 from conftest import MeshFactory
 
@@ -24,7 +36,7 @@ def record_of(farmer: Identity, **changes: object) -> FarmerRecord:
 
 
 def farmer_value(signer: Identity, record: FarmerRecord, key: bytes | None = None, seq: int = 1) -> Value:
-    value = Value(FARMER_VALUE_ID, record.encode(), FARMER_VALUE_TYPE, seq=seq)
+    value = Value(farmer_value_id(record.node_id), record.encode(), FARMER_VALUE_TYPE, seq=seq)
     return sign_value(signer, key or farmer_key(record.node_id), value)
 
 
@@ -40,7 +52,11 @@ def forged_cases() -> dict[str, tuple[Identity, FarmerRecord, bytes | None]]:
     farmer, mallory = Identity.generate(), Identity.generate()
     return {
         "signed by another key": (mallory, record_of(farmer), None),
-        "under another farmer's key": (farmer, record_of(farmer), farmer_key(mallory.node_id)),
+        "in another shard": (
+            farmer,
+            record_of(farmer),
+            next(k for k in DIRECTORY_KEYS if k != farmer_key(farmer.node_id)),
+        ),
         "height over the limit": (farmer, record_of(farmer, height=HEIGHT_LIMIT + 1), None),
         "bad payout checksum": (farmer, record_of(farmer, payout_addr=node_address(farmer.node_id)[:-1] + "x"), None),
         "uptime beyond registration": (farmer, record_of(farmer, uptime=10_000), None),
@@ -59,10 +75,10 @@ def test_a_forged_or_malformed_record_is_refused(case: str) -> None:
         check_value(key or farmer_key(record.node_id), value)
 
 
-def test_a_record_must_be_signed_value_one_in_the_clear() -> None:
+def test_a_record_must_be_signed_under_its_farmers_value_id() -> None:
     farmer = Identity.generate()
     key = farmer_key(farmer.node_id)
-    unsigned = Value(FARMER_VALUE_ID, record_of(farmer).encode(), FARMER_VALUE_TYPE)
+    unsigned = Value(farmer_value_id(farmer.node_id), record_of(farmer).encode(), FARMER_VALUE_TYPE)
     other_id = sign_value(farmer, key, replace(unsigned, id=2))
     for value in (unsigned, other_id):
         with pytest.raises(InvalidRecord):
@@ -74,7 +90,8 @@ def test_arbitrary_data_under_the_farmer_type_never_escapes_as_another_error(dat
     farmer = Identity.generate()
     key = farmer_key(farmer.node_id)
     try:
-        check_value(key, sign_value(farmer, key, Value(FARMER_VALUE_ID, data, FARMER_VALUE_TYPE, seq=1)))
+        value = Value(farmer_value_id(farmer.node_id), data, FARMER_VALUE_TYPE, seq=1)
+        check_value(key, sign_value(farmer, key, value))
     except InvalidRecord:
         return
     assert decode_farmer(data).node_id == farmer.node_id
@@ -109,3 +126,57 @@ async def test_every_node_refuses_a_forged_record_pushed_over_udp_and_serves_the
         assert await attacker.store_on(target.contact, claimed_key, claimed, 600.0) is False
     assert all(node.store.get(claimed_key) == [] for node in nodes)
     assert sum(node.counters.get("refused_requests") for node in nodes[:-1]) == refused_before + 3
+
+
+def test_farmers_are_sharded_by_the_first_hex_digit_of_their_id() -> None:
+    assert len(set(DIRECTORY_KEYS)) == 16
+    for digit in range(16):
+        node_id = bytes([digit << 4 | 0x0F]) + bytes(19)
+        assert farmer_key(node_id) == DIRECTORY_KEYS[digit]
+
+
+def test_a_directory_key_holds_farmer_records_only() -> None:
+    """Closes squatting: an unsigned value (or any other type) taking a farmer's id, or filling a shard."""
+    farmer = Identity.generate()
+    key = farmer_key(farmer.node_id)
+    squatter = Value(farmer_value_id(farmer.node_id), b"mine now", 0)
+    with pytest.raises(InvalidRecord):
+        check_value(key, squatter)
+    with pytest.raises(InvalidRecord):
+        check_value(key, sign_value(Identity.generate(), key, replace(squatter, seq=1)))
+
+
+def successor_cases() -> dict[str, tuple[dict, bool]]:
+    return {
+        "a ping: seen later, uptime grows by less than the time passed": ({"last_seen": 60, "uptime": 60}, True),
+        "a height report": ({"last_seen": 10, "height": 9}, True),
+        "uptime grows more than the time passed": ({"last_seen": 10, "uptime": 20}, False),
+        "uptime shrinks": ({"last_seen": 10, "uptime": -1}, False),
+        "seen earlier than before": ({"last_seen": -5}, False),
+        "registration time rewritten": ({"reg_time": -50}, False),
+        "payout rewritten": ({"payout_addr": None}, False),
+    }
+
+
+@pytest.mark.parametrize("case", list(successor_cases()))
+def test_a_replica_holding_a_record_accepts_only_a_valid_successor(case: str) -> None:
+    changes, valid = successor_cases()[case]
+    farmer = Identity.generate()
+    current = record_of(farmer, reg_time=int(time.time()) - 1000, last_seen=int(time.time()) - 100)
+    fields = {name: getattr(current, name) + delta for name, delta in changes.items() if name != "payout_addr"}
+    if "payout_addr" in changes:
+        fields["payout_addr"] = node_address(Identity.generate().node_id)
+    incoming = replace(current, **fields)
+    assert is_valid_successor(farmer_value(farmer, current, seq=1), farmer_value(farmer, incoming, seq=2)) is valid
+
+
+def test_the_store_refuses_a_record_that_cannot_follow_the_one_it_holds(tmp_path: Path) -> None:
+    farmer = Identity.generate()
+    key = farmer_key(farmer.node_id)
+    current = record_of(farmer, reg_time=int(time.time()) - 1000, last_seen=int(time.time()) - 100)
+    store = ValueStore(tmp_path / "values.sqlite3", may_follow=is_valid_successor)
+    assert store.put(key, farmer_value(farmer, current, seq=1), origin="a", ttl=60) is Verdict.NEW
+    inflated = replace(current, last_seen=current.last_seen + 10, uptime=current.uptime + 1000)
+    assert store.put(key, farmer_value(farmer, inflated, seq=2), origin="a", ttl=60) is Verdict.REFUSE_NOT_SUCCESSOR
+    pinged_later = replace(current, last_seen=current.last_seen + 60, uptime=current.uptime + 60)
+    assert store.put(key, farmer_value(farmer, pinged_later, seq=3), origin="a", ttl=60) is Verdict.UPDATE

@@ -1,6 +1,24 @@
 """Records: values of reserved types whose data has a meaning the mesh enforces (farmers, for now)."""
 
-from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, InvalidRecord, farmer_key
-from dhtmesh.node.records.rules import check_value
+from dhtmesh.node.records.farmer import (
+    DIRECTORY_KEYS,
+    FARMER_VALUE_TYPE,
+    FarmerRecord,
+    InvalidRecord,
+    farmer_key,
+    farmer_value_id,
+    signed_farmer_value,
+)
+from dhtmesh.node.records.rules import check_value, is_valid_successor
 
-__all__ = ["FARMER_VALUE_TYPE", "FarmerRecord", "InvalidRecord", "check_value", "farmer_key"]
+__all__ = [
+    "DIRECTORY_KEYS",
+    "FARMER_VALUE_TYPE",
+    "FarmerRecord",
+    "InvalidRecord",
+    "check_value",
+    "farmer_key",
+    "farmer_value_id",
+    "is_valid_successor",
+    "signed_farmer_value",
+]

@@ -1,9 +1,15 @@
 """A farmer's registration as the mesh keeps it: one value per farmer, signed by the farmer's own key.
 
-The value lives under `farmer_key(node_id)`, has type `FARMER_VALUE_TYPE` and id 1, and its owner is the
-farmer's Ed25519 key, whose hash is the farmer's node id: so only the farmer can write it (a new state
-is a higher seq), and every node can check that the record speaks for the key that signed it. Times are
-Unix seconds; `uptime` counts the seconds seen online since `reg_time`, as dataserv's develop branch does.
+Records live in a directory of `DIRECTORY_SHARDS` DHT keys, a farmer in the shard named by the first
+hex digit of its node id (`farmer_key`), so that the whole registry is read with 16 gets or listens, and
+each shard holds up to a key's value quota of farmers. A record has type `FARMER_VALUE_TYPE`, an id
+derived from the farmer's node id (`farmer_value_id`), and its owner is the farmer's Ed25519 key, whose
+hash is the node id: so only the farmer can write it (a new state is a higher seq), every node can check
+that the record speaks for the key that signed it, and no one can hold a farmer's id in a shard before
+it (the id is bound to the key). Only farmer records may be stored under a directory key.
+
+Times are Unix seconds; `uptime` counts the seconds seen online since `reg_time`, as dataserv's develop
+branch does.
 """
 
 import hashlib
@@ -14,14 +20,16 @@ from dataclasses import astuple, dataclass
 import msgpack
 
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload
+from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
-from dhtmesh.node.values.value import InvalidValue, Value
+from dhtmesh.node.values.types import FARMER_RECORD_TYPE
+from dhtmesh.node.values.value import InvalidValue, Value, sign_value
 
-FARMER_VALUE_TYPE = 0x4661
-FARMER_VALUE_ID = 1
+FARMER_VALUE_TYPE = FARMER_RECORD_TYPE
+DIRECTORY_SHARDS = 16
 CLOCK_SKEW = 60  # seconds a record's last_seen may be ahead of this node's clock
 HEIGHT_LIMIT = 200_000  # dataserv: 200,000 shards of 128 MiB, about 25 TB
-_KEY_DOMAIN = b"dhtmesh/farmer/"
+_KEY_DOMAIN = b"dhtmesh/farmers/"
 _FORMAT = 1
 
 
@@ -45,8 +53,21 @@ class FarmerRecord:
         return msgpack.packb([_FORMAT, *astuple(self)], use_bin_type=True)
 
 
+def directory_key(shard: int) -> bytes:
+    return hashlib.sha1(_KEY_DOMAIN + b"%x" % shard).digest()
+
+
+DIRECTORY_KEYS = tuple(directory_key(shard) for shard in range(DIRECTORY_SHARDS))
+
+
 def farmer_key(node_id: bytes) -> bytes:
-    return hashlib.sha1(_KEY_DOMAIN + node_id).digest()
+    """The directory shard that holds this farmer's record."""
+    return DIRECTORY_KEYS[node_id[0] * DIRECTORY_SHARDS // 256]
+
+
+def farmer_value_id(node_id: bytes) -> int:
+    """The value id of a farmer's record: its node id's first 8 bytes (0 means "pick one" in puts)."""
+    return int.from_bytes(node_id[:8], "big") or 1
 
 
 def decode_farmer(data: bytes) -> FarmerRecord:
@@ -94,11 +115,34 @@ def _is_ip(text: str) -> bool:
 
 
 def check_farmer_value(key: bytes, value: Value) -> None:
-    """The rule for `FARMER_VALUE_TYPE`: signed by the farmer it describes, under that farmer's key."""
-    if value.id != FARMER_VALUE_ID or not value.signed or value.encrypted:
-        raise InvalidRecord("a farmer record is value 1, signed, in the clear")
+    """The rule for `FARMER_VALUE_TYPE`: signed by the farmer it describes, in that farmer's shard."""
+    if not value.signed or value.encrypted:
+        raise InvalidRecord("a farmer record is signed and in the clear")
     record = decode_farmer(value.data)
     if node_id_from_public_key(value.owner) != record.node_id:
         raise InvalidRecord("a farmer record must be signed by that farmer's own key")
-    if key != farmer_key(record.node_id):
-        raise InvalidRecord("a farmer record must be stored under its farmer's key")
+    if key != farmer_key(record.node_id) or value.id != farmer_value_id(record.node_id):
+        raise InvalidRecord("a farmer record must be stored in its farmer's shard, under its farmer's value id")
+
+
+def check_directory_value(key: bytes, value: Value) -> None:
+    """Directory keys hold farmer records only: nothing else may take a farmer's id or fill a shard."""
+    if value.type != FARMER_VALUE_TYPE and key in DIRECTORY_KEYS:
+        raise InvalidRecord("only farmer records may be stored under a farmer directory key")
+
+
+def is_successor(current: FarmerRecord, incoming: FarmerRecord) -> bool:
+    """Whether `incoming` can follow `current` (a replica holding the earlier state checks this): the
+    registration is fixed, time moves forward, and uptime grows by at most the time that passed."""
+    return (
+        (incoming.node_id, incoming.payout_addr, incoming.reg_time)
+        == (current.node_id, current.payout_addr, current.reg_time)
+        and incoming.last_seen >= current.last_seen
+        and 0 <= incoming.uptime - current.uptime <= incoming.last_seen - current.last_seen
+    )
+
+
+def signed_farmer_value(farmer: Identity, record: FarmerRecord, seq: int) -> Value:
+    """The value a farmer puts to state `record`, signed with its own key."""
+    value = Value(farmer_value_id(record.node_id), record.encode(), FARMER_VALUE_TYPE, seq=seq)
+    return sign_value(farmer, farmer_key(record.node_id), value)

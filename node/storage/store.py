@@ -8,6 +8,7 @@ Expiry times are wall-clock seconds, so they mean the same after a restart.
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,14 @@ _VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype, recipient"
 
 
 class ValueStore:
-    def __init__(self, path: Path | None, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        quotas: Quotas | None = None,
+        may_follow: Callable[[Value, Value], bool] = lambda current, incoming: True,
+    ) -> None:
         self.quotas = quotas or Quotas()
+        self._may_follow = may_follow  # whether a newer version may replace the current one (record rules)
         self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -91,6 +98,8 @@ class ValueStore:
         verdict = judge_update(current, value, {row[0] for row in same_id})
         if not verdict.accepted:
             return verdict
+        if verdict is Verdict.UPDATE and current is not None and not self._may_follow(current, value):
+            return Verdict.REFUSE_NOT_SUCCESSOR
         expires = time.time() + ttl
         if verdict is Verdict.REFRESH:
             self._db.execute(
@@ -107,8 +116,21 @@ class ValueStore:
             return refusal
         self._db.execute(
             "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
-             value.to, expires, origin, time.time(), charge),
+            (
+                key,
+                value.owner,
+                _sql_id(value.id),
+                value.seq,
+                value.type,
+                value.data,
+                value.sig,
+                value.utype,
+                value.to,
+                expires,
+                origin,
+                time.time(),
+                charge,
+            ),
         )
         if old:
             self._account(old[0], -old[1], -1)

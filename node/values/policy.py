@@ -3,7 +3,8 @@
 * unsigned values can never be edited: the same id with other data is refused, the same bytes refresh;
 * signed values can be replaced only by their owner, with a higher seq; an equal seq is accepted only
   for the very same signed bytes (a re-announce); a lower one is a replay and refused;
-* an id held by one owner cannot be taken by another owner under the same key.
+* an id held by one owner cannot be taken by another owner under the same key;
+* a record type may forbid some changes between versions (the store asks its successor rule).
 """
 
 from enum import Enum
@@ -18,6 +19,7 @@ class Verdict(Enum):
     REFUSE_EDIT_UNSIGNED = "unsigned values cannot be edited"
     REFUSE_STALE = "stale seq: a newer version is stored"
     REFUSE_ID_TAKEN = "this value id belongs to another owner"
+    REFUSE_NOT_SUCCESSOR = "this record cannot follow the stored version (its type's rules forbid the change)"
     REFUSE_STORE_FULL = "storage quota exceeded"
     REFUSE_KEY_FULL = "too many values under this key"
     REFUSE_PEER_QUOTA = "this peer's storage share is used up"

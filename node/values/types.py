@@ -3,6 +3,10 @@
 MINUTE = 60.0
 DAY = 86400.0
 DEFAULT_EXPIRY = 10 * MINUTE  # type 0, USER_DATA
+# dhtmesh's record types (node/records/). A farmer record lives 30 days after its farmer's last signed
+# change: a farmer that is away for good drops out of the registry then, not before.
+FARMER_RECORD_TYPE = 0x4661
+FARMER_RECORD_EXPIRY = 30 * DAY
 
 _EXPIRY_BY_TYPE = {
     0: DEFAULT_EXPIRY,
@@ -12,6 +16,7 @@ _EXPIRY_BY_TYPE = {
     4: 7 * DAY,  # TrustRequest
     5: 1 * MINUTE,  # IceCandidates
     8: 7 * DAY,  # Certificate
+    FARMER_RECORD_TYPE: FARMER_RECORD_EXPIRY,
 }
 
 

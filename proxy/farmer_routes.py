@@ -1,0 +1,275 @@
+"""dataserv's `/api/*` routes over the mesh's farmer registry: status codes and messages as dataserv's
+develop branch gives them, errors as JSON `{"err"}`.
+
+A route that changes a farmer is checked in dataserv 2.2.13's order, signature first (401), so an
+unsigned request never learns whether a farmer exists. The signature (crypto/request_auth.py) must be
+the farmer's own; the new state itself arrives as the value the farmer signed, in the `Farmer-Record`
+header (base64 of the value's wire form), and the registry stores it only if it is what the request
+makes of the current record.
+"""
+
+import base64
+import binascii
+import decimal
+import time
+from collections.abc import Awaitable
+
+import msgpack
+from aiohttp import web
+
+from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
+from dhtmesh.crypto.keys import node_id_from_public_key
+from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
+from dhtmesh.node.dht import PutRefused
+from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
+from dhtmesh.node.records.farmer_events import (
+    capacity_bytes,
+    is_online,
+    pinged,
+    uptime_percent,
+    with_bandwidth,
+    with_height,
+)
+from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
+from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+from dhtmesh.proxy.responses import BadRequest, json_reply
+from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, Route
+
+RECORD_HEADER = "Farmer-Record"
+TERABYTE = 1024**4
+TOTAL_PERIOD_MINUTES = 30  # dataserv's /api/total "id": the half-hour it was computed in
+_MAX_RECORD_HEADER = 4096
+
+
+def record_header(value: Value) -> str:
+    """How a client sends the value it signed: base64 of its msgpack wire form."""
+    return base64.b64encode(msgpack.packb(value.to_wire(), use_bin_type=True)).decode()
+
+
+def _signed_record(request: web.Request, failure: str) -> Value | None:
+    text = request.headers.get(RECORD_HEADER)
+    if text is None:
+        return None
+    try:
+        if len(text) > _MAX_RECORD_HEADER:
+            raise InvalidValue("too long")
+        return value_from_wire(msgpack.unpackb(base64.b64decode(text, validate=True), raw=False))
+    except (binascii.Error, ValueError, TypeError) as error:  # InvalidValue and msgpack's errors are ValueErrors
+        raise BadRequest(f"{failure}: {RECORD_HEADER} is not a base64 msgpack value ({error}).") from error
+
+
+def _node_id(request: web.Request, failure: str) -> bytes:
+    try:
+        return parse_node_id(request.match_info["nodeid"])
+    except InvalidAddress as error:
+        raise BadRequest(f"{failure}: Invalid node id or address ({error}).") from error
+
+
+async def _signing_farmer(request: web.Request, failure: str) -> bytes:
+    """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new."""
+    node = request.app[NODE]
+    body = await request.read()
+    try:
+        public_key = verify_request(
+            request.headers, request.method, request.raw_path, body, node.node_id, request.app[REPLAY_GUARD]
+        )
+    except RequestAuthError as error:
+        raise BadRequest(f"{failure}: Invalid authentication headers ({error}).", status=401) from error
+    node_id = _node_id(request, failure)
+    if node_id_from_public_key(public_key) != node_id:
+        raise BadRequest(f"{failure}: Invalid authentication headers (not signed by this farmer's key).", status=401)
+    return node_id
+
+
+async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRecord:
+    try:
+        return await operation
+    except UnknownFarmer as error:
+        raise BadRequest(f"{failure}: Farmer not found.", status=404) from error
+    except AlreadyRegistered as error:
+        raise BadRequest(f"{failure}: Address already is registered.", status=409) from error
+    except (BadFarmerRecord, InvalidValue) as error:
+        raise BadRequest(f"{failure}: {error}.") from error
+    except PutRefused as error:
+        raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=409) from error
+
+
+def farmer_json(record: FarmerRecord, now: int) -> dict:
+    return {
+        "nodeid": record.node_id.hex(),
+        "payout_addr": record.payout_addr,
+        "last_seen": max(0, now - record.last_seen),
+        "height": record.height,
+        "uptime": uptime_percent(record, now),
+        "reg_time": record.reg_time,
+        "bandwidth_upload": record.bandwidth_upload,
+        "bandwidth_download": record.bandwidth_download,
+        "ip": record.ip,
+    }
+
+
+def _text(message: str) -> web.Response:
+    return web.Response(text=message)
+
+
+# ---- changes, signed by the farmer ----------------------------------------------------------------
+
+
+async def register(request: web.Request) -> web.Response:
+    failure = "Registration Failed"
+    node_id = await _signing_farmer(request, failure)
+    payout = request.match_info.get("payout_addr") or node_address(node_id)
+    try:
+        address_payload(payout)
+    except InvalidAddress as error:
+        raise BadRequest(f"{failure}: Invalid payout address ({error}).") from error
+    signed = _signed_record(request, failure)
+    record = await _applied(request.app[REGISTRY].register(node_id, payout, signed), failure)
+    return json_reply(farmer_json(record, int(time.time())))
+
+
+async def ping(request: web.Request) -> web.Response:
+    failure = "Ping Failed"
+    node_id = await _signing_farmer(request, failure)
+    signed = _signed_record(request, failure)
+    await _applied(request.app[REGISTRY].change(node_id, pinged, signed), failure)
+    return _text("Ping accepted.")
+
+
+async def height(request: web.Request) -> web.Response:
+    failure = "Set height failed"
+    node_id = await _signing_farmer(request, failure)
+    shards = _count(request, "height", failure)
+    if shards > HEIGHT_LIMIT:
+        raise BadRequest(f"Height limit exceeded ({shards} > {HEIGHT_LIMIT}).", status=413)
+    signed = _signed_record(request, failure)
+
+    def event(record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
+        return with_height(record, shards, now, ip)
+
+    await _applied(request.app[REGISTRY].change(node_id, event, signed), failure)
+    return _text("Height accepted.")
+
+
+async def bandwidth(request: web.Request) -> web.Response:
+    failure = "Bandwidth Failed"
+    node_id = await _signing_farmer(request, failure)
+    upload, download = _count(request, "upload", failure), _count(request, "download", failure)
+    signed = _signed_record(request, failure)
+
+    def event(record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
+        return with_bandwidth(record, upload, download, now, ip)
+
+    await _applied(request.app[REGISTRY].change(node_id, event, signed), failure)
+    return _text("Bandwidth accepted.")
+
+
+def _count(request: web.Request, name: str, failure: str) -> int:
+    """A non-negative number from the path, integer or decimal (truncated, as dataserv's integer
+    columns store it)."""
+    text = request.match_info[name]
+    try:
+        number = decimal.Decimal(text) if len(text) <= 24 else decimal.Decimal("NaN")
+    except decimal.InvalidOperation:
+        number = decimal.Decimal("NaN")
+    if not number.is_finite() or number < 0 or not text[:1].isdigit():
+        raise BadRequest(f"{failure}: {name} must be a non-negative number.")
+    return int(number)
+
+
+# ---- the public listing ---------------------------------------------------------------------------
+
+
+async def _online(request: web.Request) -> tuple[list[FarmerRecord], int]:
+    now = int(time.time())
+    farmers = await request.app[REGISTRY].farmers()
+    return [record for record in farmers if is_online(record, now)], now
+
+
+async def online_json(request: web.Request) -> web.Response:
+    farmers, now = await _online(request)
+    return json_reply({"farmers": [farmer_json(record, now) for record in farmers]})
+
+
+async def online_text(request: web.Request) -> web.Response:
+    farmers, now = await _online(request)
+    lines = [f"{r.payout_addr} |  Last Seen: {_ago(now - r.last_seen)} | Height: {r.height}<br/>" for r in farmers]
+    return web.Response(text="\n".join(lines), content_type="text/html")
+
+
+def _ago(seconds: int) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}(s)"
+    return f"{max(0, seconds)} second(s)"
+
+
+async def total(request: web.Request) -> web.Response:
+    farmers, now = await _online(request)
+    total_bytes = sum(capacity_bytes(record) for record in farmers)
+    return json_reply(
+        {
+            "id": now // 60 // TOTAL_PERIOD_MINUTES,
+            "total_TB": round(total_bytes / TERABYTE, 2),
+            "total_farmers": len(farmers),
+        }
+    )
+
+
+async def address(request: web.Request) -> web.Response:
+    return json_reply({"address": node_address(request.app[NODE].node_id)})
+
+
+async def farmer(request: web.Request) -> web.Response:
+    node_id = _node_id(request, "Farmer lookup failed")
+    found = await request.app[REGISTRY].find(node_id)
+    if found is None:
+        raise BadRequest("Farmer not found.", status=404)
+    return json_reply(farmer_json(found[1], int(time.time())))
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+_SIGNED = f"none; headers Date, Authorization (Ed25519, the farmer's key) and {RECORD_HEADER} (the signed record)"
+_CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unknown farmer"}
+
+
+def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str]) -> list[Route]:
+    """dataserv's clients GET; POST is accepted too."""
+    return [Route(method, path, handler, summary, _SIGNED, replies) for method in ("GET", "POST")]  # type: ignore[arg-type]
+
+
+FARMER_ROUTES: list[Route] = [
+    *_both_methods(
+        "/api/register/{nodeid}",
+        register,
+        "register a farmer, payout to its own address",
+        {200: "the farmer JSON", 400: "bad node id", 401: "bad signature", 409: "already registered"},
+    ),
+    *_both_methods(
+        "/api/register/{nodeid}/{payout_addr}",
+        register,
+        "register a farmer with a payout address",
+        {200: "the farmer JSON", 400: "bad node id or payout", 401: "bad signature", 409: "already registered"},
+    ),
+    *_both_methods("/api/ping/{nodeid}", ping, "the farmer is online", {200: "Ping accepted.", **_CHANGE_ERRORS}),
+    *_both_methods(
+        "/api/height/{nodeid}/{height}",
+        height,
+        "the farmer's capacity, in 128 MiB shards",
+        {200: "Height accepted.", **_CHANGE_ERRORS, 413: "over the height limit"},
+    ),
+    *_both_methods(
+        "/api/bandwidth/{nodeid}/{upload}/{download}",
+        bandwidth,
+        "the farmer's measured bandwidth",
+        {200: "Bandwidth accepted.", **_CHANGE_ERRORS},
+    ),
+    Route("GET", "/api/online", online_text, "farmers seen in the last 5 minutes, one line each, highest first"),
+    Route("GET", "/api/online/json", online_json, "farmers seen in the last 5 minutes, as JSON"),
+    Route("GET", "/api/total", total, "online farmers and their total capacity in TB"),
+    Route("GET", "/api/address", address, "this node's address (base58check of its node id)"),
+    Route(
+        "GET", "/api/farmer/{nodeid}", farmer, "one farmer, online or not", replies={200: "farmer JSON", 404: "unknown"}
+    ),
+]

@@ -1,0 +1,32 @@
+"""What every route module shares: the `Route` table entry and the application's keys (the node, the
+push relay, the request counters, the farmer registry and the replay guard of signed requests)."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from dhtmesh.crypto.request_auth import ReplayGuard
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.proxy.push import PushRelay
+from dhtmesh.proxy.stats import RequestStats
+
+NODE = web.AppKey("node", DhtNode)
+PUSH = web.AppKey("push", PushRelay)
+STATS = web.AppKey("stats", RequestStats)
+REGISTRY = web.AppKey("registry", FarmerRegistry)
+REPLAY_GUARD = web.AppKey("replay_guard", ReplayGuard)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: str | None = None  # what the request body holds, if anything
+    replies: dict[int, str] = field(default_factory=lambda: {200: "OK"})
+    streams: bool = False  # a chunked reply of one JSON value per line
