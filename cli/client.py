@@ -116,7 +116,7 @@ async def _request(url: str, method: str, path: str, body: Any = None) -> int:
     async with aiohttp.ClientSession() as session, session.request(method, url + path, json=body) as response:
         text = await response.text()
         if response.status >= 400:
-            raise CliError(f"{response.status}: {_error_of(text)}")
+            raise CliError(f"{response.status}: {error_of(text)}")
         sys.stdout.write(text)
         sys.stdout.flush()
         return 0
@@ -126,7 +126,7 @@ async def _stream(url: str, path: str, count: int | None, reader: Callable[[str]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url + path) as response:
         if response.status >= 400:
-            raise CliError(f"{response.status}: {_error_of(await response.text())}")
+            raise CliError(f"{response.status}: {error_of(await response.text())}")
         seen = 0
         async for line in response.content:
             sys.stdout.write(reader(line.decode()))
@@ -137,7 +137,7 @@ async def _stream(url: str, path: str, count: int | None, reader: Callable[[str]
         return 0
 
 
-def _error_of(text: str) -> str:
+def error_of(text: str) -> str:
     try:
         return str(json.loads(text).get("err", text))
     except (ValueError, AttributeError):

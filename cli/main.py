@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from dhtmesh import __version__
-from dhtmesh.cli import client, identity, logs, run
+from dhtmesh.cli import client, farmer, identity, logs, run
 from dhtmesh.cli.errors import CliError
 
 
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser = commands.add_parser("info", help="show a node's info")
     client.add_url(info_parser)
     info_parser.set_defaults(handler=client.info)
+
+    farmer_parser = commands.add_parser("farmer", help="register and keep a farmer online through a node's proxy")
+    farmer.add_arguments(farmer_parser)
+    farmer_parser.set_defaults(handler=farmer.command)
 
     identity_parser = commands.add_parser("identity", help="create or show an identity")
     identity.add_arguments(identity_parser)

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import sqlite3
@@ -14,7 +15,11 @@ from dhtmesh.bootstrap.join import Joiner
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.crypto.addresses import InvalidAddress, address_payload
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.agent import FarmerAgent
+from dhtmesh.node.records.farmer import HEIGHT_LIMIT
+from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.proxy.app import ProxyServer
 
 log = logging.getLogger("dhtmesh.run")
@@ -29,12 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pushserver", metavar="URL", help="push gateway (gorush-style POST URL/api/push)")
     parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
+    farmer = parser.add_argument_group("farming", "register this node as a farmer and keep it online")
+    farmer.add_argument("--farmer", action="store_true", help="register, report height, ping every minute")
+    farmer.add_argument("--payout", metavar="ADDR", help="payout address (default: this node's own address)")
+    farmer.add_argument("--height", type=int, metavar="N", help="capacity to report, in 128 MiB shards")
+    farmer.add_argument("--ping-interval", type=float, default=MAX_PING, metavar="S", help=argparse.SUPPRESS)
 
 
 def command(args: argparse.Namespace) -> int:
     for name in ("port", "proxyserver"):
         if not 0 <= getattr(args, name) < 65536:
             raise CliError(f"--{name} must be between 0 and 65535")
+    _check_farming(args)
     data_dir = Path(args.persist) if args.persist else default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +62,20 @@ def command(args: argparse.Namespace) -> int:
         raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
     _run_loop(_serve(node, args, bootstrap, data_dir))
     return 0
+
+
+def _check_farming(args: argparse.Namespace) -> None:
+    if not args.farmer and (args.payout or args.height is not None):
+        raise CliError("--payout and --height need --farmer")
+    if args.payout:
+        try:
+            address_payload(args.payout)
+        except InvalidAddress as error:
+            raise CliError(f"--payout: {error}") from error
+    if args.height is not None and not 0 <= args.height <= HEIGHT_LIMIT:
+        raise CliError(f"--height must be between 0 and {HEIGHT_LIMIT}")
+    if not args.ping_interval > 0:
+        raise CliError("--ping-interval must be positive")
 
 
 def _run_loop(main: object) -> None:
@@ -76,15 +101,28 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         host, port = node.address
         print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
-        join_task = loop.create_task(joiner.run())
+        tasks = [loop.create_task(joiner.run())]
+        if args.farmer:
+            agent = FarmerAgent(node, args.payout, args.height, args.ping_interval, _declared_ip(args.bind))
+            tasks.append(loop.create_task(agent.run()))
         await stop.wait()
-        join_task.cancel()
-        await asyncio.gather(join_task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         joiner.save()
     finally:
         await proxy.stop()
         await node.stop()
     print("stopped", file=sys.stderr, flush=True)
+
+
+def _declared_ip(bind: str) -> str:
+    """The address a farmer states in its record: where its node is reached, if bound to one."""
+    try:
+        address = ipaddress.ip_address(bind)
+    except ValueError:
+        return ""
+    return "" if address.is_unspecified else str(address)
 
 
 async def _start(server: DhtNode | ProxyServer, host: str, port: int, what: str) -> None:

@@ -146,3 +146,12 @@ def signed_farmer_value(farmer: Identity, record: FarmerRecord, seq: int) -> Val
     """The value a farmer puts to state `record`, signed with its own key."""
     value = Value(farmer_value_id(record.node_id), record.encode(), FARMER_VALUE_TYPE, seq=seq)
     return sign_value(farmer, farmer_key(record.node_id), value)
+
+
+def next_signed(farmer: Identity, current: tuple[Value, FarmerRecord] | None, record: FarmerRecord) -> Value | None:
+    """The value a farmer puts to move from `current` (its stored value and record, if registered) to
+    `record`: the next seq, signed; None when nothing would change."""
+    if current is None:
+        return signed_farmer_value(farmer, record, 1)
+    value, stored = current
+    return None if record == stored else signed_farmer_value(farmer, record, value.seq + 1)

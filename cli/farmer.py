@@ -1,0 +1,156 @@
+"""`dhtmesh farmer register|ping|height|bandwidth|online|show`: a farmer identity talks to any node's
+proxy, as dataserv-client talked to dataserv.
+
+A change is made on the farmer's side: the client reads its current signed record from the mesh
+(`/key/<shard>`), applies dataserv's rule for the request, signs the new state and sends it with a
+signed request. The node only checks and stores it, so it never needs (or gets) the farmer's key.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from dhtmesh.cli.client import DEFAULT_URL, add_url, error_of
+from dhtmesh.cli.errors import CliError
+from dhtmesh.cli.paths import default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.request_auth import sign_request
+from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, farmer_key, next_signed
+from dhtmesh.node.records.farmer_events import pinged, registered, with_bandwidth, with_height
+from dhtmesh.node.records.registry import find_record
+from dhtmesh.node.records.rules import check_value
+from dhtmesh.node.values.value import InvalidValue, Value
+from dhtmesh.proxy.farmer_routes import RECORD_HEADER, record_header
+from dhtmesh.proxy.value_json import ValueJsonError, value_from_json
+
+ACTIONS = ("register", "ping", "height", "bandwidth", "online", "show")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url(parser)
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("numbers", nargs="*", type=int, metavar="N", help="height N, or bandwidth UP DOWN")
+    parser.add_argument("-i", "--identity", metavar="FILE", help="the farmer's identity (default: the node's)")
+    parser.add_argument("--payout", metavar="ADDR", help="register: payout address (default: the farmer's own)")
+    parser.add_argument("--ip", default="", help="the IP address the farmer states in its record")
+    parser.add_argument("--json", action="store_true", help="online: the JSON listing instead of text lines")
+    parser.add_argument("--id", metavar="NODEID", help="show: another farmer (node id or address)")
+
+
+def command(args: argparse.Namespace) -> int:
+    expected = {"height": 1, "bandwidth": 2}.get(args.action, 0)
+    if len(args.numbers) != expected:
+        raise CliError(f"{args.action} takes {expected} number(s)")
+    if any(n < 0 for n in args.numbers):
+        raise CliError("numbers must be non-negative")
+    if args.payout:
+        try:
+            address_payload(args.payout)
+        except InvalidAddress as error:
+            raise CliError(f"--payout: {error}") from error
+    try:
+        return asyncio.run(_command(args))
+    except aiohttp.ClientError as error:
+        raise CliError(f"cannot reach the node's proxy: {error}") from error
+
+
+async def _command(args: argparse.Namespace) -> int:
+    async with aiohttp.ClientSession(args.url or DEFAULT_URL) as session:
+        if args.action == "online":
+            return await _print(session, "/api/online/json" if args.json else "/api/online")
+        if args.action == "show" and args.id:
+            try:
+                farmer_id = parse_node_id(args.id)
+            except InvalidAddress as error:
+                raise CliError(f"--id: {error}") from error
+            return await _print(session, f"/api/farmer/{farmer_id.hex()}")
+        identity = load_or_create_identity(identity_path(default_data_dir(), args.identity), bool(args.identity))
+        if args.action == "show":
+            return await _print(session, f"/api/farmer/{identity.node_id.hex()}")
+        return await _change(session, identity, args)
+
+
+async def _change(session: aiohttp.ClientSession, identity: Identity, args: argparse.Namespace) -> int:
+    farmer_id, now = identity.node_id, int(time.time())
+    current = await _current_record(session, farmer_id)
+    if args.action == "register":
+        payout = args.payout or node_address(farmer_id)
+        path = f"/api/register/{farmer_id.hex()}/{payout}"
+        record: FarmerRecord | None = registered(farmer_id, payout, now, args.ip)
+        current = None  # the node answers 409 if the farmer is registered: let it say so
+    elif current is None:
+        raise CliError(f"farmer {farmer_id.hex()} is not registered (run: dhtmesh farmer register)")
+    elif args.action == "ping":
+        path, record = f"/api/ping/{farmer_id.hex()}", pinged(current[1], now, args.ip)
+    elif args.action == "height":
+        (height,) = args.numbers
+        path = f"/api/height/{farmer_id.hex()}/{height}"
+        record = with_height(current[1], height, now, args.ip) if height <= HEIGHT_LIMIT else None
+    else:
+        upload, download = args.numbers
+        path = f"/api/bandwidth/{farmer_id.hex()}/{upload}/{download}"
+        record = with_bandwidth(current[1], upload, download, now, args.ip)
+    signed = next_signed(identity, current, record) if record is not None else None
+    return await _print(session, path, _signed_headers(identity, path, signed, await _node_id(session)))
+
+
+def _signed_headers(identity: Identity, path: str, signed: Value | None, recipient: bytes) -> dict[str, str]:
+    headers = sign_request(identity, "GET", path, b"", recipient)
+    if signed is not None:
+        headers[RECORD_HEADER] = record_header(signed)
+    return headers
+
+
+async def _node_id(session: aiohttp.ClientSession) -> bytes:
+    """The node the request goes to: its id is part of what the farmer signs."""
+    document = await _json(session, "/api/address")
+    try:
+        return parse_node_id(str(document.get("address")))
+    except InvalidAddress as error:
+        raise CliError(f"the node gave a bad address: {error}") from error
+
+
+async def _current_record(session: aiohttp.ClientSession, farmer_id: bytes) -> tuple[Value, FarmerRecord] | None:
+    """The farmer's signed record as the mesh holds it, checked here as every node checks it."""
+    key = farmer_key(farmer_id)
+    values = []
+    async with session.get(f"/key/{key.hex()}") as response:
+        if response.status >= 400:
+            raise CliError(f"{response.status}: {error_of(await response.text())}")
+        async for line in response.content:
+            try:
+                value = value_from_json(json.loads(line))
+                check_value(key, value)
+            except (ValueError, ValueJsonError, InvalidValue):
+                continue  # not a record this farmer could build on; the node would refuse it as well
+            values.append(value)
+    return find_record(values, farmer_id)
+
+
+async def _json(session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+    async with session.get(path) as response:
+        text = await response.text()
+        if response.status >= 400:
+            raise CliError(f"{response.status}: {error_of(text)}")
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise CliError(f"{path}: the node's answer is not JSON") from error
+    if not isinstance(document, dict):
+        raise CliError(f"{path}: the node's answer is not a JSON object")
+    return document
+
+
+async def _print(session: aiohttp.ClientSession, path: str, headers: dict[str, str] | None = None) -> int:
+    async with session.get(path, headers=headers) as response:
+        text = await response.text()
+        if response.status >= 400:
+            raise CliError(f"{response.status}: {error_of(text)}")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
