@@ -78,7 +78,7 @@ async def _command(args: argparse.Namespace) -> int:
 
 async def _change(session: aiohttp.ClientSession, identity: Identity, args: argparse.Namespace) -> int:
     farmer_id, now = identity.node_id, int(time.time())
-    current = await _current_record(session, farmer_id)
+    current = await current_record(session, farmer_id)
     if args.action == "register":
         payout = args.payout or node_address(farmer_id)
         path = f"/api/register/{farmer_id.hex()}/{payout}"
@@ -97,17 +97,17 @@ async def _change(session: aiohttp.ClientSession, identity: Identity, args: argp
         path = f"/api/bandwidth/{farmer_id.hex()}/{upload}/{download}"
         record = with_bandwidth(current[1], upload, download, now, args.ip)
     signed = next_signed(identity, current, record) if record is not None else None
-    return await _print(session, path, _signed_headers(identity, path, signed, await _node_id(session)))
+    return await _print(session, path, signed_headers(identity, path, signed, await recipient_id(session)))
 
 
-def _signed_headers(identity: Identity, path: str, signed: Value | None, recipient: bytes) -> dict[str, str]:
+def signed_headers(identity: Identity, path: str, signed: Value | None, recipient: bytes) -> dict[str, str]:
     headers = sign_request(identity, "GET", path, b"", recipient)
     if signed is not None:
         headers[RECORD_HEADER] = record_header(signed)
     return headers
 
 
-async def _node_id(session: aiohttp.ClientSession) -> bytes:
+async def recipient_id(session: aiohttp.ClientSession) -> bytes:
     """The node the request goes to: its id is part of what the farmer signs."""
     document = await _json(session, "/api/address")
     try:
@@ -116,7 +116,7 @@ async def _node_id(session: aiohttp.ClientSession) -> bytes:
         raise CliError(f"the node gave a bad address: {error}") from error
 
 
-async def _current_record(session: aiohttp.ClientSession, farmer_id: bytes) -> tuple[Value, FarmerRecord] | None:
+async def current_record(session: aiohttp.ClientSession, farmer_id: bytes) -> tuple[Value, FarmerRecord] | None:
     """The farmer's signed record as the mesh holds it, checked here as every node checks it."""
     key = farmer_key(farmer_id)
     values = []

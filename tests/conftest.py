@@ -2,9 +2,6 @@
 and real `dhtmesh run` processes."""
 
 import asyncio
-import os
-import signal
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import pytest
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 
-from support import DHTMESH, FAST, NodeProcess, start_node, wait_ready
+from support import FAST, NodeProcess, ProcessGroup, start_node
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 
@@ -45,25 +42,7 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """`spawn(name, *extra_args)`: a `dhtmesh run` process on 127.0.0.1 with free ports and its own
-    data dir (reused when the same name is spawned again). Every process is stopped by PID at the end."""
-    started: list[subprocess.Popen] = []
-
-    def launch(name: str, *extra: str) -> NodeProcess:
-        data_dir = tmp_path / name
-        args = ["run", "-p", "0", "--bind", "127.0.0.1", "--proxyserver", "0", "--persist", str(data_dir), *extra]
-        process = subprocess.Popen(
-            [*DHTMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        started.append(process)
-        ready = wait_ready(process)
-        return NodeProcess(process, ready["node_id"], ready["udp"], ready["proxy"], data_dir)
-
-    yield launch
-    for process in started:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
+    """`spawn(name, *extra_args)`: a `dhtmesh run` process (see `ProcessGroup`), stopped by PID at the end."""
+    group = ProcessGroup(tmp_path)
+    yield group.launch
+    group.stop()

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,34 @@ class NodeProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+
+class ProcessGroup:
+    """`dhtmesh run` processes on 127.0.0.1 with free ports, each with its own data dir under `root`
+    (reused when a name is launched again). `stop()` kills every one of them by PID."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._started: list[subprocess.Popen] = []
+
+    def launch(self, name: str, *extra: str) -> NodeProcess:
+        data_dir = self.root / name
+        args = ["run", "-p", "0", "--bind", "127.0.0.1", "--proxyserver", "0", "--persist", str(data_dir), *extra]
+        process = subprocess.Popen(
+            [*DHTMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        self._started.append(process)
+        ready = wait_ready(process)
+        return NodeProcess(process, ready["node_id"], ready["udp"], ready["proxy"], data_dir)
+
+    def stop(self) -> None:
+        for process in self._started:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:
