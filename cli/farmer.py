@@ -43,17 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", metavar="NODEID", help="show: another farmer (node id or address)")
 
 
+def check_payout(text: str | None) -> None:
+    """A payout is a base58check address with a valid checksum, as dataserv checks it."""
+    if text is None:
+        return
+    try:
+        address_payload(text)
+    except InvalidAddress as error:
+        raise CliError(f"--payout: {error}") from error
+
+
 def command(args: argparse.Namespace) -> int:
     expected = {"height": 1, "bandwidth": 2}.get(args.action, 0)
     if len(args.numbers) != expected:
         raise CliError(f"{args.action} takes {expected} number(s)")
     if any(n < 0 for n in args.numbers):
         raise CliError("numbers must be non-negative")
-    if args.payout:
-        try:
-            address_payload(args.payout)
-        except InvalidAddress as error:
-            raise CliError(f"--payout: {error}") from error
+    check_payout(args.payout)
     try:
         return asyncio.run(_command(args))
     except aiohttp.ClientError as error:

@@ -14,8 +14,8 @@ from dhtmesh.bootstrap.addresses import AddressError, resolve
 from dhtmesh.bootstrap.join import Joiner
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
+from dhtmesh.cli.farmer import check_payout
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
-from dhtmesh.crypto.addresses import InvalidAddress, address_payload
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
@@ -67,11 +67,7 @@ def command(args: argparse.Namespace) -> int:
 def _check_farming(args: argparse.Namespace) -> None:
     if not args.farmer and (args.payout or args.height is not None):
         raise CliError("--payout and --height need --farmer")
-    if args.payout:
-        try:
-            address_payload(args.payout)
-        except InvalidAddress as error:
-            raise CliError(f"--payout: {error}") from error
+    check_payout(args.payout)
     if args.height is not None and not 0 <= args.height <= HEIGHT_LIMIT:
         raise CliError(f"--height must be between 0 and {HEIGHT_LIMIT}")
     if not args.ping_interval > 0:

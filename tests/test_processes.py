@@ -232,6 +232,10 @@ def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
         (["-b", "127.0.0.1:70000"], "out of range"),
         (["-i", "/nonexistent/identity.json"], "does not exist"),
         (["-p", "70000"], "--port"),
+        (["--farmer", "--payout", "1NotAnAddress"], "--payout"),
+        (["--farmer", "--height", "-1"], "--height"),
+        (["--height", "5"], "need --farmer"),
+        (["--farmer", "--ping-interval", "0"], "--ping-interval"),
     ],
 )
 def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:

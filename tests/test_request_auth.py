@@ -54,6 +54,23 @@ def test_a_request_outside_the_time_window_is_refused() -> None:
     assert verify_request(signed(farmer), "GET", "/api/ping/ab", b"", NODE, ReplayGuard(), NOW + AUTH_WINDOW)
 
 
+def test_two_identical_requests_in_one_second_are_both_accepted() -> None:
+    """Ed25519 is deterministic and a Date has whole seconds: the nonce keeps a retry from looking like a replay."""
+    farmer, guard = Identity.generate(), ReplayGuard()
+    first, second = signed(farmer), signed(farmer)
+    assert first["Date"] == second["Date"] and first["Authorization"] != second["Authorization"]
+    for headers in (first, second):
+        assert verify_request(headers, "GET", "/api/ping/ab", b"", NODE, guard, NOW) == farmer.public_key
+
+
+def test_a_changed_nonce_breaks_the_signature() -> None:
+    headers = signed(Identity.generate())
+    scheme, key, _nonce, signature = headers["Authorization"].split()
+    changed = f"{scheme} {key} {'00' * 16} {signature}"
+    with pytest.raises(RequestAuthError, match="bad signature"):
+        verify_request(headers | {"Authorization": changed}, "GET", "/api/ping/ab", b"", NODE, ReplayGuard(), NOW)
+
+
 def test_a_changed_date_breaks_the_signature() -> None:
     headers = signed(Identity.generate())
     later = signed(Identity.generate(), now=NOW + 5)["Date"]
@@ -67,7 +84,9 @@ def test_a_changed_date_breaks_the_signature() -> None:
         {},
         {"Date": "Sun, 22 Nov 2026 18:30:00 +0000"},
         {"Authorization": "Ed25519 00 AA=="},
-        {"Date": "yesterday", "Authorization": "Ed25519 " + "00" * 32 + " " + "A" * 88},
+        {"Date": "yesterday", "Authorization": "Ed25519 " + "00" * 32 + " " + "00" * 16 + " " + "A" * 88},
+        {"Date": "Sun, 22 Nov 2026 18:30:00 +0000", "Authorization": "Ed25519 " + "00" * 32 + " " + "A" * 88},
+        {"Date": "Sun, 22 Nov 2026 18:30:00 +0000", "Authorization": "Ed25519 " + "00" * 32 + " 00 " + "A" * 88},
         {"Date": "Sun, 22 Nov 2026 18:30:00 +0000", "Authorization": "H8Hv0Y2g3bX5"},  # dataserv's bare base64
         {"Date": "Sun, 22 Nov 2026 18:30:00 +0000", "Authorization": "Ed25519 zz AA=="},
         {"Date": "Sun, 22 Nov 2026 18:30:00 +0000", "Authorization": "Ed25519 " + "00" * 32 + " !!"},

@@ -7,7 +7,7 @@ import time
 
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.node.dht import DhtNode, PutRefused
-from dhtmesh.node.records.farmer import FarmerRecord, next_signed
+from dhtmesh.node.records.farmer import FarmerRecord, farmer_key, next_signed
 from dhtmesh.node.records.farmer_events import MAX_PING, pinged, registered, with_height
 from dhtmesh.node.records.registry import FarmerRegistry, RegistryError
 from dhtmesh.node.values.value import InvalidValue
@@ -54,7 +54,10 @@ class FarmerAgent:
         event = self._report_height if self._height not in (None, current[1].height) else pinged
         signed = next_signed(self._node.identity, current, event(current[1], now, self._ip))
         if signed is None:
-            return current[1]  # pinged within the last minute: nothing to say yet
+            # Pinged within the last minute: nothing new to sign. Hand the current record to the
+            # closest nodes again instead: a put made before this node had joined reached few of them.
+            await self._node.announce(farmer_key(node_id), current[0])
+            return current[1]
         return await self._registry.change(node_id, event, signed)
 
     def _report_height(self, record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
