@@ -11,7 +11,6 @@ makes of the current record.
 import base64
 import binascii
 import decimal
-import time
 from collections.abc import Awaitable
 
 import msgpack
@@ -24,7 +23,6 @@ from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
 from dhtmesh.node.records.farmer_events import (
     capacity_bytes,
-    is_online,
     pinged,
     uptime_percent,
     with_bandwidth,
@@ -124,8 +122,9 @@ async def register(request: web.Request) -> web.Response:
     except InvalidAddress as error:
         raise BadRequest(f"{failure}: Invalid payout address ({error}).") from error
     signed = _signed_record(request, failure)
-    record = await _applied(request.app[REGISTRY].register(node_id, payout, signed), failure)
-    return json_reply(farmer_json(record, int(time.time())))
+    registry = request.app[REGISTRY]
+    record = await _applied(registry.register(node_id, payout, signed), failure)
+    return json_reply(farmer_json(record, registry.now()))
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -181,9 +180,8 @@ def _count(request: web.Request, name: str, failure: str) -> int:
 
 
 async def _online(request: web.Request) -> tuple[list[FarmerRecord], int]:
-    now = int(time.time())
-    farmers = await request.app[REGISTRY].farmers()
-    return [record for record in farmers if is_online(record, now)], now
+    registry = request.app[REGISTRY]
+    return await registry.online(), registry.now()
 
 
 async def online_json(request: web.Request) -> web.Response:
@@ -222,10 +220,11 @@ async def address(request: web.Request) -> web.Response:
 
 async def farmer(request: web.Request) -> web.Response:
     node_id = _node_id(request, "Farmer lookup failed")
-    found = await request.app[REGISTRY].find(node_id)
+    registry = request.app[REGISTRY]
+    found = await registry.find(node_id)
     if found is None:
         raise BadRequest("Farmer not found.", status=404)
-    return json_reply(farmer_json(found[1], int(time.time())))
+    return json_reply(farmer_json(found[1], registry.now()))
 
 
 # ---- the table ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dhtmesh.node.records.farmer import (
     farmer_key,
     farmer_value_id,
 )
-from dhtmesh.node.records.farmer_events import registered
+from dhtmesh.node.records.farmer_events import is_online, registered
 from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.value import Value
@@ -72,7 +72,7 @@ def _record_in(value: Value) -> FarmerRecord | None:
 
 class FarmerRegistry:
     def __init__(self, node: DhtNode, clock: Callable[[], float] = time.time) -> None:
-        self._node = node
+        self.node = node
         self._clock = clock
         self._view: dict[bytes, tuple[int, FarmerRecord]] = {}  # node id -> (seq, record)
         self._listeners: list[Listener] = []
@@ -87,10 +87,10 @@ class FarmerRegistry:
             if self._listeners:
                 return
             for key in DIRECTORY_KEYS:
-                listener = self._node.listen(key)
+                listener = self.node.listen(key)
                 self._listeners.append(listener)
                 self._tasks.spawn(self._follow(listener))
-            shards = await asyncio.gather(*(self._node.get(key) for key in DIRECTORY_KEYS))
+            shards = await asyncio.gather(*(self.node.get(key) for key in DIRECTORY_KEYS))
             for values in shards:
                 for value in values:
                     self._learn(value)
@@ -101,11 +101,19 @@ class FarmerRegistry:
         self._listeners.clear()
         await self._tasks.close()
 
+    def now(self) -> int:
+        return int(self._clock())
+
     async def farmers(self) -> list[FarmerRecord]:
         """Every farmer the mesh knows, highest height first (dataserv's order)."""
         await self.open()
         records = [record for _, record in self._view.values()]
         return sorted(records, key=lambda r: (-r.height, r.node_id))
+
+    async def online(self) -> list[FarmerRecord]:
+        """The farmers seen within the last 5 minutes; the others stay registered."""
+        now = self.now()
+        return [record for record in await self.farmers() if is_online(record, now)]
 
     async def _follow(self, listener: Listener) -> None:
         async for event in listener:
@@ -130,7 +138,7 @@ class FarmerRegistry:
 
     async def find(self, node_id: bytes) -> tuple[Value, FarmerRecord] | None:
         """The farmer's current signed record, as the shard's replicas hold it."""
-        found = find_record(await self._node.get(farmer_key(node_id)), node_id)
+        found = find_record(await self.node.get(farmer_key(node_id)), node_id)
         if found is not None:
             self._learn(found[0])
         return found
@@ -150,7 +158,7 @@ class FarmerRegistry:
             raise UnknownFarmer("farmer not found")
         current_value, current = found
         if signed is None:
-            if event(current, int(self._clock()), current.ip) != current:
+            if event(current, self.now(), current.ip) != current:
                 raise BadFarmerRecord("this change needs the farmer's signed record (Farmer-Record header)")
             return current
         if signed.seq <= current_value.seq:
@@ -174,5 +182,5 @@ class FarmerRegistry:
             raise BadFarmerRecord(f"the signed record's time is more than {RECORD_CLOCK_WINDOW} s from now")
         if record != expected(record):
             raise BadFarmerRecord("the signed record is not what this request makes of the current one")
-        await self._node.put(key, signed)
+        await self.node.put(key, signed)
         return record

@@ -1,0 +1,159 @@
+"""The farmer registry on in-process nodes (real UDP, real SQLite): its live view, the 5-minute online
+window on a controlled clock, expiry, the checks a change passes, and a node that farms itself."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import pytest
+
+from dhtmesh.crypto import Identity
+from dhtmesh.crypto.addresses import node_address
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records import farmer_key, signed_farmer_value
+from dhtmesh.node.records.agent import FarmerAgent
+from dhtmesh.node.records.farmer import FarmerRecord, next_signed
+from dhtmesh.node.records.farmer_events import ONLINE_TIME, pinged, registered, with_height
+from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, FarmerRegistry, UnknownFarmer
+from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
+
+from conftest import MeshFactory
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def register(registry: FarmerRegistry, farmer: Identity) -> FarmerRecord:
+    payout = node_address(farmer.node_id)
+    record = registered(farmer.node_id, payout, int(time.time()))
+    return await registry.register(farmer.node_id, payout, next_signed(farmer, None, record))
+
+
+async def report_height(registry: FarmerRegistry, farmer: Identity, height: int) -> FarmerRecord:
+    current = await registry.find(farmer.node_id)
+    assert current is not None
+
+    def event(record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
+        return with_height(record, height, now, ip)
+
+    signed = next_signed(farmer, current, event(current[1], int(time.time()), ""))
+    return await registry.change(farmer.node_id, event, signed)
+
+
+async def listed(registry: FarmerRegistry, farmer: Identity, height: int | None = None) -> bool:
+    found = [r for r in await registry.farmers() if r.node_id == farmer.node_id]
+    return bool(found) and (height is None or found[0].height == height)
+
+
+@pytest.fixture
+async def registries(make_mesh: MeshFactory) -> list[FarmerRegistry]:
+    nodes: list[DhtNode] = await make_mesh(4)
+    opened = [FarmerRegistry(node) for node in nodes]
+    yield opened
+    for registry in opened:
+        await registry.close()
+
+
+async def test_the_view_lists_farmers_registered_before_and_after_it_opened_through_other_nodes(
+    registries: list[FarmerRegistry],
+) -> None:
+    early, late = Identity.generate(), Identity.generate()
+    await register(registries[0], early)
+    viewer = registries[3]
+    assert await listed(viewer, early)  # opening gathers every shard
+    await register(registries[1], late)
+    await eventually(lambda: listed(viewer, late))
+    await report_height(registries[2], late, 42)
+    await eventually(lambda: listed(viewer, late, height=42))
+
+
+async def test_a_farmer_drops_out_of_online_after_five_minutes_and_stays_registered(
+    make_mesh: MeshFactory,
+) -> None:
+    nodes = await make_mesh(3)
+    clock = [time.time()]
+    viewer = FarmerRegistry(nodes[2], clock=lambda: clock[0])
+    farmer = Identity.generate()
+    await register(FarmerRegistry(nodes[0]), farmer)
+    try:
+        assert [r.node_id for r in await viewer.online()] == [farmer.node_id]
+        clock[0] += ONLINE_TIME + 1
+        assert await viewer.online() == []
+        assert [r.node_id for r in await viewer.farmers()] == [farmer.node_id]
+        assert await viewer.find(farmer.node_id) is not None
+    finally:
+        await viewer.close()
+
+
+async def test_the_view_forgets_a_record_when_it_expires_everywhere(registries: list[FarmerRegistry]) -> None:
+    farmer = Identity.generate()
+    viewer = registries[1]
+    await register(registries[0], farmer)
+    await eventually(lambda: listed(viewer, farmer))
+    # 30 days without a signed change: every replica drops the record (one replica alone would not
+    # make it disappear: the view would find it again on the others).
+    for registry in registries:
+        assert registry.node.expire_values(now=time.time() + FARMER_RECORD_EXPIRY + 1) == 1
+
+    async def forgotten() -> bool:
+        return not await listed(viewer, farmer)
+
+    await eventually(forgotten)
+
+
+async def test_a_change_is_taken_only_with_the_record_the_request_makes(registries: list[FarmerRegistry]) -> None:
+    registry = registries[0]
+    farmer, stranger = Identity.generate(), Identity.generate()
+    with pytest.raises(UnknownFarmer):
+        await registry.change(farmer.node_id, pinged, None)
+    with pytest.raises(BadFarmerRecord, match="signed record"):
+        await registry.register(farmer.node_id, node_address(farmer.node_id), None)
+    record = await register(registry, farmer)
+    with pytest.raises(AlreadyRegistered):
+        await register(registries[2], farmer)
+    value, _ = await registry.find(farmer.node_id) or (None, None)
+    assert value is not None
+    now = int(time.time())
+
+    def height_7(current: FarmerRecord, at: int, ip: str) -> FarmerRecord:
+        return with_height(current, 7, at, ip)
+
+    refused = {
+        "no record for a change": None,
+        "another height": signed_farmer_value(farmer, with_height(record, 8, now), value.seq + 1),
+        "a time a minute away": signed_farmer_value(farmer, with_height(record, 7, now + 60), value.seq + 1),
+        "the same seq": signed_farmer_value(farmer, with_height(record, 7, now), value.seq),
+        "another farmer's record": next_signed(stranger, None, registered(stranger.node_id, record.payout_addr, now)),
+        "another payout": signed_farmer_value(
+            farmer, replace(with_height(record, 7, now), payout_addr=node_address(stranger.node_id)), value.seq + 1
+        ),
+    }
+    for name, signed in refused.items():
+        with pytest.raises(BadFarmerRecord):
+            await registry.change(farmer.node_id, height_7, signed)
+        assert (await registry.find(farmer.node_id) or (None, None))[0] == value, name
+    accepted = await registry.change(
+        farmer.node_id, height_7, signed_farmer_value(farmer, with_height(record, 7, now), value.seq + 1)
+    )
+    assert accepted.height == 7
+    # A ping within the minute changes nothing, so it needs no signed record.
+    assert await registry.change(farmer.node_id, pinged, None) == accepted
+
+
+async def test_a_farming_node_registers_itself_reports_its_height_and_keeps_its_record_out(
+    registries: list[FarmerRegistry],
+) -> None:
+    node = registries[1].node
+    agent = FarmerAgent(node, height=5, interval=0.1, ip="127.0.0.1")
+    first = await agent.step()
+    assert (first.node_id, first.height, first.ip) == (node.node_id, 5, "127.0.0.1")
+    assert await agent.step() == first  # within the minute: the same record, announced again
+    for registry in registries:
+        assert await listed(registry, node.identity, height=5)
+    held = [other for other in registries if other.node.store.get(farmer_key(node.node_id))]
+    assert len(held) == len(registries)
