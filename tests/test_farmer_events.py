@@ -58,6 +58,13 @@ def test_height_and_bandwidth_reports_count_as_being_seen() -> None:
         with_height(record, HEIGHT_LIMIT + 1, T0 + 300)
 
 
+def test_a_farmer_reporting_every_few_seconds_keeps_full_uptime() -> None:
+    record = new_farmer()
+    for second in range(5, 200, 5):
+        record = with_height(record, second, T0 + second)
+        assert uptime_percent(record, T0 + second) == 100.0
+
+
 @given(st.lists(st.tuples(st.sampled_from(["ping", "height", "bandwidth"]), st.integers(-120, 4000)), max_size=30))
 def test_any_sequence_of_reports_keeps_a_record_every_node_accepts(events: list[tuple[str, int]]) -> None:
     record, now = new_farmer(), T0

@@ -345,6 +345,17 @@ def test_the_cli_takes_a_farmer_through_its_life_against_any_node(mesh: Mesh, tm
     assert garbage.returncode != 0 and garbage.stderr.startswith("dhtmesh: error:")
 
 
+async def test_post_is_accepted_as_get_is_and_the_method_is_part_of_the_signature(mesh: Mesh) -> None:
+    farmer = mesh.farmers[31]
+    path = f"/api/ping/{farmer.node_id.hex()}"
+    recipient = bytes.fromhex(mesh.nodes[2].node_id)
+    async with aiohttp.ClientSession(mesh.urls[2]) as session:
+        async with session.post(path, headers=sign_request(farmer, "POST", path, b"", recipient)) as response:
+            assert (response.status, await response.text()) == (200, "Ping accepted.")
+        async with session.post(path, headers=sign_request(farmer, "GET", path, b"", recipient)) as response:
+            assert response.status == 401
+
+
 # ---- restart: last, it replaces a node of the shared mesh --------------------------------------------------
 
 

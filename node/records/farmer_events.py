@@ -33,9 +33,14 @@ def pinged(record: FarmerRecord, now: int, ip: str = "") -> FarmerRecord:
 
 
 def seen(record: FarmerRecord, now: int, ip: str = "") -> FarmerRecord:
-    """A height or bandwidth report also counts as a ping, and always refreshes last_seen."""
+    """A height or bandwidth report also counts as a ping, and always moves last_seen to now. Unlike
+    dataserv, whose report moved last_seen without counting the time since as uptime, the gap (at most
+    `ONLINE_TIME`) is counted, so a farmer that reports often is not shown as mostly offline."""
     after = pinged(record, now, ip)
-    return replace(after, last_seen=max(now, after.last_seen), ip=ip or after.ip)
+    if now <= after.last_seen:
+        return after
+    uptime = after.uptime + min(now - after.last_seen, ONLINE_TIME)
+    return replace(after, last_seen=now, uptime=uptime, ip=ip or after.ip)
 
 
 def with_height(record: FarmerRecord, height: int, now: int, ip: str = "") -> FarmerRecord:
