@@ -107,9 +107,11 @@ async def _change(session: aiohttp.ClientSession, identity: Identity, args: argp
 
 
 def signed_headers(identity: Identity, path: str, signed: Value | None, recipient: bytes) -> dict[str, str]:
-    headers = sign_request(identity, "GET", path, b"", recipient)
-    if signed is not None:
-        headers[RECORD_HEADER] = record_header(signed)
+    """The headers of a GET to `path` on the node `recipient`: the signature, and the record it covers."""
+    record = record_header(signed) if signed is not None else ""
+    headers = sign_request(identity, "GET", path, b"", recipient, bound=record)
+    if record:
+        headers[RECORD_HEADER] = record
     return headers
 
 

@@ -448,6 +448,10 @@ class DhtNode:
             await asyncio.gather(*(self._subscribe(contact, key) for contact in self._subscribed[key]))
             await asyncio.sleep(self.config.subscription_ttl / 3)
 
+    def subscribed_to(self, key: bytes, address: Address, node_id: bytes | None) -> bool:
+        """Whether the peer at `address` is a replica this node subscribed to for `key`."""
+        return any(c.address == address and c.node_id == node_id for c in self._subscribed.get(key, []))
+
     async def _subscribe(self, contact: Contact, key: bytes) -> bool:
         body = {"k": key, "ttl": self.config.subscription_ttl}
         for attempt in range(SUBSCRIBE_RETRIES):

@@ -10,14 +10,13 @@ makes of the current record.
 
 import base64
 import binascii
-import decimal
+import re
 from collections.abc import Awaitable
 
 import msgpack
 from aiohttp import web
 
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
-from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
 from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
@@ -37,6 +36,7 @@ RECORD_HEADER = "Farmer-Record"
 TERABYTE = 1024**4
 TOTAL_PERIOD_MINUTES = 30  # dataserv's /api/total "id": the half-hour it was computed in
 _MAX_RECORD_HEADER = 4096
+_NUMBER = re.compile(r"[0-9]{1,40}(\.[0-9]{0,40})?")
 
 
 def record_header(value: Value) -> str:
@@ -64,19 +64,28 @@ def _node_id(request: web.Request, failure: str) -> bytes:
 
 
 async def _signing_farmer(request: web.Request, failure: str) -> bytes:
-    """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new."""
+    """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
+    The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
     body = await request.read()
     try:
-        public_key = verify_request(
-            request.headers, request.method, request.raw_path, body, node.node_id, request.app[REPLAY_GUARD]
+        node_id: bytes | None = parse_node_id(request.match_info["nodeid"])
+    except InvalidAddress:
+        node_id = None  # said after the signature check: 401 comes first
+    try:
+        verify_request(
+            request.headers,
+            request.method,
+            request.raw_path,
+            body,
+            node.node_id,
+            request.app[REPLAY_GUARD] if node_id is not None else None,
+            signer_id=node_id,
+            bound=request.headers.get(RECORD_HEADER, ""),
         )
     except RequestAuthError as error:
         raise BadRequest(f"{failure}: Invalid authentication headers ({error}).", status=401) from error
-    node_id = _node_id(request, failure)
-    if node_id_from_public_key(public_key) != node_id:
-        raise BadRequest(f"{failure}: Invalid authentication headers (not signed by this farmer's key).", status=401)
-    return node_id
+    return node_id if node_id is not None else _node_id(request, failure)
 
 
 async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRecord:
@@ -165,15 +174,11 @@ async def bandwidth(request: web.Request) -> web.Response:
 
 def _count(request: web.Request, name: str, failure: str) -> int:
     """A non-negative number from the path, integer or decimal (truncated, as dataserv's integer
-    columns store it)."""
+    columns store it). At most 40 digits each side: no exponent, nothing that costs time to convert."""
     text = request.match_info[name]
-    try:
-        number = decimal.Decimal(text) if len(text) <= 24 else decimal.Decimal("NaN")
-    except decimal.InvalidOperation:
-        number = decimal.Decimal("NaN")
-    if not number.is_finite() or number < 0 or not text[:1].isdigit():
-        raise BadRequest(f"{failure}: {name} must be a non-negative number.")
-    return int(number)
+    if not _NUMBER.fullmatch(text):
+        raise BadRequest(f"{failure}: {name} must be a non-negative number (digits, optionally a decimal part).")
+    return int(text.split(".")[0])
 
 
 # ---- the public listing ---------------------------------------------------------------------------

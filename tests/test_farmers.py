@@ -205,6 +205,9 @@ def error_cases(mesh: Mesh) -> dict[str, tuple[str, Identity | None, object, int
         "height: no signed record": (f"/api/height/{fid}/77", farmer, None, 400, "signed record"),
         "height: record for another height": (f"/api/height/{fid}/78", farmer, "height 79", 400, "not what"),
         "height: garbage record": (f"/api/height/{fid}/80", farmer, "garbage", 400, RECORD_HEADER),
+        "height: an exponent": (f"/api/height/{fid}/1e99999999", farmer, None, 400, "height must be"),
+        "height: 10**30": (f"/api/height/{fid}/{10**30}", farmer, None, 413, "limit"),
+        "bandwidth: 2**70": (f"/api/bandwidth/{fid}/{2**70}/1", farmer, None, 400, "upload must be"),
         "bandwidth: bad number": (f"/api/bandwidth/{fid}/x/1", farmer, None, 400, "upload must be"),
         "bandwidth: unsigned": (f"/api/bandwidth/{fid}/1/1", None, None, 401, "Invalid authentication"),
         "bandwidth: unknown farmer": (f"/api/bandwidth/{sid}/1/1", stranger, None, 404, "Farmer not found"),
@@ -230,8 +233,8 @@ async def test_every_error_row_answers_its_status_and_a_json_error(mesh: Mesh) -
         recipient = await recipient_id(session)
         current = await current_record(session, mesh.farmers[20].node_id)
         for name, (path, signer, kind, status, message) in error_cases(mesh).items():
-            headers = sign_request(signer, "GET", path, b"", recipient) if signer else {}
             record = attached_record(mesh, kind, current)
+            headers = sign_request(signer, "GET", path, b"", recipient, bound=record or "") if signer else {}
             if record is not None:
                 headers[RECORD_HEADER] = record
             async with session.get(path, headers=headers) as response:

@@ -19,6 +19,7 @@ from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, Fa
 from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
 
 from conftest import MeshFactory
+from support import FAST, start_node
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
@@ -92,18 +93,33 @@ async def test_a_farmer_drops_out_of_online_after_five_minutes_and_stays_registe
 
 async def test_the_view_forgets_a_record_when_it_expires_everywhere(registries: list[FarmerRegistry]) -> None:
     farmer = Identity.generate()
-    viewer = registries[1]
+    later = time.time() + FARMER_RECORD_EXPIRY + 1
+    viewer = FarmerRegistry(registries[1].node, clock=lambda: later)
     await register(registries[0], farmer)
     await eventually(lambda: listed(viewer, farmer))
     # 30 days without a signed change: every replica drops the record (one replica alone would not
     # make it disappear: the view would find it again on the others).
     for registry in registries:
-        assert registry.node.expire_values(now=time.time() + FARMER_RECORD_EXPIRY + 1) == 1
+        assert registry.node.expire_values(now=later) == 1
 
     async def forgotten() -> bool:
         return not await listed(viewer, farmer)
 
     await eventually(forgotten)
+    await viewer.close()
+
+
+async def test_an_early_expired_notice_does_not_hide_a_farmer(registries: list[FarmerRegistry]) -> None:
+    """A replica (or anyone replaying the signed record) saying "expired" a month early is ignored."""
+    farmer = Identity.generate()
+    viewer = registries[2]
+    await register(registries[0], farmer)
+    await eventually(lambda: listed(viewer, farmer))
+    value, _ = await viewer.find(farmer.node_id) or (None, None)
+    assert value is not None
+    viewer.node.hub.emit(farmer_key(farmer.node_id), value, expired=True)
+    await asyncio.sleep(0.2)
+    assert await listed(viewer, farmer)
 
 
 async def test_a_change_is_taken_only_with_the_record_the_request_makes(registries: list[FarmerRegistry]) -> None:
@@ -157,3 +173,32 @@ async def test_a_farming_node_registers_itself_reports_its_height_and_keeps_its_
         assert await listed(registry, node.identity, height=5)
     held = [other for other in registries if other.node.store.get(farmer_key(node.node_id))]
     assert len(held) == len(registries)
+
+
+async def test_notices_from_a_peer_the_node_did_not_subscribe_to_are_ignored(
+    registries: list[FarmerRegistry],
+) -> None:
+    """Anyone can replay a farmer's signed record as "expired", or push a record no replica holds;
+    only the replicas a listener subscribed to are heard."""
+    farmer, sybil = Identity.generate(), Identity.generate()
+    viewer = registries[3]
+    await register(registries[0], farmer)
+    await eventually(lambda: listed(viewer, farmer))
+    value, _ = await viewer.find(farmer.node_id) or (None, None)
+    assert value is not None
+    unstored = next_signed(sybil, None, registered(sybil.node_id, node_address(sybil.node_id), int(time.time())))
+    assert unstored is not None
+    outsider = await start_node(FAST)
+    try:
+        await outsider.join([viewer.node.address])
+        for key, sent, expired in (
+            (farmer_key(farmer.node_id), value, True),
+            (farmer_key(sybil.node_id), unstored, False),
+        ):
+            body = {"k": key, "v": sent.to_wire(), "x": expired}
+            reply = await outsider.endpoint.call(viewer.node.address, "dm_notify", body)
+            assert reply.payload is False
+    finally:
+        await outsider.stop()
+    await asyncio.sleep(0.2)
+    assert await listed(viewer, farmer) and not await listed(viewer, sybil)

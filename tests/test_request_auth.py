@@ -105,15 +105,40 @@ def test_arbitrary_headers_only_ever_raise_request_auth_error(date: str, authori
 
 def test_the_replay_guard_forgets_old_signatures_and_stays_bounded() -> None:
     guard = ReplayGuard(window=20.0, capacity=100)
-    assert guard.first_use(b"a", NOW) and not guard.first_use(b"a", NOW + 1)
-    assert guard.first_use(b"a", NOW + 41)  # older than two windows: the Date check refuses it anyway
+    assert guard.first_use(b"a", NOW, NOW) and not guard.first_use(b"a", NOW, NOW + 1)
     for index in range(1000):
-        guard.first_use(index.to_bytes(4, "big"), NOW + 42)
+        assert guard.first_use(index.to_bytes(4, "big"), NOW + 10 + index / 100, NOW + 20)
     assert len(guard._seen) <= 100
-    # Full of live signatures it refuses rather than forget one a replay could then reuse.
-    assert not guard.first_use(b"fresh", NOW + 43)
-    assert not guard.first_use(b"\x00\x00\x00\x00", NOW + 43)
-    assert guard.first_use(b"fresh", NOW + 42 + 41)  # once the window has passed, there is room again
+
+
+def test_a_full_replay_guard_refuses_the_dates_it_forgot_and_keeps_accepting_newer_ones() -> None:
+    """A flood of signed requests cannot lock honest farmers out (the guard does not fail closed), and
+    a request whose signature was forgotten to make room cannot be replayed."""
+    guard = ReplayGuard(window=20.0, capacity=3)
+    for second, signature in enumerate((b"s0", b"s1", b"s2")):
+        assert guard.first_use(signature, NOW + second, NOW + 3)
+    assert guard.first_use(b"s3", NOW + 3, NOW + 3)  # full: s0 (dated NOW) is forgotten
+    assert not guard.first_use(b"s0", NOW, NOW + 3)  # its replay is refused by the horizon
+    assert not guard.first_use(b"late", NOW, NOW + 3)  # so is anything dated no later
+    assert guard.first_use(b"s4", NOW + 4, NOW + 4)  # and newer requests still pass
+
+
+def test_the_signer_must_be_the_expected_farmer_and_bound_data_is_covered() -> None:
+    farmer, mallory = Identity.generate(), Identity.generate()
+    headers = signed(farmer, bound="record-1")
+    args = ("GET", "/api/ping/ab", b"", NODE, ReplayGuard(), NOW)
+    assert verify_request(headers, *args, signer_id=farmer.node_id, bound="record-1") == farmer.public_key
+    with pytest.raises(RequestAuthError, match="bad signature"):
+        verify_request(signed(farmer, bound="record-1"), *args, bound="record-2")
+    with pytest.raises(RequestAuthError, match="not signed by this farmer"):
+        verify_request(signed(mallory), *args, signer_id=farmer.node_id)
+
+
+def test_a_refused_request_takes_no_room_in_the_guard() -> None:
+    farmer, guard = Identity.generate(), ReplayGuard()
+    with pytest.raises(RequestAuthError):
+        verify_request(signed(farmer), "GET", "/api/ping/ab", b"", NODE, guard, NOW, signer_id=bytes(20))
+    assert not guard._seen
 
 
 @given(st.text(max_size=60))

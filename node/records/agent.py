@@ -38,7 +38,9 @@ class FarmerAgent:
             try:
                 await self.step()
             except (RegistryError, PutRefused, InvalidValue) as error:
-                log.warning("farmer round failed: %s", error)
+                log.warning("farmer round refused: %s", error)
+            except Exception:
+                log.exception("farmer round failed")
             await asyncio.sleep(self._interval)
 
     async def step(self) -> FarmerRecord:

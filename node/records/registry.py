@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.farmer import (
+    CLOCK_SKEW,
     DIRECTORY_KEYS,
     FarmerRecord,
     InvalidRecord,
@@ -28,6 +29,7 @@ from dhtmesh.node.records.farmer import (
 from dhtmesh.node.records.farmer_events import is_online, registered
 from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
 from dhtmesh.node.values.value import Value
 
 RECORD_CLOCK_WINDOW = 20  # seconds, as a signed request's Date
@@ -78,27 +80,31 @@ class FarmerRegistry:
         self._listeners: list[Listener] = []
         self._tasks = TaskSet()
         self._opening = asyncio.Lock()
+        self._opened = False
 
     # ---- the live view ------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Start following every shard (once; later calls return at once)."""
         async with self._opening:
-            if self._listeners:
+            if self._opened:
                 return
-            for key in DIRECTORY_KEYS:
-                listener = self.node.listen(key)
-                self._listeners.append(listener)
-                self._tasks.spawn(self._follow(listener))
+            if not self._listeners:
+                for key in DIRECTORY_KEYS:
+                    listener = self.node.listen(key)
+                    self._listeners.append(listener)
+                    self._tasks.spawn(self._follow(listener))
             shards = await asyncio.gather(*(self.node.get(key) for key in DIRECTORY_KEYS))
             for values in shards:
                 for value in values:
                     self._learn(value)
+            self._opened = True  # only now: a snapshot cut short is taken again by the next caller
 
     async def close(self) -> None:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
+        self._opened = False
         await self._tasks.close()
 
     def now(self) -> int:
@@ -131,8 +137,11 @@ class FarmerRegistry:
     def _forget(self, value: Value) -> None:
         record = _record_in(value)
         known = self._view.get(record.node_id) if record else None
-        if record is not None and known is not None and known[0] <= value.seq:
-            del self._view[record.node_id]
+        if record is None or known is None or known[0] > value.seq:
+            return
+        if self.now() < record.last_seen + FARMER_RECORD_EXPIRY - CLOCK_SKEW:
+            return  # too early to be a true expiry: a replica replaying the record as expired, to hide it
+        del self._view[record.node_id]
 
     # ---- one farmer -----------------------------------------------------------------------------
 

@@ -129,6 +129,10 @@ class MeshRpcs:
         expired = request.body.get("x") is True
         if not self._node.hub.is_listening(key):
             return False
+        if not self._node.subscribed_to(key, request.address, request.sender_id):
+            # Only a replica we subscribed to may speak for the key: anyone else could replay a signed
+            # value as "expired" to hide it from our listeners, or push values no replica holds.
+            return False
         self._node.hub.emit(key, value, expired)
         return True
 
