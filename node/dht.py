@@ -48,6 +48,15 @@ STORE_ALONG_MAX = 768
 class PutRefused(Exception):
     """The value was refused by this node's own store (stale seq, edit of an unsigned value, quota...)."""
 
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.value)
+        self.verdict = verdict
+
+    @property
+    def out_of_room(self) -> bool:
+        """Refused for lack of room (a quota), not for what the value is."""
+        return self.verdict in (Verdict.REFUSE_STORE_FULL, Verdict.REFUSE_KEY_FULL, Verdict.REFUSE_PEER_QUOTA)
+
 
 @dataclass(frozen=True, slots=True)
 class _StoreAlong:
@@ -345,7 +354,7 @@ class DhtNode:
         check_value(key, value)
         verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=expiry_for(value.type))
         if not verdict.accepted:
-            raise PutRefused(verdict.value)
+            raise PutRefused(verdict)
         if verdict in (Verdict.NEW, Verdict.UPDATE):
             self._on_new_value(key, value)
         if permanent:

@@ -98,7 +98,8 @@ async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRe
     except (BadFarmerRecord, InvalidValue) as error:
         raise BadRequest(f"{failure}: {error}.") from error
     except PutRefused as error:
-        raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=409) from error
+        status = 503 if error.out_of_room else 409  # full: try another node or later; else a conflict
+        raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=status) from error
 
 
 def farmer_json(record: FarmerRecord, now: int) -> dict:

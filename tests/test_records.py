@@ -124,7 +124,8 @@ async def test_every_node_refuses_a_forged_record_pushed_over_udp_and_serves_the
     refused_before = sum(node.counters.get("refused_requests") for node in nodes[:-1])
     for target in nodes[:-1]:
         assert await attacker.store_on(target.contact, claimed_key, claimed, 600.0) is False
-    assert all(node.store.get(claimed_key) == [] for node in nodes)
+    # (the shard may hold the genuine farmer's record: 16 shards)
+    assert all(mallory.public_key not in {v.owner for v in node.store.get(claimed_key)} for node in nodes)
     assert sum(node.counters.get("refused_requests") for node in nodes[:-1]) == refused_before + 3
 
 
