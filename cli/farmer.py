@@ -126,19 +126,18 @@ async def recipient_id(session: aiohttp.ClientSession) -> bytes:
 
 async def current_record(session: aiohttp.ClientSession, farmer_id: bytes) -> tuple[Value, FarmerRecord] | None:
     """The farmer's signed record as the mesh holds it, checked here as every node checks it."""
-    key = farmer_key(farmer_id)
-    values = []
-    async with session.get(f"/key/{key.hex()}") as response:
+    async with session.get(f"/api/farmer/{farmer_id.hex()}/record") as response:
+        text = await response.text()
+        if response.status == 404:
+            return None
         if response.status >= 400:
-            raise CliError(f"{response.status}: {error_of(await response.text())}")
-        async for line in response.content:
-            try:
-                value = value_from_json(json.loads(line))
-                check_value(key, value)
-            except (ValueError, ValueJsonError, InvalidValue):
-                continue  # not a record this farmer could build on; the node would refuse it as well
-            values.append(value)
-    return find_record(values, farmer_id)
+            raise CliError(f"{response.status}: {error_of(text)}")
+    try:
+        value = value_from_json(json.loads(text))
+        check_value(farmer_key(farmer_id), value)
+    except (ValueError, ValueJsonError, InvalidValue) as error:
+        raise CliError(f"the node gave a record that does not check: {error}") from error
+    return find_record([value], farmer_id)
 
 
 async def _json(session: aiohttp.ClientSession, path: str) -> dict[str, Any]:

@@ -90,15 +90,27 @@ class _ValueCollector:
     or equal version is already here. A replica counts as a holder only once its values are in hand.
     """
 
-    def __init__(self, key: bytes, initial: list[Value], on_new: Callable[[Value], None] | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        initial: list[Value],
+        on_new: Callable[[Value], None] | None = None,
+        value_id: int | None = None,
+    ) -> None:
         self.key = key
-        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial}
+        self.value_id = value_id  # only this value is wanted (replicas are asked to send only it)
+        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial if self._wanted(v.id)}
         self._on_new = on_new
-        self.holders = 1 if initial else 0  # replicas that returned values, this node included
+        self.holders = 1 if self.values else 0  # replicas that returned values, this node included
+
+    def _wanted(self, value_id: int) -> bool:
+        return self.value_id is None or value_id == self.value_id
 
     def offer(self, raw: Any) -> None:
         try:
             value = value_from_wire(raw)
+            if not self._wanted(value.id):
+                return
             check_value(self.key, value)
         except InvalidValue:
             return
@@ -113,13 +125,18 @@ class _ValueCollector:
         if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], bytes)):
             return None
         owner, value_id, seq = ref
-        if not (isinstance(value_id, int) and isinstance(seq, int)):
+        if not (isinstance(value_id, int) and isinstance(seq, int) and self._wanted(value_id)):
             return None
         known = self.values.get((owner, value_id))
         return None if known is not None and known.seq >= seq else (owner, value_id)
 
     def result(self) -> list[Value]:
         return sorted(self.values.values(), key=lambda v: (v.owner, v.id))
+
+
+def _values_query(collector: _ValueCollector) -> dict[str, Any]:
+    """What a find asks a replica for: its values under the key, or only those with one id."""
+    return {"v": True} if collector.value_id is None else {"v": True, "w": collector.value_id}
 
 
 class DhtNode:
@@ -238,7 +255,7 @@ class DhtNode:
         nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
         body: dict[str, Any] = {"t": target}
         if collector is not None:
-            body["v"] = True
+            body |= _values_query(collector)
         if store is not None and nonce is None:
             body |= {"s": store.wire, "ttl": store.ttl}
         try:
@@ -278,7 +295,8 @@ class DhtNode:
             if not isinstance(more, int) or isinstance(more, bool) or more <= 0:
                 return
             try:
-                reply = await self.endpoint.call(contact.address, "dm_find", {"t": key, "v": True, "p": more})
+                page = {"t": key, "p": more} | _values_query(collector)
+                reply = await self.endpoint.call(contact.address, "dm_find", page)
             except RpcFailure:
                 return
             payload = reply.payload if isinstance(reply.payload, dict) else {}
@@ -295,10 +313,11 @@ class DhtNode:
 
     # ---- values -------------------------------------------------------------------------------
 
-    async def get(self, key: bytes) -> list[Value]:
-        """The live values under `key`, gathered from the closest replicas (until `get_quorum` of them
-        answered) and merged by (owner, id), highest seq."""
-        values, _ = await self._gather(key, self.config.get_quorum)
+    async def get(self, key: bytes, value_id: int | None = None) -> list[Value]:
+        """The live values under `key` (only those with `value_id`, if given: replicas then send just
+        those), gathered from the closest replicas (until `get_quorum` of them answered) and merged by
+        (owner, id), highest seq."""
+        values, _ = await self._gather(key, self.config.get_quorum, value_id)
         return values
 
     async def get_stream(self, key: bytes) -> AsyncIterator[Value]:
@@ -318,8 +337,10 @@ class DhtNode:
             lookup.cancel()
             await asyncio.gather(lookup, return_exceptions=True)
 
-    async def _gather(self, key: bytes, quorum: int = 0) -> tuple[list[Value], list[Contact]]:
-        collector = _ValueCollector(key, self.store.get(key))
+    async def _gather(
+        self, key: bytes, quorum: int = 0, value_id: int | None = None
+    ) -> tuple[list[Value], list[Contact]]:
+        collector = _ValueCollector(key, self.store.get(key), value_id=value_id)
         nodes = await self._traverse(key, collector, quorum)
         self.counters.add("gets")
         return collector.result(), nodes

@@ -31,6 +31,7 @@ from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, Un
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, Route
+from dhtmesh.proxy.value_json import value_to_json
 
 RECORD_HEADER = "Farmer-Record"
 TERABYTE = 1024**4
@@ -233,6 +234,15 @@ async def farmer(request: web.Request) -> web.Response:
     return json_reply(farmer_json(found[1], registry.now()))
 
 
+async def farmer_record(request: web.Request) -> web.Response:
+    """The farmer's record as the farmer signed it (value JSON), for clients that build the next one."""
+    node_id = _node_id(request, "Farmer lookup failed")
+    found = await request.app[REGISTRY].find(node_id)
+    if found is None:
+        raise BadRequest("Farmer not found.", status=404)
+    return json_reply(value_to_json(found[0]))
+
+
 # ---- the table ----------------------------------------------------------------------------------
 
 _SIGNED = f"none; headers Date, Authorization (Ed25519, the farmer's key) and {RECORD_HEADER} (the signed record)"
@@ -276,5 +286,12 @@ FARMER_ROUTES: list[Route] = [
     Route("GET", "/api/address", address, "this node's address (base58check of its node id)"),
     Route(
         "GET", "/api/farmer/{nodeid}", farmer, "one farmer, online or not", replies={200: "farmer JSON", 404: "unknown"}
+    ),
+    Route(
+        "GET",
+        "/api/farmer/{nodeid}/record",
+        farmer_record,
+        "the farmer's signed record (value JSON), to build its next state on",
+        replies={200: "value JSON", 404: "unknown"},
     ),
 ]

@@ -207,7 +207,7 @@ def error_cases(mesh: Mesh) -> dict[str, tuple[str, Identity | None, object, int
         "height: garbage record": (f"/api/height/{fid}/80", farmer, "garbage", 400, RECORD_HEADER),
         "height: an exponent": (f"/api/height/{fid}/1e99999999", farmer, None, 400, "height must be"),
         "height: 10**30": (f"/api/height/{fid}/{10**30}", farmer, None, 413, "limit"),
-        "bandwidth: 2**70": (f"/api/bandwidth/{fid}/{2**70}/1", farmer, None, 400, "upload must be"),
+        "bandwidth: 2**70": (f"/api/bandwidth/{fid}/{2**70}/1", farmer, None, 400, "signed record"),
         "bandwidth: bad number": (f"/api/bandwidth/{fid}/x/1", farmer, None, 400, "upload must be"),
         "bandwidth: unsigned": (f"/api/bandwidth/{fid}/1/1", None, None, 401, "Invalid authentication"),
         "bandwidth: unknown farmer": (f"/api/bandwidth/{sid}/1/1", stranger, None, 404, "Farmer not found"),

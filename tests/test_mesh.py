@@ -13,7 +13,7 @@ from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, new_value_id, sign_value
 
 from conftest import MeshFactory
-from support import FAST, start_node
+from support import FAST, start_node, watch_datagrams
 
 SMALL_K = replace(FAST, k=4)
 
@@ -260,3 +260,19 @@ async def test_a_get_quorum_answers_with_a_few_rpcs_instead_of_k(make_mesh: Mesh
     finally:
         await exhaustive.stop()
     assert quorum_rpcs <= 6 < FAST.k <= exhaustive_rpcs
+
+
+async def test_a_get_for_one_value_id_brings_only_that_value(make_mesh: MeshFactory) -> None:
+    """Replicas asked for one id send just that value (a farmer lookup must not pull its whole shard)."""
+    nodes = await make_mesh(4)
+    key = bytes(range(20))
+    owners = [Identity.generate() for _ in range(12)]
+    for value_id, owner in enumerate(owners, start=1):
+        await nodes[0].put(key, sign_value(owner, key, Value(value_id, b"x" * 200, 0, seq=1)))
+    reader = nodes[3]
+    with watch_datagrams([reader]) as sent:
+        one = await reader.get(key, value_id=7)
+    assert [(v.id, v.owner) for v in one] == [(7, owners[6].public_key)]
+    with watch_datagrams([reader]) as sent_all:
+        every = await reader.get(key)
+    assert len(every) == 12 and len(sent) < len(sent_all)

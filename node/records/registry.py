@@ -147,7 +147,7 @@ class FarmerRegistry:
 
     async def find(self, node_id: bytes) -> tuple[Value, FarmerRecord] | None:
         """The farmer's current signed record, as the shard's replicas hold it."""
-        found = find_record(await self.node.get(farmer_key(node_id)), node_id)
+        found = find_record(await self.node.get(farmer_key(node_id), farmer_value_id(node_id)), node_id)
         if found is not None:
             self._learn(found[0])
         return found

@@ -71,7 +71,11 @@ class MeshRpcs:
             closest = self._node.table.closest(target, exclude=[request.sender_id])
             reply["nodes"] = [c.to_wire() for c in closest]
         if request.body.get("v") is True:
-            reply |= self._values_page(target, offset)
+            if "w" in request.body:  # one value id: under a key, at most one owner holds it
+                value_id = require_int(request.body.get("w"), "value id", 1, (1 << 64) - 1)
+                reply |= {"vals": [v.to_wire() for v in self._node.store.values_with_id(target, value_id)]}
+            else:
+                reply |= self._values_page(target, offset)
         if "s" in request.body:
             # A put's lookup: store the value it carries, as dm_store would, and say whether we did.
             reply["stored"] = self._accept(target, request).accepted

@@ -188,6 +188,12 @@ class ValueStore:
         )
         return [_row_value(row) for row in rows]
 
+    def values_with_id(self, key: bytes, value_id: int) -> list[Value]:
+        rows = self._db.execute(
+            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND vid=? ORDER BY owner", (key, _sql_id(value_id))
+        )
+        return [_row_value(row) for row in rows]
+
     def versions(self, key: bytes) -> dict[tuple[bytes, int], int]:
         """(owner, id) → seq of every value under `key`: what a replica compares to find gaps."""
         rows = self._db.execute("SELECT owner, vid, seq FROM vals WHERE key=?", (key,))
