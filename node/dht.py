@@ -109,16 +109,15 @@ class _ValueCollector:
     def offer(self, raw: Any) -> None:
         try:
             value = value_from_wire(raw)
-            if not self._wanted(value.id):
-                return
+            current = self.values.get(value.identity)
+            if not self._wanted(value.id) or (current is not None and value.seq <= current.seq):
+                return  # not taken, so not worth a signature check (replicas mostly agree)
             check_value(self.key, value)
         except InvalidValue:
             return
-        current = self.values.get(value.identity)
-        if current is None or value.seq > current.seq:
-            self.values[value.identity] = value
-            if self._on_new is not None:
-                self._on_new(value)
+        self.values[value.identity] = value
+        if self._on_new is not None:
+            self._on_new(value)
 
     def wants(self, ref: Any) -> tuple[bytes, int] | None:
         """The identity to fetch for a reference `[owner, id, seq]`, unless we hold that version."""

@@ -326,6 +326,8 @@ def node_id_at(url: str) -> bytes:
 
 async def bench(dataserv_url: str, dhtmesh_urls: list[str], recipient: bytes, count: int, doc: dict[str, Any]) -> None:
     urls = {"dataserv": dataserv_url, "dhtmesh": dhtmesh_urls[0]}
+    for url in urls.values():  # warm-up: dhtmesh opens its registry view, dataserv fills its cache
+        await drive(url, [dataserv_request("/api/online/json")] * 3, 1)
     sequential = [Farmer(Identity.generate()) for _ in range(count)]
     concurrent = [Farmer(Identity.generate()) for _ in range(count)]
     for case, workers in CASES:

@@ -37,3 +37,12 @@ def test_scale_and_churn_benchmark_runs_at_a_toy_size() -> None:
     assert churn["put_success"] == 1.0
     assert churn["readable"] == 1.0
     assert churn["detail"]["after_extra_settle"]["lost"] == 0
+
+
+def test_farmer_benchmark_runs_both_systems_at_a_toy_size() -> None:
+    """Builds dataserv 2.2.13's venv under build/ on first use (pinned, from the package registry)."""
+    document = run_bench("bench_farmers.py", "--farmers", "5", timeout=600.0)
+    rows = {(row["case"], row["system"]): row for row in document["rows"]}
+    assert {system for _, system in rows} == {"dhtmesh", "dataserv"}
+    assert all(row.get("errors", 0) == 0 for row in rows.values())
+    assert rows[("visible after", "dhtmesh")]["seconds"] < rows[("visible after", "dataserv")]["seconds"]
