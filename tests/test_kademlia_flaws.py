@@ -1215,12 +1215,13 @@ async def test_F23_a_stopped_mesh_leaves_no_tasks_and_no_warnings(loop_errors: l
 
 
 def own_sources(package: Path) -> list[Path]:
-    """dhtmesh's own modules: not the tests, nor a virtualenv or cache that an editable checkout holds
-    (`scripts/test` and `scripts/bench` make `.venv` at the repository root, which is the package)."""
+    """dhtmesh's own modules: not the tests, nor a virtualenv, cache or build output that an editable
+    checkout holds (`scripts/test` and `scripts/bench` make `.venv` at the repository root, which is the
+    package, and `build/` for the dataserv anchor's venv)."""
     return sorted(
         path
         for path in package.rglob("*.py")
-        if not any(part == "tests" or part.startswith(".") for part in path.relative_to(package).parts)
+        if not any(part in ("tests", "build") or part.startswith(".") for part in path.relative_to(package).parts)
     )
 
 
