@@ -143,7 +143,7 @@ def test_directory_is_an_identity_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"\xff\xfe\x00garbage", b"not json at all", b'{"kind": "ed25519"', os.urandom(64)],
+    [b"", b"\xff\xfe\x00garbage", b"not json at all", b"{\"kind\": \"ed25519\"", os.urandom(64)],
     ids=["empty", "not-utf8", "not-json", "truncated-json", "random-bytes"],
 )
 def test_unreadable_bytes_are_an_identity_error(tmp_path: Path, raw: bytes) -> None:
@@ -204,7 +204,9 @@ def test_corrupt_sealed_documents_are_an_identity_error(
     expect_identity_error(path, PASSWORD)
 
 
-def test_sealed_document_missing_a_field_is_an_identity_error(tmp_path: Path, sealed_document: dict[str, Any]) -> None:
+def test_sealed_document_missing_a_field_is_an_identity_error(
+    tmp_path: Path, sealed_document: dict[str, Any]
+) -> None:
     for field in ("salt", "opslimit", "memlimit", "sealed_seed"):
         document = {name: value for name, value in sealed_document.items() if name != field}
         expect_identity_error(write_document(tmp_path / f"no-{field}.json", document), PASSWORD)
@@ -348,7 +350,9 @@ def test_truncated_sealed_box_raises() -> None:
         open_sealed(recipient, ciphertext[:-1])
 
 
-@pytest.mark.parametrize("key", [b"", b"x" * 31, b"x" * 33, b"\xff" * 32, bytes(32), "s" * 32, None], ids=repr)
+@pytest.mark.parametrize(
+    "key", [b"", b"x" * 31, b"x" * 33, b"\xff" * 32, bytes(32), "s" * 32, None], ids=repr
+)
 def test_bad_recipient_key_raises(key: Any) -> None:
     with pytest.raises(SealedBoxError):
         seal_to(key, b"secret")

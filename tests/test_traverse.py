@@ -42,7 +42,9 @@ class Network:
 
     def true_closest(self, target: bytes, seeds: list[Contact], count: int, exclude: bytes | None = None) -> list:
         alive = [
-            self.contacts[node] for node in self.reachable_from(seeds) if node not in self.failing and node != exclude
+            self.contacts[node]
+            for node in self.reachable_from(seeds)
+            if node not in self.failing and node != exclude
         ]
         return sorted(alive, key=lambda c: distance(c.node_id, target))[:count]
 
@@ -161,12 +163,10 @@ async def test_traverse_equals_rounds_reference(network_seed: int) -> None:
     for _ in range(6):
         target, seeds = rng.randbytes(20), pick_seeds(network, rng)
         for alpha in (1, 3, 8):
-            fast = await traverse(
-                target, seeds, make_query(network, target, Tracker(), jitter=0.001, rng=rng), k=K, alpha=alpha
-            )
-            reference = await traverse_in_rounds(
-                target, seeds, make_query(network, target, Tracker()), k=K, alpha=alpha
-            )
+            fast = await traverse(target, seeds, make_query(network, target, Tracker(), jitter=0.001, rng=rng),
+                                  k=K, alpha=alpha)
+            reference = await traverse_in_rounds(target, seeds, make_query(network, target, Tracker()),
+                                                 k=K, alpha=alpha)
             assert fast == reference
 
 

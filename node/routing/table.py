@@ -75,13 +75,17 @@ class RoutingTable:
     def health(self) -> tuple[int, int]:
         """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest."""
         now = time.monotonic()
-        good = sum(1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_reply < GOOD_FOR)
+        good = sum(
+            1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_reply < GOOD_FOR
+        )
         return good, len(self) - good
 
     def incoming(self) -> int:
         """Contacts that sent us a request within `GOOD_FOR`."""
         now = time.monotonic()
-        return sum(1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_request < GOOD_FOR)
+        return sum(
+            1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_request < GOOD_FOR
+        )
 
     def stale_buckets(self, older_than: float) -> list[tuple[int, int]]:
         now = time.monotonic()
@@ -176,3 +180,4 @@ class RoutingTable:
             (lower if contact.id_int < middle else upper).replacements[node_id] = contact
         index = self._buckets.index(bucket)
         self._buckets[index : index + 1] = [lower, upper]
+
