@@ -116,21 +116,8 @@ class ValueStore:
             return refusal
         self._db.execute(
             "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                key,
-                value.owner,
-                _sql_id(value.id),
-                value.seq,
-                value.type,
-                value.data,
-                value.sig,
-                value.utype,
-                value.to,
-                expires,
-                origin,
-                time.time(),
-                charge,
-            ),
+            (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
+             value.to, expires, origin, time.time(), charge),
         )
         if old:
             self._account(old[0], -old[1], -1)
@@ -189,6 +176,7 @@ class ValueStore:
         return [_row_value(row) for row in rows]
 
     def values_with_id(self, key: bytes, value_id: int) -> list[Value]:
+        """The values under `key` with this id: at most one, as an id belongs to one owner per key."""
         rows = self._db.execute(
             f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND vid=? ORDER BY owner", (key, _sql_id(value_id))
         )
