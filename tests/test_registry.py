@@ -202,3 +202,25 @@ async def test_notices_from_a_peer_the_node_did_not_subscribe_to_are_ignored(
         await outsider.stop()
     await asyncio.sleep(0.2)
     assert await listed(viewer, farmer) and not await listed(viewer, sybil)
+
+
+async def test_a_ping_a_minute_after_the_last_sighting_is_seen_by_every_node(registries: list[FarmerRegistry]) -> None:
+    """The ping that changes something: last_seen moves and the time since counts as uptime."""
+    farmer = Identity.generate()
+    registered_at = int(time.time()) - 61
+    earlier = FarmerRegistry(registries[0].node, clock=lambda: registered_at)
+    payout = node_address(farmer.node_id)
+    record = registered(farmer.node_id, payout, registered_at)
+    await earlier.register(farmer.node_id, payout, next_signed(farmer, None, record))
+    current = await registries[1].find(farmer.node_id)
+    assert current is not None and current[1] == record
+    now = int(time.time())
+    after = pinged(record, now)
+    assert (after.last_seen, after.uptime) == (now, now - registered_at)  # dataserv's rule: >= 60 s later
+    assert await registries[1].change(farmer.node_id, pinged, next_signed(farmer, current, after)) == after
+    for viewer in registries:
+        await eventually(lambda viewer=viewer: _seen_at(viewer, farmer, now))
+
+
+async def _seen_at(registry: FarmerRegistry, farmer: Identity, when: int) -> bool:
+    return any(r.node_id == farmer.node_id and r.last_seen == when for r in await registry.farmers())
