@@ -64,8 +64,9 @@ class ReplayGuard:
     """The signatures accepted lately, so that each is accepted once, in bounded memory.
 
     When full it forgets the oldest entry and from then on refuses every request dated no later than
-    it (the horizon): a forgotten signature can then not be replayed, and a flood of signed requests
-    only narrows the accepted dates to the most recent ones instead of locking everyone out.
+    it (the horizon), so a forgotten signature can never be replayed. A flood that fills it (dated in
+    the future, it would push the horizon ahead of honest clocks) must be kept out by rate limits in
+    front of it: the proxy caps signed requests well below what fills it within a window.
     """
 
     def __init__(self, window: float = AUTH_WINDOW, capacity: int = MAX_REMEMBERED) -> None:

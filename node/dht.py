@@ -316,6 +316,8 @@ class DhtNode:
         """The live values under `key` (only those with `value_id`, if given: replicas then send just
         those), gathered from the closest replicas (until `get_quorum` of them answered) and merged by
         (owner, id), highest seq."""
+        if value_id == 0:
+            raise ValueError("value id 0 is not a value's id")
         values, _ = await self._gather(key, self.config.get_quorum, value_id)
         return values
 

@@ -14,9 +14,11 @@ from aiohttp.http_parser import HttpRequestParserPy
 from dhtmesh.crypto.request_auth import ReplayGuard
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply
-from dhtmesh.proxy.route import NODE, PUSH, REGISTRY, REPLAY_GUARD, STATS
+from dhtmesh.proxy.route import NODE, PUSH, REGISTRY, REPLAY_GUARD, SIGNED_LIMITER, STATS
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
 
@@ -56,6 +58,7 @@ def create_app(node: DhtNode, push: PushRelay | None = None) -> web.Application:
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)
     app[REPLAY_GUARD] = ReplayGuard()
+    app[SIGNED_LIMITER] = RequestLimiter(SIGNED_REQUESTS_TOTAL, SIGNED_REQUESTS_PER_CLIENT)
     app.on_response_prepare.append(_allow_any_origin)
     app.on_cleanup.append(_close_registry)
     for route in ROUTES:

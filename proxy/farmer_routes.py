@@ -30,13 +30,18 @@ from dhtmesh.node.records.farmer_events import (
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.proxy.responses import BadRequest, json_reply
-from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, Route
+from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
 
 RECORD_HEADER = "Farmer-Record"
 TERABYTE = 1024**4
 TOTAL_PERIOD_MINUTES = 30  # dataserv's /api/total "id": the half-hour it was computed in
 _MAX_RECORD_HEADER = 4096
+# Signed requests a node takes per second, in all and per client address. The total keeps the replay
+# guard from ever filling within its window (1,000/s x 40 s < 65,536 entries), so a flood costs others
+# throughput, never the guard's memory of what it accepted.
+SIGNED_REQUESTS_TOTAL = 1000.0
+SIGNED_REQUESTS_PER_CLIENT = 200.0
 _NUMBER = re.compile(r"[0-9]{1,40}(\.[0-9]{0,40})?")
 
 
@@ -68,6 +73,8 @@ async def _signing_farmer(request: web.Request, failure: str) -> bytes:
     """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
     The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
+    if not request.app[SIGNED_LIMITER].allow((request.remote or "", 0)):
+        raise BadRequest(f"{failure}: too many signed requests; retry in a second.", status=429)
     body = await request.read()
     try:
         node_id: bytes | None = parse_node_id(request.match_info["nodeid"])
@@ -246,7 +253,7 @@ async def farmer_record(request: web.Request) -> web.Response:
 # ---- the table ----------------------------------------------------------------------------------
 
 _SIGNED = f"none; headers Date, Authorization (Ed25519, the farmer's key) and {RECORD_HEADER} (the signed record)"
-_CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unknown farmer"}
+_CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unknown farmer", 429: "too many"}
 
 
 def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str]) -> list[Route]:

@@ -1,5 +1,6 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
-push relay, the request counters, the farmer registry and the replay guard of signed requests)."""
+push relay, the request counters, the farmer registry, and the replay guard and rate limit of signed
+requests)."""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from aiohttp import web
 from dhtmesh.crypto.request_auth import ReplayGuard
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
 
@@ -17,6 +19,7 @@ PUSH = web.AppKey("push", PushRelay)
 STATS = web.AppKey("stats", RequestStats)
 REGISTRY = web.AppKey("registry", FarmerRegistry)
 REPLAY_GUARD = web.AppKey("replay_guard", ReplayGuard)
+SIGNED_LIMITER = web.AppKey("signed_limiter", RequestLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

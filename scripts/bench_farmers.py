@@ -12,12 +12,16 @@ What runs (everything on 127.0.0.1, every process stopped by its process group a
   one's proxy, every one signed by the farmer (Ed25519, nonce, the record in `Farmer-Record`). Signing
   happens on the client before each request's clock starts.
 
+The same aiohttp client drives both (dhtmesh keeps connections alive; Werkzeug 0.16 answers HTTP/1.0,
+so dataserv pays a TCP connect per request, on loopback). A case with errors gets no ratio.
+
 Cases, each for N farmers, dhtmesh and dataserv one after the other:
 * `register` (every farmer once), `height` (every farmer once), `ping` (within the minute: accepted, no
-  effect), `online/json` (N listings): sequentially over one keep-alive connection;
+  effect), `online/json` (N listings): sequentially, one request at a time;
 * `register conc`, `height conc`: 16 at a time, for another N farmers;
 * `visible after`: seconds from one more registration's 200 until `/api/online/json` lists the farmer,
-  on another node for dhtmesh (dataserv has one server; its listing is cached 30 s).
+  on another node for dhtmesh (dataserv has one server; its listing is cached 30 s, and the cache was
+  filled just before, as on a server that is being read).
 
 Output: a table, then, as the very last stdout line, one JSON document
 `{"bench": "farmers", "rows": [...], "ratios": [...]}` (ratios: dhtmesh / dataserv).
@@ -27,6 +31,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,7 +112,9 @@ def dataserv_python(build: Path) -> Path:
     if not (venv / ".complete").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         install = [str(python), "-m", "pip", "install", "-q", "--no-deps", *DATASERV_PINS]
-        subprocess.run(install, check=True, capture_output=True, timeout=600)
+        done = subprocess.run(install, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"installing dataserv 2.2.13 failed: {done.stderr[-2000:]}")
         (venv / ".complete").touch()
     return python
 
@@ -125,25 +132,26 @@ def dataserv(tmp: Path, build: Path) -> Iterator[str]:
     subprocess.run(migrate, check=True, capture_output=True, cwd=tmp, env=env, timeout=120)
     (tmp / "serve_dataserv.py").write_text(SERVE_DATASERV)
     port = free_port(1)
-    process = subprocess.Popen(
-        [str(python), str(tmp / "serve_dataserv.py"), str(port)],
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "dataserv.log").open("ab"),
-        start_new_session=True,
-    )
+    with (tmp / "dataserv.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(python), str(tmp / "serve_dataserv.py"), str(port)],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     try:
         url = f"http://{HOST}:{port}"
         wait_http(url + "/api/address")
         yield url
     finally:
-        stop(process)
+        stop_all([process])
 
 
 @contextmanager
 def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
-    processes: list[Any] = []
+    processes: list[subprocess.Popen] = []
     try:
         urls: list[str] = []
         bootstrap: list[str] = []
@@ -158,8 +166,17 @@ def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
             wait_http(url + "/node/info", lambda doc: doc["ipv4"]["good"] >= MESH_SIZE - 1)
         yield urls
     finally:
+        stop_all(processes)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """Stop every process; a second SIGTERM meanwhile must not leave the rest running."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
         for process in processes:
             stop(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_http(url: str, ready: Callable[[dict], bool] = lambda _: True) -> None:
@@ -362,7 +379,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     result = []
     for (case, system), mine in by.items():
         anchor = by.get((case, "dataserv"))
-        if system != "dhtmesh" or anchor is None:
+        if system != "dhtmesh" or anchor is None or mine.get("errors") or anchor.get("errors"):
             continue
         for metric in ("ops_per_s", "p99_ms", "seconds"):
             if metric in mine and anchor.get(metric):

@@ -359,6 +359,27 @@ async def test_post_is_accepted_as_get_is_and_the_method_is_part_of_the_signatur
             assert response.status == 401
 
 
+async def test_a_flood_of_signed_requests_is_cut_off_with_429_and_the_node_keeps_serving(mesh: Mesh) -> None:
+    """Signed requests are rate-limited per client before the signature check (so a flood from
+    throwaway keys can neither burn CPU nor fill the replay guard); honest ones pass again a second later."""
+    url, recipient = mesh.urls[1], bytes.fromhex(mesh.nodes[1].node_id)
+
+    async def ping_as_stranger(session: aiohttp.ClientSession) -> int:
+        stranger = Identity.generate()
+        path = f"/api/ping/{stranger.node_id.hex()}"
+        async with session.get(url + path, headers=sign_request(stranger, "GET", path, b"", recipient)) as response:
+            return response.status
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        statuses = await asyncio.gather(*(ping_as_stranger(session) for _ in range(600)))
+    assert set(statuses) == {404, 429} and statuses.count(429) >= 100
+    await asyncio.sleep(1.5)
+    farmer = mesh.farmers[32]
+    path = f"/api/ping/{farmer.node_id.hex()}"
+    status, text = await change(url, farmer, path, lambda record, now: pinged(record, now))
+    assert (status, text) == (200, "Ping accepted.")
+
+
 # ---- restart: last, it replaces a node of the shared mesh --------------------------------------------------
 
 

@@ -224,3 +224,18 @@ async def test_a_ping_a_minute_after_the_last_sighting_is_seen_by_every_node(reg
 
 async def _seen_at(registry: FarmerRegistry, farmer: Identity, when: int) -> bool:
     return any(r.node_id == farmer.node_id and r.last_seen == when for r in await registry.farmers())
+
+
+async def test_the_view_drops_a_record_past_its_life_even_without_an_expiry_notice(
+    registries: list[FarmerRegistry],
+) -> None:
+    farmer = Identity.generate()
+    clock = [time.time()]
+    viewer = FarmerRegistry(registries[1].node, clock=lambda: clock[0])
+    try:
+        await register(registries[0], farmer)
+        await eventually(lambda: listed(viewer, farmer))
+        clock[0] += FARMER_RECORD_EXPIRY + 3600  # no replica expired it (their clocks did not move)
+        assert not await listed(viewer, farmer)
+    finally:
+        await viewer.close()

@@ -113,8 +113,15 @@ class FarmerRegistry:
     async def farmers(self) -> list[FarmerRecord]:
         """Every farmer the mesh knows, highest height first (dataserv's order)."""
         await self.open()
+        self._drop_expired()
         records = [record for _, record in self._view.values()]
         return sorted(records, key=lambda r: (-r.height, r.node_id))
+
+    def _drop_expired(self) -> None:
+        """Records past their life leave the view even if no expiry notice reached it (lost, refused)."""
+        oldest = self.now() - FARMER_RECORD_EXPIRY - CLOCK_SKEW
+        for node_id in [node_id for node_id, (_, record) in self._view.items() if record.last_seen < oldest]:
+            del self._view[node_id]
 
     async def online(self) -> list[FarmerRecord]:
         """The farmers seen within the last 5 minutes; the others stay registered."""
