@@ -1,0 +1,117 @@
+"""The chunks a farmer holds for the mesh: content-addressed files on disk, named by their Merkle root,
+indexed in SQLite with a byte quota.
+
+A chunk is stored only if its bytes hash to the root it is stored under, so a holder can never be
+handed, or hand out, other bytes under a chunk's name without it showing. A write goes to a temporary
+file that is synced and renamed into place before the index row commits: a node killed at any moment
+restarts with every chunk it acknowledged, and nothing half-written (leftover temporary files and
+rows without a file are cleared on open).
+"""
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from dhtmesh.crypto.merkle import BLOCK_SIZE, chunk_root
+
+CHUNK_SIZE = 4 * 1024 * 1024  # 1,024 blocks of 4 KiB
+DEFAULT_CHUNK_QUOTA = 1024 * 1024 * 1024
+ROOT_SIZE = 32
+_PARTIAL = ".partial"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    root BLOB PRIMARY KEY, size INTEGER NOT NULL, stored_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class ChunkRefused(ValueError):
+    """Not stored: the bytes do not hash to the root, the chunk is too big, or the quota is used up."""
+
+
+class ChunkStore:
+    def __init__(self, directory: Path, quota_bytes: int = DEFAULT_CHUNK_QUOTA) -> None:
+        self._directory = directory
+        self._quota = quota_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(directory / "chunks.sqlite3"), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._clear_leftovers()
+        self.used_bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _path(self, root: bytes) -> Path:
+        name = root.hex()
+        return self._directory / name[:2] / name
+
+    def _clear_leftovers(self) -> None:
+        """Drop what a crash left: temporary files, files never indexed, rows whose file is gone."""
+        indexed = {root.hex() for (root,) in self._db.execute("SELECT root FROM chunks")}
+        for path in self._directory.glob("*/*"):
+            if path.name.endswith(_PARTIAL) or path.name not in indexed:
+                path.unlink(missing_ok=True)
+        for name in indexed:
+            if not self._path(bytes.fromhex(name)).exists():
+                self._db.execute("DELETE FROM chunks WHERE root=?", (bytes.fromhex(name),))
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def put(self, root: bytes, data: bytes) -> bool:
+        """Store `data` as chunk `root`; False if it was already here. Raises `ChunkRefused`."""
+        if len(root) != ROOT_SIZE:
+            raise ChunkRefused("a chunk root is 32 bytes")
+        if len(data) > CHUNK_SIZE:
+            raise ChunkRefused(f"a chunk is at most {CHUNK_SIZE} bytes")
+        if self.has(root):
+            return False
+        if chunk_root(data) != root:
+            raise ChunkRefused("the bytes do not hash to this chunk's root")
+        if self.used_bytes + len(data) > self._quota:
+            raise ChunkRefused("the chunk quota is used up")
+        path = self._path(root)
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name(path.name + _PARTIAL)
+        with partial.open("wb") as sink:
+            sink.write(data)
+            sink.flush()
+            os.fsync(sink.fileno())
+        partial.replace(path)
+        self._db.execute("INSERT INTO chunks VALUES (?, ?, ?)", (root, len(data), time.time()))
+        self.used_bytes += len(data)
+        return True
+
+    def delete(self, root: bytes) -> bool:
+        row = self._db.execute("SELECT size FROM chunks WHERE root=?", (root,)).fetchone()
+        if row is None:
+            return False
+        self._db.execute("DELETE FROM chunks WHERE root=?", (root,))
+        self._path(root).unlink(missing_ok=True)
+        self.used_bytes -= row[0]
+        return True
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def has(self, root: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM chunks WHERE root=?", (root,)).fetchone() is not None
+
+    def get(self, root: bytes) -> bytes | None:
+        """The chunk's bytes as stored (a holder serves them as they are; readers check the root)."""
+        if not self.has(root):
+            return None
+        try:
+            return self._path(root).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def roots(self) -> list[bytes]:
+        return [root for (root,) in self._db.execute("SELECT root FROM chunks ORDER BY root")]
+
+    def block_count(self, root: bytes) -> int | None:
+        row = self._db.execute("SELECT size FROM chunks WHERE root=?", (root,)).fetchone()
+        return None if row is None else max(1, -(-row[0] // BLOCK_SIZE))
