@@ -1,0 +1,114 @@
+"""Talking to other nodes' chunk services: put a chunk (signed), get one (checked against its root),
+and audit one (a challenge whose answer is checked block by block against the root).
+
+Nothing a holder returns is taken on trust: wrong bytes, a made-up block, a proof for another block
+or another challenge, or an answer signed by someone else all raise `HolderFailed`.
+"""
+
+import asyncio
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.keys import node_id_from_public_key, verify_signature
+from dhtmesh.crypto.merkle import BadProof, chunk_root, proof_from_wire, verify_block
+from dhtmesh.crypto.request_auth import sign_request
+from dhtmesh.node.storage.chunks import CHUNK_SIZE
+from dhtmesh.node.streams.chunk_service import (
+    MAX_CHALLENGED_BLOCKS,
+    NONCE_SIZE,
+    STREAM_TIMEOUT,
+    chunk_path,
+    proof_message,
+)
+from dhtmesh.node.streams.framing import FramingError, frame, read_body, read_header
+from dhtmesh.node.wire.ratelimit import Address
+
+# A proof body: per block its 4 KiB and a path of at most ~130 hashes, plus msgpack's framing.
+MAX_PROOFS_BODY = MAX_CHALLENGED_BLOCKS * (4096 + 130 * 34 + 64)
+
+
+class HolderFailed(Exception):
+    """The holder could not be reached, refused, or answered with something that does not check."""
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    root: bytes
+    block_count: int
+    indices: list[int]
+    nonce: bytes
+
+
+def new_challenge(root: bytes, block_count: int, blocks: int, rng: random.Random | None = None) -> Challenge:
+    """`blocks` distinct random block indices of the chunk, and a fresh nonce."""
+    chooser = rng or random.SystemRandom()
+    indices = sorted(chooser.sample(range(block_count), min(blocks, block_count, MAX_CHALLENGED_BLOCKS)))
+    return Challenge(root, block_count, indices, os.urandom(NONCE_SIZE))
+
+
+def check_answer(challenge: Challenge, holder_id: bytes, reply: dict[str, Any], body: bytes) -> None:
+    """Raise `HolderFailed` unless `reply`/`body` answer exactly this challenge, signed by `holder_id`."""
+    key, signature = reply.get("key"), reply.get("sig")
+    if not (isinstance(key, bytes) and isinstance(signature, bytes)):
+        raise HolderFailed("the answer is not signed")
+    if node_id_from_public_key(key) != holder_id:
+        raise HolderFailed("the answer is signed by another node")
+    message = proof_message(challenge.root, challenge.nonce, challenge.indices, body)
+    if not verify_signature(key, message, signature):
+        raise HolderFailed("the answer's signature does not cover this challenge")
+    try:
+        proofs = msgpack.unpackb(body, raw=False)
+        if not (isinstance(proofs, list) and len(proofs) == len(challenge.indices)):
+            raise BadProof("one proof per challenged block")
+        for index, raw in zip(challenge.indices, proofs, strict=True):
+            verify_block(challenge.root, proof_from_wire(raw), index, challenge.block_count)
+    except (BadProof, ValueError, TypeError) as error:
+        raise HolderFailed(f"proof refused: {error}") from error
+
+
+class ChunkClient:
+    def __init__(self, identity: Identity, timeout: float = STREAM_TIMEOUT) -> None:
+        self._identity = identity
+        self._timeout = timeout
+
+    async def put(self, address: Address, holder_id: bytes, root: bytes, data: bytes) -> bool:
+        """Send chunk `root` to the holder; True if it was new there."""
+        auth = sign_request(self._identity, "PUT", chunk_path(root), data, holder_id)
+        reply, _ = await self._exchange(address, {"op": "put", "root": root, "auth": auth}, data, 0)
+        return reply.get("new") is True
+
+    async def get(self, address: Address, root: bytes) -> bytes:
+        """Chunk `root` from the holder, checked against the root."""
+        _, data = await self._exchange(address, {"op": "get", "root": root}, b"", CHUNK_SIZE)
+        if chunk_root(data) != root:
+            raise HolderFailed("the holder returned bytes that are not this chunk")
+        return data
+
+    async def audit(self, address: Address, holder_id: bytes, challenge: Challenge) -> None:
+        """Challenge the holder; returns if it proved it holds the blocks, raises `HolderFailed` if not."""
+        header = {"op": "prove", "root": challenge.root, "idx": challenge.indices, "nonce": challenge.nonce}
+        reply, body = await self._exchange(address, header, b"", MAX_PROOFS_BODY)
+        check_answer(challenge, holder_id, reply, body)
+
+    async def _exchange(
+        self, address: Address, header: dict[str, Any], body: bytes, reply_limit: int
+    ) -> tuple[dict[str, Any], bytes]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                reader, writer = await asyncio.open_connection(*address)
+                try:
+                    writer.write(frame(header, body))
+                    await writer.drain()
+                    reply = await read_header(reader)
+                    if "err" in reply:
+                        raise HolderFailed(f"refused: {reply['err']}")
+                    return reply, await read_body(reader, reply, reply_limit)
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, FramingError) as error:
+            raise HolderFailed(f"{address[0]}:{address[1]}: {error or 'timed out'}") from error

@@ -1,0 +1,45 @@
+"""One request or answer on a stream: a msgpack header of bounded size, then an optional raw body whose
+length the header states (`size`). Everything read from a peer is bounded before it is read."""
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack
+
+MAX_HEADER = 64 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+class FramingError(Exception):
+    """A malformed, oversized or truncated frame."""
+
+
+async def read_header(reader: asyncio.StreamReader) -> dict[str, Any]:
+    try:
+        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+        if length > MAX_HEADER:
+            raise FramingError(f"a header is at most {MAX_HEADER} bytes")
+        header = msgpack.unpackb(await reader.readexactly(length), raw=False)
+    except asyncio.IncompleteReadError as error:
+        raise FramingError("the stream ended inside a frame") from error
+    except (ValueError, TypeError) as error:  # msgpack's errors
+        raise FramingError("a header is not msgpack") from error
+    if not isinstance(header, dict):
+        raise FramingError("a header is a msgpack map")
+    return header
+
+
+async def read_body(reader: asyncio.StreamReader, header: dict[str, Any], limit: int) -> bytes:
+    size = header.get("size", 0)
+    if not (isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= limit):
+        raise FramingError(f"a body is 0 to {limit} bytes")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as error:
+        raise FramingError("the stream ended inside a body") from error
+
+
+def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+    packed = msgpack.packb({**header, "size": len(body)}, use_bin_type=True)
+    return _LENGTH.pack(len(packed)) + packed + body
