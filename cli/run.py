@@ -8,6 +8,7 @@ import logging
 import signal
 import sqlite3
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 from dhtmesh.bootstrap.addresses import AddressError, resolve
@@ -20,6 +21,8 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
+from dhtmesh.node.storage.chunks import ChunkStore
+from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.proxy.app import ProxyServer
 
 log = logging.getLogger("dhtmesh.run")
@@ -39,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     farmer.add_argument("--payout", metavar="ADDR", help="payout address (default: this node's own address)")
     farmer.add_argument("--height", type=int, metavar="N", help="capacity to report, in 128 MiB shards")
     farmer.add_argument("--ping-interval", type=float, default=MAX_PING, metavar="S", help=argparse.SUPPRESS)
+    farmer.add_argument(
+        "--chunk-quota", type=int, default=1024, metavar="MIB", help="room for the mesh's chunks (default 1024 MiB)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -72,6 +78,8 @@ def _check_farming(args: argparse.Namespace) -> None:
         raise CliError(f"--height must be between 0 and {HEIGHT_LIMIT}")
     if not args.ping_interval > 0:
         raise CliError("--ping-interval must be positive")
+    if not args.chunk_quota > 0:
+        raise CliError("--chunk-quota must be positive")
 
 
 def _run_loop(main: object) -> None:
@@ -90,12 +98,17 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await _start(node, args.bind, args.port, "UDP")
+    await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
     proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver)
+    chunks: ChunkService | None = None
     try:
-        await _start(proxy, args.proxy_addr, args.proxyserver, "proxy")
-        joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
+        await _start(proxy.start(), args.proxy_addr, args.proxyserver, "proxy")
         host, port = node.address
+        if args.farmer:
+            chunks = _chunk_service(node, args, data_dir)
+            # Streams (chunks) listen on TCP at the node's own UDP address: a contact is enough to reach them.
+            await _start(chunks.start(host, port), host, port, "stream (TCP)")
+        joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
         tasks = [loop.create_task(joiner.run())]
         if args.farmer:
@@ -107,9 +120,20 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         await asyncio.gather(*tasks, return_exceptions=True)
         joiner.save()
     finally:
+        if chunks is not None:
+            await chunks.stop()
+            chunks.chunks.close()
         await proxy.stop()
         await node.stop()
     print("stopped", file=sys.stderr, flush=True)
+
+
+def _chunk_service(node: DhtNode, args: argparse.Namespace, data_dir: Path) -> ChunkService:
+    try:
+        store = ChunkStore(data_dir / "chunks", args.chunk_quota * 1024 * 1024)
+    except (OSError, sqlite3.DatabaseError) as error:
+        raise CliError(f"cannot open the chunk store in {data_dir / 'chunks'}: {error}") from error
+    return ChunkService(node.identity, store)
 
 
 def _declared_ip(bind: str) -> str:
@@ -121,12 +145,9 @@ def _declared_ip(bind: str) -> str:
     return "" if address.is_unspecified else str(address)
 
 
-async def _start(server: DhtNode | ProxyServer, host: str, port: int, what: str) -> None:
+async def _start(starting: Awaitable[None], host: str, port: int, what: str) -> None:
     try:
-        if isinstance(server, DhtNode):
-            await server.start(host, port)
-        else:
-            await server.start()
+        await starting
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise CliError(f"{what} port {port} on {host} is already in use") from error

@@ -236,6 +236,7 @@ def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
         (["--farmer", "--height", "-1"], "--height"),
         (["--height", "5"], "need --farmer"),
         (["--farmer", "--ping-interval", "0"], "--ping-interval"),
+        (["--farmer", "--chunk-quota", "0"], "--chunk-quota"),
     ],
 )
 def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:

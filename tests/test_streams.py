@@ -5,7 +5,7 @@ import asyncio
 import os
 import random
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, check_answer, new_challenge
 from dhtmesh.node.streams.chunk_service import ChunkService, chunk_path
 from dhtmesh.node.streams.framing import frame
+
+from support import NodeProcess
 
 CHUNK = BLOCK_SIZE * 300 + 77
 
@@ -185,3 +187,21 @@ async def raw_exchange_with_body(address: tuple[str, int], request: bytes) -> tu
     body = await reader.readexactly(reply.get("size", 0))
     writer.close()
     return reply, body
+
+
+async def test_a_farming_process_serves_chunks_on_its_node_address_and_keeps_them_across_sigkill(
+    spawn: Callable[..., NodeProcess],
+) -> None:
+    farmer = spawn("farmer", "--farmer", "--chunk-quota", "64")
+    host, port = farmer.udp.rsplit(":", 1)
+    address, holder_id = (host, int(port)), bytes.fromhex(farmer.node_id)
+    client = ChunkClient(Identity.generate())
+    data = os.urandom(CHUNK)
+    root = chunk_root(data)
+    assert await client.put(address, holder_id, root, data) is True
+    farmer.process.kill()
+    farmer.process.wait(timeout=10)
+    again = spawn("farmer", "--farmer", "--chunk-quota", "64")
+    host, port = again.udp.rsplit(":", 1)
+    assert await client.get((host, int(port)), root) == data
+    await client.audit((host, int(port)), holder_id, new_challenge(root, 301, 32))
