@@ -84,12 +84,12 @@ async def _command(args: argparse.Namespace) -> int:
 
 async def _change(session: aiohttp.ClientSession, identity: Identity, args: argparse.Namespace) -> int:
     farmer_id, now = identity.node_id, int(time.time())
-    current = await current_record(session, farmer_id)
+    # A registration builds on nothing (the node answers 409 if the farmer is registered: let it say so).
+    current = None if args.action == "register" else await current_record(session, farmer_id)
     if args.action == "register":
         payout = args.payout or node_address(farmer_id)
         path = f"/api/register/{farmer_id.hex()}/{payout}"
         record: FarmerRecord | None = registered(farmer_id, payout, now, args.ip)
-        current = None  # the node answers 409 if the farmer is registered: let it say so
     elif current is None:
         raise CliError(f"farmer {farmer_id.hex()} is not registered (run: dhtmesh farmer register)")
     elif args.action == "ping":

@@ -45,11 +45,12 @@ from typing import Any
 
 import aiohttp
 from bench_proxy import (
+    Measure,
     dhtmesh_command,
     emit,
     free_port,
-    percentile,
     read_ready,
+    row,
     run_loop,
     spawn,
     stop,
@@ -261,13 +262,6 @@ def height_of(farmer: Farmer) -> int:
 # ---- measuring -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Measure:
-    latencies: list[float]
-    errors: int
-    elapsed: float
-
-
 async def drive(url: str, requests: list[Request], workers: int) -> Measure:
     latencies: list[float] = []
     errors = 0
@@ -310,19 +304,6 @@ async def seconds_until_listed(register_url: str, list_url: str, request: Reques
                 return time.perf_counter() - registered_at
             await asyncio.sleep(0.05)
     return float("nan")
-
-
-def row(case: str, system: str, measure: Measure) -> dict[str, Any]:
-    done = sorted(measure.latencies)
-    return {
-        "case": case,
-        "system": system,
-        "requests": len(done),
-        "ops_per_s": round(len(done) / measure.elapsed, 1) if measure.elapsed > 0 else 0.0,
-        "p50_ms": round(percentile(done, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(done, 0.99) * 1000, 3),
-        "errors": measure.errors,
-    }
 
 
 CASES = (

@@ -52,6 +52,15 @@ async def holders(tmp_path: Path) -> AsyncIterator[list[Holder]]:
         holder.service.chunks.close()
 
 
+async def stored_chunk(holder: Holder) -> tuple[ChunkClient, bytes, bytes]:
+    """A client, and a fresh chunk (data, root) it has put on `holder`."""
+    client = ChunkClient(Identity.generate())
+    data = os.urandom(CHUNK)
+    root = chunk_root(data)
+    assert await client.put(holder.address, holder.node_id, root, data) is True
+    return client, data, root
+
+
 async def test_a_chunk_round_trips_byte_for_byte_and_an_honest_holder_passes_its_audits(
     holders: list[Holder],
 ) -> None:
@@ -83,10 +92,8 @@ async def test_a_chunk_with_a_wrong_hash_or_a_bad_signature_is_refused(holders: 
 async def test_a_holder_that_lost_altered_or_never_had_a_chunk_fails_its_audit(
     holders: list[Holder], tmp_path: Path
 ) -> None:
-    client, holder = ChunkClient(Identity.generate()), holders[0]
-    data = os.urandom(CHUNK)
-    root = chunk_root(data)
-    await client.put(holder.address, holder.node_id, root, data)
+    holder = holders[0]
+    client, data, root = await stored_chunk(holder)
     # Never had it: the other holder.
     with pytest.raises(HolderFailed, match="not held"):
         await client.audit(holders[1].address, holders[1].node_id, new_challenge(root, 301, 8))
@@ -107,10 +114,8 @@ async def test_a_holder_that_lost_altered_or_never_had_a_chunk_fails_its_audit(
 async def test_an_old_answer_replayed_or_an_answer_passed_off_as_another_holders_fails(
     holders: list[Holder],
 ) -> None:
-    client, holder = ChunkClient(Identity.generate()), holders[0]
-    data = os.urandom(CHUNK)
-    root = chunk_root(data)
-    await client.put(holder.address, holder.node_id, root, data)
+    holder = holders[0]
+    _, _, root = await stored_chunk(holder)
     first = new_challenge(root, 301, 8)
     header = {"op": "prove", "root": root, "idx": first.indices, "nonce": first.nonce}
     reply, body = await raw_exchange_with_body(holder.address, frame(header))
@@ -126,10 +131,8 @@ async def test_an_old_answer_replayed_or_an_answer_passed_off_as_another_holders
 
 
 async def test_a_holder_returning_wrong_bytes_is_caught_by_the_reader(holders: list[Holder], tmp_path: Path) -> None:
-    client, holder = ChunkClient(Identity.generate()), holders[0]
-    data = os.urandom(CHUNK)
-    root = chunk_root(data)
-    await client.put(holder.address, holder.node_id, root, data)
+    holder = holders[0]
+    client, _, root = await stored_chunk(holder)
     next((tmp_path / "holder0").glob(f"*/{root.hex()}")).write_bytes(os.urandom(CHUNK))
     with pytest.raises(HolderFailed, match="not this chunk"):
         await client.get(holder.address, root)
