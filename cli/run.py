@@ -17,11 +17,17 @@ from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.farmer import check_payout
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
+from dhtmesh.node.blobs.download import BlobReader
+from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
+from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
+from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import ChunkStore
+from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.proxy.app import ProxyServer
 
@@ -37,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pushserver", metavar="URL", help="push gateway (gorush-style POST URL/api/push)")
     parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
+    parser.add_argument(
+        "--blob-limit", type=int, default=1024, metavar="MIB", help="largest blob the proxy takes (default 1024 MiB)"
+    )
     farmer = parser.add_argument_group("farming", "register this node as a farmer and keep it online")
     farmer.add_argument("--farmer", action="store_true", help="register, report height, ping every minute")
     farmer.add_argument("--payout", metavar="ADDR", help="payout address (default: this node's own address)")
@@ -45,12 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     farmer.add_argument(
         "--chunk-quota", type=int, default=1024, metavar="MIB", help="room for the mesh's chunks (default 1024 MiB)"
     )
+    farmer.add_argument(
+        "--audit-period",
+        type=float,
+        default=DEFAULT_AUDIT_PERIOD,
+        metavar="S",
+        help=f"seconds between this farmer's audits of others (default {DEFAULT_AUDIT_PERIOD:g})",
+    )
+    farmer.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=DEFAULT_PENDING_TIMEOUT,
+        metavar="S",
+        help=f"seconds a chunk of an unfinished upload is kept (default {DEFAULT_PENDING_TIMEOUT:g})",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
     for name in ("port", "proxyserver"):
         if not 0 <= getattr(args, name) < 65536:
             raise CliError(f"--{name} must be between 0 and 65535")
+    if not 0 < args.blob_limit <= 1024 * 1024:
+        raise CliError("--blob-limit must be between 1 and 1048576 MiB")
     _check_farming(args)
     data_dir = Path(args.persist) if args.persist else default_data_dir()
     try:
@@ -78,8 +103,11 @@ def _check_farming(args: argparse.Namespace) -> None:
         raise CliError(f"--height must be between 0 and {HEIGHT_LIMIT}")
     if not args.ping_interval > 0:
         raise CliError("--ping-interval must be positive")
-    if not args.chunk_quota > 0:
-        raise CliError("--chunk-quota must be positive")
+    for flag, number in (("--chunk-quota", args.chunk_quota), ("--audit-period", args.audit_period)):
+        if not 0 < number < 1e9:  # also refuses nan
+            raise CliError(f"{flag} must be positive")
+    if not 0 < args.pending_timeout < 1e9:
+        raise CliError("--pending-timeout must be positive")
 
 
 def _run_loop(main: object) -> None:
@@ -99,27 +127,33 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
-    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver)
+    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver, args.blob_limit * 1024 * 1024)
     chunks: ChunkService | None = None
+    registry = FarmerRegistry(node)
     try:
         await _start(proxy.start(), args.proxy_addr, args.proxyserver, "proxy")
         host, port = node.address
         if args.farmer:
-            chunks = _chunk_service(node, args, data_dir)
+            store = _chunk_store(args, data_dir)
+            keeper = ChunkKeeper(node, store, args.pending_timeout)
+            chunks = ChunkService(node.identity, store, keeper.keep)
             # Streams (chunks) listen on TCP at the node's own UDP address: a contact is enough to reach them.
             await _start(chunks.start(host, port), host, port, "stream (TCP)")
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
         tasks = [loop.create_task(joiner.run())]
-        if args.farmer:
+        if chunks is not None:
             agent = FarmerAgent(node, args.payout, args.height, args.ping_interval, _declared_ip(args.bind))
-            tasks.append(loop.create_task(agent.run()))
+            placer = Placer(node, registry, ChunkClient(node.identity))
+            auditor = Auditor(placer, BlobReader(placer), chunks.chunks, args.audit_period)
+            tasks += [loop.create_task(job) for job in (agent.run(), keeper.sweep_pending(), auditor.run())]
         await stop.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         joiner.save()
     finally:
+        await registry.close()
         if chunks is not None:
             await chunks.stop()
             chunks.chunks.close()
@@ -128,12 +162,11 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     print("stopped", file=sys.stderr, flush=True)
 
 
-def _chunk_service(node: DhtNode, args: argparse.Namespace, data_dir: Path) -> ChunkService:
+def _chunk_store(args: argparse.Namespace, data_dir: Path) -> ChunkStore:
     try:
-        store = ChunkStore(data_dir / "chunks", args.chunk_quota * 1024 * 1024)
+        return ChunkStore(data_dir / "chunks", args.chunk_quota * 1024 * 1024)
     except (OSError, sqlite3.DatabaseError) as error:
         raise CliError(f"cannot open the chunk store in {data_dir / 'chunks'}: {error}") from error
-    return ChunkService(node.identity, store)
 
 
 def _declared_ip(bind: str) -> str:

@@ -1,6 +1,7 @@
 """Merkle trees over stored data: a chunk is cut into fixed-size blocks under a tree whose root names
-the chunk, and a blob's id is the root of a tree over its chunks' roots. A holder proves it has a
-block by returning it with its inclusion path; the verifier needs only the root.
+the chunk, and a blob's id is the root of a tree over its chunks (each leaf a chunk's root and
+length). A holder proves it has a block by returning it with its inclusion path; the verifier needs
+only the root.
 
 The trees are RFC 9162's (leaf and node hashes domain-separated, so a node cannot pass for a leaf),
 built and checked by `pymerkle`; a path is checked against the block's index and the tree's size, so
@@ -59,11 +60,14 @@ def chunk_root(data: bytes) -> bytes:
     return root_of(blocks_of(data))
 
 
-def blob_root(chunk_roots: list[bytes]) -> bytes:
-    """The id of a blob: the root of the tree over its chunks' roots, in order."""
-    if not chunk_roots:
+def blob_root(chunks: list[tuple[bytes, int]]) -> bytes:
+    """The id of a blob: the root of the tree over its chunks, in order, each leaf a chunk's root and
+    its length in bytes. The lengths are bound too, so that one id names one layout: nobody can publish
+    the same chunks under the same id with other lengths, which would make auditors challenge blocks a
+    chunk does not have and readers cut ranges in the wrong places."""
+    if not chunks:
         raise ValueError("a blob has at least one chunk")
-    return root_of(chunk_roots)
+    return root_of(root + length.to_bytes(8, "big") for root, length in chunks)
 
 
 def prove_blocks(tree: InmemoryTree, leaves: list[bytes], indices: list[int]) -> list[BlockProof]:

@@ -12,13 +12,29 @@ from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
 
 from dhtmesh.crypto.request_auth import ReplayGuard
+from dhtmesh.node.audits.book import ReputationBook
+from dhtmesh.node.blobs.download import BlobReader
+from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT, Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply
-from dhtmesh.proxy.route import NODE, PUSH, REGISTRY, REPLAY_GUARD, SIGNED_LIMITER, STATS
+from dhtmesh.proxy.route import (
+    BLOB_LIMIT,
+    BLOB_READER,
+    NODE,
+    PUSH,
+    REGISTRY,
+    REPLAY_GUARD,
+    REPUTATION,
+    SIGNED_LIMITER,
+    STATS,
+    UPLOADER,
+)
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
 
@@ -47,20 +63,27 @@ async def _allow_any_origin(request: web.Request, response: web.StreamResponse) 
     response.headers["Access-Control-Allow-Origin"] = "*"
 
 
-async def _close_registry(app: web.Application) -> None:
+async def _close_background_work(app: web.Application) -> None:
+    await app[UPLOADER].close()
     await app[REGISTRY].close()
 
 
-def create_app(node: DhtNode, push: PushRelay | None = None) -> web.Application:
+def create_app(node: DhtNode, push: PushRelay | None = None, blob_limit: int = DEFAULT_BLOB_LIMIT) -> web.Application:
+    # A streamed blob upload reads the body itself and is bounded by `blob_limit`, not by this.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[NODE] = node
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)
+    app[REPUTATION] = ReputationBook(node)
     app[REPLAY_GUARD] = ReplayGuard()
     app[SIGNED_LIMITER] = RequestLimiter(SIGNED_REQUESTS_TOTAL, SIGNED_REQUESTS_PER_CLIENT)
+    placer = Placer(node, app[REGISTRY], ChunkClient(node.identity))
+    app[UPLOADER] = Uploader(placer)
+    app[BLOB_READER] = BlobReader(placer)
+    app[BLOB_LIMIT] = blob_limit
     app.on_response_prepare.append(_allow_any_origin)
-    app.on_cleanup.append(_close_registry)
+    app.on_cleanup.append(_close_background_work)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     return app
@@ -79,9 +102,17 @@ def accept_custom_methods() -> None:
 class ProxyServer:
     """Runs the app on one address; `url` is known once started (port 0 picks a free port)."""
 
-    def __init__(self, node: DhtNode, host: str, port: int, push_gateway: str | None = None) -> None:
+    def __init__(
+        self,
+        node: DhtNode,
+        host: str,
+        port: int,
+        push_gateway: str | None = None,
+        blob_limit: int = DEFAULT_BLOB_LIMIT,
+    ) -> None:
         self.push = PushRelay(node, push_gateway)
-        self._runner = web.AppRunner(create_app(node, self.push), handler_cancellation=True, access_log=None)
+        app = create_app(node, self.push, blob_limit)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._host = host
         self._port = port
         self.url = ""

@@ -18,7 +18,9 @@ from aiohttp import web
 
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
 from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
+from dhtmesh.node.audits.reputation import Reputation, reputation
 from dhtmesh.node.dht import PutRefused
+from dhtmesh.node.records.audit import AuditEntry
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
 from dhtmesh.node.records.farmer_events import (
     capacity_bytes,
@@ -30,7 +32,7 @@ from dhtmesh.node.records.farmer_events import (
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.proxy.responses import BadRequest, json_reply
-from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, SIGNED_LIMITER, Route
+from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
 
 RECORD_HEADER = "Farmer-Record"
@@ -110,8 +112,9 @@ async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRe
         raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=status) from error
 
 
-def farmer_json(record: FarmerRecord, now: int) -> dict:
-    return {
+def farmer_json(record: FarmerRecord, now: int, reputation: Reputation | None = None) -> dict:
+    """dataserv's farmer JSON; with the farmer's audit reputation beside its claims, when known."""
+    document = {
         "nodeid": record.node_id.hex(),
         "payout_addr": record.payout_addr,
         "last_seen": max(0, now - record.last_seen),
@@ -122,6 +125,9 @@ def farmer_json(record: FarmerRecord, now: int) -> dict:
         "bandwidth_download": record.bandwidth_download,
         "ip": record.ip,
     }
+    if reputation is not None:
+        document["reputation"] = reputation.to_json()
+    return document
 
 
 def _text(message: str) -> web.Response:
@@ -200,7 +206,8 @@ async def _online(request: web.Request) -> tuple[list[FarmerRecord], int]:
 
 async def online_json(request: web.Request) -> web.Response:
     farmers, now = await _online(request)
-    return json_reply({"farmers": [farmer_json(record, now) for record in farmers]})
+    reputations = await request.app[REPUTATION].of_many([record.node_id for record in farmers])
+    return json_reply({"farmers": [farmer_json(r, now, reputations[r.node_id]) for r in farmers]})
 
 
 async def online_text(request: web.Request) -> web.Response:
@@ -238,7 +245,32 @@ async def farmer(request: web.Request) -> web.Response:
     found = await registry.find(node_id)
     if found is None:
         raise BadRequest("Farmer not found.", status=404)
-    return json_reply(farmer_json(found[1], registry.now()))
+    return json_reply(farmer_json(found[1], registry.now(), await request.app[REPUTATION].of(node_id)))
+
+
+async def farmer_audits(request: web.Request) -> web.Response:
+    """Every audit of the farmer that auditors published (within the window), newest first, and the
+    reputation they add up to. Audits are listed whether or not the farmer is registered."""
+    node_id = _node_id(request, "Audit lookup failed")
+    book = request.app[REPUTATION]
+    logs = await book.logs(node_id)
+    audits = [audit_json(log.auditor_id, node_id, entry) for log in logs for entry in log.entries]
+    audits.sort(key=lambda audit: audit["time"], reverse=True)
+    reputation_now = reputation(logs, request.app[REGISTRY].now())
+    return json_reply({"nodeid": node_id.hex(), "reputation": reputation_now.to_json(), "audits": audits})
+
+
+def audit_json(auditor_id: bytes, farmer_id: bytes, entry: AuditEntry) -> dict:
+    return {
+        "auditor": auditor_id.hex(),
+        "farmer": farmer_id.hex(),
+        "blob": entry.blob_id.hex(),
+        "chunk": entry.root.hex(),
+        "chunk_bytes": entry.length,
+        "challenge": {"nonce": entry.nonce.hex(), "blocks": list(entry.indices)},
+        "verdict": str(entry.outcome),
+        "time": entry.time,
+    }
 
 
 async def farmer_record(request: web.Request) -> web.Response:
@@ -293,6 +325,13 @@ FARMER_ROUTES: list[Route] = [
     Route("GET", "/api/address", address, "this node's address (base58check of its node id)"),
     Route(
         "GET", "/api/farmer/{nodeid}", farmer, "one farmer, online or not", replies={200: "farmer JSON", 404: "unknown"}
+    ),
+    Route(
+        "GET",
+        "/api/farmer/{nodeid}/audits",
+        farmer_audits,
+        "the farmer's audits as their auditors signed them, newest first, and its reputation",
+        replies={200: "`{nodeid, reputation, audits}`", 400: "bad node id"},
     ),
     Route(
         "GET",

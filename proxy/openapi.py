@@ -18,6 +18,7 @@ PARAMETERS = {
     "height": "capacity in 128 MiB shards, at most 200000",
     "upload": "upload bandwidth, a non-negative number",
     "download": "download bandwidth, a non-negative number",
+    "blob_id": "a blob's id: 64 lowercase hex characters (the Merkle root over its chunks)",
 }
 STANDARD_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 

@@ -1,6 +1,6 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
-push relay, the request counters, the farmer registry, and the replay guard and rate limit of signed
-requests)."""
+push relay, the request counters, the farmer registry and reputations, the replay guard and rate
+limit of signed requests, and the blob uploader, reader and size limit)."""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dhtmesh.crypto.request_auth import ReplayGuard
+from dhtmesh.node.audits.book import ReputationBook
+from dhtmesh.node.blobs.download import BlobReader
+from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.wire.ratelimit import RequestLimiter
@@ -20,6 +23,10 @@ STATS = web.AppKey("stats", RequestStats)
 REGISTRY = web.AppKey("registry", FarmerRegistry)
 REPLAY_GUARD = web.AppKey("replay_guard", ReplayGuard)
 SIGNED_LIMITER = web.AppKey("signed_limiter", RequestLimiter)
+REPUTATION = web.AppKey("reputation", ReputationBook)
+UPLOADER = web.AppKey("uploader", Uploader)
+BLOB_READER = web.AppKey("blob_reader", BlobReader)
+BLOB_LIMIT = web.AppKey("blob_limit", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from dhtmesh.node.dht import PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
+from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import document
@@ -213,6 +214,7 @@ ROUTES: list[Route] = [
     Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH),
     Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH),
     *FARMER_ROUTES,
+    *BLOB_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
     Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),

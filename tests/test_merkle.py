@@ -52,10 +52,11 @@ def test_a_forged_or_misplaced_block_is_refused(case: str) -> None:
         verify_block(root, proof, index, 20)
 
 
-def test_a_blob_id_depends_on_every_chunk_and_their_order() -> None:
-    roots = [chunk_root(os.urandom(100)) for _ in range(3)]
-    assert blob_root(roots) != blob_root(roots[::-1])
-    assert blob_root(roots) != blob_root(roots[:2])
+def test_a_blob_id_depends_on_every_chunk_their_order_and_lengths() -> None:
+    chunks = [(chunk_root(os.urandom(100)), 100) for _ in range(3)]
+    assert blob_root(chunks) != blob_root(chunks[::-1])
+    assert blob_root(chunks) != blob_root(chunks[:2])
+    assert blob_root(chunks) != blob_root([*chunks[:2], (chunks[2][0], 99)])
     with pytest.raises(ValueError):
         blob_root([])
 

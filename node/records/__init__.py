@@ -1,4 +1,5 @@
-"""Records: values of reserved types whose data has a meaning the mesh enforces (farmers, for now)."""
+"""Records: values of reserved types whose data has a meaning the mesh enforces (farmers, blob
+manifests, holdings of chunks, audit logs)."""
 
 from dhtmesh.node.records.farmer import (
     DIRECTORY_KEYS,

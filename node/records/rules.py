@@ -9,14 +9,20 @@ A replica that holds a record's earlier version also checks that the new one may
 
 from collections.abc import Callable, Mapping
 
-from dhtmesh.node.records import farmer
+from dhtmesh.node.records import audit, blob, farmer, holding
+from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
 from dhtmesh.node.values.value import InvalidValue, Value
 
 Rule = Callable[[bytes, Value], None]
 """Raise `InvalidValue` (or a subclass) unless `value` is a well-formed record under `key`."""
 
-RULES: Mapping[int, Rule] = {farmer.FARMER_VALUE_TYPE: farmer.check_farmer_value}
-KEY_RULES: tuple[Rule, ...] = (farmer.check_directory_value,)
+RULES: Mapping[int, Rule] = {
+    farmer.FARMER_VALUE_TYPE: farmer.check_farmer_value,
+    BLOB_MANIFEST_TYPE: blob.check_manifest_value,
+    HOLDING_TYPE: holding.check_holding_value,
+    AUDIT_TYPE: audit.check_audit_value,
+}
+KEY_RULES: tuple[Rule, ...] = (farmer.check_directory_value, blob.check_blob_directory_value)
 """Rules on what a reserved key may hold, whatever the value's type."""
 
 
@@ -32,7 +38,7 @@ def check_value(key: bytes, value: Value) -> None:
 def is_valid_successor(current: Value, incoming: Value) -> bool:
     """Whether `incoming`, a higher seq of the same (owner, id), may replace `current` (both checked)."""
     if current.type != incoming.type:
-        return incoming.type != farmer.FARMER_VALUE_TYPE and current.type != farmer.FARMER_VALUE_TYPE
+        return incoming.type not in RULES and current.type not in RULES  # a record never changes type
     if incoming.type != farmer.FARMER_VALUE_TYPE:
         return True
     try:

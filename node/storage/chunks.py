@@ -1,6 +1,10 @@
 """The chunks a farmer holds for the mesh: content-addressed files on disk, named by their Merkle root,
 indexed in SQLite with a byte quota.
 
+A chunk arrives pending: it is kept only once the blob it belongs to is published (`keep`), and a
+pending chunk older than the upload timeout is dropped (`drop_pending`), so an upload that never
+finished leaves nothing behind on its farmers.
+
 A chunk is stored only if its bytes hash to the root it is stored under, so a holder can never be
 handed, or hand out, other bytes under a chunk's name without it showing. A write goes to a temporary
 file that is synced and renamed into place before the index row commits: a node killed at any moment
@@ -22,7 +26,8 @@ _PARTIAL = ".partial"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
-    root BLOB PRIMARY KEY, size INTEGER NOT NULL, stored_at REAL NOT NULL
+    root BLOB PRIMARY KEY, size INTEGER NOT NULL, stored_at REAL NOT NULL,
+    kept_for BLOB  -- the blob this chunk is kept for; NULL while pending
 ) WITHOUT ROWID;
 """
 
@@ -82,9 +87,22 @@ class ChunkStore:
             sink.flush()
             os.fsync(sink.fileno())
         partial.replace(path)
-        self._db.execute("INSERT INTO chunks VALUES (?, ?, ?)", (root, len(data), time.time()))
+        self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, NULL)", (root, len(data), time.time()))
         self.used_bytes += len(data)
         return True
+
+    def keep(self, root: bytes, blob_id: bytes) -> bool:
+        """Keep a pending chunk for good; False if it is not here. A kept chunk stays kept."""
+        cursor = self._db.execute("UPDATE chunks SET kept_for=COALESCE(kept_for, ?) WHERE root=?", (blob_id, root))
+        return cursor.rowcount > 0
+
+    def drop_pending(self, stored_before: float) -> list[bytes]:
+        """Delete the chunks still pending that arrived before `stored_before`; returns their roots."""
+        rows = self._db.execute("SELECT root FROM chunks WHERE kept_for IS NULL AND stored_at < ?", (stored_before,))
+        roots = [root for (root,) in rows.fetchall()]
+        for root in roots:
+            self.delete(root)
+        return roots
 
     def delete(self, root: bytes) -> bool:
         row = self._db.execute("SELECT size FROM chunks WHERE root=?", (root,)).fetchone()
@@ -109,9 +127,21 @@ class ChunkStore:
         except FileNotFoundError:
             return None
 
+    def is_kept(self, root: bytes) -> bool:
+        row = self._db.execute("SELECT kept_for FROM chunks WHERE root=?", (root,)).fetchone()
+        return row is not None and row[0] is not None
+
     def roots(self) -> list[bytes]:
         return [root for (root,) in self._db.execute("SELECT root FROM chunks ORDER BY root")]
 
-    def block_count(self, root: bytes) -> int | None:
+    def kept(self) -> list[tuple[bytes, bytes]]:
+        """`(root, blob id)` of every kept chunk."""
+        return self._db.execute("SELECT root, kept_for FROM chunks WHERE kept_for IS NOT NULL").fetchall()
+
+    def size(self, root: bytes) -> int | None:
         row = self._db.execute("SELECT size FROM chunks WHERE root=?", (root,)).fetchone()
-        return None if row is None else max(1, -(-row[0] // BLOCK_SIZE))
+        return None if row is None else row[0]
+
+    def block_count(self, root: bytes) -> int | None:
+        size = self.size(root)
+        return None if size is None else max(1, -(-size // BLOCK_SIZE))

@@ -1,5 +1,6 @@
-"""Talking to other nodes' chunk services: put a chunk (signed), get one (checked against its root),
-and audit one (a challenge whose answer is checked block by block against the root).
+"""Talking to other nodes' chunk services: put a chunk (signed), keep it for a published blob, get
+one (checked against its root), and audit one (a challenge whose answer is checked block by block
+against the root).
 
 Nothing a holder returns is taken on trust: wrong bytes, a made-up block, a proof for another block
 or another challenge, or an answer signed by someone else all raise `HolderFailed`.
@@ -34,6 +35,14 @@ MAX_PROOFS_BODY = MAX_CHALLENGED_BLOCKS * (4096 + 130 * 34 + 64)
 
 class HolderFailed(Exception):
     """The holder could not be reached, refused, or answered with something that does not check."""
+
+
+class HolderUnreachable(HolderFailed):
+    """No answer: the connection failed or the exchange ran out of time."""
+
+
+class WrongBytes(HolderFailed):
+    """The holder served bytes that are not the chunk it was asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +91,15 @@ class ChunkClient:
         reply, _ = await self._exchange(address, {"op": "put", "root": root, "auth": auth}, data, 0)
         return reply.get("new") is True
 
+    async def keep(self, address: Address, root: bytes, blob_id: bytes) -> None:
+        """Ask the holder to keep chunk `root` for the published blob `blob_id`."""
+        await self._exchange(address, {"op": "keep", "root": root, "blob": blob_id}, b"", 0)
+
     async def get(self, address: Address, root: bytes) -> bytes:
         """Chunk `root` from the holder, checked against the root."""
         _, data = await self._exchange(address, {"op": "get", "root": root}, b"", CHUNK_SIZE)
         if chunk_root(data) != root:
-            raise HolderFailed("the holder returned bytes that are not this chunk")
+            raise WrongBytes("the holder returned bytes that are not this chunk")
         return data
 
     async def audit(self, address: Address, holder_id: bytes, challenge: Challenge) -> None:
@@ -110,5 +123,7 @@ class ChunkClient:
                     return reply, await read_body(reader, reply, reply_limit)
                 finally:
                     writer.close()
-        except (OSError, TimeoutError, FramingError) as error:
-            raise HolderFailed(f"{address[0]}:{address[1]}: {error or 'timed out'}") from error
+        except (OSError, TimeoutError) as error:
+            raise HolderUnreachable(f"{address[0]}:{address[1]}: {error or 'timed out'}") from error
+        except FramingError as error:
+            raise HolderFailed(f"{address[0]}:{address[1]}: {error}") from error

@@ -1,5 +1,6 @@
 """The chunk service a farming node runs on its stream port: it stores the chunks other nodes send it
-(each put signed by the sender, for this node), serves them, and proves it holds them.
+(each put signed by the sender, for this node), keeps them once their blob is published (`keep`, which
+the injected keeper checks against the mesh), serves them, and proves it holds them.
 
 A proof answers a challenge (a chunk, block indices, a nonce) with those blocks and their Merkle
 paths, signed by the holder together with the nonce, so an answer recorded earlier cannot be replayed
@@ -9,6 +10,7 @@ to a new challenge, nor an answer passed off as another holder's.
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -32,6 +34,10 @@ class Refused(Exception):
     """A request the service answers with an error."""
 
 
+Keeper = Callable[[bytes, bytes], Awaitable[None]]
+"""Keep chunk `root` for blob `blob_id` for good; raises `Refused` (not held, no such blob...)."""
+
+
 def chunk_path(root: bytes) -> str:
     """What a signed put names as its path (the signature binds the chunk it stores)."""
     return f"/chunks/{root.hex()}"
@@ -51,9 +57,16 @@ def _root(header: dict[str, Any]) -> bytes:
 
 
 class ChunkService:
-    def __init__(self, identity: Identity, chunks: ChunkStore, limiter: RequestLimiter | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        chunks: ChunkStore,
+        keeper: Keeper | None = None,
+        limiter: RequestLimiter | None = None,
+    ) -> None:
         self._identity = identity
         self.chunks = chunks
+        self._keeper = keeper
         self._guard = ReplayGuard()
         self._limiter = limiter or RequestLimiter(total_rate=2000.0, per_peer_rate=200.0)
         self._server: asyncio.Server | None = None
@@ -99,7 +112,18 @@ class ChunkService:
             return {"ok": True}, data
         if operation == "prove":
             return self._prove(header)
-        raise Refused("op must be put, get or prove")
+        if operation == "keep":
+            return await self._keep(header)
+        raise Refused("op must be put, keep, get or prove")
+
+    async def _keep(self, header: dict[str, Any]) -> tuple[dict, bytes]:
+        root, blob_id = _root(header), header.get("blob")
+        if not (isinstance(blob_id, bytes) and len(blob_id) == ROOT_SIZE):
+            raise Refused("blob must be a 32-byte blob id")
+        if self._keeper is None:
+            raise Refused("this node keeps no chunks for blobs")
+        await self._keeper(root, blob_id)
+        return {"ok": True}, b""
 
     async def _put(self, header: dict[str, Any], reader: asyncio.StreamReader) -> tuple[dict, bytes]:
         root = _root(header)

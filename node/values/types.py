@@ -7,6 +7,15 @@ DEFAULT_EXPIRY = 10 * MINUTE  # type 0, USER_DATA
 # change: a farmer that is away for good drops out of the registry then, not before.
 FARMER_RECORD_TYPE = 0x4661
 FARMER_RECORD_EXPIRY = 30 * DAY
+# A manifest lives as long as someone re-announces it: its uploader and every farmer keeping a chunk of it.
+BLOB_MANIFEST_TYPE = 0x426C
+BLOB_MANIFEST_EXPIRY = 30 * DAY
+# A holding is re-announced by its holder for as long as it keeps the chunk.
+HOLDING_TYPE = 0x486C
+HOLDING_EXPIRY = 1 * DAY
+# An auditor's log of one farmer: the reputation window. A log not updated for a day is gone.
+AUDIT_TYPE = 0x4175
+AUDIT_EXPIRY = 1 * DAY
 
 _EXPIRY_BY_TYPE = {
     0: DEFAULT_EXPIRY,
@@ -17,6 +26,9 @@ _EXPIRY_BY_TYPE = {
     5: 1 * MINUTE,  # IceCandidates
     8: 7 * DAY,  # Certificate
     FARMER_RECORD_TYPE: FARMER_RECORD_EXPIRY,
+    BLOB_MANIFEST_TYPE: BLOB_MANIFEST_EXPIRY,
+    HOLDING_TYPE: HOLDING_EXPIRY,
+    AUDIT_TYPE: AUDIT_EXPIRY,
 }
 
 

@@ -1,0 +1,113 @@
+"""Blobs over HTTP: `POST /api/blob` streams a body of any size (up to the node's limit) onto the
+mesh's farmers, `GET /api/blob/{blob_id}` streams it back, whole or a `Range` of it. The node does
+the work (`node/blobs/`); these handlers parse, and turn its errors into JSON `{"err"}` answers.
+"""
+
+import logging
+import re
+
+from aiohttp import web
+
+from dhtmesh.node.blobs.download import ChunkUnavailable
+from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
+from dhtmesh.node.records.blob import BLOB_ID_SIZE
+from dhtmesh.proxy.responses import BadRequest, json_reply
+from dhtmesh.proxy.route import BLOB_LIMIT, BLOB_READER, UPLOADER, Route
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PIECE = 256 * 1024
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    limit = request.app[BLOB_LIMIT]
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"a blob is at most {limit} bytes", status=413)
+    try:
+        manifest = await request.app[UPLOADER].upload(request.content.iter_chunked(UPLOAD_PIECE), limit)
+    except BlobTooLarge as error:
+        raise BadRequest(str(error), status=413) from error
+    except PlacementFailed as error:
+        raise BadRequest(f"not stored: {error}", status=503) from error
+    blob_id = manifest.blob_id.hex()
+    document = {"id": blob_id, "size": manifest.size, "chunks": len(manifest.chunk_roots)}
+    response = json_reply(document, status=201)
+    response.headers["Location"] = f"/api/blob/{blob_id}"
+    return response
+
+
+def parse_blob_id(text: str) -> bytes:
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise BadRequest(f"a blob id is {BLOB_ID_SIZE * 2} lowercase hex characters")
+    return bytes.fromhex(text)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`(start, end)` (end excluded) of a single-range `Range` header, None without one; raises
+    `BadRequest` 416 for a range that does not fit the blob, 400 for one that does not parse."""
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.groups() == ("", ""):
+        raise BadRequest("Range must be one range: bytes=START-END, bytes=START- or bytes=-LENGTH")
+    first, last = match.groups()
+    if not first:
+        start, end = max(0, size - int(last)), size
+    else:
+        start, end = int(first), size if not last else min(size, int(last) + 1)
+    if start >= size or start >= end:
+        raise BadRequest(f"the range is outside the blob's {size} bytes", status=416)
+    return start, end
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    blob_id = parse_blob_id(request.match_info["blob_id"])
+    reader = request.app[BLOB_READER]
+    manifest = await reader.manifest(blob_id)
+    if manifest is None:
+        raise BadRequest("no such blob", status=404)
+    requested = byte_range(request.headers.get("Range"), manifest.size)
+    start, end = requested or (0, manifest.size)
+    pieces = reader.read(manifest, start, end)
+    try:
+        first = await anext(pieces, b"")  # before the status line: a blob nobody serves gets a 503
+    except ChunkUnavailable as error:
+        raise BadRequest(f"unavailable: {error}", status=503) from error
+    response = web.StreamResponse(status=206 if requested else 200)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["ETag"] = f'"{blob_id.hex()}"'
+    if requested:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{manifest.size}"
+    await response.prepare(request)
+    await response.write(first)
+    try:
+        async for piece in pieces:
+            await response.write(piece)
+    except ChunkUnavailable:
+        # The status is sent: all we can do is cut the body short, which the client sees by its length.
+        log.warning("blob %s: a chunk became unavailable mid-stream", blob_id.hex())
+        raise
+    await response.write_eof()
+    return response
+
+
+BLOB_ROUTES: list[Route] = [
+    Route(
+        "POST",
+        "/api/blob",
+        put_blob,
+        "store the body as a blob on the mesh's farmers (streamed; any size up to the node's limit)",
+        "the blob's bytes (any content type)",
+        {201: "`{id, size, chunks}`", 413: "over the node's blob limit", 503: "too few farmers took it"},
+    ),
+    Route(
+        "GET",
+        "/api/blob/{blob_id}",
+        get_blob,
+        "the blob's bytes, checked chunk by chunk against its id; `Range: bytes=...` for a part",
+        replies={200: "the blob", 206: "the range", 404: "no such blob", 416: "range outside the blob"},
+    ),
+]
