@@ -62,19 +62,19 @@ def put_document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def put(args: argparse.Namespace) -> int:
-    return _run(_request(args.url, "POST", f"/key/{args.key}", put_document(args)))
+    return run_coroutine(_request(args.url, "POST", f"/key/{args.key}", put_document(args)))
 
 
 def get(args: argparse.Namespace) -> int:
-    return _run(_stream(args.url, f"/key/{args.key}", None, _reader(args)))
+    return run_coroutine(_stream(args.url, f"/key/{args.key}", None, _reader(args)))
 
 
 def info(args: argparse.Namespace) -> int:
-    return _run(_request(args.url, "GET", "/"))
+    return run_coroutine(_request(args.url, "GET", "/"))
 
 
 def listen(args: argparse.Namespace) -> int:
-    return _run(_stream(args.url, f"/key/{args.key}/listen", args.count, _reader(args)))
+    return run_coroutine(_stream(args.url, f"/key/{args.key}/listen", args.count, _reader(args)))
 
 
 def _reader(args: argparse.Namespace) -> Callable[[str], str]:
@@ -103,7 +103,7 @@ def decrypted_line(identity: Identity, line: str) -> str:
     return json.dumps(document) + "\n"
 
 
-def _run(coroutine: Any) -> int:
+def run_coroutine(coroutine: Any) -> int:
     try:
         return asyncio.run(coroutine)
     except aiohttp.ClientError as error:

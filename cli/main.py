@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from dhtmesh import __version__
-from dhtmesh.cli import client, farmer, identity, logs, run
+from dhtmesh.cli import blob, client, farmer, identity, logs, run
 from dhtmesh.cli.errors import CliError
 
 
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     farmer_parser = commands.add_parser("farmer", help="register and keep a farmer online through a node's proxy")
     farmer.add_arguments(farmer_parser)
     farmer_parser.set_defaults(handler=farmer.command)
+
+    blob_parser = commands.add_parser("blob", help="store a file on the mesh's farmers, or fetch one back")
+    blob.add_arguments(blob_parser)
+    blob_parser.set_defaults(handler=blob.command)
 
     identity_parser = commands.add_parser("identity", help="create or show an identity")
     identity.add_arguments(identity_parser)

@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import logging
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable
@@ -32,6 +33,8 @@ from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.proxy.app import ProxyServer
 
 log = logging.getLogger("dhtmesh.run")
+
+PORT_ATTEMPTS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +129,7 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
+    stream_socket = await _bind(node, args)
     proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver, args.blob_limit * 1024 * 1024)
     chunks: ChunkService | None = None
     registry = FarmerRegistry(node)
@@ -137,8 +140,7 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
             store = _chunk_store(args, data_dir)
             keeper = ChunkKeeper(node, store, args.pending_timeout)
             chunks = ChunkService(node.identity, store, keeper.keep)
-            # Streams (chunks) listen on TCP at the node's own UDP address: a contact is enough to reach them.
-            await _start(chunks.start(host, port), host, port, "stream (TCP)")
+            await chunks.start(sock=stream_socket)
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
         tasks = [loop.create_task(joiner.run())]
@@ -154,12 +156,42 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         joiner.save()
     finally:
         await registry.close()
+        if stream_socket is not None and chunks is None:
+            stream_socket.close()  # the chunk store could not open: the service never took the socket
         if chunks is not None:
             await chunks.stop()
             chunks.chunks.close()
         await proxy.stop()
         await node.stop()
     print("stopped", file=sys.stderr, flush=True)
+
+
+async def _bind(node: DhtNode, args: argparse.Namespace) -> socket.socket | None:
+    """Start the node's UDP socket and, for a farmer, bind the TCP socket its streams (chunks) listen
+    on, at the same address and port: a contact is then enough to reach them. With port 0, the TCP
+    socket takes a free port first and the UDP socket the same one (retried if that one is taken)."""
+    if not args.farmer:
+        await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
+        return None
+    for _ in range(PORT_ATTEMPTS):
+        try:
+            stream = socket.create_server((args.bind, args.port), family=_family(args.bind))
+        except OSError as error:
+            raise _bind_error(error, args.bind, args.port, "stream (TCP)") from error
+        port = stream.getsockname()[1]
+        try:
+            await node.start(args.bind, port)
+        except OSError as error:
+            stream.close()
+            if args.port != 0 or error.errno != errno.EADDRINUSE:
+                raise _bind_error(error, args.bind, port, "UDP") from error
+            continue
+        return stream
+    raise CliError(f"found no port on {args.bind} free for both UDP and TCP")
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _chunk_store(args: argparse.Namespace, data_dir: Path) -> ChunkStore:
@@ -182,6 +214,10 @@ async def _start(starting: Awaitable[None], host: str, port: int, what: str) -> 
     try:
         await starting
     except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise CliError(f"{what} port {port} on {host} is already in use") from error
-        raise CliError(f"cannot open {what} socket on {host}:{port}: {error.strerror or error}") from error
+        raise _bind_error(error, host, port, what) from error
+
+
+def _bind_error(error: OSError, host: str, port: int, what: str) -> CliError:
+    if error.errno == errno.EADDRINUSE:
+        return CliError(f"{what} port {port} on {host} is already in use")
+    return CliError(f"cannot open {what} socket on {host}:{port}: {error.strerror or error}")

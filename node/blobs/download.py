@@ -21,7 +21,7 @@ class ChunkUnavailable(Exception):
 
 class BlobReader:
     def __init__(self, placer: Placer) -> None:
-        self._placer = placer
+        self.placer = placer
         self._node = placer.node
 
     async def manifest(self, blob_id: bytes) -> Manifest | None:
@@ -36,11 +36,11 @@ class BlobReader:
         """Chunk `index` of the blob, from the first holder that serves the right bytes."""
         root = manifest.chunk_roots[index]
         for holder in await self.holders(root, manifest.chunk_lengths[index]):
-            address = await self._placer.address_of(holder)
+            address = await self.placer.address_of(holder)
             if address is None:
                 continue
             try:
-                return await self._placer.client.get(address, root)
+                return await self.placer.client.get(address, root)
             except WrongBytes:
                 self._node.counters.add("holders_wrong_bytes")
                 log.warning("holder %s served wrong bytes for chunk %s; skipped", holder.hex(), root.hex())

@@ -10,6 +10,7 @@ to a new challenge, nor an answer passed off as another holder's.
 import asyncio
 import hashlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,9 +73,12 @@ class ChunkService:
         self._server: asyncio.Server | None = None
         self.refused = 0  # requests answered with an error (bad frames, signatures, chunks)
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on TCP `host:port` (raises `OSError`, e.g. EADDRINUSE)."""
-        self._server = await asyncio.start_server(self._serve, host, port)
+    async def start(self, host: str = "", port: int = 0, sock: socket.socket | None = None) -> None:
+        """Listen on TCP `host:port`, or on the bound socket `sock` (raises `OSError`, e.g. EADDRINUSE)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port)
 
     async def stop(self) -> None:
         if self._server is not None:
