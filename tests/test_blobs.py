@@ -390,6 +390,19 @@ async def test_a_chunk_uploaded_with_a_wrong_hash_is_refused(mesh: Mesh) -> None
     assert not chunk_file(farmer, chunk_root(other)).exists()
 
 
+async def test_a_farmer_keeps_a_chunk_only_for_a_published_blob_that_lists_it(mesh: Mesh, big_blob: StoredBlob) -> None:
+    farmer = mesh.farmers[2]
+    data = os.urandom(10_000)
+    client = ChunkClient(Identity.generate())
+    with pytest.raises(HolderFailed, match="not held"):
+        await client.keep(address_of(farmer), chunk_root(data), bytes.fromhex(big_blob.blob_id))
+    await client.put(address_of(farmer), bytes.fromhex(farmer.node_id), chunk_root(data), data)
+    with pytest.raises(HolderFailed, match="no manifest"):
+        await client.keep(address_of(farmer), chunk_root(data), os.urandom(32))
+    with pytest.raises(HolderFailed, match="does not list"):
+        await client.keep(address_of(farmer), chunk_root(data), bytes.fromhex(big_blob.blob_id))
+
+
 async def test_blob_routes_answer_garbage_with_json_errors_and_keep_serving(mesh: Mesh, big_blob: StoredBlob) -> None:
     limited = mesh.farmers[FARMERS - 1]
     over = os.urandom(SMALL_LIMIT_MIB * 1024 * 1024 + 1)

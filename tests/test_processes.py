@@ -237,6 +237,11 @@ def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
         (["--height", "5"], "need --farmer"),
         (["--farmer", "--ping-interval", "0"], "--ping-interval"),
         (["--farmer", "--chunk-quota", "0"], "--chunk-quota"),
+        (["--farmer", "--audit-period", "0"], "--audit-period"),
+        (["--farmer", "--audit-period", "nan"], "--audit-period"),
+        (["--farmer", "--pending-timeout", "-1"], "--pending-timeout"),
+        (["--blob-limit", "0"], "--blob-limit"),
+        (["--blob-limit", "99999999"], "--blob-limit"),
     ],
 )
 def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:

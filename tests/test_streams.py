@@ -155,6 +155,8 @@ GARBAGE = {
     "put without auth": frame({"op": "put", "root": bytes(32)}, b"x"),
     "prove with a bad nonce": frame({"op": "prove", "root": bytes(32), "idx": [0], "nonce": b"n"}),
     "prove with string indices": frame({"op": "prove", "root": bytes(32), "idx": ["0"], "nonce": bytes(16)}),
+    "keep with a short blob id": frame({"op": "keep", "root": bytes(32), "blob": b"x"}),
+    "keep on a node that keeps nothing": frame({"op": "keep", "root": bytes(32), "blob": bytes(32)}),
 }
 
 
