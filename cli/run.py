@@ -22,6 +22,7 @@ from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
 from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.blobs.upload import MAX_CHUNKS
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
@@ -77,8 +78,8 @@ def command(args: argparse.Namespace) -> int:
     for name in ("port", "proxyserver"):
         if not 0 <= getattr(args, name) < 65536:
             raise CliError(f"--{name} must be between 0 and 65535")
-    if not 0 < args.blob_limit <= 1024 * 1024:
-        raise CliError("--blob-limit must be between 1 and 1048576 MiB")
+    if not 0 < args.blob_limit <= MAX_CHUNKS * 4:
+        raise CliError(f"--blob-limit must be between 1 and {MAX_CHUNKS * 4} MiB (what a manifest can list)")
     _check_farming(args)
     data_dir = Path(args.persist) if args.persist else default_data_dir()
     try:
@@ -106,11 +107,12 @@ def _check_farming(args: argparse.Namespace) -> None:
         raise CliError(f"--height must be between 0 and {HEIGHT_LIMIT}")
     if not args.ping_interval > 0:
         raise CliError("--ping-interval must be positive")
-    for flag, number in (("--chunk-quota", args.chunk_quota), ("--audit-period", args.audit_period)):
-        if not 0 < number < 1e9:  # also refuses nan
-            raise CliError(f"{flag} must be positive")
-    if not 0 < args.pending_timeout < 1e9:
-        raise CliError("--pending-timeout must be positive")
+    if not args.chunk_quota > 0:
+        raise CliError("--chunk-quota must be positive")
+    # Below a second, audits would flood the mesh and uploads could not finish before their chunks go.
+    for flag, seconds in (("--audit-period", args.audit_period), ("--pending-timeout", args.pending_timeout)):
+        if not 1 <= seconds < 1e9:  # also refuses nan
+            raise CliError(f"{flag} must be at least 1 second")
 
 
 def _run_loop(main: object) -> None:

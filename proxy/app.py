@@ -75,7 +75,7 @@ def create_app(node: DhtNode, push: PushRelay | None = None, blob_limit: int = D
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)
-    app[REPUTATION] = ReputationBook(node)
+    app[REPUTATION] = ReputationBook(node, app[REGISTRY])
     app[REPLAY_GUARD] = ReplayGuard()
     app[SIGNED_LIMITER] = RequestLimiter(SIGNED_REQUESTS_TOTAL, SIGNED_REQUESTS_PER_CLIENT)
     placer = Placer(node, app[REGISTRY], ChunkClient(node.identity))

@@ -3,8 +3,10 @@ mesh's farmers, `GET /api/blob/{blob_id}` streams it back, whole or a `Range` of
 the work (`node/blobs/`); these handlers parse, and turn its errors into JSON `{"err"}` answers.
 """
 
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -44,7 +46,8 @@ def parse_blob_id(text: str) -> bytes:
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """`(start, end)` (end excluded) of a single-range `Range` header, None without one; raises
+    """`(start, end)` (end excluded) of a single-range `Range` header, None without one (or with an
+    invalid one, which HTTP says to ignore); raises
     `BadRequest` 416 for a range that does not fit the blob, 400 for one that does not parse."""
     if header is None:
         return None
@@ -52,6 +55,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.groups() == ("", ""):
         raise BadRequest("Range must be one range: bytes=START-END, bytes=START- or bytes=-LENGTH")
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None  # RFC 9110 §14.2: an invalid range is ignored; the whole blob is sent
     if not first:
         start, end = max(0, size - int(last)), size
     else:
@@ -69,18 +74,30 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         raise BadRequest("no such blob", status=404)
     requested = byte_range(request.headers.get("Range"), manifest.size)
     start, end = requested or (0, manifest.size)
-    pieces = reader.read(manifest, start, end)
+    async with contextlib.aclosing(reader.read(manifest, start, end)) as pieces:  # its fetches end with us
+        return await _send(request, blob_id, pieces, manifest.size, (start, end), requested is not None)
+
+
+async def _send(
+    request: web.Request,
+    blob_id: bytes,
+    pieces: AsyncIterator[bytes],
+    size: int,
+    span: tuple[int, int],
+    partial: bool,
+) -> web.StreamResponse:
+    start, end = span
     try:
         first = await anext(pieces, b"")  # before the status line: a blob nobody serves gets a 503
     except ChunkUnavailable as error:
         raise BadRequest(f"unavailable: {error}", status=503) from error
-    response = web.StreamResponse(status=206 if requested else 200)
+    response = web.StreamResponse(status=206 if partial else 200)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
     response.headers["ETag"] = f'"{blob_id.hex()}"'
-    if requested:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{manifest.size}"
+    if partial:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     await response.prepare(request)
     await response.write(first)
     try:

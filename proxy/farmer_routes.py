@@ -18,7 +18,7 @@ from aiohttp import web
 
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
 from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
-from dhtmesh.node.audits.reputation import Reputation, reputation
+from dhtmesh.node.audits.reputation import Reputation
 from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
@@ -249,20 +249,23 @@ async def farmer(request: web.Request) -> web.Response:
 
 
 async def farmer_audits(request: web.Request) -> web.Response:
-    """Every audit of the farmer that auditors published (within the window), newest first, and the
-    reputation they add up to. Audits are listed whether or not the farmer is registered."""
+    """Every audit of the farmer that anyone published (within the window), newest first, each marked
+    with whether its auditor is a registered farmer, and the reputation those audits add up to.
+    Audits are listed whether or not the farmer is registered."""
     node_id = _node_id(request, "Audit lookup failed")
     book = request.app[REPUTATION]
     logs = await book.logs(node_id)
-    audits = [audit_json(log.auditor_id, node_id, entry) for log in logs for entry in log.entries]
+    registered = await book.auditors()
+    audits = [audit_json(log.auditor_id in registered, node_id, log.auditor_id, e) for log in logs for e in log.entries]
     audits.sort(key=lambda audit: audit["time"], reverse=True)
-    reputation_now = reputation(logs, request.app[REGISTRY].now())
+    reputation_now = await book.reputation_from(logs)
     return json_reply({"nodeid": node_id.hex(), "reputation": reputation_now.to_json(), "audits": audits})
 
 
-def audit_json(auditor_id: bytes, farmer_id: bytes, entry: AuditEntry) -> dict:
+def audit_json(registered: bool, farmer_id: bytes, auditor_id: bytes, entry: AuditEntry) -> dict:
     return {
         "auditor": auditor_id.hex(),
+        "auditor_registered": registered,
         "farmer": farmer_id.hex(),
         "blob": entry.blob_id.hex(),
         "chunk": entry.root.hex(),

@@ -19,12 +19,21 @@ from dhtmesh.node.audits.choice import choose_chunks, epoch_of
 from dhtmesh.node.audits.journal import AuditJournal
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry, Outcome
 from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, decode_manifest
 from dhtmesh.node.records.farmer import InvalidRecord
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.streams.chunk_client import Challenge, HolderFailed, HolderUnreachable, new_challenge
+from dhtmesh.node.streams.chunk_client import (
+    Challenge,
+    HolderFailed,
+    HolderRefused,
+    HolderUnreachable,
+    new_challenge,
+)
+from dhtmesh.node.streams.chunk_service import NOT_HELD
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
+from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +116,11 @@ class Auditor:
             entry = AuditEntry(
                 root, manifest.blob_id, length, challenge.nonce, tuple(challenge.indices), outcome, int(self._clock())
             )
-            await self._journal.record(holder, entry)
             self._node.counters.add(f"audits_{outcome}")
+            try:
+                await self._journal.record(holder, entry)
+            except (PutRefused, InvalidValue) as error:
+                log.warning("audit log of %s refused: %s", holder.hex(), error)
         healthy = [holder for holder, outcome in outcomes.items() if outcome == Outcome.PASSED]
         own_copy = self._own_copy(root)
         if own_copy is not None and self._node.node_id in holders:
@@ -125,6 +137,10 @@ class Auditor:
             await self._placer.client.audit(address, holder, challenge)
         except HolderUnreachable:
             return challenge, Outcome.MISSED
+        except HolderRefused as error:
+            # "Not held" from a farmer whose signed holding says it keeps the chunk is a failure; any
+            # other refusal (busy, rate-limited: maybe someone flooding it) is only a miss.
+            return challenge, Outcome.FAILED if error.reason == NOT_HELD else Outcome.MISSED
         except HolderFailed as error:
             log.info("farmer %s failed an audit of chunk %s: %s", holder.hex(), root.hex(), error)
             return challenge, Outcome.FAILED

@@ -1,5 +1,7 @@
 """Reading farmers' audit logs from the mesh, for their reputation: one get of a farmer's audit key
-gives every auditor's log of it. Listings reuse what was read within `refresh` seconds."""
+gives every auditor's log of it. Only logs by registered farmers count towards a reputation (anyone
+can sign a log; a throwaway key must not be able to condemn or flatter a farmer). Listings reuse what
+was read within `refresh` seconds."""
 
 import asyncio
 import time
@@ -8,13 +10,21 @@ from collections.abc import Callable
 from dhtmesh.node.audits.reputation import Reputation, reputation
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.audit import AuditLog, audit_logs_in, audits_key
+from dhtmesh.node.records.registry import FarmerRegistry
 
 DEFAULT_REFRESH = 15.0
 
 
 class ReputationBook:
-    def __init__(self, node: DhtNode, refresh: float = DEFAULT_REFRESH, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        node: DhtNode,
+        registry: FarmerRegistry,
+        refresh: float = DEFAULT_REFRESH,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._node = node
+        self._registry = registry
         self._refresh = refresh
         self._clock = clock
         self._read: dict[bytes, tuple[float, list[AuditLog]]] = {}  # farmer -> (when read, logs)
@@ -25,12 +35,24 @@ class ReputationBook:
         self._read[farmer_id] = (self._clock(), logs)
         return logs
 
+    async def auditors(self) -> set[bytes]:
+        """Whose logs count: the registered farmers."""
+        return {record.node_id for record in await self._registry.farmers()}
+
     async def of(self, farmer_id: bytes) -> Reputation:
-        return reputation(await self.logs(farmer_id), int(self._clock()))
+        return await self.reputation_from(await self.logs(farmer_id))
+
+    async def reputation_from(self, logs: list[AuditLog]) -> Reputation:
+        auditors = await self.auditors()
+        return reputation([log for log in logs if log.auditor_id in auditors], int(self._clock()))
 
     async def of_many(self, farmer_ids: list[bytes]) -> dict[bytes, Reputation]:
         """The reputations of many farmers, re-reading only logs older than `refresh` seconds."""
         now = self._clock()
         self._read = {farmer: read for farmer, read in self._read.items() if now - read[0] < self._refresh}
         await asyncio.gather(*(self.logs(farmer) for farmer in farmer_ids if farmer not in self._read))
-        return {farmer: reputation(self._read[farmer][1], int(now)) for farmer in farmer_ids}
+        auditors = await self.auditors()
+        counted = {
+            farmer: [log for log in self._read[farmer][1] if log.auditor_id in auditors] for farmer in farmer_ids
+        }
+        return {farmer: reputation(logs, int(now)) for farmer, logs in counted.items()}

@@ -28,9 +28,12 @@ class BlobReader:
         return find_manifest(await self._node.get(blob_key(blob_id), blob_value_id(blob_id)), blob_id)
 
     async def holders(self, root: bytes, length: int) -> list[bytes]:
-        """Who says it keeps chunk `root` (of `length` bytes), closest to the root first."""
+        """The registered farmers that say they keep chunk `root` (of `length` bytes), closest to the
+        root first. Anyone can sign a holding; only farmers' count, so that holdings made up by
+        throwaway keys cannot make readers and auditors wait on nodes that never answer."""
         holdings = holdings_in(await self._node.get(chunk_key(root)), root)
-        return by_closeness(root, [h.holder_id for h in holdings if h.length == length])
+        farmers = {record.node_id for record in await self.placer.registry.farmers()}
+        return by_closeness(root, [h.holder_id for h in holdings if h.length == length and h.holder_id in farmers])
 
     async def chunk(self, manifest: Manifest, index: int) -> bytes:
         """Chunk `index` of the blob, from the first holder that serves the right bytes."""

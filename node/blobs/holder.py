@@ -7,12 +7,14 @@ import asyncio
 import logging
 import time
 
-from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.dht import DhtNode, PutRefused
 from dhtmesh.node.records.blob import blob_key, blob_value_id, find_manifest
+from dhtmesh.node.records.farmer import farmer_value_id
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.streams.chunk_service import Refused
+from dhtmesh.node.streams.chunk_service import NOT_HELD, Refused
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
+from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +32,26 @@ class ChunkKeeper:
         this chunk with its length; raises `Refused` otherwise."""
         length = self._chunks.size(root)
         if length is None:
-            raise Refused("chunk not held here")
-        if self._chunks.is_kept(root):
-            return
+            raise Refused(NOT_HELD)
+        holding_key, own_key = chunk_key(root), self._node.identity.public_key
+        if self._node.store.get_one(holding_key, own_key, farmer_value_id(self._node.node_id)) is not None:
+            return  # kept and announced already
         values = await self._node.get(blob_key(blob_id), blob_value_id(blob_id))
         manifest = find_manifest(values, blob_id)
         if manifest is None:
             raise Refused("no manifest of this blob in the mesh")
         if (root, length) not in zip(manifest.chunk_roots, manifest.chunk_lengths, strict=True):
             raise Refused("the blob's manifest does not list this chunk")
+        # Kept before the holding goes out, so that the sweep can never drop a chunk whose holding is
+        # announced (auditors would fail this farmer for it). A refused put is withdrawn.
+        if not self._chunks.keep(root, blob_id):
+            raise Refused(NOT_HELD)
         holding = Holding(self._node.node_id, root, length, blob_id, int(time.time()))
-        await self._node.put(chunk_key(root), signed_holding(self._node.identity, holding), permanent=True)
-        self._chunks.keep(root, blob_id)  # after the holding is out: a failed put leaves it pending, to retry
+        try:
+            await self._node.put(holding_key, signed_holding(self._node.identity, holding), permanent=True)
+        except (PutRefused, InvalidValue) as error:
+            self._node.cancel_put(holding_key, farmer_value_id(self._node.node_id))
+            raise Refused(f"the holding was refused: {error}") from error
         for value in values:
             if value.type == BLOB_MANIFEST_TYPE:
                 self._node.store.add_announce(blob_key(blob_id), value)

@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 
 from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.blob import Manifest, blob_key, signed_manifest
 from dhtmesh.node.storage.chunks import CHUNK_SIZE
 from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.values.policy import Verdict
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOB_LIMIT = 1024**3
+MAX_CHUNKS = 1536  # what a manifest (at most 64 KiB of data) can list: 6 GiB of 4 MiB chunks
 CHUNKS_IN_FLIGHT = 2
 
 
@@ -41,6 +44,7 @@ async def chunks_of(pieces: AsyncIterator[bytes], limit: int, chunk_size: int = 
     pending = bytearray()
     total = 0
     emitted = False
+    limit = min(limit, MAX_CHUNKS * chunk_size)
     async for piece in pieces:
         total += len(piece)
         if total > limit:
@@ -96,7 +100,13 @@ class Uploader:
     async def _publish(self, manifest: Manifest, holders: list[list[bytes]]) -> Manifest:
         node = self._placer.node
         blob_id = manifest.blob_id
-        await node.put(blob_key(blob_id), signed_manifest(node.identity, manifest), permanent=True)
+        try:
+            await node.put(blob_key(blob_id), signed_manifest(node.identity, manifest), permanent=True)
+        except PutRefused as error:
+            # The same blob put earlier through another node: its manifest (the same chunks, by the
+            # id) holds the id. Anything else (the shard full) leaves the blob unpublished.
+            if error.verdict != Verdict.REFUSE_ID_TAKEN:
+                raise PlacementFailed(f"the manifest was refused: {error}") from error
         chunks = zip(manifest.chunk_roots, holders, strict=True)
         kept = await asyncio.gather(*(self._placer.keep(placed, root, blob_id) for root, placed in chunks))
         for index, keepers in enumerate(kept):

@@ -80,6 +80,7 @@ def _entry(raw: object) -> AuditEntry:
         and isinstance(indices, list)
         and 0 < len(indices) <= MAX_INDICES
         and all(type(i) is int and 0 <= i < CHUNK_SIZE for i in indices)
+        and isinstance(outcome, str)
         and outcome in set(Outcome)
         and type(at) is int
         and 0 <= at <= time.time() + CLOCK_SKEW

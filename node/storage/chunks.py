@@ -45,6 +45,7 @@ class ChunkStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._clear_leftovers()
         self.used_bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
 
@@ -54,6 +55,13 @@ class ChunkStore:
     def _path(self, root: bytes) -> Path:
         name = root.hex()
         return self._directory / name[:2] / name
+
+    def _migrate(self) -> None:
+        """A store from before pending chunks: what it holds was acknowledged, so it is kept."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        if "kept_for" not in columns:
+            self._db.execute("ALTER TABLE chunks ADD COLUMN kept_for BLOB")
+            self._db.execute("UPDATE chunks SET kept_for=?", (bytes(ROOT_SIZE),))
 
     def _clear_leftovers(self) -> None:
         """Drop what a crash left: temporary files, files never indexed, rows whose file is gone."""

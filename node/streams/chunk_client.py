@@ -41,6 +41,14 @@ class HolderUnreachable(HolderFailed):
     """No answer: the connection failed or the exchange ran out of time."""
 
 
+class HolderRefused(HolderFailed):
+    """The holder answered with an error (`reason`: its words)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refused: {reason}")
+        self.reason = reason
+
+
 class WrongBytes(HolderFailed):
     """The holder served bytes that are not the chunk it was asked for."""
 
@@ -119,11 +127,9 @@ class ChunkClient:
                     await writer.drain()
                     reply = await read_header(reader)
                     if "err" in reply:
-                        raise HolderFailed(f"refused: {reply['err']}")
+                        raise HolderRefused(str(reply["err"]))
                     return reply, await read_body(reader, reply, reply_limit)
                 finally:
                     writer.close()
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, FramingError) as error:  # FramingError: a cut-short answer
             raise HolderUnreachable(f"{address[0]}:{address[1]}: {error or 'timed out'}") from error
-        except FramingError as error:
-            raise HolderFailed(f"{address[0]}:{address[1]}: {error}") from error

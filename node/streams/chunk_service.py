@@ -31,6 +31,9 @@ NONCE_SIZE = 16
 _PROOF_DOMAIN = b"dhtmesh/proof/v1\n"
 
 
+NOT_HELD = "chunk not held here"
+
+
 class Refused(Exception):
     """A request the service answers with an error."""
 
@@ -112,7 +115,7 @@ class ChunkService:
         if operation == "get":
             data = self.chunks.get(_root(header))
             if data is None:
-                raise Refused("chunk not held here")
+                raise Refused(NOT_HELD)
             return {"ok": True}, data
         if operation == "prove":
             return self._prove(header)
@@ -151,7 +154,7 @@ class ChunkService:
             raise Refused(f"nonce must be {NONCE_SIZE} bytes")
         data = self.chunks.get(root)
         if data is None:
-            raise Refused("chunk not held here")
+            raise Refused(NOT_HELD)
         leaves = list(blocks_of(data))
         if not (
             isinstance(indices, list)
