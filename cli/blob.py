@@ -4,7 +4,6 @@ place once every byte has arrived, so an interrupted one never leaves a truncate
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ import aiohttp
 
 from dhtmesh.cli.client import add_url, error_of, run_coroutine
 from dhtmesh.cli.errors import CliError
+from dhtmesh.node.records.blob import blob_id_from_hex
 
 PIECE = 1024 * 1024
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=300)
@@ -42,7 +42,7 @@ def command(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {args.file}: {error.strerror or error}") from error
         with source:
             return run_coroutine(put(args.url, source, size, progress))
-    if not re.fullmatch(r"[0-9a-f]{64}", args.blob_id):
+    if blob_id_from_hex(args.blob_id) is None:
         raise CliError("a blob id is 64 lowercase hex characters")
     if args.output is None:
         return run_coroutine(get(args.url, args.blob_id, sys.stdout.buffer, progress))

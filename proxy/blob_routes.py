@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dhtmesh.node.blobs.download import ChunkUnavailable
 from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
-from dhtmesh.node.records.blob import BLOB_ID_SIZE
+from dhtmesh.node.records.blob import BLOB_ID_SIZE, blob_id_from_hex
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import BLOB_LIMIT, BLOB_READER, UPLOADER, Route
 
@@ -40,9 +40,10 @@ async def put_blob(request: web.Request) -> web.Response:
 
 
 def parse_blob_id(text: str) -> bytes:
-    if not re.fullmatch(r"[0-9a-f]{64}", text):
+    blob_id = blob_id_from_hex(text)
+    if blob_id is None:
         raise BadRequest(f"a blob id is {BLOB_ID_SIZE * 2} lowercase hex characters")
-    return bytes.fromhex(text)
+    return blob_id
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:

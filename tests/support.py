@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
@@ -43,6 +45,12 @@ class NodeProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def address(self) -> Address:
+        """The node's UDP address (and, for a farmer, its chunk streams' TCP address)."""
+        host, port = self.udp.rsplit(":", 1)
+        return host, int(port)
+
 
 class ProcessGroup:
     """`dhtmesh run` processes on 127.0.0.1 with free ports, each with its own data dir under `root`
@@ -70,6 +78,11 @@ class ProcessGroup:
             for stream in (process.stdout, process.stderr):
                 if stream:
                     stream.close()
+
+
+async def get_json(url: str, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url + path) as response:
+        return response.status, await response.json(content_type=None)
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:

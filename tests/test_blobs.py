@@ -40,18 +40,13 @@ from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, new_cha
 from dhtmesh.node.streams.chunk_service import ChunkService, proof_message
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 
-from support import FAST, NodeProcess, ProcessGroup, run_cli, start_node
+from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 
 FARMERS = 6
 BIG = 50 * 1024 * 1024
 AUDIT_PERIOD = "1"
 PENDING_TIMEOUT = 4.0
 SMALL_LIMIT_MIB = 1  # the last farmer takes blobs of at most 1 MiB, to test the limit
-
-
-def address_of(node: NodeProcess) -> tuple[str, int]:
-    host, port = node.udp.rsplit(":", 1)
-    return host, int(port)
 
 
 @dataclass
@@ -96,11 +91,6 @@ def big_blob(mesh: Mesh) -> StoredBlob:
     return StoredBlob(data, reply["id"])
 
 
-async def get_json(url: str, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session, session.get(url + path) as response:
-        return response.status, await response.json(content_type=None)
-
-
 async def wait_until_online(url: str, count: int) -> None:
     deadline = time.monotonic() + 30
     while len((await get_json(url, "/api/online/json"))[1]["farmers"]) < count:
@@ -134,7 +124,7 @@ def expected_blob_id(data: bytes) -> str:
 async def observer(mesh: Mesh) -> AsyncIterator[DhtNode]:
     """An in-process node joined to the mesh, to look at it from outside (holdings, manifests)."""
     node = await start_node(FAST)
-    await node.join([address_of(mesh.farmers[0])])
+    await node.join([mesh.farmers[0].address])
     yield node
     await node.stop()
 
@@ -268,7 +258,7 @@ async def cheating_holder(
     service_class: type[ChunkService], mesh: Mesh, tmp_path: Path, name: str
 ) -> tuple[DhtNode, ChunkService]:
     node = await start_node(FAST)
-    await node.join([address_of(mesh.farmers[0])])
+    await node.join([mesh.farmers[0].address])
     store = ChunkStore(tmp_path / name)
     service = service_class(node.identity, store, ChunkKeeper(node, store).keep)
     await service.start(*node.address)
@@ -336,7 +326,7 @@ async def test_one_auditor_publishing_false_failures_cannot_condemn_an_honest_fa
     await wait_for_verdict(mesh.gateway.url, honest, "passed", auditors=2)
     # A registered farmer turns rogue (it never challenged anyone), and a throwaway key joins in.
     stranger = await start_node(FAST)
-    await stranger.join([address_of(mesh.farmers[0])])
+    await stranger.join([mesh.farmers[0].address])
     await FarmerAgent(observer).step()
     await wait_until_online(mesh.farmers[2].url, FARMERS + 1)
     for rogue_node in (observer, stranger):
@@ -399,7 +389,7 @@ async def test_a_chunk_uploaded_with_a_wrong_hash_is_refused(mesh: Mesh) -> None
     data, other = os.urandom(10_000), os.urandom(10_000)
     client = ChunkClient(Identity.generate())
     with pytest.raises(HolderFailed, match="do not hash"):
-        await client.put(address_of(farmer), bytes.fromhex(farmer.node_id), chunk_root(other), data)
+        await client.put(farmer.address, bytes.fromhex(farmer.node_id), chunk_root(other), data)
     assert not chunk_file(farmer, chunk_root(other)).exists()
 
 
@@ -408,12 +398,12 @@ async def test_a_farmer_keeps_a_chunk_only_for_a_published_blob_that_lists_it(me
     data = os.urandom(10_000)
     client = ChunkClient(Identity.generate())
     with pytest.raises(HolderFailed, match="not held"):
-        await client.keep(address_of(farmer), chunk_root(data), bytes.fromhex(big_blob.blob_id))
-    await client.put(address_of(farmer), bytes.fromhex(farmer.node_id), chunk_root(data), data)
+        await client.keep(farmer.address, chunk_root(data), bytes.fromhex(big_blob.blob_id))
+    await client.put(farmer.address, bytes.fromhex(farmer.node_id), chunk_root(data), data)
     with pytest.raises(HolderFailed, match="no manifest"):
-        await client.keep(address_of(farmer), chunk_root(data), os.urandom(32))
+        await client.keep(farmer.address, chunk_root(data), os.urandom(32))
     with pytest.raises(HolderFailed, match="does not list"):
-        await client.keep(address_of(farmer), chunk_root(data), bytes.fromhex(big_blob.blob_id))
+        await client.keep(farmer.address, chunk_root(data), bytes.fromhex(big_blob.blob_id))
 
 
 async def test_blob_routes_answer_garbage_with_json_errors_and_keep_serving(mesh: Mesh, big_blob: StoredBlob) -> None:

@@ -26,16 +26,11 @@ from dhtmesh.node.records.farmer_events import SHARD_BYTES, pinged, registered, 
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.farmer_routes import RECORD_HEADER, TERABYTE, record_header
 
-from support import FAST, NodeProcess, ProcessGroup, run_cli, start_node
+from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 
 FARMERS = 50
 MESH_SIZE = 5
 CONVERGE = 15.0  # seconds allowed for a change to show on every node
-
-
-def address_of(node: NodeProcess) -> tuple[str, int]:
-    host, port = node.udp.rsplit(":", 1)
-    return host, int(port)
 
 
 async def wait_joined(urls: list[str], peers: int) -> None:
@@ -78,11 +73,6 @@ async def register(url: str, farmer: Identity, payout: str | None = None) -> tup
     payout = payout or node_address(farmer.node_id)
     path = f"/api/register/{farmer.node_id.hex()}/{payout}"
     return await change(url, farmer, path, lambda _, now: registered(farmer.node_id, payout, now))
-
-
-async def get_json(url: str, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session, session.get(url + path) as response:
-        return response.status, await response.json(content_type=None)
 
 
 def stable(listing: dict) -> list[tuple]:
@@ -275,7 +265,7 @@ async def test_forged_records_pushed_straight_into_the_dht_over_udp_are_refused_
     mallory = Identity.generate()
     attacker = await start_node(FAST)
     try:
-        assert await attacker.join([address_of(node) for node in mesh.nodes]) >= MESH_SIZE
+        assert await attacker.join([node.address for node in mesh.nodes]) >= MESH_SIZE
         replicas = [c for c in await attacker.lookup(key) if c.node_id.hex() in {n.node_id for n in mesh.nodes}]
         assert len(replicas) == MESH_SIZE
         now = int(time.time())

@@ -198,8 +198,7 @@ async def test_a_farming_process_serves_chunks_on_its_node_address_and_keeps_the
     spawn: Callable[..., NodeProcess],
 ) -> None:
     farmer = spawn("farmer", "--farmer", "--chunk-quota", "64")
-    host, port = farmer.udp.rsplit(":", 1)
-    address, holder_id = (host, int(port)), bytes.fromhex(farmer.node_id)
+    address, holder_id = farmer.address, bytes.fromhex(farmer.node_id)
     client = ChunkClient(Identity.generate())
     data = os.urandom(CHUNK)
     root = chunk_root(data)
@@ -207,6 +206,5 @@ async def test_a_farming_process_serves_chunks_on_its_node_address_and_keeps_the
     farmer.process.kill()
     farmer.process.wait(timeout=10)
     again = spawn("farmer", "--farmer", "--chunk-quota", "64")
-    host, port = again.udp.rsplit(":", 1)
-    assert await client.get((host, int(port)), root) == data
-    await client.audit((host, int(port)), holder_id, new_challenge(root, 301, 32))
+    assert await client.get(again.address, root) == data
+    await client.audit(again.address, holder_id, new_challenge(root, 301, 32))

@@ -21,8 +21,7 @@ from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry, Outcome
-from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, decode_manifest
-from dhtmesh.node.records.farmer import InvalidRecord
+from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, manifests_in
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.streams.chunk_client import (
     Challenge,
@@ -32,7 +31,6 @@ from dhtmesh.node.streams.chunk_client import (
     new_challenge,
 )
 from dhtmesh.node.streams.chunk_service import NOT_HELD
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -93,15 +91,9 @@ class Auditor:
         stale = self._catalog_epoch is None or epoch - self._catalog_epoch >= CATALOG_REFRESH_PERIODS
         if stale or not self._manifests:
             shards = await asyncio.gather(*(self._node.get(key) for key in BLOB_KEYS))
-            manifests = {}
-            for value in (value for values in shards for value in values):
-                try:
-                    if value.type == BLOB_MANIFEST_TYPE:
-                        manifest = decode_manifest(value.data)
-                        manifests[manifest.blob_id] = manifest
-                except InvalidRecord:
-                    continue  # checked on arrival; only a rule change between versions gets here
-            self._manifests, self._catalog_epoch = manifests, epoch
+            manifests = [manifest for values in shards for manifest in manifests_in(values)]
+            self._manifests = {manifest.blob_id: manifest for manifest in manifests}
+            self._catalog_epoch = epoch
         return self._manifests
 
     async def audit_chunk(self, manifest: Manifest, index: int) -> ChunkAudit:

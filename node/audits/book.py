@@ -43,8 +43,7 @@ class ReputationBook:
         return await self.reputation_from(await self.logs(farmer_id))
 
     async def reputation_from(self, logs: list[AuditLog]) -> Reputation:
-        auditors = await self.auditors()
-        return reputation([log for log in logs if log.auditor_id in auditors], int(self._clock()))
+        return _counted(logs, await self.auditors(), self._clock())
 
     async def of_many(self, farmer_ids: list[bytes]) -> dict[bytes, Reputation]:
         """The reputations of many farmers, re-reading only logs older than `refresh` seconds."""
@@ -52,7 +51,9 @@ class ReputationBook:
         self._read = {farmer: read for farmer, read in self._read.items() if now - read[0] < self._refresh}
         await asyncio.gather(*(self.logs(farmer) for farmer in farmer_ids if farmer not in self._read))
         auditors = await self.auditors()
-        counted = {
-            farmer: [log for log in self._read[farmer][1] if log.auditor_id in auditors] for farmer in farmer_ids
-        }
-        return {farmer: reputation(logs, int(now)) for farmer, logs in counted.items()}
+        return {farmer: _counted(self._read[farmer][1], auditors, now) for farmer in farmer_ids}
+
+
+def _counted(logs: list[AuditLog], auditors: set[bytes], now: float) -> Reputation:
+    """The reputation the logs of `auditors` (registered farmers) add up to; other logs do not count."""
+    return reputation([log for log in logs if log.auditor_id in auditors], int(now))

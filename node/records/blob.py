@@ -8,6 +8,7 @@ blob id, and only manifests may be stored under a blob directory key.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -106,11 +107,16 @@ def signed_manifest(identity: Identity, manifest: Manifest) -> Value:
     return sign_value(identity, blob_key(blob_id), value)
 
 
+def manifests_in(values: list[Value]) -> list[Manifest]:
+    """The manifests among a shard's (checked) values."""
+    return [decode_manifest(value.data) for value in values if value.type == BLOB_MANIFEST_TYPE]
+
+
 def find_manifest(values: list[Value], blob_id: bytes) -> Manifest | None:
     """The manifest of `blob_id` among a shard's (checked) values."""
-    for value in values:
-        if value.type == BLOB_MANIFEST_TYPE and value.id == blob_value_id(blob_id):
-            manifest = decode_manifest(value.data)
-            if manifest.blob_id == blob_id:
-                return manifest
-    return None
+    return next((manifest for manifest in manifests_in(values) if manifest.blob_id == blob_id), None)
+
+
+def blob_id_from_hex(text: str) -> bytes | None:
+    """A blob id written as 64 lowercase hex characters (as routes and the CLI take it), else None."""
+    return bytes.fromhex(text) if re.fullmatch(r"[0-9a-f]{64}", text) else None
