@@ -29,13 +29,12 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import ChunkStore
+from dhtmesh.node.streams.binding import BindError, start_with_stream_socket
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.proxy.app import ProxyServer
 
 log = logging.getLogger("dhtmesh.run")
-
-PORT_ATTEMPTS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,31 +168,15 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
 
 
 async def _bind(node: DhtNode, args: argparse.Namespace) -> socket.socket | None:
-    """Start the node's UDP socket and, for a farmer, bind the TCP socket its streams (chunks) listen
-    on, at the same address and port: a contact is then enough to reach them. With port 0, the TCP
-    socket takes a free port first and the UDP socket the same one (retried if that one is taken)."""
+    """Start the node's UDP socket and, for a farmer, the TCP socket its streams listen on, at the
+    same address and port (`start_with_stream_socket`)."""
     if not args.farmer:
         await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
         return None
-    for _ in range(PORT_ATTEMPTS):
-        try:
-            stream = socket.create_server((args.bind, args.port), family=_family(args.bind))
-        except OSError as error:
-            raise _bind_error(error, args.bind, args.port, "stream (TCP)") from error
-        port = stream.getsockname()[1]
-        try:
-            await node.start(args.bind, port)
-        except OSError as error:
-            stream.close()
-            if args.port != 0 or error.errno != errno.EADDRINUSE:
-                raise _bind_error(error, args.bind, port, "UDP") from error
-            continue
-        return stream
-    raise CliError(f"found no port on {args.bind} free for both UDP and TCP")
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return await start_with_stream_socket(node, args.bind, args.port)
+    except BindError as error:
+        raise _bind_error(error, args.bind, error.port, error.what) from error
 
 
 def _chunk_store(args: argparse.Namespace, data_dir: Path) -> ChunkStore:

@@ -36,6 +36,7 @@ from dhtmesh.node.records.audit import AuditEntry, Outcome
 from dhtmesh.node.records.blob import BLOB_KEYS, decode_manifest
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
+from dhtmesh.node.streams.binding import start_with_stream_socket
 from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.streams.chunk_service import ChunkService, proof_message
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
@@ -257,11 +258,12 @@ class ReplayedAnswers(ChunkService):
 async def cheating_holder(
     service_class: type[ChunkService], mesh: Mesh, tmp_path: Path, name: str
 ) -> tuple[DhtNode, ChunkService]:
-    node = await start_node(FAST)
+    node = DhtNode(Identity.generate(), FAST)
+    stream_socket = await start_with_stream_socket(node, "127.0.0.1", 0)  # as `dhtmesh run --farmer` does
     await node.join([mesh.farmers[0].address])
     store = ChunkStore(tmp_path / name)
     service = service_class(node.identity, store, ChunkKeeper(node, store).keep)
-    await service.start(*node.address)
+    await service.start(sock=stream_socket)
     await FarmerAgent(node).step()  # a registered farmer: only farmers' holdings are read and audited
     return node, service
 
