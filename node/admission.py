@@ -4,13 +4,16 @@ Any dhtmesh request may carry a fresh nonce; the reply then carries `[public_key
 The nonce travelled to the peer's address, so a valid proof shows both that the id is
 `SHA-1(public_key)` and that the address is really the peer's (no spoofing). Until then a peer is
 answered but never routed through and never sent data (flaws F9, F10). A request from an unproven
-sender makes us challenge it in the background, at a bounded rate.
+sender makes us challenge it in the background, whether or not its id would enter the routing table
+(a store needs its sender proven). Challenges are bounded in all (`max_challenges`), per host and per
+subnet, and each has a short deadline: addresses that never answer (100 a second from one host) can
+hold one slot, not starve every newcomer of the others.
 """
 
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,7 @@ from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, new_nonce
+from dhtmesh.node.wire.netgroup import host_of, subnet_of
 from dhtmesh.node.wire.ratelimit import Address
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,9 @@ UNREACHABLE_FOR = 60.0  # a contact that failed a call is skipped by lookups for
 FIRST_PROBE = 5.0  # then it is probed again, backing off, so that a healed partition re-merges
 MAX_PROBE_INTERVAL = 300.0
 GIVE_UP_AFTER = 3600.0
+CHALLENGES_PER_HOST = 1
+CHALLENGES_PER_SUBNET = 4
+CHALLENGE_DEADLINE = 1.0  # a peer that just sent us a request answers a hello at once, or not at all
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class Admission:
         self._on_admitted = on_admitted
         self._proven: OrderedDict[Address, bytes] = OrderedDict()
         self._challenging: set[Address] = set()
+        self._challenging_hosts: Counter[str] = Counter()
+        self._challenging_subnets: Counter[str] = Counter()
         self._unreachable: OrderedDict[Address, _Failure] = OrderedDict()
         self._tasks = TaskSet(limit=max_challenges)
 
@@ -137,12 +146,17 @@ class Admission:
             return
         if claimed_id == self._identity.node_id or address in self._challenging:
             return
-        if self._table.get(claimed_id) is None and not self._table.would_accept(claimed_id):
+        host, subnet = host_of(address[0]), subnet_of(address[0])
+        if (
+            self._challenging_hosts[host] >= CHALLENGES_PER_HOST
+            or self._challenging_subnets[subnet] >= CHALLENGES_PER_SUBNET
+            or self._tasks.spawn(self._challenge(Contact(claimed_id, *address))) is None
+        ):
+            self._counters.add("challenges_skipped")
             return
         self._challenging.add(address)
-        if self._tasks.spawn(self._challenge(Contact(claimed_id, *address))) is None:
-            self._challenging.discard(address)
-            self._counters.add("challenges_skipped")
+        self._challenging_hosts[host] += 1
+        self._challenging_subnets[subnet] += 1
 
     async def challenge(self, address: Address) -> Contact | None:
         """Say hello to an address whose id we do not know yet (a bootstrap peer); admit it if it proves."""
@@ -160,11 +174,21 @@ class Admission:
 
     async def _challenge(self, contact: Contact) -> None:
         try:
-            proven = await self.challenge(contact.address)
-            if proven is None or proven.node_id != contact.node_id:
-                self._counters.add("challenges_failed")
+            async with asyncio.timeout(CHALLENGE_DEADLINE):
+                proven = await self.challenge(contact.address)
+        except TimeoutError:
+            proven = None
         finally:
             self._challenging.discard(contact.address)
+            host, subnet = host_of(contact.host), subnet_of(contact.host)
+            self._challenging_hosts[host] -= 1
+            self._challenging_subnets[subnet] -= 1
+            if not self._challenging_hosts[host]:
+                del self._challenging_hosts[host]
+            if not self._challenging_subnets[subnet]:
+                del self._challenging_subnets[subnet]
+        if proven is None or proven.node_id != contact.node_id:
+            self._counters.add("challenges_failed")
 
     async def close(self) -> None:
         await self._tasks.close()

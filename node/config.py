@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from dhtmesh.node.routing.diversity import Diversity
 from dhtmesh.node.storage.store import Quotas
 
 
@@ -23,6 +24,10 @@ class NodeConfig:
     sweep_interval: float = 1.0
     handoff_delay: float = 0.5  # let a newcomer's own join settle before pushing values to it
     max_challenges: int = 32
+    # Keys this node may listen to at once (each costs a re-subscription to listen_fanout replicas every
+    # subscription_ttl / 3, and a re-read): listeners of a key share one subscription.
+    max_listened_keys: int = 256
     total_request_rate: float = 8192.0
     peer_request_rate: float = 1024.0
     quotas: Quotas = field(default_factory=Quotas)
+    diversity: Diversity = field(default_factory=Diversity)

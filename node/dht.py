@@ -20,29 +20,30 @@ from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
-from dhtmesh.node.records import check_value, is_valid_successor
+from dhtmesh.node.records import check_value, is_valid_successor, lifetime, open_refresh
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
-from dhtmesh.node.rpcs.mesh import MeshRpcs
+from dhtmesh.node.rpcs.mesh import PAGE_ENTRIES, MeshRpcs
 from dhtmesh.node.rpcs.stock import StockRpcs
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.policy import Verdict
-from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id, sign_value, value_from_wire
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
 log = logging.getLogger(__name__)
 
-MAX_VALUE_PAGES = 64
-SUBSCRIBE_RETRIES = 4
 # A put of a value up to this size rides on the lookup's find requests (one datagram each), so the k
 # closest hold it when the lookup ends, with no second round of stores. Bigger values are sent only to
 # the k closest, once known: a few extra replicas on nodes the lookup passed through cost too much.
 STORE_ALONG_MAX = 768
+
+
+class ListenRefused(Exception):
+    """This node already listens to as many keys as it may (`NodeConfig.max_listened_keys`)."""
 
 
 class PutRefused(Exception):
@@ -54,8 +55,15 @@ class PutRefused(Exception):
 
     @property
     def out_of_room(self) -> bool:
-        """Refused for lack of room (a quota), not for what the value is."""
-        return self.verdict in (Verdict.REFUSE_STORE_FULL, Verdict.REFUSE_KEY_FULL, Verdict.REFUSE_PEER_QUOTA)
+        """Refused for lack of room (a quota, a full or failing disk), not for what the value is."""
+        return self.verdict in (
+            Verdict.REFUSE_STORE_FULL,
+            Verdict.REFUSE_KEY_FULL,
+            Verdict.REFUSE_PEER_QUOTA,
+            Verdict.REFUSE_KEY_SHARE,
+            Verdict.REFUSE_DISK_FULL,
+            Verdict.REFUSE_STORAGE_ERROR,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,42 @@ class PutResult:
         return self.replicas + 1
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """Which values of a key a read wants: all, only one id, only one type. Replicas are asked to send
+    only those, so values of other types (or other ids) can neither slow a read nor crowd it out."""
+
+    value_id: int | None = None
+    value_type: int | None = None
+
+    def __contains__(self, value: Value) -> bool:
+        return (self.value_id is None or value.id == self.value_id) and (
+            self.value_type is None or value.type == self.value_type
+        )
+
+    def query(self) -> dict[str, Any]:
+        """What a find asks a replica for."""
+        asked: dict[str, Any] = {"v": True}
+        if self.value_id is not None:
+            asked["w"] = self.value_id
+        if self.value_type is not None:
+            asked["y"] = self.value_type
+        return asked
+
+
+def _checked(key: bytes, values: list[Value]) -> list[Value]:
+    """The values that pass the rules now: what leaves the store towards a reader or listener (every
+    way in checks too; this keeps a value that slipped in before a rule existed from going further)."""
+    passed = []
+    for value in values:
+        try:
+            check_value(key, value)
+        except InvalidValue:
+            continue
+        passed.append(value)
+    return passed
+
+
 class _ValueCollector:
     """Merges the values a lookup gathers: one per (owner, id), the highest seq wins.
 
@@ -95,22 +139,19 @@ class _ValueCollector:
         key: bytes,
         initial: list[Value],
         on_new: Callable[[Value], None] | None = None,
-        value_id: int | None = None,
+        wanted: Wanted = Wanted(),
     ) -> None:
         self.key = key
-        self.value_id = value_id  # only this value is wanted (replicas are asked to send only it)
-        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial if self._wanted(v.id)}
+        self.wanted = wanted
+        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in _checked(key, initial) if v in wanted}
         self._on_new = on_new
         self.holders = 1 if self.values else 0  # replicas that returned values, this node included
-
-    def _wanted(self, value_id: int) -> bool:
-        return self.value_id is None or value_id == self.value_id
 
     def offer(self, raw: Any) -> None:
         try:
             value = value_from_wire(raw)
             current = self.values.get(value.identity)
-            if not self._wanted(value.id) or (current is not None and value.seq <= current.seq):
+            if value not in self.wanted or (current is not None and value.seq <= current.seq):
                 return  # not taken, so not worth a signature check (replicas mostly agree)
             check_value(self.key, value)
         except InvalidValue:
@@ -124,18 +165,15 @@ class _ValueCollector:
         if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], bytes)):
             return None
         owner, value_id, seq = ref
-        if not (isinstance(value_id, int) and isinstance(seq, int) and self._wanted(value_id)):
+        if not (isinstance(value_id, int) and isinstance(seq, int)):
+            return None
+        if self.wanted.value_id is not None and value_id != self.wanted.value_id:
             return None
         known = self.values.get((owner, value_id))
         return None if known is not None and known.seq >= seq else (owner, value_id)
 
     def result(self) -> list[Value]:
         return sorted(self.values.values(), key=lambda v: (v.owner, v.id))
-
-
-def _values_query(collector: _ValueCollector) -> dict[str, Any]:
-    """What a find asks a replica for: its values under the key, or only those with one id."""
-    return {"v": True} if collector.value_id is None else {"v": True, "w": collector.value_id}
 
 
 class DhtNode:
@@ -145,10 +183,15 @@ class DhtNode:
         self.config = config or NodeConfig()
         self.data_dir = data_dir
         self.counters = Counters()
-        self.table = RoutingTable(self.node_id, self.config.k)
+        self.table = RoutingTable(self.node_id, self.config.k, diversity=self.config.diversity)
         self.store = ValueStore(
-            data_dir / "values.sqlite3" if data_dir else None, self.config.quotas, may_follow=is_valid_successor
+            data_dir / "values.sqlite3" if data_dir else None,
+            self.config.quotas,
+            may_follow=is_valid_successor,
+            open_refresh=open_refresh,
         )
+        # A reader must be able to page through every value a key can hold.
+        self._max_pages = -(-self.config.quotas.max_values_per_key // PAGE_ENTRIES) + 1
         self.hub = ListenerHub(on_last_closed=self._stop_listening)
         self.endpoint = Endpoint(
             self.node_id,
@@ -242,6 +285,7 @@ class DhtNode:
                 alpha=self.config.alpha,
                 exclude=self.node_id,
                 satisfied=lambda: bool(quorum) and collector is not None and collector.holders >= quorum,
+                diversity=self.config.diversity,
             )
         finally:
             self.ongoing_ops -= 1
@@ -254,7 +298,7 @@ class DhtNode:
         nonce = None if self.admission.is_proven(contact.address, contact.node_id) else new_nonce()
         body: dict[str, Any] = {"t": target}
         if collector is not None:
-            body |= _values_query(collector)
+            body |= collector.wanted.query()
         if store is not None and nonce is None:
             body |= {"s": store.wire, "ttl": store.ttl}
         try:
@@ -284,7 +328,7 @@ class DhtNode:
         return found
 
     async def _collect_pages(self, contact: Contact, key: bytes, payload: dict, collector: _ValueCollector) -> None:
-        for _ in range(MAX_VALUE_PAGES):
+        for _ in range(self._max_pages):
             values, refs = payload.get("vals"), payload.get("refs")
             for raw in values if isinstance(values, list) else []:
                 collector.offer(raw)
@@ -294,7 +338,7 @@ class DhtNode:
             if not isinstance(more, int) or isinstance(more, bool) or more <= 0:
                 return
             try:
-                page = {"t": key, "p": more} | _values_query(collector)
+                page = {"t": key, "p": more} | collector.wanted.query()
                 reply = await self.endpoint.call(contact.address, "dm_find", page)
             except RpcFailure:
                 return
@@ -312,13 +356,13 @@ class DhtNode:
 
     # ---- values -------------------------------------------------------------------------------
 
-    async def get(self, key: bytes, value_id: int | None = None) -> list[Value]:
-        """The live values under `key` (only those with `value_id`, if given: replicas then send just
-        those), gathered from the closest replicas (until `get_quorum` of them answered) and merged by
-        (owner, id), highest seq."""
+    async def get(self, key: bytes, value_id: int | None = None, value_type: int | None = None) -> list[Value]:
+        """The live values under `key` (only those with `value_id` and of `value_type`, if given:
+        replicas then send just those), gathered from the closest replicas (until `get_quorum` of them
+        answered) and merged by (owner, id), highest seq."""
         if value_id == 0:
             raise ValueError("value id 0 is not a value's id")
-        values, _ = await self._gather(key, self.config.get_quorum, value_id)
+        values, _ = await self._gather(key, self.config.get_quorum, Wanted(value_id, value_type))
         return values
 
     async def get_stream(self, key: bytes) -> AsyncIterator[Value]:
@@ -339,9 +383,9 @@ class DhtNode:
             await asyncio.gather(lookup, return_exceptions=True)
 
     async def _gather(
-        self, key: bytes, quorum: int = 0, value_id: int | None = None
+        self, key: bytes, quorum: int = 0, wanted: Wanted = Wanted()
     ) -> tuple[list[Value], list[Contact]]:
-        collector = _ValueCollector(key, self.store.get(key), value_id=value_id)
+        collector = _ValueCollector(key, self.store.get(key, wanted.value_type), wanted=wanted)
         nodes = await self._traverse(key, collector, quorum)
         self.counters.add("gets")
         return collector.result(), nodes
@@ -374,19 +418,27 @@ class DhtNode:
     async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
         check_value(key, value)
-        verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=expiry_for(value.type))
+        verdict = self.store_locally(key, value)
         if not verdict.accepted:
             raise PutRefused(verdict)
-        if verdict in (Verdict.NEW, Verdict.UPDATE):
-            self._on_new_value(key, value)
-        if permanent:
-            self.store.add_announce(key, value)
+        if permanent and not self.store.add_announce(key, value):
+            raise PutRefused(Verdict.REFUSE_STORAGE_ERROR)
         self.counters.add("puts")
         return await self.announce(key, value)
 
+    def store_locally(self, key: bytes, value: Value) -> Verdict:
+        """This node's own copy of a value it puts or re-announces (checked already)."""
+        verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=lifetime(value))
+        self._count_verdict(verdict)
+        if verdict in (Verdict.NEW, Verdict.UPDATE):
+            self._on_new_value(key, value)
+        return verdict
+
     async def announce(self, key: bytes, value: Value) -> PutResult:
         """Send `value` to the k closest nodes; the result counts those that accepted it."""
-        ttl = expiry_for(value.type)
+        ttl = lifetime(value)
+        if ttl <= 0:
+            return PutResult(value, 0, 0)  # past the time its signer gave it: nobody would take it
         if value.size > STORE_ALONG_MAX:
             nodes = await self.lookup(key)
             accepted = await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in nodes))
@@ -399,9 +451,14 @@ class DhtNode:
             replicas += sum(await asyncio.gather(*(self.store_on(contact, key, value, ttl) for contact in late)))
         return PutResult(value, replicas, len(nodes))
 
-    async def store_on(self, contact: Contact, key: bytes, value: Value, ttl: float) -> bool:
+    async def store_on(self, contact: Contact, key: bytes, value: Value, ttl: float, by: bytes | None = None) -> bool:
+        """Ask one node to hold `value`; `by`, on a hand-off or repair, names the peer that stored it
+        with us (or us), so that its refreshes keep counting on the new replica too."""
+        body: dict[str, Any] = {"k": key, "v": value.to_wire(), "ttl": ttl}
+        if by:
+            body["by"] = by
         try:
-            reply = await self.endpoint.call(contact.address, "dm_store", {"k": key, "v": value.to_wire(), "ttl": ttl})
+            reply = await self.endpoint.call(contact.address, "dm_store", body)
         except RpcRefused:
             return False
         except RpcFailure:
@@ -413,13 +470,28 @@ class DhtNode:
         """Stop re-announcing a permanent value; it then expires on its replicas as any other."""
         return self.store.remove_announce(key, value_id)
 
-    def accept_store(self, key: bytes, value: Value, address: Address, ttl: float) -> Verdict:
-        """A peer asks us to hold a (checked) value: apply policy and quotas, then tell listeners."""
-        verdict = self.store.put(key, value, origin=f"{address[0]}:{address[1]}", ttl=ttl)
+    def accept_store(
+        self, key: bytes, value: Value, *, origin: str, ttl: float, sender: bytes = b"", by: bytes | None = None
+    ) -> Verdict:
+        """A peer asks us to hold a value: check it against the rules (raises `InvalidValue`), bound
+        its life, apply policy and quotas, then tell listeners. Every way a value comes from a peer
+        (stock store, dm_store, a put's store-along) comes through here. `origin` is what the value is
+        charged to; `sender` the proven peer's id (empty for stock peers), `by` the storer it names."""
+        check_value(key, value)
+        ttl = min(ttl, lifetime(value))
+        if ttl <= 0:
+            verdict = Verdict.REFUSE_EXPIRED
+        else:
+            verdict = self.store.put(key, value, origin=origin, ttl=ttl, sender=sender, by=by)
         self.counters.add("stores_accepted" if verdict.accepted else "stores_refused")
+        self._count_verdict(verdict)
         if verdict in (Verdict.NEW, Verdict.UPDATE):
             self._on_new_value(key, value)
         return verdict
+
+    def _count_verdict(self, verdict: Verdict) -> None:
+        if verdict in (Verdict.REFUSE_DISK_FULL, Verdict.REFUSE_STORAGE_ERROR):
+            self.counters.add("storage_errors")
 
     def _on_new_value(self, key: bytes, value: Value) -> None:
         self.hub.emit(key, value)
@@ -442,6 +514,7 @@ class DhtNode:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             self.expire_values()
+            self.hub.purge_expired()
 
     def expire_values(self, now: float | None = None) -> int:
         """Drop values whose time is up, and tell local listeners and subscribers they expired."""
@@ -454,9 +527,13 @@ class DhtNode:
     # ---- listening ----------------------------------------------------------------------------
 
     def listen(self, key: bytes) -> Listener:
-        """Events for every new, updated and expired value under `key`, from anywhere in the mesh."""
+        """Events for every new, updated and expired value under `key`, from anywhere in the mesh.
+        Raises `ListenRefused` when this node already listens to `max_listened_keys` other keys."""
+        if not self.hub.is_listening(key) and len(self._keepers) >= self.config.max_listened_keys:
+            self.counters.add("listens_refused")
+            raise ListenRefused(f"this node listens to {self.config.max_listened_keys} keys already")
         listener, first = self.hub.open(key)
-        for value in self.store.get(key):
+        for value in _checked(key, self.store.get(key)):
             self.hub.emit(key, value)
         if first:
             self._keepers[key] = asyncio.get_running_loop().create_task(self._keep_listening(key))
@@ -484,19 +561,13 @@ class DhtNode:
         return any(c.address == address and c.node_id == node_id for c in self._subscribed.get(key, []))
 
     async def _subscribe(self, contact: Contact, key: bytes) -> bool:
-        body = {"k": key, "ttl": self.config.subscription_ttl}
-        for attempt in range(SUBSCRIBE_RETRIES):
-            try:
-                await self.endpoint.call(contact.address, "dm_sub", body)
-                return True
-            except RpcRefused as refusal:
-                if str(refusal) != "unproven":
-                    return False
-                # The replica is proving us right now (our find made it challenge us): give it a moment.
-                await asyncio.sleep(0.05 * 2**attempt)
-            except RpcFailure:
-                return False
-        return False
+        # A replica that has not proven us yet (our find made it challenge us) refuses as unproven: the
+        # endpoint retries for a moment.
+        try:
+            await self.endpoint.call(contact.address, "dm_sub", {"k": key, "ttl": self.config.subscription_ttl})
+        except RpcFailure:
+            return False
+        return True
 
     async def _unsubscribe(self, contact: Contact, key: bytes) -> None:
         try:

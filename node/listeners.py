@@ -3,19 +3,28 @@
 A `Listener` is an async iterator of `ValueEvent`s. Events for one key are deduplicated here, because
 every replica a listener subscribed to pushes the same change: a value is passed on only when it is new
 or has a higher seq than what this node last reported, and "expired" only for a value it reported.
+
+Subscriptions from remote peers are bounded in all, per key, per subscribing node and per host, and an
+expired one is purged as soon as its time is up (a min-heap of expiry times, swept every second), so
+floods of short subscriptions from a few identities cannot lock honest peers out.
 """
 
 import asyncio
+import heapq
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.values.value import Value
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address
 
 MAX_QUEUED_EVENTS = 10000
 MAX_SUBSCRIBERS_PER_KEY = 256
 MAX_SUBSCRIBED_KEYS = 65536
+MAX_SUBSCRIPTIONS_PER_NODE = 1024  # a node listens to at most max_listened_keys keys (256 by default)
+MAX_SUBSCRIPTIONS_PER_HOST = 4096  # a few nodes on one machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,9 @@ class ListenerHub:
         self._listeners: dict[bytes, set[Listener]] = {}
         self._reported: dict[bytes, dict[tuple[bytes, int], Value]] = {}
         self._subscribers: dict[bytes, dict[Address, Subscriber]] = {}
+        self._expiries: list[tuple[float, bytes, Address]] = []  # a min-heap; refreshed entries go stale
+        self._per_node: Counter[bytes] = Counter()
+        self._per_host: Counter[str] = Counter()
         self._on_last_closed = on_last_closed
 
     # ---- local listeners ----------------------------------------------------------------------
@@ -125,31 +137,75 @@ class ListenerHub:
     # ---- remote subscribers (we are a replica they listen to) ---------------------------------
 
     def subscribe(self, key: bytes, address: Address, node_id: bytes, ttl: float) -> bool:
-        subscribers = self._subscribers.get(key)
-        if subscribers is None:
-            if len(self._subscribers) >= MAX_SUBSCRIBED_KEYS:
-                return False
-            subscribers = self._subscribers[key] = {}
-        if address not in subscribers and len(subscribers) >= MAX_SUBSCRIBERS_PER_KEY:
+        """Add or renew a peer's subscription; False when a cap (in all, per key, per node, per host)
+        is reached."""
+        now = time.monotonic()
+        self.purge_expired(now)
+        subscribers = self._subscribers.get(key, {})
+        known = subscribers.get(address)
+        if known is not None and known.node_id != node_id:
+            self.unsubscribe(key, address)  # the address now speaks for another node: count it anew
+            known = None
+        if known is None and not self._has_room(key, subscribers, address, node_id):
             return False
-        subscribers[address] = Subscriber(node_id, time.monotonic() + ttl)
+        if known is None:
+            self._subscribers.setdefault(key, subscribers)[address] = known = Subscriber(node_id, now + ttl)
+            self._per_node[node_id] += 1
+            self._per_host[host_of(address[0])] += 1
+        known.expires = now + ttl
+        heapq.heappush(self._expiries, (known.expires, key, address))
+        if len(self._expiries) > 4 * self.subscription_count() + 1024:
+            self._rebuild_expiries()  # renewals leave stale entries: keep the heap near the live count
         return True
+
+    def _has_room(self, key: bytes, subscribers: dict[Address, Subscriber], address: Address, node_id: bytes) -> bool:
+        return (
+            (bool(subscribers) or len(self._subscribers) < MAX_SUBSCRIBED_KEYS)
+            and len(subscribers) < MAX_SUBSCRIBERS_PER_KEY
+            and self._per_node[node_id] < MAX_SUBSCRIPTIONS_PER_NODE
+            and self._per_host[host_of(address[0])] < MAX_SUBSCRIPTIONS_PER_HOST
+        )
 
     def unsubscribe(self, key: bytes, address: Address) -> None:
         subscribers = self._subscribers.get(key)
-        if subscribers is not None:
-            subscribers.pop(address, None)
-            if not subscribers:
-                del self._subscribers[key]
+        if subscribers is None:
+            return
+        dropped = subscribers.pop(address, None)
+        if dropped is not None:
+            _decrement(self._per_node, dropped.node_id)
+            _decrement(self._per_host, host_of(address[0]))
+        if not subscribers:
+            del self._subscribers[key]
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Drop every subscription whose time is up; returns how many."""
+        now = time.monotonic() if now is None else now
+        purged = 0
+        while self._expiries and self._expiries[0][0] <= now:
+            _, key, address = heapq.heappop(self._expiries)
+            subscriber = self._subscribers.get(key, {}).get(address)
+            if subscriber is not None and subscriber.expires <= now:
+                self.unsubscribe(key, address)
+                purged += 1
+        return purged
+
+    def _rebuild_expiries(self) -> None:
+        self._expiries = [
+            (subscriber.expires, key, address)
+            for key, subscribers in self._subscribers.items()
+            for address, subscriber in subscribers.items()
+        ]
+        heapq.heapify(self._expiries)
 
     def subscribers_of(self, key: bytes) -> list[tuple[Address, bytes]]:
-        subscribers = self._subscribers.get(key)
-        if not subscribers:
-            return []
-        now = time.monotonic()
-        for address in [a for a, s in subscribers.items() if s.expires < now]:
-            del subscribers[address]
-        return [(address, s.node_id) for address, s in subscribers.items()]
+        self.purge_expired()
+        return [(address, s.node_id) for address, s in self._subscribers.get(key, {}).items()]
 
     def subscription_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
+        return sum(self._per_node.values())
+
+
+def _decrement(counter: Counter, item: object) -> None:
+    counter[item] -= 1
+    if counter[item] <= 0:
+        del counter[item]

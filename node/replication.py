@@ -16,8 +16,8 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from dhtmesh.node.records import lifetime
 from dhtmesh.node.routing.contact import Contact, distance
-from dhtmesh.node.storage.store import LOCAL_ORIGIN
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value
@@ -123,10 +123,11 @@ class Replicator:
         node = self._node
         due = 0
         for key, value in node.store.announces():
-            lifetime = expiry_for(value.type)
-            if node.store.remaining_ttl(key, value) > lifetime * node.config.republish_margin:
+            if node.store.remaining_ttl(key, value) > expiry_for(value.type) * node.config.republish_margin:
                 continue
-            node.store.put(key, value, origin=LOCAL_ORIGIN, ttl=lifetime)
+            if lifetime(value) <= 0:
+                continue  # past the time its signer gave it: its signer must sign a newer one
+            node.store_locally(key, value)
             await node.announce(key, value)
             due += 1
         if due:
@@ -193,9 +194,15 @@ class Replicator:
         return 0 if remote is None else await self._send(contact, key, self._lacking(key, remote))
 
     async def _send(self, contact: Contact, key: bytes, values: list[Value]) -> int:
+        """Hand `values` over with what is left of their lives, naming who stored them with us (or us,
+        for our own), so that their publisher's refreshes count on the new replica too."""
         node = self._node
+        store = node.store
         results = await asyncio.gather(
-            *(node.store_on(contact, key, v, node.store.remaining_ttl(key, v)) for v in values)
+            *(
+                node.store_on(contact, key, v, store.remaining_ttl(key, v), by=store.storer_of(key, v) or node.node_id)
+                for v in values
+            )
         )
         return sum(results)
 

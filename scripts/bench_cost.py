@@ -47,6 +47,7 @@ from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values.value import Value, new_value_id
+from dhtmesh.node.wire.netgroup import loopback_host
 
 HOST = "127.0.0.1"
 MESH_SIZE = 20
@@ -231,10 +232,10 @@ def wire_keys(count: int) -> list[str]:
 
 async def start_mesh() -> list[DhtNode]:
     nodes: list[DhtNode] = []
-    for _ in range(MESH_SIZE):
+    for index in range(MESH_SIZE):
         node = DhtNode(Identity.generate(), NodeConfig())
         nodes.append(node)  # appended first, so that it is stopped even if start fails
-        await node.start(HOST, 0)
+        await node.start(loopback_host(index + 1), 0)  # an address each: nodes limit contacts per host
     for node in nodes[1:]:
         await node.join([nodes[0].address])
     await asyncio.gather(*(node.lookup(node.node_id) for node in nodes))  # let early joiners learn late ones

@@ -75,6 +75,7 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.values.value import Value, new_value_id
+from dhtmesh.node.wire.netgroup import loopback_host
 
 HOST = "127.0.0.1"
 VALUE_SIZE = 100
@@ -204,9 +205,10 @@ class DhtmeshMesh:
         self.tally = Counter[str]()
 
     async def start(self, total: int) -> None:
-        for _ in range(total):
+        for index in range(total):
             node = DhtNode(Identity.generate(), self.config)
-            await node.start(HOST, 0)
+            # Each node on a loopback address of its own: nodes limit how many contacts share a host.
+            await node.start(loopback_host(index + 1), 0)
             _instrument(node, self.tally)
             self.nodes.append(node)
 

@@ -62,6 +62,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.records.farmer import FarmerRecord, signed_farmer_value
 from dhtmesh.node.records.farmer_events import registered, with_height
+from dhtmesh.node.wire.netgroup import loopback_host
 from dhtmesh.proxy.farmer_routes import RECORD_HEADER, record_header
 
 HOST = "127.0.0.1"
@@ -157,7 +158,9 @@ def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
         urls: list[str] = []
         bootstrap: list[str] = []
         for index in range(MESH_SIZE):
-            args = ["run", "-p", "0", "--bind", HOST, "--proxyserver", "0", "--persist", str(tmp / f"n{index}")]
+            # Each node on a loopback address of its own: nodes limit how many contacts share a host.
+            node_host = loopback_host(index + 1)
+            args = ["run", "-p", "0", "--bind", node_host, "--proxyserver", "0", "--persist", str(tmp / f"n{index}")]
             process = spawn([dhtmesh_command(), *args, *bootstrap], tmp / f"n{index}.log", stdout_pipe=True)
             processes.append(process)
             ready = read_ready(process)

@@ -63,8 +63,9 @@ from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values.value import Value, new_value_id
+from dhtmesh.node.wire.netgroup import loopback_host
 
-HOST = "127.0.0.1"
+HOSTS_PER_WORKER = 1000  # worker w's nodes are on loopback_host(1 + 1000 w + i)
 VALUE_SIZE = 100
 OPS = 200
 OP_TIMEOUT = 30.0
@@ -111,13 +112,15 @@ def instrument(node: DhtNode) -> None:
 class Worker:
     """Hosts `count` nodes in this process and answers the parent's commands."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, first_host: int) -> None:
         self.nodes = [DhtNode(Identity.generate(), NodeConfig()) for _ in range(count)]
+        self.first_host = first_host
 
     async def start(self, seed: Address | None) -> dict[str, Any]:
         started = time.perf_counter()
-        for node in self.nodes:
-            await node.start(HOST, 0)
+        for index, node in enumerate(self.nodes):
+            # Each node on a loopback address of its own: nodes limit how many contacts share a host.
+            await node.start(loopback_host(self.first_host + index), 0)
             instrument(node)
         joiners = self.nodes
         if seed is None:
@@ -233,8 +236,8 @@ def reply(document: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def worker_main(count: int, seed: Address | None) -> None:
-    worker = Worker(count)
+async def worker_main(count: int, first_host: int, seed: Address | None) -> None:
+    worker = Worker(count, first_host)
     loop = asyncio.get_running_loop()
     try:
         reply(await worker.start(seed))
@@ -262,6 +265,7 @@ class Proc:
 
     def __init__(self, wid: int, count: int, seed: Address | None, workdir: Path) -> None:
         command = [sys.executable, os.path.abspath(__file__), "--worker", "--nodes", str(count)]
+        command += ["--first-host", str(1 + wid * HOSTS_PER_WORKER)]
         if seed is not None:
             command += ["--seed-addr", f"{seed[0]}:{seed[1]}"]
         self.wid = wid
@@ -708,6 +712,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nodes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed-addr", help=argparse.SUPPRESS)
+    parser.add_argument("--first-host", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.churn_nodes, args.churn_procs, args.churn_values = "50,100", 40, 4, 200
@@ -722,7 +727,7 @@ def main() -> int:
         if args.seed_addr:
             host, port = args.seed_addr.rsplit(":", 1)
             seed = (host, int(port))
-        asyncio.run(worker_main(args.nodes, seed))
+        asyncio.run(worker_main(args.nodes, args.first_host, seed))
         return 0
     from bench_proxy import emit
 

@@ -1,6 +1,14 @@
-"""Helpers shared by the tests: fast node settings, in-process nodes, and `dhtmesh` processes."""
+"""Helpers shared by the tests: fast node settings, in-process nodes, and `dhtmesh` processes.
 
+Every node a test starts gets a loopback address of its own, in a /24 of its own (`loopback_host`):
+nodes limit what one host or subnet may hold of their routing table and of a key's replicas, so a
+mesh of many nodes on 127.0.0.1 would look like one machine faking many, which is the attack those
+limits stop. 127.0.0.0/8 is all loopback on Linux; 127.0.0.x is left to the attackers tests play.
+"""
+
+import asyncio
 import contextlib
+import itertools
 import os
 import select
 import signal
@@ -17,15 +25,25 @@ import aiohttp
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.wire import codec, netgroup
 from dhtmesh.node.wire.ratelimit import Address
 
 # Short periods so that background duties (sweep, repair, hand-off) happen within a test.
 FAST = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
 
+_hosts = itertools.count(1)
 
-async def start_node(config: NodeConfig = FAST, data_dir: Path | None = None) -> DhtNode:
-    node = DhtNode(Identity.generate(), config, data_dir)
-    await node.start("127.0.0.1", 0)
+
+def loopback_host() -> str:
+    """A loopback address no other node of this test run has, in a /24 of its own."""
+    return netgroup.loopback_host(next(_hosts))
+
+
+async def start_node(
+    config: NodeConfig = FAST, data_dir: Path | None = None, host: str | None = None, identity: Identity | None = None
+) -> DhtNode:
+    node = DhtNode(identity or Identity.generate(), config, data_dir)
+    await node.start(host or loopback_host(), 0)
     return node
 
 
@@ -53,16 +71,19 @@ class NodeProcess:
 
 
 class ProcessGroup:
-    """`dhtmesh run` processes on 127.0.0.1 with free ports, each with its own data dir under `root`
-    (reused when a name is launched again). `stop()` kills every one of them by PID."""
+    """`dhtmesh run` processes on loopback addresses of their own with free ports, each with its own data
+    dir under `root` (reused, with its address, when a name is launched again). `stop()` kills every
+    one of them by PID."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._started: list[subprocess.Popen] = []
+        self._hosts: dict[str, str] = {}
 
     def launch(self, name: str, *extra: str) -> NodeProcess:
         data_dir = self.root / name
-        args = ["run", "-p", "0", "--bind", "127.0.0.1", "--proxyserver", "0", "--persist", str(data_dir), *extra]
+        host = self._hosts.setdefault(name, loopback_host())
+        args = ["run", "-p", "0", "--bind", host, "--proxyserver", "0", "--persist", str(data_dir), *extra]
         process = subprocess.Popen(
             [*DHTMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -129,3 +150,38 @@ def watch_datagrams(nodes: Iterable[DhtNode]) -> Iterator[list[tuple[Address, by
     finally:
         for transport in transports:
             del transport.sendto  # the class's own method again
+
+
+class _OneReply(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if not self.reply.done() and data[:1] == bytes((codec.RESPONSE,)):
+            self.reply.set_result(codec.decode(data).body)
+
+
+async def udp_request(to: Address, name: str, args: list, *, source: str = "127.0.0.1", patience: float = 2.0) -> Any:
+    """One hand-made rpcudp request from a bare socket on `source` (a stock peer, or anyone who never
+    proved an identity); returns the reply's body, or raises `TimeoutError`."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_OneReply, local_addr=(source, 0))
+    try:
+        transport.sendto(codec.encode(codec.REQUEST, os.urandom(codec.MESSAGE_ID_SIZE), [name, args]), to)
+        async with asyncio.timeout(patience):
+            return await protocol.reply
+    finally:
+        transport.close()
+
+
+async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
+    """Wait until `condition()` (or the awaitable it returns) is true; fail the test after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        outcome = condition()
+        if asyncio.iscoroutine(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

@@ -4,6 +4,7 @@ auditors to condemn, the audit choice depends on the auditor and the epoch only,
 chunks exactly, and `Range` headers are read as HTTP says."""
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.audits.choice import choose_chunks, epoch_of
 from dhtmesh.node.audits.reputation import CONFIRMING_AUDITORS, WINDOW, reputation
 from dhtmesh.node.blobs.upload import BlobTooLarge, chunks_of
-from dhtmesh.node.records import InvalidRecord, check_value, is_valid_successor
+from dhtmesh.node.records import RESERVED_TYPES, InvalidRecord, check_value, is_valid_successor
 from dhtmesh.node.records.audit import (
     MAX_ENTRIES,
     AuditEntry,
@@ -33,6 +34,7 @@ from dhtmesh.node.records.audit import (
 from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, blob_key, blob_value_id, signed_manifest
 from dhtmesh.node.records.farmer import farmer_value_id
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
+from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
 from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
@@ -97,8 +99,28 @@ def test_a_forged_or_misplaced_manifest_is_refused(case: str) -> None:
 def test_blob_directory_keys_hold_manifests_only() -> None:
     squatter = Identity.generate()
     for value in (Value(1, b"junk"), sign_value(squatter, BLOB_KEYS[3], Value(7, b"junk", seq=1))):
-        with pytest.raises(InvalidRecord, match="only manifests"):
+        with pytest.raises(InvalidRecord, match="reserved for records of type 0x426c"):
             check_value(BLOB_KEYS[3], value)
+
+
+def test_holding_and_audit_keys_hold_their_records_only() -> None:
+    """Junk of another type can neither fill a chunk's or a farmer's audit key nor hide its records."""
+    squatter, farmer = Identity.generate(), Identity.generate()
+    for key, kind in ((chunk_key(chunk_root(b"c")), HOLDING_TYPE), (audits_key(farmer.node_id), AUDIT_TYPE)):
+        for value in (Value(1, b"junk"), sign_value(squatter, key, Value(7, b"junk", seq=1))):
+            with pytest.raises(InvalidRecord, match=f"reserved for records of type {kind:#06x}"):
+                check_value(key, value)
+        # an audit log is no holding, and a holding no audit log
+        other = HOLDING_TYPE if kind == AUDIT_TYPE else AUDIT_TYPE
+        with pytest.raises(InvalidRecord, match="reserved"):
+            check_value(key, sign_value(squatter, key, Value(7, b"junk", other, seq=1)))
+
+
+def test_ordinary_keys_are_not_reserved() -> None:
+    for name in (b"mykey", b"hello", bytes(20), b"\xff" * 20):
+        key = name if len(name) == 20 else hashlib.sha1(name).digest()
+        assert reserved_type(key, RESERVED_TYPES) is None
+        check_value(key, Value(1, b"anything"))
 
 
 def test_a_record_never_changes_type_under_the_same_owner_and_id() -> None:
@@ -181,10 +203,26 @@ def test_one_auditor_cannot_condemn_a_farmer_two_can() -> None:
     alone = reputation([*honest, rogue], now)
     assert (alone.failed, alone.failed_by, alone.passed_by) == (5, 1, 3)
     assert alone.standing == "disputed" and alone.verified_bytes == 100
-    second = log_by(b"\xef" * 20, entry(Outcome.MISSED, at=now - 1, root=chunk))
+    second = log_by(b"\xef" * 20, entry(Outcome.FAILED, at=now - 1, root=chunk))
     together = reputation([*honest, rogue, second], now)
     assert together.failing_by == CONFIRMING_AUDITORS and together.standing == "failing"
     assert together.verified_bytes == 0  # two auditors failed that chunk after its last pass
+
+
+def test_misses_are_not_failures() -> None:
+    """A farmer whose port is flooded (or that is away) misses audits: it is "unreachable" at worst,
+    never "failing", and keeps the bytes it proved; a failure still counts beside misses."""
+    now = int(time.time())
+    chunk = b"c" * 32
+    passed = [log_by(bytes([0x10 + i]) * 20, entry(at=now - 60, root=chunk)) for i in range(2)]
+    missed = [log_by(bytes([i]) * 20, entry(Outcome.MISSED, at=now - i, root=chunk)) for i in range(3)]
+    shown = reputation([*passed, *missed], now)
+    assert (shown.failing_by, shown.missing_by, shown.standing) == (0, 3, "unreachable")
+    assert shown.verified_bytes == 100 and shown.to_json()["missing_auditors"] == 3
+    answering = log_by(b"\x09" * 20, entry(at=now, root=chunk))
+    assert reputation([*passed, *missed, answering], now).standing == "good"
+    one_failure = log_by(b"\xee" * 20, entry(Outcome.FAILED, at=now, root=chunk))
+    assert reputation([*passed, *missed, one_failure], now).standing == "disputed"
 
 
 def test_reputation_counts_the_window_only_and_sums_distinct_chunks() -> None:

@@ -305,7 +305,8 @@ async def test_a_node_run_with_farmer_registers_itself_and_reports_its_height(me
     try:
 
         def listed(rows: list[tuple]) -> bool:
-            return any(row[0] == farmer_node.node_id and row[3] == 7 and row[6] == "127.0.0.1" for row in rows)
+            wanted = (farmer_node.node_id, 7, farmer_node.address[0])
+            return any((row[0], row[3], row[6]) == wanted for row in rows)
 
         await converged_listings(mesh.urls, listed)
     finally:

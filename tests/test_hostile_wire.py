@@ -11,7 +11,9 @@ datagram has been fully handled (and any reply to it has arrived too).
 """
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import math
 import os
 import socket
@@ -32,7 +34,7 @@ from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
 from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
 
-from support import watch_datagrams
+from support import loopback_host, watch_datagrams
 
 Address = tuple[str, int]
 LOCALHOST = "127.0.0.1"
@@ -103,7 +105,7 @@ class RawPeer(asyncio.DatagramProtocol):
         return host, port
 
     def send(self, datagram: bytes, to: Address) -> None:
-        assert self.transport is not None and to[0] == LOCALHOST
+        assert self.transport is not None and ipaddress.ip_address(to[0]).is_loopback
         self.transport.sendto(datagram, to)
 
     async def call(self, to: Address, name: str, args: Any, patience: float = REPLY_TIMEOUT) -> Any:
@@ -127,8 +129,8 @@ class RawPeer(asyncio.DatagramProtocol):
 
 
 @asynccontextmanager
-async def raw_peer() -> AsyncIterator[RawPeer]:
-    _, peer = await asyncio.get_running_loop().create_datagram_endpoint(RawPeer, local_addr=(LOCALHOST, 0))
+async def raw_peer(host: str = LOCALHOST) -> AsyncIterator[RawPeer]:
+    _, peer = await asyncio.get_running_loop().create_datagram_endpoint(RawPeer, local_addr=(host, 0))
     try:
         yield peer
     finally:
@@ -145,6 +147,17 @@ async def mesh(make_mesh: Callable[..., Any]) -> list[DhtNode]:
 async def peer() -> AsyncIterator[RawPeer]:
     async with raw_peer() as opened:
         yield opened
+
+
+async def prove(peer: RawPeer, node: DhtNode) -> Identity:
+    """Make `peer` prove an identity from its address to `node`, as a real peer does: it answers the
+    challenge its first request causes. Stores and big requests are taken from proven peers only."""
+    identity = Identity.generate()
+    peer.sender_id = identity.node_id
+    peer.answer = hello_answer(identity, lambda nonce: [identity.public_key, identity.sign(proof_message(nonce))])
+    await peer.mesh_call(node, "dm_hello", {})
+    assert await wait_until(lambda: node.admission.is_proven(peer.address, identity.node_id))
+    return identity
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -260,7 +273,6 @@ UNDECODABLE = {
     "ext32 claiming 4 GiB": raw_request_frame(b"\xc9\xff\xff\xff\xff\x05"),
     "invalid UTF-8 in the name": raw_request_frame(b"\x92\xa4p\xffng\x91\xc4\x14" + SOME_ID),
     "trailing bytes after the message": raw_request_frame(packb(["ping", [SOME_ID]]) + b"\x00"),
-    "reply frame with bad msgpack": bytes((RESPONSE,)) + os.urandom(20) + b"\xc1",
 }
 
 
@@ -454,6 +466,8 @@ BAD_MESH_FIELDS: dict[str, tuple[str, dict]] = {
 async def test_mesh_rpc_with_bad_fields_is_refused(mesh: list[DhtNode], peer: RawPeer, call: tuple[str, dict]) -> None:
     node = mesh[0]
     name, body = call
+    if name == "dm_store" or "s" in body:
+        await prove(peer, node)  # only a proven peer's values are looked at
     before = node.counters.snapshot()
     stored_before = node.store.counts()["storage_values"]
     reply = await peer.mesh_call(node, name, body)
@@ -464,6 +478,7 @@ async def test_mesh_rpc_with_bad_fields_is_refused(mesh: list[DhtNode], peer: Ra
 
 
 async def test_bad_signature_reply_names_the_signature(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     reply = await peer.mesh_call(mesh[0], "dm_store", {"k": KEY, "v": tampered_signed_wire(), "ttl": 10})
     assert reply == {"err": "invalid value: bad signature"}
     assert mesh[0].store.get(KEY) == []
@@ -473,6 +488,7 @@ async def test_bad_signature_reply_names_the_signature(mesh: list[DhtNode], peer
 
 
 async def test_replayed_signed_value_with_lower_seq_is_refused(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     owner = Identity.generate()
     value_id = new_value_id()
@@ -494,6 +510,7 @@ async def test_replayed_signed_value_with_lower_seq_is_refused(mesh: list[DhtNod
 
 
 async def test_signed_value_replayed_under_another_key_is_refused(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     owner = Identity.generate()
     value = sign_value(owner, KEY, Value(new_value_id(), b"meant for KEY", seq=3))
@@ -531,6 +548,7 @@ BAD_PIECES: dict[str, dict] = {
 
 @pytest.mark.parametrize("changes", BAD_PIECES.values(), ids=BAD_PIECES.keys())
 async def test_malformed_piece_is_refused(mesh: list[DhtNode], peer: RawPeer, changes: dict) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     body = {name: content for name, content in (GOOD_PIECE | changes).items() if content is not None}
     before = node.counters.snapshot()
@@ -540,6 +558,7 @@ async def test_malformed_piece_is_refused(mesh: list[DhtNode], peer: RawPeer, ch
 
 
 async def test_piece_count_cannot_change_within_a_transfer(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     assert await peer.mesh_call(node, "dm_part", GOOD_PIECE) == {"ok": True}
     changed = GOOD_PIECE | {"i": 1, "c": 3}
@@ -549,6 +568,7 @@ async def test_piece_count_cannot_change_within_a_transfer(mesh: list[DhtNode], 
 
 async def test_pending_pieces_per_peer_are_bounded(mesh: list[DhtNode], peer: RawPeer) -> None:
     """Each transfer announcing MAX_PIECES reserves that much; a peer cannot reserve more than its share."""
+    await prove(peer, mesh[0])
     node = mesh[0]
     allowed = MAX_PENDING_BYTES_PER_PEER // (MAX_PIECES * PIECE_SIZE)
     for _ in range(allowed):
@@ -556,8 +576,11 @@ async def test_pending_pieces_per_peer_are_bounded(mesh: list[DhtNode], peer: Ra
         assert await peer.mesh_call(node, "dm_part", body) == {"ok": True}
     body = {"x": os.urandom(8), "i": 0, "c": MAX_PIECES, "d": b"p" * PIECE_SIZE}
     assert await peer.mesh_call(node, "dm_part", body) == {"err": "too many transfers in progress"}
-    # Another peer still has its own share.
-    async with raw_peer() as other:
+    async with raw_peer() as same_host:  # another port of the same host shares that host's share
+        await prove(same_host, node)
+        assert await same_host.mesh_call(node, "dm_part", body) == {"err": "too many transfers in progress"}
+    async with raw_peer(loopback_host()) as other:  # another host still has its own share
+        await prove(other, node)
         assert await other.mesh_call(node, "dm_part", body) == {"ok": True}
     await assert_mesh_still_serves(mesh, peer)
 
@@ -576,6 +599,7 @@ async def test_done_for_unknown_transfer_is_refused(mesh: list[DhtNode], peer: R
 
 
 async def test_done_for_incomplete_transfer_is_refused(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     assert await peer.mesh_call(node, "dm_part", GOOD_PIECE) == {"ok": True}
     assert await peer.mesh_call(node, "dm_done", {"x": GOOD_PIECE["x"]}) == {"err": "incomplete transfer"}
@@ -584,6 +608,7 @@ async def test_done_for_incomplete_transfer_is_refused(mesh: list[DhtNode], peer
 
 async def test_transfer_is_bound_to_the_sender_address(mesh: list[DhtNode], peer: RawPeer) -> None:
     """Pieces sent from one address cannot be completed (hijacked) from another."""
+    await prove(peer, mesh[0])
     node = mesh[0]
     payload = packb(["dm_versions", [peer.sender_id, {"k": KEY}]])
     transfer_id = os.urandom(8)
@@ -598,6 +623,7 @@ async def test_transfer_is_bound_to_the_sender_address(mesh: list[DhtNode], peer
 
 async def test_big_request_in_pieces_is_served(mesh: list[DhtNode], peer: RawPeer) -> None:
     """Positive control for the transfer tests: a well-formed 3 KB dm_store in pieces is stored."""
+    await prove(peer, mesh[0])
     node = mesh[0]
     value = Value(new_value_id(), os.urandom(3000))
     payload = packb(["dm_store", [peer.sender_id, {"k": KEY, "v": value.to_wire(), "ttl": 60}]])
@@ -628,6 +654,7 @@ TRANSFER_PAYLOADS: dict[str, bytes] = {
 
 @pytest.mark.parametrize("payload", TRANSFER_PAYLOADS.values(), ids=TRANSFER_PAYLOADS.keys())
 async def test_transfer_holding_no_valid_request_is_refused(mesh: list[DhtNode], peer: RawPeer, payload: bytes) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     reply = await send_as_transfer(peer, node, payload)
     assert is_refusal(reply), reply
@@ -646,6 +673,7 @@ async def test_pull_of_unknown_transfer_is_refused(mesh: list[DhtNode], peer: Ra
 
 
 async def test_big_reply_can_only_be_pulled_by_its_asker(mesh: list[DhtNode], peer: RawPeer) -> None:
+    await prove(peer, mesh[0])
     node = mesh[0]
     value = Value(new_value_id(), os.urandom(3000))
     await mesh[1].put(KEY, value)
@@ -673,8 +701,11 @@ async def test_responses_with_unknown_message_ids_are_ignored(mesh: list[DhtNode
     bodies: list[Any] = [node.node_id, {"ok": {"stored": True}}, None, [[SOME_ID, LOCALHOST, 1]] * 20]
     for body in bodies:
         peer.send(frame(RESPONSE, os.urandom(20), body), node.address)
+    peer.send(bytes((RESPONSE,)) + os.urandom(20) + b"\xc1", node.address)  # not even msgpack
     assert await peer.ping(node) == node.node_id
-    assert counter_delta(node, before, "unexpected_responses") == len(bodies)
+    # Dropped by their message id before any decoding: none is counted as malformed.
+    assert counter_delta(node, before, "unexpected_responses") == len(bodies) + 1
+    assert counter_delta(node, before, "malformed_datagrams") == 0
     await assert_mesh_still_serves(mesh, peer)
 
 
@@ -826,6 +857,7 @@ async def test_random_requests_reassembled_from_pieces_do_not_crash_a_handler(
     node = mesh[0]
     crashes_before = handler_errors(mesh)
     async with raw_peer() as hostile:
+        await prove(hostile, node)
         reply = await send_as_transfer(hostile, node, packb(body))
     assert isinstance(reply, dict) and ("ok" in reply or "err" in reply)
     assert await peer.ping(node) == node.node_id
@@ -921,36 +953,42 @@ async def test_request_in_pieces_whose_wrapped_reply_just_overflows_returns_the_
 # ---- rate limit ---------------------------------------------------------------------------------------------
 
 
-async def test_ping_flood_is_rate_limited_and_other_peers_are_still_served(mesh: list[DhtNode], peer: RawPeer) -> None:
+async def test_ping_flood_is_rate_limited_and_other_peers_are_still_served(mesh: list[DhtNode]) -> None:
+    """Nine ports of one host share one host's budget (quotas and rate limits are per IP, not per
+    port); a peer on another host is still served."""
     node = mesh[0]
-    per_peer_rate = node.config.peer_request_rate  # also the burst of a peer's token bucket
+    per_peer_rate = node.config.peer_request_rate  # also the burst of a host's token bucket
     before = node.counters.snapshot()
     frame_body = packb(["ping", [SOME_ID]])
     loop = asyncio.get_running_loop()
     started = loop.time()
     sent = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
-        flood.bind((LOCALHOST, 0))
-        flood.setblocking(False)
-        for _ in range(40):
-            for _ in range(100):
-                try:
-                    flood.sendto(bytes((REQUEST,)) + os.urandom(20) + frame_body, node.address)
-                    sent += 1
-                except BlockingIOError:
-                    pass
-            await asyncio.sleep(0)  # let the node drain its socket between bursts
-        # Another peer's ping queues behind the whole flood: once it is answered, the flood has been handled.
+    floods = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(9)]
+    async with raw_peer(loopback_host()) as peer:
+        with contextlib.ExitStack() as closing:
+            for flood in floods:
+                closing.enter_context(flood)
+                flood.bind((LOCALHOST, 0))
+                flood.setblocking(False)
+            for round_ in range(40):
+                flood = floods[round_ % len(floods)]
+                for _ in range(100):
+                    try:
+                        flood.sendto(bytes((REQUEST,)) + os.urandom(20) + frame_body, node.address)
+                        sent += 1
+                    except BlockingIOError:
+                        pass
+                await asyncio.sleep(0)  # let the node drain its socket between bursts
+            # Another host's ping queues behind the whole flood: once it is answered, the flood was handled.
+            assert await peer.ping(node) == node.node_id
+        elapsed = loop.time() - started
+        limited = counter_delta(node, before, "rate_limited")
+        served = counter_delta(node, before, "rpc_in.ping") - 1  # minus the other peer's ping
+        assert sent >= 3000
+        assert limited > 0
+        assert served + limited <= sent
+        # One token bucket for the nine ports: at most its burst plus what it refilled meanwhile.
+        assert served <= per_peer_rate * (1 + elapsed) + 1
+        # Other hosts are still answered, and the mesh still works.
         assert await peer.ping(node) == node.node_id
-    elapsed = loop.time() - started
-
-    limited = counter_delta(node, before, "rate_limited")
-    served = counter_delta(node, before, "rpc_in.ping") - 1  # minus the other peer's ping
-    assert sent >= 3000
-    assert limited > 0
-    assert served + limited <= sent
-    # A token bucket: at most its burst plus what it refilled while the flood lasted.
-    assert served <= per_peer_rate * (1 + elapsed) + 1
-    # Other peers are still answered, and the mesh still works.
-    assert await peer.ping(node) == node.node_id
-    await assert_mesh_still_serves(mesh, peer)
+        await assert_mesh_still_serves(mesh, peer)

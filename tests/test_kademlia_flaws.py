@@ -35,10 +35,10 @@ from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.storage.store import ROW_OVERHEAD, Quotas
 from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
-from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, RpcRefused
+from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
 
-from support import FAST, start_node, watch_datagrams
+from support import FAST, loopback_host, start_node, watch_datagrams
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 LOCALHOST = "127.0.0.1"
@@ -106,11 +106,11 @@ Answer = Callable[[str, list], Iterable[Any]]
 
 
 class RawPeer:
-    """A bare UDP socket on 127.0.0.1 that frames rpcudp datagrams by hand: a stock, spoofing or hostile peer."""
+    """A bare UDP socket on loopback that frames rpcudp datagrams by hand: a stock, spoofing or hostile peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = LOCALHOST) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOCALHOST, 0))
+        self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.address: Address = self.sock.getsockname()[:2]
         self.inbox: list[bytes] = []  # every datagram that arrived and was not the awaited reply
@@ -194,8 +194,8 @@ async def raw_peer() -> AsyncIterator[Callable[[], RawPeer]]:
     """`raw_peer()`: a new bare socket on 127.0.0.1; all are closed at the end of the test."""
     peers: list[RawPeer] = []
 
-    def make() -> RawPeer:
-        peer = RawPeer()
+    def make(host: str = LOCALHOST) -> RawPeer:
+        peer = RawPeer(host)
         peers.append(peer)
         return peer
 
@@ -269,14 +269,17 @@ async def test_F2_a_value_over_64_kib_is_refused_by_the_receiver(make_mesh: Mesh
 
 async def test_F2_reassembly_is_bounded(make_mesh: MeshFactory, raw_peer: Callable[[], RawPeer]) -> None:
     """F2: a message in pieces can never exceed MAX_MESSAGE (96 KiB): a bigger request is refused by the
-    sender before it sends, and a piece announcing more pieces than that is refused by the receiver."""
+    sender before it sends, and a piece announcing more pieces than that is refused by the receiver. An
+    address that has not proven itself may not send pieces at all (its source could be spoofed)."""
     nodes = await make_mesh(2)
     with pytest.raises(RpcRefused, match="too large"):
         await nodes[0].endpoint.call(nodes[1].address, "dm_store", {"k": new_key(), "pad": os.urandom(200 * 1024)})
-    peer = raw_peer()
     body = {"x": os.urandom(8), "i": 0, "c": MAX_PIECES + 1, "d": os.urandom(PIECE_SIZE)}
-    reply, _ = await peer.call(nodes[1].address, "dm_part", [os.urandom(20), body])
-    assert reply == {"err": "malformed piece"}
+    with pytest.raises(RpcRefused, match="malformed piece"):
+        await nodes[0].endpoint.call(nodes[1].address, "dm_part", body)
+    stranger = raw_peer()
+    reply, _ = await stranger.call(nodes[1].address, "dm_part", [os.urandom(20), body | {"c": 2}])
+    assert reply == {"err": "unproven"}
     assert nodes[1].endpoint._incoming == {}
 
 
@@ -478,7 +481,7 @@ async def test_F7_contacts_in_a_reply_are_dialled_only_at_numeric_addresses(
     with watch_datagrams(nodes[:1]) as sent:
         await asyncio.wait_for(nodes[0].lookup(key), 10)
     assert any(name == "dm_find" for name, _ in hostile.requests)
-    assert {destination[0] for destination, _ in sent} == {LOCALHOST}
+    assert {destination[0] for destination, _ in sent} <= {LOCALHOST, *(node.address[0] for node in nodes)}
     assert loop_errors == []
 
 
@@ -691,18 +694,19 @@ async def test_F10_values_are_handed_only_after_the_address_proved_itself(
         await node.stop()
 
 
-async def test_F11_replies_to_unproven_sources_fit_one_datagram(
+async def test_F11_replies_to_unproven_sources_are_a_small_multiple_of_the_request(
     make_mesh: MeshFactory, raw_peer: Callable[[], RawPeer]
 ) -> None:
-    """F11 "find_value 78 → 61,471 B (788×) for a stored 60 KiB value": no reply exceeds 1,400 B; a big
-    value is only a reference, and its pieces can be pulled only from the address that asked for it."""
+    """F11 "find_value 78 → 61,471 B (788×) for a stored 60 KiB value", and the attack on dhtmesh that
+    found 17× reflection: a reply to an address that has not proven itself is at most REFLECTION_FACTOR
+    times its request, whatever is asked (a big value is not even offered, so there is nothing to pull)."""
     nodes = await make_mesh(5)
     key = new_key()
     big = Value(new_value_id(), os.urandom(60 * 1024))
     await nodes[0].put(key, big)
     holder = nodes[1]
     assert holder.store.get(key) == [big]
-    peer, spoofer = raw_peer(), raw_peer()
+    peer = raw_peer()
     asked = [
         ("ping", [os.urandom(20)]),
         ("find_node", [os.urandom(20), key]),
@@ -712,17 +716,30 @@ async def test_F11_replies_to_unproven_sources_fit_one_datagram(
         ("dm_versions", [os.urandom(20), {"k": key}]),
         ("dm_fetch", [os.urandom(20), {"k": key, "o": b"", "i": big.id}]),
     ]
-    ratios = {}
     replies = {}
     for name, args in asked:
         request_size = len(codec.encode(codec.REQUEST, bytes(20), [name, args]))
         replies[name], size = await peer.call(holder.address, name, args)
-        assert size <= codec.MAX_DATAGRAM, name
-        ratios[name] = size / request_size
-    assert "value" not in replies["find_value"]  # too big for one datagram: answered as find_node
-    assert replies["dm_find"]["ok"]["vals"] == [] and replies["dm_find"]["ok"]["refs"] == [[b"", big.id, 0]]
-    assert max(ratios.values()) < 12, ratios
-    transfer_id, count = replies["dm_fetch"]["big"]
+        assert size <= min(codec.MAX_DATAGRAM, REFLECTION_FACTOR * request_size), name
+    assert "value" not in replies["find_value"] and replies["find_node"]  # answered with fewer contacts
+    assert replies["dm_fetch"] == {"err": "unproven"}  # no big transfer for an address never proven
+    assert holder.endpoint._outgoing == {}
+
+
+async def test_F11_a_big_reply_is_pulled_by_its_proven_asker_only_and_each_piece_twice_at_most(
+    make_mesh: MeshFactory, raw_peer: Callable[[], RawPeer]
+) -> None:
+    """A big reply is left with the responder for its (proven) asker to pull: never for another
+    address, and each piece at most twice (one retry), so a reply cannot be pulled over and over."""
+    nodes = await make_mesh(2)
+    key = new_key()
+    big = Value(new_value_id(), os.urandom(60 * 1024))
+    await nodes[0].put(key, big)
+    holder = nodes[1]
+    peer, spoofer = raw_peer(), raw_peer()
+    await admit_raw([holder], os.urandom(20), peer)  # proven, as its answer to a challenge would make it
+    reply, _ = await peer.call(holder.address, "dm_fetch", [os.urandom(20), {"k": key, "o": b"", "i": big.id}])
+    transfer_id, count = reply["big"]
     refused, _ = await spoofer.call(holder.address, "dm_pull", [os.urandom(20), {"x": transfer_id, "i": 0}])
     assert refused == {"err": "unknown transfer"}
     pieces = []
@@ -731,6 +748,10 @@ async def test_F11_replies_to_unproven_sources_fit_one_datagram(
         assert size <= codec.MAX_DATAGRAM
         pieces.append(reply["ok"])
     assert codec.unpack(b"".join(pieces))["ok"][2] == big.data
+    again, _ = await peer.call(holder.address, "dm_pull", [os.urandom(20), {"x": transfer_id, "i": 0}])
+    assert again == {"ok": pieces[0]}  # a retry is served once
+    third, _ = await peer.call(holder.address, "dm_pull", [os.urandom(20), {"x": transfer_id, "i": 0}])
+    assert third == {"err": "no such piece"}
 
 
 # ---- F12, F13: hostile input and resource limits -------------------------------------------------
@@ -875,32 +896,41 @@ async def flood_stores(peer: RawPeer, to: Address, count: int, key: bytes | None
     return sum(1 for reply in replies if reply is True)
 
 
-async def test_F13_a_flood_of_stores_from_one_address_is_bounded_by_its_share(
-    raw_peer: Callable[[], RawPeer],
+async def test_F13_a_flood_of_stores_from_one_host_is_bounded_by_its_share(
+    raw_peer: Callable[..., RawPeer],
 ) -> None:
-    """F13 "no quota and no rate limit: 20,000 STOREs from one socket → 8,588 keys stored": every origin
-    address gets at most `peer_share` of the remote quota, and the remote quota caps all of them."""
+    """F13 "no quota and no rate limit: 20,000 STOREs from one socket → 8,588 keys stored", and the attack
+    on dhtmesh that filled two nodes' quota from 9 ports of one host: every origin *host* gets at most
+    `peer_share` of the remote quota, whatever ports it uses; stock peers, which never prove their
+    address, share one such share between them; the remote quota caps everyone."""
     quotas = Quotas(max_remote_bytes=10_000, peer_share=1 / 4)
     node = await start_node(replace(FAST, quotas=quotas, peer_request_rate=100_000.0))
+    others: list[DhtNode] = []
     try:
         per_value = 200 + ROW_OVERHEAD
         per_peer = int(quotas.max_remote_bytes * quotas.peer_share) // per_value
-        first = raw_peer()
-        assert await flood_stores(first, node.address, 200) == per_peer
-        accepted = [await flood_stores(raw_peer(), node.address, 30) for _ in range(5)]
+        from_one_host = [await flood_stores(raw_peer(), node.address, 30) for _ in range(9)]
+        assert sum(from_one_host) == per_peer
+        assert await flood_stores(raw_peer(loopback_host()), node.address, 30) == 0  # the stock share is used
+        others = [await start_node() for _ in range(4)]
+        accepted = []
+        for other in others:
+            await other.join([node.address])
+            values = [Value(new_value_id(), os.urandom(200)) for _ in range(30)]
+            accepted.append(sum([await other.store_on(node.contact, new_key(), value, 60.0) for value in values]))
         assert all(count <= per_peer for count in accepted)
-        assert accepted[0] == per_peer  # another address still has its own share...
+        assert accepted[0] == per_peer  # a proven peer on another host has its own share...
         assert per_peer + sum(accepted) == quotas.max_remote_bytes // per_value  # ...until the total is used up
         assert node.store.remote_bytes <= quotas.max_remote_bytes
         assert node.store.counts()["storage_values"] == per_peer + sum(accepted)
-        assert node.counters.get("stores_refused") == 200 + 150 - per_peer - sum(accepted)
     finally:
-        await node.stop()
+        for started in [node, *others]:
+            await started.stop()
 
 
 async def test_F13_values_per_key_are_capped(make_mesh: MeshFactory) -> None:
     """F13: one key holds at most `max_values_per_key` values, whoever sends them."""
-    nodes = await make_mesh(2, config=replace(FAST, quotas=Quotas(max_values_per_key=8)))
+    nodes = await make_mesh(2, config=replace(FAST, quotas=Quotas(max_values_per_key=8, key_share=1.0)))
     key = new_key()
     refused = 0
     for _ in range(20):

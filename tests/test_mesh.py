@@ -70,7 +70,7 @@ async def test_get_merges_by_owner_and_id_keeping_the_highest_seq(make_mesh: Mes
     await nodes[0].put(key, first)
     second = sign_value(owner, key, Value(5, b"v2", seq=2))
     # Only one replica learns of v2 directly; a get from anywhere must still return it.
-    assert nodes[3].accept_store(key, second, nodes[0].address, 600).accepted
+    assert nodes[3].accept_store(key, second, origin=nodes[0].address[0], ttl=600).accepted
     other = sign_value(Identity.generate(), key, Value(6, b"another owner"))
     await nodes[1].put(key, other)
     values = await nodes[5].get(key)

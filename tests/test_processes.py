@@ -189,7 +189,7 @@ def test_isolated_node_retries_and_joins_when_its_bootstrap_appears(spawn: Spawn
     lonely = spawn("lonely", "-b", f"127.0.0.1:{later_port}")
     assert info(lonely)["ipv4"]["good"] == 0
     time.sleep(3.5)  # the first attempt (a call and its retry) times out, then the node backs off
-    spawn("late", "-p", str(later_port))
+    spawn("late", "-p", str(later_port), "--bind", "127.0.0.1")  # where the lonely node looks for it
     wait_until(lambda: info(lonely)["ipv4"]["good"] >= 1, timeout=20)
     lonely.process.send_signal(signal.SIGTERM)
     lonely.process.wait(timeout=15)

@@ -163,18 +163,62 @@ def test_policy_refusals_are_verdicts(store: ValueStore, db_path: Path) -> None:
         assert store.put(KEY, attempt, origin=PEER_B, ttl=TTL) is expected
     assert store.put(KEY, signed(2, b"other v3", seq=3), origin=PEER_B, ttl=TTL) is Verdict.REFUSE_STALE
     assert store.put(KEY, unsigned(2), origin=PEER_B, ttl=TTL) is Verdict.REFUSE_ID_TAKEN
-    assert store.get(KEY) == sorted([original_unsigned, original_signed], key=lambda v: (v.owner, v.id))
+    assert store.get(KEY) == [original_signed, original_unsigned]  # signed values first
     assert PEER_B not in charges_by_origin(db_path)
 
 
-def test_refresh_extends_but_never_shortens_expiry(store: ValueStore) -> None:
+STORER, STRANGER = b"s" * 20, b"x" * 20
+
+
+def test_only_the_storer_refreshes_and_never_shortens_expiry(store: ValueStore) -> None:
     value = unsigned(1)
-    store.put(KEY, value, origin=PEER_A, ttl=100)
-    assert store.put(KEY, value, origin=PEER_B, ttl=1000) is Verdict.REFRESH
+    store.put(KEY, value, origin=PEER_A, ttl=100, sender=STORER)
+    assert store.put(KEY, value, origin=PEER_B, ttl=1000, sender=STRANGER) is Verdict.REFRESH
+    assert store.remaining_ttl(KEY, value) <= 100  # a stranger re-sending the same bytes changes nothing
+    assert store.put(KEY, value, origin=PEER_A, ttl=1000, sender=STORER) is Verdict.REFRESH
     assert 990 < store.remaining_ttl(KEY, value) <= 1000
-    assert store.put(KEY, value, origin=PEER_B, ttl=10) is Verdict.REFRESH
+    assert store.put(KEY, value, origin=PEER_A, ttl=10, sender=STORER) is Verdict.REFRESH
     assert store.remaining_ttl(KEY, value) > 990
     assert store.remaining_ttl(KEY, unsigned(2)) == 0.0
+
+
+def test_the_owner_and_this_node_refresh_too(store: ValueStore) -> None:
+    owned = signed(1)
+    store.put(KEY, owned, origin=PEER_A, ttl=100, sender=STORER)
+    assert store.put(KEY, owned, origin=PEER_B, ttl=1000, sender=ALICE.node_id) is Verdict.REFRESH
+    assert store.remaining_ttl(KEY, owned) > 990
+    mine = unsigned(2)
+    store.put(KEY, mine, origin=PEER_A, ttl=100, sender=STORER)
+    store.put(KEY, mine, origin=LOCAL_ORIGIN, ttl=1000)
+    assert store.remaining_ttl(KEY, mine) > 990
+
+
+def test_a_hand_off_passes_on_who_may_refresh(store: ValueStore) -> None:
+    value = unsigned(1)
+    store.put(KEY, value, origin=PEER_A, ttl=100, sender=STRANGER, by=STORER)
+    store.put(KEY, value, origin=PEER_A, ttl=1000, sender=STRANGER)
+    assert store.remaining_ttl(KEY, value) <= 100  # the relaying peer is not the storer it named
+    store.put(KEY, value, origin=PEER_B, ttl=1000, sender=STORER)
+    assert store.remaining_ttl(KEY, value) > 990
+
+
+def test_an_expired_signed_version_cannot_be_put_back_by_a_stranger(store: ValueStore) -> None:
+    value, plain = signed(1, seq=3), unsigned(2)
+    store.put(KEY, value, origin=PEER_A, ttl=60, sender=STORER)
+    store.put(KEY, plain, origin=PEER_A, ttl=60, sender=STORER)
+    assert len(store.expire(now=time.time() + 61)) == 2
+    assert store.put(KEY, value, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED
+    assert store.put(KEY, signed(1, seq=2), origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED
+    assert store.put(KEY, plain, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW  # nobody owns it
+    assert store.put(KEY, value, origin=PEER_A, ttl=60, sender=STORER) is Verdict.NEW
+    assert store.expire(now=time.time() + 61)
+    assert store.put(KEY, signed(1, b"v4", seq=4), origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW
+    other = signed(5, key=OTHER_KEY)
+    store.put(OTHER_KEY, other, origin=PEER_A, ttl=60, sender=STORER)
+    later = time.time() + 61
+    store.expire(now=later)
+    store.expire(now=later + TTL + 1)  # a tombstone goes after a lifetime of the value's type
+    assert store.put(OTHER_KEY, other, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW
 
 
 # ---- expiry ---------------------------------------------------------------------------------------
@@ -211,7 +255,7 @@ def test_expire_frees_quota(db_path: Path) -> None:
 
 
 def test_max_values_per_key(db_path: Path) -> None:
-    store = open_store(db_path, Quotas(max_values_per_key=3))
+    store = open_store(db_path, Quotas(max_values_per_key=3, key_share=1.0))
     try:
         for value_id in (1, 2, 3):
             assert store.put(KEY, signed(value_id), origin=PEER_A, ttl=TTL) is Verdict.NEW
@@ -221,6 +265,24 @@ def test_max_values_per_key(db_path: Path) -> None:
         assert store.put(KEY, signed(2), origin=PEER_A, ttl=TTL) is Verdict.REFRESH
         assert store.put(OTHER_KEY, signed(4, key=OTHER_KEY), origin=PEER_A, ttl=TTL) is Verdict.NEW
         assert len(store.get(KEY)) == 3
+    finally:
+        store.close()
+
+
+def test_one_peer_host_fills_at_most_its_share_of_a_key(db_path: Path) -> None:
+    store = open_store(db_path, Quotas(max_values_per_key=8, key_share=1 / 4))
+    try:
+        assert [store.put(KEY, unsigned(i), origin=PEER_A, ttl=TTL) for i in (1, 2, 3)] == [
+            Verdict.NEW,
+            Verdict.NEW,
+            Verdict.REFUSE_KEY_SHARE,
+        ]
+        assert store.put(KEY, unsigned(3), origin=PEER_B, ttl=TTL) is Verdict.NEW
+        assert store.put(KEY, unsigned(1), origin=PEER_A, ttl=TTL) is Verdict.REFRESH  # what it holds stays
+        assert store.put(OTHER_KEY, unsigned(4), origin=PEER_A, ttl=TTL) is Verdict.NEW  # per key
+        for value_id in range(10, 16):
+            store.put(KEY, unsigned(value_id), origin=LOCAL_ORIGIN, ttl=TTL)  # this node's own: no share
+        assert len(store.get(KEY)) == 8
     finally:
         store.close()
 

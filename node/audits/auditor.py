@@ -31,6 +31,7 @@ from dhtmesh.node.streams.chunk_client import (
     new_challenge,
 )
 from dhtmesh.node.streams.chunk_service import NOT_HELD
+from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Auditor:
         """Every blob's manifest, read from the directory shards every few epochs (each epoch while none)."""
         stale = self._catalog_epoch is None or epoch - self._catalog_epoch >= CATALOG_REFRESH_PERIODS
         if stale or not self._manifests:
-            shards = await asyncio.gather(*(self._node.get(key) for key in BLOB_KEYS))
+            shards = await asyncio.gather(*(self._node.get(key, value_type=BLOB_MANIFEST_TYPE) for key in BLOB_KEYS))
             manifests = [manifest for values in shards for manifest in manifests_in(values)]
             self._manifests = {manifest.blob_id: manifest for manifest in manifests}
             self._catalog_epoch = epoch

@@ -11,6 +11,7 @@ from dhtmesh.node.audits.reputation import Reputation, reputation
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.audit import AuditLog, audit_logs_in, audits_key
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.values.types import AUDIT_TYPE
 
 DEFAULT_REFRESH = 15.0
 
@@ -31,7 +32,7 @@ class ReputationBook:
 
     async def logs(self, farmer_id: bytes) -> list[AuditLog]:
         """Every auditor's log of `farmer_id`, read now."""
-        logs = audit_logs_in(await self._node.get(audits_key(farmer_id)), farmer_id)
+        logs = audit_logs_in(await self._node.get(audits_key(farmer_id), value_type=AUDIT_TYPE), farmer_id)
         self._read[farmer_id] = (self._clock(), logs)
         return logs
 

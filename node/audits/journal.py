@@ -32,7 +32,7 @@ class AuditJournal:
 
     async def _load(self, farmer_id: bytes) -> tuple[int, tuple[AuditEntry, ...]]:
         own_key = self._node.identity.public_key
-        values = await self._node.get(audits_key(farmer_id), farmer_value_id(self._node.node_id))
+        values = await self._node.get(audits_key(farmer_id), farmer_value_id(self._node.node_id), AUDIT_TYPE)
         for value in values:
             if value.owner == own_key and value.type == AUDIT_TYPE:
                 return value.seq, decode_audit_log(value.data).entries

@@ -3,7 +3,10 @@ audits within the window, how many distinct auditors saw each, and the bytes it 
 
 One auditor alone cannot ruin a farmer: a farmer is "failing" only when at least
 `CONFIRMING_AUDITORS` distinct auditors' latest verdicts on it are failures, and a chunk it proved
-stays counted in its verified bytes unless that many auditors failed it since.
+stays counted in its verified bytes unless that many auditors failed it since. A miss (no answer, a
+refusal such as "too many requests") is not a failure: anyone flooding a farmer's port can cause one,
+and a farmer that is away has lost nothing. Misses make a farmer "unreachable" at worst, never
+"failing", and cost it no verified bytes.
 """
 
 from collections import defaultdict
@@ -24,7 +27,9 @@ class Reputation:
     passed_by: int = 0  # distinct auditors
     failed_by: int = 0
     missed_by: int = 0
-    failing_by: int = 0  # distinct auditors whose latest verdict on this farmer is a failure or a miss
+    failing_by: int = 0  # distinct auditors whose latest verdict on this farmer is a failure
+    missing_by: int = 0  # distinct auditors whose latest verdict on this farmer is a miss
+    passing_by: int = 0  # distinct auditors whose latest verdict on this farmer is a pass
     verified_bytes: int = 0
     last_audit: int | None = None
 
@@ -34,6 +39,8 @@ class Reputation:
             return "failing"
         if self.failing_by:
             return "disputed"  # one auditor's word against the others': not enough to condemn
+        if self.missing_by >= CONFIRMING_AUDITORS and self.missing_by > self.passing_by:
+            return "unreachable"  # most auditors got no answer lately: away, or flooded; nothing proven lost
         return "good" if self.passed else "unaudited"
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +51,7 @@ class Reputation:
             "missed": self.missed,
             "auditors": {"passed": self.passed_by, "failed": self.failed_by, "missed": self.missed_by},
             "failing_auditors": self.failing_by,
+            "missing_auditors": self.missing_by,
             "verified_bytes": self.verified_bytes,
             "last_audit": self.last_audit,
         }
@@ -67,14 +75,17 @@ def reputation(logs: list[AuditLog], now: int, window: int = WINDOW) -> Reputati
         passed_by=len(seen_by[Outcome.PASSED]),
         failed_by=len(seen_by[Outcome.FAILED]),
         missed_by=len(seen_by[Outcome.MISSED]),
-        failing_by=sum(entry.outcome != Outcome.PASSED for entry in latest.values()),
+        failing_by=sum(entry.outcome == Outcome.FAILED for entry in latest.values()),
+        missing_by=sum(entry.outcome == Outcome.MISSED for entry in latest.values()),
+        passing_by=sum(entry.outcome == Outcome.PASSED for entry in latest.values()),
         verified_bytes=_verified_bytes(recent),
         last_audit=max((entry.time for entry in latest.values()), default=None),
     )
 
 
 def _verified_bytes(recent: dict[bytes, list[AuditEntry]]) -> int:
-    """The lengths of the chunks the farmer proved, less those `CONFIRMING_AUDITORS` failed since."""
+    """The lengths of the chunks the farmer proved, less those `CONFIRMING_AUDITORS` failed since
+    (misses since do not count: a miss proves nothing lost)."""
     by_chunk: dict[bytes, dict[bytes, AuditEntry]] = defaultdict(dict)  # root -> auditor -> latest entry
     for auditor, entries in recent.items():
         for entry in entries:
@@ -87,7 +98,7 @@ def _verified_bytes(recent: dict[bytes, list[AuditEntry]]) -> int:
         if not passes:
             continue
         last_pass = max(e.time for e in passes)
-        failures = [e for e in latest.values() if e.outcome != Outcome.PASSED and e.time >= last_pass]
+        failures = [e for e in latest.values() if e.outcome == Outcome.FAILED and e.time >= last_pass]
         if len(failures) < CONFIRMING_AUDITORS:
             total += passes[0].length
     return total

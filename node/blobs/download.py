@@ -11,6 +11,7 @@ from dhtmesh.node.blobs.placement import Placer, by_closeness
 from dhtmesh.node.records.blob import Manifest, blob_key, blob_value_id, find_manifest
 from dhtmesh.node.records.holding import chunk_key, holdings_in
 from dhtmesh.node.streams.chunk_client import HolderFailed, WrongBytes
+from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE, HOLDING_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,14 @@ class BlobReader:
         self._node = placer.node
 
     async def manifest(self, blob_id: bytes) -> Manifest | None:
-        return find_manifest(await self._node.get(blob_key(blob_id), blob_value_id(blob_id)), blob_id)
+        values = await self._node.get(blob_key(blob_id), blob_value_id(blob_id), BLOB_MANIFEST_TYPE)
+        return find_manifest(values, blob_id)
 
     async def holders(self, root: bytes, length: int) -> list[bytes]:
         """The registered farmers that say they keep chunk `root` (of `length` bytes), closest to the
         root first. Anyone can sign a holding; only farmers' count, so that holdings made up by
         throwaway keys cannot make readers and auditors wait on nodes that never answer."""
-        holdings = holdings_in(await self._node.get(chunk_key(root)), root)
+        holdings = holdings_in(await self._node.get(chunk_key(root), value_type=HOLDING_TYPE), root)
         farmers = {record.node_id for record in await self.placer.registry.farmers()}
         return by_closeness(root, [h.holder_id for h in holdings if h.length == length and h.holder_id in farmers])
 

@@ -36,7 +36,7 @@ class ChunkKeeper:
         holding_key, own_key = chunk_key(root), self._node.identity.public_key
         if self._node.store.get_one(holding_key, own_key, farmer_value_id(self._node.node_id)) is not None:
             return  # kept and announced already
-        values = await self._node.get(blob_key(blob_id), blob_value_id(blob_id))
+        values = await self._node.get(blob_key(blob_id), blob_value_id(blob_id), BLOB_MANIFEST_TYPE)
         manifest = find_manifest(values, blob_id)
         if manifest is None:
             raise Refused("no manifest of this blob in the mesh")

@@ -6,21 +6,27 @@ which hivemind measured as the reason extra alpha did not help). It ends when th
 candidates that have not failed have all answered, or earlier when the caller is `satisfied` (a get
 that heard from enough replicas). `traverse_in_rounds` is the plain textbook version, kept as the
 reference the tests compare against.
+
+A `Diversity` caps how many of the candidates a lookup considers nearest (and of its result) may share
+a host or a subnet: ids are free to make, so without it one host could fill a key's k closest.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 from dhtmesh.node.routing.contact import Contact
+from dhtmesh.node.routing.diversity import UNLIMITED, Diversity
 
 Query = Callable[[Contact], Awaitable[list[Contact] | None]]
 """Ask one contact for the contacts it knows closest to the target; None when it failed."""
 
 
 class _Candidates:
-    def __init__(self, target: bytes, exclude: bytes | None) -> None:
+    def __init__(self, target: bytes, exclude: bytes | None, diversity: Diversity) -> None:
+        self._target_id = target
         self._target = int.from_bytes(target, "big")
         self._exclude = exclude
+        self._diversity = diversity
         self.known: dict[bytes, Contact] = {}
         self.asked: set[bytes] = set()
         self.answered: set[bytes] = set()
@@ -31,15 +37,19 @@ class _Candidates:
             if contact.node_id != self._exclude and contact.node_id not in self.known:
                 self.known[contact.node_id] = contact
 
+    def _by_distance(self, contacts: Iterable[Contact]) -> list[Contact]:
+        return sorted(contacts, key=lambda c: c.id_int ^ self._target)
+
     def nearest_alive(self, k: int) -> list[Contact]:
         alive = (c for node_id, c in self.known.items() if node_id not in self.failed)
-        return sorted(alive, key=lambda c: c.id_int ^ self._target)[:k]
+        return self._diversity.pick(self._by_distance(alive), k, self._target_id)
 
     def next_to_ask(self, k: int) -> list[Contact]:
         return [c for c in self.nearest_alive(k) if c.node_id not in self.asked]
 
     def result(self, k: int) -> list[Contact]:
-        return [c for c in self.nearest_alive(len(self.known)) if c.node_id in self.answered][:k]
+        answered = (c for node_id, c in self.known.items() if node_id in self.answered)
+        return self._diversity.pick(self._by_distance(answered), k, self._target_id)
 
 
 async def traverse(
@@ -51,10 +61,11 @@ async def traverse(
     alpha: int = 3,
     exclude: bytes | None = None,
     satisfied: Callable[[], bool] = lambda: False,
+    diversity: Diversity = UNLIMITED,
 ) -> list[Contact]:
-    """The k contacts closest to `target` that answered, nearest first; or, as soon as `satisfied()`
-    holds after an answer, those that answered so far."""
-    candidates = _Candidates(target, exclude)
+    """The k contacts closest to `target` that answered, nearest first (within `diversity`); or, as
+    soon as `satisfied()` holds after an answer, those that answered so far."""
+    candidates = _Candidates(target, exclude, diversity)
     candidates.offer(seeds)
     in_flight: dict[asyncio.Task, Contact] = {}
     try:
@@ -91,10 +102,11 @@ async def traverse_in_rounds(
     alpha: int = 3,
     exclude: bytes | None = None,
     satisfied: Callable[[], bool] = lambda: False,
+    diversity: Diversity = UNLIMITED,
 ) -> list[Contact]:
     """Reference: ask alpha contacts per round, wait for the round, stop when the k nearest all answered
     (or `satisfied()` holds after a round)."""
-    candidates = _Candidates(target, exclude)
+    candidates = _Candidates(target, exclude, diversity)
     candidates.offer(seeds)
     while not satisfied() and (batch := candidates.next_to_ask(k)[:alpha]):
         candidates.asked.update(c.node_id for c in batch)

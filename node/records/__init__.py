@@ -10,16 +10,27 @@ from dhtmesh.node.records.farmer import (
     farmer_value_id,
     signed_farmer_value,
 )
-from dhtmesh.node.records.rules import check_value, is_valid_successor
+from dhtmesh.node.records.rules import (
+    RESERVED_TYPES,
+    check_value,
+    is_valid_successor,
+    lifetime,
+    lives_until,
+    open_refresh,
+)
 
 __all__ = [
     "DIRECTORY_KEYS",
     "FARMER_VALUE_TYPE",
+    "RESERVED_TYPES",
     "FarmerRecord",
     "InvalidRecord",
     "check_value",
     "farmer_key",
     "farmer_value_id",
     "is_valid_successor",
+    "lifetime",
+    "lives_until",
+    "open_refresh",
     "signed_farmer_value",
 ]

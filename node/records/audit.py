@@ -4,10 +4,10 @@ Each auditor keeps one value per farmer it audits, under the farmer's audit key 
 a value id derived from the auditor's node id; the value lists the auditor's latest audits of that
 farmer (chunk, challenge, outcome, time), newest last, at most `MAX_ENTRIES`, each new audit a higher
 seq. So a farmer's audits are read with one get, an auditor cannot write in another's name, and a
-busy auditor cannot fill the key (one value each).
+busy auditor cannot fill the key (one value each; the key is reserved for audit logs). A log lives a
+day after its newest entry (`lives_until`), however often it is re-sent.
 """
 
-import hashlib
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,8 +18,9 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
 from dhtmesh.node.records.blob import BLOB_ID_SIZE
 from dhtmesh.node.records.farmer import CLOCK_SKEW, InvalidRecord, farmer_value_id
+from dhtmesh.node.records.keys import reserved_key
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE
-from dhtmesh.node.values.types import AUDIT_TYPE
+from dhtmesh.node.values.types import AUDIT_EXPIRY, AUDIT_TYPE
 from dhtmesh.node.values.value import Value, sign_value
 
 MAX_ENTRIES = 32
@@ -61,7 +62,7 @@ class AuditLog:
 
 
 def audits_key(farmer_id: bytes) -> bytes:
-    return hashlib.sha1(_KEY_DOMAIN + farmer_id).digest()
+    return reserved_key(AUDIT_TYPE, _KEY_DOMAIN, farmer_id)
 
 
 def _entry(raw: object) -> AuditEntry:
@@ -116,6 +117,11 @@ def check_audit_value(key: bytes, value: Value) -> None:
         raise InvalidRecord("an audit log must be signed by its auditor")
     if key != audits_key(log.farmer_id) or value.id != farmer_value_id(log.auditor_id):
         raise InvalidRecord("an audit log must be stored under its farmer's audit key, under its auditor's id")
+
+
+def lives_until(value: Value) -> float:
+    """The latest time a (checked) audit log may be held: a day after its newest entry."""
+    return max(entry.time for entry in decode_audit_log(value.data).entries) + AUDIT_EXPIRY
 
 
 def signed_audit_log(auditor: Identity, log: AuditLog, seq: int) -> Value:

@@ -4,10 +4,10 @@ The blob's id is the Merkle root over its chunks (`crypto.merkle.blob_root`), so
 itself: a node checks that its chunk list hashes to the id it is stored under, whoever signed it.
 Manifests live in a directory of `BLOB_SHARDS` keys (the shard named by the id's first hex digit), so
 that auditors can read every blob in the mesh with 16 gets; a manifest's value id is derived from the
-blob id, and only manifests may be stored under a blob directory key.
+blob id, and blob directory keys are reserved for manifests (`records.keys`). A manifest proves itself,
+so anyone (its uploader, every farmer keeping one of its chunks) may keep it alive.
 """
 
-import hashlib
 import re
 from dataclasses import dataclass
 from itertools import accumulate
@@ -17,6 +17,7 @@ import msgpack
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.merkle import BLOCK_SIZE, blob_root
 from dhtmesh.node.records.farmer import InvalidRecord
+from dhtmesh.node.records.keys import reserved_key
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import Value, sign_value
@@ -52,7 +53,7 @@ class Manifest:
 
 
 def blob_directory_key(shard: int) -> bytes:
-    return hashlib.sha1(_KEY_DOMAIN + b"%x" % shard).digest()
+    return reserved_key(BLOB_MANIFEST_TYPE, _KEY_DOMAIN, b"%x" % shard)
 
 
 BLOB_KEYS = tuple(blob_directory_key(shard) for shard in range(BLOB_SHARDS))
@@ -93,12 +94,6 @@ def check_manifest_value(key: bytes, value: Value) -> None:
     blob_id = decode_manifest(value.data).blob_id
     if key != blob_key(blob_id) or value.id != blob_value_id(blob_id):
         raise InvalidRecord("a manifest must be stored in its blob's shard, under its blob's value id")
-
-
-def check_blob_directory_value(key: bytes, value: Value) -> None:
-    """Blob directory keys hold manifests only."""
-    if value.type != BLOB_MANIFEST_TYPE and key in BLOB_KEYS:
-        raise InvalidRecord("only manifests may be stored under a blob directory key")
 
 
 def signed_manifest(identity: Identity, manifest: Manifest) -> Value:

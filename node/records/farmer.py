@@ -6,13 +6,14 @@ each shard holds up to a key's value quota of farmers. A record has type `FARMER
 derived from the farmer's node id (`farmer_value_id`), and its owner is the farmer's Ed25519 key, whose
 hash is the node id: so only the farmer can write it (a new state is a higher seq), every node can check
 that the record speaks for the key that signed it, and no one can hold a farmer's id in a shard before
-it (the id is bound to the key). Only farmer records may be stored under a directory key.
+it (the id is bound to the key). Directory keys are reserved for farmer records (`records.keys`). A
+record lives `FARMER_RECORD_EXPIRY` after the `last_seen` its farmer signed, however often it is
+re-sent (`lives_until`).
 
 Times are Unix seconds; `uptime` counts the seconds seen online since `reg_time`, as dataserv's develop
 branch does.
 """
 
-import hashlib
 import ipaddress
 import time
 from dataclasses import astuple, dataclass
@@ -22,7 +23,8 @@ import msgpack
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
-from dhtmesh.node.values.types import FARMER_RECORD_TYPE
+from dhtmesh.node.records.keys import reserved_key
+from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY, FARMER_RECORD_TYPE
 from dhtmesh.node.values.value import InvalidValue, Value, sign_value
 
 FARMER_VALUE_TYPE = FARMER_RECORD_TYPE
@@ -54,7 +56,7 @@ class FarmerRecord:
 
 
 def directory_key(shard: int) -> bytes:
-    return hashlib.sha1(_KEY_DOMAIN + b"%x" % shard).digest()
+    return reserved_key(FARMER_RECORD_TYPE, _KEY_DOMAIN, b"%x" % shard)
 
 
 DIRECTORY_KEYS = tuple(directory_key(shard) for shard in range(DIRECTORY_SHARDS))
@@ -125,10 +127,10 @@ def check_farmer_value(key: bytes, value: Value) -> None:
         raise InvalidRecord("a farmer record must be stored in its farmer's shard, under its farmer's value id")
 
 
-def check_directory_value(key: bytes, value: Value) -> None:
-    """Directory keys hold farmer records only: nothing else may take a farmer's id or fill a shard."""
-    if value.type != FARMER_VALUE_TYPE and key in DIRECTORY_KEYS:
-        raise InvalidRecord("only farmer records may be stored under a farmer directory key")
+def lives_until(value: Value) -> float:
+    """The latest time a (checked) farmer value may be held: its signed last sighting plus the type's
+    expiry, so a replayed old record cannot outlive the one its farmer last signed."""
+    return decode_farmer(value.data).last_seen + FARMER_RECORD_EXPIRY
 
 
 def is_successor(current: FarmerRecord, incoming: FarmerRecord) -> bool:

@@ -1,13 +1,12 @@
 """A holding: a farmer's signed statement that it keeps a chunk for the mesh.
 
-Holdings live under the chunk's own key (`chunk_key`), one per holder (value id derived from the
-holder's node id), so a reader finds every holder of a chunk with one get, and an auditor knows whom
-to challenge. Only the holder can sign its holding, so nobody can name a farmer as the holder of a
+Holdings live under the chunk's own key (`chunk_key`, reserved for holdings), one per holder (value
+id derived from the holder's node id), so a reader finds every holder of a chunk with one get, and an
+auditor knows whom to challenge. Only the holder can sign its holding, so nobody can name a farmer as the holder of a
 chunk it never took (and then fail it in audits); the stated length must match the blob's manifest
 before an auditor challenges it.
 """
 
-import hashlib
 from dataclasses import astuple, dataclass
 
 import msgpack
@@ -16,6 +15,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
 from dhtmesh.node.records.blob import BLOB_ID_SIZE
 from dhtmesh.node.records.farmer import InvalidRecord, farmer_value_id
+from dhtmesh.node.records.keys import reserved_key
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE
 from dhtmesh.node.values.types import HOLDING_TYPE
 from dhtmesh.node.values.value import Value, sign_value
@@ -37,7 +37,7 @@ class Holding:
 
 
 def chunk_key(root: bytes) -> bytes:
-    return hashlib.sha1(_KEY_DOMAIN + root).digest()
+    return reserved_key(HOLDING_TYPE, _KEY_DOMAIN, root)
 
 
 def decode_holding(data: bytes) -> Holding:

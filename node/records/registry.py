@@ -20,6 +20,7 @@ from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.farmer import (
     CLOCK_SKEW,
     DIRECTORY_KEYS,
+    FARMER_VALUE_TYPE,
     FarmerRecord,
     InvalidRecord,
     decode_farmer,
@@ -58,7 +59,7 @@ def find_record(values: list[Value], node_id: bytes) -> tuple[Value, FarmerRecor
     """The farmer's own record among a shard's (checked) values."""
     wanted = farmer_value_id(node_id)
     for value in values:
-        if value.id == wanted:
+        if value.id == wanted and value.type == FARMER_VALUE_TYPE:
             record = decode_farmer(value.data)
             if record.node_id == node_id:
                 return value, record
@@ -66,6 +67,10 @@ def find_record(values: list[Value], node_id: bytes) -> tuple[Value, FarmerRecor
 
 
 def _record_in(value: Value) -> FarmerRecord | None:
+    """The farmer record a (checked) value holds, if it is one: only a value of the farmer type is, since
+    only it was checked against the farmer rule (the data of anything else may look like a record)."""
+    if value.type != FARMER_VALUE_TYPE:
+        return None
     try:
         return decode_farmer(value.data)
     except InvalidRecord:
@@ -94,7 +99,7 @@ class FarmerRegistry:
                     listener = self.node.listen(key)
                     self._listeners.append(listener)
                     self._tasks.spawn(self._follow(listener))
-            shards = await asyncio.gather(*(self.node.get(key) for key in DIRECTORY_KEYS))
+            shards = await asyncio.gather(*(self.node.get(key, value_type=FARMER_VALUE_TYPE) for key in DIRECTORY_KEYS))
             for values in shards:
                 for value in values:
                     self._learn(value)
@@ -154,7 +159,8 @@ class FarmerRegistry:
 
     async def find(self, node_id: bytes) -> tuple[Value, FarmerRecord] | None:
         """The farmer's current signed record, as the shard's replicas hold it."""
-        found = find_record(await self.node.get(farmer_key(node_id), farmer_value_id(node_id)), node_id)
+        values = await self.node.get(farmer_key(node_id), farmer_value_id(node_id), FARMER_VALUE_TYPE)
+        found = find_record(values, node_id)
         if found is not None:
             self._learn(found[0])
         return found

@@ -1,47 +1,90 @@
-"""Which rule checks the data of which value type, and the checks every hop applies to a value.
+"""The record kinds the mesh enforces, and the checks every hop applies to a value.
 
-A record type's rule runs after the value's own check (ranges, signature under the key), wherever a
-value enters a node: a local put, a store or notify from a peer, and every value a get gathers. So a
-node, the proxy that took the request included, cannot make the mesh hold a record its rule refuses.
-A replica that holds a record's earlier version also checks that the new one may follow it
-(`is_valid_successor`), so a signer cannot rewrite its own history where a witness of it remains.
+A record kind (libp2p's namespaced validators, one per reserved value type) says how a value of its
+type is checked (`check`), which version may follow which (`follows`), until when a value may live
+at the latest whatever anyone re-sends (`lives_until`, from times its signer signed), and whether
+anyone may keep it alive (`open_refresh`, for records that prove themselves).
+
+`check_value` runs wherever a value enters a node (a local put; a store, store-along or notify from a
+peer, stock or not; every value a get gathers) and before a value leaves towards a service: the
+value's own check (ranges, signature under the key), then the reserved-key rule (a key reserved for a
+kind holds that kind only), then the kind's rule. So a node, the proxy that took the request included,
+cannot make the mesh hold a record its rule refuses. A replica that holds a record's earlier version
+also checks that the new one may follow it (`is_valid_successor`), so a signer cannot rewrite its own
+history where a witness of it remains.
 """
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from dhtmesh.node.records import audit, blob, farmer, holding
-from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
+from dhtmesh.node.records.keys import reserved_type
+from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, FARMER_RECORD_TYPE, HOLDING_TYPE, expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value
 
 Rule = Callable[[bytes, Value], None]
 """Raise `InvalidValue` (or a subclass) unless `value` is a well-formed record under `key`."""
 
-RULES: Mapping[int, Rule] = {
-    farmer.FARMER_VALUE_TYPE: farmer.check_farmer_value,
-    BLOB_MANIFEST_TYPE: blob.check_manifest_value,
-    HOLDING_TYPE: holding.check_holding_value,
-    AUDIT_TYPE: audit.check_audit_value,
+
+@dataclass(frozen=True, slots=True)
+class RecordKind:
+    check: Rule
+    follows: Callable[[Value, Value], bool] = lambda current, incoming: True
+    lives_until: Callable[[Value], float] | None = None
+    open_refresh: bool = False
+
+
+def _farmer_follows(current: Value, incoming: Value) -> bool:
+    try:
+        return farmer.is_successor(farmer.decode_farmer(current.data), farmer.decode_farmer(incoming.data))
+    except InvalidValue:
+        return False
+
+
+KINDS: dict[int, RecordKind] = {
+    FARMER_RECORD_TYPE: RecordKind(farmer.check_farmer_value, _farmer_follows, farmer.lives_until),
+    BLOB_MANIFEST_TYPE: RecordKind(blob.check_manifest_value, open_refresh=True),
+    HOLDING_TYPE: RecordKind(holding.check_holding_value),
+    AUDIT_TYPE: RecordKind(audit.check_audit_value, lives_until=audit.lives_until),
 }
-KEY_RULES: tuple[Rule, ...] = (farmer.check_directory_value, blob.check_blob_directory_value)
-"""Rules on what a reserved key may hold, whatever the value's type."""
+RESERVED_TYPES = frozenset(KINDS)
+"""Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 
 
 def check_value(key: bytes, value: Value) -> None:
     value.check(key)
-    for key_rule in KEY_RULES:
-        key_rule(key, value)
-    rule = RULES.get(value.type)
-    if rule is not None:
-        rule(key, value)
+    reserved = reserved_type(key, KINDS)
+    if reserved is not None and value.type != reserved:
+        raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
+    kind = KINDS.get(value.type)
+    if kind is not None:
+        kind.check(key, value)
 
 
 def is_valid_successor(current: Value, incoming: Value) -> bool:
     """Whether `incoming`, a higher seq of the same (owner, id), may replace `current` (both checked)."""
     if current.type != incoming.type:
-        return incoming.type not in RULES and current.type not in RULES  # a record never changes type
-    if incoming.type != farmer.FARMER_VALUE_TYPE:
-        return True
-    try:
-        return farmer.is_successor(farmer.decode_farmer(current.data), farmer.decode_farmer(incoming.data))
-    except InvalidValue:
-        return False
+        return incoming.type not in KINDS and current.type not in KINDS  # a record never changes type
+    kind = KINDS.get(incoming.type)
+    return kind is None or kind.follows(current, incoming)
+
+
+def lives_until(value: Value) -> float | None:
+    """The latest time a (checked) value may be held, if its kind anchors it in a signed time."""
+    kind = KINDS.get(value.type)
+    return None if kind is None or kind.lives_until is None else kind.lives_until(value)
+
+
+def lifetime(value: Value, now: float | None = None) -> float:
+    """Seconds a (checked) value may live from now: its type's expiry, cut to the time its signer gave
+    it if its kind anchors one (0 or less: it is past it)."""
+    limit = lives_until(value)
+    type_life = expiry_for(value.type)
+    return type_life if limit is None else min(type_life, limit - (time.time() if now is None else now))
+
+
+def open_refresh(value: Value) -> bool:
+    """Whether anyone may keep this value alive (a record that proves itself)."""
+    kind = KINDS.get(value.type)
+    return kind is not None and kind.open_refresh

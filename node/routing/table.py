@@ -1,8 +1,10 @@
 """The k-bucket routing table: proven contacts only, true k-closest queries, eviction with replacements.
 
 Buckets split when full and covering our own id. A full bucket that cannot split keeps newcomers in a
-bounded replacement cache; a contact is dropped after a failed call (which already includes one retry)
-and its best replacement promoted.
+bounded replacement cache (long-lived contacts are kept: Kademlia's own rule, which also keeps out
+a flood of fresh ids); a contact is dropped after a failed call (which already includes one retry)
+and its best replacement promoted. A bucket takes no more contacts from one host or subnet than its
+`Diversity` allows, and the closest contacts it hands out keep within it too.
 """
 
 import math
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dhtmesh.node.routing.contact import ID_BITS, Contact
+from dhtmesh.node.routing.diversity import UNLIMITED, Diversity
 
 GOOD_FOR = 600.0  # a contact that answered within this many seconds is "good", as OpenDHT counts
 
@@ -37,9 +40,12 @@ class _Bucket:
 
 
 class RoutingTable:
-    def __init__(self, own_id: bytes, k: int = 20, replacement_factor: int = 5) -> None:
+    def __init__(
+        self, own_id: bytes, k: int = 20, replacement_factor: int = 5, diversity: Diversity = UNLIMITED
+    ) -> None:
         self.own_id = own_id
         self.k = k
+        self._diversity = diversity
         self._replacement_limit = k * replacement_factor
         self._buckets: list[_Bucket] = [_Bucket(0, 1 << ID_BITS)]
         # Every find we serve or make asks for the closest contacts: keep them flat between changes.
@@ -66,11 +72,13 @@ class RoutingTable:
         return entry.contact if entry else None
 
     def closest(self, target: bytes, count: int | None = None, exclude: Iterable[bytes] = ()) -> list[Contact]:
-        """The `count` (default k) known contacts XOR-closest to `target`, nearest first."""
+        """The `count` (default k) known contacts XOR-closest to `target`, nearest first, within the
+        diversity caps (`target`'s own contact always included)."""
         excluded = set(exclude)
         target_int = int.from_bytes(target, "big")
         candidates = [c for c in self._all() if c.node_id not in excluded] if excluded else self._all()
-        return sorted(candidates, key=lambda c: c.id_int ^ target_int)[: self.k if count is None else count]
+        ordered = sorted(candidates, key=lambda c: c.id_int ^ target_int)
+        return self._diversity.pick(ordered, self.k if count is None else count, target)
 
     def health(self) -> tuple[int, int]:
         """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest."""
@@ -131,6 +139,8 @@ class RoutingTable:
                 if replied:
                     entry.last_reply = now
                 return True
+            if not self._diversity.admits((e.contact for e in bucket.entries.values()), contact):
+                return False  # its host or subnet has its share of this bucket already
             if len(bucket.entries) < self.k:
                 bucket.entries[contact.node_id] = _Entry(contact, last_reply=now if replied else -math.inf)
                 self._flat = None

@@ -2,7 +2,10 @@
 notify, versions.
 
 Every request first passes through `Admission.consider`, which refreshes a proven sender in the routing
-table or challenges an unproven one. Values are verified on every hop (`Value.check`).
+table or challenges an unproven one. Values are verified on every hop (`records.check_value`, through
+`DhtNode.accept_store` for every value a peer asks us to hold). A peer must have proven its id from its
+address before we store anything for it: quotas are charged to its host, and who stored a value decides
+who may refresh it, so neither may rest on a spoofable source address.
 """
 
 from collections.abc import Callable
@@ -11,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from dhtmesh.node.records import check_value
 from dhtmesh.node.rpcs.args import require_int, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
-from dhtmesh.node.values.types import expiry_for
+from dhtmesh.node.values.types import MAX_TYPE_EXPIRY
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
-from dhtmesh.node.wire.endpoint import Endpoint, Request, RpcRefused
+from dhtmesh.node.wire.endpoint import UNPROVEN, Endpoint, Request, RpcRefused
+from dhtmesh.node.wire.netgroup import host_of
 
 if TYPE_CHECKING:
     from dhtmesh.node.dht import DhtNode
@@ -33,6 +37,11 @@ def checked_value(key: bytes, raw: Any) -> Value:
     except InvalidValue as error:
         raise RpcRefused(f"invalid value: {error}") from error
     return value
+
+
+def _value_type(body: dict) -> int | None:
+    """The type a find asks values of (`y`), if it asks for one."""
+    return require_int(body["y"], "value type", 0, (1 << 16) - 1) if "y" in body else None
 
 
 class MeshRpcs:
@@ -71,18 +80,24 @@ class MeshRpcs:
             closest = self._node.table.closest(target, exclude=[request.sender_id])
             reply["nodes"] = [c.to_wire() for c in closest]
         if request.body.get("v") is True:
+            value_type = _value_type(request.body)
             if "w" in request.body:  # one value id: under a key, at most one owner holds it
                 value_id = require_int(request.body.get("w"), "value id", 1, (1 << 64) - 1)
-                reply |= {"vals": [v.to_wire() for v in self._node.store.values_with_id(target, value_id)]}
+                found = self._node.store.values_with_id(target, value_id, value_type)
+                reply |= {"vals": [v.to_wire() for v in found]}
             else:
-                reply |= self._values_page(target, offset)
-        if "s" in request.body:
-            # A put's lookup: store the value it carries, as dm_store would, and say whether we did.
+                reply |= self._values_page(target, offset, value_type)
+        if "s" in request.body and self._is_proven(request):
+            # A put's lookup: store the value it carries, as dm_store would, and say whether we did. An
+            # asker we have not proven yet gets no verdict: it sends a plain store once we have.
             reply["stored"] = self._accept(target, request).accepted
         return reply
 
-    def _values_page(self, key: bytes, offset: int) -> dict:
-        values = self._node.store.values_from(key, offset, PAGE_ENTRIES + 1)
+    def _is_proven(self, request: Request) -> bool:
+        return self._node.admission.is_proven(request.address, request.sender_id)
+
+    def _values_page(self, key: bytes, offset: int, value_type: int | None) -> dict:
+        values = self._node.store.values_from(key, offset, PAGE_ENTRIES + 1, value_type)
         page, more = values[:PAGE_ENTRIES], (offset + PAGE_ENTRIES if len(values) > PAGE_ENTRIES else None)
         inline: list[list] = []
         refs: list[list] = []
@@ -105,13 +120,26 @@ class MeshRpcs:
 
     def store(self, request: Request) -> dict:
         key = require_key(request.body.get("k"))
+        if not self._is_proven(request):
+            raise RpcRefused(UNPROVEN)
         verdict = self._accept(key, request, value_field="v")
         return {"stored": verdict.accepted, "why": verdict.value}
 
     def _accept(self, key: bytes, request: Request, value_field: str = "s") -> Verdict:
-        value = checked_value(key, request.body.get(value_field))
-        ttl = require_number(request.body.get("ttl"), "ttl", 0.0, expiry_for(value.type))
-        return self._node.accept_store(key, value, request.address, ttl)
+        """Hold the value the (proven) sender carries: checked, charged to its host, stored as its own
+        or, on a hand-off, as that of the peer it names (`by`)."""
+        by = request.body.get("by")
+        if by is not None and not (isinstance(by, bytes) and len(by) == 20):
+            raise RpcRefused("by must be a 20-byte node id")
+        try:
+            value = value_from_wire(request.body.get(value_field))
+            # The node bounds the life by the type's and the signer's; more than any type's is garbage.
+            ttl = require_number(request.body.get("ttl"), "ttl", 0.0, MAX_TYPE_EXPIRY)
+            return self._node.accept_store(
+                key, value, origin=host_of(request.address[0]), ttl=ttl, sender=request.sender_id, by=by
+            )
+        except InvalidValue as error:
+            raise RpcRefused(f"invalid value: {error}") from error
 
     def subscribe(self, request: Request) -> bool:
         key = require_key(request.body.get("k"))

@@ -1,9 +1,14 @@
 """`ping`, `store`, `find_node` and `find_value` answered exactly as `kademlia` 2.2.3 answers them.
 
 A stock peer stores one plain value per key (str, bytes or a number); dhtmesh keeps it as an unsigned
-value whose id is derived from its content, so re-stores refresh it. `find_value` returns the newest
-unsigned value under the key in the stock shape `{"value": v}`. Stock peers are never proven, so they
-are answered but never enter the routing table, and replies never exceed one datagram (flaw F11).
+value whose id is derived from its content, so re-stores refresh it. A stock store passes the same
+rule check as every other way in (`DhtNode.accept_store`): it cannot touch a reserved key. `find_value`
+returns the newest unsigned value under the key in the stock shape `{"value": v}`.
+
+Stock peers are never proven, so they are answered but never enter the routing table; their address
+could be a spoofed victim's, so a reply is never larger than the room the endpoint gives it (a small
+multiple of the request: fewer contacts, or no value), and what they store is charged to their host
+within one budget shared by all stock peers.
 """
 
 import hashlib
@@ -11,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.rpcs.args import require_key
+from dhtmesh.node.storage.store import stock_origin
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import Endpoint, RpcRefused
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address
 
 if TYPE_CHECKING:
@@ -23,7 +31,6 @@ if TYPE_CHECKING:
 
 TEXT = "text/plain"
 MSGPACK = "application/msgpack"
-STOCK_VALUE_ROOM = codec.MAX_DATAGRAM - 64
 
 
 def value_from_plain(key: bytes, plain: Any) -> Value:
@@ -66,37 +73,59 @@ class StockRpcs:
         endpoint.route_plain("find_value", self.find_value)
         endpoint.route_plain("stun", self.stun)
 
-    def ping(self, address: Address, args: list) -> bytes:
+    def ping(self, address: Address, args: list, room: float) -> bytes:
         self._sender(args, 1)
         return self._node.node_id
 
-    def stun(self, address: Address, args: list) -> list:
+    def stun(self, address: Address, args: list, room: float) -> list:
         return [address[0], address[1]]
 
-    def store(self, address: Address, args: list) -> bool:
+    def store(self, address: Address, args: list, room: float) -> bool:
+        """False for a value the rules refuse (a reserved key...): a stock peer has no way to hear why.
+        A value no stock peer could send (a list, a map) is garbage: it gets no answer at all."""
         self._sender(args, 3)
         key = require_key(args[1])
         try:
             value = value_from_plain(key, args[2])
         except InvalidValue as error:
             raise RpcRefused(str(error)) from error
-        return self._node.accept_store(key, value, address, expiry_for(value.type)).accepted
+        try:
+            origin = stock_origin(host_of(address[0]))
+            return self._node.accept_store(key, value, origin=origin, ttl=expiry_for(value.type)).accepted
+        except InvalidValue:
+            self._node.counters.add("stores_refused")
+            return False
 
-    def find_node(self, address: Address, args: list) -> list:
+    def find_node(self, address: Address, args: list, room: float) -> list:
         sender = self._sender(args, 2)
         key = require_key(args[1])
-        return [c.to_wire() for c in self._node.table.closest(key, exclude=[sender])]
+        return _fitting(self._node.table.closest(key, exclude=[sender]), room)
 
-    def find_value(self, address: Address, args: list) -> Any:
+    def find_value(self, address: Address, args: list, room: float) -> Any:
         self._sender(args, 2)
         key = require_key(args[1])
         value = self._node.store.latest_unsigned(key)
-        if value is not None and value.size <= STOCK_VALUE_ROOM:
-            return {"value": plain_from_value(value)}
-        return self.find_node(address, args)
+        if value is not None:
+            found = {"value": plain_from_value(value)}
+            if len(codec.pack(found)) <= min(room, codec.MAX_DATAGRAM - codec.HEADER_SIZE):
+                return found
+        return self.find_node(address, args, room)
 
     @staticmethod
     def _sender(args: list, arity: int) -> bytes:
         if len(args) != arity:
             raise RpcRefused("wrong number of arguments")
         return require_key(args[0], "node id")
+
+
+def _fitting(contacts: list[Contact], room: float) -> list:
+    """The closest contacts whose list fits `room` bytes (and one datagram) once encoded."""
+    budget = min(room, codec.MAX_DATAGRAM - codec.HEADER_SIZE) - 3  # 3: the list's own header, at most
+    fitting = []
+    for contact in contacts:
+        wire = contact.to_wire()
+        budget -= len(codec.pack(wire))
+        if budget < 0:
+            break
+        fitting.append(wire)
+    return fitting

@@ -3,8 +3,18 @@
 A put is committed before it is acknowledged, so a node killed with SIGKILL still has every value it
 acknowledged (WAL, synchronous=NORMAL: a committed transaction survives the process, if not the OS).
 Expiry times are wall-clock seconds, so they mean the same after a restart.
+
+Who may keep a value alive is part of what is stored: a value's *storer* (the proven peer that first
+gave it to this node, or the peer a hand-off names) and its owner may refresh it; a stranger re-sending
+the same bytes changes nothing (else anyone could keep anything alive, a cancelled permanent put
+included). A signed value that expired leaves a tombstone for one lifetime of its type, so a stranger
+cannot put it back either. Quotas are charged per origin: a peer host (`netgroup.host_of`), this
+node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`), stock peers sharing one
+small budget since they never prove their address. A disk that fails or fills is a refusal
+(`Verdict.REFUSE_DISK_FULL`, `REFUSE_STORAGE_ERROR`), logged once, never an exception: reads go on.
 """
 
+import logging
 import sqlite3
 import time
 from collections import Counter
@@ -14,10 +24,15 @@ from pathlib import Path
 
 import msgpack
 
+from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.node.values.policy import Verdict, judge_update
+from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value, value_from_wire
 
+log = logging.getLogger(__name__)
+
 LOCAL_ORIGIN = "local"
+STOCK_PREFIX = "stock "
 ROW_OVERHEAD = 64  # bytes charged per value beyond its payload, for keys and bookkeeping
 
 _SCHEMA = """
@@ -25,6 +40,7 @@ CREATE TABLE IF NOT EXISTS vals (
     key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
     type INTEGER NOT NULL, data BLOB NOT NULL, sig BLOB NOT NULL, utype TEXT NOT NULL, recipient BLOB NOT NULL,
     expires REAL NOT NULL, origin TEXT NOT NULL, stored_at REAL NOT NULL, charge INTEGER NOT NULL,
+    storer BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (key, owner, vid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
@@ -32,17 +48,30 @@ CREATE TABLE IF NOT EXISTS announces (
     key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (key, owner, vid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombs (
+    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
+    storer BLOB NOT NULL, until REAL NOT NULL,
+    PRIMARY KEY (key, owner, vid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombs_until ON tombs (until);
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """OpenDHT's defaults: 64 MiB stored for others, each peer at most 1/8 of it; a cap per key."""
+    """OpenDHT's defaults: 64 MiB stored for others, each peer host at most 1/8 of it; a cap per key,
+    of which one peer host may fill at most `key_share` (so strangers cannot crowd out the others)."""
 
     max_remote_bytes: int = 64 * 1024 * 1024
     max_local_bytes: int = 64 * 1024 * 1024
     max_values_per_key: int = 1024
     peer_share: float = 1 / 8
+    key_share: float = 1 / 4
+
+
+def stock_origin(host: str) -> str:
+    """The origin a stock peer's store is charged to (all stock origins share one peer's budget)."""
+    return STOCK_PREFIX + host
 
 
 def _sql_id(value_id: int) -> int:
@@ -59,6 +88,11 @@ def _row_value(row: tuple) -> Value:
 
 
 _VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype, recipient"
+_SIGNED_FIRST = "ORDER BY owner = X'', owner, vid"  # a page of unsigned values never hides a signed one
+
+
+def _owner_id(value: Value) -> bytes:
+    return node_id_from_public_key(value.owner) if value.signed else b""
 
 
 class ValueStore:
@@ -67,31 +101,56 @@ class ValueStore:
         path: Path | None,
         quotas: Quotas | None = None,
         may_follow: Callable[[Value, Value], bool] = lambda current, incoming: True,
+        open_refresh: Callable[[Value], bool] = lambda value: False,
     ) -> None:
         self.quotas = quotas or Quotas()
         self._may_follow = may_follow  # whether a newer version may replace the current one (record rules)
+        self._open_refresh = open_refresh  # values anyone may refresh (self-proving records)
         self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._failing = False
         # Bytes and values per origin, kept in memory so that quotas and `counts()` never scan the table.
         self._charges: Counter[str] = Counter()
         self._values: Counter[str] = Counter()
         self.remote_bytes = 0  # the sum of the charges of every origin but this node
+        self.stock_bytes = 0  # the part of it stock peers are charged
         for origin, charge, count in self._db.execute("SELECT origin, SUM(charge), COUNT(*) FROM vals GROUP BY origin"):
             self._account(origin, charge, count)
 
     def close(self) -> None:
         self._db.close()
 
+    def _migrate(self) -> None:
+        """A store from before storers were kept: its values may be refreshed by their owners only."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
+        if "storer" not in columns:
+            self._db.execute("ALTER TABLE vals ADD COLUMN storer BLOB NOT NULL DEFAULT x''")
+
     # ---- writes -------------------------------------------------------------------------------
 
-    def put(self, key: bytes, value: Value, *, origin: str, ttl: float) -> Verdict:
+    def put(
+        self, key: bytes, value: Value, *, origin: str, ttl: float, sender: bytes = b"", by: bytes | None = None
+    ) -> Verdict:
         """Store `value` (already checked) under `key` if policy and quotas allow; never raises for a
-        refused value."""
+        refused value, nor for a disk that fails. `sender` is the proven peer that sends it (empty for
+        this node's own puts and for stock peers); a new value records it as its storer, or the storer
+        `by` names (a hand-off passing on who stored it first). The storer and the value's owner may
+        refresh it later, and put it back once expired; others may not."""
+        try:
+            verdict = self._put(key, value, origin, ttl, sender, sender if by is None else by)
+        except sqlite3.Error as error:
+            return self._failed(error)
+        self._writes_again()
+        return verdict
+
+    def _put(self, key: bytes, value: Value, origin: str, ttl: float, sender: bytes, storer: bytes) -> Verdict:
         # One read serves the policy (the current version, who else holds this id) and the quotas.
         same_id = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS}, origin, charge FROM vals WHERE key=? AND vid=?", (key, _sql_id(value.id))
+            f"SELECT {_VALUE_COLUMNS}, origin, charge, storer FROM vals WHERE key=? AND vid=?",
+            (key, _sql_id(value.id)),
         ).fetchall()
         mine = next((row for row in same_id if row[0] == value.owner), None)
         current = _row_value(mine[:8]) if mine else None
@@ -102,33 +161,65 @@ class ValueStore:
             return Verdict.REFUSE_NOT_SUCCESSOR
         expires = time.time() + ttl
         if verdict is Verdict.REFRESH:
-            self._db.execute(
-                "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
-                (expires, key, value.owner, _sql_id(value.id)),
-            )
+            assert mine is not None
+            if self._may_refresh(value, origin, sender, mine[10]):
+                self._db.execute(
+                    "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
+                    (expires, key, value.owner, _sql_id(value.id)),
+                )
             return verdict
-        if verdict is Verdict.NEW and self._count(key) >= self.quotas.max_values_per_key:
-            return Verdict.REFUSE_KEY_FULL
+        if verdict is Verdict.NEW:
+            refusal = self._new_value_refusal(key, value, origin, sender)
+            if refusal is not None:
+                return refusal
         charge = value.size + ROW_OVERHEAD
         old = (mine[8], mine[9]) if mine else None
         refusal = self._quota_refusal(origin, charge, old)
         if refusal is not None:
             return refusal
         self._db.execute(
-            "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
-             value.to, expires, origin, time.time(), charge),
+             value.to, expires, origin, time.time(), charge, storer),
         )
         if old:
             self._account(old[0], -old[1], -1)
         self._account(origin, charge, 1)
         return verdict
 
+    def _may_refresh(self, value: Value, origin: str, sender: bytes, storer: bytes) -> bool:
+        """Whether this sender may push a held value's expiry back: this node itself, the peer that
+        stored it here, its owner, or anyone for a value its rules let anyone keep alive."""
+        if origin == LOCAL_ORIGIN or self._open_refresh(value):
+            return True
+        return bool(sender) and sender in (storer, _owner_id(value))
+
+    def _new_value_refusal(self, key: bytes, value: Value, origin: str, sender: bytes) -> Verdict | None:
+        """Whether a value new to this key must be refused: a signed version that expired here, put back
+        by someone who may not refresh it; a full key; a key whose share for this origin is used up."""
+        if value.signed:
+            tomb = self._db.execute(
+                "SELECT seq, storer FROM tombs WHERE key=? AND owner=? AND vid=? AND until > ?",
+                (key, value.owner, _sql_id(value.id), time.time()),
+            ).fetchone()
+            if tomb is not None and value.seq <= tomb[0] and not self._may_refresh(value, origin, sender, tomb[1]):
+                return Verdict.REFUSE_EXPIRED
+        count, from_origin = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(origin = ?), 0) FROM vals WHERE key=?", (origin, key)
+        ).fetchone()
+        if count >= self.quotas.max_values_per_key:
+            return Verdict.REFUSE_KEY_FULL
+        if origin != LOCAL_ORIGIN and from_origin >= self.quotas.max_values_per_key * self.quotas.key_share:
+            return Verdict.REFUSE_KEY_SHARE
+        return None
+
     def _account(self, origin: str, charge: int, count: int) -> None:
         self._charges[origin] += charge
         self._values[origin] += count
         if origin != LOCAL_ORIGIN:
             self.remote_bytes += charge
+        if origin.startswith(STOCK_PREFIX):
+            self.stock_bytes += charge
         if not self._values[origin]:
             del self._charges[origin], self._values[origin]  # origins come and go: keep only live ones
 
@@ -143,42 +234,71 @@ class ValueStore:
         released = old_charge if old and old_origin != LOCAL_ORIGIN else 0
         if self.remote_bytes + charge - released > self.quotas.max_remote_bytes:
             return Verdict.REFUSE_STORE_FULL
-        if self._charges[origin] + growth > self.quotas.max_remote_bytes * self.quotas.peer_share:
+        share = self.quotas.max_remote_bytes * self.quotas.peer_share
+        used = self.stock_bytes if origin.startswith(STOCK_PREFIX) else self._charges[origin]
+        if used + growth > share:
             return Verdict.REFUSE_PEER_QUOTA
         return None
 
-    def _count(self, key: bytes) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM vals WHERE key=?", (key,)).fetchone()[0]
-
     def expire(self, now: float | None = None) -> list[tuple[bytes, Value]]:
-        """Remove and return every value whose time is up."""
+        """Remove and return every value whose time is up; each signed one leaves a tombstone."""
         now = time.time() if now is None else now
-        rows = self._db.execute(
-            f"SELECT key, {_VALUE_COLUMNS}, origin, charge FROM vals WHERE expires <= ?", (now,)
-        ).fetchall()
-        if rows:
-            self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
+        try:
+            rows = self._db.execute(
+                f"SELECT key, {_VALUE_COLUMNS}, origin, charge, storer FROM vals WHERE expires <= ?", (now,)
+            ).fetchall()
+            if rows:
+                self._db.execute("BEGIN")
+                self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO tombs VALUES (?,?,?,?,?,?)",
+                    [(row[0], row[1], row[2], row[3], row[11], now + expiry_for(row[4])) for row in rows if row[1]],
+                )
+                self._db.execute("COMMIT")
+            self._db.execute("DELETE FROM tombs WHERE until <= ?", (now,))
+        except sqlite3.Error as error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._failed(error)
+            return []
         for row in rows:
             self._account(row[9], -row[10], -1)
         return [(row[0], _row_value(row[1:9])) for row in rows]
 
+    def _failed(self, error: sqlite3.Error) -> Verdict:
+        """A write the disk refused: said once at ERROR (a full disk would otherwise log every request)."""
+        if not self._failing:
+            self._failing = True
+            log.error("the value store cannot write (%s); puts are refused until it can", error)
+        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        return Verdict.REFUSE_DISK_FULL if full else Verdict.REFUSE_STORAGE_ERROR
+
+    def _writes_again(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("the value store writes again")
+
     # ---- reads --------------------------------------------------------------------------------
 
-    def get(self, key: bytes) -> list[Value]:
-        rows = self._db.execute(f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? ORDER BY owner, vid", (key,))
+    def get(self, key: bytes, value_type: int | None = None) -> list[Value]:
+        """Every value under `key` (of one type, if given), signed ones first, by (owner, id)."""
+        where, params = _where(key, value_type)
+        rows = self._db.execute(f"SELECT {_VALUE_COLUMNS} FROM vals WHERE {where} {_SIGNED_FIRST}", params)
         return [_row_value(row) for row in rows]
 
-    def values_from(self, key: bytes, offset: int, limit: int) -> list[Value]:
-        """Up to `limit` values under `key` from position `offset`, in a stable order (for paging)."""
-        rows = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? ORDER BY owner, vid LIMIT ? OFFSET ?", (key, limit, offset)
-        )
+    def values_from(self, key: bytes, offset: int, limit: int, value_type: int | None = None) -> list[Value]:
+        """Up to `limit` values under `key` (of one type, if given) from position `offset`, in a stable
+        order that puts signed values first (for paging)."""
+        where, params = _where(key, value_type)
+        query = f"SELECT {_VALUE_COLUMNS} FROM vals WHERE {where} {_SIGNED_FIRST} LIMIT ? OFFSET ?"
+        rows = self._db.execute(query, (*params, limit, offset))
         return [_row_value(row) for row in rows]
 
-    def values_with_id(self, key: bytes, value_id: int) -> list[Value]:
+    def values_with_id(self, key: bytes, value_id: int, value_type: int | None = None) -> list[Value]:
         """The values under `key` with this id: at most one, as an id belongs to one owner per key."""
+        where, params = _where(key, value_type)
         rows = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND vid=? ORDER BY owner", (key, _sql_id(value_id))
+            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE {where} AND vid=? ORDER BY owner", (*params, _sql_id(value_id))
         )
         return [_row_value(row) for row in rows]
 
@@ -192,6 +312,14 @@ class ValueStore:
             f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND owner=? AND vid=?", (key, owner, _sql_id(value_id))
         ).fetchone()
         return _row_value(row) if row else None
+
+    def storer_of(self, key: bytes, value: Value) -> bytes:
+        """Who stored `value` here (empty for this node's own and stock peers' values): what a hand-off
+        passes on, so that the same peer may keep refreshing the copy it lands on."""
+        row = self._db.execute(
+            "SELECT storer FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
+        ).fetchone()
+        return row[0] if row else b""
 
     def remaining_ttl(self, key: bytes, value: Value) -> float:
         row = self._db.execute(
@@ -218,11 +346,17 @@ class ValueStore:
 
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
-    def add_announce(self, key: bytes, value: Value) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO announces VALUES (?,?,?,?)",
-            (key, value.owner, _sql_id(value.id), msgpack.packb(value.to_wire(), use_bin_type=True)),
-        )
+    def add_announce(self, key: bytes, value: Value) -> bool:
+        """Keep re-announcing `value`; False if the disk refused to remember it."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO announces VALUES (?,?,?,?)",
+                (key, value.owner, _sql_id(value.id), msgpack.packb(value.to_wire(), use_bin_type=True)),
+            )
+        except sqlite3.Error as error:
+            self._failed(error)
+            return False
+        return True
 
     def remove_announce(self, key: bytes, value_id: int) -> bool:
         cursor = self._db.execute("DELETE FROM announces WHERE key=? AND vid=?", (key, _sql_id(value_id)))
@@ -231,3 +365,7 @@ class ValueStore:
     def announces(self) -> list[tuple[bytes, Value]]:
         rows = self._db.execute("SELECT key, value FROM announces").fetchall()
         return [(key, value_from_wire(msgpack.unpackb(blob, raw=False))) for key, blob in rows]
+
+
+def _where(key: bytes, value_type: int | None) -> tuple[str, tuple]:
+    return ("key=?", (key,)) if value_type is None else ("key=? AND type=?", (key, value_type))

@@ -5,6 +5,8 @@
   for the very same signed bytes (a re-announce); a lower one is a replay and refused;
 * an id held by one owner cannot be taken by another owner under the same key;
 * a record type may forbid some changes between versions (the store asks its successor rule).
+
+The store adds refusals of its own: quotas, expired versions, and a disk that fails.
 """
 
 from enum import Enum
@@ -23,6 +25,10 @@ class Verdict(Enum):
     REFUSE_STORE_FULL = "storage quota exceeded"
     REFUSE_KEY_FULL = "too many values under this key"
     REFUSE_PEER_QUOTA = "this peer's storage share is used up"
+    REFUSE_KEY_SHARE = "this peer's share of this key's values is used up"
+    REFUSE_EXPIRED = "this version expired here: only its storer or owner may put it back"
+    REFUSE_DISK_FULL = "no room left on this node's disk"
+    REFUSE_STORAGE_ERROR = "this node cannot write to its disk"
 
     @property
     def accepted(self) -> bool:

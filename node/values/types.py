@@ -30,6 +30,7 @@ _EXPIRY_BY_TYPE = {
     HOLDING_TYPE: HOLDING_EXPIRY,
     AUDIT_TYPE: AUDIT_EXPIRY,
 }
+MAX_TYPE_EXPIRY = max(_EXPIRY_BY_TYPE.values())
 
 
 def expiry_for(value_type: int) -> float:

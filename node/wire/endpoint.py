@@ -12,10 +12,19 @@ No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: a larg
 `dm_part` pieces followed by `dm_done`; a large reply is left with the responder and pulled back with
 `dm_pull`. A call waits a few measured round-trip times (`rtt.py`), then retries once and waits the
 full `timeout` before failing; at most `max_in_flight` calls are outstanding at a time.
+
+Work is checked before it is done: a reply is matched to a call by its message id before it is decoded
+(an unsolicited one costs a lookup), and a request is rate-limited per host before it is decoded. An
+address that has not proven itself (`is_trusted`) could be a spoofed victim's: a reply to it is never
+larger than `REFLECTION_FACTOR` times its request (otherwise it is refused as `UNPROVEN`), it gets no
+big replies and may not send big requests. A first-contact request, which carries a nonce, is padded
+so that the answer it needs fits that bound; a call refused as `UNPROVEN` is retried for a moment
+while the peer proves us.
 """
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -26,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire import codec
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 from dhtmesh.node.wire.rtt import RttEstimator
 
@@ -33,9 +43,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PIECE_SIZE = 1200
+# A reply to an address that has not proven itself is at most this many times the size of its request,
+# so that a spoofed request cannot make us flood its victim (BEP 5's concern; QUIC's factor is 3).
+REFLECTION_FACTOR = 4
+# What a request carrying a nonce is padded to: its answer may then fill a whole datagram.
+PADDED_REQUEST = codec.MAX_DATAGRAM // REFLECTION_FACTOR + 1
+UNPROVEN = "unproven"
+UNPROVEN_RETRIES = 4
+UNPROVEN_BACKOFF = 0.05
+PULLS_PER_PIECE = 2  # one pull and one retry: a piece cannot be pulled over and over
 MAX_PIECES = codec.MAX_MESSAGE // PIECE_SIZE
 TRANSFER_TTL = 15.0
-MAX_PENDING_BYTES_PER_PEER = 512 * 1024
+MAX_PENDING_BYTES_PER_PEER = 512 * 1024  # per host
 MAX_PENDING_BYTES = 16 * 1024 * 1024
 NONCE_SIZE = 16
 RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -65,6 +84,8 @@ class Request:
     name: str
     sender_id: bytes
     body: dict
+    proven: bool = True  # the address proved itself (answered a nonce): it is not a spoofed one
+    room: float = math.inf  # the most bytes the reply may take (bounded for unproven addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +94,8 @@ class Reply:
     proof: Any = None
 
 
-PlainHandler = Callable[[Address, list], Any]
+PlainHandler = Callable[[Address, list, float], Any]
+"""`(address, args, room)`: the stock RPC's result, at most `room` bytes once encoded."""
 MeshHandler = Callable[[Request], Any]
 Prover = Callable[[bytes], list]
 
@@ -93,6 +115,7 @@ class _Transfer:
     count: int
     expires: float
     size: int = field(default=0)
+    pulls: dict[int, int] = field(default_factory=dict)  # piece -> times served
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -164,29 +187,30 @@ class Endpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         address: Address = (addr[0], addr[1])
         self._counters.add("datagrams_in")
+        if not codec.HEADER_SIZE < len(data) <= codec.MAX_INCOMING or data[0] not in (codec.REQUEST, codec.RESPONSE):
+            self._counters.add("malformed_datagrams")
+            return
+        if data[0] == codec.RESPONSE:
+            pending = self._pending.get(data[1 : codec.HEADER_SIZE])
+            if pending is None or pending.address != address or pending.future.done():
+                # Unknown or late id, or a reply from an address we did not ask: dropped undecoded.
+                self._counters.add("unexpected_responses")
+                return
+        elif not self._limiter.allow(address, self._is_trusted(address)):
+            self._counters.add("rate_limited")
+            return
         try:
             frame = codec.decode(data)
         except codec.MalformedDatagram:
             self._counters.add("malformed_datagrams")
             return
         if frame.kind == codec.RESPONSE:
-            self._accept_response(frame, address)
-        elif not self._limiter.allow(address, self._is_trusted(address)):
-            self._counters.add("rate_limited")
-        else:
-            self._accept_request(frame, address)
-
-    def _accept_response(self, frame: codec.Frame, address: Address) -> None:
-        pending = self._pending.get(frame.message_id)
-        if pending is None or pending.address != address:
-            # Unknown or late id, or a reply from an address we did not ask: ignore it.
-            self._counters.add("unexpected_responses")
-            return
-        del self._pending[frame.message_id]
-        if not pending.future.done():
+            pending = self._pending.pop(frame.message_id)
             pending.future.set_result(frame.body)
+        else:
+            self._accept_request(frame, address, len(data))
 
-    def _accept_request(self, frame: codec.Frame, address: Address) -> None:
+    def _accept_request(self, frame: codec.Frame, address: Address, size: int) -> None:
         body = frame.body
         if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], str)):
             self._counters.add("malformed_requests")
@@ -196,17 +220,19 @@ class Endpoint(asyncio.DatagramProtocol):
             self._counters.add("malformed_requests")
             return
         self._counters.add(f"rpc_in.{name}" if name in self._plain or name in self._mesh else "rpc_in.unknown")
+        proven = self._is_trusted(address)
+        room = math.inf if proven else REFLECTION_FACTOR * size
         if name in self._plain:
-            self._serve_plain(frame.message_id, address, name, args)
+            self._serve_plain(frame.message_id, address, name, args, room)
         elif name in self._mesh:
-            reply = self._serve_mesh(address, name, args)
+            reply = self._serve_mesh(address, name, args, proven, room)
             if reply is not None:
                 self._send(codec.RESPONSE, frame.message_id, reply, address)
         # Unknown names get no answer, as rpcudp does.
 
-    def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list) -> None:
+    def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list, room: float) -> None:
         try:
-            result = self._plain[name](address, args)
+            result = self._plain[name](address, args, room - codec.HEADER_SIZE)
         except RpcRefused:
             self._counters.add("refused_requests")
             return
@@ -214,14 +240,17 @@ class Endpoint(asyncio.DatagramProtocol):
             log.exception("plain handler %s failed", name)
             self._counters.add("handler_errors")
             return
-        if not self._send(codec.RESPONSE, message_id, result, address):
+        datagram = codec.encode(codec.RESPONSE, message_id, result)
+        if len(datagram) > min(room, codec.MAX_DATAGRAM):
             self._counters.add("oversized_plain_replies")
+            return
+        self._transmit(datagram, address)
 
-    def _serve_mesh(self, address: Address, name: str, args: list) -> dict | None:
+    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | None:
         if not isinstance(args, list) or len(args) != 2 or not _is_node_id(args[0]) or not isinstance(args[1], dict):
             self._counters.add("malformed_requests")
             return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
-        request = Request(address, name, args[0], args[1])
+        request = Request(address, name, args[0], args[1], proven, room - codec.HEADER_SIZE)
         try:
             envelope: dict[str, Any] = {"ok": self._mesh[name](request)}
         except RpcRefused as refusal:
@@ -232,15 +261,21 @@ class Endpoint(asyncio.DatagramProtocol):
             self._counters.add("handler_errors")
             envelope = {"err": "internal error"}
         nonce = request.body.get("n")
-        if isinstance(nonce, bytes) and len(nonce) == NONCE_SIZE:
-            envelope["pf"] = self._prove(nonce)
-        return self._fit(envelope, address)
+        proof = self._prove(nonce) if isinstance(nonce, bytes) and len(nonce) == NONCE_SIZE else None
+        if proof is not None:
+            envelope["pf"] = proof
+        return self._fit(envelope, request, proof)
 
-    def _fit(self, envelope: dict, address: Address) -> dict:
-        """Return `envelope` if it fits a datagram, else hold it for `dm_pull` and say so."""
+    def _fit(self, envelope: dict, request: Request, proof: list | None) -> dict:
+        """Return `envelope` if it fits a datagram (and the room an unproven address has), else hold it
+        for `dm_pull` and say so; an unproven address gets `UNPROVEN` instead of anything bigger."""
         encoded = codec.pack(envelope)
-        if len(encoded) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
+        if len(encoded) <= min(request.room, codec.MAX_DATAGRAM - codec.HEADER_SIZE):
             return envelope
+        if not request.proven:
+            self._counters.add("unproven_replies_refused")
+            return {"err": UNPROVEN} | ({"pf": proof} if proof is not None else {})
+        address = request.address
         pieces = _split(encoded)
         if len(pieces) > MAX_PIECES:
             self._counters.add("oversized_replies")
@@ -256,6 +291,8 @@ class Endpoint(asyncio.DatagramProtocol):
     # ---- serving the transfer RPCs ------------------------------------------------------------
 
     def _serve_part(self, request: Request) -> bool:
+        if not request.proven:
+            raise RpcRefused(UNPROVEN)  # a big request is reassembled and decoded only for real addresses
         body = request.body
         transfer_id, index, count, piece = body.get("x"), body.get("i"), body.get("c"), body.get("d")
         if not (
@@ -299,7 +336,7 @@ class Endpoint(asyncio.DatagramProtocol):
         name, args = inner
         if name not in self._mesh or name in _TRANSFER_RPCS or not isinstance(args, list):
             raise RpcRefused("transfer holds no request")
-        reply = self._serve_mesh(request.address, name, args)
+        reply = self._serve_mesh(request.address, name, args, request.proven, request.room)
         # The inner reply is the real answer: hand it back whole, as this RPC's payload.
         return reply
 
@@ -309,12 +346,16 @@ class Endpoint(asyncio.DatagramProtocol):
         if transfer is None or transfer.address != request.address or not isinstance(index, int):
             raise RpcRefused("unknown transfer")
         piece = transfer.pieces.get(index)
-        if piece is None:
+        served = transfer.pulls.get(index, 0)
+        if piece is None or served >= PULLS_PER_PIECE:
             raise RpcRefused("no such piece")
+        transfer.pulls[index] = served + 1
         return piece
 
     def _pending_bytes(self, address: Address) -> int:
-        return sum(t.count * PIECE_SIZE for t in self._incoming.values() if t.address == address)
+        """What a peer's host has reserved for its transfers in progress (its ports share one share)."""
+        host = host_of(address[0])
+        return sum(t.count * PIECE_SIZE for t in self._incoming.values() if host_of(t.address[0]) == host)
 
     @staticmethod
     def _purge(transfers: OrderedDict) -> None:
@@ -334,9 +375,21 @@ class Endpoint(asyncio.DatagramProtocol):
         return await self._exchange(address, codec.pack([name, args]))
 
     async def call(self, address: Address, name: str, body: dict, *, nonce: bytes | None = None) -> Reply:
-        """A dhtmesh call: returns the payload (and the proof, when `nonce` asked for one)."""
+        """A dhtmesh call: returns the payload (and the proof, when `nonce` asked for one). A call the
+        peer refuses as `UNPROVEN` is retried a few times, backing off, while the peer proves us."""
         if nonce is not None:
-            body = {**body, "n": nonce}
+            body = _padded(name, {**body, "n": nonce}, self.node_id)
+        for attempt in range(UNPROVEN_RETRIES + 1):
+            try:
+                return await self._call(address, name, body)
+            except RpcRefused as refusal:
+                if str(refusal) != UNPROVEN or attempt == UNPROVEN_RETRIES:
+                    raise
+                self._counters.add("unproven_retries")
+                await asyncio.sleep(UNPROVEN_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _call(self, address: Address, name: str, body: dict) -> Reply:
         payload = codec.pack([name, [self.node_id, body]])
         if len(payload) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
             return await self._open(address, await self._exchange(address, payload))
@@ -459,6 +512,13 @@ async def _all_or_first_failure(jobs: list[Coroutine[Any, Any, T]]) -> list[T]:
             raise
         raise first from failures
     return [task.result() for task in tasks]
+
+
+def _padded(name: str, body: dict, node_id: bytes) -> dict:
+    """`body` with a `pad` field that brings its request to `PADDED_REQUEST` bytes: a first contact's
+    request, so that the peer, which has not proven us, may answer it with a full datagram."""
+    size = codec.HEADER_SIZE + len(codec.pack([name, [node_id, body]]))
+    return body if size >= PADDED_REQUEST else {**body, "pad": bytes(PADDED_REQUEST - size)}
 
 
 def _split(encoded: bytes) -> list[bytes]:

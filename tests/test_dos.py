@@ -1,0 +1,157 @@
+"""Cheap denials of service found against a running mesh, each with its defence, on real UDP sockets:
+
+* a flood of short subscriptions from a few identities no longer locks the subscription table: caps
+  per subscribing node and per host, and expired entries purged as their time comes;
+* silent addresses no longer starve identity challenges: one challenge at a time per host, a few
+  per subnet, each with a short deadline;
+* datagrams are rate-limited per host before they are decoded, and none larger than an Ethernet
+  frame is decoded at all;
+* a node listens to a bounded number of keys, and its listeners of one key share one subscription.
+"""
+
+import asyncio
+import os
+import socket
+from dataclasses import replace
+
+import msgpack
+import pytest
+
+from dhtmesh.node.config import NodeConfig
+from dhtmesh.node.dht import DhtNode, ListenRefused
+from dhtmesh.node.listeners import MAX_SUBSCRIPTIONS_PER_NODE
+from dhtmesh.node.wire import codec
+from dhtmesh.node.wire.endpoint import RpcFailure
+
+from conftest import MeshFactory
+from support import FAST, eventually, start_node
+
+ATTACKER = "127.0.0.1"  # honest test nodes have addresses of their own (support.loopback_host)
+
+
+async def call_all(calls: list, window: int = 64) -> list[bool]:
+    """Run the calls `window` at a time; True for each that was accepted."""
+    gate = asyncio.Semaphore(window)
+
+    async def one(call: object) -> bool:
+        async with gate:
+            try:
+                await call  # type: ignore[misc]
+            except RpcFailure:
+                return False
+            return True
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
+async def test_short_subscriptions_from_a_few_identities_cannot_lock_the_table(make_mesh: MeshFactory) -> None:
+    (node,) = await make_mesh(1)
+    flooders = [await start_node(host=ATTACKER) for _ in range(4)]
+    try:
+        for flooder in flooders:
+            await flooder.join([node.address])
+        tries = MAX_SUBSCRIPTIONS_PER_NODE + 50
+        for flooder in flooders:
+            body = {"ttl": 4.0}
+            calls = [flooder.endpoint.call(node.address, "dm_sub", body | {"k": os.urandom(20)}) for _ in range(tries)]
+            accepted = sum(await call_all(calls))
+            assert accepted == MAX_SUBSCRIPTIONS_PER_NODE  # a node subscribes to so many keys at most
+        assert node.hub.subscription_count() == 4 * MAX_SUBSCRIPTIONS_PER_NODE
+        # Expired subscriptions go as their time comes, with nobody pushing to them.
+        await eventually(lambda: node.hub.subscription_count() == 0, within=10)
+        honest = await start_node()
+        try:
+            await honest.join([node.address])
+            await honest.endpoint.call(node.address, "dm_sub", {"k": os.urandom(20), "ttl": 10.0})
+            assert node.hub.subscription_count() == 1
+        finally:
+            await honest.stop()
+    finally:
+        for flooder in flooders:
+            await flooder.stop()
+
+
+async def test_silent_addresses_do_not_starve_newcomers_of_identity_challenges() -> None:
+    """100 addresses a second that send a request and never answer the challenge it causes, against a
+    node with OpenDHT's 1 s timeout: three newcomers from other hosts are all admitted meanwhile."""
+    node = await start_node(NodeConfig())
+    newcomers: list[DhtNode] = []
+    silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
+    try:
+        for sock in silent:
+            sock.bind((ATTACKER, 0))
+            sock.setblocking(False)
+
+        async def flood() -> None:
+            while True:
+                for sock in silent:
+                    body = [os.urandom(20), {"t": os.urandom(20)}]
+                    sock.sendto(codec.encode(codec.REQUEST, os.urandom(20), ["dm_find", body]), node.address)
+                    await asyncio.sleep(0.01)
+
+        flooding = asyncio.get_running_loop().create_task(flood())
+        try:
+            await asyncio.sleep(1.0)  # the flood is on before the newcomers come
+            newcomers = [await start_node(NodeConfig()) for _ in range(3)]
+            await asyncio.gather(*(newcomer.join([node.address]) for newcomer in newcomers))
+            await eventually(lambda: all(n.node_id in node.table for n in newcomers), within=8)
+            assert node.counters.get("challenges_skipped") > 0  # the flood was there, and held back
+        finally:
+            flooding.cancel()
+            await asyncio.gather(flooding, return_exceptions=True)
+    finally:
+        for sock in silent:
+            sock.close()
+        for started in [node, *newcomers]:
+            await started.stop()
+
+
+async def test_requests_are_rate_limited_per_host_before_they_are_decoded(make_mesh: MeshFactory) -> None:
+    (node,) = await make_mesh(1, config=replace(FAST, peer_request_rate=200.0))
+    before_limited = node.counters.get("rate_limited")
+    before_malformed = node.counters.get("malformed_datagrams")
+    garbage = bytes((codec.REQUEST,)) + os.urandom(20) + b"\xc1" * 400  # never valid msgpack
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ATTACKER, 0))
+        for _ in range(2000):
+            sock.sendto(garbage, node.address)
+            if _ % 100 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+    limited = node.counters.get("rate_limited") - before_limited
+    decoded = node.counters.get("malformed_datagrams") - before_malformed
+    assert limited > 0 and decoded < 2000 - limited + 1  # what the bucket stopped was never decoded
+    assert decoded <= 200 * 2  # the burst, and what refilled while the flood lasted
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x90" * 64000, msgpack.packb(["ping", [os.urandom(20), b"x" * 1600]])],
+    ids=["64 KB of empty lists", "an oversized ping"],
+)
+async def test_datagrams_larger_than_a_frame_are_refused_unread(make_mesh: MeshFactory, payload: bytes) -> None:
+    (node,) = await make_mesh(1)
+    before = node.counters.get("malformed_datagrams")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ATTACKER, 0))
+        for _ in range(20):
+            sock.sendto(bytes((codec.REQUEST,)) + os.urandom(20) + payload, node.address)
+        await eventually(lambda: node.counters.get("malformed_datagrams") == before + 20, within=3)
+    assert node.counters.get("rpc_in.ping") == 0
+
+
+async def test_a_node_listens_to_a_bounded_number_of_keys_and_shares_subscriptions(make_mesh: MeshFactory) -> None:
+    nodes = await make_mesh(3, config=replace(FAST, max_listened_keys=4))
+    listener_node, replicas = nodes[0], nodes[1:]
+    key = os.urandom(20)
+    same_key = [listener_node.listen(key) for _ in range(10)]
+    await eventually(lambda: all(replica.hub.subscription_count() == 1 for replica in replicas))
+    others = [listener_node.listen(os.urandom(20)) for _ in range(3)]
+    with pytest.raises(ListenRefused):
+        listener_node.listen(os.urandom(20))
+    assert listener_node.counters.get("listens_refused") == 1
+    extra = listener_node.listen(key)  # a key already listened to costs nothing more
+    others[0].close()
+    freed = listener_node.listen(os.urandom(20))
+    for listener in [*same_key, *others, extra, freed]:
+        listener.close()
