@@ -4,8 +4,11 @@ process's memory flat; 1,100 idle connections are capped and timed out while the
 answering; challenges are answered only to registered auditors, at a bounded rate, from kept trees."""
 
 import asyncio
+import logging
 import os
 import resource
+import socket
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -226,6 +229,21 @@ async def poll_node_info(url: str, until: asyncio.Future) -> list[int]:
             await asyncio.wait([until], timeout=0.2)
     await until
     return statuses
+
+
+async def test_a_connection_reset_inside_a_request_is_counted_quietly_and_the_port_keeps_serving(
+    holder: Holder, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(*holder.address)
+        writer.write(announce({"op": "get", "root": ROOT}, 0)[:7])  # part of a header, then a reset
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    assert await ChunkClient(Identity.generate()).get(holder.address, ROOT) == DATA
+    assert holder.count("chunk_port_bad_frames") == 3
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 # ---- attack 9: challenges only from registered auditors, rate-limited, from kept trees -------------

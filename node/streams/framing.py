@@ -24,6 +24,8 @@ async def read_header(reader: asyncio.StreamReader) -> dict[str, Any]:
         header = msgpack.unpackb(await reader.readexactly(length), raw=False)
     except asyncio.IncompleteReadError as error:
         raise FramingError("the stream ended inside a frame") from error
+    except ConnectionError as error:  # reset by the peer: as much a cut-short frame
+        raise FramingError("the connection was lost inside a frame") from error
     except (ValueError, TypeError) as error:  # msgpack's errors
         raise FramingError("a header is not msgpack") from error
     if not isinstance(header, dict):
@@ -39,6 +41,8 @@ async def read_body(reader: asyncio.StreamReader, header: dict[str, Any], limit:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError as error:
         raise FramingError("the stream ended inside a body") from error
+    except ConnectionError as error:
+        raise FramingError("the connection was lost inside a body") from error
 
 
 def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
