@@ -5,6 +5,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import resource
 import signal
 import socket
 import sqlite3
@@ -32,6 +33,7 @@ from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.streams.binding import BindError, start_with_stream_socket
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
+from dhtmesh.node.streams.port_limits import connection_cap
 from dhtmesh.proxy.app import ProxyServer
 
 log = logging.getLogger("dhtmesh.run")
@@ -94,8 +96,22 @@ def command(args: argparse.Namespace) -> int:
         node = DhtNode(identity, data_dir=data_dir)
     except sqlite3.DatabaseError as error:
         raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
-    _run_loop(_serve(node, args, bootstrap, data_dir))
+    _run_loop(_serve(node, args, bootstrap, data_dir, _raise_descriptor_limit()))
     return 0
+
+
+def _raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard one (a soft 1,024 is a common default, which a
+    farmer's streams and proxy clients can exhaust); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY  # as a hard limit it cannot be asked for (macOS)
+    if unlimited not in (soft, hard) and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
+    return soft if soft != unlimited else 1 << 20
 
 
 def _check_farming(args: argparse.Namespace) -> None:
@@ -125,7 +141,7 @@ def _run_loop(main: object) -> None:
         runner.run(main)  # type: ignore[arg-type]
 
 
-async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_dir: Path) -> None:
+async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_dir: Path, descriptors: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -140,7 +156,14 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         if args.farmer:
             store = _chunk_store(args, data_dir)
             keeper = ChunkKeeper(node, store, args.pending_timeout)
-            chunks = ChunkService(node.identity, store, keeper.keep)
+            chunks = ChunkService(
+                node.identity,
+                store,
+                keeper.keep,
+                may_audit=registry.is_registered,  # only registered farmers challenge this node
+                counters=node.counters,
+                max_connections=connection_cap(descriptors),
+            )
             await chunks.start(sock=stream_socket)
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)

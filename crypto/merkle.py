@@ -5,13 +5,14 @@ only the root.
 
 The trees are RFC 9162's (leaf and node hashes domain-separated, so a node cannot pass for a leaf),
 built and checked by `pymerkle`; a path is checked against the block's index and the tree's size, so
-a proof for one block cannot answer a challenge for another.
+a proof for one block cannot answer a challenge for another. A tree keeps its hashes only, never the
+blocks (`DigestTree`), so that a holder can keep the trees of the chunks it proves.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from pymerkle import InclusionProof, InmemoryTree, InvalidProof, verify_inclusion
+from pymerkle import BaseMerkleTree, InclusionProof, InvalidProof, verify_inclusion
 from pymerkle.hasher import MerkleHasher
 
 BLOCK_SIZE = 4096
@@ -44,8 +45,50 @@ def blocks_of(data: bytes, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
         yield data[start : start + block_size]
 
 
-def tree_over(leaves: Iterator[bytes] | list[bytes]) -> InmemoryTree:
-    tree = InmemoryTree(algorithm=HASH)
+class DigestTree(BaseMerkleTree):
+    """An RFC 9162 tree that keeps every level of hashes and nothing else: ~150 KiB for a 4 MiB chunk,
+    where pymerkle's `InmemoryTree` keeps the blocks and a node object per hash (~4.4 MiB). A proof
+    reads its path off the levels instead of hashing subtrees again (~6x faster)."""
+
+    def __init__(self) -> None:
+        self._levels: list[list[bytes]] = [[]]  # leaf digests, then each level of perfect subtrees
+        super().__init__(HASH)
+
+    def _encode_entry(self, data: bytes) -> bytes:
+        return data
+
+    def _store_leaf(self, data: bytes, digest: bytes) -> int:
+        del self._levels[1:]  # stacked again on the next read
+        self._levels[0].append(digest)
+        return len(self._levels[0])
+
+    def _get_leaf(self, index: int) -> bytes:
+        return self._levels[0][index - 1]
+
+    def _get_leaves(self, offset: int, width: int) -> list[bytes]:
+        return self._levels[0][offset : offset + width]
+
+    def _get_size(self) -> int:
+        return len(self._levels[0])
+
+    def _get_subroot(self, offset: int, width: int) -> bytes:
+        """The root of the perfect subtree of `width` (a power of two) leaves from `offset`."""
+        if offset % width:  # never asked by RFC 9162's layouts; computed rather than misread
+            return self._get_subroot_uncached(offset, width)
+        if len(self._levels) == 1:
+            self._stack()
+        depth = width.bit_length() - 1
+        return self._levels[depth][offset >> depth]
+
+    def _stack(self) -> None:
+        level = self._levels[0]
+        while len(level) > 1:
+            level = [self.hash_pair(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            self._levels.append(level)
+
+
+def tree_over(leaves: Iterator[bytes] | list[bytes]) -> DigestTree:
+    tree = DigestTree()
     for leaf in leaves:
         tree.append_entry(leaf)
     return tree
@@ -70,8 +113,11 @@ def blob_root(chunks: list[tuple[bytes, int]]) -> bytes:
     return root_of(root + length.to_bytes(8, "big") for root, length in chunks)
 
 
-def prove_blocks(tree: InmemoryTree, leaves: list[bytes], indices: list[int]) -> list[BlockProof]:
-    """Proofs for the blocks at `indices` (from 0) of the tree built over `leaves`."""
+def prove_blocks(
+    tree: BaseMerkleTree, leaves: Sequence[bytes] | Mapping[int, bytes], indices: list[int]
+) -> list[BlockProof]:
+    """Proofs for the blocks at `indices` (from 0) of `tree`; `leaves[index]` is block `index` (every
+    block, or only the challenged ones)."""
     size = tree.get_size()
     proofs = []
     for index in indices:

@@ -22,9 +22,13 @@ from typing import Any
 
 import aiohttp
 
+from dhtmesh.cli.paths import IDENTITY_FILE
 from dhtmesh.crypto import Identity
+from dhtmesh.crypto.identity import load_identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.streams.chunk_client import Challenge, ChunkClient, HolderRefused
+from dhtmesh.node.streams.chunk_service import NOT_AUDITOR
 from dhtmesh.node.wire import codec, netgroup
 from dhtmesh.node.wire.ratelimit import Address
 
@@ -48,6 +52,13 @@ async def start_node(
 
 
 DHTMESH = [str(Path(sys.executable).with_name("dhtmesh"))]
+# `python -c ... SOFT HARD COMMAND...`: set the limit on open files, then become COMMAND (same PID).
+_WITH_OPEN_FILES = [
+    sys.executable,
+    "-c",
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])));"
+    " os.execv(sys.argv[3], sys.argv[3:])",
+]
 READY_TIMEOUT = 20.0
 
 
@@ -69,6 +80,11 @@ class NodeProcess:
         host, port = self.udp.rsplit(":", 1)
         return host, int(port)
 
+    @property
+    def identity(self) -> Identity:
+        """The node's identity, read from its data dir (for a farmer: a registered auditor's key)."""
+        return load_identity(self.data_dir / IDENTITY_FILE, None)
+
 
 class ProcessGroup:
     """`dhtmesh run` processes on loopback addresses of their own with free ports, each with its own data
@@ -80,12 +96,14 @@ class ProcessGroup:
         self._started: list[subprocess.Popen] = []
         self._hosts: dict[str, str] = {}
 
-    def launch(self, name: str, *extra: str) -> NodeProcess:
+    def launch(self, name: str, *extra: str, open_files: tuple[int, int] | None = None) -> NodeProcess:
+        """`open_files`: the process's (soft, hard) limit on open files, as a machine might set them."""
         data_dir = self.root / name
         host = self._hosts.setdefault(name, loopback_host())
         args = ["run", "-p", "0", "--bind", host, "--proxyserver", "0", "--persist", str(data_dir), *extra]
+        command = [*_WITH_OPEN_FILES, *map(str, open_files), *DHTMESH] if open_files else DHTMESH
         process = subprocess.Popen(
-            [*DHTMESH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
         self._started.append(process)
         ready = wait_ready(process)
@@ -104,6 +122,21 @@ class ProcessGroup:
 async def get_json(url: str, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.get(url + path) as response:
         return response.status, await response.json(content_type=None)
+
+
+async def audit_once_registered(
+    client: ChunkClient, address: Address, holder_id: bytes, challenge: Challenge, within: float = 20.0
+) -> None:
+    """Audit the holder, again while it does not know the auditor as a registered farmer yet (its view
+    of the registry learns of a registration within seconds)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await client.audit(address, holder_id, challenge)
+        except HolderRefused as refusal:
+            if refusal.reason != NOT_AUDITOR or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.3)
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:

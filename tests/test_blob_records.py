@@ -321,14 +321,14 @@ def test_bad_ranges_are_refused(header: str, status: int) -> None:
 # ---- pending chunks -----------------------------------------------------------------------------------
 
 
-def test_pending_chunks_are_dropped_after_their_time_kept_ones_stay(tmp_path: object) -> None:
+async def test_pending_chunks_are_dropped_after_their_time_kept_ones_stay(tmp_path: object) -> None:
     store = ChunkStore(tmp_path / "chunks")  # type: ignore[operator]
     kept, pending, recent = (os.urandom(5000) for _ in range(3))
     for data in (kept, pending):
-        store.put(chunk_root(data), data)
+        await store.put(chunk_root(data), data)
     assert store.keep(chunk_root(kept), b"B" * 32) and not store.keep(b"n" * 32, b"B" * 32)
     cutoff = time.time()
-    store.put(chunk_root(recent), recent)
+    await store.put(chunk_root(recent), recent)
     assert store.drop_pending(cutoff) == [chunk_root(pending)]
     assert store.is_kept(chunk_root(kept)) and store.has(chunk_root(recent)) and not store.has(chunk_root(pending))
     assert store.used_bytes == 10_000 and store.kept() == [(chunk_root(kept), b"B" * 32)]
@@ -336,11 +336,11 @@ def test_pending_chunks_are_dropped_after_their_time_kept_ones_stay(tmp_path: ob
     store.close()
 
 
-def test_a_chunk_store_from_before_pending_chunks_keeps_what_it_held(tmp_path: object) -> None:
+async def test_a_chunk_store_from_before_pending_chunks_keeps_what_it_held(tmp_path: object) -> None:
     directory = tmp_path / "old"  # type: ignore[operator]
     data = os.urandom(5000)
     store = ChunkStore(directory)
-    store.put(chunk_root(data), data)
+    await store.put(chunk_root(data), data)
     store.close()
     with sqlite3.connect(directory / "chunks.sqlite3") as db:  # the table as the previous version made it
         db.execute("CREATE TABLE old AS SELECT root, size, stored_at FROM chunks")
@@ -349,5 +349,5 @@ def test_a_chunk_store_from_before_pending_chunks_keeps_what_it_held(tmp_path: o
     reopened = ChunkStore(directory)
     assert reopened.is_kept(chunk_root(data)) and reopened.drop_pending(time.time() + 1) == []
     more = os.urandom(100)
-    assert reopened.put(chunk_root(more), more) and not reopened.is_kept(chunk_root(more))
+    assert await reopened.put(chunk_root(more), more) and not reopened.is_kept(chunk_root(more))
     reopened.close()

@@ -233,26 +233,29 @@ async def test_audits_run_continuously_and_show_in_every_holders_reputation(mesh
 class MadeUpProofs(ChunkService):
     """A holder that answers every challenge with blocks of data it made up (and honest-looking paths)."""
 
-    def _prove(self, header: dict) -> tuple[dict, bytes]:
-        data = self.chunks.get(header["root"]) or b""
-        leaves = list(blocks_of(os.urandom(len(data))))
-        indices = header["idx"]
+    async def _answer_challenge(self, root: bytes, nonce: bytes, indices: list[int]) -> tuple[dict, bytes]:
+        leaves = list(blocks_of(os.urandom(self.chunks.size(root) or 0)))
         proofs = prove_blocks(tree_over(leaves), leaves, indices)
         body = msgpack.packb([proof.to_wire() for proof in proofs], use_bin_type=True)
-        signature = self._identity.sign(proof_message(header["root"], header["nonce"], indices, body))
+        signature = self._identity.sign(proof_message(root, nonce, indices, body))
         return {"ok": True, "key": self._identity.public_key, "sig": signature}, body
 
 
 class ReplayedAnswers(ChunkService):
-    """A holder that answered one challenge honestly, then deleted the chunk and replays that answer."""
+    """A holder that answered one challenge honestly and replays that answer to every later one (as one
+    that deleted the chunk would have to; it keeps the chunk listed, so that challenges reach it)."""
 
     recorded: tuple[dict, bytes] | None = None
 
-    def _prove(self, header: dict) -> tuple[dict, bytes]:
+    async def _answer_challenge(self, root: bytes, nonce: bytes, indices: list[int]) -> tuple[dict, bytes]:
         if self.recorded is None:
-            self.recorded = super()._prove(header)
-            self.chunks.delete(header["root"])
+            self.recorded = await super()._answer_challenge(root, nonce, indices)
         return self.recorded
+
+
+async def anyone(_: bytes) -> bool:
+    """Whom a cheating holder takes challenges from: anyone (it wants to be seen answering)."""
+    return True
 
 
 async def cheating_holder(
@@ -262,7 +265,7 @@ async def cheating_holder(
     stream_socket = await start_with_stream_socket(node, "127.0.0.1", 0)  # as `dhtmesh run --farmer` does
     await node.join([mesh.farmers[0].address])
     store = ChunkStore(tmp_path / name)
-    service = service_class(node.identity, store, ChunkKeeper(node, store).keep)
+    service = service_class(node.identity, store, ChunkKeeper(node, store).keep, may_audit=anyone)
     await service.start(sock=stream_socket)
     await FarmerAgent(node).step()  # a registered farmer: only farmers' holdings are read and audited
     return node, service
@@ -467,7 +470,7 @@ async def test_a_farmer_deleting_30_percent_of_its_chunks_is_caught_and_repaired
     try:
         await wait_for_verdict(mesh.gateway.url, victim_id, "failed", auditors=2, within=90)
         reader = reader_for(observer)
-        client = ChunkClient(Identity.generate())
+        client = ChunkClient(mesh.farmers[0].identity)  # holders take challenges from registered farmers only
         deadline = time.monotonic() + 90
         for root, length in deleted.items():
             while await proven_holders(reader, client, root, length, victim_id) < 3:

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymerkle import InmemoryTree
 
 from dhtmesh.crypto.merkle import (
     BLOCK_SIZE,
@@ -28,6 +29,19 @@ def test_every_block_of_a_chunk_proves_itself_against_the_root() -> None:
     assert tree.get_root() == root and len(leaves) == 38
     for proof in prove_blocks(tree, leaves, list(range(len(leaves)))):
         verify_block(root, proof_from_wire(proof.to_wire()), proof.index, len(leaves))
+
+
+@pytest.mark.parametrize("size", [*range(1, 70), 511, 512, 513, 1023, 1024, 1025])
+def test_the_compact_tree_has_pymerkles_root_and_paths_for_every_size(size: int) -> None:
+    """A holder keeps `DigestTree`s (hashes only): each root and path must be the reference tree's."""
+    leaves = [os.urandom(index % 50) for index in range(size)]
+    compact, reference = tree_over(leaves), InmemoryTree(algorithm="sha256")
+    for leaf in leaves:
+        reference.append_entry(leaf)
+    assert compact.get_root() == reference.get_root()
+    for index in {0, size // 3, size // 2, size - 1}:
+        ours, theirs = compact.prove_inclusion(index + 1), reference.prove_inclusion(index + 1)
+        assert (ours.rule, ours.path) == (theirs.rule, theirs.path)
 
 
 def forged_cases(data: bytes) -> dict[str, tuple]:

@@ -239,3 +239,18 @@ async def test_the_view_drops_a_record_past_its_life_even_without_an_expiry_noti
         assert not await listed(viewer, farmer)
     finally:
         await viewer.close()
+
+
+async def test_who_may_audit_is_a_registered_farmer_whose_record_is_alive(registries: list[FarmerRegistry]) -> None:
+    """`is_registered` is what a farmer's chunk port asks before it answers a challenge."""
+    farmer, stranger = Identity.generate(), Identity.generate()
+    clock = [time.time()]
+    viewer = FarmerRegistry(registries[2].node, clock=lambda: clock[0])
+    try:
+        await register(registries[0], farmer)
+        await eventually(lambda: viewer.is_registered(farmer.node_id))
+        assert not await viewer.is_registered(stranger.node_id)
+        clock[0] += FARMER_RECORD_EXPIRY + 3600  # past its life, even with no expiry notice yet
+        assert not await viewer.is_registered(farmer.node_id)
+    finally:
+        await viewer.close()

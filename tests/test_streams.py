@@ -1,5 +1,6 @@
 """Chunk transfers and audits over real TCP streams: a chunk round-trips byte for byte, a wrong hash is
-refused, and a holder that lost, altered or made up data, or replays an old answer, fails its audit."""
+refused, and a holder that lost, altered or made up data, or replays an old answer, fails its audit.
+(What the port refuses before any work — unsigned puts and challenges, floods — is in test_chunk_port.)"""
 
 import asyncio
 import os
@@ -17,12 +18,17 @@ from dhtmesh.crypto.merkle import BLOCK_SIZE, chunk_root
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, check_answer, new_challenge
-from dhtmesh.node.streams.chunk_service import ChunkService, chunk_path
-from dhtmesh.node.streams.framing import frame
+from dhtmesh.node.streams.chunk_service import ChunkService, challenge_binding, chunk_path, prove_path
+from dhtmesh.node.streams.framing import announce, frame
 
-from support import NodeProcess
+from support import NodeProcess, audit_once_registered
 
 CHUNK = BLOCK_SIZE * 300 + 77
+AUDITOR = Identity.generate()  # the one node the holders below take challenges from
+
+
+async def only_the_auditor(node_id: bytes) -> bool:
+    return node_id == AUDITOR.node_id
 
 
 @dataclass
@@ -41,7 +47,7 @@ async def holders(tmp_path: Path) -> AsyncIterator[list[Holder]]:
     started = []
     for index in range(2):
         identity = Identity.generate()
-        service = ChunkService(identity, ChunkStore(tmp_path / f"holder{index}"))
+        service = ChunkService(identity, ChunkStore(tmp_path / f"holder{index}"), may_audit=only_the_auditor)
         await service.start("127.0.0.1", 0)
         assert service._server is not None
         port = service._server.sockets[0].getsockname()[1]
@@ -53,8 +59,8 @@ async def holders(tmp_path: Path) -> AsyncIterator[list[Holder]]:
 
 
 async def stored_chunk(holder: Holder) -> tuple[ChunkClient, bytes, bytes]:
-    """A client, and a fresh chunk (data, root) it has put on `holder`."""
-    client = ChunkClient(Identity.generate())
+    """A client (the auditor), and a fresh chunk (data, root) it has put on `holder`."""
+    client = ChunkClient(AUDITOR)
     data = os.urandom(CHUNK)
     root = chunk_root(data)
     assert await client.put(holder.address, holder.node_id, root, data) is True
@@ -64,7 +70,7 @@ async def stored_chunk(holder: Holder) -> tuple[ChunkClient, bytes, bytes]:
 async def test_a_chunk_round_trips_byte_for_byte_and_an_honest_holder_passes_its_audits(
     holders: list[Holder],
 ) -> None:
-    client, holder = ChunkClient(Identity.generate()), holders[0]
+    client, holder = ChunkClient(AUDITOR), holders[0]
     data = os.urandom(CHUNK)
     root = chunk_root(data)
     assert await client.put(holder.address, holder.node_id, root, data) is True
@@ -83,9 +89,10 @@ async def test_a_chunk_with_a_wrong_hash_or_a_bad_signature_is_refused(holders: 
     with pytest.raises(HolderFailed, match="bad signature"):  # signed for another holder
         await client.put(holder.address, holders[1].node_id, chunk_root(data), data)
     root = chunk_root(data)
-    auth = sign_request(sender, "PUT", chunk_path(os.urandom(32)), data, holder.node_id)  # for another chunk
-    reply = await raw_exchange(holder.address, frame({"op": "put", "root": root, "auth": auth}, data))
-    assert "bad signature" in reply["err"]
+    for path in (chunk_path(os.urandom(32), len(data)), chunk_path(root, len(data) + 1)):  # another chunk, size
+        auth = sign_request(sender, "PUT", path, b"", holder.node_id)
+        reply = await raw_exchange(holder.address, announce({"op": "put", "root": root, "auth": auth}, len(data)))
+        assert "bad signature" in reply["err"]
     assert holder.service.chunks.roots() == []
 
 
@@ -117,7 +124,9 @@ async def test_an_old_answer_replayed_or_an_answer_passed_off_as_another_holders
     holder = holders[0]
     _, _, root = await stored_chunk(holder)
     first = new_challenge(root, 301, 8)
-    header = {"op": "prove", "root": root, "idx": first.indices, "nonce": first.nonce}
+    binding = challenge_binding(first.nonce, first.indices)
+    auth = sign_request(AUDITOR, "PROVE", prove_path(root), b"", holder.node_id, bound=binding)
+    header = {"op": "prove", "root": root, "idx": first.indices, "nonce": first.nonce, "auth": auth}
     reply, body = await raw_exchange_with_body(holder.address, frame(header))
     check_answer(first, holder.node_id, reply, body)  # the genuine answer checks
     later = replace(first, nonce=os.urandom(16))  # same blocks asked again, new nonce
@@ -152,7 +161,8 @@ GARBAGE = {
     "an unknown op": frame({"op": "delete", "root": bytes(32)}),
     "a 20-byte root": frame({"op": "get", "root": bytes(20)}),
     "a body over the chunk size": raw_frame({"op": "put", "root": bytes(32), "auth": {}, "size": 1 << 40}),
-    "put without auth": frame({"op": "put", "root": bytes(32)}, b"x"),
+    "put without auth": announce({"op": "put", "root": bytes(32)}, 1),
+    "put with a string for auth": announce({"op": "put", "root": bytes(32), "auth": "x"}, 1),
     "prove with a bad nonce": frame({"op": "prove", "root": bytes(32), "idx": [0], "nonce": b"n"}),
     "prove with string indices": frame({"op": "prove", "root": bytes(32), "idx": ["0"], "nonce": bytes(16)}),
     "keep with a short blob id": frame({"op": "keep", "root": bytes(32), "blob": b"x"}),
@@ -207,4 +217,5 @@ async def test_a_farming_process_serves_chunks_on_its_node_address_and_keeps_the
     farmer.process.wait(timeout=10)
     again = spawn("farmer", "--farmer", "--chunk-quota", "64")
     assert await client.get(again.address, root) == data
-    await client.audit(again.address, holder_id, new_challenge(root, 301, 32))
+    auditor = ChunkClient(again.identity)  # a registered farmer (itself: the only one in its mesh)
+    await audit_once_registered(auditor, again.address, holder_id, new_challenge(root, 301, 32))

@@ -115,7 +115,7 @@ class Auditor:
             except (PutRefused, InvalidValue) as error:
                 log.warning("audit log of %s refused: %s", holder.hex(), error)
         healthy = [holder for holder, outcome in outcomes.items() if outcome == Outcome.PASSED]
-        own_copy = self._own_copy(root)
+        own_copy = await self._own_copy(root)
         if own_copy is not None and self._node.node_id in holders:
             healthy.append(self._node.node_id)
         repaired = await self._repair(manifest, index, healthy, set(holders), own_copy)
@@ -139,9 +139,12 @@ class Auditor:
             return challenge, Outcome.FAILED
         return challenge, Outcome.PASSED
 
-    def _own_copy(self, root: bytes) -> bytes | None:
-        data = self._own_chunks.get(root) if self._own_chunks is not None else None
-        return data if data is not None and chunk_root(data) == root else None
+    async def _own_copy(self, root: bytes) -> bytes | None:
+        """This node's copy of the chunk, if its bytes still hash to the root (hashed off the loop)."""
+        data = await self._own_chunks.get(root) if self._own_chunks is not None else None
+        if data is None or await asyncio.to_thread(chunk_root, data) != root:
+            return None
+        return data
 
     async def _repair(
         self, manifest: Manifest, index: int, healthy: list[bytes], holders: set[bytes], own_copy: bytes | None

@@ -122,9 +122,20 @@ class FarmerRegistry:
         records = [record for _, record in self._view.values()]
         return sorted(records, key=lambda r: (-r.height, r.node_id))
 
+    async def is_registered(self, node_id: bytes) -> bool:
+        """Whether `node_id` is a farmer the mesh knows (one look in the view, once it is open): the
+        test for who may audit this node's chunks."""
+        await self.open()
+        known = self._view.get(node_id)
+        return known is not None and known[1].last_seen >= self._oldest_live()
+
+    def _oldest_live(self) -> int:
+        """The oldest `last_seen` a record can have and still be alive."""
+        return self.now() - FARMER_RECORD_EXPIRY - CLOCK_SKEW
+
     def _drop_expired(self) -> None:
         """Records past their life leave the view even if no expiry notice reached it (lost, refused)."""
-        oldest = self.now() - FARMER_RECORD_EXPIRY - CLOCK_SKEW
+        oldest = self._oldest_live()
         for node_id in [node_id for node_id, (_, record) in self._view.items() if record.last_seen < oldest]:
             del self._view[node_id]
 

@@ -1,5 +1,6 @@
 """One request or answer on a stream: a msgpack header of bounded size, then an optional raw body whose
-length the header states (`size`). Everything read from a peer is bounded before it is read."""
+length the header states (`size`). A body may follow later than its header (a put's, once the holder
+has checked the header). Everything read from a peer is bounded before it is read."""
 
 import asyncio
 import struct
@@ -23,6 +24,8 @@ async def read_header(reader: asyncio.StreamReader) -> dict[str, Any]:
         header = msgpack.unpackb(await reader.readexactly(length), raw=False)
     except asyncio.IncompleteReadError as error:
         raise FramingError("the stream ended inside a frame") from error
+    except ConnectionError as error:  # reset by the peer: as much a cut-short frame
+        raise FramingError("the connection was lost inside a frame") from error
     except (ValueError, TypeError) as error:  # msgpack's errors
         raise FramingError("a header is not msgpack") from error
     if not isinstance(header, dict):
@@ -38,8 +41,15 @@ async def read_body(reader: asyncio.StreamReader, header: dict[str, Any], limit:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError as error:
         raise FramingError("the stream ended inside a body") from error
+    except ConnectionError as error:
+        raise FramingError("the connection was lost inside a body") from error
 
 
 def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
-    packed = msgpack.packb({**header, "size": len(body)}, use_bin_type=True)
-    return _LENGTH.pack(len(packed)) + packed + body
+    return announce(header, len(body)) + body
+
+
+def announce(header: dict[str, Any], size: int) -> bytes:
+    """A header stating a body of `size` bytes that is sent later (once the peer said to go on)."""
+    packed = msgpack.packb({**header, "size": size}, use_bin_type=True)
+    return _LENGTH.pack(len(packed)) + packed
