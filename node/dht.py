@@ -21,6 +21,7 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
 from dhtmesh.node.records import check_value, is_valid_successor
+from dhtmesh.node.records.rules import RULES
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
@@ -351,7 +352,12 @@ class DhtNode:
 
     async def put_signed(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
-        existing id gets a seq above every version of it this node (or the mesh) holds."""
+        existing id gets a seq above every version of it this node (or the mesh) holds.
+
+        Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
+        farmer's and auditor's, so a record signed on request would speak for the farmer."""
+        if value.type in RULES:
+            raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
         if value.id == 0:
             value = replace(value, id=new_value_id())
         else:
