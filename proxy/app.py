@@ -21,9 +21,11 @@ from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
+from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import (
+    ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
     NODE,
@@ -51,6 +53,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as error:
         node.counters.add("http_bad_requests")
+        if error.counter:
+            node.counters.add(error.counter)
         return json_reply({"err": str(error)}, error.status)
     except web.HTTPException as error:
         if error.status < 400:
@@ -68,10 +72,19 @@ async def _close_background_work(app: web.Application) -> None:
     await app[REGISTRY].close()
 
 
-def create_app(node: DhtNode, push: PushRelay | None = None, blob_limit: int = DEFAULT_BLOB_LIMIT) -> web.Application:
+def create_app(
+    node: DhtNode,
+    push: PushRelay | None = None,
+    blob_limit: int = DEFAULT_BLOB_LIMIT,
+    allowed_origins: frozenset[str] = frozenset(),
+) -> web.Application:
+    """The proxy's application; `allowed_origins` are the web origins (`origins.parse_origin` forms)
+    whose pages may change state."""
     # A streamed blob upload reads the body itself and is bounded by `blob_limit`, not by this.
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    # The origin policy runs inside json_errors, so its refusals are JSON and counted as well.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
     app[NODE] = node
+    app[ALLOWED_ORIGINS] = allowed_origins
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)
@@ -109,9 +122,10 @@ class ProxyServer:
         port: int,
         push_gateway: str | None = None,
         blob_limit: int = DEFAULT_BLOB_LIMIT,
+        allowed_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.push = PushRelay(node, push_gateway)
-        app = create_app(node, self.push, blob_limit)
+        app = create_app(node, self.push, blob_limit, allowed_origins)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._host = host
         self._port = port

@@ -292,8 +292,11 @@ _CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unkn
 
 
 def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str]) -> list[Route]:
-    """dataserv's clients GET; POST is accepted too."""
-    return [Route(method, path, handler, summary, _SIGNED, replies) for method in ("GET", "POST")]  # type: ignore[arg-type]
+    """dataserv's clients GET; POST is accepted too. Either changes the farmer's record."""
+    return [
+        Route(method, path, handler, summary, _SIGNED, replies, unsafe_get=True)  # type: ignore[arg-type]
+        for method in ("GET", "POST")
+    ]
 
 
 FARMER_ROUTES: list[Route] = [

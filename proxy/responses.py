@@ -9,11 +9,13 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class BadRequest(Exception):
-    """A request the proxy refuses; becomes `{"err": message}` with `status`."""
+    """A request the proxy refuses; becomes `{"err": message}` with `status`, counted as a bad request
+    and, when given, under `counter` too (so an operator can tell a flood of one kind from others)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, counter: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.counter = counter
 
 
 def json_line(document: Any) -> bytes:

@@ -3,14 +3,19 @@ A. the node's key as a signing oracle (`/sign`, `/encrypt`), reachable from a we
 B. unbounded listen streams and push subscriptions from one client;
 C. malformed requests and handler bugs that write a traceback per request to the log."""
 
+import asyncio
 import base64
 import json
 import os
+import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
@@ -23,9 +28,12 @@ from dhtmesh.node.records.rules import RULES
 from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
 from dhtmesh.proxy.app import ProxyServer
 
-from support import start_node
+from support import NodeProcess, get_json, start_node
 
+Spawn = Callable[..., NodeProcess]
 Serve = Callable[..., Awaitable[tuple[DhtNode, str]]]
+ALLOWED = "http://allowed.example"
+FOREIGN = "http://evil.example"
 ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -105,3 +113,150 @@ async def test_sign_and_encrypt_refuse_every_record_type(serve: Serve) -> None:
         assert node.counters.get("http_bad_requests") == 2 * len(records)
         status, _ = await call(session, "POST", f"{url}/key/plain/sign", {"data": b64(b"an ordinary value")})
         assert status == 200, "other types are still signed on request"
+
+
+# ---- A. state changes only from allowed web origins -----------------------------------------------
+
+# Every way to change state, as (method, path, body): each method the proxy routes and two it does not.
+STATE_CHANGES = [
+    ("POST", "/key/guarded", {"data": b64(b"x")}),
+    ("POST", "/key/guarded/sign", {"data": b64(b"x")}),
+    ("POST", "/key/guarded/encrypt", {"data": b64(b"x"), "to": "00" * 32}),
+    ("POST", "/guarded", {"data": b64(b"x")}),
+    ("DELETE", "/key/guarded/12345", None),
+    ("LISTEN", "/guarded", None),
+    ("SUBSCRIBE", "/key/guarded", {"key": "token", "client_id": "c"}),
+    ("UNSUBSCRIBE", "/key/guarded", {"key": "token", "client_id": "c"}),
+    ("POST", "/api/blob", None),
+    ("PUT", "/key/guarded", None),
+    ("PATCH", "/key/guarded", None),
+]
+FARMER_ID = "ab" * 20
+FARMER_GETS = [
+    f"/api/register/{FARMER_ID}",
+    f"/api/register/{FARMER_ID}/{node_address(bytes.fromhex(FARMER_ID))}",
+    f"/api/ping/{FARMER_ID}",
+    f"/api/height/{FARMER_ID}/10",
+    f"/api/bandwidth/{FARMER_ID}/1/2",
+]
+
+
+async def test_foreign_origins_cannot_change_state_and_everyone_can_read(serve: Serve) -> None:
+    node, url = await serve(allowed_origins=frozenset({ALLOWED}))
+    async with aiohttp.ClientSession() as session:
+        refused = 0
+        for origin in (FOREIGN, "null", ALLOWED + ":8080", "https://allowed.example"):
+            for method, path, body in STATE_CHANGES:
+                status, answer = await call(session, method, url + path, body, origin)
+                assert status == 403 and origin in answer["err"], (origin, method, path)
+                refused += 1
+            for path in FARMER_GETS:
+                status, answer = await call(session, "GET", url + path, None, origin)
+                assert status == 403 and "err" in answer, (origin, path)
+                refused += 1
+        assert node.counters.get("http_origin_refused") == refused
+        assert await values_under(session, url, "guarded") == [], "nothing was stored"
+
+        for origin in (ALLOWED, None):  # an allowed page, and a native client (no Origin)
+            status, _ = await call(session, "POST", f"{url}/key/guarded", {"data": b64(b"ok")}, origin)
+            assert status == 200
+            for path in FARMER_GETS:
+                status, answer = await call(session, "GET", url + path, None, origin)
+                assert status == 401, "past the origin check, stopped by the farmer's signature"
+        for path in ("/key/guarded", "/node/info", "/api/online/json", "/key/guarded/options"):
+            async with session.get(url + path, headers={"Origin": FOREIGN}) as response:
+                assert response.status == 200, path
+                assert response.headers["Access-Control-Allow-Origin"] == "*"
+        status, _ = await call(session, "OPTIONS", f"{url}/key/guarded", None, FOREIGN)
+        assert status == 200, "a preflight is answered: the POST that follows is what is refused"
+        assert node.counters.get("http_origin_refused") == refused
+
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<pre id="fetch">pending</pre><pre id="form">pending</pre>
+<iframe name="sink" onload="if (this.dataset.sent) document.getElementById('form').textContent = 'loaded'"></iframe>
+<form id="csrf" method="POST" action="{proxy}/key/{key}-form" enctype="text/plain" target="sink">
+<input name='{{"data":"Zm9ybQ==","pad":"' value='"}}'></form>
+<script>
+document.querySelector("iframe").dataset.sent = "1";
+document.getElementById("csrf").submit();
+const plain = {{"Content-Type": "text/plain"}};  // a "simple" request: no preflight
+fetch("{proxy}/key/{key}/sign", {{method: "POST", body: '{{"data":"c2lnbmVk"}}', headers: plain}})
+  .then(async reply => {{ document.getElementById("fetch").textContent = reply.status + " " + await reply.text(); }})
+  .catch(error => {{ document.getElementById("fetch").textContent = "failed " + error; }});
+</script></body></html>"""
+
+
+@pytest.fixture
+async def attack_site(spawn: Spawn) -> AsyncIterator[tuple[NodeProcess, int]]:
+    """A web server on its own port serving ATTACK_PAGE (`/attack?key=K`), and a node that allows
+    pages from http://localhost:PORT, not from http://127.0.0.1:PORT: one server, two origins."""
+    proxy: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        text = ATTACK_PAGE.format(proxy=proxy[0], key=request.query["key"])
+        return web.Response(text=text, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/attack", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    node = spawn("victim", "--allow-origin", f"http://localhost:{port}")
+    proxy.append(node.url)
+    yield node, port
+    await runner.cleanup()
+
+
+async def browse(url: str, profile: Path) -> str:
+    """The DOM of `url` after headless Chromium ran its scripts (5 s of virtual time, network waits
+    not counted)."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: scripts/env.sh installs it with apt-get")
+        pytest.skip("chromium (Debian package) is not installed")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags += [f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", url]
+    process = await asyncio.create_subprocess_exec(
+        browser, *flags, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        dom, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    return dom.decode()
+
+
+def text_of(dom: str, element_id: str) -> str:
+    start = dom.index(f'<pre id="{element_id}">') + len(f'<pre id="{element_id}">')
+    return dom[start : dom.index("</pre>", start)]
+
+
+async def test_a_web_page_in_a_real_browser_cannot_make_the_node_sign(
+    attack_site: tuple[NodeProcess, int], tmp_path: Path
+) -> None:
+    node, port = attack_site
+    foreign = await browse(f"http://127.0.0.1:{port}/attack?key=stolen", tmp_path / "profile-foreign")
+    assert text_of(foreign, "fetch").startswith("403 "), foreign  # the page may read why (ACAO *)
+    assert "may not change state" in text_of(foreign, "fetch")
+    assert text_of(foreign, "form") == "loaded", "the form was posted and answered"
+    async with aiohttp.ClientSession() as session:
+        assert await values_under(session, node.url, "stolen") == [], "nothing was signed"
+        assert await values_under(session, node.url, "stolen-form") == [], "nothing was stored"
+    _, info = await get_json(node.url, "/node/info")
+    assert info["counters"]["http_origin_refused"] == 2
+
+    allowed = await browse(f"http://localhost:{port}/attack?key=welcome", tmp_path / "profile-allowed")
+    assert text_of(allowed, "fetch").startswith("200 "), allowed
+    async with aiohttp.ClientSession() as session:
+        (signed,) = await values_under(session, node.url, "welcome")
+        assert "sig" in signed, "the allowed page's value was signed by the node"
+        (posted,) = await values_under(session, node.url, "welcome-form")
+        assert base64.b64decode(posted["data"]) == b"form"
+    _, info = await get_json(node.url, "/node/info")
+    assert info["counters"]["http_origin_refused"] == 2
