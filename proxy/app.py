@@ -20,6 +20,7 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.proxy.clients import ClientSlots
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
@@ -28,6 +29,7 @@ from dhtmesh.proxy.route import (
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
+    LISTEN_SLOTS,
     NODE,
     PUSH,
     REGISTRY,
@@ -43,6 +45,10 @@ from dhtmesh.proxy.stats import RequestStats
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # a 64 KiB value in base64 plus its fields, with room to spare
+# A listen stream is a listener here and, per key, a subscription on the key's replicas. A client
+# (an app) listens to a handful of keys; 32 leaves room for several while one address cannot make
+# this node hold thousands of streams (and the mesh keep thousands of subscriptions).
+LISTENS_PER_CLIENT = 32
 
 
 @web.middleware
@@ -85,6 +91,7 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
     app[NODE] = node
     app[ALLOWED_ORIGINS] = allowed_origins
+    app[LISTEN_SLOTS] = ClientSlots(LISTENS_PER_CLIENT, "listen streams", "http_listens_refused")
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)

@@ -31,6 +31,7 @@ from dhtmesh.node.records.farmer_events import (
 )
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
@@ -75,7 +76,7 @@ async def _signing_farmer(request: web.Request, failure: str) -> bytes:
     """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
     The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
-    if not request.app[SIGNED_LIMITER].allow((request.remote or "", 0)):
+    if not request.app[SIGNED_LIMITER].allow((client_of(request), 0)):
         raise BadRequest(f"{failure}: too many signed requests; retry in a second.", status=429)
     body = await request.read()
     try:

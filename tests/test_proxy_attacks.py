@@ -26,7 +26,8 @@ from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_
 from dhtmesh.node.records.holding import Holding, chunk_key
 from dhtmesh.node.records.rules import RULES
 from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
-from dhtmesh.proxy.app import ProxyServer
+from dhtmesh.proxy.app import LISTENS_PER_CLIENT, ProxyServer
+from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
 
 from support import NodeProcess, get_json, start_node
 
@@ -260,3 +261,69 @@ async def test_a_web_page_in_a_real_browser_cannot_make_the_node_sign(
         assert base64.b64decode(posted["data"]) == b"form"
     _, info = await get_json(node.url, "/node/info")
     assert info["counters"]["http_origin_refused"] == 2
+
+
+# ---- B. per-client caps on listen streams and push subscriptions ------------------------------------
+
+
+def from_address(host: str) -> aiohttp.ClientSession:
+    """A client session whose connections come from `host` (another loopback address: another client)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(host, 0)))
+
+
+async def listen_count(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(f"{url}/node/stats") as response:
+        return (await response.json())["listenCount"]
+
+
+async def test_listen_streams_are_capped_per_client_address(serve: Serve) -> None:
+    node, url = await serve()
+    async with from_address("127.0.0.1") as session:
+        streams = []
+        try:
+            for index in range(LISTENS_PER_CLIENT):  # both forms share the cap
+                method, path = ("LISTEN", "/news") if index % 2 else ("GET", "/key/news/listen")
+                streams.append(await session.request(method, url + path))
+                assert streams[-1].status == 200
+            for method, path in (("GET", "/key/other/listen"), ("LISTEN", "/other")):
+                status, answer = await call(session, method, url + path)
+                assert status == 429 and "listen streams" in answer["err"]
+            assert node.counters.get("http_listens_refused") == 2
+
+            streams.pop().close()
+            for _ in range(500):  # until the server has seen the connection close
+                if await listen_count(session, url) == LISTENS_PER_CLIENT - 1:
+                    break
+                await asyncio.sleep(0.02)
+            streams.append(await session.get(f"{url}/key/news/listen"))
+            assert streams[-1].status == 200, "a closed stream frees its slot"
+
+            async with from_address("127.0.0.2") as neighbour, neighbour.get(f"{url}/key/news/listen") as response:
+                assert response.status == 200, "another address is another client"
+        finally:
+            for stream in streams:
+                stream.close()
+    assert node.counters.get("http_listens_refused") == 2
+
+
+async def test_push_subscriptions_are_capped_per_client_address(serve: Serve) -> None:
+    # No value is ever put, so the gateway is never called.
+    node, url = await serve(push_gateway="http://127.0.0.1:9")
+    subscription = {"client_id": "phone", "platform": "android"}
+    async with from_address("127.0.0.1") as session:
+        for index in range(SUBSCRIPTIONS_PER_CLIENT):
+            status, _ = await call(session, "SUBSCRIBE", f"{url}/key/k{index}", {"key": "token"} | subscription)
+            assert status == 200
+        status, answer = await call(session, "SUBSCRIBE", f"{url}/key/one-more", {"key": "token"} | subscription)
+        assert status == 429 and "push subscriptions" in answer["err"]
+        assert node.counters.get("http_subscriptions_refused") == 1
+        renewal = {"key": "token", "refresh": True} | subscription
+        assert (await call(session, "SUBSCRIBE", f"{url}/key/k0", renewal))[0] == 200, "renewing is not new"
+
+        assert (await call(session, "UNSUBSCRIBE", f"{url}/key/k0", {"key": "token"} | subscription))[0] == 200
+        status, _ = await call(session, "SUBSCRIBE", f"{url}/key/one-more", {"key": "token"} | subscription)
+        assert status == 200, "an unsubscribed slot is free again"
+    async with from_address("127.0.0.2") as neighbour:
+        status, _ = await call(neighbour, "SUBSCRIBE", f"{url}/key/theirs", {"key": "other"} | subscription)
+        assert status == 200, "another address is another client"
+    assert node.counters.get("http_subscriptions_refused") == 1
