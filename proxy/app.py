@@ -1,7 +1,9 @@
 """The aiohttp application and server: the route table wired to a node, errors as JSON, CORS headers.
 
-Every error the proxy gives is JSON `{"err": ...}` with a 4xx status (5xx only for its own bugs),
-including aiohttp's own 404, 405 and 413.
+Every error the proxy gives is JSON `{"err": ...}` with a 4xx status, including aiohttp's own 404, 405
+and 413, and counted; its own bugs are `{"err": "internal error"}` with a 500, counted and logged
+at most once a minute per kind (`failures.ErrorLog`). Only a request that is not HTTP at all gets
+aiohttp's plain-text 400 (no route ever sees it); it is counted as `http_malformed`.
 """
 
 import logging
@@ -21,6 +23,7 @@ from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.clients import ClientSlots
+from dhtmesh.proxy.failures import ErrorLog, ServerLogger
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
@@ -29,6 +32,7 @@ from dhtmesh.proxy.route import (
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
+    ERRORS,
     LISTEN_SLOTS,
     NODE,
     PUSH,
@@ -67,6 +71,13 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         node.counters.add("http_bad_requests")
         return json_reply({"err": error.reason}, error.status)
+    except Exception as error:
+        # The client left, the answer was cut short on purpose (`CutShort`), or the status is already
+        # sent: nothing more can be said, aiohttp closes the connection and reports it (ServerLogger).
+        if isinstance(error, ConnectionError) or request.writer.output_size > 0:
+            raise
+        request.app[ERRORS].internal(error, f"{request.method} {request.path}")
+        return json_reply({"err": "internal error"}, 500)
 
 
 async def _allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
@@ -90,6 +101,7 @@ def create_app(
     # The origin policy runs inside json_errors, so its refusals are JSON and counted as well.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
     app[NODE] = node
+    app[ERRORS] = ErrorLog(node.counters)
     app[ALLOWED_ORIGINS] = allowed_origins
     app[LISTEN_SLOTS] = ClientSlots(LISTENS_PER_CLIENT, "listen streams", "http_listens_refused")
     app[PUSH] = push if push is not None else PushRelay(node, None)
@@ -133,7 +145,8 @@ class ProxyServer:
     ) -> None:
         self.push = PushRelay(node, push_gateway)
         app = create_app(node, self.push, blob_limit, allowed_origins)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        logger = ServerLogger(app[ERRORS], node.counters)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, logger=logger)
         self._host = host
         self._port = port
         self.url = ""

@@ -6,9 +6,12 @@ C. malformed requests and handler bugs that write a traceback per request to the
 import asyncio
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -327,3 +330,77 @@ async def test_push_subscriptions_are_capped_per_client_address(serve: Serve) ->
         status, _ = await call(neighbour, "SUBSCRIBE", f"{url}/key/theirs", {"key": "other"} | subscription)
         assert status == 200, "another address is another client"
     assert node.counters.get("http_subscriptions_refused") == 1
+
+
+# ---- C. what cannot flood the log -------------------------------------------------------------------
+
+
+def tls_client_hello() -> bytes:
+    """The first bytes a TLS client sends (a fresh ClientHello each time)."""
+    sent = ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), sent, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass  # waiting for a ServerHello that never comes
+    return sent.read()
+
+
+NOT_HTTP = [
+    b"hello world\r\n\r\n",
+    b"\x00\xff\xfe garbage \x01\r\n\r\n",
+    b"GET / HTTP/1.1\r\nthis header has no colon\r\n\r\n",
+    b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",
+    b"GET /node/info HTTP/1.1\r\nHost: x\r\n\r\nnot a second request\r\n\r\n",
+]
+
+
+def send_raw(url: str, data: bytes) -> bytes:
+    """Send `data` on a new connection to the proxy and read until the server closes it."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(data)
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+async def test_malformed_requests_are_counted_not_logged(spawn: Spawn) -> None:
+    node = spawn("target")  # default logging: warnings and errors reach stderr
+    rounds = 10
+    for _ in range(rounds):
+        for data in [tls_client_hello(), *NOT_HTTP]:
+            assert b" 400 Bad Request\r\n" in await asyncio.to_thread(send_raw, node.url, data)
+    status, info = await get_json(node.url, "/node/info")
+    assert status == 200, "the proxy keeps serving"
+    assert info["counters"]["http_malformed"] == rounds * (1 + len(NOT_HTTP))
+    async with aiohttp.ClientSession() as session:
+        assert (await call(session, "POST", f"{node.url}/key/still", {"data": b64(b"up")}))[0] == 200
+    node.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(node.process.wait, 15) == 0
+    assert node.process.stderr is not None
+    log = node.process.stderr.read()
+    assert "Traceback" not in log and "level=error" not in log and "level=critical" not in log, log
+
+
+async def test_a_handler_bug_answers_json_500_and_is_logged_once(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    node, url = await serve()
+    node.store.close()  # a real failure below the proxy: every read of the store now raises
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        for path in ("/node/stats", "/key/broken", "/node/stats", "/key/broken", "/node/stats"):
+            method, body = ("POST", {"data": b64(b"x")}) if path.startswith("/key") else ("GET", None)
+            status, answer = await call(session, method, url + path, body)
+            assert (status, answer) == (500, {"err": "internal error"})
+        for _ in range(3):  # a stream that fails after its status was sent can only be cut short
+            async with session.get(f"{url}/key/anything") as response:
+                assert response.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+    assert node.counters.get("http_internal_errors") == 8
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None, "one traceback per kind of error a minute"
+    assert "internal error" in errors[0].getMessage()
