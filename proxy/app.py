@@ -72,12 +72,17 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         node.counters.add("http_bad_requests")
         return json_reply({"err": error.reason}, error.status)
     except Exception as error:
-        # The client left, the answer was cut short on purpose (`CutShort`), or the status is already
-        # sent: nothing more can be said, aiohttp closes the connection and reports it (ServerLogger).
-        if isinstance(error, ConnectionError) or request.writer.output_size > 0:
-            raise
+        if _cannot_answer(request):
+            raise  # aiohttp closes the connection and reports the error (failures.ServerLogger)
         request.app[ERRORS].internal(error, f"{request.method} {request.path}")
         return json_reply({"err": "internal error"}, 500)
+
+
+def _cannot_answer(request: web.Request) -> bool:
+    """Whether the status line is already sent (a stream that failed, or was cut short on purpose), or
+    the client has gone: then no error answer can be given."""
+    transport = request.transport
+    return request.writer.output_size > 0 or transport is None or transport.is_closing()
 
 
 async def _allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:

@@ -55,8 +55,9 @@ class ErrorLog:
 
 class ServerLogger(logging.LoggerAdapter):
     """aiohttp's server logger (`AppRunner(logger=...)`), sorting what aiohttp reports with an exception:
-    a request that does not parse as HTTP is counted as `http_malformed` with one short debug line; a
-    client gone mid-answer is one debug line; anything else is a bug, for the `ErrorLog`. Messages
+    a request that does not parse as HTTP is counted as `http_malformed` with one short debug line; an
+    answer cut short (`CutShort`, or a client gone mid-answer) is one debug line; anything else is a
+    bug, for the `ErrorLog`. Messages
     without an exception pass through unchanged."""
 
     def __init__(self, errors: ErrorLog, counters: Counters) -> None:
@@ -68,7 +69,7 @@ class ServerLogger(logging.LoggerAdapter):
         if isinstance(exc_info, HttpProcessingError):
             self._counters.add(MALFORMED)
             log.debug("malformed request: %s: %s", _text(msg, args), _reason(exc_info))
-        elif isinstance(exc_info, ConnectionError):
+        elif isinstance(exc_info, CutShort | ConnectionResetError | BrokenPipeError):  # writing to a gone client
             log.debug("%s: the connection ended mid-answer (%s)", _text(msg, args), _reason(exc_info))
         elif isinstance(exc_info, Exception) and level >= logging.ERROR:
             self._errors.internal(exc_info, _text(msg, args))
