@@ -35,6 +35,7 @@ from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.node.streams.port_limits import connection_cap
 from dhtmesh.proxy.app import ProxyServer
+from dhtmesh.proxy.origins import parse_origin
 
 log = logging.getLogger("dhtmesh.run")
 
@@ -46,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxyserver", type=int, default=8080, metavar="HTTP_PORT", help="proxy port (0: any)")
     parser.add_argument("--proxy-addr", default="127.0.0.1", help="address the proxy listens on")
     parser.add_argument("--pushserver", metavar="URL", help="push gateway (gorush-style POST URL/api/push)")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (scheme://host[:port]) whose pages may change state through the proxy (repeatable)",
+    )
     parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
     parser.add_argument(
@@ -82,6 +90,7 @@ def command(args: argparse.Namespace) -> int:
     if not 0 < args.blob_limit <= MAX_CHUNKS * 4:
         raise CliError(f"--blob-limit must be between 1 and {MAX_CHUNKS * 4} MiB (what a manifest can list)")
     _check_farming(args)
+    args.allow_origin = _allowed_origins(args.allow_origin)
     data_dir = Path(args.persist) if args.persist else default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +121,13 @@ def _raise_descriptor_limit() -> int:
         except (ValueError, OSError) as error:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
     return soft if soft != unlimited else 1 << 20
+
+
+def _allowed_origins(texts: list[str]) -> frozenset[str]:
+    try:
+        return frozenset(parse_origin(text) for text in texts)
+    except ValueError as error:
+        raise CliError(f"--allow-origin: {error}") from error
 
 
 def _check_farming(args: argparse.Namespace) -> None:
@@ -147,7 +163,8 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     stream_socket = await _bind(node, args)
-    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver, args.blob_limit * 1024 * 1024)
+    blob_limit = args.blob_limit * 1024 * 1024
+    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver, blob_limit, args.allow_origin)
     chunks: ChunkService | None = None
     registry = FarmerRegistry(node)
     try:

@@ -20,7 +20,7 @@ from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
-from dhtmesh.node.records import check_value, is_valid_successor, lifetime, open_refresh
+from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
@@ -395,7 +395,12 @@ class DhtNode:
 
     async def put_signed(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
-        existing id gets a seq above every version of it this node (or the mesh) holds."""
+        existing id gets a seq above every version of it this node (or the mesh) holds.
+
+        Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
+        farmer's and auditor's, so a record signed on request would speak for the farmer."""
+        if value.type in RESERVED_TYPES:
+            raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
         if value.id == 0:
             value = replace(value, id=new_value_id())
         else:
@@ -526,6 +531,10 @@ class DhtNode:
 
     # ---- listening ----------------------------------------------------------------------------
 
+    def held(self, key: bytes) -> list[Value]:
+        """This node's own copies of the values under `key` that pass the rules."""
+        return _checked(key, self.store.get(key))
+
     def listen(self, key: bytes) -> Listener:
         """Events for every new, updated and expired value under `key`, from anywhere in the mesh.
         Raises `ListenRefused` when this node already listens to `max_listened_keys` other keys."""
@@ -533,7 +542,7 @@ class DhtNode:
             self.counters.add("listens_refused")
             raise ListenRefused(f"this node listens to {self.config.max_listened_keys} keys already")
         listener, first = self.hub.open(key)
-        for value in _checked(key, self.store.get(key)):
+        for value in self.held(key):
             self.hub.emit(key, value)
         if first:
             self._keepers[key] = asyncio.get_running_loop().create_task(self._keep_listening(key))

@@ -1,7 +1,9 @@
 """The aiohttp application and server: the route table wired to a node, errors as JSON, CORS headers.
 
-Every error the proxy gives is JSON `{"err": ...}` with a 4xx status (5xx only for its own bugs),
-including aiohttp's own 404, 405 and 413.
+Every error the proxy gives is JSON `{"err": ...}` with a 4xx status, including aiohttp's own 404, 405
+and 413, and counted; its own bugs are `{"err": "internal error"}` with a 500, counted and logged
+at most once a minute per kind (`failures.ErrorLog`). Only a request that is not HTTP at all gets
+aiohttp's plain-text 400 (no route ever sees it); it is counted as `http_malformed`.
 """
 
 import logging
@@ -20,12 +22,18 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.proxy.clients import ClientSlots
+from dhtmesh.proxy.failures import ErrorLog, ServerLogger
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
+from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import (
+    ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
+    ERRORS,
+    LISTEN_SLOTS,
     NODE,
     PUSH,
     REGISTRY,
@@ -41,6 +49,10 @@ from dhtmesh.proxy.stats import RequestStats
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # a 64 KiB value in base64 plus its fields, with room to spare
+# A listen stream is a listener here and, per key, a subscription on the key's replicas. A client
+# (an app) listens to a handful of keys; 32 leaves room for several while one address cannot make
+# this node hold thousands of streams (and the mesh keep thousands of subscriptions).
+LISTENS_PER_CLIENT = 32
 
 
 @web.middleware
@@ -51,12 +63,26 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as error:
         node.counters.add("http_bad_requests")
+        if error.counter:
+            node.counters.add(error.counter)
         return json_reply({"err": str(error)}, error.status)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         node.counters.add("http_bad_requests")
         return json_reply({"err": error.reason}, error.status)
+    except Exception as error:
+        if _cannot_answer(request):
+            raise  # aiohttp closes the connection and reports the error (failures.ServerLogger)
+        request.app[ERRORS].internal(error, f"{request.method} {request.path}")
+        return json_reply({"err": "internal error"}, 500)
+
+
+def _cannot_answer(request: web.Request) -> bool:
+    """Whether the status line is already sent (a stream that failed, or was cut short on purpose), or
+    the client has gone: then no error answer can be given."""
+    transport = request.transport
+    return request.writer.output_size > 0 or transport is None or transport.is_closing()
 
 
 async def _allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
@@ -68,10 +94,21 @@ async def _close_background_work(app: web.Application) -> None:
     await app[REGISTRY].close()
 
 
-def create_app(node: DhtNode, push: PushRelay | None = None, blob_limit: int = DEFAULT_BLOB_LIMIT) -> web.Application:
+def create_app(
+    node: DhtNode,
+    push: PushRelay | None = None,
+    blob_limit: int = DEFAULT_BLOB_LIMIT,
+    allowed_origins: frozenset[str] = frozenset(),
+) -> web.Application:
+    """The proxy's application; `allowed_origins` are the web origins (`origins.parse_origin` forms)
+    whose pages may change state."""
     # A streamed blob upload reads the body itself and is bounded by `blob_limit`, not by this.
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    # The origin policy runs inside json_errors, so its refusals are JSON and counted as well.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
     app[NODE] = node
+    app[ERRORS] = ErrorLog(node.counters)
+    app[ALLOWED_ORIGINS] = allowed_origins
+    app[LISTEN_SLOTS] = ClientSlots(LISTENS_PER_CLIENT, "listen streams", "http_listens_refused")
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)
@@ -109,10 +146,12 @@ class ProxyServer:
         port: int,
         push_gateway: str | None = None,
         blob_limit: int = DEFAULT_BLOB_LIMIT,
+        allowed_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.push = PushRelay(node, push_gateway)
-        app = create_app(node, self.push, blob_limit)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        app = create_app(node, self.push, blob_limit, allowed_origins)
+        logger = ServerLogger(app[ERRORS], node.counters)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, logger=logger)
         self._host = host
         self._port = port
         self.url = ""

@@ -13,6 +13,7 @@ from aiohttp import web
 from dhtmesh.node.blobs.download import ChunkUnavailable
 from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
 from dhtmesh.node.records.blob import BLOB_ID_SIZE, blob_id_from_hex
+from dhtmesh.proxy.failures import CutShort
 from dhtmesh.proxy.responses import BadRequest, json_reply
 from dhtmesh.proxy.route import BLOB_LIMIT, BLOB_READER, UPLOADER, Route
 
@@ -104,10 +105,10 @@ async def _send(
     try:
         async for piece in pieces:
             await response.write(piece)
-    except ChunkUnavailable:
+    except ChunkUnavailable as error:
         # The status is sent: all we can do is cut the body short, which the client sees by its length.
         log.warning("blob %s: a chunk became unavailable mid-stream", blob_id.hex())
-        raise
+        raise CutShort(str(error)) from error
     await response.write_eof()
     return response
 

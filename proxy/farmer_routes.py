@@ -31,7 +31,8 @@ from dhtmesh.node.records.farmer_events import (
 )
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
-from dhtmesh.proxy.responses import BadRequest, json_reply
+from dhtmesh.proxy.clients import client_of
+from dhtmesh.proxy.responses import BadRequest, json_reply, refusal_status
 from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
 
@@ -75,7 +76,7 @@ async def _signing_farmer(request: web.Request, failure: str) -> bytes:
     """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
     The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
-    if not request.app[SIGNED_LIMITER].allow((request.remote or "", 0)):
+    if not request.app[SIGNED_LIMITER].allow((client_of(request), 0)):
         raise BadRequest(f"{failure}: too many signed requests; retry in a second.", status=429)
     body = await request.read()
     try:
@@ -107,8 +108,8 @@ async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRe
         raise BadRequest(f"{failure}: Address already is registered.", status=409) from error
     except (BadFarmerRecord, InvalidValue) as error:
         raise BadRequest(f"{failure}: {error}.") from error
-    except PutRefused as error:
-        status = 503 if error.out_of_room else 409  # full: try another node or later; else a conflict
+    except PutRefused as error:  # full: try another node or later; else a conflict
+        status = refusal_status(error.verdict, quota=503 if error.out_of_room else 409)
         raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=status) from error
 
 
@@ -292,8 +293,11 @@ _CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unkn
 
 
 def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str]) -> list[Route]:
-    """dataserv's clients GET; POST is accepted too."""
-    return [Route(method, path, handler, summary, _SIGNED, replies) for method in ("GET", "POST")]  # type: ignore[arg-type]
+    """dataserv's clients GET; POST is accepted too. Either changes the farmer's record."""
+    return [
+        Route(method, path, handler, summary, _SIGNED, replies, unsafe_get=True)  # type: ignore[arg-type]
+        for method in ("GET", "POST")
+    ]
 
 
 FARMER_ROUTES: list[Route] = [

@@ -4,17 +4,21 @@ A subscription is `(key, push token, client id)`. While it lives (24 h unless re
 listener on the key turns each batch of new or expired values into one gorush-style `POST /api/push`
 to the gateway given by `--pushserver`, carrying OpenDHT's payload: `{"key", "to", "t", "s", "ids"}`
 (and `"exp"` for expired ids).
+
+Each subscription is a listener on the mesh (a subscription on the key's replicas) for a day, so a
+client (`clients.client_group`) may hold at most `SUBSCRIPTIONS_PER_CLIENT` at once.
 """
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.dht import DhtNode, ListenRefused
 from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.tasks import TaskSet
 
@@ -23,10 +27,17 @@ log = logging.getLogger(__name__)
 SUBSCRIPTION_LIFETIME = 24 * 3600.0
 PLATFORMS = {"ios": 1, "android": 2, "unifiedpush": 2}
 MAX_SUBSCRIPTIONS = 10000
+# A phone subscribes to a few keys per account (its inbox, its presence, its devices); 32 leaves room
+# for several accounts while one address cannot keep thousands of keys' replicas notifying this node.
+SUBSCRIPTIONS_PER_CLIENT = 32
 
 
 class PushError(ValueError):
     """A SUBSCRIBE/UNSUBSCRIBE body that cannot be used; the message is fit for the client."""
+
+
+class SubscriptionLimit(PushError):
+    """A new subscription over the client's cap or the node's; the message is fit for the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,7 @@ class PushTarget:
 class _Subscription:
     key: bytes
     target: PushTarget
+    client: str  # who created it, for the per-client cap
     listener: Listener
     expires: float
     task: asyncio.Task | None = field(default=None)
@@ -62,6 +74,7 @@ class PushRelay:
         self._node = node
         self._gateway = gateway.rstrip("/") if gateway else None
         self._subscriptions: dict[tuple[bytes, str, str], _Subscription] = {}
+        self._per_client: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
         self._tasks = TaskSet()
         self.sent = 0
@@ -78,45 +91,56 @@ class PushRelay:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
     async def stop(self) -> None:
-        for subscription in self._subscriptions.values():
-            subscription.listener.close()
-        self._subscriptions.clear()
+        for identity in list(self._subscriptions):
+            self._end(identity)
         await self._tasks.close()
         if self._session is not None:
             await self._session.close()
 
-    def subscribe(self, key: bytes, target: PushTarget) -> bool:
-        """Start (or renew) a subscription; True when it is new."""
+    def subscribe(self, key: bytes, target: PushTarget, client: str) -> bool:
+        """Start (or renew) a subscription for `client`; True when it is new. Raises
+        `SubscriptionLimit` for a new one over the client's cap or the node's."""
         self._expire()
         identity = (key, target.token, target.client_id)
         existing = self._subscriptions.get(identity)
         if existing is not None:
             existing.expires = time.monotonic() + SUBSCRIPTION_LIFETIME
             return False
+        if self._per_client[client] >= SUBSCRIPTIONS_PER_CLIENT:
+            cap = SUBSCRIPTIONS_PER_CLIENT
+            raise SubscriptionLimit(f"too many push subscriptions from your address (at most {cap})")
         if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise PushError("too many push subscriptions")
-        subscription = _Subscription(key, target, self._node.listen(key), time.monotonic() + SUBSCRIPTION_LIFETIME)
+            raise SubscriptionLimit("too many push subscriptions on this node")
+        expires = time.monotonic() + SUBSCRIPTION_LIFETIME
+        try:
+            listener = self._node.listen(key)
+        except ListenRefused as error:
+            raise SubscriptionLimit(str(error)) from error
+        subscription = _Subscription(key, target, client, listener, expires)
         subscription.task = self._tasks.spawn(self._relay(subscription))
         self._subscriptions[identity] = subscription
+        self._per_client[client] += 1
         return True
 
     def unsubscribe(self, key: bytes, target: PushTarget) -> bool:
-        subscription = self._subscriptions.pop((key, target.token, target.client_id), None)
-        if subscription is None:
-            return False
-        self._end(subscription)
-        return True
+        return self._end((key, target.token, target.client_id))
 
     def _expire(self) -> None:
         now = time.monotonic()
         for identity in [i for i, s in self._subscriptions.items() if s.expires < now]:
-            self._end(self._subscriptions.pop(identity))
+            self._end(identity)
 
-    @staticmethod
-    def _end(subscription: _Subscription) -> None:
+    def _end(self, identity: tuple[bytes, str, str]) -> bool:
+        subscription = self._subscriptions.pop(identity, None)
+        if subscription is None:
+            return False
         subscription.listener.close()
         if subscription.task is not None:
             subscription.task.cancel()
+        self._per_client[subscription.client] -= 1
+        if not self._per_client[subscription.client]:
+            del self._per_client[subscription.client]
+        return True
 
     async def _relay(self, subscription: _Subscription) -> None:
         while True:

@@ -5,15 +5,29 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dhtmesh.node.values.policy import Verdict
+
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class BadRequest(Exception):
-    """A request the proxy refuses; becomes `{"err": message}` with `status`."""
+# A store refusal that is about this node's disk, not about the value or a quota: 507 Insufficient
+# Storage (RFC 4918) for a full disk, 503 for one that fails; the client may try another node.
+_DISK_STATUS = {Verdict.REFUSE_DISK_FULL: 507, Verdict.REFUSE_STORAGE_ERROR: 503}
 
-    def __init__(self, message: str, status: int = 400) -> None:
+
+def refusal_status(verdict: Verdict, quota: int) -> int:
+    """The status of a put the node's store refused: `quota` for a policy or quota refusal."""
+    return _DISK_STATUS.get(verdict, quota)
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses; becomes `{"err": message}` with `status`, counted as a bad request
+    and, when given, under `counter` too (so an operator can tell a flood of one kind from others)."""
+
+    def __init__(self, message: str, status: int = 400, counter: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.counter = counter
 
 
 def json_line(document: Any) -> bytes:

@@ -1,6 +1,7 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
-limit of signed requests, and the blob uploader, reader and size limit)."""
+limit of signed requests, the blob uploader, reader and size limit, the per-client cap on listen
+streams, the origins allowed to change state, and the log of the proxy's own errors)."""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.proxy.clients import ClientSlots
+from dhtmesh.proxy.failures import ErrorLog
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
 
@@ -27,6 +30,9 @@ REPUTATION = web.AppKey("reputation", ReputationBook)
 UPLOADER = web.AppKey("uploader", Uploader)
 BLOB_READER = web.AppKey("blob_reader", BlobReader)
 BLOB_LIMIT = web.AppKey("blob_limit", int)
+LISTEN_SLOTS = web.AppKey("listen_slots", ClientSlots)
+ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)
+ERRORS = web.AppKey("errors", ErrorLog)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,3 +46,4 @@ class Route:
     body: str | None = None  # what the request body holds, if anything
     replies: dict[int, str] = field(default_factory=lambda: {200: "OK"})
     streams: bool = False  # a chunked reply of one JSON value per line
+    unsafe_get: bool = False  # a GET that changes state (dataserv's farmer reports): guarded as a POST is

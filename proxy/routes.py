@@ -7,15 +7,24 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import PutRefused, PutResult
+from dhtmesh.node.dht import ListenRefused, PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
+from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import document
-from dhtmesh.proxy.push import PushError, PushTarget
-from dhtmesh.proxy.responses import JSON_HEADERS, BadRequest, json_body, json_line, json_reply, open_stream
-from dhtmesh.proxy.route import NODE, PUSH, STATS, Route
+from dhtmesh.proxy.push import PushError, PushTarget, SubscriptionLimit
+from dhtmesh.proxy.responses import (
+    JSON_HEADERS,
+    BadRequest,
+    json_body,
+    json_line,
+    json_reply,
+    open_stream,
+    refusal_status,
+)
+from dhtmesh.proxy.route import LISTEN_SLOTS, NODE, PUSH, STATS, Route
 from dhtmesh.proxy.value_json import ValueJsonError, public_key_from_text, value_from_json, value_to_json
 
 CORS_HEADERS = {
@@ -74,11 +83,18 @@ async def get_values(request: web.Request) -> web.StreamResponse:
 
 
 async def listen(request: web.Request) -> web.StreamResponse:
-    response = await open_stream(request)
-    # The handler is cancelled when the client goes away (handler_cancellation), closing the listener.
-    with request.app[NODE].listen(_key(request)) as listener:
-        async for event in listener:
-            await response.write(json_line(value_to_json(event.value, expired=event.expired)))
+    key = _key(request)
+    # The handler is cancelled when the client goes away (handler_cancellation), closing the listener
+    # and freeing the client's slot.
+    with request.app[LISTEN_SLOTS].hold(client_of(request)):
+        try:
+            listener = request.app[NODE].listen(key)  # before the status line: a refusal is still a 503
+        except ListenRefused as error:
+            raise BadRequest(str(error), 503, "http_listens_refused") from error
+        with listener:
+            response = await open_stream(request)
+            async for event in listener:
+                await response.write(json_line(value_to_json(event.value, expired=event.expired)))
     return response
 
 
@@ -135,7 +151,7 @@ async def _put(operation: Awaitable[PutResult]) -> web.Response:
     except InvalidValue as error:
         raise BadRequest(str(error)) from error
     except PutRefused as error:
-        raise BadRequest(str(error), status=409) from error
+        raise BadRequest(str(error), status=refusal_status(error.verdict, quota=409)) from error
     return json_reply(value_to_json(result.value) | {"replicas": result.replicas})
 
 
@@ -159,11 +175,14 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     relay = request.app[PUSH]
     target, body = await _push_target(request)
     key = _key(request)
-    created = relay.subscribe(key, target)
+    try:
+        created = relay.subscribe(key, target, client_of(request))
+    except SubscriptionLimit as error:
+        raise BadRequest(str(error), 429, "http_subscriptions_refused") from error
     if created or body.get("refresh") is True:
         return json_reply({})
     response = await open_stream(request)
-    for value in request.app[NODE].store.get(key):
+    for value in request.app[NODE].held(key):
         await response.write(json_line(value_to_json(value)))
     await response.write_eof()
     return response
@@ -190,6 +209,8 @@ async def _push_target(request: web.Request) -> tuple[PushTarget, dict]:
 _VALUE = "a value JSON (id, type, data, utype; owner, seq, sig when signed); optional `permanent`"
 _PUT_REPLIES = {200: "the stored value, with its id and `replicas`", 400: "bad value", 409: "refused by policy"}
 _PUSH = "`{key: push token, client_id, platform, session_id, topic, refresh}`"
+_LISTEN_REPLIES = {200: "one value JSON per line", 429: "too many listen streams from this client"}
+_SUBSCRIBE_REPLIES = {200: "`{}`, or the key's values when renewed", 429: "too many subscriptions"}
 
 ROUTES: list[Route] = [
     Route("GET", "/", node_info, "node info: id, routing table health, storage"),
@@ -198,7 +219,14 @@ ROUTES: list[Route] = [
     Route("GET", "/openapi.json", openapi, "this document"),
     Route("GET", "/key/{key}", get_values, "the key's values, streamed as they are found", streams=True),
     Route("POST", "/key/{key}", put_value, "put a value", _VALUE, _PUT_REPLIES),
-    Route("GET", "/key/{key}/listen", listen, "current, new and expired values; never ends", streams=True),
+    Route(
+        "GET",
+        "/key/{key}/listen",
+        listen,
+        "current, new and expired values; never ends",
+        replies=_LISTEN_REPLIES,
+        streams=True,
+    ),
     Route("POST", "/key/{key}/sign", sign_value, "sign as the node and put", _VALUE, _PUT_REPLIES),
     Route("POST", "/key/{key}/encrypt", encrypt_value, "encrypt to `to`, sign, put", _VALUE, _PUT_REPLIES),
     Route(
@@ -211,15 +239,15 @@ ROUTES: list[Route] = [
     Route("OPTIONS", "/key/{key}", options, "CORS preflight"),
     Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight"),
     Route("GET", "/key/{key}/options", options, "CORS headers"),
-    Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH),
+    Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH, _SUBSCRIBE_REPLIES),
     Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH),
     *FARMER_ROUTES,
     *BLOB_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
     Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),
-    Route("LISTEN", "/{key}", listen, "legacy: listen", streams=True),
+    Route("LISTEN", "/{key}", listen, "legacy: listen", replies=_LISTEN_REPLIES, streams=True),
     Route("OPTIONS", "/{key}", options, "legacy: CORS preflight"),
-    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH),
+    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH, _SUBSCRIBE_REPLIES),
     Route("UNSUBSCRIBE", "/{key}", unsubscribe, "legacy: stop push notifications", _PUSH),
 ]

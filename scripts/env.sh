@@ -1,12 +1,17 @@
 # Sourced by scripts/test and scripts/bench: a venv with dhtmesh and its test extras (which bring the
-# stock `kademlia` 2.2.3), and Debian's `dhtnode` (OpenDHT's real proxy client and server), installed
-# when missing. Sets $venv.
+# stock `kademlia` 2.2.3), Debian's `dhtnode` (OpenDHT's real proxy client and server) and `chromium`
+# (the real browser that loads the cross-origin attack page), installed when missing. Sets $venv.
 venv="${DHTMESH_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-if ! command -v dhtnode >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dhtnode) >/dev/null
+missing=""
+for package in dhtnode chromium; do  # each package installs a command of its name
+    command -v "$package" >/dev/null || missing="$missing $package"
+done
+if [ -n "$missing" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    # shellcheck disable=SC2086  # one word per package
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q ".[test]"

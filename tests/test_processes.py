@@ -242,6 +242,9 @@ def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
         (["--farmer", "--pending-timeout", "0.01"], "--pending-timeout"),
         (["--blob-limit", "0"], "--blob-limit"),
         (["--blob-limit", "99999999"], "--blob-limit"),
+        (["--allow-origin", "null"], "--allow-origin"),
+        (["--allow-origin", "localhost:3000"], "--allow-origin"),
+        (["--allow-origin", "http://example.com/path"], "--allow-origin"),
     ],
 )
 def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:

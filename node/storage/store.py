@@ -141,7 +141,7 @@ class ValueStore:
         refresh it later, and put it back once expired; others may not."""
         try:
             verdict = self._put(key, value, origin, ttl, sender, sender if by is None else by)
-        except sqlite3.Error as error:
+        except sqlite3.OperationalError as error:  # the disk: full, failing, read-only
             return self._failed(error)
         self._writes_again()
         return verdict
@@ -256,7 +256,7 @@ class ValueStore:
                 )
                 self._db.execute("COMMIT")
             self._db.execute("DELETE FROM tombs WHERE until <= ?", (now,))
-        except sqlite3.Error as error:
+        except sqlite3.OperationalError as error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._failed(error)
@@ -265,7 +265,7 @@ class ValueStore:
             self._account(row[9], -row[10], -1)
         return [(row[0], _row_value(row[1:9])) for row in rows]
 
-    def _failed(self, error: sqlite3.Error) -> Verdict:
+    def _failed(self, error: sqlite3.OperationalError) -> Verdict:
         """A write the disk refused: said once at ERROR (a full disk would otherwise log every request)."""
         if not self._failing:
             self._failing = True
@@ -353,7 +353,7 @@ class ValueStore:
                 "INSERT OR REPLACE INTO announces VALUES (?,?,?,?)",
                 (key, value.owner, _sql_id(value.id), msgpack.packb(value.to_wire(), use_bin_type=True)),
             )
-        except sqlite3.Error as error:
+        except sqlite3.OperationalError as error:
             self._failed(error)
             return False
         return True

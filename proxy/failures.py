@@ -1,0 +1,87 @@
+"""What the proxy counts and logs when a request fails other than by being refused: requests that are
+not HTTP at all (counted, one debug line), clients that leave mid-answer (a debug line), and its own
+bugs (counted, logged at ERROR with a traceback, at most once a minute per kind of exception).
+
+Anyone can send garbage to the port, and a bug on a route anyone can call fails on every request: a
+traceback for each would let any client fill the operator's log. aiohttp reports the first two kinds
+through its server logger, which `ServerLogger` stands in for.
+"""
+
+import logging
+import time
+from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
+
+from dhtmesh.node.stats import Counters
+
+log = logging.getLogger(__name__)
+
+MALFORMED = "http_malformed"
+INTERNAL_ERRORS = "http_internal_errors"
+REPORT_INTERVAL = 60.0  # seconds between two logged tracebacks of one exception type
+_REASON_LENGTH = 120
+
+
+class CutShort(ConnectionError):
+    """An answer whose status is already sent cannot be finished: the connection is closed, and the
+    client sees the body cut short. Raised on purpose (and reported by whoever raises it)."""
+
+
+class ErrorLog:
+    """Counts every unexpected exception and logs the first of each type per `REPORT_INTERVAL`."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+        self._logged: dict[type, float] = {}
+
+    def internal(self, error: BaseException, where: str) -> None:
+        self._counters.add(INTERNAL_ERRORS)
+        kind = type(error)
+        now = time.monotonic()
+        last = self._logged.get(kind)
+        if last is not None and now - last < REPORT_INTERVAL:
+            return
+        self._logged[kind] = now
+        log.error(
+            "internal error in %s: %s (more of this type in the next %.0f s are only counted, as %s)",
+            where,
+            kind.__name__,
+            REPORT_INTERVAL,
+            INTERNAL_ERRORS,
+            exc_info=error,
+        )
+
+
+class ServerLogger(logging.LoggerAdapter):
+    """aiohttp's server logger (`AppRunner(logger=...)`), sorting what aiohttp reports with an exception:
+    a request that does not parse as HTTP is counted as `http_malformed` with one short debug line; an
+    answer cut short (`CutShort`, or a client gone mid-answer) is one debug line; anything else is a
+    bug, for the `ErrorLog`. Messages
+    without an exception pass through unchanged."""
+
+    def __init__(self, errors: ErrorLog, counters: Counters) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._errors = errors
+        self._counters = counters
+
+    def log(self, level: int, msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self._counters.add(MALFORMED)
+            log.debug("malformed request: %s: %s", _text(msg, args), _reason(exc_info))
+        elif isinstance(exc_info, CutShort | ConnectionResetError | BrokenPipeError):  # writing to a gone client
+            log.debug("%s: the connection ended mid-answer (%s)", _text(msg, args), _reason(exc_info))
+        elif isinstance(exc_info, Exception) and level >= logging.ERROR:
+            self._errors.internal(exc_info, _text(msg, args))
+        else:
+            super().log(level, msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _text(msg: object, args: tuple) -> str:
+    return str(msg) % args if args else str(msg)
+
+
+def _reason(error: BaseException) -> str:
+    """One short line: an exception's message may hold the client's bytes, over several lines."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(str(message).split())[:_REASON_LENGTH]
