@@ -1,35 +1,21 @@
 """Who a proxy client is, for per-client caps, and the cap on what a client holds open at once.
 
-A client is its IP address, not its port (a client opens as many connections as it likes); an IPv6
-client is its /64, since one host is routinely given a whole /64 and could otherwise take a new
-address per stream.
+A client is its host (`netgroup.host_of`: its IP address, not its port, since a client opens as many
+connections as it likes; an IPv6 client is its /64, since one host is routinely given a whole /64 and
+could otherwise take a new address per stream).
 """
 
-import ipaddress
 from collections import Counter
 from types import TracebackType
 
 from aiohttp import web
 
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.proxy.responses import BadRequest
 
 
-def client_group(remote: str | None) -> str:
-    """The client a peer address belongs to: the IPv4 address, or the IPv6 /64 (an IPv4-mapped IPv6
-    address is its IPv4 address). Anything that is not an IP (a Unix socket) is one client."""
-    try:
-        address = ipaddress.ip_address(remote or "")
-    except ValueError:
-        return remote or ""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-    return str(address)
-
-
 def client_of(request: web.Request) -> str:
-    return client_group(request.remote)
+    return host_of(request.remote or "")
 
 
 class ClientSlots:

@@ -6,7 +6,7 @@ to the gateway given by `--pushserver`, carrying OpenDHT's payload: `{"key", "to
 (and `"exp"` for expired ids).
 
 Each subscription is a listener on the mesh (a subscription on the key's replicas) for a day, so a
-client (`clients.client_group`) may hold at most `SUBSCRIPTIONS_PER_CLIENT` at once.
+client (`clients.client_of`) may hold at most `SUBSCRIPTIONS_PER_CLIENT` at once.
 """
 
 import asyncio

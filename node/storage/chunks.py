@@ -97,7 +97,11 @@ class ChunkStore:
                 return False
             self.check_room(len(data))
             await asyncio.to_thread(_write_synced, self._path(root), data)
-            self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, NULL)", (root, len(data), time.time()))
+            try:
+                self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, NULL)", (root, len(data), time.time()))
+            except sqlite3.OperationalError as error:  # the index's disk is full or failing
+                self._path(root).unlink(missing_ok=True)
+                raise ChunkRefused(f"this node cannot index the chunk on its disk ({error})") from error
             self.used_bytes += len(data)
         return True
 
@@ -173,14 +177,19 @@ class ChunkStore:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    """Write to a temporary file, sync it, and rename it into place: all or nothing after a crash."""
-    path.parent.mkdir(exist_ok=True)
+    """Write to a temporary file, sync it, and rename it into place: all or nothing after a crash. A
+    disk that is full or fails leaves nothing behind and refuses the chunk."""
     partial = path.with_name(path.name + _PARTIAL)
-    with partial.open("wb") as sink:
-        sink.write(data)
-        sink.flush()
-        os.fsync(sink.fileno())
-    partial.replace(path)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with partial.open("wb") as sink:
+            sink.write(data)
+            sink.flush()
+            os.fsync(sink.fileno())
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ChunkRefused(f"this node cannot write the chunk to its disk ({error.strerror or error})") from error
 
 
 def _read_blocks(path: Path, indices: list[int]) -> dict[int, bytes]:

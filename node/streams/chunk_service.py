@@ -38,9 +38,9 @@ from dhtmesh.node.streams.port_limits import (
     Full,
     ProveRates,
     Slots,
-    address_group,
 )
 from dhtmesh.node.streams.proof_trees import ProofTrees
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 
 STREAM_TIMEOUT = 30.0  # seconds for a whole exchange: a 4 MiB chunk on a slow link, not a stalled peer
@@ -167,7 +167,7 @@ class ChunkService:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        group = address_group(str((writer.get_extra_info("peername") or ("",))[0]))
+        group = host_of(str((writer.get_extra_info("peername") or ("",))[0]))
         with contextlib.ExitStack() as held:  # the slots this connection holds, freed when it ends
             try:
                 self._take(self._connections, group, held)

@@ -2,13 +2,12 @@
 in memory at once (puts being read, gets being sent), per client address and in total; and how often
 proofs may be asked, per address, per auditor and in all.
 
-Limits count per address group (`address_group`): an IPv4 address, or an IPv6 /64, since one host
-is handed a whole /64 and a limit per IPv6 address would be no limit. Every limit refuses at once
+Limits count per host (`netgroup.host_of`): an IPv4 address, or an IPv6 /64, since one host is
+handed a whole /64 and a limit per IPv6 address would be no limit. Every limit refuses at once
 rather than queueing, so that a flood costs this node a few bytes per connection and honest peers
 pass over to another holder (for an auditor, a refused challenge is a miss, not a failure).
 """
 
-import ipaddress
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -30,20 +29,6 @@ PROVES_PER_AUDITOR = (2.0, 5.0)
 PROVES_PER_ADDRESS = (10.0, 20.0)
 PROVES_IN_ALL = (20.0, 40.0)
 MAX_TRACKED = 4096  # buckets kept, most recently used first: many keys cannot grow memory
-
-
-def address_group(host: str) -> str:
-    """What a per-address limit counts: the IPv4 address (an IPv4-mapped IPv6 address is its IPv4
-    address), or the IPv6 /64."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])  # "%" : an IPv6 zone
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def connection_cap(descriptors: int) -> int:

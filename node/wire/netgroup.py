@@ -20,9 +20,10 @@ SUBNET_PREFIX_V6 = 48
 
 @functools.lru_cache(maxsize=16384)
 def host_of(ip: str) -> str:
-    """The host an address belongs to; text that is not an IP literal is its own host."""
+    """The host an address belongs to (an IPv4-mapped IPv6 address is its IPv4 address; an IPv6 zone is
+    ignored); text that is not an IP literal (a Unix socket's path) is its own host."""
     try:
-        address = ipaddress.ip_address(ip)
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return ip
     if isinstance(address, ipaddress.IPv6Address):
