@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dhtmesh.node.routing import table as table_module
 from dhtmesh.node.routing.contact import ID_BITS, Contact, contact_from_wire, distance
+from dhtmesh.node.routing.diversity import Diversity
 from dhtmesh.node.routing.table import RoutingTable
 
 SPACE = 1 << ID_BITS
@@ -118,7 +119,6 @@ def test_closest_of_empty_table_is_empty() -> None:
 def test_own_id_is_never_added() -> None:
     own = random.Random(1).randbytes(20)
     table = RoutingTable(own, k=4)
-    assert not table.would_accept(own)
     assert table.add(contact(own)) is False
     table.note_request(contact(own))
     fill(table, random_ids(2, 100, own))
@@ -142,7 +142,6 @@ def test_full_far_bucket_sends_newcomers_to_replacements() -> None:
     assert table.add(contact(FAR[2])) is False
     assert bucket_ranges(table) == [(0, SPACE // 2), (SPACE // 2, SPACE)]
     assert FAR[2] not in table
-    assert not table.would_accept(FAR[3])
     assert table.least_recent(FAR[3]) == contact(FAR[0])
     assert table.add(contact(FAR[3])) is False
     assert len(table) == 2
@@ -153,7 +152,6 @@ def test_bucket_covering_own_id_keeps_splitting() -> None:
     table = RoutingTable(OWN_ZERO, k=2)
     fill(table, FAR)
     near = [node_id(n) for n in range(1, 40)]
-    assert all(table.would_accept(raw) for raw in near[:3])
     assert all(table.add(contact(raw)) for raw in near[:3])
     fill(table, near[3:])
     assert all(raw in table for raw in near[:2])
@@ -312,3 +310,33 @@ def test_contact_from_wire_never_raises(item: Any) -> None:
         assert isinstance(parsed.host, str) and 0 < len(parsed.host) <= 64
         assert isinstance(parsed.port, int) and 0 < parsed.port < 65536
         assert parsed.to_wire() == item
+
+
+# ---- diversity: contacts per host and per subnet ------------------------------------------------------
+
+
+def test_a_bucket_takes_at_most_its_share_of_one_host_and_one_subnet() -> None:
+    diversity = Diversity(per_host=2, per_subnet=3)
+    table = RoutingTable(OWN_ZERO, k=20, diversity=diversity)
+    same_host = [Contact(node_id(prefix << 152), "10.0.0.1", 4000 + prefix) for prefix in range(0x80, 0x90)]
+    assert [table.add(c) for c in same_host] == [True, True] + [False] * 14
+    same_subnet = [Contact(node_id((0x90 + n) << 152), f"10.0.0.{n + 2}", 4000) for n in range(4)]
+    assert [table.add(c) for c in same_subnet] == [True, False, False, False]  # 3 in 10.0.0.0/24 now
+    elsewhere = [Contact(node_id((0xA0 + n) << 152), f"10.{n + 1}.0.1", 4000) for n in range(10)]
+    assert all(table.add(c) for c in elsewhere)
+    assert table.add(same_host[0]) is True  # a contact already in keeps its place
+    v6 = [Contact(node_id((0xC0 + n) << 152), f"2001:db8::{n + 1}", 4000) for n in range(3)]
+    assert [table.add(c) for c in v6] == [True, True, False]  # one IPv6 /64 is one host
+
+
+def test_picking_the_closest_keeps_within_the_caps_but_always_takes_the_target() -> None:
+    crowd = [Contact(node_id(n), "10.0.0.1", 4000 + n) for n in range(1, 30)]  # one host, nearest
+    subnet = [Contact(node_id(100 + n), f"10.0.1.{n + 1}", 4000) for n in range(15)]  # one /24, next
+    others = [Contact(node_id(1000 + n), f"10.{n + 2}.0.1", 4000) for n in range(30)]
+    ordered = [*crowd, *subnet, *others]
+    picked = Diversity().pick(ordered, 20)
+    assert [c.host for c in picked[:2]] == ["10.0.0.1"] * 2
+    assert sum(c.host.startswith("10.0.1.") for c in picked) == Diversity().per_subnet
+    assert len(picked) == 20 and picked[12:] == others[:8]
+    target = crowd[7]
+    assert target in Diversity().pick(ordered, 20, target=target.node_id)  # findable by its own id

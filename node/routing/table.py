@@ -106,13 +106,6 @@ class RoutingTable:
             return None
         return next(iter(bucket.entries.values())).contact
 
-    def would_accept(self, node_id: bytes) -> bool:
-        """Whether a contact with this id would enter the table now (not counting replacements)."""
-        if node_id == self.own_id:
-            return False
-        bucket = self._bucket_for(node_id)
-        return node_id in bucket.entries or len(bucket.entries) < self.k or bucket.covers(self.own_id_int)
-
     @property
     def own_id_int(self) -> int:
         return int.from_bytes(self.own_id, "big")
