@@ -52,8 +52,11 @@ RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 
 
-def check_value(key: bytes, value: Value) -> None:
-    value.check(key)
+def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
+    """Raise `InvalidValue` unless `value` may be held under `key`. `signature=False` skips verifying its
+    signature again (a value read from this node's store was verified when it came in; the rules it
+    must pass may have changed since, its signature may not)."""
+    value.check(key, signature=signature)
     reserved = reserved_type(key, KINDS)
     if reserved is not None and value.type != reserved:
         raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
