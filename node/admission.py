@@ -3,17 +3,25 @@
 Any dhtmesh request may carry a fresh nonce; the reply then carries `[public_key, signature]` over it.
 The nonce travelled to the peer's address, so a valid proof shows both that the id is
 `SHA-1(public_key)` and that the address is really the peer's (no spoofing). Until then a peer is
-answered but never routed through and never sent data (flaws F9, F10). A request from an unproven
-sender makes us challenge it in the background, whether or not its id would enter the routing table
-(a store needs its sender proven). Challenges are bounded in all (`max_challenges`), per host and per
-subnet, and each has a short deadline: addresses that never answer (100 a second from one host) can
-hold one slot, not starve every newcomer of the others.
+answered but never routed through and never sent data (flaws F9, F10).
+
+A request from an unproven sender makes us challenge it, whether or not its id would enter the routing
+table (a store needs its sender proven). That challenge is stateless, like a SYN cookie: the hello's
+message id and nonce are an HMAC of the address and the time period, so a node keeps nothing per
+challenge, and addresses that never answer (spoofed, or silent on purpose) hold nothing that an honest
+newcomer's challenge would wait for. The reply is recognised by its message id and checked like any
+proof. Hellos sent this way are unpadded (their reply fits a few times their size) and rate-limited
+per host and in all: a spoofed request cannot make us send a victim more than a small hello, now and
+then.
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +31,9 @@ from dhtmesh.crypto.keys import node_id_from_public_key, verify_signature
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.tasks import TaskSet
-from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, new_nonce
-from dhtmesh.node.wire.netgroup import host_of, subnet_of
-from dhtmesh.node.wire.ratelimit import Address
+from dhtmesh.node.wire.codec import MESSAGE_ID_SIZE
+from dhtmesh.node.wire.endpoint import NONCE_SIZE, Endpoint, RpcFailure, new_nonce
+from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,14 @@ UNREACHABLE_FOR = 60.0  # a contact that failed a call is skipped by lookups for
 FIRST_PROBE = 5.0  # then it is probed again, backing off, so that a healed partition re-merges
 MAX_PROBE_INTERVAL = 300.0
 GIVE_UP_AFTER = 3600.0
-CHALLENGES_PER_HOST = 1
-CHALLENGES_PER_SUBNET = 4
-CHALLENGE_DEADLINE = 1.0  # a peer that just sent us a request answers a hello at once, or not at all
+COOKIE_PERIOD = 10.0  # a challenge's reply is taken within one to two periods of its sending
+# Hellos a node sends to prove its askers: a host that keeps asking (or is spoofed) gets ten a second
+# (a few nodes behind one address all prove themselves within a second or two); one claimed id at one
+# address is challenged once a second at most.
+CHALLENGES_PER_HOST = 10.0
+CHALLENGES_IN_ALL = 512.0
+CHALLENGE_AGAIN_AFTER = 1.0
+MAX_CHALLENGED = 4096
 
 
 @dataclass(slots=True)
@@ -60,7 +72,6 @@ class Admission:
         table: RoutingTable,
         counters: Counters,
         on_admitted: Callable[[Contact], None],
-        max_challenges: int = 32,
     ) -> None:
         self._identity = identity
         self._endpoint = endpoint
@@ -68,11 +79,10 @@ class Admission:
         self._counters = counters
         self._on_admitted = on_admitted
         self._proven: OrderedDict[Address, bytes] = OrderedDict()
-        self._challenging: set[Address] = set()
-        self._challenging_hosts: Counter[str] = Counter()
-        self._challenging_subnets: Counter[str] = Counter()
         self._unreachable: OrderedDict[Address, _Failure] = OrderedDict()
-        self._tasks = TaskSet(limit=max_challenges)
+        self._secret = os.urandom(32)  # a new one each start: cookies never outlive the process
+        self._challenges = RequestLimiter(CHALLENGES_IN_ALL, CHALLENGES_PER_HOST)
+        self._challenged: OrderedDict[tuple[Address, bytes], float] = OrderedDict()  # when, latest last
 
     def prove(self, nonce: bytes) -> list:
         return [self._identity.public_key, self._identity.sign(proof_message(nonce))]
@@ -144,19 +154,56 @@ class Admission:
         if self.is_proven(address, claimed_id):
             self._table.note_request(Contact(claimed_id, *address))
             return
-        if claimed_id == self._identity.node_id or address in self._challenging:
+        if claimed_id == self._identity.node_id or self._challenged_lately((address, claimed_id)):
             return
-        host, subnet = host_of(address[0]), subnet_of(address[0])
-        if (
-            self._challenging_hosts[host] >= CHALLENGES_PER_HOST
-            or self._challenging_subnets[subnet] >= CHALLENGES_PER_SUBNET
-            or self._tasks.spawn(self._challenge(Contact(claimed_id, *address))) is None
-        ):
+        if not self._challenges.allow(address):
             self._counters.add("challenges_skipped")
             return
-        self._challenging.add(address)
-        self._challenging_hosts[host] += 1
-        self._challenging_subnets[subnet] += 1
+        message_id, nonce = self._cookie(address, self._period())
+        self._endpoint.send_request(address, "dm_hello", {"n": nonce}, message_id)
+        self._counters.add("challenges_sent")
+
+    def _challenged_lately(self, claim: tuple[Address, bytes]) -> bool:
+        """Whether this claim was challenged within `CHALLENGE_AGAIN_AFTER` (a bounded memory: a flood
+        of claims only pushes the oldest out, so at worst a claim is challenged again)."""
+        now = time.monotonic()
+        last = self._challenged.get(claim)
+        if last is not None and now - last < CHALLENGE_AGAIN_AFTER:
+            return True
+        self._challenged[claim] = now
+        self._challenged.move_to_end(claim)
+        while len(self._challenged) > MAX_CHALLENGED:
+            self._challenged.popitem(last=False)
+        return False
+
+    def _period(self) -> int:
+        return int(time.monotonic() // COOKIE_PERIOD)
+
+    def _cookie(self, address: Address, period: int) -> tuple[bytes, bytes]:
+        """The message id and nonce of a stateless challenge to `address` in `period`."""
+        material = f"{address[0]}|{address[1]}|{period}".encode()
+        digest = hmac.new(self._secret, material, hashlib.sha512).digest()
+        return digest[:MESSAGE_ID_SIZE], digest[MESSAGE_ID_SIZE : MESSAGE_ID_SIZE + NONCE_SIZE]
+
+    def cookie_nonce(self, message_id: bytes, address: Address) -> bytes | None:
+        """The nonce of the stateless challenge that `message_id`, from `address`, answers; None if it
+        answers none (the endpoint drops it then, undecoded)."""
+        now = self._period()
+        for period in (now, now - 1):
+            expected, nonce = self._cookie(address, period)
+            if hmac.compare_digest(expected, message_id):
+                return nonce
+        return None
+
+    def take_cookie_reply(self, address: Address, nonce: bytes, envelope: Any) -> None:
+        """The reply to a stateless challenge: admit the peer if it proves the id it names."""
+        payload = envelope.get("ok") if isinstance(envelope, dict) else None
+        node_id = payload.get("id") if isinstance(payload, dict) else None
+        proof = envelope.get("pf") if isinstance(envelope, dict) else None
+        if not (isinstance(node_id, bytes) and len(node_id) == 20) or not self.accept_proof(
+            Contact(node_id, *address), nonce, proof
+        ):
+            self._counters.add("challenges_failed")
 
     async def challenge(self, address: Address) -> Contact | None:
         """Say hello to an address whose id we do not know yet (a bootstrap peer); admit it if it proves."""
@@ -172,23 +219,3 @@ class Admission:
         contact = Contact(node_id, *address)
         return contact if self.accept_proof(contact, nonce, reply.proof) else None
 
-    async def _challenge(self, contact: Contact) -> None:
-        try:
-            async with asyncio.timeout(CHALLENGE_DEADLINE):
-                proven = await self.challenge(contact.address)
-        except TimeoutError:
-            proven = None
-        finally:
-            self._challenging.discard(contact.address)
-            host, subnet = host_of(contact.host), subnet_of(contact.host)
-            self._challenging_hosts[host] -= 1
-            self._challenging_subnets[subnet] -= 1
-            if not self._challenging_hosts[host]:
-                del self._challenging_hosts[host]
-            if not self._challenging_subnets[subnet]:
-                del self._challenging_subnets[subnet]
-        if proven is None or proven.node_id != contact.node_id:
-            self._counters.add("challenges_failed")
-
-    async def close(self) -> None:
-        await self._tasks.close()

@@ -23,7 +23,6 @@ class NodeConfig:
     republish_margin: float = 0.2  # re-announce a permanent value when this share of its life is left
     sweep_interval: float = 1.0
     handoff_delay: float = 0.5  # let a newcomer's own join settle before pushing values to it
-    max_challenges: int = 32
     # Keys this node may listen to at once (each costs a re-subscription to listen_fanout replicas every
     # subscription_ttl / 3, and a re-read): listeners of a key share one subscription.
     max_listened_keys: int = 256

@@ -202,10 +202,10 @@ class DhtNode:
             limiter=RequestLimiter(self.config.total_request_rate, self.config.peer_request_rate),
             timeout=self.config.rpc_timeout,
             max_in_flight=self.config.max_in_flight,
+            stray_nonce=lambda message_id, address: self.admission.cookie_nonce(message_id, address),
+            on_stray=lambda address, nonce, envelope: self.admission.take_cookie_reply(address, nonce, envelope),
         )
-        self.admission = Admission(
-            identity, self.endpoint, self.table, self.counters, self._on_admitted, self.config.max_challenges
-        )
+        self.admission = Admission(identity, self.endpoint, self.table, self.counters, self._on_admitted)
         self.replicator = Replicator(self)
         StockRpcs(self).register(self.endpoint)
         MeshRpcs(self).register(self.endpoint)
@@ -237,7 +237,6 @@ class DhtNode:
         self._keepers.clear()
         self._subscribed.clear()
         await self.replicator.stop()
-        await self.admission.close()
         await self._tasks.close()
         if self.endpoint.transport is not None:
             self.endpoint.transport.close()
@@ -303,7 +302,7 @@ class DhtNode:
         if store is not None and nonce is None:
             body |= {"s": store.wire, "ttl": store.ttl}
         try:
-            reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce)
+            reply = await self.endpoint.call(contact.address, "dm_find", body, nonce=nonce, pad=nonce is not None)
         except RpcRefused:
             return None  # alive, but unwilling: not a contact to drop
         except RpcFailure:

@@ -17,9 +17,10 @@ Work is checked before it is done: a reply is matched to a call by its message i
 (an unsolicited one costs a lookup), and a request is rate-limited per host before it is decoded. An
 address that has not proven itself (`is_trusted`) could be a spoofed victim's: a reply to it is never
 larger than `REFLECTION_FACTOR` times its request (otherwise it is refused as `UNPROVEN`), it gets no
-big replies and may not send big requests. A first-contact request, which carries a nonce, is padded
-so that the answer it needs fits that bound; a call refused as `UNPROVEN` is retried for a moment
-while the peer proves us.
+big replies and may not send big requests. A first-contact lookup request is padded so that the
+answer it needs fits that bound; a call refused as `UNPROVEN` is retried for a moment while the peer
+proves us. A request can also be sent with no call waiting for it (`send_request`): its reply, which
+no pending call matches, is handed to `stray_nonce`/`on_stray` (stateless identity challenges).
 """
 
 import asyncio
@@ -96,6 +97,10 @@ class Reply:
 
 PlainHandler = Callable[[Address, list, float], Any]
 """`(address, args, room)`: the stock RPC's result, at most `room` bytes once encoded."""
+StrayNonce = Callable[[bytes, Address], bytes | None]
+"""`(message id, address)`: the nonce a reply no call waits for answers, if it answers one of ours."""
+OnStray = Callable[[Address, bytes, Any], None]
+"""`(address, nonce, envelope)`: such a reply, decoded."""
 MeshHandler = Callable[[Request], Any]
 Prover = Callable[[bytes], list]
 
@@ -129,9 +134,13 @@ class Endpoint(asyncio.DatagramProtocol):
         limiter: RequestLimiter | None = None,
         timeout: float = 1.0,
         max_in_flight: int = 256,
+        stray_nonce: StrayNonce = lambda message_id, address: None,
+        on_stray: OnStray = lambda address, nonce, envelope: None,
     ) -> None:
         self.node_id = node_id
         self._prove = prove
+        self._stray_nonce = stray_nonce
+        self._on_stray = on_stray
         self._counters = counters
         self._limiter = limiter or RequestLimiter()
         self._is_trusted = is_trusted
@@ -190,12 +199,16 @@ class Endpoint(asyncio.DatagramProtocol):
         if not codec.HEADER_SIZE < len(data) <= codec.MAX_INCOMING or data[0] not in (codec.REQUEST, codec.RESPONSE):
             self._counters.add("malformed_datagrams")
             return
+        stray: bytes | None = None
         if data[0] == codec.RESPONSE:
-            pending = self._pending.get(data[1 : codec.HEADER_SIZE])
+            message_id = data[1 : codec.HEADER_SIZE]
+            pending = self._pending.get(message_id)
             if pending is None or pending.address != address or pending.future.done():
-                # Unknown or late id, or a reply from an address we did not ask: dropped undecoded.
-                self._counters.add("unexpected_responses")
-                return
+                stray = self._stray_nonce(message_id, address) if pending is None else None
+                if stray is None:
+                    # Unknown or late id, or a reply from an address we did not ask: dropped undecoded.
+                    self._counters.add("unexpected_responses")
+                    return
         elif not self._limiter.allow(address, self._is_trusted(address)):
             self._counters.add("rate_limited")
             return
@@ -204,7 +217,9 @@ class Endpoint(asyncio.DatagramProtocol):
         except codec.MalformedDatagram:
             self._counters.add("malformed_datagrams")
             return
-        if frame.kind == codec.RESPONSE:
+        if stray is not None:
+            self._on_stray(address, stray, frame.body)
+        elif frame.kind == codec.RESPONSE:
             pending = self._pending.pop(frame.message_id)
             pending.future.set_result(frame.body)
         else:
@@ -374,11 +389,16 @@ class Endpoint(asyncio.DatagramProtocol):
         """A stock-style call: returns the bare result."""
         return await self._exchange(address, codec.pack([name, args]))
 
-    async def call(self, address: Address, name: str, body: dict, *, nonce: bytes | None = None) -> Reply:
-        """A dhtmesh call: returns the payload (and the proof, when `nonce` asked for one). A call the
-        peer refuses as `UNPROVEN` is retried a few times, backing off, while the peer proves us."""
+    async def call(
+        self, address: Address, name: str, body: dict, *, nonce: bytes | None = None, pad: bool = False
+    ) -> Reply:
+        """A dhtmesh call: returns the payload (and the proof, when `nonce` asked for one). `pad` a first
+        contact's request whose answer may fill a datagram (the peer has not proven us either). A call
+        the peer refuses as `UNPROVEN` is retried a few times, backing off, while the peer proves us."""
         if nonce is not None:
-            body = _padded(name, {**body, "n": nonce}, self.node_id)
+            body = {**body, "n": nonce}
+        if pad:
+            body = _padded(name, body, self.node_id)
         for attempt in range(UNPROVEN_RETRIES + 1):
             try:
                 return await self._call(address, name, body)
@@ -477,6 +497,11 @@ class Endpoint(asyncio.DatagramProtocol):
             finally:
                 self._pending.pop(message_id, None)
 
+    def send_request(self, address: Address, name: str, body: dict, message_id: bytes) -> None:
+        """Send a dhtmesh request no call waits for; its reply goes to `on_stray` if `stray_nonce`
+        recognises its message id."""
+        self._send(codec.REQUEST, message_id, [name, [self.node_id, body]], address)
+
     def _send(self, kind: int, message_id: bytes, body: Any, address: Address) -> bool:
         datagram = codec.encode(kind, message_id, body)
         if len(datagram) > codec.MAX_DATAGRAM:
@@ -515,8 +540,8 @@ async def _all_or_first_failure(jobs: list[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 def _padded(name: str, body: dict, node_id: bytes) -> dict:
-    """`body` with a `pad` field that brings its request to `PADDED_REQUEST` bytes: a first contact's
-    request, so that the peer, which has not proven us, may answer it with a full datagram."""
+    """`body` with a `pad` field that brings its request to `PADDED_REQUEST` bytes, so that a peer that
+    has not proven us may answer it with a full datagram."""
     size = codec.HEADER_SIZE + len(codec.pack([name, [node_id, body]]))
     return body if size >= PADDED_REQUEST else {**body, "pad": bytes(PADDED_REQUEST - size)}
 
