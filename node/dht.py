@@ -21,6 +21,7 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
 from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
+from dhtmesh.node.records.rules import RULES_VERSION, passes, record_key
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
 from dhtmesh.node.routing.table import RoutingTable
@@ -114,20 +115,6 @@ class Wanted:
         return asked
 
 
-def _checked(key: bytes, values: list[Value]) -> list[Value]:
-    """This node's own values that pass the rules now: what leaves the store towards a reader or a
-    listener. Every way in checked them; this keeps a value that slipped in before a rule existed from
-    going further. Their signatures were verified when they came in and are not verified again."""
-    passed = []
-    for value in values:
-        try:
-            check_value(key, value, signature=False)
-        except InvalidValue:
-            continue
-        passed.append(value)
-    return passed
-
-
 class _ValueCollector:
     """Merges the values a lookup gathers: one per (owner, id), the highest seq wins.
 
@@ -144,7 +131,7 @@ class _ValueCollector:
     ) -> None:
         self.key = key
         self.wanted = wanted
-        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in _checked(key, initial) if v in wanted}
+        self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial if v in wanted}
         self._on_new = on_new
         self.holders = 1 if self.values else 0  # replicas that returned values, this node included
 
@@ -191,6 +178,7 @@ class DhtNode:
             may_follow=is_valid_successor,
             open_refresh=open_refresh,
         )
+        self._migrate_store()
         # A reader must be able to page through every value a key can hold.
         self._max_pages = -(-self.config.quotas.max_values_per_key // PAGE_ENTRIES) + 1
         self.hub = ListenerHub(on_last_closed=self._stop_listening)
@@ -214,6 +202,25 @@ class DhtNode:
         self._subscribed: dict[bytes, list[Contact]] = {}
         self._started = time.time()
         self.ongoing_ops = 0  # lookups in flight, reported as OpenDHT's `ops`
+
+    def _migrate_store(self) -> None:
+        """Bring a store written under older record rules up to these, once: what they refuse is
+        dropped, and this node's own records whose key moved are signed again under their new key (to
+        be announced at once). So every value in the store passes the rules, and what leaves it for a
+        reader, a listener or a service needs no second check."""
+        if self.store.rules_version >= RULES_VERSION:
+            return
+        for key, value in self.store.announces():
+            if passes(key, value):
+                continue
+            self.store.remove_announce(key, value.id)
+            moved_to = record_key(value)
+            if moved_to is not None and value.owner == self.identity.public_key:
+                self.store.add_announce(moved_to, self.sign(moved_to, value))
+        dropped = self.store.purge(passes)
+        self.store.rules_version = RULES_VERSION
+        if dropped:
+            log.warning("dropped %d stored values that the record rules of this version refuse", dropped)
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -532,13 +539,16 @@ class DhtNode:
     # ---- listening ----------------------------------------------------------------------------
 
     def held(self, key: bytes) -> list[Value]:
-        """This node's own copies of the values under `key` that pass the rules."""
-        return _checked(key, self.store.get(key))
+        """This node's own copies of the values under `key` (every one passes the rules: see
+        `_migrate_store`)."""
+        return self.store.get(key)
 
-    def listen(self, key: bytes) -> Listener:
+    def listen(self, key: bytes, *, capped: bool = True) -> Listener:
         """Events for every new, updated and expired value under `key`, from anywhere in the mesh.
-        Raises `ListenRefused` when this node already listens to `max_listened_keys` other keys."""
-        if not self.hub.is_listening(key) and len(self._keepers) >= self.config.max_listened_keys:
+        Raises `ListenRefused` when this node already listens to `max_listened_keys` other keys; the
+        node's own services (a fixed, small set of keys) pass `capped=False`, so that clients filling
+        the cap cannot stop them."""
+        if capped and not self.hub.is_listening(key) and len(self._keepers) >= self.config.max_listened_keys:
             self.counters.add("listens_refused")
             raise ListenRefused(f"this node listens to {self.config.max_listened_keys} keys already")
         listener, first = self.hub.open(key)

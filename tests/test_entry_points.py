@@ -1,8 +1,9 @@
 """Every way a value enters a node, and every way it leaves towards a service, goes through the same
 rule check (`records.check_value`): a forged farmer record and junk under a farmer directory key are
 refused on each path in (the stock `store` RPC from an address that never proved itself, `dm_store`,
-a put's store-along in `dm_find`, `dm_notify` to a listener, a local put through the proxy), and the
-registry lists checked farmer records only, even if its store holds something else.
+a put's store-along in `dm_find`, `dm_notify` to a listener, a local put through the proxy); and a
+store written under older rules is brought up to these when its node starts, so that what leaves it
+towards readers, listeners and the registry has passed them too.
 
 The attack these stop: one stock `store` datagram from an unproven address listed a fake farmer of
 height 200,000 on every node (`/api/total` went from 0 to 24 TB), and 1,024 junk values filled a
@@ -10,26 +11,31 @@ directory shard so that every registration in it failed. In-process nodes, real 
 the real HTTP proxy.
 """
 
+import hashlib
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
+from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records import farmer_key, signed_farmer_value
+from dhtmesh.node.records import check_value, farmer_key, signed_farmer_value
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, farmer_value_id
+from dhtmesh.node.records.holding import Holding, chunk_key
 from dhtmesh.node.records.registry import FarmerRegistry
-from dhtmesh.node.storage.store import LOCAL_ORIGIN
+from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
+from dhtmesh.node.values.types import HOLDING_TYPE
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.app import ProxyServer
 
 from conftest import MeshFactory
-from support import eventually, udp_request
+from support import FAST, eventually, udp_request
 
 
 def fake_record(farmer: bytes, height: int = HEIGHT_LIMIT) -> FarmerRecord:
@@ -130,18 +136,28 @@ async def test_a_local_put_through_the_proxy_is_checked_as_well(nodes: list[DhtN
     assert held(nodes, key) == 0
 
 
-async def test_what_leaves_the_store_is_checked_too(nodes: list[DhtNode]) -> None:
-    """A store written before a rule existed may hold junk under a directory key: gets, listeners and
-    the registry pass on checked values only, and the registry reads farmer records only."""
-    victim = Identity.generate()
-    key = farmer_key(victim.node_id)
-    node = nodes[0]
-    assert node.store.put(key, junk_in_shard(victim), origin=LOCAL_ORIGIN, ttl=600).accepted  # behind the rules
-    assert await node.get(key) == []
-    with node.listen(key) as listener:
-        assert listener.empty()
-    registry = FarmerRegistry(node)
+async def test_a_store_written_under_older_rules_is_brought_up_to_these(tmp_path: Path) -> None:
+    """What leaves the store towards readers, listeners and the registry is never checked twice, so
+    nothing the rules refuse may stay in it: a store written by an older version (junk under a directory
+    key, which its rules let in; a holding announced under its key before keys were reserved) is purged
+    when the node starts, and the node's own records move to their new keys, signed again."""
+    victim, identity = Identity.generate(), Identity.generate()
+    shard, root = farmer_key(victim.node_id), chunk_root(b"a chunk")
+    old_holding_key = hashlib.sha1(b"dhtmesh/chunks/" + root).digest()
+    holding = Holding(identity.node_id, root, 7, bytes(32), int(time.time()))
+    unsigned = Value(farmer_value_id(identity.node_id), holding.encode(), HOLDING_TYPE, seq=1)
+    old_holding = sign_value(identity, old_holding_key, unsigned)
+    older = ValueStore(tmp_path / "values.sqlite3")
+    assert older.put(shard, junk_in_shard(victim), origin=LOCAL_ORIGIN, ttl=600).accepted
+    assert older.put(old_holding_key, old_holding, origin=LOCAL_ORIGIN, ttl=600).accepted
+    older.add_announce(old_holding_key, old_holding)
+    older.rules_version = 1
+    older.close()
+    node = DhtNode(identity, FAST, tmp_path)
     try:
-        assert await registry.farmers() == [] and await registry.find(victim.node_id) is None
+        assert node.store.get(shard) == [] and node.store.get(old_holding_key) == []
+        ((moved_key, moved),) = node.store.announces()
+        assert moved_key == chunk_key(root) and moved.data == old_holding.data
+        check_value(moved_key, moved)  # signed again, by its owner, under the key it lives at now
     finally:
-        await registry.close()
+        await node.stop()

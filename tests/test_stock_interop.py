@@ -198,7 +198,7 @@ async def test_values_too_big_for_one_datagram_do_not_travel_between_stock_peers
             assert await other.get("medium") is None
         # Last: unanswered, the stock peer drops every node from its routing table (its flaw F4).
         await stock.set("big", "x" * 3000)
-        assert sum(node.counters.get("malformed_datagrams") for node in mesh) > 0
+        assert sum(node.counters.get("oversized_datagrams") for node in mesh) > 0
         assert all(node.store.get(dkey("big")) == [] for node in mesh)
         assert_no_handler_errors(mesh)
     assert max(len(datagram) for _, datagram in sent) <= MAX_DATAGRAM

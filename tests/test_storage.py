@@ -9,7 +9,7 @@ import pytest
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.storage import Quotas, ValueStore
-from dhtmesh.node.storage.store import LOCAL_ORIGIN, ROW_OVERHEAD
+from dhtmesh.node.storage.store import LOCAL_ORIGIN, ROW_OVERHEAD, stock_origin
 from dhtmesh.node.values import Value, Verdict, sign_value
 
 KEY = b"k" * 20
@@ -125,7 +125,7 @@ def test_ids_above_2_63_round_trip(store: ValueStore, value_id: int) -> None:
     assert store.get_one(KEY, ALICE.public_key, value_id) == value
     assert store.get(KEY) == [value]
     assert store.versions(KEY) == {(ALICE.public_key, value_id): 1}
-    assert store.put(KEY, value, origin=PEER_A, ttl=TTL) is Verdict.REFRESH
+    assert store.put(KEY, value, origin=PEER_A, ttl=TTL) is Verdict.HELD  # an unknown sender holds, never refreshes
     assert store.remaining_ttl(KEY, value) > TTL - 5
     assert store.expire(now=time.time() + 2 * TTL) == [(KEY, value)]
 
@@ -173,7 +173,7 @@ STORER, STRANGER = b"s" * 20, b"x" * 20
 def test_only_the_storer_refreshes_and_never_shortens_expiry(store: ValueStore) -> None:
     value = unsigned(1)
     store.put(KEY, value, origin=PEER_A, ttl=100, sender=STORER)
-    assert store.put(KEY, value, origin=PEER_B, ttl=1000, sender=STRANGER) is Verdict.REFRESH
+    assert store.put(KEY, value, origin=PEER_B, ttl=1000, sender=STRANGER) is Verdict.HELD
     assert store.remaining_ttl(KEY, value) <= 100  # a stranger re-sending the same bytes changes nothing
     assert store.put(KEY, value, origin=PEER_A, ttl=1000, sender=STORER) is Verdict.REFRESH
     assert 990 < store.remaining_ttl(KEY, value) <= 1000
@@ -262,7 +262,7 @@ def test_max_values_per_key(db_path: Path) -> None:
         assert store.put(KEY, signed(4), origin=PEER_A, ttl=TTL) is Verdict.REFUSE_KEY_FULL
         assert store.put(KEY, unsigned(5), origin=LOCAL_ORIGIN, ttl=TTL) is Verdict.REFUSE_KEY_FULL
         assert store.put(KEY, signed(1, b"newer", seq=2), origin=PEER_A, ttl=TTL) is Verdict.UPDATE
-        assert store.put(KEY, signed(2), origin=PEER_A, ttl=TTL) is Verdict.REFRESH
+        assert store.put(KEY, signed(2), origin=PEER_A, ttl=TTL) is Verdict.HELD
         assert store.put(OTHER_KEY, signed(4, key=OTHER_KEY), origin=PEER_A, ttl=TTL) is Verdict.NEW
         assert len(store.get(KEY)) == 3
     finally:
@@ -278,7 +278,7 @@ def test_one_peer_host_fills_at_most_its_share_of_a_key(db_path: Path) -> None:
             Verdict.REFUSE_KEY_SHARE,
         ]
         assert store.put(KEY, unsigned(3), origin=PEER_B, ttl=TTL) is Verdict.NEW
-        assert store.put(KEY, unsigned(1), origin=PEER_A, ttl=TTL) is Verdict.REFRESH  # what it holds stays
+        assert store.put(KEY, unsigned(1), origin=PEER_A, ttl=TTL) is Verdict.HELD  # what it holds stays
         assert store.put(OTHER_KEY, unsigned(4), origin=PEER_A, ttl=TTL) is Verdict.NEW  # per key
         for value_id in range(10, 16):
             store.put(KEY, unsigned(value_id), origin=LOCAL_ORIGIN, ttl=TTL)  # this node's own: no share
@@ -493,7 +493,7 @@ def test_policy_still_applies_after_reopen(db_path: Path) -> None:
         assert reopened.put(KEY, signed(1, b"v4", seq=4), origin=PEER_A, ttl=TTL) is Verdict.REFUSE_STALE
         assert reopened.put(KEY, unsigned(2, b"edited"), origin=PEER_A, ttl=TTL) is Verdict.REFUSE_EDIT_UNSIGNED
         assert reopened.put(KEY, signed(2, owner=BOB), origin=PEER_A, ttl=TTL) is Verdict.REFUSE_ID_TAKEN
-        assert reopened.put(KEY, signed(1, b"v5", seq=5), origin=PEER_A, ttl=TTL) is Verdict.REFRESH
+        assert reopened.put(KEY, signed(1, b"v5", seq=5), origin=PEER_A, ttl=TTL) is Verdict.HELD
         assert reopened.put(KEY, signed(1, b"v6", seq=6), origin=PEER_A, ttl=TTL) is Verdict.UPDATE
     finally:
         reopened.close()
@@ -536,3 +536,38 @@ def test_counts_are_kept_without_scanning_and_match_the_table(tmp_path: Path) ->
     reopened = ValueStore(path)
     assert reopened.counts() == from_table(reopened)
     reopened.close()
+
+
+def test_a_tombstone_lasts_as_long_as_its_value_was_held(store: ValueStore) -> None:
+    value = signed(1)
+    store.put(KEY, value, origin=PEER_A, ttl=2, sender=STORER)
+    now = time.time()
+    store.expire(now=now + 3)
+    assert store.put(KEY, value, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED
+    store.expire(now=now + 6)  # held ~2 s, so buried ~2 s: its tombstone is gone
+    assert store.put(KEY, value, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW
+
+
+def test_tombstones_are_capped_the_soonest_ending_going_first(db_path: Path) -> None:
+    store = open_store(db_path, Quotas(max_tombstones=3))
+    try:
+        values = [signed(value_id) for value_id in range(1, 6)]
+        for index, value in enumerate(values):
+            store.put(KEY, value, origin=PEER_A, ttl=10 + index, sender=STORER)
+        store.expire(now=time.time() + 20)
+        refused = [store.put(KEY, v, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED for v in values]
+        assert refused == [False, False, True, True, True]  # the two held shortest were forgotten first
+    finally:
+        store.close()
+
+
+def test_stock_peers_share_one_share_of_a_key(db_path: Path) -> None:
+    store = open_store(db_path, Quotas(max_values_per_key=8, key_share=1 / 4))
+    try:
+        first, second = stock_origin("10.0.0.1"), stock_origin("10.9.9.9")  # spoofable: one share in all
+        assert store.put(KEY, unsigned(1), origin=first, ttl=TTL) is Verdict.NEW
+        assert store.put(KEY, unsigned(2), origin=second, ttl=TTL) is Verdict.NEW
+        assert store.put(KEY, unsigned(3), origin=second, ttl=TTL) is Verdict.REFUSE_KEY_SHARE
+        assert store.put(KEY, unsigned(3), origin=PEER_A, ttl=TTL) is Verdict.NEW  # a proven host has its own
+    finally:
+        store.close()

@@ -96,7 +96,8 @@ class FarmerRegistry:
                 return
             if not self._listeners:
                 for key in DIRECTORY_KEYS:
-                    listener = self.node.listen(key)
+                    # The node's own service: not held to the cap on the keys clients may listen to.
+                    listener = self.node.listen(key, capped=False)
                     self._listeners.append(listener)
                     self._tasks.spawn(self._follow(listener))
             shards = await asyncio.gather(*(self.node.get(key, value_type=FARMER_VALUE_TYPE) for key in DIRECTORY_KEYS))

@@ -1,9 +1,11 @@
 """The record kinds the mesh enforces, and the checks every hop applies to a value.
 
 A record kind (libp2p's namespaced validators, one per reserved value type) says how a value of its
-type is checked (`check`), which version may follow which (`follows`), until when a value may live
-at the latest whatever anyone re-sends (`lives_until`, from times its signer signed), and whether
-anyone may keep it alive (`open_refresh`, for records that prove themselves).
+type is checked (`check`), under which key it lives (`key_of`), which version may follow which
+(`follows`), until when a value may live at the latest whatever anyone re-sends (`lives_until`, from
+times its signer signed), and whether anyone may keep it alive (`open_refresh`, for records that prove
+themselves). `RULES_VERSION` changes whenever what these rules accept changes: a node then drops what
+its store holds that they refuse, once, when it starts (`DhtNode`).
 
 `check_value` runs wherever a value enters a node (a local put; a store, store-along or notify from a
 peer, stock or not; every value a get gathers) and before a value leaves towards a service: the
@@ -27,9 +29,13 @@ Rule = Callable[[bytes, Value], None]
 """Raise `InvalidValue` (or a subclass) unless `value` is a well-formed record under `key`."""
 
 
+RULES_VERSION = 2  # 2: reserved keys (a record's key changed), anchored expiry
+
+
 @dataclass(frozen=True, slots=True)
 class RecordKind:
     check: Rule
+    key_of: Callable[[Value], bytes]
     follows: Callable[[Value, Value], bool] = lambda current, incoming: True
     lives_until: Callable[[Value], float] | None = None
     open_refresh: bool = False
@@ -43,10 +49,25 @@ def _farmer_follows(current: Value, incoming: Value) -> bool:
 
 
 KINDS: dict[int, RecordKind] = {
-    FARMER_RECORD_TYPE: RecordKind(farmer.check_farmer_value, _farmer_follows, farmer.lives_until),
-    BLOB_MANIFEST_TYPE: RecordKind(blob.check_manifest_value, open_refresh=True),
-    HOLDING_TYPE: RecordKind(holding.check_holding_value),
-    AUDIT_TYPE: RecordKind(audit.check_audit_value, lives_until=audit.lives_until),
+    FARMER_RECORD_TYPE: RecordKind(
+        farmer.check_farmer_value,
+        lambda value: farmer.farmer_key(farmer.decode_farmer(value.data).node_id),
+        _farmer_follows,
+        farmer.lives_until,
+    ),
+    BLOB_MANIFEST_TYPE: RecordKind(
+        blob.check_manifest_value,
+        lambda value: blob.blob_key(blob.decode_manifest(value.data).blob_id),
+        open_refresh=True,
+    ),
+    HOLDING_TYPE: RecordKind(
+        holding.check_holding_value, lambda value: holding.chunk_key(holding.decode_holding(value.data).root)
+    ),
+    AUDIT_TYPE: RecordKind(
+        audit.check_audit_value,
+        lambda value: audit.audits_key(audit.decode_audit_log(value.data).farmer_id),
+        lives_until=audit.lives_until,
+    ),
 }
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
@@ -63,6 +84,27 @@ def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
     kind = KINDS.get(value.type)
     if kind is not None:
         kind.check(key, value)
+
+
+def passes(key: bytes, value: Value) -> bool:
+    """Whether a value verified when it came in passes the rules now (its signature is not checked
+    again: the rules it must pass may have changed, its signature may not)."""
+    try:
+        check_value(key, value, signature=False)
+    except InvalidValue:
+        return False
+    return True
+
+
+def record_key(value: Value) -> bytes | None:
+    """The key a record of a known kind lives under; None for other values, or malformed records."""
+    kind = KINDS.get(value.type)
+    if kind is None:
+        return None
+    try:
+        return kind.key_of(value)
+    except InvalidValue:
+        return None
 
 
 def is_valid_successor(current: Value, incoming: Value) -> bool:

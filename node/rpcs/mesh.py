@@ -28,6 +28,7 @@ PAGE_ENTRIES = 8
 INLINE_VALUE_MAX = 256
 INLINE_BUDGET = 512
 MAX_SUBSCRIPTION_TTL = 600.0
+MIN_STORE_TTL = 1.0
 
 
 def checked_value(key: bytes, raw: Any) -> Value:
@@ -133,8 +134,9 @@ class MeshRpcs:
             raise RpcRefused("by must be a 20-byte node id")
         try:
             value = value_from_wire(request.body.get(value_field))
-            # The node bounds the life by the type's and the signer's; more than any type's is garbage.
-            ttl = require_number(request.body.get("ttl"), "ttl", 0.0, MAX_TYPE_EXPIRY)
+            # The node bounds the life by the type's and the signer's; more than any type's is garbage, and
+            # under a second is not worth a row (nor a tombstone).
+            ttl = require_number(request.body.get("ttl"), "ttl", MIN_STORE_TTL, MAX_TYPE_EXPIRY)
             return self._node.accept_store(
                 key, value, origin=host_of(request.address[0]), ttl=ttl, sender=request.sender_id, by=by
             )

@@ -18,7 +18,7 @@ import msgpack
 
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.rpcs.args import require_key
-from dhtmesh.node.storage.store import stock_origin
+from dhtmesh.node.storage.store import stock_origin, stock_sender
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import InvalidValue, Value
 from dhtmesh.node.wire import codec
@@ -89,9 +89,12 @@ class StockRpcs:
             value = value_from_plain(key, args[2])
         except InvalidValue as error:
             raise RpcRefused(str(error)) from error
+        host = host_of(address[0])
         try:
-            origin = stock_origin(host_of(address[0]))
-            return self._node.accept_store(key, value, origin=origin, ttl=expiry_for(value.type)).accepted
+            verdict = self._node.accept_store(
+                key, value, origin=stock_origin(host), ttl=expiry_for(value.type), sender=stock_sender(host)
+            )
+            return verdict.accepted
         except InvalidValue:
             self._node.counters.add("stores_refused")
             return False

@@ -6,11 +6,12 @@ Expiry times are wall-clock seconds, so they mean the same after a restart.
 
 Who may keep a value alive is part of what is stored: a value's *storer* (the proven peer that first
 gave it to this node, or the peer a hand-off names) and its owner may refresh it; a stranger re-sending
-the same bytes changes nothing (else anyone could keep anything alive, a cancelled permanent put
-included). A signed value that expired leaves a tombstone for one lifetime of its type, so a stranger
-cannot put it back either. Quotas are charged per origin: a peer host (`netgroup.host_of`), this
-node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`), stock peers sharing one
-small budget since they never prove their address. A disk that fails or fills is a refusal
+the same bytes is told the value is `HELD`, and its expiry stays (else anyone could keep anything
+alive, a cancelled permanent put included). A signed value that expired leaves a tombstone for as long
+as it was held here (at most a lifetime of its type), so a stranger cannot put it back either; the
+tombstones are capped in number, the oldest ending first. Quotas are charged per origin: a peer host
+(`netgroup.host_of`), this node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`),
+stock peers sharing one small budget since they never prove their address. A disk that fails or fills is a refusal
 (`Verdict.REFUSE_DISK_FULL`, `REFUSE_STORAGE_ERROR`), logged once, never an exception: reads go on.
 """
 
@@ -67,11 +68,18 @@ class Quotas:
     max_values_per_key: int = 1024
     peer_share: float = 1 / 8
     key_share: float = 1 / 4
+    max_tombstones: int = 100_000  # ~10 MB: a tombstone is charged to no one, so their number is capped
 
 
 def stock_origin(host: str) -> str:
-    """The origin a stock peer's store is charged to (all stock origins share one peer's budget)."""
+    """The origin a stock peer's store is charged to (all stock origins share one peer's budget and
+    one peer's share of a key: a stock peer's address is never proven, so it could be anyone's)."""
     return STOCK_PREFIX + host
+
+
+def stock_sender(host: str) -> bytes:
+    """Who a stock peer is, for refreshing what it stored: its host (it has no proven id)."""
+    return (STOCK_PREFIX + host).encode()
 
 
 def _sql_id(value_id: int) -> int:
@@ -129,6 +137,27 @@ class ValueStore:
         if "storer" not in columns:
             self._db.execute("ALTER TABLE vals ADD COLUMN storer BLOB NOT NULL DEFAULT x''")
 
+    @property
+    def rules_version(self) -> int:
+        """The version of the record rules the values here were last checked against."""
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @rules_version.setter
+    def rules_version(self, version: int) -> None:
+        self._db.execute(f"PRAGMA user_version = {int(version)}")
+
+    def purge(self, keep: Callable[[bytes, Value], bool]) -> int:
+        """Delete every value `keep` refuses (rules that changed since it was stored); returns how many."""
+        doomed = [
+            row
+            for row in self._db.execute(f"SELECT key, {_VALUE_COLUMNS}, origin, charge FROM vals").fetchall()
+            if not keep(row[0], _row_value(row[1:9]))
+        ]
+        for row in doomed:
+            self._db.execute("DELETE FROM vals WHERE key=? AND owner=? AND vid=?", (row[0], row[1], row[2]))
+            self._account(row[9], -row[10], -1)
+        return len(doomed)
+
     # ---- writes -------------------------------------------------------------------------------
 
     def put(
@@ -162,11 +191,12 @@ class ValueStore:
         expires = time.time() + ttl
         if verdict is Verdict.REFRESH:
             assert mine is not None
-            if self._may_refresh(value, origin, sender, mine[10]):
-                self._db.execute(
-                    "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
-                    (expires, key, value.owner, _sql_id(value.id)),
-                )
+            if not self._may_refresh(value, origin, sender, mine[10]):
+                return Verdict.HELD
+            self._db.execute(
+                "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
+                (expires, key, value.owner, _sql_id(value.id)),
+            )
             return verdict
         if verdict is Verdict.NEW:
             refusal = self._new_value_refusal(key, value, origin, sender)
@@ -204,8 +234,11 @@ class ValueStore:
             ).fetchone()
             if tomb is not None and value.seq <= tomb[0] and not self._may_refresh(value, origin, sender, tomb[1]):
                 return Verdict.REFUSE_EXPIRED
+        stock = origin.startswith(STOCK_PREFIX)
         count, from_origin = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(origin = ?), 0) FROM vals WHERE key=?", (origin, key)
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ? THEN origin LIKE 'stock %' ELSE origin = ? END), 0) "
+            "FROM vals WHERE key=?",
+            (stock, origin, key),
         ).fetchone()
         if count >= self.quotas.max_values_per_key:
             return Verdict.REFUSE_KEY_FULL
@@ -245,15 +278,14 @@ class ValueStore:
         now = time.time() if now is None else now
         try:
             rows = self._db.execute(
-                f"SELECT key, {_VALUE_COLUMNS}, origin, charge, storer FROM vals WHERE expires <= ?", (now,)
+                f"SELECT key, {_VALUE_COLUMNS}, origin, charge, storer, expires - stored_at FROM vals "
+                "WHERE expires <= ?",
+                (now,),
             ).fetchall()
             if rows:
                 self._db.execute("BEGIN")
                 self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO tombs VALUES (?,?,?,?,?,?)",
-                    [(row[0], row[1], row[2], row[3], row[11], now + expiry_for(row[4])) for row in rows if row[1]],
-                )
+                self._bury([row for row in rows if row[1]], now)
                 self._db.execute("COMMIT")
             self._db.execute("DELETE FROM tombs WHERE until <= ?", (now,))
         except sqlite3.OperationalError as error:
@@ -264,6 +296,21 @@ class ValueStore:
         for row in rows:
             self._account(row[9], -row[10], -1)
         return [(row[0], _row_value(row[1:9])) for row in rows]
+
+    def _bury(self, rows: list[tuple], now: float) -> None:
+        """Tombstones of expired signed values, each for as long as its value was held (a value stored
+        for a second leaves a tombstone for a second), within the type's lifetime and the cap."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO tombs VALUES (?,?,?,?,?,?)",
+            [(row[0], row[1], row[2], row[3], row[11], now + min(row[12], expiry_for(row[4]))) for row in rows],
+        )
+        excess = self._db.execute("SELECT COUNT(*) FROM tombs").fetchone()[0] - self.quotas.max_tombstones
+        if excess > 0:
+            self._db.execute(
+                "DELETE FROM tombs WHERE (key, owner, vid) IN "
+                "(SELECT key, owner, vid FROM tombs ORDER BY until LIMIT ?)",
+                (excess,),
+            )
 
     def _failed(self, error: sqlite3.OperationalError) -> Verdict:
         """A write the disk refused: said once at ERROR (a full disk would otherwise log every request)."""

@@ -18,6 +18,7 @@ class Verdict(Enum):
     NEW = "new"
     UPDATE = "update"
     REFRESH = "refresh"
+    HELD = "held already; not refreshed: only the peer that stored it here, or its owner, may"
     REFUSE_EDIT_UNSIGNED = "unsigned values cannot be edited"
     REFUSE_STALE = "stale seq: a newer version is stored"
     REFUSE_ID_TAKEN = "this value id belongs to another owner"
@@ -32,7 +33,7 @@ class Verdict(Enum):
 
     @property
     def accepted(self) -> bool:
-        return self in (Verdict.NEW, Verdict.UPDATE, Verdict.REFRESH)
+        return self in (Verdict.NEW, Verdict.UPDATE, Verdict.REFRESH, Verdict.HELD)
 
 
 def judge_update(current: Value | None, incoming: Value, id_owners: set[bytes]) -> Verdict:

@@ -196,7 +196,10 @@ class Endpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         address: Address = (addr[0], addr[1])
         self._counters.add("datagrams_in")
-        if not codec.HEADER_SIZE < len(data) <= codec.MAX_INCOMING or data[0] not in (codec.REQUEST, codec.RESPONSE):
+        if len(data) > codec.MAX_INCOMING:
+            self._counters.add("oversized_datagrams")  # never decoded: where a flood of them would cost
+            return
+        if len(data) <= codec.HEADER_SIZE or data[0] not in (codec.REQUEST, codec.RESPONSE):
             self._counters.add("malformed_datagrams")
             return
         stray: bytes | None = None
