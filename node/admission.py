@@ -33,12 +33,16 @@ from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire.codec import MESSAGE_ID_SIZE
 from dhtmesh.node.wire.endpoint import NONCE_SIZE, Endpoint, RpcFailure, new_nonce
+from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
 log = logging.getLogger(__name__)
 
 PROOF_DOMAIN = b"dhtmesh/node-proof/v1"
 MAX_REMEMBERED = 65536
+# Proven addresses remembered per host: a few nodes' worth. A host that proves address after address
+# (one IPv6 /64 has plenty) only pushes its own out, never other hosts' peers.
+MAX_PROVEN_PER_HOST = 256
 UNREACHABLE_FOR = 60.0  # a contact that failed a call is skipped by lookups for this long
 FIRST_PROBE = 5.0  # then it is probed again, backing off, so that a healed partition re-merges
 MAX_PROBE_INTERVAL = 300.0
@@ -79,6 +83,7 @@ class Admission:
         self._counters = counters
         self._on_admitted = on_admitted
         self._proven: OrderedDict[Address, bytes] = OrderedDict()
+        self._proven_by_host: dict[str, OrderedDict[Address, None]] = {}
         self._unreachable: OrderedDict[Address, _Failure] = OrderedDict()
         self._secret = os.urandom(32)  # a new one each start: cookies never outlive the process
         self._challenges = RequestLimiter(CHALLENGES_IN_ALL, CHALLENGES_PER_HOST)
@@ -111,10 +116,7 @@ class Admission:
         if contact.node_id == self._identity.node_id:
             return
         self._unreachable.pop(contact.address, None)
-        self._proven[contact.address] = contact.node_id
-        self._proven.move_to_end(contact.address)
-        while len(self._proven) > MAX_REMEMBERED:
-            self._proven.popitem(last=False)
+        self._remember(contact.address, contact.node_id)
         was_known = contact.node_id in self._table
         if self._table.add(contact) and not was_known:
             self._on_admitted(contact)
@@ -123,13 +125,35 @@ class Admission:
         """A contact stopped answering: drop it, and let lookups skip it for a while, since other nodes
         will keep offering it until they notice too."""
         if self._proven.get(contact.address) == contact.node_id:
-            del self._proven[contact.address]
+            self._unremember(contact.address)
         self._table.remove(contact.node_id)
         if contact.address not in self._unreachable:
             now = time.monotonic()
             self._unreachable[contact.address] = _Failure(now, now + FIRST_PROBE)
             while len(self._unreachable) > MAX_REMEMBERED:
                 self._unreachable.popitem(last=False)
+
+    def _remember(self, address: Address, node_id: bytes) -> None:
+        """A proven address, latest last: at most `MAX_PROVEN_PER_HOST` per host and `MAX_REMEMBERED` in
+        all, the least recent going first."""
+        self._proven[address] = node_id
+        self._proven.move_to_end(address)
+        host = self._proven_by_host.setdefault(host_of(address[0]), OrderedDict())
+        host[address] = None
+        host.move_to_end(address)
+        if len(host) > MAX_PROVEN_PER_HOST:
+            self._unremember(next(iter(host)))
+        while len(self._proven) > MAX_REMEMBERED:
+            self._unremember(next(iter(self._proven)))
+
+    def _unremember(self, address: Address) -> None:
+        self._proven.pop(address, None)
+        host = host_of(address[0])
+        addresses = self._proven_by_host.get(host)
+        if addresses is not None:
+            addresses.pop(address, None)
+            if not addresses:
+                del self._proven_by_host[host]
 
     def recently_unreachable(self, address: Address) -> bool:
         failure = self._unreachable.get(address)

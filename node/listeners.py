@@ -4,8 +4,8 @@ A `Listener` is an async iterator of `ValueEvent`s. Events for one key are dedup
 every replica a listener subscribed to pushes the same change: a value is passed on only when it is new
 or has a higher seq than what this node last reported, and "expired" only for a value it reported.
 
-Subscriptions from remote peers are bounded in all, per key, per subscribing node and per host, and an
-expired one is purged as soon as its time is up (a min-heap of expiry times, swept every second), so
+Subscriptions from remote peers are bounded in all, per key, per subscribing node, per host and per
+subnet, and an expired one is purged as soon as its time is up (a min-heap of expiry times, swept every second), so
 floods of short subscriptions from a few identities cannot lock honest peers out.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.values.value import Value
-from dhtmesh.node.wire.netgroup import host_of
+from dhtmesh.node.wire.netgroup import host_of, subnet_of
 from dhtmesh.node.wire.ratelimit import Address
 
 MAX_QUEUED_EVENTS = 10000
@@ -25,6 +25,7 @@ MAX_SUBSCRIBERS_PER_KEY = 256
 MAX_SUBSCRIBED_KEYS = 65536
 MAX_SUBSCRIPTIONS_PER_NODE = 1024  # a node listens to at most max_listened_keys keys (256 by default)
 MAX_SUBSCRIPTIONS_PER_HOST = 4096  # a few nodes on one machine
+MAX_SUBSCRIPTIONS_PER_SUBNET = 16384  # a quarter of the table: one network never fills it
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class ListenerHub:
         self._expiries: list[tuple[float, bytes, Address]] = []  # a min-heap; refreshed entries go stale
         self._per_node: Counter[bytes] = Counter()
         self._per_host: Counter[str] = Counter()
+        self._per_subnet: Counter[str] = Counter()
+        self._subscriptions = 0
         self._on_last_closed = on_last_closed
 
     # ---- local listeners ----------------------------------------------------------------------
@@ -152,6 +155,8 @@ class ListenerHub:
             self._subscribers.setdefault(key, subscribers)[address] = known = Subscriber(node_id, now + ttl)
             self._per_node[node_id] += 1
             self._per_host[host_of(address[0])] += 1
+            self._per_subnet[subnet_of(address[0])] += 1
+            self._subscriptions += 1
         known.expires = now + ttl
         heapq.heappush(self._expiries, (known.expires, key, address))
         if len(self._expiries) > 4 * self.subscription_count() + 1024:
@@ -164,6 +169,7 @@ class ListenerHub:
             and len(subscribers) < MAX_SUBSCRIBERS_PER_KEY
             and self._per_node[node_id] < MAX_SUBSCRIPTIONS_PER_NODE
             and self._per_host[host_of(address[0])] < MAX_SUBSCRIPTIONS_PER_HOST
+            and self._per_subnet[subnet_of(address[0])] < MAX_SUBSCRIPTIONS_PER_SUBNET
         )
 
     def unsubscribe(self, key: bytes, address: Address) -> None:
@@ -174,6 +180,8 @@ class ListenerHub:
         if dropped is not None:
             _decrement(self._per_node, dropped.node_id)
             _decrement(self._per_host, host_of(address[0]))
+            _decrement(self._per_subnet, subnet_of(address[0]))
+            self._subscriptions -= 1
         if not subscribers:
             del self._subscribers[key]
 
@@ -202,7 +210,7 @@ class ListenerHub:
         return [(address, s.node_id) for address, s in self._subscribers.get(key, {}).items()]
 
     def subscription_count(self) -> int:
-        return sum(self._per_node.values())
+        return self._subscriptions
 
 
 def _decrement(counter: Counter, item: object) -> None:

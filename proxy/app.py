@@ -20,10 +20,11 @@ from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT, Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.clients import ClientSlots
-from dhtmesh.proxy.failures import ErrorLog, ServerLogger
+from dhtmesh.proxy.failures import INTERNAL_ERRORS, ServerLogger
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
@@ -106,7 +107,7 @@ def create_app(
     # The origin policy runs inside json_errors, so its refusals are JSON and counted as well.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
     app[NODE] = node
-    app[ERRORS] = ErrorLog(node.counters)
+    app[ERRORS] = ErrorLog(node.counters, INTERNAL_ERRORS)
     app[ALLOWED_ORIGINS] = allowed_origins
     app[LISTEN_SLOTS] = ClientSlots(LISTENS_PER_CLIENT, "listen streams", "http_listens_refused")
     app[PUSH] = push if push is not None else PushRelay(node, None)

@@ -8,49 +8,22 @@ through its server logger, which `ServerLogger` stands in for.
 """
 
 import logging
-import time
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from dhtmesh.node.stats import Counters
+from dhtmesh.node.stats import Counters, ErrorLog
 
 log = logging.getLogger(__name__)
 
 MALFORMED = "http_malformed"
 INTERNAL_ERRORS = "http_internal_errors"
-REPORT_INTERVAL = 60.0  # seconds between two logged tracebacks of one exception type
 _REASON_LENGTH = 120
 
 
 class CutShort(ConnectionError):
     """An answer whose status is already sent cannot be finished: the connection is closed, and the
     client sees the body cut short. Raised on purpose (and reported by whoever raises it)."""
-
-
-class ErrorLog:
-    """Counts every unexpected exception and logs the first of each type per `REPORT_INTERVAL`."""
-
-    def __init__(self, counters: Counters) -> None:
-        self._counters = counters
-        self._logged: dict[type, float] = {}
-
-    def internal(self, error: BaseException, where: str) -> None:
-        self._counters.add(INTERNAL_ERRORS)
-        kind = type(error)
-        now = time.monotonic()
-        last = self._logged.get(kind)
-        if last is not None and now - last < REPORT_INTERVAL:
-            return
-        self._logged[kind] = now
-        log.error(
-            "internal error in %s: %s (more of this type in the next %.0f s are only counted, as %s)",
-            where,
-            kind.__name__,
-            REPORT_INTERVAL,
-            INTERNAL_ERRORS,
-            exc_info=error,
-        )
 
 
 class ServerLogger(logging.LoggerAdapter):

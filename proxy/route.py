@@ -14,9 +14,9 @@ from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.clients import ClientSlots
-from dhtmesh.proxy.failures import ErrorLog
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
 

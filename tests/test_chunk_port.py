@@ -327,3 +327,18 @@ async def challenges(holder: Holder, auditors: list[Identity]) -> Counter[str]:
         return "passed"
 
     return Counter(await asyncio.gather(*(one(auditor) for auditor in auditors)))
+
+
+async def test_a_failure_below_the_port_is_answered_counted_and_logged_once(
+    holder: Holder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chunk index fails (here: closed under the port): each request gets an error answer instead
+    of a dropped connection, each is counted, and one traceback is logged, not one per request."""
+    holder.service.chunks.close()
+    caplog.set_level(logging.ERROR)
+    client = ChunkClient(Identity.generate())
+    for _ in range(5):
+        with pytest.raises(HolderRefused, match="internal error"):
+            await client.get(holder.address, ROOT)
+    assert holder.count("chunk_port_internal_errors") == 5
+    assert len([record for record in caplog.records if record.exc_info]) == 1

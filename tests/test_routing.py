@@ -340,3 +340,17 @@ def test_picking_the_closest_keeps_within_the_caps_but_always_takes_the_target()
     assert len(picked) == 20 and picked[12:] == others[:8]
     target = crowd[7]
     assert target in Diversity().pick(ordered, 20, target=target.node_id)  # findable by its own id
+
+
+def test_replacements_promoted_and_addresses_moved_keep_a_bucket_within_its_caps() -> None:
+    table = RoutingTable(node_id(1 << 159), k=3, diversity=Diversity(per_host=1, per_subnet=10))
+    far = [Contact(node_id(n << 150), f"10.{n}.0.1", 4000) for n in range(1, 4)]  # fills a far bucket
+    assert all(table.add(c) for c in far)
+    crowd = [Contact(node_id((n + 8) << 150), "10.99.0.1", 4000 + n) for n in range(3)]  # one host
+    assert not any(table.add(c) for c in crowd)  # the bucket is full: cached as replacements
+    table.remove(far[0].node_id)
+    table.remove(far[1].node_id)
+    hosts = [c.host for c in table.contacts()]
+    assert hosts.count("10.99.0.1") == 1  # one promoted; the next would break the cap, so it is not
+    moved = Contact(far[2].node_id, "10.99.0.1", 5000)
+    assert table.add(moved) is False and table.get(far[2].node_id) == far[2]  # nor may a contact move in

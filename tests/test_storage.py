@@ -571,3 +571,16 @@ def test_stock_peers_share_one_share_of_a_key(db_path: Path) -> None:
         assert store.put(KEY, unsigned(3), origin=PEER_A, ttl=TTL) is Verdict.NEW  # a proven host has its own
     finally:
         store.close()
+
+
+def test_one_subnet_holds_at_most_its_share_whatever_its_hosts(db_path: Path) -> None:
+    value = unsigned(1, b"x" * 300)
+    store = open_store(db_path, Quotas(max_remote_bytes=8 * charge_of(value), peer_share=1 / 8, subnet_share=1 / 4))
+    try:
+        hosts = [f"10.0.0.{index}" for index in range(1, 6)]  # five hosts of one /24: one value each
+        verdicts = [store.put(KEY, unsigned(i + 1, b"x" * 300), origin=h, ttl=TTL) for i, h in enumerate(hosts)]
+        assert verdicts == [Verdict.NEW, Verdict.NEW, Verdict.REFUSE_PEER_QUOTA, Verdict.REFUSE_PEER_QUOTA,
+                            Verdict.REFUSE_PEER_QUOTA]
+        assert store.put(KEY, unsigned(9, b"x" * 300), origin="10.0.1.1", ttl=TTL) is Verdict.NEW  # next /24
+    finally:
+        store.close()

@@ -127,12 +127,14 @@ class RoutingTable:
             bucket.touched = now
             if entry is not None:
                 if entry.contact != contact:
+                    if not self._admits(bucket, contact):
+                        return False  # it moved to a host or subnet that has its share of this bucket
                     entry.contact, self._flat = contact, None
                 bucket.entries.move_to_end(contact.node_id)
                 if replied:
                     entry.last_reply = now
                 return True
-            if not self._diversity.admits((e.contact for e in bucket.entries.values()), contact):
+            if not self._admits(bucket, contact):
                 return False  # its host or subnet has its share of this bucket already
             if len(bucket.entries) < self.k:
                 bucket.entries[contact.node_id] = _Entry(contact, last_reply=now if replied else -math.inf)
@@ -160,12 +162,18 @@ class RoutingTable:
         if bucket.entries.pop(node_id, None) is None:
             return None
         self._flat = None
-        if not bucket.replacements:
+        # The most recent replacement that keeps the bucket within its caps (replacements were admitted
+        # against the entries of their day, and several may share a host).
+        promoted = next((c for c in reversed(bucket.replacements.values()) if self._admits(bucket, c)), None)
+        if promoted is None:
             return None
-        _, promoted = bucket.replacements.popitem(last=True)
+        del bucket.replacements[promoted.node_id]
         # A replacement was proven when it was offered, but has not replied since: mark it unheard.
         bucket.entries[promoted.node_id] = _Entry(promoted)
         return promoted
+
+    def _admits(self, bucket: _Bucket, contact: Contact) -> bool:
+        return self._diversity.admits((entry.contact for entry in bucket.entries.values()), contact)
 
     def _bucket_for(self, node_id: bytes) -> _Bucket:
         id_int = int.from_bytes(node_id, "big")

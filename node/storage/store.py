@@ -29,6 +29,7 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.node.values.policy import Verdict, judge_update
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value, value_from_wire
+from dhtmesh.node.wire.netgroup import subnet_of
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,15 @@ CREATE INDEX IF NOT EXISTS tombs_until ON tombs (until);
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """OpenDHT's defaults: 64 MiB stored for others, each peer host at most 1/8 of it; a cap per key,
-    of which one peer host may fill at most `key_share` (so strangers cannot crowd out the others)."""
+    """OpenDHT's defaults: 64 MiB stored for others, each peer host at most 1/8 of it and each subnet
+    (`netgroup.subnet_of`) 1/4; a cap per key, of which one peer host may fill at most `key_share` (so
+    strangers cannot crowd out the others)."""
 
     max_remote_bytes: int = 64 * 1024 * 1024
     max_local_bytes: int = 64 * 1024 * 1024
     max_values_per_key: int = 1024
     peer_share: float = 1 / 8
+    subnet_share: float = 1 / 4
     key_share: float = 1 / 4
     max_tombstones: int = 100_000  # ~10 MB: a tombstone is charged to no one, so their number is capped
 
@@ -123,6 +126,7 @@ class ValueStore:
         # Bytes and values per origin, kept in memory so that quotas and `counts()` never scan the table.
         self._charges: Counter[str] = Counter()
         self._values: Counter[str] = Counter()
+        self._subnet_charges: Counter[str] = Counter()  # remote hosts' charges by their subnet
         self.remote_bytes = 0  # the sum of the charges of every origin but this node
         self.stock_bytes = 0  # the part of it stock peers are charged
         for origin, charge, count in self._db.execute("SELECT origin, SUM(charge), COUNT(*) FROM vals GROUP BY origin"):
@@ -253,6 +257,11 @@ class ValueStore:
             self.remote_bytes += charge
         if origin.startswith(STOCK_PREFIX):
             self.stock_bytes += charge
+        elif origin != LOCAL_ORIGIN:
+            subnet = subnet_of(origin)
+            self._subnet_charges[subnet] += charge
+            if not self._subnet_charges[subnet]:
+                del self._subnet_charges[subnet]
         if not self._values[origin]:
             del self._charges[origin], self._values[origin]  # origins come and go: keep only live ones
 
@@ -268,8 +277,12 @@ class ValueStore:
         if self.remote_bytes + charge - released > self.quotas.max_remote_bytes:
             return Verdict.REFUSE_STORE_FULL
         share = self.quotas.max_remote_bytes * self.quotas.peer_share
-        used = self.stock_bytes if origin.startswith(STOCK_PREFIX) else self._charges[origin]
-        if used + growth > share:
+        if origin.startswith(STOCK_PREFIX):
+            return Verdict.REFUSE_PEER_QUOTA if self.stock_bytes + growth > share else None
+        if self._charges[origin] + growth > share:
+            return Verdict.REFUSE_PEER_QUOTA
+        subnet_share = self.quotas.max_remote_bytes * max(self.quotas.subnet_share, self.quotas.peer_share)
+        if self._subnet_charges[subnet_of(origin)] + growth > subnet_share:
             return Verdict.REFUSE_PEER_QUOTA
         return None
 

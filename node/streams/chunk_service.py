@@ -27,7 +27,7 @@ import msgpack
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
-from dhtmesh.node.stats import Counters
+from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE, ChunkRefused, ChunkStore
 from dhtmesh.node.streams.framing import FramingError, frame, read_body, read_header
 from dhtmesh.node.streams.port_limits import (
@@ -140,6 +140,7 @@ class ChunkService:
         self._keeper = keeper
         self._may_audit = may_audit
         self.counters = counters or Counters()
+        self._errors = ErrorLog(self.counters, "chunk_port_internal_errors")
         self._guard = ReplayGuard()
         self._requests = RequestLimiter(total_rate=2000.0, per_peer_rate=200.0)  # keeps the guard from filling
         self._connections = Slots("connections", max_connections, min(MAX_CONNECTIONS_PER_ADDRESS, max_connections))
@@ -177,6 +178,9 @@ class ChunkService:
                 if refusal.counter:
                     self.counters.add(refusal.counter)
                 reply, body = {"err": str(refusal)}, b""
+            except Exception as error:  # our own bug or a failing disk: the peer still gets an answer
+                self._errors.internal(error, "the chunk port")
+                reply, body = {"err": "internal error"}, b""
             await _send(writer, reply, body)
 
     @staticmethod

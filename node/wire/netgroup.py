@@ -34,16 +34,15 @@ def host_of(ip: str) -> str:
 
 
 @functools.lru_cache(maxsize=16384)
-def subnet_of(ip: str) -> str:
-    """The subnet an address belongs to; text that is not an IP literal is its own subnet."""
+def subnet_of(address: str) -> str:
+    """The subnet an address, or a host (`host_of`), belongs to; text that is neither is its own."""
+    host = host_of(address)
     try:
-        address = ipaddress.ip_address(ip)
+        network = ipaddress.ip_network(host, strict=False)
     except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = SUBNET_PREFIX_V4 if isinstance(address, ipaddress.IPv4Address) else SUBNET_PREFIX_V6
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+        return host
+    prefix = SUBNET_PREFIX_V4 if network.version == 4 else SUBNET_PREFIX_V6
+    return str(network.supernet(new_prefix=prefix))
 
 
 def loopback_host(index: int) -> str:
