@@ -430,6 +430,8 @@ class DhtNode:
     async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
         """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
         check_value(key, value)
+        if lifetime(value) <= 0:
+            raise PutRefused(Verdict.REFUSE_EXPIRED)  # past the time its signer gave it
         verdict = self.store_locally(key, value)
         if not verdict.accepted:
             raise PutRefused(verdict)
@@ -555,8 +557,16 @@ class DhtNode:
         for value in self.held(key):
             self.hub.emit(key, value)
         if first:
-            self._keepers[key] = asyncio.get_running_loop().create_task(self._keep_listening(key))
+            keeper = self._tasks.spawn(self._keep_listening(key))
+            assert keeper is not None  # the node's task set has no limit
+            self._keepers[key] = keeper
+            keeper.add_done_callback(lambda done, key=key: self._keeper_ended(key, done))
         return listener
+
+    def _keeper_ended(self, key: bytes, keeper: asyncio.Task) -> None:
+        """A keeper that died (the task set logs its error) frees its key's place in the listen cap."""
+        if self._keepers.get(key) is keeper:
+            del self._keepers[key]
 
     def _stop_listening(self, key: bytes) -> None:
         """The last local listener on `key` left: stop refreshing, and tell the replicas."""

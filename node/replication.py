@@ -125,8 +125,9 @@ class Replicator:
         for key, value in node.store.announces():
             if node.store.remaining_ttl(key, value) > expiry_for(value.type) * node.config.republish_margin:
                 continue
-            if lifetime(value) <= 0:
-                continue  # past the time its signer gave it: its signer must sign a newer one
+            if lifetime(value) <= 0:  # past the time its signer gave it: only a newer version may follow
+                node.cancel_put(key, value.id)
+                continue
             node.store_locally(key, value)
             await node.announce(key, value)
             due += 1

@@ -29,7 +29,7 @@ class TaskSet:
     def _finished(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("background task failed", exc_info=task.exception())
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
         tasks = list(self._tasks)

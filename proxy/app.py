@@ -22,8 +22,7 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.streams.chunk_client import ChunkClient
-from dhtmesh.node.wire.ratelimit import RequestLimiter
-from dhtmesh.proxy.clients import ClientSlots
+from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.failures import INTERNAL_ERRORS, ServerLogger
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
@@ -54,6 +53,9 @@ MAX_BODY = 256 * 1024  # a 64 KiB value in base64 plus its fields, with room to 
 # (an app) listens to a handful of keys; 32 leaves room for several while one address cannot make
 # this node hold thousands of streams (and the mesh keep thousands of subscriptions).
 LISTENS_PER_CLIENT = 32
+# All clients' streams: fewer than the keys a node may listen to (`NodeConfig.max_listened_keys`), so
+# that a few clients cannot take every key.
+LISTENS_IN_ALL = 192
 
 
 @web.middleware
@@ -109,7 +111,7 @@ def create_app(
     app[NODE] = node
     app[ERRORS] = ErrorLog(node.counters, INTERNAL_ERRORS)
     app[ALLOWED_ORIGINS] = allowed_origins
-    app[LISTEN_SLOTS] = ClientSlots(LISTENS_PER_CLIENT, "listen streams", "http_listens_refused")
+    app[LISTEN_SLOTS] = Slots("listen streams", LISTENS_IN_ALL, LISTENS_PER_CLIENT)
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
     app[REGISTRY] = FarmerRegistry(node)

@@ -12,7 +12,6 @@ client (`clients.client_of`) may hold at most `SUBSCRIPTIONS_PER_CLIENT` at once
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ import aiohttp
 from dhtmesh.node.dht import DhtNode, ListenRefused
 from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.wire.ratelimit import Full, Slots
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PushRelay:
         self._node = node
         self._gateway = gateway.rstrip("/") if gateway else None
         self._subscriptions: dict[tuple[bytes, str, str], _Subscription] = {}
-        self._per_client: Counter[str] = Counter()
+        self._slots = Slots("push subscriptions", MAX_SUBSCRIPTIONS, SUBSCRIPTIONS_PER_CLIENT)
         self._session: aiohttp.ClientSession | None = None
         self._tasks = TaskSet()
         self.sent = 0
@@ -106,20 +106,19 @@ class PushRelay:
         if existing is not None:
             existing.expires = time.monotonic() + SUBSCRIPTION_LIFETIME
             return False
-        if self._per_client[client] >= SUBSCRIPTIONS_PER_CLIENT:
-            cap = SUBSCRIPTIONS_PER_CLIENT
-            raise SubscriptionLimit(f"too many push subscriptions from your address (at most {cap})")
-        if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise SubscriptionLimit("too many push subscriptions on this node")
+        try:
+            self._slots.take(client)
+        except Full as full:
+            raise SubscriptionLimit(f"{full} (at most {SUBSCRIPTIONS_PER_CLIENT} per address)") from full
         expires = time.monotonic() + SUBSCRIPTION_LIFETIME
         try:
             listener = self._node.listen(key)
         except ListenRefused as error:
+            self._slots.give(client)
             raise SubscriptionLimit(str(error)) from error
         subscription = _Subscription(key, target, client, listener, expires)
         subscription.task = self._tasks.spawn(self._relay(subscription))
         self._subscriptions[identity] = subscription
-        self._per_client[client] += 1
         return True
 
     def unsubscribe(self, key: bytes, target: PushTarget) -> bool:
@@ -137,9 +136,7 @@ class PushRelay:
         subscription.listener.close()
         if subscription.task is not None:
             subscription.task.cancel()
-        self._per_client[subscription.client] -= 1
-        if not self._per_client[subscription.client]:
-            del self._per_client[subscription.client]
+        self._slots.give(subscription.client)
         return True
 
     async def _relay(self, subscription: _Subscription) -> None:

@@ -15,8 +15,7 @@ from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
-from dhtmesh.node.wire.ratelimit import RequestLimiter
-from dhtmesh.proxy.clients import ClientSlots
+from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
 
@@ -30,7 +29,7 @@ REPUTATION = web.AppKey("reputation", ReputationBook)
 UPLOADER = web.AppKey("uploader", Uploader)
 BLOB_READER = web.AppKey("blob_reader", BlobReader)
 BLOB_LIMIT = web.AppKey("blob_limit", int)
-LISTEN_SLOTS = web.AppKey("listen_slots", ClientSlots)
+LISTEN_SLOTS = web.AppKey("listen_slots", Slots)
 ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)
 ERRORS = web.AppKey("errors", ErrorLog)
 

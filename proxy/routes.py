@@ -10,7 +10,7 @@ from aiohttp import web
 from dhtmesh.node.dht import ListenRefused, PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
-from dhtmesh.proxy.clients import client_of
+from dhtmesh.proxy.clients import client_of, client_slot
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import document
@@ -86,7 +86,7 @@ async def listen(request: web.Request) -> web.StreamResponse:
     key = _key(request)
     # The handler is cancelled when the client goes away (handler_cancellation), closing the listener
     # and freeing the client's slot.
-    with request.app[LISTEN_SLOTS].hold(client_of(request)):
+    with client_slot(request.app[LISTEN_SLOTS], request, "http_listens_refused"):
         try:
             listener = request.app[NODE].listen(key)  # before the status line: a refusal is still a 503
         except ListenRefused as error:

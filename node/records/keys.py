@@ -8,8 +8,8 @@ directory shard, nor hide the records readers look for. The first 16 bytes still
 over the id space; a user's key (a plain SHA-1) carries a valid tag with probability 2^-32 per type.
 """
 
+import functools
 import hashlib
-from collections.abc import Iterable
 
 from dhtmesh.crypto.keys import NODE_ID_SIZE
 
@@ -27,7 +27,8 @@ def reserved_key(record_type: int, domain: bytes, material: bytes) -> bytes:
     return prefix + _tag(record_type, prefix)
 
 
-def reserved_type(key: bytes, record_types: Iterable[int]) -> int | None:
+@functools.lru_cache(maxsize=65536)  # every value at every hop asks, for keys that repeat
+def reserved_type(key: bytes, record_types: frozenset[int]) -> int | None:
     """The record type, among `record_types`, that `key` is reserved for; None for an ordinary key."""
     prefix, tag = key[: NODE_ID_SIZE - TAG_SIZE], key[NODE_ID_SIZE - TAG_SIZE :]
     return next((record_type for record_type in record_types if _tag(record_type, prefix) == tag), None)

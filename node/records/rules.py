@@ -78,7 +78,7 @@ def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
     signature again (a value read from this node's store was verified when it came in; the rules it
     must pass may have changed since, its signature may not)."""
     value.check(key, signature=signature)
-    reserved = reserved_type(key, KINDS)
+    reserved = reserved_type(key, RESERVED_TYPES)
     if reserved is not None and value.type != reserved:
         raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
     kind = KINDS.get(value.type)

@@ -112,6 +112,8 @@ class MeshRpcs:
         return {"vals": inline, "refs": refs, "more": more}
 
     def fetch(self, request: Request) -> Any:
+        if not request.proven:
+            raise RpcRefused(UNPROVEN)  # a value can be big: checked before the store is read
         key = require_key(request.body.get("k"))
         owner, value_id = request.body.get("o"), request.body.get("i")
         if not isinstance(owner, bytes):
@@ -171,5 +173,7 @@ class MeshRpcs:
         return True
 
     def versions(self, request: Request) -> list:
+        if not request.proven:
+            raise RpcRefused(UNPROVEN)  # a key's versions can be many: checked before the store is read
         key = require_key(request.body.get("k"))
         return [[owner, value_id, seq] for (owner, value_id), seq in self._node.store.versions(key).items()]

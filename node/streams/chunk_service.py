@@ -35,13 +35,11 @@ from dhtmesh.node.streams.port_limits import (
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_TRANSFERS,
     MAX_TRANSFERS_PER_ADDRESS,
-    Full,
     ProveRates,
-    Slots,
 )
 from dhtmesh.node.streams.proof_trees import ProofTrees
 from dhtmesh.node.wire.netgroup import host_of
-from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
 
 STREAM_TIMEOUT = 30.0  # seconds for a whole exchange: a 4 MiB chunk on a slow link, not a stalled peer
 HEADER_TIMEOUT = 5.0  # seconds for a request's header (a few hundred bytes): an idle connection holds a descriptor

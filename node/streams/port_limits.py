@@ -9,11 +9,8 @@ pass over to another holder (for an auditor, a refused challenge is a miss, not 
 """
 
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from dhtmesh.node.wire.ratelimit import TokenBucket
+from dhtmesh.node.wire.ratelimit import Buckets, TokenBucket
 
 # Connections held at once. An honest node holds at most 8 per holder per chunk client (`ChunkClient`),
 # two clients per node (its proxy's and its auditor's): 64 leaves room for a few nodes behind one
@@ -28,70 +25,12 @@ MAX_TRANSFERS = 32
 PROVES_PER_AUDITOR = (2.0, 5.0)
 PROVES_PER_ADDRESS = (10.0, 20.0)
 PROVES_IN_ALL = (20.0, 40.0)
-MAX_TRACKED = 4096  # buckets kept, most recently used first: many keys cannot grow memory
 
 
 def connection_cap(descriptors: int) -> int:
     """The total connection cap for a process allowed `descriptors` open files: at most a quarter of
     them, leaving the rest to the proxy's clients, the node's sockets, SQLite and outgoing streams."""
     return max(1, min(MAX_CONNECTIONS, descriptors // 4))
-
-
-class Full(Exception):
-    """No slot left for this address (`scope` "address") or for anyone (`scope` "total")."""
-
-    def __init__(self, what: str, scope: str) -> None:
-        super().__init__(f"too many {what} from your address" if scope == "address" else f"too many {what} at once")
-        self.what = what
-        self.scope = scope
-
-
-class Slots:
-    """Things held at once (`what`: "connections", "transfers"), per address group and in total."""
-
-    def __init__(self, what: str, total: int, per_address: int) -> None:
-        self.what = what
-        self.total = total
-        self.per_address = per_address
-        self._held: Counter[str] = Counter()
-        self.in_use = 0
-
-    @contextmanager
-    def held(self, group: str) -> Iterator[None]:
-        """One slot for `group` while the block runs; raises `Full` at once if none is left."""
-        if self._held[group] >= self.per_address:
-            raise Full(self.what, "address")
-        if self.in_use >= self.total:
-            raise Full(self.what, "total")
-        self._held[group] += 1
-        self.in_use += 1
-        try:
-            yield
-        finally:
-            self.in_use -= 1
-            self._held[group] -= 1
-            if not self._held[group]:
-                del self._held[group]
-
-
-class Buckets:
-    """A token bucket per key (an address group, an auditor id), for the most recently used keys."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = MAX_TRACKED) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str | bytes, TokenBucket] = OrderedDict()
-
-    def take(self, key: str | bytes) -> bool:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        return bucket.take(time.monotonic())
 
 
 class ProveRates:

@@ -85,8 +85,8 @@ class Request:
     name: str
     sender_id: bytes
     body: dict
-    proven: bool = True  # the address proved itself (answered a nonce): it is not a spoofed one
-    room: float = math.inf  # the most bytes the reply may take (bounded for unproven addresses)
+    proven: bool  # the address proved itself (answered a nonce): it is not a spoofed one
+    room: float  # the most bytes the reply may take (bounded for unproven addresses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,11 @@
-"""Token buckets that cap how many requests a node serves in total and per peer host."""
+"""Limits a node puts on its peers and clients: token buckets (requests per second, per host and in
+all: `RequestLimiter`; per any key: `Buckets`) and slots (things held at once, per host and in all:
+`Slots`)."""
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dhtmesh.node.wire.netgroup import host_of
@@ -63,3 +67,71 @@ class RequestLimiter:
             bucket.rate = bucket.burst = rate
             self._peers.move_to_end(host)
         return bucket.take(now) and self._total.take(now)
+
+
+MAX_TRACKED = 4096  # buckets kept, most recently used first: many keys cannot grow memory
+
+
+class Full(Exception):
+    """No slot left for this address (`scope` "address") or for anyone (`scope` "total")."""
+
+    def __init__(self, what: str, scope: str) -> None:
+        super().__init__(f"too many {what} from your address" if scope == "address" else f"too many {what} at once")
+        self.what = what
+        self.scope = scope
+
+
+class Slots:
+    """Things held at once (`what`: "connections", "listen streams"...), per host and in total. A host
+    with nothing held costs no memory."""
+
+    def __init__(self, what: str, total: float, per_address: int) -> None:
+        self.what = what
+        self.total = total
+        self.per_address = per_address
+        self._held: Counter[str] = Counter()
+        self.in_use = 0
+
+    def take(self, host: str) -> None:
+        """One slot for `host` until `give`; raises `Full` at once if none is left."""
+        if self._held[host] >= self.per_address:
+            raise Full(self.what, "address")
+        if self.in_use >= self.total:
+            raise Full(self.what, "total")
+        self._held[host] += 1
+        self.in_use += 1
+
+    def give(self, host: str) -> None:
+        self.in_use -= 1
+        self._held[host] -= 1
+        if not self._held[host]:
+            del self._held[host]
+
+    @contextmanager
+    def held(self, host: str) -> Iterator[None]:
+        """One slot for `host` while the block runs; raises `Full` at once if none is left."""
+        self.take(host)
+        try:
+            yield
+        finally:
+            self.give(host)
+
+
+class Buckets:
+    """A token bucket per key (an address group, an auditor id), for the most recently used keys."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = MAX_TRACKED) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str | bytes, TokenBucket] = OrderedDict()
+
+    def take(self, key: str | bytes) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(time.monotonic())
