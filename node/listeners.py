@@ -5,8 +5,9 @@ every replica a listener subscribed to pushes the same change: a value is passed
 or has a higher seq than what this node last reported, and "expired" only for a value it reported.
 
 Subscriptions from remote peers are bounded in all, per key, per subscribing node, per host and per
-subnet, and an expired one is purged as soon as its time is up (a min-heap of expiry times, swept every second), so
-floods of short subscriptions from a few identities cannot lock honest peers out.
+subnet, and an expired one is purged as soon as its time is up (a min-heap of expiry times, swept
+every second), so floods of short subscriptions from a few identities, hosts or networks cannot lock
+honest peers out.
 """
 
 import asyncio

@@ -3,7 +3,8 @@
 Every node a test starts gets a loopback address of its own, in a /24 of its own (`loopback_host`):
 nodes limit what one host or subnet may hold of their routing table and of a key's replicas, so a
 mesh of many nodes on 127.0.0.1 would look like one machine faking many, which is the attack those
-limits stop. 127.0.0.0/8 is all loopback on Linux; 127.0.0.x is left to the attackers tests play.
+limits stop. 127.0.0.0/8 is all loopback on Linux; 127.0.0.x is left to the attackers tests play
+(`ATTACKER`). Each pytest-xdist worker draws from a range of its own.
 """
 
 import asyncio
@@ -35,11 +36,14 @@ from dhtmesh.node.wire.ratelimit import Address
 # Short periods so that background duties (sweep, repair, hand-off) happen within a test.
 FAST = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
 
-_hosts = itertools.count(1)
+ATTACKER = "127.0.0.1"  # where the tests' hostile peers sit; honest nodes each have an address of their own
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_hosts = itertools.count(1 + 16384 * _WORKER)
 
 
 def loopback_host() -> str:
-    """A loopback address no other node of this test run has, in a /24 of its own."""
+    """A loopback address no other node of this test run has (in this worker's range), in a /24 of its
+    own."""
     return netgroup.loopback_host(next(_hosts))
 
 

@@ -26,9 +26,7 @@ from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import RpcFailure
 
 from conftest import MeshFactory
-from support import FAST, eventually, start_node
-
-ATTACKER = "127.0.0.1"  # honest test nodes have addresses of their own (support.loopback_host)
+from support import ATTACKER, FAST, eventually, start_node
 
 
 async def call_all(calls: list, window: int = 64) -> list[bool]:

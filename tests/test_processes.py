@@ -183,13 +183,15 @@ def test_sigterm_stops_a_node_cleanly(spawn: Spawn) -> None:
 
 
 def test_isolated_node_retries_and_joins_when_its_bootstrap_appears(spawn: Spawn) -> None:
+    # An address no other test binds (support hands out 127.x.y.1), so its free port stays free.
+    late_host = "127.0.250.250"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((late_host, 0))
         later_port = probe.getsockname()[1]
-    lonely = spawn("lonely", "-b", f"127.0.0.1:{later_port}")
+    lonely = spawn("lonely", "-b", f"{late_host}:{later_port}")
     assert info(lonely)["ipv4"]["good"] == 0
     time.sleep(3.5)  # the first attempt (a call and its retry) times out, then the node backs off
-    spawn("late", "-p", str(later_port), "--bind", "127.0.0.1")  # where the lonely node looks for it
+    spawn("late", "-p", str(later_port), "--bind", late_host)  # where the lonely node looks for it
     wait_until(lambda: info(lonely)["ipv4"]["good"] >= 1, timeout=20)
     lonely.process.send_signal(signal.SIGTERM)
     lonely.process.wait(timeout=15)

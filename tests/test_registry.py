@@ -3,7 +3,6 @@ window on a controlled clock, expiry, the checks a change passes, and a node tha
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
@@ -19,14 +18,7 @@ from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, Fa
 from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
 
 from conftest import MeshFactory
-from support import FAST, start_node
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+from support import FAST, eventually, start_node
 
 
 async def register(registry: FarmerRegistry, farmer: Identity) -> FarmerRecord:

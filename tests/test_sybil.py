@@ -24,9 +24,7 @@ from dhtmesh.node.storage.store import Quotas
 from dhtmesh.node.values import Value, new_value_id, sign_value
 
 from conftest import MeshFactory
-from support import FAST, eventually, start_node
-
-ATTACKER = "127.0.0.1"  # honest test nodes have addresses of their own (support.loopback_host)
+from support import ATTACKER, FAST, eventually, start_node
 
 
 async def hostile_nodes(count: int, mesh: list[DhtNode], **options: object) -> list[DhtNode]:

@@ -37,7 +37,7 @@ from dhtmesh.node.wire.ratelimit import Address
 
 # A proof body: per block its 4 KiB and a path of at most ~130 hashes, plus msgpack's framing.
 MAX_PROOFS_BODY = MAX_CHALLENGED_BLOCKS * (4096 + 130 * 34 + 64)
-MAX_EXCHANGES_PER_HOLDER = 8  # a quarter of a holder's per-address transfer cap (port_limits)
+MAX_EXCHANGES_PER_HOLDER = 8  # half of a holder's per-address transfer cap (port_limits): two clients fit
 
 
 class HolderFailed(Exception):
