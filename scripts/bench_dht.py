@@ -267,9 +267,9 @@ def _instrument(node: DhtNode, tally: Counter[str]) -> None:
         if name in ("rpc_out", "rpc_retries", "rpc_timeouts"):
             count(name, amount)
 
-    async def named_call(address: Address, name: str, body: dict, *, nonce: bytes | None = None) -> Any:
+    async def named_call(address: Address, name: str, body: dict, **options: Any) -> Any:
         count(f"rpc.{name}")
-        return await call(address, name, body, nonce=nonce)
+        return await call(address, name, body, **options)  # the call's own options pass through
 
     async def tallied_hand_off(newcomers: list[Contact]) -> int:
         tally["handoffs"] += len(newcomers)

@@ -313,9 +313,9 @@ def test_signed_lower_seq_is_stale() -> None:
     assert judge_update(signed(b"new", seq=3), signed(b"new", seq=2), {OWNER.public_key}) is Verdict.REFUSE_STALE
 
 
-def test_only_new_update_refresh_are_accepted() -> None:
+def test_only_new_update_refresh_and_held_are_accepted() -> None:
     accepted = {verdict for verdict in Verdict if verdict.accepted}
-    assert accepted == {Verdict.NEW, Verdict.UPDATE, Verdict.REFRESH}
+    assert accepted == {Verdict.NEW, Verdict.UPDATE, Verdict.REFRESH, Verdict.HELD}
 
 
 # ---- expiry ---------------------------------------------------------------------------------------
