@@ -584,3 +584,27 @@ def test_one_subnet_holds_at_most_its_share_whatever_its_hosts(db_path: Path) ->
         assert store.put(KEY, unsigned(9, b"x" * 300), origin="10.0.1.1", ttl=TTL) is Verdict.NEW  # next /24
     finally:
         store.close()
+
+
+def test_a_page_or_an_id_is_found_without_reading_or_sorting_the_whole_key(store: ValueStore) -> None:
+    """A key can hold 1,024 values of 64 KiB: a page must not sort them all (an ORDER BY against the
+    key's order did, 46 ms a page for 30 KB values), nor a lookup by id read them all."""
+    plans = []
+    original = store._db
+
+    class Recording:  # records the plan of each query the store runs, then runs it
+        def execute(self, query: str, params: tuple = ()) -> sqlite3.Cursor:
+            if query.lstrip().startswith("SELECT"):
+                plans.append(" | ".join(row[3] for row in original.execute("EXPLAIN QUERY PLAN " + query, params)))
+            return original.execute(query, params)
+
+    for value_id in range(1, 20):
+        store.put(KEY, signed(value_id) if value_id % 2 else unsigned(value_id), origin=PEER_A, ttl=TTL)
+    store._db = Recording()  # type: ignore[assignment]
+    try:
+        assert len(store.values_from(KEY, 4, 8)) == 8 and len(store.values_from(KEY, 12, 8)) == 7
+        assert len(store.values_with_id(KEY, 7)) == 1
+    finally:
+        store._db = original
+    assert plans and all("SCAN vals" not in plan for plan in plans), plans  # no query reads the whole key
+    assert any("COVERING INDEX vals_order" in plan for plan in plans) and any("INDEX vals_id" in plan for plan in plans)

@@ -167,6 +167,10 @@ GARBAGE = {
     "prove with string indices": frame({"op": "prove", "root": bytes(32), "idx": ["0"], "nonce": bytes(16)}),
     "keep with a short blob id": frame({"op": "keep", "root": bytes(32), "blob": b"x"}),
     "keep on a node that keeps nothing": frame({"op": "keep", "root": bytes(32), "blob": bytes(32)}),
+    # Headers are decoded before they are checked: only a small one is read at all, with bounded decoding.
+    "a 64 KiB header": struct.pack(">I", 64 * 1024) + bytes(64 * 1024),
+    "a header of extensions": struct.pack(">I", 3000) + b"\xd4\x05\x00" * 1000,
+    "a header of 3,000 small arrays": struct.pack(">I", 3003) + b"\xdc\x0b\xb8" + b"\x90" * 3000,
 }
 
 

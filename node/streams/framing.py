@@ -8,7 +8,17 @@ from typing import Any
 
 import msgpack
 
-MAX_HEADER = 64 * 1024
+# A header names a chunk, a few indices and a signed request: well under 4 KiB. It is decoded before
+# anything is checked, so it is small and its decoding bounded (a 64 KiB header of msgpack extensions
+# cost ~15 ms to decode: a few dozen a second held a core).
+MAX_HEADER = 4 * 1024
+_UNPACK_LIMITS = {
+    "max_str_len": MAX_HEADER,
+    "max_bin_len": MAX_HEADER,
+    "max_array_len": 128,
+    "max_map_len": 32,
+    "max_ext_len": 0,
+}
 _LENGTH = struct.Struct(">I")
 
 
@@ -21,7 +31,7 @@ async def read_header(reader: asyncio.StreamReader) -> dict[str, Any]:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > MAX_HEADER:
             raise FramingError(f"a header is at most {MAX_HEADER} bytes")
-        header = msgpack.unpackb(await reader.readexactly(length), raw=False)
+        header = msgpack.unpackb(await reader.readexactly(length), raw=False, **_UNPACK_LIMITS)
     except asyncio.IncompleteReadError as error:
         raise FramingError("the stream ended inside a frame") from error
     except ConnectionError as error:  # reset by the peer: as much a cut-short frame
