@@ -30,3 +30,6 @@ class NodeConfig:
     peer_request_rate: float = 1024.0
     quotas: Quotas = field(default_factory=Quotas)
     diversity: Diversity = field(default_factory=Diversity)
+    # A lookup takes at most this many not-yet-heard candidates on one peer's word at a time, and stops
+    # believing a peer after this many of its introductions failed (see lookups/traverse.py).
+    per_referrer: int = 3

@@ -21,9 +21,9 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
 from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
-from dhtmesh.node.records.rules import RULES_VERSION, passes, record_key
+from dhtmesh.node.records.rules import RULES_VERSION, passes, per_host, record_key
 from dhtmesh.node.replication import Replicator
-from dhtmesh.node.routing.contact import Contact, contact_from_wire
+from dhtmesh.node.routing.contact import Contact, contact_from_wire, reachable_via
 from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.rpcs.mesh import PAGE_ENTRIES, MeshRpcs
 from dhtmesh.node.rpcs.stock import StockRpcs
@@ -177,6 +177,7 @@ class DhtNode:
             self.config.quotas,
             may_follow=is_valid_successor,
             open_refresh=open_refresh,
+            per_host=per_host,
         )
         self._migrate_store()
         # A reader must be able to page through every value a key can hold.
@@ -293,6 +294,7 @@ class DhtNode:
                 exclude=self.node_id,
                 satisfied=lambda: bool(quorum) and collector is not None and collector.holders >= quorum,
                 diversity=self.config.diversity,
+                per_referrer=self.config.per_referrer,
             )
         finally:
             self.ongoing_ops -= 1
@@ -327,7 +329,8 @@ class DhtNode:
             elif verdict is None:
                 store.unanswered.add(contact.node_id)
         nodes = payload.get("nodes")
-        found = [c for c in map(contact_from_wire, nodes if isinstance(nodes, list) else []) if c is not None]
+        offered = (contact_from_wire(item) for item in (nodes if isinstance(nodes, list) else []))
+        found = [c for c in offered if c is not None and reachable_via(contact.host, c.host)]
         if collector is not None:
             holds = bool(payload.get("vals") or payload.get("refs"))
             await self._collect_pages(contact, target, payload, collector)

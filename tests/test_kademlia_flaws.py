@@ -485,6 +485,26 @@ async def test_F7_contacts_in_a_reply_are_dialled_only_at_numeric_addresses(
     assert loop_errors == []
 
 
+async def test_F7_a_peer_offering_made_up_close_ids_holds_up_no_lookup(
+    make_mesh: MeshFactory, raw_peer: Callable[[], RawPeer]
+) -> None:
+    """A proven peer near a key answers every find with 20 ids closer than anyone's, each at a /24 of its
+    own where nothing answers: a lookup tries at most `per_referrer` of them (each costs a timeout), stops
+    believing the peer, and finds the real nodes (before: it waited out all 20, 8.8 s, every lookup)."""
+    nodes = await make_mesh(4)
+    key = new_key()
+    hostile = raw_peer()
+    made_up = [[key[:-2] + bytes((index, key[-1])), f"127.{100 + index}.0.9", 9] for index in range(20)]
+    hostile.serve(lambda name, args: [{"ok": {"nodes": made_up}}] if name == "dm_find" else [])
+    await admit_raw(nodes[:1], key[:-1] + bytes((key[-1] ^ 0x80,)), hostile)
+    with watch_datagrams(nodes[:1]) as sent:
+        found = await asyncio.wait_for(nodes[0].lookup(key), 30)
+    fakes = {(host, port) for _, host, port in made_up}
+    tried = {destination for destination, _ in sent if tuple(destination) in fakes}
+    assert 0 < len(tried) <= FAST.per_referrer
+    assert {c.node_id for c in found} >= {node.node_id for node in nodes[1:]}  # the real ones, all of them
+
+
 # How a misbehaving replica answers: its reply to dm_store (or dm_hello), its reply to each dm_pull, and
 # its reply to each dm_part (pieces of a request too big for one datagram).
 MISBEHAVIOURS: dict[str, tuple[Any, Any, Any]] = {

@@ -19,7 +19,10 @@ import time
 from dataclasses import replace
 
 from dhtmesh.crypto import Identity
+from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records import rules
+from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.storage.store import Quotas
 from dhtmesh.node.values import Value, new_value_id, sign_value
 
@@ -195,3 +198,29 @@ async def test_a_hand_off_keeps_the_publisher_able_to_refresh(make_mesh: MeshFac
         assert newcomer.store.remaining_ttl(key, value) > before - 0.25
     finally:
         await newcomer.stop()
+
+
+async def test_throwaway_holdings_cannot_fill_a_chunks_key(make_mesh: MeshFactory) -> None:
+    """A chunk's root is public (its manifest lists it); holdings signed by throwaway keys are valid
+    records, so one host could fill the chunk's key and no real farmer could keep the chunk. One host
+    places a few (a chunk has a few holders); the real holder's holding still lands."""
+    honest = await make_mesh(3)
+    (forger,) = await hostile_nodes(1, honest)
+    try:
+        root = chunk_root(b"a chunk of a published blob")
+        key, target = chunk_key(root), honest[1]
+        taken = 0
+        for _ in range(40):
+            fake = Identity.generate()
+            taken += await forger.store_on(target.contact, key, holding_of(fake, root), 600.0)
+        assert taken == rules.per_host(holding_of(Identity.generate(), root))
+        holder = honest[0]
+        real = holding_of(holder.identity, root)
+        await holder.put(key, real)
+        assert real in target.store.get(key)
+    finally:
+        await stop_all([forger])
+
+
+def holding_of(holder: Identity, root: bytes) -> Value:
+    return signed_holding(holder, Holding(holder.node_id, root, 26, bytes(32), int(time.time())))

@@ -3,8 +3,9 @@
 A record kind (libp2p's namespaced validators, one per reserved value type) says how a value of its
 type is checked (`check`), under which key it lives (`key_of`), which version may follow which
 (`follows`), until when a value may live at the latest whatever anyone re-sends (`lives_until`, from
-times its signer signed), and whether anyone may keep it alive (`open_refresh`, for records that prove
-themselves). `RULES_VERSION` changes whenever what these rules accept changes: a node then drops what
+times its signer signed), whether anyone may keep it alive (`open_refresh`, for records that prove
+themselves), and how many of its values one host may place under one key (`per_host`, where the kind
+knows its keys hold few). `RULES_VERSION` changes whenever what these rules accept changes: a node then drops what
 its store holds that they refuse, once, when it starts (`DhtNode`).
 
 `check_value` runs wherever a value enters a node (a local put; a store, store-along or notify from a
@@ -39,6 +40,7 @@ class RecordKind:
     follows: Callable[[Value, Value], bool] = lambda current, incoming: True
     lives_until: Callable[[Value], float] | None = None
     open_refresh: bool = False
+    per_host: int | None = None  # values of this kind one host may place under one key (None: the store's share)
 
 
 def _farmer_follows(current: Value, incoming: Value) -> bool:
@@ -60,8 +62,12 @@ KINDS: dict[int, RecordKind] = {
         lambda value: blob.blob_key(blob.decode_manifest(value.data).blob_id),
         open_refresh=True,
     ),
+    # A chunk has a few holders, each putting its own holding: a host placing more than a few is making
+    # them up (throwaway keys), to fill the key so that no real holder can keep the chunk.
     HOLDING_TYPE: RecordKind(
-        holding.check_holding_value, lambda value: holding.chunk_key(holding.decode_holding(value.data).root)
+        holding.check_holding_value,
+        lambda value: holding.chunk_key(holding.decode_holding(value.data).root),
+        per_host=8,
     ),
     AUDIT_TYPE: RecordKind(
         audit.check_audit_value,
@@ -127,6 +133,12 @@ def lifetime(value: Value, now: float | None = None) -> float:
     limit = lives_until(value)
     type_life = expiry_for(value.type)
     return type_life if limit is None else min(type_life, limit - (time.time() if now is None else now))
+
+
+def per_host(value: Value) -> int | None:
+    """How many values of this one's kind one host may place under one key, if its kind says."""
+    kind = KINDS.get(value.type)
+    return None if kind is None else kind.per_host
 
 
 def open_refresh(value: Value) -> bool:

@@ -50,6 +50,29 @@ def _contact(node_id: bytes, host: str, port: int) -> Contact | None:
 
 
 @functools.lru_cache(maxsize=4096)
+def _scope(host: str) -> int:
+    """How far an address reaches: 0 nowhere (unspecified, multicast, broadcast, reserved), 1 this
+    machine (loopback), 2 a private network (RFC 1918, ULA, link-local), 3 the internet."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return 0
+    if address.is_unspecified or address.is_multicast or address.is_reserved or str(address) == "255.255.255.255":
+        return 0
+    if address.is_loopback:
+        return 1
+    return 2 if address.is_private or address.is_link_local else 3
+
+
+def reachable_via(referrer_host: str, host: str) -> bool:
+    """Whether a contact at `host`, offered by a peer at `referrer_host`, is worth dialling: never an
+    address that reaches nowhere, and none narrower than the peer's own (a peer on the internet has no
+    business naming our loopback or our private network, where it would make us send its datagrams)."""
+    scope = _scope(host)
+    return scope > 0 and (scope >= _scope(referrer_host) or scope == 3)
+
+
+@functools.lru_cache(maxsize=4096)
 def literal_ip(host: str) -> str | None:
     """`host` as a normalised literal IP address, or None. Names are refused: dialling one would make us
     resolve (and block on) whatever a peer chose. Cached: every find reply carries up to k contacts."""

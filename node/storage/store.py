@@ -121,10 +121,12 @@ class ValueStore:
         quotas: Quotas | None = None,
         may_follow: Callable[[Value, Value], bool] = lambda current, incoming: True,
         open_refresh: Callable[[Value], bool] = lambda value: False,
+        per_host: Callable[[Value], int | None] = lambda value: None,
     ) -> None:
         self.quotas = quotas or Quotas()
         self._may_follow = may_follow  # whether a newer version may replace the current one (record rules)
         self._open_refresh = open_refresh  # values anyone may refresh (self-proving records)
+        self._per_host = per_host  # a kind's own cap on its values from one host under one key
         self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -254,7 +256,8 @@ class ValueStore:
         ).fetchone()
         if count >= self.quotas.max_values_per_key:
             return Verdict.REFUSE_KEY_FULL
-        if origin != LOCAL_ORIGIN and from_origin >= self.quotas.max_values_per_key * self.quotas.key_share:
+        share = self._per_host(value) or self.quotas.max_values_per_key * self.quotas.key_share
+        if origin != LOCAL_ORIGIN and from_origin >= share:
             return Verdict.REFUSE_KEY_SHARE
         return None
 
