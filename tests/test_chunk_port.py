@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import msgpack
 import pytest
 
 from dhtmesh.crypto import Identity
@@ -32,7 +33,12 @@ from dhtmesh.node.streams.chunk_service import (
     prove_path,
 )
 from dhtmesh.node.streams.framing import announce, read_header
-from dhtmesh.node.streams.port_limits import MAX_CONNECTIONS_PER_ADDRESS, PROVES_PER_ADDRESS, connection_cap
+from dhtmesh.node.streams.port_limits import (
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_READS_PER_ADDRESS,
+    PROVES_PER_ADDRESS,
+    connection_cap,
+)
 
 from support import NodeProcess, audit_once_registered, get_json
 
@@ -342,3 +348,42 @@ async def test_a_failure_below_the_port_is_answered_counted_and_logged_once(
             await client.get(holder.address, ROOT)
     assert holder.count("chunk_port_internal_errors") == 5
     assert len([record for record in caplog.records if record.exc_info]) == 1
+
+
+async def test_reads_nobody_takes_hold_a_few_slots_of_one_address_and_nothing_else(tmp_path: Path) -> None:
+    """Gets need no signature: an address that asks for chunks and never reads them holds at most its
+    few read slots; another address still reads, and puts (their own slots) still land."""
+    identity = Identity.generate()
+    service = ChunkService(identity, ChunkStore(tmp_path / "chunks"))
+    await service.start("127.0.0.1", 0)
+    assert service._server is not None
+    address = service._server.sockets[0].getsockname()[:2]
+    big = os.urandom(CHUNK_SIZE)
+    root = chunk_root(big)
+    stalled: list[socket.socket] = []
+    try:
+        assert await ChunkClient(Identity.generate()).put(address, identity.node_id, root, big)
+        request = frame_of({"op": "get", "root": root})
+        for _ in range(MAX_READS_PER_ADDRESS + 2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: the send stalls
+            sock.bind(("127.0.0.3", 0))
+            sock.connect(address)
+            sock.sendall(request)
+            stalled.append(sock)
+        await asyncio.sleep(0.5)
+        assert service.counters.get("chunk_port_reads_over_address_cap") == 2
+        other = ChunkClient(Identity.generate())
+        assert await other.get(address, root) == big  # from 127.0.0.1
+        data = os.urandom(5000)
+        assert await other.put(address, identity.node_id, chunk_root(data), data)
+    finally:
+        for sock in stalled:
+            sock.close()
+        await service.stop()
+        service.chunks.close()
+
+
+def frame_of(header: dict) -> bytes:
+    packed = msgpack.packb({**header, "size": 0}, use_bin_type=True)
+    return struct.pack(">I", len(packed)) + packed

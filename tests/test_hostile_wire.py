@@ -994,3 +994,20 @@ async def test_ping_flood_is_rate_limited_and_other_peers_are_still_served(mesh:
         # Other hosts are still answered, and the mesh still works.
         assert await peer.ping(node) == node.node_id
         await assert_mesh_still_serves(mesh, peer)
+
+
+async def test_big_replies_one_host_never_pulls_cannot_push_out_anothers(mesh: list[DhtNode], peer: RawPeer) -> None:
+    """Each big reply is held for its asker to pull: one host asking for many and pulling none fills its
+    own share (then is refused), while another's big reply is still held for it and pulled whole."""
+    node = mesh[0]
+    await prove(peer, node)
+    value = Value(new_value_id(), os.urandom(60 * 1024))
+    await mesh[1].put(KEY, value)
+    assert node.store.get(KEY) == [value]
+    replies = [await peer.mesh_call(node, "dm_fetch", {"k": KEY, "o": b"", "i": value.id}) for _ in range(40)]
+    held = [reply for reply in replies if "big" in reply]
+    refused = [reply for reply in replies if reply.get("err") == "too many transfers in progress"]
+    assert held and refused and len(held) + len(refused) == 40
+    assert len(held) * math.ceil(61 * 1024 / PIECE_SIZE) * PIECE_SIZE <= MAX_PENDING_BYTES_PER_PEER
+    reply = await mesh[2].endpoint.call(node.address, "dm_fetch", {"k": KEY, "o": b"", "i": value.id})
+    assert reply.payload == value.to_wire()  # another host's big reply is held for it, and pulled whole

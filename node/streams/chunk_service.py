@@ -33,8 +33,11 @@ from dhtmesh.node.streams.framing import FramingError, frame, read_body, read_he
 from dhtmesh.node.streams.port_limits import (
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_READS,
+    MAX_READS_PER_ADDRESS,
     MAX_TRANSFERS,
     MAX_TRANSFERS_PER_ADDRESS,
+    SEND_TIMEOUT,
     ProveRates,
 )
 from dhtmesh.node.streams.proof_trees import ProofTrees
@@ -143,6 +146,7 @@ class ChunkService:
         self._requests = RequestLimiter(total_rate=2000.0, per_peer_rate=200.0)  # keeps the guard from filling
         self._connections = Slots("connections", max_connections, min(MAX_CONNECTIONS_PER_ADDRESS, max_connections))
         self._transfers = Slots("transfers", MAX_TRANSFERS, MAX_TRANSFERS_PER_ADDRESS)
+        self._reads = Slots("reads", MAX_READS, MAX_READS_PER_ADDRESS)
         self._proves = ProveRates()
         self._trees = ProofTrees(chunks, on_build=lambda: self.counters.add("chunk_port_trees_built"))
         self._server: asyncio.Server | None = None
@@ -223,7 +227,7 @@ class ChunkService:
 
     async def _get(self, header: dict[str, Any], group: str, held: contextlib.ExitStack) -> tuple[dict, bytes]:
         root = _root(header)
-        self._take(self._transfers, group, held)  # until the chunk is sent
+        self._take(self._reads, group, held)  # until the chunk is sent
         data = await self.chunks.get(root)
         if data is None:
             raise Refused(NOT_HELD)
@@ -312,7 +316,7 @@ async def _header(reader: asyncio.StreamReader) -> dict[str, Any]:
 async def _send(writer: asyncio.StreamWriter, reply: dict, body: bytes) -> None:
     try:
         writer.write(frame(reply, body))
-        async with asyncio.timeout(STREAM_TIMEOUT):
+        async with asyncio.timeout(SEND_TIMEOUT):
             await writer.drain()
     except (OSError, TimeoutError):
         pass  # the peer went away; nothing to tell it

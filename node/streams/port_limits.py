@@ -21,6 +21,12 @@ MAX_CONNECTIONS = 512
 # clients fill an address's share (8 each): a few nodes behind one address pass one another over.
 MAX_TRANSFERS_PER_ADDRESS = 16
 MAX_TRANSFERS = 32
+# Chunks being sent at once, apart from puts (a get needs no signature: two addresses holding every
+# slot with gets they never read made honest puts and reads pass this farmer over). A reader fetches
+# a chunk or two ahead; a send that cannot drain within `SEND_TIMEOUT` is cut.
+MAX_READS_PER_ADDRESS = 4
+MAX_READS = 32
+SEND_TIMEOUT = 10.0  # 4 MiB at 400 KiB/s
 # Proofs (rate per second, burst). An auditor challenges a holder once per audit period (at least
 # 1 s) for the one chunk it audits; a proof costs a tree build (~10 ms of hashing) unless kept.
 PROVES_PER_AUDITOR = (2.0, 5.0)

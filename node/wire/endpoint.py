@@ -29,7 +29,7 @@ import math
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -50,6 +50,7 @@ REFLECTION_FACTOR = 4
 # What a request carrying a nonce is padded to: its answer may then fill a whole datagram.
 PADDED_REQUEST = codec.MAX_DATAGRAM // REFLECTION_FACTOR + 1
 UNPROVEN = "unproven"
+TRANSFERS_FULL = "too many transfers in progress"
 UNPROVEN_RETRIES = 4
 UNPROVEN_BACKOFF = 0.05
 PULLS_PER_PIECE = 2  # one pull and one retry: a piece cannot be pulled over and over
@@ -123,6 +124,56 @@ class _Transfer:
     pulls: dict[int, int] = field(default_factory=dict)  # piece -> times served
 
 
+class _Transfers:
+    """Big messages held for peers, oldest first, with the bytes they reserve kept as running sums per
+    host and in all (no scan per piece). Every transfer lives `TRANSFER_TTL`, so they expire in the
+    order they came, and are dropped from the front. A host (its ports share one share) or everyone
+    over its reserve gets a refusal, never the eviction of another's transfer in progress."""
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[Any, _Transfer] = OrderedDict()
+        self._by_host: Counter[str] = Counter()
+        self._total = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, key: Any) -> _Transfer | None:
+        self._purge()
+        return self._held.get(key)
+
+    def add(self, key: Any, transfer: _Transfer) -> bool:
+        self._purge()
+        host, size = host_of(transfer.address[0]), transfer.count * PIECE_SIZE
+        if self._by_host[host] + size > MAX_PENDING_BYTES_PER_PEER or self._total + size > MAX_PENDING_BYTES:
+            return False
+        self._held[key] = transfer
+        self._by_host[host] += size
+        self._total += size
+        return True
+
+    def pop(self, key: Any) -> _Transfer | None:
+        transfer = self._held.pop(key, None)
+        if transfer is not None:
+            self._release(transfer)
+        return transfer
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        while self._held:
+            key, oldest = next(iter(self._held.items()))
+            if oldest.expires >= now:
+                return
+            self.pop(key)
+
+    def _release(self, transfer: _Transfer) -> None:
+        host = host_of(transfer.address[0])
+        self._by_host[host] -= transfer.count * PIECE_SIZE
+        if not self._by_host[host]:
+            del self._by_host[host]
+        self._total -= transfer.count * PIECE_SIZE
+
+
 class Endpoint(asyncio.DatagramProtocol):
     def __init__(
         self,
@@ -153,8 +204,8 @@ class Endpoint(asyncio.DatagramProtocol):
             "dm_done": self._serve_done,
             "dm_pull": self._serve_pull,
         }
-        self._incoming: OrderedDict[tuple[Address, bytes], _Transfer] = OrderedDict()
-        self._outgoing: OrderedDict[bytes, _Transfer] = OrderedDict()
+        self._incoming = _Transfers()  # keyed by (address, transfer id)
+        self._outgoing = _Transfers()  # keyed by transfer id
         self.transport: asyncio.DatagramTransport | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -299,11 +350,10 @@ class Endpoint(asyncio.DatagramProtocol):
             self._counters.add("oversized_replies")
             return {"err": "reply too large"}
         transfer_id = os.urandom(8)
-        self._purge(self._outgoing)
-        self._outgoing[transfer_id] = _Transfer(
-            address, dict(enumerate(pieces)), len(pieces), time.monotonic() + TRANSFER_TTL, len(encoded)
-        )
-        self._bound(self._outgoing)
+        held = _Transfer(address, dict(enumerate(pieces)), len(pieces), time.monotonic() + TRANSFER_TTL, len(encoded))
+        if not self._outgoing.add(transfer_id, held):
+            self._counters.add("transfers_refused")
+            return {"err": TRANSFERS_FULL}
         return {"big": [transfer_id, len(pieces)]}
 
     # ---- serving the transfer RPCs ------------------------------------------------------------
@@ -325,24 +375,21 @@ class Endpoint(asyncio.DatagramProtocol):
         ):
             raise RpcRefused("malformed piece")
         key = (request.address, transfer_id)
-        self._purge(self._incoming)
         transfer = self._incoming.get(key)
         if transfer is None:
-            if self._pending_bytes(request.address) + count * PIECE_SIZE > MAX_PENDING_BYTES_PER_PEER:
-                raise RpcRefused("too many transfers in progress")
             transfer = _Transfer(request.address, {}, count, time.monotonic() + TRANSFER_TTL)
-            self._incoming[key] = transfer
+            if not self._incoming.add(key, transfer):
+                raise RpcRefused(TRANSFERS_FULL)
         elif transfer.count != count:
             raise RpcRefused("piece count changed")
         if index not in transfer.pieces:
             transfer.pieces[index] = piece
             transfer.size += len(piece)
-        self._bound(self._incoming)
         return True
 
     def _serve_done(self, request: Request) -> Any:
         transfer_id = request.body.get("x")
-        transfer = self._incoming.pop((request.address, transfer_id), None) if isinstance(transfer_id, bytes) else None
+        transfer = self._incoming.pop((request.address, transfer_id)) if isinstance(transfer_id, bytes) else None
         if transfer is None or len(transfer.pieces) != transfer.count:
             raise RpcRefused("incomplete transfer")
         try:
@@ -369,22 +416,6 @@ class Endpoint(asyncio.DatagramProtocol):
             raise RpcRefused("no such piece")
         transfer.pulls[index] = served + 1
         return piece
-
-    def _pending_bytes(self, address: Address) -> int:
-        """What a peer's host has reserved for its transfers in progress (its ports share one share)."""
-        host = host_of(address[0])
-        return sum(t.count * PIECE_SIZE for t in self._incoming.values() if host_of(t.address[0]) == host)
-
-    @staticmethod
-    def _purge(transfers: OrderedDict) -> None:
-        now = time.monotonic()
-        for key in [key for key, transfer in transfers.items() if transfer.expires < now]:
-            del transfers[key]
-
-    @staticmethod
-    def _bound(transfers: OrderedDict) -> None:
-        while transfers and sum(t.count * PIECE_SIZE for t in transfers.values()) > MAX_PENDING_BYTES:
-            transfers.popitem(last=False)
 
     # ---- calling ------------------------------------------------------------------------------
 
