@@ -23,6 +23,7 @@ from dhtmesh.node.wire.ratelimit import Address
 
 MAX_QUEUED_EVENTS = 10000
 MAX_SUBSCRIBERS_PER_KEY = 256
+MAX_SUBSCRIBERS_PER_KEY_PER_HOST = 8  # a host's few nodes: one host cannot take every slot of a key
 MAX_SUBSCRIBED_KEYS = 65536
 MAX_SUBSCRIPTIONS_PER_NODE = 1024  # a node listens to at most max_listened_keys keys (256 by default)
 MAX_SUBSCRIPTIONS_PER_HOST = 4096  # a few nodes on one machine
@@ -165,17 +166,23 @@ class ListenerHub:
         return True
 
     def _has_room(self, key: bytes, subscribers: dict[Address, Subscriber], address: Address, node_id: bytes) -> bool:
+        host = host_of(address[0])
         return (
             (bool(subscribers) or len(self._subscribers) < MAX_SUBSCRIBED_KEYS)
             and len(subscribers) < MAX_SUBSCRIBERS_PER_KEY
+            and sum(host_of(other[0]) == host for other in subscribers) < MAX_SUBSCRIBERS_PER_KEY_PER_HOST
             and self._per_node[node_id] < MAX_SUBSCRIPTIONS_PER_NODE
             and self._per_host[host_of(address[0])] < MAX_SUBSCRIPTIONS_PER_HOST
             and self._per_subnet[subnet_of(address[0])] < MAX_SUBSCRIPTIONS_PER_SUBNET
         )
 
-    def unsubscribe(self, key: bytes, address: Address) -> None:
+    def unsubscribe(self, key: bytes, address: Address, node_id: bytes | None = None) -> None:
+        """Drop the subscription of `address` (only if it is `node_id`'s, when given)."""
         subscribers = self._subscribers.get(key)
         if subscribers is None:
+            return
+        known = subscribers.get(address)
+        if node_id is not None and known is not None and known.node_id != node_id:
             return
         dropped = subscribers.pop(address, None)
         if dropped is not None:

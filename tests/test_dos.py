@@ -19,14 +19,14 @@ import pytest
 
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode, ListenRefused
-from dhtmesh.node.listeners import MAX_SUBSCRIPTIONS_PER_NODE
+from dhtmesh.node.listeners import MAX_SUBSCRIBERS_PER_KEY_PER_HOST, MAX_SUBSCRIPTIONS_PER_NODE
 from dhtmesh.node.records import DIRECTORY_KEYS
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import RpcFailure
 
 from conftest import MeshFactory
-from support import ATTACKER, FAST, eventually, start_node
+from support import ATTACKER, FAST, eventually, start_node, udp_request
 
 
 async def call_all(calls: list, window: int = 64) -> list[bool]:
@@ -169,3 +169,24 @@ async def test_a_node_listens_to_a_bounded_number_of_keys_and_shares_subscriptio
         await registry.close()
     for listener in [*same_key, *others, extra, freed]:
         listener.close()
+
+
+async def test_one_host_takes_a_few_subscriber_slots_of_a_key_and_cannot_drop_others(make_mesh: MeshFactory) -> None:
+    (replica,) = await make_mesh(1)
+    key = os.urandom(20)
+    crowd = [await start_node(host=ATTACKER) for _ in range(MAX_SUBSCRIBERS_PER_KEY_PER_HOST + 4)]
+    honest = await start_node()
+    try:
+        for node in [*crowd, honest]:
+            await node.join([replica.address])
+        body = {"k": key, "ttl": 30.0}
+        accepted = await call_all([node.endpoint.call(replica.address, "dm_sub", body) for node in crowd])
+        assert sum(accepted) == MAX_SUBSCRIBERS_PER_KEY_PER_HOST  # a host's few nodes, not every slot of a key
+        await honest.endpoint.call(replica.address, "dm_sub", {"k": key, "ttl": 30.0})
+        # An address that never proved itself (a spoofed one, say) cannot drop anyone's subscription.
+        reply = await udp_request(replica.address, "dm_unsub", [honest.node_id, {"k": key}], source=honest.address[0])
+        assert reply == {"err": "unproven"}
+        assert (honest.address, honest.node_id) in replica.hub.subscribers_of(key)
+    finally:
+        for node in [*crowd, honest]:
+            await node.stop()

@@ -156,7 +156,9 @@ class MeshRpcs:
         return True
 
     def unsubscribe(self, request: Request) -> bool:
-        self._node.hub.unsubscribe(require_key(request.body.get("k")), request.address)
+        if not self._is_proven(request):
+            raise RpcRefused(UNPROVEN)  # else a spoofed datagram could drop anyone's subscription
+        self._node.hub.unsubscribe(require_key(request.body.get("k")), request.address, request.sender_id)
         return True
 
     def notify(self, request: Request) -> bool:
