@@ -953,8 +953,9 @@ async def test_F13_values_per_key_are_capped(make_mesh: MeshFactory) -> None:
     nodes = await make_mesh(2, config=replace(FAST, quotas=Quotas(max_values_per_key=8, key_share=1.0)))
     key = new_key()
     refused = 0
+    owner = Identity.generate()
     for _ in range(20):
-        wire = Value(new_value_id(), os.urandom(32)).to_wire()
+        wire = sign_value(owner, key, Value(new_value_id(), os.urandom(32))).to_wire()
         reply = await nodes[0].endpoint.call(nodes[1].address, "dm_store", {"k": key, "v": wire, "ttl": 60.0})
         refused += reply.payload == {"stored": False, "why": "too many values under this key"}
     assert len(nodes[1].store.get(key)) == 8

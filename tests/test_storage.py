@@ -202,14 +202,15 @@ def test_a_hand_off_passes_on_who_may_refresh(store: ValueStore) -> None:
     assert store.remaining_ttl(KEY, value) > 990
 
 
-def test_an_expired_signed_version_cannot_be_put_back_by_a_stranger(store: ValueStore) -> None:
+def test_an_expired_value_cannot_be_put_back_by_a_stranger(store: ValueStore) -> None:
     value, plain = signed(1, seq=3), unsigned(2)
     store.put(KEY, value, origin=PEER_A, ttl=60, sender=STORER)
     store.put(KEY, plain, origin=PEER_A, ttl=60, sender=STORER)
     assert len(store.expire(now=time.time() + 61)) == 2
     assert store.put(KEY, value, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED
     assert store.put(KEY, signed(1, seq=2), origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED
-    assert store.put(KEY, plain, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW  # nobody owns it
+    assert store.put(KEY, plain, origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.REFUSE_EXPIRED  # unsigned too
+    assert store.put(KEY, plain, origin=PEER_A, ttl=60, sender=STORER) is Verdict.NEW  # by its storer, again
     assert store.put(KEY, value, origin=PEER_A, ttl=60, sender=STORER) is Verdict.NEW
     assert store.expire(now=time.time() + 61)
     assert store.put(KEY, signed(1, b"v4", seq=4), origin=PEER_B, ttl=60, sender=STRANGER) is Verdict.NEW
@@ -281,7 +282,7 @@ def test_one_peer_host_fills_at_most_its_share_of_a_key(db_path: Path) -> None:
         assert store.put(KEY, unsigned(1), origin=PEER_A, ttl=TTL) is Verdict.HELD  # what it holds stays
         assert store.put(OTHER_KEY, unsigned(4), origin=PEER_A, ttl=TTL) is Verdict.NEW  # per key
         for value_id in range(10, 16):
-            store.put(KEY, unsigned(value_id), origin=LOCAL_ORIGIN, ttl=TTL)  # this node's own: no share
+            store.put(KEY, signed(value_id), origin=LOCAL_ORIGIN, ttl=TTL)  # this node's own: no share
         assert len(store.get(KEY)) == 8
     finally:
         store.close()
@@ -608,3 +609,15 @@ def test_a_page_or_an_id_is_found_without_reading_or_sorting_the_whole_key(store
         store._db = original
     assert plans and all("SCAN vals" not in plan for plan in plans), plans  # no query reads the whole key
     assert any("COVERING INDEX vals_order" in plan for plan in plans) and any("INDEX vals_id" in plan for plan in plans)
+
+
+def test_unsigned_values_fill_half_of_a_key_at_most(db_path: Path) -> None:
+    """Anyone can make unsigned values (four stock sources filled a key before): signed values, which
+    have owners, always have the other half."""
+    store = open_store(db_path, Quotas(max_values_per_key=8, key_share=1.0))
+    try:
+        verdicts = [store.put(KEY, unsigned(i), origin=f"10.0.{i}.1", ttl=TTL) for i in range(1, 7)]
+        assert verdicts == [Verdict.NEW] * 4 + [Verdict.REFUSE_KEY_FULL] * 2
+        assert [store.put(KEY, signed(i), origin=PEER_A, ttl=TTL) for i in range(10, 14)] == [Verdict.NEW] * 4
+    finally:
+        store.close()

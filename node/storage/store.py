@@ -7,9 +7,10 @@ Expiry times are wall-clock seconds, so they mean the same after a restart.
 Who may keep a value alive is part of what is stored: a value's *storer* (the proven peer that first
 gave it to this node, or the peer a hand-off names) and its owner may refresh it; a stranger re-sending
 the same bytes is told the value is `HELD`, and its expiry stays (else anyone could keep anything
-alive, a cancelled permanent put included). A signed value that expired leaves a tombstone for as long
-as it was held here (at most a lifetime of its type), so a stranger cannot put it back either; the
-tombstones are capped in number, the oldest ending first. Quotas are charged per origin: a peer host
+alive, a cancelled permanent put included). A value that expired leaves a tombstone for as long as it
+was held here (at most a lifetime of its type), so a stranger cannot put it back either; the
+tombstones are capped in number, the oldest ending first. Unsigned values may fill half of a key at
+most, so that signed values always have room. Quotas are charged per origin: a peer host
 (`netgroup.host_of`), this node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`),
 stock peers sharing one small budget since they never prove their address. A disk that fails or fills is a refusal
 (`Verdict.REFUSE_DISK_FULL`, `REFUSE_STORAGE_ERROR`), logged once, never an exception: reads go on.
@@ -239,22 +240,24 @@ class ValueStore:
         return bool(sender) and sender in (storer, _owner_id(value))
 
     def _new_value_refusal(self, key: bytes, value: Value, origin: str, sender: bytes) -> Verdict | None:
-        """Whether a value new to this key must be refused: a signed version that expired here, put back
-        by someone who may not refresh it; a full key; a key whose share for this origin is used up."""
-        if value.signed:
-            tomb = self._db.execute(
-                "SELECT seq, storer FROM tombs WHERE key=? AND owner=? AND vid=? AND until > ?",
-                (key, value.owner, _sql_id(value.id), time.time()),
-            ).fetchone()
-            if tomb is not None and value.seq <= tomb[0] and not self._may_refresh(value, origin, sender, tomb[1]):
-                return Verdict.REFUSE_EXPIRED
+        """Whether a value new to this key must be refused: a version that expired here, put back by
+        someone who may not refresh it; a full key (or its unsigned half); a key whose share for this
+        origin is used up."""
+        tomb = self._db.execute(
+            "SELECT seq, storer FROM tombs WHERE key=? AND owner=? AND vid=? AND until > ?",
+            (key, value.owner, _sql_id(value.id), time.time()),
+        ).fetchone()
+        if tomb is not None and value.seq <= tomb[0] and not self._may_refresh(value, origin, sender, tomb[1]):
+            return Verdict.REFUSE_EXPIRED
         stock = origin.startswith(STOCK_PREFIX)
-        count, from_origin = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ? THEN origin LIKE 'stock %' ELSE origin = ? END), 0) "
-            "FROM vals WHERE key=?",
+        count, from_origin, unsigned = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ? THEN origin LIKE 'stock %' ELSE origin = ? END), 0), "
+            "COALESCE(SUM(owner = X''), 0) FROM vals WHERE key=?",
             (stock, origin, key),
         ).fetchone()
         if count >= self.quotas.max_values_per_key:
+            return Verdict.REFUSE_KEY_FULL
+        if not value.signed and unsigned >= self.quotas.max_values_per_key // 2:
             return Verdict.REFUSE_KEY_FULL
         share = self._per_host(value) or self.quotas.max_values_per_key * self.quotas.key_share
         if origin != LOCAL_ORIGIN and from_origin >= share:
@@ -309,7 +312,7 @@ class ValueStore:
             if rows:
                 self._db.execute("BEGIN")
                 self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
-                self._bury([row for row in rows if row[1]], now)
+                self._bury(rows, now)
                 self._db.execute("COMMIT")
             self._db.execute("DELETE FROM tombs WHERE until <= ?", (now,))
         except sqlite3.OperationalError as error:
@@ -322,7 +325,7 @@ class ValueStore:
         return [(row[0], _row_value(row[1:9])) for row in rows]
 
     def _bury(self, rows: list[tuple], now: float) -> None:
-        """Tombstones of expired signed values, each for as long as its value was held (a value stored
+        """Tombstones of expired values, each for as long as its value was held (a value stored
         for a second leaves a tombstone for a second), within the type's lifetime and the cap."""
         self._db.executemany(
             "INSERT OR REPLACE INTO tombs VALUES (?,?,?,?,?,?)",
