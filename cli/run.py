@@ -23,9 +23,9 @@ from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
 from dhtmesh.node.blobs.placement import Placer
-from dhtmesh.node.blobs.upload import MAX_CHUNKS
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
+from dhtmesh.node.records.blob import MAX_CHUNKS
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.registry import FarmerRegistry

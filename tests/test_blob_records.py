@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.merkle import chunk_root
-from dhtmesh.node.audits.choice import choose_chunks, epoch_of
+from dhtmesh.node.audits.choice import choose_chunks, chunk_universe, epoch_of
 from dhtmesh.node.audits.reputation import CONFIRMING_AUDITORS, WINDOW, reputation
 from dhtmesh.node.blobs.upload import BlobTooLarge, chunks_of
 from dhtmesh.node.records import RESERVED_TYPES, InvalidRecord, check_value, is_valid_successor
@@ -31,7 +31,7 @@ from dhtmesh.node.records.audit import (
     decode_audit_log,
     signed_audit_log,
 )
-from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, blob_key, blob_value_id, signed_manifest
+from dhtmesh.node.records.blob import BLOB_KEYS, MAX_CHUNKS, Manifest, blob_key, blob_value_id, signed_manifest
 from dhtmesh.node.records.farmer import farmer_value_id
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.records.keys import reserved_type
@@ -242,8 +242,9 @@ def test_reputation_counts_the_window_only_and_sums_distinct_chunks() -> None:
 def test_the_audit_choice_depends_on_the_auditor_and_the_epoch_only() -> None:
     chunks = [(bytes([b]) * 32, i) for b in range(10) for i in range(4)]
     auditor = b"A" * 20
-    first = choose_chunks(auditor, 7, chunks, 3)
-    assert first == choose_chunks(auditor, 7, list(reversed(chunks)), 3)  # not steered by listing order
+    first = choose_chunks(auditor, 7, chunk_universe(chunks), 3)
+    assert first == choose_chunks(auditor, 7, chunk_universe(list(reversed(chunks))), 3)  # not steered by order
+    chunks = chunk_universe(chunks)
     assert len(set(first)) == 3 and set(first) <= set(chunks)
     picks = {tuple(choose_chunks(auditor, epoch, chunks, 3)) for epoch in range(20)}
     assert len(picks) > 15  # a new choice every epoch
@@ -351,3 +352,15 @@ async def test_a_chunk_store_from_before_pending_chunks_keeps_what_it_held(tmp_p
     more = os.urandom(100)
     assert await reopened.put(chunk_root(more), more) and not reopened.is_kept(chunk_root(more))
     reopened.close()
+
+
+def test_a_manifest_lists_at_most_what_an_upload_can_make() -> None:
+    """Anyone may sign a manifest, and every auditor draws from every chunk listed: the rule, not only
+    uploads, caps a manifest's chunks."""
+    signer = Identity.generate()
+    too_many = Manifest(tuple(os.urandom(32) for _ in range(MAX_CHUNKS + 1)), (1,) * (MAX_CHUNKS + 1))
+    value = signed_manifest(signer, too_many)
+    with pytest.raises(InvalidRecord, match=f"1 to {MAX_CHUNKS} chunks"):
+        check_value(blob_key(too_many.blob_id), value)
+    just_enough = Manifest(too_many.chunk_roots[:MAX_CHUNKS], (1,) * MAX_CHUNKS)
+    check_value(blob_key(just_enough.blob_id), signed_manifest(signer, just_enough))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dhtmesh.crypto.merkle import chunk_root
-from dhtmesh.node.audits.choice import choose_chunks, epoch_of
+from dhtmesh.node.audits.choice import choose_chunks, chunk_universe, epoch_of
 from dhtmesh.node.audits.journal import AuditJournal
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.placement import Placer
@@ -69,6 +69,7 @@ class Auditor:
         self._clock = clock
         self._journal = AuditJournal(placer.node)
         self._manifests: dict[bytes, Manifest] = {}
+        self._universe: list[tuple[bytes, int]] = []  # every (blob id, chunk index), as choice draws
         self._catalog_epoch: int | None = None
 
     async def run(self) -> None:
@@ -82,20 +83,21 @@ class Auditor:
                 log.exception("audit round failed")
 
     async def audit_round(self, epoch: int) -> list[ChunkAudit]:
-        manifests = await self._catalog(epoch)
-        chunks = [(blob_id, index) for blob_id, m in manifests.items() for index in range(len(m.chunk_roots))]
-        chosen = choose_chunks(self._node.node_id, epoch, chunks, CHUNKS_PER_ROUND)
-        return [await self.audit_chunk(manifests[blob_id], index) for blob_id, index in chosen]
+        await self._catalog(epoch)
+        chosen = choose_chunks(self._node.node_id, epoch, self._universe, CHUNKS_PER_ROUND)
+        return [await self.audit_chunk(self._manifests[blob_id], index) for blob_id, index in chosen]
 
-    async def _catalog(self, epoch: int) -> dict[bytes, Manifest]:
-        """Every blob's manifest, read from the directory shards every few epochs (each epoch while none)."""
+    async def _catalog(self, epoch: int) -> None:
+        """Every blob's manifest, read from the directory shards every few epochs (each epoch while none),
+        and the chunks they list, sorted once per read."""
         stale = self._catalog_epoch is None or epoch - self._catalog_epoch >= CATALOG_REFRESH_PERIODS
         if stale or not self._manifests:
             shards = await asyncio.gather(*(self._node.get(key, value_type=BLOB_MANIFEST_TYPE) for key in BLOB_KEYS))
             manifests = [manifest for values in shards for manifest in manifests_in(values)]
             self._manifests = {manifest.blob_id: manifest for manifest in manifests}
+            chunks = [(blob_id, i) for blob_id, m in self._manifests.items() for i in range(len(m.chunk_roots))]
+            self._universe = chunk_universe(chunks)
             self._catalog_epoch = epoch
-        return self._manifests
 
     async def audit_chunk(self, manifest: Manifest, index: int) -> ChunkAudit:
         root, length = manifest.chunk_roots[index], manifest.chunk_lengths[index]

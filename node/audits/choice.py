@@ -13,10 +13,16 @@ def epoch_of(now: float, period: float) -> int:
     return int(now // period)
 
 
+def chunk_universe(chunks: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """The chunks an auditor draws from, in the one order everyone computes: distinct and sorted (built
+    once per catalog, not per draw: a catalog can list millions of chunks)."""
+    return sorted(set(chunks))
+
+
 def choose_chunks(
-    auditor_id: bytes, epoch: int, chunks: list[tuple[bytes, int]], count: int
+    auditor_id: bytes, epoch: int, universe: list[tuple[bytes, int]], count: int
 ) -> list[tuple[bytes, int]]:
-    """`count` distinct `(blob id, chunk index)` of `chunks`, as the auditor must pick them this epoch."""
+    """`count` distinct `(blob id, chunk index)` of `universe` (from `chunk_universe`), as the auditor
+    must pick them this epoch."""
     seed = hashlib.sha256(_DOMAIN + auditor_id + epoch.to_bytes(8, "big")).digest()
-    universe = sorted(set(chunks))
     return random.Random(seed).sample(universe, min(count, len(universe)))

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import PutRefused
-from dhtmesh.node.records.blob import Manifest, blob_key, signed_manifest
+from dhtmesh.node.records.blob import MAX_CHUNKS, Manifest, blob_key, signed_manifest
 from dhtmesh.node.storage.chunks import CHUNK_SIZE
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.policy import Verdict
@@ -22,7 +22,6 @@ from dhtmesh.node.values.policy import Verdict
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOB_LIMIT = 1024**3
-MAX_CHUNKS = 1536  # what a manifest (at most 64 KiB of data) can list: 6 GiB of 4 MiB chunks
 CHUNKS_IN_FLIGHT = 2
 
 

@@ -24,6 +24,9 @@ from dhtmesh.node.values.value import Value, sign_value
 
 BLOB_SHARDS = 16
 BLOB_ID_SIZE = 32
+# What a manifest (at most 64 KiB of data) can list: 6 GiB of 4 MiB chunks. Enforced by the rule, not
+# only by uploads: anyone can sign a manifest, and every auditor's catalog holds every chunk listed.
+MAX_CHUNKS = 1536
 _KEY_DOMAIN = b"dhtmesh/blobs/"
 _FORMAT = 1
 
@@ -77,8 +80,8 @@ def decode_manifest(data: bytes) -> Manifest:
     if not (isinstance(fields, list) and len(fields) == 3 and fields[0] == _FORMAT):
         raise InvalidRecord("manifest data is not a format-1 manifest")
     _, roots, lengths = fields
-    if not (isinstance(roots, list) and isinstance(lengths, list) and 0 < len(roots) == len(lengths)):
-        raise InvalidRecord("a manifest lists one length per chunk root, and at least one chunk")
+    if not (isinstance(roots, list) and isinstance(lengths, list) and 0 < len(roots) == len(lengths) <= MAX_CHUNKS):
+        raise InvalidRecord(f"a manifest lists one length per chunk root, 1 to {MAX_CHUNKS} chunks")
     if not all(isinstance(root, bytes) and len(root) == ROOT_SIZE for root in roots):
         raise InvalidRecord("chunk roots are 32 bytes")
     empty_blob = len(lengths) == 1 and type(lengths[0]) is int and lengths[0] == 0
