@@ -62,17 +62,21 @@ class _Candidates:
     def _believed(self, alive: list[Contact]) -> Iterable[Contact]:
         """`alive` (nearest first) but for candidates only distrusted peers vouch for, and with at most
         `per_referrer` unheard candidates on one peer's word at a time."""
-        unheard: Counter[bytes] = Counter()
+        unheard: dict[bytes, int] = {}
         for contact in alive:
-            introducers = self._introducers.get(contact.node_id, set())
-            if contact.node_id in self.answered or not introducers:
+            introducers = self._introducers.get(contact.node_id)
+            if not introducers or contact.node_id in self.answered:
                 yield contact
                 continue
-            trusted = [r for r in introducers if self._failures[r] < self._per_referrer]
-            referrer = min(trusted, key=lambda r: unheard[r], default=None)
-            if referrer is None or unheard[referrer] >= self._per_referrer:
+            # The believed introducer with the fewest candidates out so far, if it has one to spare.
+            referrer, fewest = None, self._per_referrer
+            for introducer in introducers:
+                out = unheard.get(introducer, 0)
+                if out < fewest and self._failures.get(introducer, 0) < self._per_referrer:
+                    referrer, fewest = introducer, out
+            if referrer is None:
                 continue
-            unheard[referrer] += 1
+            unheard[referrer] = fewest + 1
             yield contact
 
     def nearest_alive(self, k: int) -> list[Contact]:

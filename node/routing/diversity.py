@@ -9,7 +9,6 @@ makes up. The contact a lookup is looking for (its own id) is always admitted, s
 even where its neighbours crowd its host.
 """
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,18 +24,24 @@ class Diversity:
     def pick(self, contacts: Iterable[Contact], count: int, target: bytes | None = None) -> list[Contact]:
         """The first `count` of `contacts` (in their order) that keep within the caps; `target`'s own
         contact, if met, is always taken."""
-        hosts: Counter[str] = Counter()
-        subnets: Counter[str] = Counter()
+        # Plain dicts and one pass: this runs on every answer a lookup gets (a fifth of a put's CPU
+        # when written with Counters).
+        hosts: dict[str, int] = {}
+        subnets: dict[str, int] = {}
         picked: list[Contact] = []
+        if count <= 0:
+            return picked
         for contact in contacts:
+            host = host_of(contact.host)
+            subnet = subnet_of(host)
+            on_host, in_subnet = hosts.get(host, 0), subnets.get(subnet, 0)
+            if (on_host >= self.per_host or in_subnet >= self.per_subnet) and contact.node_id != target:
+                continue
+            hosts[host] = on_host + 1
+            subnets[subnet] = in_subnet + 1
+            picked.append(contact)
             if len(picked) >= count:
                 break
-            host, subnet = host_of(contact.host), subnet_of(contact.host)
-            if contact.node_id != target and (hosts[host] >= self.per_host or subnets[subnet] >= self.per_subnet):
-                continue
-            hosts[host] += 1
-            subnets[subnet] += 1
-            picked.append(contact)
         return picked
 
     def admits(self, present: Iterable[Contact], newcomer: Contact) -> bool:
