@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """DHT vs stock kademlia 2.2.3: the same workload on dhtmesh `DhtNode`s and on stock `kademlia.Server`s.
 
-Layout (identical for both systems, loopback 127.0.0.1 only, ephemeral ports):
+Layout (identical for both systems but the addresses, loopback only, ephemeral ports; stock nodes all on
+127.0.0.1, each dhtmesh node on a loopback address of its own, `loopback_host`, as its per-host limits
+would otherwise see one machine):
   * N nodes in this one asyncio process (N from `--sizes`, default 20,50,200), each bootstrapped to node 0
     (star). Then a settle pass: dhtmesh nodes each look up their own id concurrently (as
     tests/conftest.py does); stock nodes bootstrap a second time, one after the other, to node 0 (node 0
@@ -865,7 +867,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def print_report(document: dict[str, Any]) -> None:
     host = document["host"]
-    print(f"DHT vs stock kademlia 2.2.3 (127.0.0.1, one asyncio process per mesh unless 'procs'; {host['cpus']} CPUs,")
+    print(f"DHT vs stock kademlia 2.2.3 (loopback, one asyncio process per mesh unless 'procs'; {host['cpus']} CPUs,")
     print(f"load average {host['loadavg_start'][0]:.2f} at start, {host['loadavg_end'][0]:.2f} at end)")
     print_table(document["rows"])
     for setup in document["setup"]:
@@ -886,7 +888,7 @@ def print_report(document: dict[str, Any]) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="dhtmesh vs stock kademlia 2.2.3 on 127.0.0.1")
+    parser = argparse.ArgumentParser(description="dhtmesh vs stock kademlia 2.2.3 on loopback")
     parser.add_argument("--sizes", default="20,50,200", help="mesh sizes, comma-separated")
     parser.add_argument("--ops", type=int, default=200, help="puts, gets and non-holder gets per size")
     parser.add_argument("--quick", action="store_true", help="sizes 20,50 and 50 ops")

@@ -4,6 +4,8 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from dhtmesh.node.wire.netgroup import host_of, subnet_of
+
 ID_BITS = 160
 ID_BYTES = ID_BITS // 8
 
@@ -13,10 +15,16 @@ class Contact:
     node_id: bytes
     host: str
     port: int
-    id_int: int = field(init=False, repr=False, compare=False)  # for XOR distance, computed once
+    # Computed once: XOR distance is taken, and the host and subnet counted, for every contact each time
+    # a lookup hears an answer.
+    id_int: int = field(init=False, repr=False, compare=False)
+    host_group: str = field(init=False, repr=False, compare=False)  # `netgroup.host_of(host)`
+    subnet_group: str = field(init=False, repr=False, compare=False)  # `netgroup.subnet_of(host)`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id_int", int.from_bytes(self.node_id, "big"))
+        object.__setattr__(self, "host_group", host_of(self.host))
+        object.__setattr__(self, "subnet_group", subnet_of(self.host))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -362,16 +362,22 @@ class ValueStore:
         """Up to `limit` (-1: all) values under `key` (of one type, if given) from position `offset`, in a
         stable order that puts signed values first (for paging)."""
         where, params = _where(key, value_type)
-        signed = self._db.execute(f"SELECT COUNT(*) FROM vals WHERE {where} AND {_SIGNED}", params).fetchone()[0]
-        rows = []
-        if offset < signed:
-            rows = self._range(where, _SIGNED, params, limit, offset)
+        if offset == 0:  # the first page (and every get): no count needed, the signed range says it all
+            rows = self._range(where, _SIGNED, params, limit, 0)
+            unsigned_offset = 0
+        else:
+            signed = self._db.execute(f"SELECT COUNT(*) FROM vals WHERE {where} AND {_SIGNED}", params).fetchone()[0]
+            rows = self._range(where, _SIGNED, params, limit, offset) if offset < signed else []
+            unsigned_offset = max(0, offset - signed)
         if limit < 0 or len(rows) < limit:
             rest = limit - len(rows) if limit >= 0 else -1
-            rows += self._range(where, _UNSIGNED, params, rest, max(0, offset - signed))
+            rows += self._range(where, _UNSIGNED, params, rest, unsigned_offset)
         return [_row_value(row) for row in rows]
 
     def _range(self, where: str, owners: str, params: tuple, limit: int, offset: int) -> list:
+        if offset == 0:  # nothing to skip: the primary key's own order gives the rows directly
+            query = f"SELECT {_VALUE_COLUMNS} FROM vals WHERE {where} AND {owners} ORDER BY owner, vid LIMIT ?"
+            return self._db.execute(query, (*params, limit)).fetchall()
         page = (
             f"SELECT key, owner, vid FROM vals INDEXED BY vals_order WHERE {where} AND {owners} "
             "ORDER BY owner, vid LIMIT ? OFFSET ?"
