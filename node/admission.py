@@ -242,4 +242,3 @@ class Admission:
             return None
         contact = Contact(node_id, *address)
         return contact if self.accept_proof(contact, nonce, reply.proof) else None
-

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dhtmesh.node.values.value import Value
 from dhtmesh.node.wire.netgroup import host_of, subnet_of
-from dhtmesh.node.wire.ratelimit import Address
+from dhtmesh.node.wire.ratelimit import Address, tally
 
 MAX_QUEUED_EVENTS = 10000
 MAX_SUBSCRIBERS_PER_KEY = 256
@@ -172,7 +172,7 @@ class ListenerHub:
             and len(subscribers) < MAX_SUBSCRIBERS_PER_KEY
             and sum(host_of(other[0]) == host for other in subscribers) < MAX_SUBSCRIBERS_PER_KEY_PER_HOST
             and self._per_node[node_id] < MAX_SUBSCRIPTIONS_PER_NODE
-            and self._per_host[host_of(address[0])] < MAX_SUBSCRIPTIONS_PER_HOST
+            and self._per_host[host] < MAX_SUBSCRIPTIONS_PER_HOST
             and self._per_subnet[subnet_of(address[0])] < MAX_SUBSCRIPTIONS_PER_SUBNET
         )
 
@@ -186,9 +186,9 @@ class ListenerHub:
             return
         dropped = subscribers.pop(address, None)
         if dropped is not None:
-            _decrement(self._per_node, dropped.node_id)
-            _decrement(self._per_host, host_of(address[0]))
-            _decrement(self._per_subnet, subnet_of(address[0]))
+            tally(self._per_node, dropped.node_id, -1)
+            tally(self._per_host, host_of(address[0]), -1)
+            tally(self._per_subnet, subnet_of(address[0]), -1)
             self._subscriptions -= 1
         if not subscribers:
             del self._subscribers[key]
@@ -219,9 +219,3 @@ class ListenerHub:
 
     def subscription_count(self) -> int:
         return self._subscriptions
-
-
-def _decrement(counter: Counter, item: object) -> None:
-    counter[item] -= 1
-    if counter[item] <= 0:
-        del counter[item]

@@ -76,7 +76,7 @@ async def _signing_farmer(request: web.Request, failure: str) -> bytes:
     """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
     The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
-    if not request.app[SIGNED_LIMITER].allow((client_of(request), 0)):
+    if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
         raise BadRequest(f"{failure}: too many signed requests; retry in a second.", status=429)
     body = await request.read()
     try:

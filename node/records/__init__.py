@@ -15,7 +15,6 @@ from dhtmesh.node.records.rules import (
     check_value,
     is_valid_successor,
     lifetime,
-    lives_until,
     open_refresh,
 )
 
@@ -30,7 +29,6 @@ __all__ = [
     "farmer_value_id",
     "is_valid_successor",
     "lifetime",
-    "lives_until",
     "open_refresh",
     "signed_farmer_value",
 ]

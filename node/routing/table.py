@@ -191,4 +191,3 @@ class RoutingTable:
             (lower if contact.id_int < middle else upper).replacements[node_id] = contact
         index = self._buckets.index(bucket)
         self._buckets[index : index + 1] = [lower, upper]
-

@@ -31,6 +31,7 @@ from dhtmesh.node.values.policy import Verdict, judge_update
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value, value_from_wire
 from dhtmesh.node.wire.netgroup import subnet_of
+from dhtmesh.node.wire.ratelimit import tally
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,9 @@ class ValueStore:
             return Verdict.REFUSE_EXPIRED
         stock = origin.startswith(STOCK_PREFIX)
         count, from_origin, unsigned = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ? THEN origin LIKE 'stock %' ELSE origin = ? END), 0), "
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN ? THEN origin LIKE ? ELSE origin = ? END), 0), "
             "COALESCE(SUM(owner = X''), 0) FROM vals WHERE key=?",
-            (stock, origin, key),
+            (stock, STOCK_PREFIX + "%", origin, key),
         ).fetchone()
         if count >= self.quotas.max_values_per_key:
             return Verdict.REFUSE_KEY_FULL
@@ -272,10 +273,7 @@ class ValueStore:
         if origin.startswith(STOCK_PREFIX):
             self.stock_bytes += charge
         elif origin != LOCAL_ORIGIN:
-            subnet = subnet_of(origin)
-            self._subnet_charges[subnet] += charge
-            if not self._subnet_charges[subnet]:
-                del self._subnet_charges[subnet]
+            tally(self._subnet_charges, subnet_of(origin), charge)
         if not self._values[origin]:
             del self._charges[origin], self._values[origin]  # origins come and go: keep only live ones
 
@@ -301,7 +299,7 @@ class ValueStore:
         return None
 
     def expire(self, now: float | None = None) -> list[tuple[bytes, Value]]:
-        """Remove and return every value whose time is up; each signed one leaves a tombstone."""
+        """Remove and return every value whose time is up; each leaves a tombstone."""
         now = time.time() if now is None else now
         try:
             rows = self._db.execute(

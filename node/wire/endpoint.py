@@ -37,7 +37,7 @@ from typing import Any, TypeVar, cast
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.netgroup import host_of
-from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
+from dhtmesh.node.wire.ratelimit import Address, RequestLimiter, tally
 from dhtmesh.node.wire.rtt import RttEstimator
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class _Transfers:
         if self._by_host[host] + size > MAX_PENDING_BYTES_PER_PEER or self._total + size > MAX_PENDING_BYTES:
             return False
         self._held[key] = transfer
-        self._by_host[host] += size
+        tally(self._by_host, host, size)
         self._total += size
         return True
 
@@ -167,10 +167,7 @@ class _Transfers:
             self.pop(key)
 
     def _release(self, transfer: _Transfer) -> None:
-        host = host_of(transfer.address[0])
-        self._by_host[host] -= transfer.count * PIECE_SIZE
-        if not self._by_host[host]:
-            del self._by_host[host]
+        tally(self._by_host, host_of(transfer.address[0]), -transfer.count * PIECE_SIZE)
         self._total -= transfer.count * PIECE_SIZE
 
 

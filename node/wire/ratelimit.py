@@ -32,6 +32,36 @@ class TokenBucket:
         return True
 
 
+MAX_TRACKED = 4096  # buckets kept, most recently used first: many keys cannot grow memory
+
+
+class Buckets:
+    """A token bucket per key (a host, an auditor id), for the most recently used keys."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = MAX_TRACKED) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str | bytes, TokenBucket] = OrderedDict()
+
+    def bucket(self, key: str | bytes, rate: float | None = None) -> TokenBucket:
+        """`key`'s bucket, made full on first use; `rate`, if given, is its rate and burst from now on
+        (its tokens carry over)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(rate or self._rate, rate or self._burst)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            if rate is not None:
+                bucket.rate = bucket.burst = rate
+        return bucket
+
+    def take(self, key: str | bytes) -> bool:
+        return self.bucket(key).take(time.monotonic())
+
+
 class RequestLimiter:
     """A global bucket plus one bucket per host (OpenDHT: 8,192 req/s, a peer 1/8 of that).
 
@@ -45,31 +75,29 @@ class RequestLimiter:
 
     TRUSTED_FACTOR = 4
 
-    def __init__(self, total_rate: float = 8192.0, per_peer_rate: float = 1024.0, max_peers: int = 4096):
+    def __init__(self, total_rate: float = 8192.0, per_peer_rate: float = 1024.0, max_peers: int = MAX_TRACKED):
         self._total = TokenBucket(total_rate, total_rate)
         self._per_peer_rate = per_peer_rate
-        self._peers: OrderedDict[str, TokenBucket] = OrderedDict()
-        self._max_peers = max_peers
+        self._hosts = Buckets(per_peer_rate, per_peer_rate, max_peers)
 
     def allow(self, address: Address, trusted: bool = False) -> bool:
-        now = time.monotonic()
-        host = host_of(address[0])
-        bucket = self._peers.get(host)
+        return self.allow_host(host_of(address[0]), trusted)
+
+    def allow_host(self, host: str, trusted: bool = False) -> bool:
+        """One request from `host` (`netgroup.host_of`), if its budget and everyone's allow it."""
+        # A host's budget follows whether a proven peer speaks from it now; its tokens carry over, so
+        # alternating proven and unproven ports cannot refill the bucket.
         rate = self._per_peer_rate * (self.TRUSTED_FACTOR if trusted else 1)
-        if bucket is None:
-            bucket = TokenBucket(rate, rate)
-            self._peers[host] = bucket
-            if len(self._peers) > self._max_peers:
-                self._peers.popitem(last=False)
-        else:
-            # A host's budget follows whether a proven peer speaks from it now; its tokens carry over,
-            # so alternating proven and unproven ports cannot refill the bucket.
-            bucket.rate = bucket.burst = rate
-            self._peers.move_to_end(host)
-        return bucket.take(now) and self._total.take(now)
+        now = time.monotonic()
+        return self._hosts.bucket(host, rate).take(now) and self._total.take(now)
 
 
-MAX_TRACKED = 4096  # buckets kept, most recently used first: many keys cannot grow memory
+def tally(counts: Counter, key: object, delta: int) -> None:
+    """Add `delta` to `key`'s count, forgetting a key whose count falls to zero (hosts come and go:
+    only those holding something cost memory)."""
+    counts[key] += delta
+    if counts[key] <= 0:
+        del counts[key]
 
 
 class Full(Exception):
@@ -103,9 +131,7 @@ class Slots:
 
     def give(self, host: str) -> None:
         self.in_use -= 1
-        self._held[host] -= 1
-        if not self._held[host]:
-            del self._held[host]
+        tally(self._held, host, -1)
 
     @contextmanager
     def held(self, host: str) -> Iterator[None]:
@@ -115,23 +141,3 @@ class Slots:
             yield
         finally:
             self.give(host)
-
-
-class Buckets:
-    """A token bucket per key (an address group, an auditor id), for the most recently used keys."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = MAX_TRACKED) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str | bytes, TokenBucket] = OrderedDict()
-
-    def take(self, key: str | bytes) -> bool:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        return bucket.take(time.monotonic())
