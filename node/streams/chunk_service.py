@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -172,9 +173,10 @@ class ChunkService:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         group = host_of(str((writer.get_extra_info("peername") or ("",))[0]))
         with contextlib.ExitStack() as held:  # the slots this connection holds, freed when it ends
+            connection = _Connection(reader, writer, group, held)
             try:
-                self._take(self._connections, group, held)
-                reply, body = await self._request(reader, writer, group, held)
+                connection.take(self._connections)
+                reply, body = await self._request(connection)
             except Refused as refusal:
                 self.counters.add(REFUSED)
                 if refusal.counter:
@@ -185,49 +187,32 @@ class ChunkService:
                 reply, body = {"err": "internal error"}, b""
             await _send(writer, reply, body)
 
-    @staticmethod
-    def _take(slots: Slots, group: str, held: contextlib.ExitStack) -> None:
-        """One of `slots` for this connection until it ends, or a refusal at once."""
-        try:
-            held.enter_context(slots.held(group))
-        except Full as full:
-            raise Refused(str(full), f"chunk_port_{full.what}_over_{full.scope}_cap") from full
-
-    async def _request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, group: str, held: contextlib.ExitStack
-    ) -> tuple[dict, bytes]:
+    async def _request(self, connection: "_Connection") -> tuple[dict, bytes]:
         try:
             async with asyncio.timeout(STREAM_TIMEOUT):
-                if not self._requests.allow((group, 0)):
+                if not self._requests.allow_host(connection.group):
                     raise Refused(TOO_MANY_REQUESTS, "chunk_port_rate_limited")
-                return await self._answer(await _header(reader), reader, writer, group, held)
+                return await self._answer(await _header(connection.reader), connection)
         except FramingError as error:
             raise Refused(str(error), "chunk_port_bad_frames") from error
         except TimeoutError as error:
             raise Refused("timed out", "chunk_port_timeouts") from error
 
-    async def _answer(
-        self,
-        header: dict[str, Any],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        group: str,
-        held: contextlib.ExitStack,
-    ) -> tuple[dict, bytes]:
+    async def _answer(self, header: dict[str, Any], connection: "_Connection") -> tuple[dict, bytes]:
         operation = header.get("op")
         if operation == "put":
-            return await self._put(header, reader, writer, group, held)
+            return await self._put(header, connection)
         if operation == "get":
-            return await self._get(header, group, held)
+            return await self._get(header, connection)
         if operation == "prove":
-            return await self._prove(header, group)
+            return await self._prove(header, connection.group)
         if operation == "keep":
             return await self._keep(header)
         raise Refused("op must be put, keep, get or prove")
 
-    async def _get(self, header: dict[str, Any], group: str, held: contextlib.ExitStack) -> tuple[dict, bytes]:
+    async def _get(self, header: dict[str, Any], connection: "_Connection") -> tuple[dict, bytes]:
         root = _root(header)
-        self._take(self._reads, group, held)  # until the chunk is sent
+        connection.take(self._reads)  # until the chunk is sent
         data = await self.chunks.get(root)
         if data is None:
             raise Refused(NOT_HELD)
@@ -242,14 +227,7 @@ class ChunkService:
         await self._keeper(root, blob_id)
         return {"ok": True}, b""
 
-    async def _put(
-        self,
-        header: dict[str, Any],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        group: str,
-        held: contextlib.ExitStack,
-    ) -> tuple[dict, bytes]:
+    async def _put(self, header: dict[str, Any], connection: "_Connection") -> tuple[dict, bytes]:
         """Check the header, then say "continue" and read the body (the uploader sends it only then)."""
         root, size = _root(header), _body_size(header)
         self._authenticate(header, "PUT", chunk_path(root, size))
@@ -259,9 +237,9 @@ class ChunkService:
             self.chunks.check_room(size)
         except ChunkRefused as error:
             raise Refused(str(error)) from error
-        self._take(self._transfers, group, held)
-        writer.write(frame({"continue": True}))
-        body = await read_body(reader, header, CHUNK_SIZE)
+        connection.take(self._transfers)
+        connection.writer.write(frame({"continue": True}))
+        body = await read_body(connection.reader, header, CHUNK_SIZE)
         try:
             stored = await self.chunks.put(root, body)
         except ChunkRefused as error:
@@ -303,6 +281,23 @@ class ChunkService:
         except RequestAuthError as error:
             raise Refused(f"bad signature: {error}", "chunk_port_bad_signatures") from error
         return node_id_from_public_key(key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """One client's connection: its streams, its host (`netgroup.host_of`) and the slots it holds."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    group: str
+    held: contextlib.ExitStack
+
+    def take(self, slots: Slots) -> None:
+        """One of `slots` until the connection ends, or a refusal at once."""
+        try:
+            self.held.enter_context(slots.held(self.group))
+        except Full as full:
+            raise Refused(str(full), f"chunk_port_{full.what}_over_{full.scope}_cap") from full
 
 
 async def _header(reader: asyncio.StreamReader) -> dict[str, Any]:
