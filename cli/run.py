@@ -19,6 +19,7 @@ from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.farmer import check_payout
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.crypto.opendht import OpenDhtKeyError, RsaIdentity, load_or_create_rsa_identity
 from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
@@ -38,6 +39,7 @@ from dhtmesh.proxy.app import ProxyServer
 from dhtmesh.proxy.origins import parse_origin
 
 log = logging.getLogger("dhtmesh.run")
+OPENDHT_IDENTITY_FILE = "opendht-identity.pem"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
+    parser.add_argument(
+        "--opendht-identity",
+        nargs="?",
+        const=OPENDHT_IDENTITY_FILE,
+        metavar="FILE",
+        help="sign and encrypt values for callers (/key/K/sign, /key/K/encrypt) with this OpenDHT (RSA-4096) "
+        f"identity, so OpenDHT clients can check them; made on first use (default: DIR/{OPENDHT_IDENTITY_FILE})",
+    )
     parser.add_argument(
         "--blob-limit", type=int, default=1024, metavar="MIB", help="largest blob the proxy takes (default 1024 MiB)"
     )
@@ -101,12 +111,22 @@ def command(args: argparse.Namespace) -> int:
         bootstrap = [resolve(spec) for spec in args.bootstrap]
     except AddressError as error:
         raise CliError(str(error)) from error
+    opendht_identity = _opendht_identity(data_dir, args.opendht_identity)
     try:
-        node = DhtNode(identity, data_dir=data_dir)
+        node = DhtNode(identity, data_dir=data_dir, opendht_identity=opendht_identity)
     except sqlite3.DatabaseError as error:
         raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
     _run_loop(_serve(node, args, bootstrap, data_dir, _raise_descriptor_limit()))
     return 0
+
+
+def _opendht_identity(data_dir: Path, name: str | None) -> RsaIdentity | None:
+    if name is None:
+        return None
+    try:
+        return load_or_create_rsa_identity(data_dir / name)  # an absolute name stays as it is
+    except (OpenDhtKeyError, OSError) as error:
+        raise CliError(f"--opendht-identity: {error}") from error
 
 
 def _raise_descriptor_limit() -> int:

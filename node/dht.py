@@ -6,6 +6,7 @@ Lookups use `traverse` over `_find`, which proves every contact it routes throug
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.sealed import SealedBoxError, seal_to
@@ -31,7 +33,18 @@ from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.policy import Verdict
-from dhtmesh.node.values.value import InvalidValue, Value, new_value_id, sign_value, value_from_wire
+from dhtmesh.node.values.types import CERTIFICATE_TYPE
+from dhtmesh.node.values.value import (
+    MAX_OPENDHT_SEQ,
+    InvalidValue,
+    Value,
+    certificate_public_key,
+    encrypt_opendht_value,
+    new_value_id,
+    sign_opendht_value,
+    sign_value,
+    value_from_wire,
+)
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
@@ -165,8 +178,17 @@ class _ValueCollector:
 
 
 class DhtNode:
-    def __init__(self, identity: Identity, config: NodeConfig | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        config: NodeConfig | None = None,
+        data_dir: Path | None = None,
+        opendht_identity: opendht.RsaIdentity | None = None,
+    ) -> None:
         self.identity = identity
+        # When set, values signed or encrypted for a caller (`put_signed`, `put_encrypted_opendht`) are
+        # OpenDHT's, so OpenDHT clients can check them; the node's own records stay Ed25519.
+        self.opendht_identity = opendht_identity
         self.node_id = identity.node_id
         self.config = config or NodeConfig()
         self.data_dir = data_dir
@@ -403,24 +425,32 @@ class DhtNode:
     def sign(self, key: bytes, value: Value) -> Value:
         return sign_value(self.identity, key, value)
 
-    async def put_signed(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
+    async def put_signed(
+        self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf
+    ) -> PutResult:
         """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
-        existing id gets a seq above every version of it this node (or the mesh) holds.
+        existing id gets a seq above every version of it this node (or the mesh) holds. With an OpenDHT
+        identity the signature is OpenDHT's, else dhtmesh's.
 
         Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
         farmer's and auditor's, so a record signed on request would speak for the farmer."""
         if value.type in RESERVED_TYPES:
             raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
+        owner = self.opendht_identity.public_der if self.opendht_identity else self.identity.public_key
         if value.id == 0:
             value = replace(value, id=new_value_id())
         else:
-            versions = [v.seq for v in await self.get(key) if v.identity == (self.identity.public_key, value.id)]
+            versions = [v.seq for v in await self.get(key) if v.identity == (owner, value.id)]
             if versions:
                 value = replace(value, seq=max(value.seq, max(versions) + 1))
-        return await self.put(key, self.sign(key, value), permanent=permanent)
+        if self.opendht_identity is None:
+            return await self.put(key, self.sign(key, value), permanent=permanent, until=until)
+        if value.seq > MAX_OPENDHT_SEQ:
+            raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
+        return await self.put(key, sign_opendht_value(self.opendht_identity, value), permanent=permanent, until=until)
 
     async def put_encrypted(
-        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False
+        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False, until: float = math.inf
     ) -> PutResult:
         """Seal `value.data` to the recipient's Ed25519 public key, sign as this node, and put it."""
         try:
@@ -428,17 +458,47 @@ class DhtNode:
         except SealedBoxError as error:
             raise InvalidValue(str(error)) from error
         encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
-        return await self.put_signed(key, encrypted, permanent=permanent)
+        if self.opendht_identity is not None:  # a dhtmesh value: its signature is Ed25519
+            encrypted = replace(encrypted, id=encrypted.id or new_value_id())
+            return await self.put(key, self.sign(key, encrypted), permanent=permanent, until=until)
+        return await self.put_signed(key, encrypted, permanent=permanent, until=until)
 
-    async def put(self, key: bytes, value: Value, *, permanent: bool = False) -> PutResult:
-        """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`."""
+    async def put_encrypted_opendht(
+        self, key: bytes, value: Value, recipient_id: bytes, *, permanent: bool = False, until: float = math.inf
+    ) -> PutResult:
+        """OpenDHT's putEncrypted: find the recipient's public key from the certificate it published
+        under its key id, sign `value` with this node's OpenDHT identity and encrypt it to them."""
+        if self.opendht_identity is None:
+            raise InvalidValue("this node has no OpenDHT identity (start it with --opendht-identity)")
+        recipient = await self.opendht_public_key(recipient_id)
+        if recipient is None:
+            raise InvalidValue(f"no OpenDHT certificate of {recipient_id.hex()} found in the mesh")
+        value = replace(value, id=value.id or new_value_id())
+        encrypted = encrypt_opendht_value(self.opendht_identity, recipient, value)
+        return await self.put(key, encrypted, permanent=permanent, until=until)
+
+    async def opendht_public_key(self, key_id: bytes) -> bytes | None:
+        """The OpenDHT public key whose id is `key_id`, from the certificates published under that id."""
+        for value in await self.get(key_id, value_type=CERTIFICATE_TYPE):
+            try:
+                public_key = certificate_public_key(value)
+            except InvalidValue:
+                continue  # anyone may put junk under the id: only a key with this very id counts
+            if opendht.key_id(public_key) == key_id:
+                return public_key
+        return None
+
+    async def put(self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf) -> PutResult:
+        """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`. A
+        permanent value is re-announced until cancelled, or until the wall-clock time `until` unless
+        put again before then (OpenDHT's proxy keeps a client's permanent put 24 h after each refresh)."""
         check_value(key, value)
         if lifetime(value) <= 0:
             raise PutRefused(Verdict.REFUSE_EXPIRED)  # past the time its signer gave it
         verdict = self.store_locally(key, value)
         if not verdict.accepted:
             raise PutRefused(verdict)
-        if permanent and not self.store.add_announce(key, value):
+        if permanent and not self.store.add_announce(key, value, until):
             raise PutRefused(Verdict.REFUSE_STORAGE_ERROR)
         self.counters.add("puts")
         return await self.announce(key, value)
@@ -486,6 +546,10 @@ class DhtNode:
     def cancel_put(self, key: bytes, value_id: int) -> bool:
         """Stop re-announcing a permanent value; it then expires on its replicas as any other."""
         return self.store.remove_announce(key, value_id)
+
+    def permanent_puts(self, key: bytes | None = None) -> list[tuple[bytes, Value]]:
+        """The permanent values this node keeps announcing (under `key`, if given), with their keys."""
+        return self.store.announces(key)
 
     def accept_store(
         self, key: bytes, value: Value, *, origin: str, ttl: float, sender: bytes = b"", by: bytes | None = None

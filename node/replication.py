@@ -121,6 +121,9 @@ class Replicator:
 
     async def republish_due(self) -> int:
         node = self._node
+        lapsed = node.store.drop_lapsed_announces()
+        if lapsed:  # not refreshed by their clients in time: they now expire on their replicas
+            node.counters.add("permanent_puts_lapsed", lapsed)
         due = 0
         for key, value in node.store.announces():
             if node.store.remaining_ttl(key, value) > expiry_for(value.type) * node.config.republish_margin:

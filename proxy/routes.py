@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import ListenRefused, PutRefused, PutResult
+from dhtmesh.node.dht import DhtNode, ListenRefused, PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
@@ -27,6 +27,8 @@ from dhtmesh.proxy.responses import (
 from dhtmesh.proxy.route import LISTEN_SLOTS, NODE, PUSH, STATS, Route
 from dhtmesh.proxy.value_json import ValueJsonError, public_key_from_text, value_from_json, value_to_json
 
+PERMANENT_PUT_LIFE = 24 * 3600.0  # OpenDHT's proxy::OP_TIMEOUT
+
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "OPTIONS, GET, POST, LISTEN, SUBSCRIBE, UNSUBSCRIBE",
     "Access-Control-Allow-Headers": "content-type",
@@ -45,7 +47,7 @@ async def node_info(request: web.Request) -> web.Response:
 
 async def node_stats(request: web.Request) -> web.Response:
     node, stats = request.app[NODE], request.app[STATS]
-    announces = node.store.announces()
+    announces = node.permanent_puts()
     info = node.info()
     info["public_ip"] = request.remote
     return json_reply(
@@ -100,33 +102,59 @@ async def listen(request: web.Request) -> web.StreamResponse:
 
 async def put_value(request: web.Request) -> web.Response:
     document, value = await _value_body(request)
+    key, node = _key(request), request.app[NODE]
+    permanent = _permanent(document)
     if value.id == 0:
         if value.signed:
             raise BadRequest("a signed value must carry the id it was signed with")
-        value = replace(value, id=new_value_id())
-    return await _put(request.app[NODE].put(_key(request), value, permanent=_permanent(document)))
+        # OpenDHT's proxy: the same permanent content put again is a refresh of the first put, same id.
+        held = _held_permanent(node, key, value) if permanent else None
+        value = held or replace(value, id=new_value_id())
+    return await _put(node.put(key, value, permanent=permanent, until=_permanent_until()))
+
+
+def _held_permanent(node: DhtNode, key: bytes, value: Value) -> Value | None:
+    return next((held for _, held in node.permanent_puts(key) if replace(held, id=0) == value), None)
+
+
+def _permanent_until() -> float:
+    """Like OpenDHT's proxy, a client's permanent put lasts a day unless the client puts it again (its
+    client does so every 22 h; a client that left stops)."""
+    return time.time() + PERMANENT_PUT_LIFE
 
 
 async def sign_value(request: web.Request) -> web.Response:
     document, value = await _value_body(request)
     if value.signed:
         raise BadRequest("the value is already signed; POST it to /key/{key}")
-    return await _put(request.app[NODE].put_signed(_key(request), value, permanent=_permanent(document)))
+    node = request.app[NODE]
+    put = node.put_signed(_key(request), value, permanent=_permanent(document), until=_permanent_until())
+    return await _put(put)
 
 
 async def encrypt_value(request: web.Request) -> web.Response:
+    """`to` names the recipient: an OpenDHT identity by its 40-hex key id (the node needs an OpenDHT
+    identity, and finds the recipient's certificate in the mesh), or a dhtmesh identity by its Ed25519
+    public key (64 hex or PEM)."""
     document, value = await _value_body(request, allow_recipient=True)
     recipient = document.get("to")
     if not recipient:
         raise BadRequest("No destination found")
+    if value.signed or value.encrypted:
+        raise BadRequest("give the plain value: the node signs and encrypts it")
+    node, key = request.app[NODE], _key(request)
+    options = {"permanent": _permanent(document), "until": _permanent_until()}
+    if isinstance(recipient, str) and len(recipient) == 40:
+        try:
+            key_id = bytes.fromhex(recipient)
+        except ValueError as error:
+            raise BadRequest("to must be 40 hex (an OpenDHT key id) or an Ed25519 public key") from error
+        return await _put(node.put_encrypted_opendht(key, value, key_id, **options))
     try:
         recipient_key = public_key_from_text(recipient)
     except ValueJsonError as error:
         raise BadRequest(str(error)) from error
-    if value.signed or value.encrypted:
-        raise BadRequest("give the plain value: the node signs and encrypts it")
-    node = request.app[NODE]
-    return await _put(node.put_encrypted(_key(request), value, recipient_key, permanent=_permanent(document)))
+    return await _put(node.put_encrypted(key, value, recipient_key, **options))
 
 
 async def _value_body(request: web.Request, allow_recipient: bool = False) -> tuple[dict, Value]:

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -141,6 +144,67 @@ async def audit_once_registered(
             if refusal.reason != NOT_AUDITOR or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.3)
+
+
+class OpenDhtClient:
+    """Debian's `dhtnode --proxyclient URL` (OpenDHT 2.4.12's own proxy client), driven command by
+    command through its prompt; `identity=True` gives it an RSA identity of its own (`-i`)."""
+
+    def __init__(self, url: str, identity: bool = False) -> None:
+        if shutil.which("dhtnode") is None:
+            import pytest  # only tests construct this
+
+            if os.environ.get("CI"):
+                pytest.fail("dhtnode is not installed: scripts/test installs it with apt-get")
+            pytest.skip("dhtnode (Debian package) is not installed")
+        command = ["dhtnode", *(["-i"] if identity else []), "--proxyclient", url]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._seen = 0  # lines before this one were matched by an earlier `expect`
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.key_id = self.expect(r"Public key ID ([0-9a-f]{40})").group(1) if identity else ""
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._arrived:
+                self.lines.append(line.rstrip("\n"))
+                self._arrived.notify_all()
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def expect(self, pattern: str, within: float = 20.0) -> re.Match:
+        """The first line not matched before that matches `pattern`; fails with the output after `within`."""
+        deadline = time.monotonic() + within
+        with self._arrived:
+            while True:
+                for index in range(self._seen, len(self.lines)):
+                    if found := re.search(pattern, self.lines[index]):
+                        self._seen = index + 1
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"dhtnode never printed {pattern!r}:\n" + "\n".join(self.lines))
+                self._arrived.wait(left)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream:
+                stream.close()
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -89,6 +89,8 @@ def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
         raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
     kind = KINDS.get(value.type)
     if kind is not None:
+        if value.opendht_signed or value.opaque:
+            raise farmer.InvalidRecord("records are signed by dhtmesh (Ed25519) identities, in the clear")
         kind.check(key, value)
 
 

@@ -17,6 +17,7 @@ stock peers sharing one small budget since they never prove their address. A dis
 """
 
 import logging
+import math
 import sqlite3
 import time
 from collections import Counter
@@ -52,6 +53,7 @@ CREATE INDEX IF NOT EXISTS vals_id ON vals (key, vid);
 CREATE INDEX IF NOT EXISTS vals_order ON vals (key, owner, vid);
 CREATE TABLE IF NOT EXISTS announces (
     key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, value BLOB NOT NULL,
+    until REAL NOT NULL DEFAULT 9e999,
     PRIMARY KEY (key, owner, vid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombs (
@@ -148,10 +150,13 @@ class ValueStore:
         self._db.close()
 
     def _migrate(self) -> None:
-        """A store from before storers were kept: its values may be refreshed by their owners only."""
+        """A store from before storers were kept: its values may be refreshed by their owners only. One
+        from before permanent puts could end: they are kept until cancelled (9e999 reads as infinity)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
         if "storer" not in columns:
             self._db.execute("ALTER TABLE vals ADD COLUMN storer BLOB NOT NULL DEFAULT x''")
+        if "until" not in {row[1] for row in self._db.execute("PRAGMA table_info(announces)")}:
+            self._db.execute("ALTER TABLE announces ADD COLUMN until REAL NOT NULL DEFAULT 9e999")
 
     @property
     def rules_version(self) -> int:
@@ -225,8 +230,22 @@ class ValueStore:
             return refusal
         self._db.execute(
             "INSERT OR REPLACE INTO vals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, value.owner, _sql_id(value.id), value.seq, value.type, value.data, value.sig, value.utype,
-             value.to, expires, origin, time.time(), charge, storer),
+            (
+                key,
+                value.owner,
+                _sql_id(value.id),
+                value.seq,
+                value.type,
+                value.data,
+                value.sig,
+                value.utype,
+                value.to,
+                expires,
+                origin,
+                time.time(),
+                charge,
+                storer,
+            ),
         )
         if old:
             self._account(old[0], -old[1], -1)
@@ -434,12 +453,14 @@ class ValueStore:
 
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
-    def add_announce(self, key: bytes, value: Value) -> bool:
-        """Keep re-announcing `value`; False if the disk refused to remember it."""
+    def add_announce(self, key: bytes, value: Value, until: float = math.inf) -> bool:
+        """Keep re-announcing `value` until the wall-clock time `until` (again from now on if it was
+        kept already); False if the disk refused to remember it."""
+        wire = msgpack.packb(value.to_wire(), use_bin_type=True)
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO announces VALUES (?,?,?,?)",
-                (key, value.owner, _sql_id(value.id), msgpack.packb(value.to_wire(), use_bin_type=True)),
+                "INSERT OR REPLACE INTO announces VALUES (?,?,?,?,?)",
+                (key, value.owner, _sql_id(value.id), wire, until),
             )
         except sqlite3.OperationalError as error:
             self._failed(error)
@@ -450,9 +471,19 @@ class ValueStore:
         cursor = self._db.execute("DELETE FROM announces WHERE key=? AND vid=?", (key, _sql_id(value_id)))
         return cursor.rowcount > 0
 
-    def announces(self) -> list[tuple[bytes, Value]]:
-        rows = self._db.execute("SELECT key, value FROM announces").fetchall()
+    def announces(self, key: bytes | None = None) -> list[tuple[bytes, Value]]:
+        """The permanent puts (under `key`, if given) whose time has not run out."""
+        where, args = ("until > ?", (time.time(),)) if key is None else ("key = ? AND until > ?", (key, time.time()))
+        rows = self._db.execute(f"SELECT key, value FROM announces WHERE {where}", args).fetchall()
         return [(key, value_from_wire(msgpack.unpackb(blob, raw=False))) for key, blob in rows]
+
+    def drop_lapsed_announces(self) -> int:
+        """Forget the permanent puts nobody refreshed in time; returns how many."""
+        try:
+            return self._db.execute("DELETE FROM announces WHERE until <= ?", (time.time(),)).rowcount
+        except sqlite3.OperationalError as error:
+            self._failed(error)
+            return 0
 
 
 def _where(key: bytes, value_type: int | None) -> tuple[str, tuple]:

@@ -3,6 +3,7 @@
 MINUTE = 60.0
 DAY = 86400.0
 DEFAULT_EXPIRY = 10 * MINUTE  # type 0, USER_DATA
+CERTIFICATE_TYPE = 8  # an OpenDHT identity's certificate, published under its key id
 # dhtmesh's record types (node/records/). A farmer record lives 30 days after its farmer's last signed
 # change: a farmer that is away for good drops out of the registry then, not before.
 FARMER_RECORD_TYPE = 0x4661
@@ -24,7 +25,7 @@ _EXPIRY_BY_TYPE = {
     3: 5 * MINUTE,  # ImMessage
     4: 7 * DAY,  # TrustRequest
     5: 1 * MINUTE,  # IceCandidates
-    8: 7 * DAY,  # Certificate
+    CERTIFICATE_TYPE: 7 * DAY,
     FARMER_RECORD_TYPE: FARMER_RECORD_EXPIRY,
     BLOB_MANIFEST_TYPE: BLOB_MANIFEST_EXPIRY,
     HOLDING_TYPE: HOLDING_EXPIRY,

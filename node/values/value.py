@@ -1,8 +1,15 @@
-"""One value stored under a key: OpenDHT's fields, with Ed25519 signatures that also cover the key.
+"""One value stored under a key: OpenDHT's fields, signed in one of two ways.
 
-An encrypted value keeps its ciphertext (a sealed box) in `data` and its recipient's node id in `to`;
-unlike OpenDHT, the owner and signature stay outside the ciphertext, so replicas can still enforce the
-edit policy on it.
+* dhtmesh's own: an Ed25519 owner (32 bytes) whose signature also covers the key, the id and the
+  recipient, so a value cannot be replayed under another key or id.
+* OpenDHT's: an RSA owner (DER, see `crypto.opendht`) whose signature covers OpenDHT's "to sign" form
+  (seq, owner, type, data, utype; not the key, not the id), so OpenDHT clients' signed values are
+  checked and kept here, and values a node signs with an OpenDHT identity verify in OpenDHT clients.
+
+An encrypted value keeps its ciphertext in `data`. dhtmesh's (a sealed box) names its recipient's node
+id in `to` and keeps owner and signature outside, so replicas can still enforce the edit policy on it.
+An OpenDHT client's is opaque (recipient, owner and signature are inside the ciphertext): its `to` is
+`HIDDEN_RECIPIENT`, and it is stored and served as it came.
 
 Identity of a value within a key is `(owner, id)`; unsigned values have an empty owner.
 """
@@ -13,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, verify_signature
 
@@ -21,7 +29,11 @@ MAX_UTYPE_SIZE = 256
 MAX_ID = (1 << 64) - 1
 MAX_SEQ = (1 << 32) - 1
 MAX_TYPE = (1 << 16) - 1
+MAX_OPENDHT_SEQ = (1 << 16) - 1  # OpenDHT's seq is a uint16
 RECIPIENT_SIZE = 20
+# The `to` of an OpenDHT client's ciphertext, whose recipient is inside it. No key's id is zero: OpenDHT
+# itself reads a zero hash as "none".
+HIDDEN_RECIPIENT = bytes(RECIPIENT_SIZE)
 _SIGNING_DOMAIN = b"dhtmesh/value/v1"
 
 
@@ -34,7 +46,7 @@ class Value:
     id: int
     data: bytes
     type: int = 0
-    owner: bytes = b""  # raw Ed25519 public key, or empty for an unsigned value
+    owner: bytes = b""  # raw Ed25519 public key, an OpenDHT (RSA) key in DER, or empty: unsigned
     seq: int = 0
     sig: bytes = b""
     utype: str = ""
@@ -49,18 +61,30 @@ class Value:
         return bool(self.owner)
 
     @property
+    def opendht_signed(self) -> bool:
+        """Signed by an OpenDHT (RSA) identity, not by a dhtmesh (Ed25519) one."""
+        return bool(self.owner) and len(self.owner) != PUBLIC_KEY_SIZE
+
+    @property
+    def opaque(self) -> bool:
+        """An OpenDHT client's ciphertext: nothing in it can be read or checked but by its recipient."""
+        return self.to == HIDDEN_RECIPIENT
+
+    @property
     def identity(self) -> tuple[bytes, int]:
         return (self.owner, self.id)
 
     @property
     def size(self) -> int:
-        return len(self.data) + len(self.sig) + len(self.utype)
+        return len(self.data) + len(self.sig) + len(self.utype) + len(self.owner)
 
     def to_wire(self) -> list:
         fields = [self.id, self.type, self.data, self.owner, self.seq, self.sig, self.utype]
         return [*fields, self.to] if self.to else fields
 
     def verify(self, key: bytes) -> bool:
+        if self.opendht_signed:
+            return opendht.verify(self.owner, opendht_signing_bytes(self), self.sig)
         return verify_signature(self.owner, signing_bytes(key, self), self.sig)
 
     def check(self, key: bytes, *, signature: bool = True) -> None:
@@ -82,9 +106,25 @@ class Value:
             if self.sig or self.seq:
                 raise InvalidValue("an unsigned value carries no signature and no seq")
             return
-        if len(self.owner) != PUBLIC_KEY_SIZE:
-            raise InvalidValue("owner must be a 32-byte Ed25519 public key")
-        if len(self.sig) != SIGNATURE_SIZE or (signature and not self.verify(key)):
+        if self.opaque:
+            raise InvalidValue("an OpenDHT ciphertext is unsigned outside: its signature is inside")
+        if self.opendht_signed:
+            self._check_opendht()
+        elif len(self.sig) != SIGNATURE_SIZE:
+            raise InvalidValue("bad signature")
+        if signature and not self.verify(key):
+            raise InvalidValue("bad signature")
+
+    def _check_opendht(self) -> None:
+        if self.to:
+            raise InvalidValue("an OpenDHT-signed value with a recipient travels encrypted, as a cypher")
+        if self.seq > MAX_OPENDHT_SEQ:
+            raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
+        try:
+            size = opendht.signature_size(self.owner)
+        except opendht.OpenDhtKeyError as error:
+            raise InvalidValue(f"owner: {error}") from error
+        if len(self.sig) != size:
             raise InvalidValue("bad signature")
 
 
@@ -94,6 +134,65 @@ def signing_bytes(key: bytes, value: Value) -> bytes:
         [_SIGNING_DOMAIN, key, value.id, value.seq, value.type, value.data, value.utype, value.to],
         use_bin_type=True,
     )
+
+
+def opendht_signing_bytes(value: Value) -> bytes:
+    """OpenDHT's `msgpack_pack_to_sign`: what an OpenDHT identity signs."""
+    return msgpack.packb(_opendht_fields(value), use_bin_type=True)
+
+
+def _opendht_fields(value: Value) -> dict[str, Any]:
+    """The map OpenDHT signs, in its order: seq, owner, to (a recipient's key id: only inside a cipher
+    text), type, data, utype (when set)."""
+    fields: dict[str, Any] = {"seq": value.seq, "owner": value.owner}
+    if value.to:
+        fields["to"] = value.to
+    fields |= {"type": value.type, "data": value.data}
+    if value.utype:
+        fields["utype"] = value.utype
+    return fields
+
+
+def sign_opendht_value(identity: opendht.RsaIdentity, value: Value) -> Value:
+    owned = replace(value, owner=identity.public_der, sig=b"")
+    return replace(owned, sig=identity.sign(opendht_signing_bytes(owned)))
+
+
+def encrypt_opendht_value(identity: opendht.RsaIdentity, recipient: bytes, value: Value) -> Value:
+    """OpenDHT's `Value::encrypt`: sign `value` bound to the recipient (an OpenDHT public key, DER), pack
+    it with its signature, and encrypt that to the recipient; only the id stays outside."""
+    inner = sign_opendht_value(identity, replace(value, to=opendht.key_id(recipient)))
+    packed = msgpack.packb({"body": _opendht_fields(inner), "sig": inner.sig}, use_bin_type=True)
+    return Value(value.id, opendht.encrypt(recipient, packed), to=HIDDEN_RECIPIENT)
+
+
+def decrypt_opendht_value(identity: opendht.RsaIdentity, value: Value) -> Value:
+    """OpenDHT's `Value::decrypt`: the signed value inside an OpenDHT cipher text meant for `identity`;
+    raises `InvalidValue` unless it opens, names this identity as its recipient and its signature holds."""
+    try:
+        inside = msgpack.unpackb(identity.decrypt(value.data), raw=False)
+        fields, sig = inside["body"], inside["sig"]
+        inner = Value(value.id, fields["data"], fields["type"], fields["owner"], fields["seq"], sig)
+        inner = replace(inner, utype=fields.get("utype", ""), to=fields.get("to", b""))
+    except (opendht.OpenDhtKeyError, ValueError, KeyError, TypeError) as error:
+        raise InvalidValue(f"not an OpenDHT cipher text for this identity: {error}") from error
+    if inner.to != identity.key_id:
+        raise InvalidValue("this cipher text is meant for another identity")
+    if not opendht.verify(inner.owner, opendht_signing_bytes(inner), inner.sig):
+        raise InvalidValue("the signature inside the cipher text does not hold")
+    return inner
+
+
+def certificate_public_key(value: Value) -> bytes:
+    """The OpenDHT public key (DER) in a certificate value, as OpenDHT identities publish theirs under
+    their key id: a msgpack bin holding the certificate. Raises `InvalidValue`."""
+    try:
+        certificate = msgpack.unpackb(value.data, raw=False)
+        if not isinstance(certificate, bytes):
+            raise InvalidValue("a certificate value holds a msgpack bin")
+        return opendht.certificate_public_key(certificate)
+    except (ValueError, opendht.OpenDhtKeyError) as error:
+        raise InvalidValue(f"not an OpenDHT certificate: {error}") from error
 
 
 def sign_value(identity: Identity, key: bytes, value: Value) -> Value:
