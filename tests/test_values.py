@@ -95,9 +95,10 @@ def test_new_value_id_is_in_range() -> None:
     assert len(ids) == 100
 
 
-def test_size_counts_data_sig_and_utype() -> None:
+def test_size_counts_data_sig_utype_and_owner() -> None:
+    """An owner counts too: an OpenDHT (RSA-4096) owner key is 550 bytes, its signature 512."""
     assert unsigned(b"abc").size == 3
-    assert signed(b"abc", utype="xy").size == 3 + 64 + 2
+    assert signed(b"abc", utype="xy").size == 3 + 64 + 2 + 32
 
 
 # ---- range checks ---------------------------------------------------------------------------------
