@@ -434,34 +434,39 @@ class DhtNode:
 
         Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
         farmer's and auditor's, so a record signed on request would speak for the farmer."""
+        opendht_signature = self.opendht_identity is not None
+        return await self._sign_and_put(key, value, opendht_signature, permanent, until)
+
+    async def put_encrypted(
+        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False, until: float = math.inf
+    ) -> PutResult:
+        """Seal `value.data` to the recipient's Ed25519 public key, sign as this node (Ed25519: the
+        recipient is a dhtmesh identity), and put it."""
+        try:
+            sealed = seal_to(recipient_key, value.data)
+        except SealedBoxError as error:
+            raise InvalidValue(str(error)) from error
+        encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
+        return await self._sign_and_put(key, encrypted, False, permanent, until)
+
+    async def _sign_and_put(
+        self, key: bytes, value: Value, opendht_signature: bool, permanent: bool, until: float
+    ) -> PutResult:
         if value.type in RESERVED_TYPES:
             raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
-        owner = self.opendht_identity.public_der if self.opendht_identity else self.identity.public_key
+        rsa = self.opendht_identity if opendht_signature else None
+        owner = rsa.public_der if rsa else self.identity.public_key
         if value.id == 0:
             value = replace(value, id=new_value_id())
         else:
             versions = [v.seq for v in await self.get(key) if v.identity == (owner, value.id)]
             if versions:
                 value = replace(value, seq=max(value.seq, max(versions) + 1))
-        if self.opendht_identity is None:
+        if rsa is None:
             return await self.put(key, self.sign(key, value), permanent=permanent, until=until)
         if value.seq > MAX_OPENDHT_SEQ:
             raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
-        return await self.put(key, sign_opendht_value(self.opendht_identity, value), permanent=permanent, until=until)
-
-    async def put_encrypted(
-        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False, until: float = math.inf
-    ) -> PutResult:
-        """Seal `value.data` to the recipient's Ed25519 public key, sign as this node, and put it."""
-        try:
-            sealed = seal_to(recipient_key, value.data)
-        except SealedBoxError as error:
-            raise InvalidValue(str(error)) from error
-        encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
-        if self.opendht_identity is not None:  # a dhtmesh value: its signature is Ed25519
-            encrypted = replace(encrypted, id=encrypted.id or new_value_id())
-            return await self.put(key, self.sign(key, encrypted), permanent=permanent, until=until)
-        return await self.put_signed(key, encrypted, permanent=permanent, until=until)
+        return await self.put(key, sign_opendht_value(rsa, value), permanent=permanent, until=until)
 
     async def put_encrypted_opendht(
         self, key: bytes, value: Value, recipient_id: bytes, *, permanent: bool = False, until: float = math.inf

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dhtmesh.crypto import Identity
+from dhtmesh.crypto import Identity, open_sealed
 from dhtmesh.crypto.opendht import RsaIdentity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records import farmer_key
@@ -183,6 +183,12 @@ async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and
     # No certificate under a key id: nothing to encrypt to.
     status, body = await post(session, encrypt_url, message | {"to": "ab" * 20})
     assert status == 400 and "no OpenDHT certificate" in body["err"]
+    # A dhtmesh recipient (an Ed25519 key) gets a sealed box, signed with the node's Ed25519 key.
+    dhtmesh_user = Identity.generate()
+    status, body = await post(session, encrypt_url, message | {"to": dhtmesh_user.public_key.hex()})
+    sealed = value_from_json(body)
+    assert status == 200 and len(sealed.owner) == 32 and sealed.to == dhtmesh_user.node_id
+    assert open_sealed(dhtmesh_user, sealed.data) == b"to you"
 
 
 # ---- the edit policy on OpenDHT owners ----------------------------------------------------------
