@@ -227,6 +227,7 @@ def test_bad_opendht_owners_and_records_are_refused(owners: tuple[RsaIdentity, R
         (replace(good, seq=1 << 16), "16-bit"),  # beyond OpenDHT's seq
         (replace(good, sig=good.sig[:-1]), "bad signature"),
         (replace(good, owner=good.owner[:-1]), "owner"),
+        (replace(good, owner=good.owner + bytes(2000)), "owner: too long"),
         (replace(good, to=b"r" * 20), "recipient"),
     ]
     for value, reason in refused:

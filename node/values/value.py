@@ -30,6 +30,7 @@ MAX_ID = (1 << 64) - 1
 MAX_SEQ = (1 << 32) - 1
 MAX_TYPE = (1 << 16) - 1
 MAX_OPENDHT_SEQ = (1 << 16) - 1  # OpenDHT's seq is a uint16
+MAX_OPENDHT_OWNER_SIZE = 1024  # an RSA-4096 public key is 550 bytes of DER: larger is not parsed
 RECIPIENT_SIZE = 20
 # The `to` of an OpenDHT client's ciphertext, whose recipient is inside it. No key's id is zero: OpenDHT
 # itself reads a zero hash as "none".
@@ -120,6 +121,8 @@ class Value:
             raise InvalidValue("an OpenDHT-signed value with a recipient travels encrypted, as a cypher")
         if self.seq > MAX_OPENDHT_SEQ:
             raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
+        if len(self.owner) > MAX_OPENDHT_OWNER_SIZE:
+            raise InvalidValue("owner: too long for an OpenDHT key")
         try:
             size = opendht.signature_size(self.owner)
         except opendht.OpenDhtKeyError as error:
