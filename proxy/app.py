@@ -8,6 +8,7 @@ answered in JSON as well (`JsonErrorRequestHandler`), and counted as `http_malfo
 """
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp.web_protocol
@@ -162,8 +163,8 @@ class JsonErrorRequestHandler(RequestHandler):
         super().handle_error(request, status, exc, message)  # logs; raises if an answer was already begun
         if isinstance(exc, HttpProcessingError):
             status, text = parser_refusal(exc)
-        else:
-            text = "internal error"
+        else:  # a failure outside the routes' middleware (a 500), or aiohttp's handler timeout (504)
+            text = "internal error" if status == 500 else HTTPStatus(status).phrase
         reply = json_reply({"err": text}, status)
         reply.headers["Access-Control-Allow-Origin"] = "*"  # as on every answer; no app signal runs here
         reply.force_close()  # the rest of the connection's bytes cannot be trusted to be a request

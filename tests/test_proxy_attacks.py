@@ -142,6 +142,7 @@ FARMER_GETS = [
     f"/api/ping/{FARMER_ID}",
     f"/api/height/{FARMER_ID}/10",
     f"/api/bandwidth/{FARMER_ID}/1/2",
+    f"/api/ping/{FARMER_ID}/",  # every route is served with a trailing slash too: guarded all the same
 ]
 
 
