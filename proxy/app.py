@@ -1,17 +1,23 @@
 """The aiohttp application and server: the route table wired to a node, errors as JSON, CORS headers.
 
 Every error the proxy gives is JSON `{"err": ...}` with a 4xx status, including aiohttp's own 404, 405
-and 413, and counted; its own bugs are `{"err": "internal error"}` with a 500, counted and logged
-at most once a minute per kind (`failures.ErrorLog`). Only a request that is not HTTP at all gets
-aiohttp's plain-text 400 (no route ever sees it); it is counted as `http_malformed`.
+(with its `Allow` header) and 413, and counted; its own bugs are `{"err": "internal error"}` with a
+500, counted and logged at most once a minute per kind (`failures.ErrorLog`). A request aiohttp's parser
+refuses before any route sees it (not HTTP at all, or a request line or header over 8190 bytes) is
+answered in JSON as well (`JsonErrorRequestHandler`), and counted as `http_malformed` too.
 """
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp.web_protocol
+import aiohttp.web_server
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from dhtmesh.crypto.request_auth import ReplayGuard
 from dhtmesh.node.audits.book import ReputationBook
@@ -23,7 +29,7 @@ from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
-from dhtmesh.proxy.failures import INTERNAL_ERRORS, ServerLogger
+from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
@@ -42,6 +48,7 @@ from dhtmesh.proxy.route import (
     SIGNED_LIMITER,
     STATS,
     UPLOADER,
+    served_paths,
 )
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
@@ -65,15 +72,18 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as error:
-        node.counters.add("http_bad_requests")
+        node.counters.add(BAD_REQUESTS)
         if error.counter:
             node.counters.add(error.counter)
         return json_reply({"err": str(error)}, error.status)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        node.counters.add("http_bad_requests")
-        return json_reply({"err": error.reason}, error.status)
+        node.counters.add(BAD_REQUESTS)
+        reply = json_reply({"err": error.reason}, error.status)
+        if "Allow" in error.headers:  # a 405 says what the path takes (RFC 9110 §15.5.6)
+            reply.headers["Allow"] = error.headers["Allow"]
+        return reply
     except Exception as error:
         if _cannot_answer(request):
             raise  # aiohttp closes the connection and reports the error (failures.ServerLogger)
@@ -125,7 +135,8 @@ def create_app(
     app.on_response_prepare.append(_allow_any_origin)
     app.on_cleanup.append(_close_background_work)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        for path in served_paths(route.path):
+            app.router.add_route(route.method, path, route.handler)
     return app
 
 
@@ -137,6 +148,33 @@ def accept_custom_methods() -> None:
     parser is chosen for the process (the same effect as AIOHTTP_NO_EXTENSIONS, for the server only).
     """
     aiohttp.web_protocol.HttpRequestParser = HttpRequestParserPy  # type: ignore[misc]
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's per-connection handler, answering what it answers itself (a request its parser refuses,
+    which no middleware sees) in JSON `{"err"}` like every other refusal of the proxy.
+
+    aiohttp has no setting for this (its issue #3287); its answer is made by `handle_error`, which this
+    overrides after aiohttp has logged the error (`failures.ServerLogger` counts it)."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if an answer was already begun
+        if isinstance(exc, HttpProcessingError):
+            status, text = parser_refusal(exc)
+        else:  # a failure outside the routes' middleware (a 500), or aiohttp's handler timeout (504)
+            text = "internal error" if status == 500 else HTTPStatus(status).phrase
+        reply = json_reply({"err": text}, status)
+        reply.headers["Access-Control-Allow-Origin"] = "*"  # as on every answer; no app signal runs here
+        reply.force_close()  # the rest of the connection's bytes cannot be trusted to be a request
+        return reply
+
+
+def answer_parser_errors_in_json() -> None:
+    """Make aiohttp's servers use `JsonErrorRequestHandler`: like the parser above, aiohttp builds its
+    connection handler by name (`web_server.RequestHandler`) with no per-server switch."""
+    aiohttp.web_server.RequestHandler = JsonErrorRequestHandler  # type: ignore[misc]
 
 
 class ProxyServer:
@@ -161,6 +199,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         accept_custom_methods()
+        answer_parser_errors_in_json()
         await self.push.start()
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)

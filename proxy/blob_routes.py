@@ -20,6 +20,7 @@ from dhtmesh.proxy.route import BLOB_LIMIT, BLOB_READER, UPLOADER, Route
 log = logging.getLogger(__name__)
 
 UPLOAD_PIECE = 256 * 1024
+_BYTES = "application/octet-stream"
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 
@@ -94,7 +95,7 @@ async def _send(
     except ChunkUnavailable as error:
         raise BadRequest(f"unavailable: {error}", status=503) from error
     response = web.StreamResponse(status=206 if partial else 200)
-    response.content_type = "application/octet-stream"
+    response.content_type = _BYTES
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
     response.headers["ETag"] = f'"{blob_id.hex()}"'
@@ -121,12 +122,22 @@ BLOB_ROUTES: list[Route] = [
         "store the body as a blob on the mesh's farmers (streamed; any size up to the node's limit)",
         "the blob's bytes (any content type)",
         {201: "`{id, size, chunks}`", 413: "over the node's blob limit", 503: "too few farmers took it"},
+        body_media=_BYTES,
     ),
     Route(
         "GET",
         "/api/blob/{blob_id}",
         get_blob,
         "the blob's bytes, checked chunk by chunk against its id; `Range: bytes=...` for a part",
-        replies={200: "the blob", 206: "the range", 404: "no such blob", 416: "range outside the blob"},
+        replies={
+            200: "the blob",
+            206: "the range",
+            400: "bad blob id or Range",
+            404: "no such blob",
+            416: "range outside the blob",
+            503: "a chunk is unavailable",
+        },
+        media=_BYTES,
+        headers={"Range": "`bytes=START-END`, `bytes=START-` or `bytes=-LENGTH`: a part of the blob"},
     ),
 ]

@@ -33,7 +33,7 @@ from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, Un
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.responses import BadRequest, json_reply, refusal_status
-from dhtmesh.proxy.route import NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
+from dhtmesh.proxy.route import JSON, NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
 
 RECORD_HEADER = "Farmer-Record"
@@ -288,50 +288,76 @@ async def farmer_record(request: web.Request) -> web.Response:
 
 # ---- the table ----------------------------------------------------------------------------------
 
-_SIGNED = f"none; headers Date, Authorization (Ed25519, the farmer's key) and {RECORD_HEADER} (the signed record)"
-_CHANGE_ERRORS = {400: "bad node id or record", 401: "bad signature", 404: "unknown farmer", 429: "too many"}
+_SIGNED_HEADERS = {
+    "Date": "when the request was signed (HTTP date); a stale or reused request is refused",
+    "Authorization": "the request's Ed25519 signature by the farmer's key (crypto/request_auth.py)",
+    RECORD_HEADER: "the farmer's new record as it signed it: base64 of the value's msgpack wire form",
+}
+_SIGNED_ERRORS = {
+    400: "bad node id or record",
+    401: "bad signature",
+    429: "too many signed requests",
+    503: "this node's storage fails, or is full for others' records",
+    507: "this node's disk is full",
+}
+_CHANGE_ERRORS = {**_SIGNED_ERRORS, 404: "unknown farmer", 409: "the record conflicts with the stored one"}
+_PLAIN = "text/plain"
 
 
-def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str]) -> list[Route]:
+def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str], media: str) -> list[Route]:
     """dataserv's clients GET; POST is accepted too. Either changes the farmer's record."""
     return [
-        Route(method, path, handler, summary, _SIGNED, replies, unsafe_get=True)  # type: ignore[arg-type]
+        Route(method, path, handler, summary, replies=replies, unsafe_get=True, media=media, headers=_SIGNED_HEADERS)  # type: ignore[arg-type]
         for method in ("GET", "POST")
     ]
 
 
+_REGISTER_REPLIES = {200: "the farmer JSON", **_SIGNED_ERRORS, 409: "already registered"}
+
 FARMER_ROUTES: list[Route] = [
     *_both_methods(
-        "/api/register/{nodeid}",
-        register,
-        "register a farmer, payout to its own address",
-        {200: "the farmer JSON", 400: "bad node id", 401: "bad signature", 409: "already registered"},
+        "/api/register/{nodeid}", register, "register a farmer, payout to its own address", _REGISTER_REPLIES, JSON
     ),
     *_both_methods(
         "/api/register/{nodeid}/{payout_addr}",
         register,
         "register a farmer with a payout address",
-        {200: "the farmer JSON", 400: "bad node id or payout", 401: "bad signature", 409: "already registered"},
+        {**_REGISTER_REPLIES, 400: "bad node id, payout or record"},
+        JSON,
     ),
-    *_both_methods("/api/ping/{nodeid}", ping, "the farmer is online", {200: "Ping accepted.", **_CHANGE_ERRORS}),
+    *_both_methods(
+        "/api/ping/{nodeid}", ping, "the farmer is online", {200: "Ping accepted.", **_CHANGE_ERRORS}, _PLAIN
+    ),
     *_both_methods(
         "/api/height/{nodeid}/{height}",
         height,
         "the farmer's capacity, in 128 MiB shards",
         {200: "Height accepted.", **_CHANGE_ERRORS, 413: "over the height limit"},
+        _PLAIN,
     ),
     *_both_methods(
         "/api/bandwidth/{nodeid}/{upload}/{download}",
         bandwidth,
         "the farmer's measured bandwidth",
         {200: "Bandwidth accepted.", **_CHANGE_ERRORS},
+        _PLAIN,
     ),
-    Route("GET", "/api/online", online_text, "farmers seen in the last 5 minutes, one line each, highest first"),
+    Route(
+        "GET",
+        "/api/online",
+        online_text,
+        "farmers seen in the last 5 minutes, one line each, highest first",
+        media="text/html",
+    ),
     Route("GET", "/api/online/json", online_json, "farmers seen in the last 5 minutes, as JSON"),
     Route("GET", "/api/total", total, "online farmers and their total capacity in TB"),
     Route("GET", "/api/address", address, "this node's address (base58check of its node id)"),
     Route(
-        "GET", "/api/farmer/{nodeid}", farmer, "one farmer, online or not", replies={200: "farmer JSON", 404: "unknown"}
+        "GET",
+        "/api/farmer/{nodeid}",
+        farmer,
+        "one farmer, online or not",
+        replies={200: "farmer JSON", 400: "bad node id", 404: "unknown"},
     ),
     Route(
         "GET",
@@ -345,6 +371,6 @@ FARMER_ROUTES: list[Route] = [
         "/api/farmer/{nodeid}/record",
         farmer_record,
         "the farmer's signed record (value JSON), to build its next state on",
-        replies={200: "value JSON", 404: "unknown"},
+        replies={200: "value JSON", 400: "bad node id", 404: "unknown"},
     ),
 ]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from dhtmesh.proxy.responses import BadRequest
-from dhtmesh.proxy.route import ALLOWED_ORIGINS, Handler, Route
+from dhtmesh.proxy.route import ALLOWED_ORIGINS, Handler, Route, table_path
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REFUSED = "http_origin_refused"
@@ -70,4 +70,4 @@ def _changes_state(request: web.Request, unsafe_gets: frozenset[str]) -> bool:
     if request.method not in SAFE_METHODS:
         return True
     resource = request.match_info.route.resource
-    return resource is not None and resource.canonical in unsafe_gets
+    return resource is not None and table_path(resource.canonical) in unsafe_gets

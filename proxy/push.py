@@ -3,7 +3,7 @@
 A subscription is `(key, push token, client id)`. While it lives (24 h unless renewed, as OpenDHT), a
 listener on the key turns each batch of new or expired values into one gorush-style `POST /api/push`
 to the gateway given by `--pushserver`, carrying OpenDHT's payload: `{"key", "to", "t", "s", "ids"}`
-(and `"exp"` for expired ids).
+(and `"exp"` for expired ids), in a notification shaped as OpenDHT 2.4's (`gateway_notification`).
 
 Each subscription is a listener on the mesh (a subscription on the key's replicas) for a day, so a
 client (`clients.client_of`) may hold at most `SUBSCRIPTIONS_PER_CLIENT` at once.
@@ -25,7 +25,9 @@ from dhtmesh.node.wire.ratelimit import Full, Slots
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_LIFETIME = 24 * 3600.0
-PLATFORMS = {"ios": 1, "android": 2, "unifiedpush": 2}
+ANDROID = 2
+PLATFORMS = {"ios": 1, "android": ANDROID, "unifiedpush": ANDROID}  # gorush's platform numbers
+NOTIFICATION_LIFETIME = 24 * 3600  # how long the push service keeps trying to deliver, as OpenDHT asks
 MAX_SUBSCRIPTIONS = 10000
 # A phone subscribes to a few keys per account (its inbox, its presence, its devices); 32 leaves room
 # for several accounts while one address cannot keep thousands of keys' replicas notifying this node.
@@ -69,6 +71,21 @@ class _Subscription:
     task: asyncio.Task | None = field(default=None)
 
 
+def gateway_notification(target: PushTarget, data: dict[str, Any], now: float) -> dict[str, Any]:
+    """One gorush notification as OpenDHT 2.4's proxy writes it: an Android one lives for
+    `NOTIFICATION_LIFETIME` (`time_to_live`), an iOS one expires then (`expiration`, unix seconds) and
+    names its topic, when there is one."""
+    platform = PLATFORMS.get(target.platform, ANDROID)
+    notification: dict[str, Any] = {"tokens": [target.token], "platform": platform, "priority": "high", "data": data}
+    if platform == ANDROID:
+        notification["time_to_live"] = NOTIFICATION_LIFETIME
+    else:
+        notification["expiration"] = int(now) + NOTIFICATION_LIFETIME
+        if target.topic:
+            notification["topic"] = target.topic
+    return notification
+
+
 class PushRelay:
     def __init__(self, node: DhtNode, gateway: str | None) -> None:
         self._node = node
@@ -83,8 +100,10 @@ class PushRelay:
     def enabled(self) -> bool:
         return self._gateway is not None
 
-    def __len__(self) -> int:
-        return len(self._subscriptions)
+    def devices(self) -> int:
+        """How many push tokens hold subscriptions: OpenDHT's `pushListenersCount` (one per device,
+        whatever the number of keys it subscribed to)."""
+        return len({token for _, token, _ in self._subscriptions})
 
     async def start(self) -> None:
         if self._gateway:
@@ -160,13 +179,7 @@ class PushRelay:
         expired = [str(e.value.id) for e in batch if e.expired]
         if expired:
             data["exp"] = ",".join(expired)
-        notification = {
-            "tokens": [target.token],
-            "platform": PLATFORMS.get(target.platform, 2),
-            "priority": "high",
-            "topic": target.topic,
-            "data": data,
-        }
+        notification = gateway_notification(target, data, time.time())
         try:
             async with self._session.post(f"{self._gateway}/api/push", json={"notifications": [notification]}) as reply:
                 if reply.status >= 400:

@@ -3,6 +3,7 @@ push relay, the request counters, the farmer registry and reputations, the repla
 limit of signed requests, the blob uploader, reader and size limit, the per-client cap on listen
 streams, the origins allowed to change state, and the log of the proxy's own errors)."""
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ ERRORS = web.AppKey("errors", ErrorLog)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+JSON = "application/json"
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     method: str
@@ -46,3 +50,19 @@ class Route:
     replies: dict[int, str] = field(default_factory=lambda: {200: "OK"})
     streams: bool = False  # a chunked reply of one JSON value per line
     unsafe_get: bool = False  # a GET that changes state (dataserv's farmer reports): guarded as a POST is
+    media: str | None = JSON  # the type of a successful reply's body; None: it has none. Errors are JSON.
+    body_media: str = JSON  # the type of the request body, when there is one
+    headers: dict[str, str] = field(default_factory=dict)  # request headers it reads: name, meaning
+
+
+def served_paths(path: str) -> tuple[str, ...]:
+    """The router's paths for a route's: OpenDHT's router takes every route with a trailing slash too
+    (`GET /key/{h}/` is `GET /key/{h}`, and so `GET /key/` is the legacy `GET /{h}` of the key "key"),
+    and a path variable is any segment (aiohttp's default would refuse `{` and `}`, which a key may hold)."""
+    routed = re.sub(r"{(\w+)}", r"{\1:[^/]+}", path)
+    return (routed,) if path == "/" else (routed, f"{routed}/")
+
+
+def table_path(served: str) -> str:
+    """The route table's path of a path `served_paths` made."""
+    return served if served == "/" else served.removesuffix("/")

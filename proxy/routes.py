@@ -12,7 +12,7 @@ from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
-from dhtmesh.proxy.keys import parse_key
+from dhtmesh.proxy.keys import path_key
 from dhtmesh.proxy.openapi import document
 from dhtmesh.proxy.push import PushError, PushTarget, SubscriptionLimit
 from dhtmesh.proxy.responses import (
@@ -52,8 +52,10 @@ async def node_stats(request: web.Request) -> web.Response:
     info["public_ip"] = request.remote
     return json_reply(
         {
-            "listenCount": node.hub.listener_count(),
-            "pushListenersCount": len(request.app[PUSH]),
+            # As OpenDHT counts them: the clients' listen streams (not the node's own listeners, such
+            # as the farmer registry's), and the devices with push subscriptions.
+            "listenCount": request.app[LISTEN_SLOTS].in_use,
+            "pushListenersCount": request.app[PUSH].devices(),
             "putCount": len({key for key, _ in announces}),
             "totalPermanentPuts": len(announces),
             "requestRate": stats.rate(),
@@ -73,7 +75,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def _key(request: web.Request) -> bytes:
-    return parse_key(request.match_info["key"])
+    return path_key(request)
 
 
 async def get_values(request: web.Request) -> web.StreamResponse:
@@ -235,10 +237,23 @@ async def _push_target(request: web.Request) -> tuple[PushTarget, dict]:
 # ---- the table ----------------------------------------------------------------------------------
 
 _VALUE = "a value JSON (id, type, data, utype; owner, seq, sig when signed); optional `permanent`"
-_PUT_REPLIES = {200: "the stored value, with its id and `replicas`", 400: "bad value", 409: "refused by policy"}
+_PUT_REPLIES = {
+    200: "the stored value, with its id and `replicas`",
+    400: "bad value",
+    409: "refused by policy",
+    503: "this node's storage fails",
+    507: "this node's disk is full",
+}
 _PUSH = "`{key: push token, client_id, platform, session_id, topic, refresh}`"
-_LISTEN_REPLIES = {200: "one value JSON per line", 429: "too many listen streams from this client"}
-_SUBSCRIBE_REPLIES = {200: "`{}`, or the key's values when renewed", 429: "too many subscriptions"}
+_PUSH_ERRORS = {400: "no push token, or fields that are not strings", 501: "push is off (no --pushserver)"}
+_LISTEN_REPLIES = {
+    200: "one value JSON per line",
+    429: "too many listen streams from this client",
+    503: "this node listens to as many keys as it may",
+}
+_SUBSCRIBE_REPLIES = {200: "`{}`, or the key's values when renewed", 429: "too many subscriptions", **_PUSH_ERRORS}
+_UNSUBSCRIBE_REPLIES = {200: "stopped (no body)", **_PUSH_ERRORS}
+_CORS_REPLIES = {200: "CORS headers, no body"}
 
 ROUTES: list[Route] = [
     Route("GET", "/", node_info, "node info: id, routing table health, storage"),
@@ -264,18 +279,22 @@ ROUTES: list[Route] = [
         "cancel a permanent put: the value is no longer re-announced, and expires",
         replies={200: "cancelled", 400: "bad id", 404: "no such permanent put"},
     ),
-    Route("OPTIONS", "/key/{key}", options, "CORS preflight"),
-    Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight"),
-    Route("GET", "/key/{key}/options", options, "CORS headers"),
-    Route("SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH, _SUBSCRIBE_REPLIES),
-    Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH),
+    Route("OPTIONS", "/key/{key}", options, "CORS preflight", replies=_CORS_REPLIES, media=None),
+    Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight", replies=_CORS_REPLIES, media=None),
+    Route("GET", "/key/{key}/options", options, "CORS headers", replies=_CORS_REPLIES, media=None),
+    Route(
+        "SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH, _SUBSCRIBE_REPLIES, streams=True
+    ),
+    Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None),
     *FARMER_ROUTES,
     *BLOB_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
     Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),
     Route("LISTEN", "/{key}", listen, "legacy: listen", replies=_LISTEN_REPLIES, streams=True),
-    Route("OPTIONS", "/{key}", options, "legacy: CORS preflight"),
-    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH, _SUBSCRIBE_REPLIES),
-    Route("UNSUBSCRIBE", "/{key}", unsubscribe, "legacy: stop push notifications", _PUSH),
+    Route("OPTIONS", "/{key}", options, "legacy: CORS preflight", replies=_CORS_REPLIES, media=None),
+    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH, _SUBSCRIBE_REPLIES, streams=True),
+    Route(
+        "UNSUBSCRIBE", "/{key}", unsubscribe, "legacy: stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None
+    ),
 ]

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from openapi_spec_validator import validate
+from yarl import URL
 
 from dhtmesh.crypto import Identity, node_id_from_public_key, open_sealed
 from dhtmesh.node.dht import DhtNode
@@ -21,10 +23,11 @@ from dhtmesh.node.values import Value
 from dhtmesh.proxy.app import create_app
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
+from dhtmesh.proxy.route import table_path
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.value_json import owner_from_pem, value_from_json
 
-from support import NodeProcess
+from support import NodeProcess, eventually, get_json
 
 Spawn = Callable[..., NodeProcess]
 
@@ -246,44 +249,51 @@ async def push_gateway() -> AsyncIterator[tuple[str, list[dict]]]:
 async def test_subscribe_pushes_through_the_gateway_and_unsubscribe_stops(
     spawn: Spawn, session: aiohttp.ClientSession, push_gateway: tuple[str, list[dict]]
 ) -> None:
+    """Pushes carry OpenDHT 2.4's notification fields; the key is the path segment as sent (`%20` and all)."""
     gateway, received = push_gateway
     first = spawn("a")
     pushing = spawn("b", "-b", first.udp, "--pushserver", gateway)
     await wait_connected(session, [first, pushing], good=1)
     subscription = {"key": "device-token", "client_id": "phone", "platform": "android", "session_id": "s1"}
+    iphone = {"key": "iphone-token", "client_id": "iphone", "platform": "ios", "topic": "org.example.app"}
+    alerts = "/key/wake%20up"
 
-    async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
-        assert response.status == 200 and await read_json(response) == {}
+    for body in (subscription, iphone):
+        async with session.request("SUBSCRIBE", f"{pushing.url}{alerts}", json=body) as response:
+            assert response.status == 200 and await read_json(response) == {}
     await asyncio.sleep(0.5)
-    async with session.post(f"{first.url}/key/alerts", json={"data": b64(b"wake up")}) as response:
+    async with session.post(f"{first.url}/key/{parse_key('wake%20up').hex()}", json={"data": b64(b"up")}) as response:
         stored = await read_json(response)
-    for _ in range(100):
-        if received:
-            break
-        await asyncio.sleep(0.05)
-    (notification,) = received[0]["notifications"]
-    assert notification["tokens"] == ["device-token"] and notification["platform"] == 2
-    assert notification["data"]["key"] == parse_key("alerts").hex()
-    assert notification["data"]["ids"] == stored["id"] and notification["data"]["to"] == "phone"
+    await eventually(lambda: len(received) == 2)
+    sent_at = time.time()
+    by_platform = {body["notifications"][0]["platform"]: body["notifications"][0] for body in received}
+    android, ios = by_platform[2], by_platform[1]
+    assert android["tokens"] == ["device-token"] and android["time_to_live"] == 86400 and "topic" not in android
+    assert android["data"]["key"] == hashlib.sha1(b"wake%20up").hexdigest()
+    assert android["data"]["ids"] == stored["id"] and android["data"]["to"] == "phone"
+    assert ios["tokens"] == ["iphone-token"] and ios["topic"] == "org.example.app" and "time_to_live" not in ios
+    assert sent_at - 60 < ios["expiration"] - 86400 <= sent_at
 
-    async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
+    async with session.request("SUBSCRIBE", f"{pushing.url}{alerts}", json=subscription) as response:
         assert response.status == 200
         existing = [json.loads(line) for line in (await response.text()).splitlines()]
     assert [line["id"] for line in existing] == [stored["id"]]
     stats = await read_json(await session.get(f"{pushing.url}/node/stats"))
-    assert stats["pushListenersCount"] == 1
+    assert stats["pushListenersCount"] == 2, "one per device, as OpenDHT counts them"
+    assert stats["listenCount"] == 0, "push subscriptions are not listen streams"
 
-    async with session.request("UNSUBSCRIBE", f"{pushing.url}/key/alerts", json=subscription) as response:
-        assert response.status == 200
+    for body in (subscription, iphone):
+        async with session.request("UNSUBSCRIBE", f"{pushing.url}{alerts}", json=body) as response:
+            assert response.status == 200
     count = len(received)
-    await session.post(f"{first.url}/key/alerts", json={"data": b64(b"silence")})
+    await session.post(f"{first.url}{alerts}", json={"data": b64(b"silence")})
     await asyncio.sleep(1.0)
     assert len(received) == count
 
     for bad in ({}, {"key": 5}):
-        async with session.request("SUBSCRIBE", f"{pushing.url}/key/alerts", json=bad) as response:
+        async with session.request("SUBSCRIBE", f"{pushing.url}{alerts}", json=bad) as response:
             assert response.status == 400
-    async with session.request("SUBSCRIBE", f"{first.url}/key/alerts", json=subscription) as response:
+    async with session.request("SUBSCRIBE", f"{first.url}{alerts}", json=subscription) as response:
         assert response.status == 501 and "pushserver" in (await read_json(response))["err"]
 
 
@@ -300,12 +310,127 @@ async def test_bad_input_is_answered_and_the_node_keeps_serving(
     assert [base64.b64decode(v["data"]) for v in await lines_of(session, url)] == [b"kept"]
 
 
+async def raw_exchange(url: str, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send bytes no HTTP client would send (a bad request line, raw non-UTF-8 bytes) and read the whole
+    answer (the request says `Connection: close`, or is one the server closes on): status, head, body."""
+    address = URL(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head, body
+
+
+async def test_keys_hash_the_path_segment_as_sent_on_every_route(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    """OpenDHT hashes `/key/a%20b` as SHA-1("a%20b"): the segment is not percent-decoded."""
+    await wait_connected(session, mesh, good=2)
+    raw, decoded = hashlib.sha1(b"a%20b").hexdigest(), hashlib.sha1(b"a b").hexdigest()
+    put = await session.post(f"{mesh[0].url}/key/a%20b", json={"data": b64(b"spaced"), "permanent": True})
+    stored = await read_json(put)
+    for path in (f"/key/{raw}", f"/{raw}", "/a%20b"):
+        assert [line["id"] for line in await lines_of(session, mesh[1].url + path)] == [stored["id"]], path
+    assert await lines_of(session, f"{mesh[1].url}/key/{decoded}") == []
+    async with session.get(f"{mesh[2].url}/key/a%20b/listen") as response:
+        assert (await next_line(response))["id"] == stored["id"]
+    async with session.delete(f"{mesh[0].url}/key/{decoded}/{stored['id']}") as response:
+        assert response.status == 404, "not the key the value was put under"
+    async with session.delete(f"{mesh[0].url}/key/a%20b/{stored['id']}") as response:
+        assert response.status == 200
+
+    # Bytes that are not UTF-8 hash as themselves, as OpenDHT's do.
+    body = json.dumps({"data": b64(b"raw")}).encode()
+    request = b"POST /key/caf\xe9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    status, _, reply = await raw_exchange(mesh[0].url, request + body)
+    assert status == 200
+    raw_key = hashlib.sha1(b"caf\xe9").hexdigest()
+    assert [line["id"] for line in await lines_of(session, f"{mesh[1].url}/key/{raw_key}")] == [json.loads(reply)["id"]]
+
+
+async def test_paths_with_a_trailing_slash_are_served_as_opendht_serves_them(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    """OpenDHT's router takes a trailing slash on every route: `/key/{h}/` is `/key/{h}`, and `/key/` is
+    the legacy `/{h}` of the key "key" (both 200 on OpenDHT 2.4.12)."""
+    await wait_connected(session, mesh, good=2)
+    mine = await read_json(await session.post(f"{mesh[0].url}/key/slashed/", json={"data": b64(b"s")}))
+    named_key = await read_json(await session.post(f"{mesh[0].url}/key", json={"data": b64(b"k")}))
+    assert [line["id"] for line in await lines_of(session, f"{mesh[1].url}/key/slashed/")] == [mine["id"]]
+    assert [line["id"] for line in await lines_of(session, f"{mesh[1].url}/key/")] == [named_key["id"]]
+    async with session.get(f"{mesh[2].url}/key/slashed/listen/") as response:
+        assert (await next_line(response))["id"] == mine["id"]
+    for path in ("/node/stats/", "/node/info/", "/api/total/"):
+        status, _ = await get_json(mesh[0].url, path)
+        assert status == 200, path
+
+
+async def test_requests_the_parser_refuses_get_json_errors_and_are_counted(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    """A 10,000-character key, a 10,000-byte header and bytes that are not HTTP are refused before any
+    route sees them: still JSON `{"err"}` with a 4xx, counted as bad requests."""
+    url = mesh[0].url
+    _, before = await get_json(url, "/")
+    long_key = b"GET /key/" + b"k" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    long_header = b"GET /key/k HTTP/1.1\r\nHost: x\r\nX-Big: " + b"h" * 10_000 + b"\r\n\r\n"
+    for request, expected in ((long_key, 414), (long_header, 431), (b"\x16\x03\x01 not http\r\n\r\n", 400)):
+        status, head, body = await raw_exchange(url, request)
+        assert status == expected, head
+        assert b"Content-Type: application/json" in head and b"Access-Control-Allow-Origin: *" in head
+        assert json.loads(body)["err"]
+    _, after = await get_json(url, "/")
+    counted = {
+        name: after["counters"][name] - before["counters"].get(name, 0)
+        for name in ("http_bad_requests", "http_malformed")
+    }
+    assert counted == {"http_bad_requests": 3, "http_malformed": 3}
+
+
+async def test_405_says_which_methods_the_path_takes(mesh: list[NodeProcess], session: aiohttp.ClientSession) -> None:
+    """RFC 9110 §15.5.6: a 405 carries `Allow`, every method of every route the path matches; the body is
+    JSON as for every refusal."""
+    cases = {
+        ("PUT", "/key/k"): {"GET", "POST", "OPTIONS", "SUBSCRIBE", "UNSUBSCRIBE"},
+        ("POST", "/key/k/listen"): {"GET", "OPTIONS", "DELETE"},  # DELETE /key/{key}/{value_id} matches too
+        ("DELETE", "/api/blob"): {"POST"},
+        ("POST", "/node/stats/"): {"GET"},
+    }
+    for (method, path), methods in cases.items():
+        async with session.request(method, mesh[0].url + path) as response:
+            assert response.status == 405 and "err" in await read_json(response)
+            assert set(response.headers["Allow"].replace(" ", "").split(",")) == methods, path
+
+
+async def test_listen_count_counts_only_the_clients_listen_streams(
+    mesh: list[NodeProcess], session: aiohttp.ClientSession
+) -> None:
+    """OpenDHT's `listenCount` is its HTTP listen sessions: not the farmer registry's own listeners."""
+    url = mesh[0].url
+    status, _ = await get_json(url, "/api/online/json")  # opens the registry's view: it listens to its shards
+    assert status == 200
+    stats = await read_json(await session.get(f"{url}/node/stats"))
+    assert stats["listenCount"] == 0 and stats["nodeInfo"]["listeners"] >= 16
+    async with session.get(f"{url}/key/one/listen") as first, session.request("LISTEN", f"{url}/two") as second:
+        assert first.status == second.status == 200
+        stats = await read_json(await session.get(f"{url}/node/stats"))
+        assert stats["listenCount"] == 2
+    await eventually(lambda: _listen_count(session, url, 0))
+
+
+async def _listen_count(session: aiohttp.ClientSession, url: str, count: int) -> bool:
+    return (await read_json(await session.get(f"{url}/node/stats")))["listenCount"] == count
+
+
 def test_openapi_document_lists_exactly_the_routes_the_router_serves() -> None:
     node = DhtNode(Identity.generate())
     try:
         app = create_app(node)
         served = {
-            (route.method, route.resource.canonical)
+            (route.method, table_path(route.resource.canonical))
             for route in app.router.routes()
             if route.resource is not None and route.method != "HEAD"
         }
