@@ -198,6 +198,18 @@ class OpenDhtClient:
                     raise AssertionError(f"dhtnode never printed {pattern!r}:\n" + "\n".join(self.lines))
                 self._arrived.wait(left)
 
+    def wait_connected(self, within: float = 20.0) -> None:
+        """Until the client reads the proxy's node info as connected (`good` contacts), as `ll` shows."""
+        deadline = time.monotonic() + within
+        while True:
+            self.send("ll")
+            try:
+                self.expect(r"Known nodes: [1-9]\d* good", within=1.0)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)

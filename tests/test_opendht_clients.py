@@ -102,6 +102,26 @@ def b64(raw: bytes) -> str:
 # ---- OpenDHT clients' values --------------------------------------------------------------------
 
 
+async def test_plain_puts_gets_and_listens_of_a_client(
+    mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
+) -> None:
+    opendht = client(clients, mesh[0])
+    opendht.wait_connected()  # the client reads the node's info as OpenDHT's "connected"
+    opendht.send("p plain-key hello")
+    opendht.expect("Put: success")
+    opendht.send("g plain-key")
+    opendht.expect(r"Get: found 1 value")
+    opendht.expect(r'data\(text/plain\):"hello"')
+    opendht.send("l plain-key")
+    opendht.expect(r"Listen: found 1 values")
+    opendht.send("p plain-key again")
+    opendht.expect(r"Listen: found 1 values \(total 2\)")
+    opendht.expect(r'data\(text/plain\):"again"')
+    stored = await values_at(session, mesh[1], "plain-key")
+    assert sorted(v.data for v in stored) == [b"again", b"hello"]
+    assert all(v.utype == "text/plain" and not v.signed for v in stored)
+
+
 async def test_a_signed_put_is_kept_checked_and_read_through_another_proxy(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
