@@ -82,7 +82,7 @@ def command(args: argparse.Namespace) -> int:
         raise CliError("numbers must be non-negative")
     check_payout(args.payout)
     if args.id and args.action not in ("show", "audits"):
-        raise CliError(f"--id is for show and audits; {args.action} acts as the farmer of -i")
+        raise CliError(f"--id is for show and audits: {args.action} acts as the farmer (-i, else the node's own)")
     return run_coroutine(_command(args))
 
 
