@@ -1,4 +1,4 @@
-"""Parsing and resolving `host:port` peer addresses given by a user."""
+"""Parsing and resolving `host:port` peer addresses given by a user, and writing them so that they parse."""
 
 import socket
 
@@ -32,6 +32,11 @@ def parse_host_port(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     if not 0 < port < 65536:
         raise AddressError(f"port out of range in {spec!r}")
     return host, port
+
+
+def format_host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (`[::1]:4222`): what `parse_host_port` and `-b` take back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def resolve(spec: str, default_port: int = DEFAULT_PORT) -> Address:

@@ -1,5 +1,8 @@
 """Staying joined: join through the bootstrap peers and the saved ones; while isolated, retry with
-exponential backoff and say so; save the routing table's peers now and then."""
+exponential backoff and say so; save the routing table's peers now and then.
+
+A node with no peer to try is the first node of a new mesh: that is said once, at info level, and it
+waits for others to join it (an isolated node with peers it cannot reach is warned about each time)."""
 
 import asyncio
 import logging
@@ -21,6 +24,7 @@ class Joiner:
         self._bootstrap = bootstrap
         self._book = book
         self.isolated = True
+        self._first_said = False
 
     def candidates(self) -> list[Address]:
         saved = self._book.load() if self._book else []
@@ -47,14 +51,20 @@ class Joiner:
                 self.save()
                 return MIN_RETRY
         self.isolated = True
-        good, dubious = self._node.table.health()
-        log.warning(
-            "isolated: %d good and %d dubious contacts, %d peers to try; retrying in %.0f s",
-            good,
-            dubious,
-            len(candidates),
-            delay,
-        )
+        if candidates:
+            good, dubious = self._node.table.health()
+            log.warning(
+                "isolated: %d good and %d dubious contacts, %d peers to try; retrying in %.0f s",
+                good,
+                dubious,
+                len(candidates),
+                delay,
+            )
+        elif not self._first_said:
+            self._first_said = True
+            log.info(
+                "first node of a new mesh: no peers to join; others join it with -b HOST:%d", self._node.address[1]
+            )
         await asyncio.sleep(delay)
         return min(delay * 2, MAX_RETRY)
 

@@ -1,4 +1,5 @@
-"""`dhtmesh put|get|listen|info`: talk to a running node's proxy over HTTP."""
+"""`dhtmesh put|sign|encrypt|cancel|get|listen|info`: talk to a running node's proxy over HTTP, under keys
+hashed here as OpenDHT's clients hash them."""
 
 import argparse
 import asyncio
@@ -12,76 +13,137 @@ from typing import Any
 import aiohttp
 
 from dhtmesh.cli.errors import CliError
+from dhtmesh.cli.output import printable
 from dhtmesh.cli.paths import read_identity
+from dhtmesh.cli.url import add_url
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.sealed import SealedBoxError, open_sealed
 from dhtmesh.node.values.value import Value, sign_value
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_to_json
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+
+def key_path(key: str) -> str:
+    """`/key/<40 hex>`: the key hashed here as OpenDHT clients hash it (`parse_key`: SHA-1 of the exact
+    string, unless it is 40 hex), so that `?`, `#`, `/` or `..` in a key reach the node as part of it."""
+    return f"/key/{parse_key(key).hex()}"
 
 
-def add_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the node's proxy (default {DEFAULT_URL})")
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the proxy's JSON exactly (data in base64)")
 
 
 def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
     add_url(parser)
-    parser.add_argument("key")
+    parser.add_argument("key", metavar="KEY", help="any string (hashed with SHA-1), or a 40-hex hash")
     parser.add_argument(
         "-i", "--identity", metavar="FILE", help="decrypt the values encrypted to this identity (client side)"
     )
+    add_json(parser)
+
+
+def add_value_arguments(parser: argparse.ArgumentParser, id_help: str) -> None:
+    """The arguments of every command that puts a value: `put`, `sign`, `encrypt`."""
+    add_url(parser)
+    parser.add_argument("key", metavar="KEY", help="any string (hashed with SHA-1), or a 40-hex hash")
+    parser.add_argument("value", metavar="VALUE", help="the data, as text")
+    parser.add_argument("--type", type=int, default=0, help="value type (0: expires after 10 minutes)")
+    parser.add_argument(
+        "--permanent", action="store_true", help="the node re-announces it until cancelled (dhtmesh cancel)"
+    )
+    parser.add_argument("--id", type=int, default=0, help=id_help)
+    add_json(parser)
 
 
 def add_put_arguments(parser: argparse.ArgumentParser) -> None:
-    add_url(parser)
-    parser.add_argument("key")
-    parser.add_argument("value", help="the data, as text")
-    parser.add_argument("--type", type=int, default=0, help="value type (default 0: expires after 10 min)")
-    parser.add_argument("--permanent", action="store_true", help="keep re-announcing until cancelled")
+    add_value_arguments(parser, "value id (0: the node picks one; required to sign; an edit keeps the id)")
     parser.add_argument("-i", "--identity", metavar="FILE", help="sign with this identity (client side)")
-    parser.add_argument("--id", type=int, default=0, help="value id (required to sign; edits keep the id)")
     parser.add_argument("--seq", type=int, default=0, help="sequence number of a signed value")
 
 
+def add_sign_arguments(parser: argparse.ArgumentParser) -> None:
+    add_value_arguments(parser, "value id (0: a new one; the id of the node's value edits it, with the next seq)")
+
+
+def add_encrypt_arguments(parser: argparse.ArgumentParser) -> None:
+    add_value_arguments(parser, "value id (0: a new one)")
+    parser.add_argument(
+        "--to", required=True, metavar="PUBLIC_KEY", help="the recipient's public key (as `identity show` prints it)"
+    )
+
+
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url(parser)
+    parser.add_argument("key", metavar="KEY", help="the key the value was put under")
+    parser.add_argument("value_id", metavar="ID", help="the value's id (put prints it)")
+    add_json(parser)
+
+
+def plain_document(args: argparse.Namespace) -> dict[str, Any]:
+    """The value JSON of an unsigned put: the node stores it as it is, or signs (and seals) it."""
+    data = base64.b64encode(args.value.encode()).decode()
+    document: dict[str, Any] = {"id": str(args.id), "type": args.type, "data": data, "utype": "text/plain"}
+    if args.permanent:
+        document["permanent"] = True
+    return document
+
+
 def put_document(args: argparse.Namespace) -> dict[str, Any]:
-    data = args.value.encode()
     if not args.identity:
-        document = {"id": str(args.id), "type": args.type, "data": base64.b64encode(data).decode()}
-        document["utype"] = "text/plain"
-    else:
-        if args.id <= 0:
-            raise CliError("a signed put needs --id (a positive value id)")
-        identity = read_identity(Path(args.identity))
-        value = Value(args.id, data, args.type, seq=args.seq, utype="text/plain")
-        document = value_to_json(sign_value(identity, parse_key(args.key), value))
+        return plain_document(args)
+    if args.id <= 0:
+        raise CliError("a signed put needs --id (a positive value id)")
+    identity = read_identity(Path(args.identity))
+    value = Value(args.id, args.value.encode(), args.type, seq=args.seq, utype="text/plain")
+    document = value_to_json(sign_value(identity, parse_key(args.key), value))
     if args.permanent:
         document["permanent"] = True
     return document
 
 
 def put(args: argparse.Namespace) -> int:
-    return run_coroutine(_request(args.url, "POST", f"/key/{args.key}", put_document(args)))
+    return _post(args, "", put_document(args))
+
+
+def sign(args: argparse.Namespace) -> int:
+    return _post(args, "/sign", plain_document(args))
+
+
+def encrypt(args: argparse.Namespace) -> int:
+    return _post(args, "/encrypt", plain_document(args) | {"to": args.to})
+
+
+def _post(args: argparse.Namespace, action: str, document: dict[str, Any]) -> int:
+    path = key_path(args.key) + action
+    return run_coroutine(_request(args.url, "POST", path, lambda text: printable(text, args.json), document))
+
+
+def cancel(args: argparse.Namespace) -> int:
+    def show(text: str) -> str:
+        return printable(text, True) if args.json else f"cancelled id={args.value_id}\n"
+
+    return run_coroutine(_request(args.url, "DELETE", f"{key_path(args.key)}/{args.value_id}", show))
 
 
 def get(args: argparse.Namespace) -> int:
-    return run_coroutine(_stream(args.url, f"/key/{args.key}", None, _reader(args)))
+    return run_coroutine(_stream(args.url, key_path(args.key), None, _reader(args)))
 
 
 def info(args: argparse.Namespace) -> int:
-    return run_coroutine(_request(args.url, "GET", "/"))
+    return run_coroutine(_request(args.url, "GET", "/", lambda text: printable(text, True)))
 
 
 def listen(args: argparse.Namespace) -> int:
-    return run_coroutine(_stream(args.url, f"/key/{args.key}/listen", args.count, _reader(args)))
+    return run_coroutine(_stream(args.url, key_path(args.key) + "/listen", args.count, _reader(args)))
 
 
 def _reader(args: argparse.Namespace) -> Callable[[str], str]:
+    """A value line as it is to be printed: opened with `-i`'s identity when sealed to it, then as text
+    (or JSON with `--json`)."""
     if not args.identity:
-        return lambda line: line
+        return lambda line: printable(line, args.json)
     identity = read_identity(Path(args.identity))
-    return lambda line: decrypted_line(identity, line)
+    return lambda line: printable(decrypted_line(identity, line), args.json)
 
 
 def decrypted_line(identity: Identity, line: str) -> str:
@@ -112,12 +174,12 @@ def run_coroutine(coroutine: Any) -> int:
         return 130
 
 
-async def _request(url: str, method: str, path: str, body: Any = None) -> int:
+async def _request(url: str, method: str, path: str, show: Callable[[str], str], body: Any = None) -> int:
     async with aiohttp.ClientSession() as session, session.request(method, url + path, json=body) as response:
         text = await response.text()
         if response.status >= 400:
             raise CliError(f"{response.status}: {error_of(text)}")
-        sys.stdout.write(text)
+        sys.stdout.write(show(text))
         sys.stdout.flush()
         return 0
 

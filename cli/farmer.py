@@ -1,5 +1,8 @@
-"""`dhtmesh farmer register|ping|height|bandwidth|online|show`: a farmer identity talks to any node's
-proxy, as dataserv-client talked to dataserv.
+"""`dhtmesh farmer register|ping|height|bandwidth|show|audits|online|total`: a farmer identity talks to
+any node's proxy, as dataserv-client talked to dataserv.
+
+The farmer is the identity given with `-i`, else the node's own: the identity in the node's data
+directory, used only once it is proven to be that of the node at `--url`. Nothing here creates a key.
 
 A change is made on the farmer's side: the client reads its current signed record from the mesh
 (`/key/<shard>`), applies dataserv's rule for the request, signs the new state and sends it with a
@@ -7,17 +10,18 @@ signed request. The node only checks and stores it, so it never needs (or gets) 
 """
 
 import argparse
-import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from dhtmesh.cli.client import DEFAULT_URL, add_url, error_of
+from dhtmesh.cli.client import error_of, run_coroutine
 from dhtmesh.cli.errors import CliError
-from dhtmesh.cli.paths import default_data_dir, identity_path, load_or_create_identity
+from dhtmesh.cli.paths import IDENTITY_FILE, default_data_dir, read_identity
+from dhtmesh.cli.url import add_url
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
@@ -29,18 +33,35 @@ from dhtmesh.node.values.value import InvalidValue, Value
 from dhtmesh.proxy.farmer_routes import RECORD_HEADER, record_header
 from dhtmesh.proxy.value_json import ValueJsonError, value_from_json
 
-ACTIONS = ("register", "ping", "height", "bandwidth", "online", "show")
+ACTIONS = ("register", "ping", "height", "bandwidth", "show", "audits", "online", "total")
+ACTIONS_HELP = """actions:
+  register            register the farmer (--payout ADDR)
+  ping                say the farmer is online
+  height N            the farmer's capacity, in 128 MiB shards
+  bandwidth UP DOWN   the farmer's measured bandwidth
+  show                the farmer as the mesh lists it, with its audit reputation (--id: another farmer)
+  audits              every published audit of the farmer, newest first (--id: another farmer)
+  online              the farmers seen in the last 5 minutes (--json: as JSON)
+  total               how many farmers are online, and their capacity in TB"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_url(parser)
-    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("action", choices=ACTIONS, help="see below")
     parser.add_argument("numbers", nargs="*", type=int, metavar="N", help="height N, or bandwidth UP DOWN")
-    parser.add_argument("-i", "--identity", metavar="FILE", help="the farmer's identity (default: the node's)")
+    parser.add_argument(
+        "-i",
+        "--identity",
+        metavar="FILE",
+        help="the farmer's identity (default: the node's own, from its data directory, when it is the node at --url)",
+    )
+    parser.add_argument(
+        "--persist", metavar="DIR", help="the node's data directory, where its identity is (default: as `run`)"
+    )
     parser.add_argument("--payout", metavar="ADDR", help="register: payout address (default: the farmer's own)")
     parser.add_argument("--ip", default="", help="the IP address the farmer states in its record")
     parser.add_argument("--json", action="store_true", help="online: the JSON listing instead of text lines")
-    parser.add_argument("--id", metavar="NODEID", help="show: another farmer (node id or address)")
+    parser.add_argument("--id", metavar="NODEID", help="show, audits: another farmer (node id or address)")
 
 
 def check_payout(text: str | None) -> None:
@@ -60,26 +81,50 @@ def command(args: argparse.Namespace) -> int:
     if any(n < 0 for n in args.numbers):
         raise CliError("numbers must be non-negative")
     check_payout(args.payout)
-    try:
-        return asyncio.run(_command(args))
-    except aiohttp.ClientError as error:
-        raise CliError(f"cannot reach the node's proxy: {error}") from error
+    if args.id and args.action not in ("show", "audits"):
+        raise CliError(f"--id is for show and audits: {args.action} acts as the farmer (-i, else the node's own)")
+    return run_coroutine(_command(args))
 
 
 async def _command(args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession(args.url or DEFAULT_URL) as session:
+    async with aiohttp.ClientSession(args.url) as session:
         if args.action == "online":
             return await _print(session, "/api/online/json" if args.json else "/api/online")
-        if args.action == "show" and args.id:
-            try:
-                farmer_id = parse_node_id(args.id)
-            except InvalidAddress as error:
-                raise CliError(f"--id: {error}") from error
-            return await _print(session, f"/api/farmer/{farmer_id.hex()}")
-        identity = load_or_create_identity(identity_path(default_data_dir(), args.identity), bool(args.identity))
-        if args.action == "show":
-            return await _print(session, f"/api/farmer/{identity.node_id.hex()}")
-        return await _change(session, identity, args)
+        if args.action == "total":
+            return await _print(session, "/api/total")
+        if args.action in ("show", "audits"):
+            farmer_id = _farmer_id(args.id) if args.id else (await farmer_identity(session, args)).node_id
+            suffix = "/audits" if args.action == "audits" else ""
+            return await _print(session, f"/api/farmer/{farmer_id.hex()}{suffix}")
+        return await _change(session, await farmer_identity(session, args), args)
+
+
+def _farmer_id(text: str) -> bytes:
+    try:
+        return parse_node_id(text)
+    except InvalidAddress as error:
+        raise CliError(f"--id: {error}") from error
+
+
+async def farmer_identity(session: aiohttp.ClientSession, args: argparse.Namespace) -> Identity:
+    """`-i`'s identity; else the node's own, read from its data directory, once the node at `--url`
+    proves to be the one that identity belongs to (a farmer command never makes a new farmer)."""
+    if args.identity:
+        return read_identity(Path(args.identity))
+    path = (Path(args.persist) if args.persist else default_data_dir()) / IDENTITY_FILE
+    if not path.exists():
+        raise CliError(
+            f"no node identity at {path}: give the farmer's identity with -i FILE (`dhtmesh identity new -i FILE`"
+            " makes one), or the node's data directory with --persist DIR"
+        )
+    identity = read_identity(path)
+    node_id = await recipient_id(session)
+    if identity.node_id != node_id:
+        raise CliError(
+            f"{path} is node {identity.node_id.hex()}, not the node at {args.url} ({node_id.hex()}):"
+            " give the farmer's identity with -i FILE, or that node's data directory with --persist DIR"
+        )
+    return identity
 
 
 async def _change(session: aiohttp.ClientSession, identity: Identity, args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ from dhtmesh.crypto.identity import Identity, save_identity
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["new", "show"])
-    parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: data dir)")
+    parser.add_argument("action", choices=["new", "show"], help="new: create one; show: print its node id and key")
+    parser.add_argument(
+        "-i", "--identity", metavar="FILE", help="identity file (default: the node's, in the data directory of `run`)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing identity (new)")
     parser.add_argument(
         "--password", action="store_true", help=f"protect the new identity with the password in ${PASSWORD_ENV}"

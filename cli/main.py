@@ -1,59 +1,146 @@
-"""Entry point of the `dhtmesh` console script: argument parsing and the single-line error contract."""
+"""Entry point of the `dhtmesh` console script: argument parsing, help, and the single-line error contract."""
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from dhtmesh import __version__
 from dhtmesh.cli import blob, client, farmer, identity, logs, run
 from dhtmesh.cli.errors import CliError
+from dhtmesh.cli.url import add_url, proxy_url
+
+KEYS = (
+    "KEY is any string, hashed with SHA-1 as OpenDHT's clients hash it (a 40-hex KEY is the hash itself), "
+    "so curl users reach the same values at /key/<sha1 of KEY>."
+)
+VERBOSE_HELP = "more logging: -v info, -vv debug (default: warnings only)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dhtmesh", description="A Kademlia DHT node with an HTTP proxy.")
+class HelpFormatter(argparse.HelpFormatter):
+    """Says each option's default, unless its help says it already or there is none worth saying; wraps
+    a description to the terminal, but keeps a text of several lines (a table of actions) as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return text if "\n" in text else super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, [], "", argparse.SUPPRESS) or action.nargs == 0  # flags, counters
+        if quiet or not action.option_strings or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: shows defaults, and remembers itself, so that an unknown argument is
+    reported with the usage of the command it was given to."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.set_defaults(command_parser=self)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dhtmesh", description="A Kademlia DHT node with an OpenDHT-compatible HTTP proxy.")
     parser.add_argument("--version", action="version", version=f"dhtmesh {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run_parser = commands.add_parser("run", help="run a node and its proxy")
-    run.add_arguments(run_parser)
-    run_parser.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose")
-    run_parser.set_defaults(handler=run.command)
+    def command(name: str, summary: str, details: str, arguments: Callable, handler: Callable, **extra: str) -> Parser:
+        description = f"{summary[0].upper()}{summary[1:]}. {details}"
+        sub = commands.add_parser(name, help=summary, description=description, **extra)
+        arguments(sub)
+        sub.set_defaults(handler=handler)
+        return sub
 
-    put_parser = commands.add_parser("put", help="put a value through a node's proxy")
-    client.add_put_arguments(put_parser)
-    put_parser.set_defaults(handler=client.put)
-
-    get_parser = commands.add_parser("get", help="get a key's values (one JSON per line)")
-    client.add_reading_arguments(get_parser)
-    get_parser.set_defaults(handler=client.get)
-
-    listen_parser = commands.add_parser("listen", help="print a key's values as they arrive")
-    client.add_reading_arguments(listen_parser)
-    listen_parser.add_argument("--count", type=int, help="stop after this many lines")
-    listen_parser.set_defaults(handler=client.listen)
-
-    info_parser = commands.add_parser("info", help="show a node's info")
-    client.add_url(info_parser)
-    info_parser.set_defaults(handler=client.info)
-
-    farmer_parser = commands.add_parser("farmer", help="register and keep a farmer online through a node's proxy")
-    farmer.add_arguments(farmer_parser)
-    farmer_parser.set_defaults(handler=farmer.command)
-
-    blob_parser = commands.add_parser("blob", help="store a file on the mesh's farmers, or fetch one back")
-    blob.add_arguments(blob_parser)
-    blob_parser.set_defaults(handler=blob.command)
-
-    identity_parser = commands.add_parser("identity", help="create or show an identity")
-    identity.add_arguments(identity_parser)
-    identity_parser.set_defaults(handler=identity.command)
+    run_parser = command(
+        "run",
+        "run a node and its proxy",
+        "Serves until SIGINT or SIGTERM; once serving, prints `ready node_id=<hex> udp=<host:port> proxy=<url>`. "
+        "Its identity, values and saved peers live in --persist DIR (default $XDG_DATA_HOME/dhtmesh, else "
+        "~/.local/share/dhtmesh), which one node uses at a time.",
+        run.add_arguments,
+        run.command,
+    )
+    run_parser.add_argument("-v", "--verbose", action="count", default=0, dest="run_verbose", help=VERBOSE_HELP)
+    command(
+        "put",
+        "put a value through a node's proxy",
+        f"Prints the stored value. {KEYS} With -i the value is signed here, with your identity.",
+        client.add_put_arguments,
+        client.put,
+    )
+    command(
+        "sign",
+        "put a value the node signs with its own identity",
+        f"Prints the stored value. {KEYS}",
+        client.add_sign_arguments,
+        client.sign,
+    )
+    command(
+        "encrypt",
+        "put a value sealed to a recipient, signed by the node",
+        f"Only the holder of the recipient's identity can read it (`dhtmesh get -i FILE`). {KEYS}",
+        client.add_encrypt_arguments,
+        client.encrypt,
+    )
+    command(
+        "cancel",
+        "cancel a permanent put",
+        "The node that took the put stops re-announcing the value, which then expires.",
+        client.add_cancel_arguments,
+        client.cancel,
+    )
+    command(
+        "get",
+        "print a key's values",
+        f"One line each: id, signer, data as text (or base64 when binary); --json prints the proxy's JSON. {KEYS}",
+        client.add_reading_arguments,
+        client.get,
+    )
+    listen_parser = command(
+        "listen",
+        "print a key's values, then new ones as they arrive",
+        f"Lines as `get` prints them; expired values are marked `expired=true`. Runs until Ctrl-C. {KEYS}",
+        client.add_reading_arguments,
+        client.listen,
+    )
+    listen_parser.add_argument("--count", type=int, help="stop after this many values")
+    command("info", "show a node's info", "The node's /node/info, as JSON.", add_url, client.info)
+    command(
+        "farmer",
+        "act as a farmer through any node's proxy",
+        "Farmer records and audits, as dataserv kept them, in the mesh.",
+        farmer.add_arguments,
+        farmer.command,
+        epilog=farmer.ACTIONS_HELP,
+    )
+    command(
+        "blob",
+        "store a file on the mesh's farmers, or fetch one back",
+        "With a progress bar on stderr (-q: none).",
+        blob.add_arguments,
+        blob.command,
+    )
+    command(
+        "identity",
+        "create or show an identity",
+        "An Ed25519 key pair; its node id is the SHA-1 of the public key.",
+        identity.add_arguments,
+        identity.command,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logs.configure(args.verbose + getattr(args, "run_verbose", 0))
     try:
+        if "url" in vars(args):
+            args.url = proxy_url(args.url)
         return args.handler(args)
     except CliError as error:
         print(f"dhtmesh: error: {error}", file=sys.stderr)

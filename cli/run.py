@@ -13,11 +13,12 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
-from dhtmesh.bootstrap.addresses import AddressError, resolve
+from dhtmesh.bootstrap.addresses import AddressError, format_host_port, resolve
 from dhtmesh.bootstrap.join import Joiner
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.farmer import check_payout
+from dhtmesh.cli.lock import lock_data_dir
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
 from dhtmesh.crypto.opendht import OpenDhtKeyError, RsaIdentity, load_or_create_rsa_identity
 from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
@@ -43,10 +44,19 @@ OPENDHT_IDENTITY_FILE = "opendht-identity.pem"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", "--port", type=int, default=4222, help="UDP port of the node (0: any free port)")
-    parser.add_argument("--bind", default="0.0.0.0", help="address the UDP socket binds to (default 0.0.0.0)")
-    parser.add_argument("-b", "--bootstrap", action="append", default=[], metavar="HOST:PORT", help="peer to join")
-    parser.add_argument("--proxyserver", type=int, default=8080, metavar="HTTP_PORT", help="proxy port (0: any)")
+    parser.add_argument("-p", "--port", type=int, default=4222, help="UDP port of the node; 0 picks a free one")
+    parser.add_argument("--bind", default="0.0.0.0", help="address the UDP socket binds to (:: for IPv6)")
+    parser.add_argument(
+        "-b",
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a node of the mesh to join ([v6]:PORT for IPv6); repeatable. None: this node starts a new mesh",
+    )
+    parser.add_argument(
+        "--proxyserver", type=int, default=8080, metavar="HTTP_PORT", help="HTTP port of the proxy; 0 picks a free one"
+    )
     parser.add_argument("--proxy-addr", default="127.0.0.1", help="address the proxy listens on")
     parser.add_argument("--pushserver", metavar="URL", help="push gateway (gorush-style POST URL/api/push)")
     parser.add_argument(
@@ -54,42 +64,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="a web origin (scheme://host[:port]) whose pages may change state through the proxy (repeatable)",
+        help="a web origin (scheme://host[:port]) whose pages may change state through the proxy; repeatable",
     )
-    parser.add_argument("--persist", metavar="DIR", help="data directory (default: per-user data directory)")
+    parser.add_argument(
+        "--persist", metavar="DIR", help="data directory (default: $XDG_DATA_HOME/dhtmesh, else ~/.local/share/dhtmesh)"
+    )
     parser.add_argument("-i", "--identity", metavar="FILE", help="identity file (default: DIR/identity.json)")
     parser.add_argument(
         "--opendht-identity",
         nargs="?",
         const=OPENDHT_IDENTITY_FILE,
         metavar="FILE",
-        help="sign and encrypt values for callers (/key/K/sign, /key/K/encrypt) with this OpenDHT (RSA-4096) "
-        f"identity, so OpenDHT clients can check them; made on first use (default: DIR/{OPENDHT_IDENTITY_FILE})",
+        help="sign and encrypt values for callers (/key/K/sign, /key/K/encrypt) with an OpenDHT (RSA-4096) "
+        f"identity, so that OpenDHT clients can check them; made on first use (FILE: DIR/{OPENDHT_IDENTITY_FILE})",
     )
-    parser.add_argument(
-        "--blob-limit", type=int, default=1024, metavar="MIB", help="largest blob the proxy takes (default 1024 MiB)"
-    )
+    parser.add_argument("--blob-limit", type=int, default=1024, metavar="MIB", help="largest blob the proxy takes")
     farmer = parser.add_argument_group("farming", "register this node as a farmer and keep it online")
     farmer.add_argument("--farmer", action="store_true", help="register, report height, ping every minute")
     farmer.add_argument("--payout", metavar="ADDR", help="payout address (default: this node's own address)")
     farmer.add_argument("--height", type=int, metavar="N", help="capacity to report, in 128 MiB shards")
     farmer.add_argument("--ping-interval", type=float, default=MAX_PING, metavar="S", help=argparse.SUPPRESS)
+    farmer.add_argument("--chunk-quota", type=int, default=1024, metavar="MIB", help="room for the mesh's chunks")
     farmer.add_argument(
-        "--chunk-quota", type=int, default=1024, metavar="MIB", help="room for the mesh's chunks (default 1024 MiB)"
-    )
-    farmer.add_argument(
-        "--audit-period",
-        type=float,
-        default=DEFAULT_AUDIT_PERIOD,
-        metavar="S",
-        help=f"seconds between this farmer's audits of others (default {DEFAULT_AUDIT_PERIOD:g})",
+        "--audit-period", type=float, default=DEFAULT_AUDIT_PERIOD, metavar="S", help="seconds between audits of others"
     )
     farmer.add_argument(
         "--pending-timeout",
         type=float,
         default=DEFAULT_PENDING_TIMEOUT,
         metavar="S",
-        help=f"seconds a chunk of an unfinished upload is kept (default {DEFAULT_PENDING_TIMEOUT:g})",
+        help="seconds a chunk of an unfinished upload is kept",
     )
 
 
@@ -106,6 +110,11 @@ def command(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CliError(f"cannot use data directory {data_dir}: {error}") from error
+    with lock_data_dir(data_dir):
+        return _run_locked(args, data_dir)
+
+
+def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
     identity = load_or_create_identity(identity_path(data_dir, args.identity), explicit=bool(args.identity))
     try:
         bootstrap = [resolve(spec) for spec in args.bootstrap]
@@ -189,7 +198,6 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     registry = FarmerRegistry(node)
     try:
         await _start(proxy.start(), args.proxy_addr, args.proxyserver, "proxy")
-        host, port = node.address
         if args.farmer:
             store = _chunk_store(args, data_dir)
             keeper = ChunkKeeper(node, store, args.pending_timeout)
@@ -203,7 +211,7 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
             )
             await chunks.start(sock=stream_socket)
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
-        print(f"ready node_id={node.node_id.hex()} udp={host}:{port} proxy={proxy.url}", flush=True)
+        print(f"ready node_id={node.node_id.hex()} udp={format_host_port(*node.address)} proxy={proxy.url}", flush=True)
         tasks = [loop.create_task(joiner.run())]
         if chunks is not None:
             agent = FarmerAgent(node, args.payout, args.height, args.ping_interval, _declared_ip(args.bind))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dhtmesh.bootstrap.addresses import format_host_port
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key
@@ -684,13 +685,15 @@ class DhtNode:
     # ---- reporting ----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        good, dubious = self.table.health()
+        families = {}
+        for family in (4, 6):  # contacts counted by the family of their address, as OpenDHT counts them
+            good, dubious = self.table.health(family)
+            families[f"ipv{family}"] = {"good": good, "dubious": dubious, "incoming": self.table.incoming(family)}
         return {
             "node_id": self.node_id.hex(),
-            "ipv4": {"good": good, "dubious": dubious, "incoming": self.table.incoming()},
-            "ipv6": {"good": 0, "dubious": 0, "incoming": 0},
+            **families,
             "ops": self.ongoing_ops,
-            "address": f"{self.address[0]}:{self.address[1]}",
+            "address": format_host_port(*self.address),
             "listeners": self.hub.listener_count(),
             "subscribers": self.hub.subscription_count(),
             "started": self._started,

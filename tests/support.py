@@ -8,8 +8,10 @@ limits stop. 127.0.0.0/8 is all loopback on Linux; 127.0.0.x is left to the atta
 """
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import json
 import os
 import re
 import select
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +89,7 @@ class NodeProcess:
     def address(self) -> Address:
         """The node's UDP address (and, for a farmer, its chunk streams' TCP address)."""
         host, port = self.udp.rsplit(":", 1)
-        return host, int(port)
+        return host.strip("[]"), int(port)  # an IPv6 host is printed in brackets: [::1]:4222
 
     @property
     def identity(self) -> Identity:
@@ -224,6 +228,46 @@ def run_cli(*args: str, timeout: float = 30.0, env: dict | None = None) -> subpr
     return subprocess.run(
         [*DHTMESH, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+def post_json(url: str, document: dict) -> tuple[int, dict]:
+    """POST a JSON document (blocking, for tests that drive processes); the status and the JSON reply."""
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def new_identity(path: Path, **env: str) -> str:
+    """`dhtmesh identity new -i path` (password-protected when `DHTMESH_PASSWORD` is given); its node id."""
+    result = run_cli("identity", "new", "-i", str(path), *(["--password"] if env else []), env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
+def values_of(output: str) -> list[dict]:
+    """The JSON lines a client command printed with `--json`."""
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def data_of(output: str) -> list[bytes]:
+    """The data of the values a client command printed with `--json`, sorted."""
+    return sorted(base64.b64decode(v["data"]) for v in values_of(output))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """The command failed with the CLI's contract: one `dhtmesh: error: ...` line, no traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dhtmesh: error:")
+    assert "Traceback" not in result.stderr
+    for fragment in expected:
+        assert fragment in lines[0]
 
 
 def wait_ready(process: subprocess.Popen) -> dict[str, str]:

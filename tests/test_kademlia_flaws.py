@@ -1,4 +1,4 @@
-"""Flaws F1–F23 of the stock `kademlia` 2.2.3 package (shared/reference/kademlia-library.md, section 2):
+"""Flaws F1–F23 of the stock `kademlia` 2.2.3 package, each quoted in the docstring of its test:
 one or a few tests per flaw, each showing that dhtmesh does not have it.
 
 Everything runs on 127.0.0.1 with real UDP sockets: in-process meshes from `make_mesh`, and bare sockets

@@ -7,35 +7,23 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from support import DHTMESH, NodeProcess, run_cli
+from support import (
+    DHTMESH,
+    NodeProcess,
+    assert_one_line_error,
+    data_of,
+    new_identity,
+    post_json,
+    run_cli,
+    values_of,
+)
 
 Spawn = Callable[..., NodeProcess]
-
-
-def values_of(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines() if line.strip()]
-
-
-def data_of(output: str) -> list[bytes]:
-    return sorted(base64.b64decode(v["data"]) for v in values_of(output))
-
-
-def post_json(url: str, document: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def info(node: NodeProcess) -> dict:
@@ -53,27 +41,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def new_identity(path: Path, **env: str) -> str:
-    result = run_cli("identity", "new", "-i", str(path), *(["--password"] if env else []), env=env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()[1]
-
-
 def test_value_put_on_one_node_is_read_on_another_and_pushed_to_a_listener_on_a_third(spawn: Spawn) -> None:
     first = spawn("a")
     second = spawn("b", "-b", first.udp)
     third = spawn("c", "-b", first.udp)
     wait_until(lambda: info(third)["ipv4"]["good"] >= 2)
     listener = subprocess.Popen(
-        [*DHTMESH, "listen", "--url", third.url, "greeting", "--count", "1"], stdout=subprocess.PIPE, text=True
+        [*DHTMESH, "listen", "--json", "--url", third.url, "greeting", "--count", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(1.0)  # the listener subscribes to the replicas before the put
-        put = run_cli("put", "--url", first.url, "greeting", "hello mesh")
+        put = run_cli("put", "--json", "--url", first.url, "greeting", "hello mesh")
         assert put.returncode == 0, put.stderr
         assert values_of(put.stdout)[0]["replicas"] >= 2
 
-        got = run_cli("get", "--url", second.url, "greeting")
+        got = run_cli("get", "--json", "--url", second.url, "greeting")
         assert got.returncode == 0, got.stderr
         assert data_of(got.stdout) == [b"hello mesh"]
 
@@ -93,7 +77,8 @@ def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spaw
     new_identity(alice)
     new_identity(mallory)
 
-    first = run_cli("put", "--url", nodes[0].url, "-i", str(alice), "--id", "42", "--seq", "1", "doc", "v1 by alice")
+    signed = ["-i", str(alice), "--id", "42", "--seq", "1"]
+    first = run_cli("put", "--json", "--url", nodes[0].url, *signed, "doc", "v1 by alice")
     assert first.returncode == 0, first.stderr
     assert values_of(first.stdout)[0]["replicas"] == 2
 
@@ -110,7 +95,7 @@ def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spaw
     assert status == 400 and "signature" in body["err"]
 
     for node in nodes:
-        got = run_cli("get", "--url", node.url, "doc")
+        got = run_cli("get", "--json", "--url", node.url, "doc")
         assert got.returncode == 0, got.stderr
         assert data_of(got.stdout) == [b"v1 by alice"]
 
@@ -129,7 +114,7 @@ def test_get_and_listen_decrypt_the_values_encrypted_to_the_given_identity(spawn
     assert status == 200
     post_json(f"{first.url}/key/letter", {"data": base64.b64encode(b"for all").decode()})
 
-    for command in (["get"], ["listen", "--count", "2"]):
+    for command in (["get", "--json"], ["listen", "--json", "--count", "2"]):
         as_bob = run_cli(*command, "--url", second.url, "-i", str(bob), "letter")
         assert as_bob.returncode == 0, as_bob.stderr
         assert data_of(as_bob.stdout) == [b"for all", b"for bob only"]
@@ -153,7 +138,7 @@ def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_save
     first = spawn("a")
     second = spawn("b", "-b", first.udp)
     wait_until(lambda: info(second)["ipv4"]["good"] >= 1)
-    put = run_cli("put", "--url", first.url, "durable", "survives kill -9")
+    put = run_cli("put", "--json", "--url", first.url, "durable", "survives kill -9")
     assert put.returncode == 0 and values_of(put.stdout)[0]["replicas"] == 1
     wait_until(lambda: (second.data_dir / "peers.json").exists())
 
@@ -169,7 +154,7 @@ def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_save
 
     first.process.send_signal(signal.SIGTERM)
     assert first.process.wait(timeout=15) == 0
-    got = run_cli("get", "--url", revived.url, "durable")
+    got = run_cli("get", "--json", "--url", revived.url, "durable")
     assert data_of(got.stdout) == [b"survives kill -9"]
 
 
@@ -197,16 +182,6 @@ def test_isolated_node_retries_and_joins_when_its_bootstrap_appears(spawn: Spawn
     lonely.process.wait(timeout=15)
     assert lonely.process.stderr is not None
     assert "isolated" in lonely.process.stderr.read()
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("dhtmesh: error:")
-    assert "Traceback" not in result.stderr
-    for fragment in expected:
-        assert fragment in lines[0]
 
 
 def test_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dhtmesh.node.routing.contact import ID_BITS, Contact
 from dhtmesh.node.routing.diversity import UNLIMITED, Diversity
+from dhtmesh.node.wire.netgroup import family_of
 
 GOOD_FOR = 600.0  # a contact that answered within this many seconds is "good", as OpenDHT counts
 
@@ -80,20 +81,26 @@ class RoutingTable:
         ordered = sorted(candidates, key=lambda c: c.id_int ^ target_int)
         return self._diversity.pick(ordered, self.k if count is None else count, target)
 
-    def health(self) -> tuple[int, int]:
-        """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest."""
+    def health(self, family: int | None = None) -> tuple[int, int]:
+        """(good, dubious): contacts heard from within `GOOD_FOR`, and the rest; of one address family
+        (4 or 6, `netgroup.family_of`) when given."""
         now = time.monotonic()
-        good = sum(
-            1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_reply < GOOD_FOR
-        )
-        return good, len(self) - good
+        entries = self._entries(family)
+        good = sum(1 for e in entries if now - e.last_reply < GOOD_FOR)
+        return good, len(entries) - good
 
-    def incoming(self) -> int:
-        """Contacts that sent us a request within `GOOD_FOR`."""
+    def incoming(self, family: int | None = None) -> int:
+        """Contacts (of one address family, when given) that sent us a request within `GOOD_FOR`."""
         now = time.monotonic()
-        return sum(
-            1 for bucket in self._buckets for e in bucket.entries.values() if now - e.last_request < GOOD_FOR
-        )
+        return sum(1 for e in self._entries(family) if now - e.last_request < GOOD_FOR)
+
+    def _entries(self, family: int | None) -> list[_Entry]:
+        return [
+            entry
+            for bucket in self._buckets
+            for entry in bucket.entries.values()
+            if family is None or family_of(entry.contact.host) == family
+        ]
 
     def stale_buckets(self, older_than: float) -> list[tuple[int, int]]:
         now = time.monotonic()

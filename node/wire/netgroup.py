@@ -34,6 +34,12 @@ def host_of(ip: str) -> str:
 
 
 @functools.lru_cache(maxsize=16384)
+def family_of(ip: str) -> int:
+    """6 for an IPv6 address, else 4 (an IPv4-mapped IPv6 address is IPv4: it reaches an IPv4 host)."""
+    return 6 if ":" in host_of(ip) else 4
+
+
+@functools.lru_cache(maxsize=16384)
 def subnet_of(address: str) -> str:
     """The subnet an address, or a host (`host_of`), belongs to; text that is neither is its own."""
     host = host_of(address)
