@@ -4,9 +4,11 @@ hashed here as OpenDHT's clients hash them."""
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ from dhtmesh.cli.output import printable
 from dhtmesh.cli.paths import read_identity
 from dhtmesh.cli.url import add_url
 from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.opendht import OpenDhtKeyError, RsaIdentity, read_rsa_identity
 from dhtmesh.crypto.sealed import SealedBoxError, open_sealed
-from dhtmesh.node.values.value import Value, sign_value
+from dhtmesh.node.values.value import InvalidValue, Value, decrypt_opendht_value, sign_value
 from dhtmesh.proxy.keys import parse_key
-from dhtmesh.proxy.value_json import value_to_json
+from dhtmesh.proxy.value_json import ValueJsonError, value_from_json, value_to_json
 
 
 def key_path(key: str) -> str:
@@ -38,6 +41,12 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("key", metavar="KEY", help="any string (hashed with SHA-1), or a 40-hex hash")
     parser.add_argument(
         "-i", "--identity", metavar="FILE", help="decrypt the values encrypted to this identity (client side)"
+    )
+    parser.add_argument(
+        "--opendht-identity",
+        metavar="FILE",
+        help="decrypt the OpenDHT values encrypted to this OpenDHT identity (an RSA key in PEM, such as a "
+        "node's opendht-identity.pem; client side)",
     )
     add_json(parser)
 
@@ -140,10 +149,17 @@ def listen(args: argparse.Namespace) -> int:
 def _reader(args: argparse.Namespace) -> Callable[[str], str]:
     """A value line as it is to be printed: opened with `-i`'s identity when sealed to it, then as text
     (or JSON with `--json`)."""
-    if not args.identity:
-        return lambda line: printable(line, args.json)
-    identity = read_identity(Path(args.identity))
-    return lambda line: printable(decrypted_line(identity, line), args.json)
+    openers: list[Callable[[str], str]] = []
+    if args.identity:
+        identity = read_identity(Path(args.identity))
+        openers.append(lambda line: decrypted_line(identity, line))
+    if args.opendht_identity:
+        try:
+            rsa = read_rsa_identity(Path(args.opendht_identity))
+        except OpenDhtKeyError as error:
+            raise CliError(str(error)) from error
+        openers.append(lambda line: opendht_decrypted_line(rsa, line))
+    return lambda line: printable(functools.reduce(lambda text, opener: opener(text), openers, line), args.json)
 
 
 def decrypted_line(identity: Identity, line: str) -> str:
@@ -163,6 +179,25 @@ def decrypted_line(identity: Identity, line: str) -> str:
     del document["cypher"]
     document |= {"data": base64.b64encode(data).decode(), "decrypted": True}
     return json.dumps(document) + "\n"
+
+
+def opendht_decrypted_line(identity: RsaIdentity, line: str) -> str:
+    """The value's JSON line opened into the signed value inside when it is an OpenDHT cipher text for
+    `identity`; any other line unchanged (there is no telling whom an OpenDHT cipher text is for but by
+    trying to open it)."""
+    try:
+        document = json.loads(line)
+        sealed = value_from_json(document)
+    except (ValueError, ValueJsonError):
+        return line
+    if not sealed.opaque:
+        return line
+    try:
+        inner = decrypt_opendht_value(identity, sealed)
+    except InvalidValue:
+        return line
+    opened = value_to_json(replace(inner, to=b"")) | {"decrypted": True}
+    return json.dumps(opened | {key: document[key] for key in ("expired",) if key in document}) + "\n"
 
 
 def run_coroutine(coroutine: Any) -> int:

@@ -25,7 +25,7 @@ from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
 from dhtmesh.node.blobs.placement import Placer
-from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.dht import DhtNode, PutRefused
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.blob import MAX_CHUNKS
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
@@ -36,6 +36,7 @@ from dhtmesh.node.streams.binding import BindError, start_with_stream_socket
 from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.node.streams.port_limits import connection_cap
+from dhtmesh.node.values import InvalidValue
 from dhtmesh.proxy.app import ProxyServer
 from dhtmesh.proxy.origins import parse_origin
 
@@ -211,6 +212,11 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
             )
             await chunks.start(sock=stream_socket)
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
+        # Held here at once, and handed to the key's replicas as they join: see `Replicator.hand_off`.
+        try:
+            await node.publish_opendht_certificate()
+        except (PutRefused, InvalidValue) as error:
+            log.error("cannot publish this node's OpenDHT certificate: %s", error)
         print(f"ready node_id={node.node_id.hex()} udp={format_host_port(*node.address)} proxy={proxy.url}", flush=True)
         tasks = [loop.create_task(joiner.run())]
         if chunks is not None:

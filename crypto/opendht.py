@@ -12,6 +12,7 @@ Keys are bounded (2048 to 4096 bits, exponent 65537) so that a hostile owner key
 expensive. The private side (`RsaIdentity`) is a PEM file with mode 0600.
 """
 
+import datetime
 import functools
 import hashlib
 import os
@@ -32,6 +33,8 @@ _PKCS1_OVERHEAD = 11
 _AES_KEY_SIZES = (16, 24, 32)
 _GCM_IV_SIZE = 12
 _GCM_TAG_SIZE = 16
+_CERTIFICATE_FROM = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+_CERTIFICATE_UNTIL = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
 
 
 class OpenDhtKeyError(ValueError):
@@ -116,6 +119,23 @@ class RsaIdentity:
     def sign(self, message: bytes) -> bytes:
         return self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA512())
 
+    def certificate(self) -> bytes:
+        """A self-signed X.509 certificate (PEM) of this identity, as OpenDHT identities publish theirs
+        so that others can encrypt to them. The same bytes every time (fixed dates, the serial from
+        the key id, a deterministic signature): published again, it is a refresh, not an edit."""
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"dhtmesh node {self.key_id.hex()}")])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.private_key.public_key())
+            .serial_number(int.from_bytes(self.key_id, "big") >> 1)
+            .not_valid_before(_CERTIFICATE_FROM)
+            .not_valid_after(_CERTIFICATE_UNTIL)
+            .sign(self.private_key, hashes.SHA512())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
     def decrypt(self, cypher: bytes) -> bytes:
         """OpenDHT's `PrivateKey::decrypt`; raises `OpenDhtKeyError` for anything that does not open."""
         block = self.private_key.key_size // 8
@@ -136,7 +156,7 @@ class RsaIdentity:
 def load_or_create_rsa_identity(path: Path, bits: int = DEFAULT_BITS) -> RsaIdentity:
     """The identity in `path` (PEM, PKCS#8, unencrypted, mode 0600), made there on first use."""
     if path.exists():
-        return _read_identity(path)
+        return read_rsa_identity(path)
     identity = RsaIdentity.generate(bits)
     pem = identity.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -148,7 +168,8 @@ def load_or_create_rsa_identity(path: Path, bits: int = DEFAULT_BITS) -> RsaIden
     return identity
 
 
-def _read_identity(path: Path) -> RsaIdentity:
+def read_rsa_identity(path: Path) -> RsaIdentity:
+    """An OpenDHT identity's private key from a PEM file; raises `OpenDhtKeyError`."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as error:

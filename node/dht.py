@@ -40,6 +40,7 @@ from dhtmesh.node.values.value import (
     InvalidValue,
     Value,
     certificate_public_key,
+    certificate_value,
     encrypt_opendht_value,
     new_value_id,
     sign_opendht_value,
@@ -483,6 +484,13 @@ class DhtNode:
         encrypted = encrypt_opendht_value(self.opendht_identity, recipient, value)
         return await self.put(key, encrypted, permanent=permanent, until=until)
 
+    async def publish_opendht_certificate(self) -> None:
+        """Keep this node's OpenDHT certificate under its key id, so OpenDHT clients (and `/encrypt` of
+        other nodes) can encrypt values to this node's OpenDHT identity."""
+        if self.opendht_identity is not None:
+            identity = self.opendht_identity
+            await self.put(identity.key_id, certificate_value(identity), permanent=True)
+
     async def opendht_public_key(self, key_id: bytes) -> bytes | None:
         """The OpenDHT public key whose id is `key_id`, from the certificates published under that id."""
         for value in await self.get(key_id, value_type=CERTIFICATE_TYPE):
@@ -689,8 +697,10 @@ class DhtNode:
         for family in (4, 6):  # contacts counted by the family of their address, as OpenDHT counts them
             good, dubious = self.table.health(family)
             families[f"ipv{family}"] = {"good": good, "dubious": dubious, "incoming": self.table.incoming(family)}
+        opendht_id = {"id": self.opendht_identity.key_id.hex()} if self.opendht_identity else {}
         return {
             "node_id": self.node_id.hex(),
+            **opendht_id,  # as OpenDHT's node info names the node's public key id when it has an identity
             **families,
             "ops": self.ongoing_ops,
             "address": format_host_port(*self.address),

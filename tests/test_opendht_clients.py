@@ -27,6 +27,8 @@ from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.values import InvalidValue, Value
 from dhtmesh.node.values.value import (
     HIDDEN_RECIPIENT,
+    certificate_public_key,
+    certificate_value,
     decrypt_opendht_value,
     encrypt_opendht_value,
     sign_opendht_value,
@@ -36,7 +38,7 @@ from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_from_json, value_to_json
 
 from conftest import MeshFactory
-from support import FAST, NodeProcess, OpenDhtClient, ProcessGroup, eventually, start_node
+from support import FAST, NodeProcess, OpenDhtClient, ProcessGroup, eventually, run_cli, start_node
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +82,11 @@ def _lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
-async def certificate_published(session: aiohttp.ClientSession, node: NodeProcess, owner: OpenDhtClient) -> None:
-    """Wait until `node` finds the certificate an OpenDHT client with an identity puts under its key id."""
+async def certificate_published(session: aiohttp.ClientSession, node: NodeProcess, key_id: str) -> None:
+    """Wait until `node` finds the certificate an OpenDHT identity puts under its key id."""
 
     async def found() -> bool:
-        async with session.get(f"{node.url}/key/{owner.key_id}") as response:
+        async with session.get(f"{node.url}/key/{key_id}") as response:
             return bool(_lines(await response.text()))
 
     await eventually(found)
@@ -147,7 +149,7 @@ async def test_an_encrypted_put_reaches_its_recipient_through_another_proxy(
 ) -> None:
     recipient = client(clients, mesh[1], identity=True)  # publishes its certificate under its key id
     sender = client(clients, mesh[0], identity=True)
-    await certificate_published(session, mesh[0], recipient)
+    await certificate_published(session, mesh[0], recipient.key_id)
     sender.send(f"e secret-key {recipient.key_id} for-your-eyes")
     sender.expect("Put encrypted: success")
     recipient.send("g secret-key")
@@ -188,7 +190,7 @@ async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
     recipient = client(clients, mesh[1], identity=True)
-    await certificate_published(session, mesh[0], recipient)
+    await certificate_published(session, mesh[0], recipient.key_id)
     signed_url = f"{mesh[0].url}/key/{parse_key('node-signed').hex()}/sign"
     status, body = await post(session, signed_url, {"data": b64(b"from the node"), "utype": "text/plain"})
     assert status == 200 and body["owner"].startswith("-----BEGIN PUBLIC KEY-----")
@@ -209,6 +211,23 @@ async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and
     sealed = value_from_json(body)
     assert status == 200 and len(sealed.owner) == 32 and sealed.to == dhtmesh_user.node_id
     assert open_sealed(dhtmesh_user, sealed.data) == b"to you"
+
+
+async def test_clients_encrypt_to_the_node_and_its_operator_reads_with_dhtmesh_get(
+    mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
+) -> None:
+    async with session.get(f"{mesh[0].url}/") as response:
+        node_key_id = (await response.json())["id"]  # as OpenDHT's node info names it
+    await certificate_published(session, mesh[1], node_key_id)
+    sender = client(clients, mesh[1], identity=True)
+    sender.send(f"e to-the-node {node_key_id} hello-node")
+    sender.expect("Put encrypted: success")
+    own_key = str(mesh[0].data_dir / "opendht-identity.pem")
+    read = run_cli("get", "--url", mesh[1].url, "to-the-node", "--opendht-identity", own_key)
+    assert read.returncode == 0, read.stderr
+    assert f"owner={sender.key_id}" in read.stdout and 'decrypted=true data="hello-node"' in read.stdout
+    unread = run_cli("get", "--url", mesh[1].url, "to-the-node")  # without the key: the cipher text only
+    assert "sealed=true" in unread.stdout and "hello-node" not in unread.stdout
 
 
 # ---- the edit policy on OpenDHT owners ----------------------------------------------------------
@@ -269,6 +288,15 @@ def test_an_opendht_cipher_text_opens_only_for_its_recipient(owners: tuple[RsaId
             decrypt_opendht_value(alice, sealed)
         with pytest.raises(InvalidValue):
             decrypt_opendht_value(bob, replace(sealed, data=sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])))
+
+
+def test_a_node_publishes_the_same_certificate_every_time(owners: tuple[RsaIdentity, RsaIdentity]) -> None:
+    """Published again at each start, it must be a refresh of the value id 1 it holds, not an edit."""
+    identity = owners[0]
+    assert certificate_value(identity) == certificate_value(identity)
+    assert certificate_public_key(certificate_value(identity)) == identity.public_der
+    with pytest.raises(InvalidValue, match="not an OpenDHT certificate"):
+        certificate_public_key(Value(1, b"\xc4\x03abc", 8))
 
 
 async def test_every_hop_checks_an_opendht_signature(

@@ -23,6 +23,7 @@ import msgpack
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, verify_signature
+from dhtmesh.node.values.types import CERTIFICATE_TYPE
 
 MAX_DATA_SIZE = 64 * 1024
 MAX_UTYPE_SIZE = 256
@@ -184,6 +185,12 @@ def decrypt_opendht_value(identity: opendht.RsaIdentity, value: Value) -> Value:
     if not opendht.verify(inner.owner, opendht_signing_bytes(inner), inner.sig):
         raise InvalidValue("the signature inside the cipher text does not hold")
     return inner
+
+
+def certificate_value(identity: opendht.RsaIdentity) -> Value:
+    """What an OpenDHT identity publishes under its key id (as OpenDHT's SecureDht does at start): its
+    certificate in a msgpack bin, value id 1, type 8."""
+    return Value(1, msgpack.packb(identity.certificate(), use_bin_type=True), CERTIFICATE_TYPE)
 
 
 def certificate_public_key(value: Value) -> bytes:
