@@ -34,11 +34,6 @@ def parse_host_port(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     return host, port
 
 
-def format_host_port(host: str, port: int) -> str:
-    """`host:port`, an IPv6 host in brackets (`[::1]:4222`): what `parse_host_port` and `-b` take back."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def resolve(spec: str, default_port: int = DEFAULT_PORT) -> Address:
     """Resolve to one numeric UDP address (IPv4 preferred)."""
     host, port = parse_host_port(spec, default_port)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
-from dhtmesh.bootstrap.addresses import AddressError, format_host_port, resolve
+from dhtmesh.bootstrap.addresses import AddressError, resolve
 from dhtmesh.bootstrap.join import Joiner
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
@@ -37,6 +37,7 @@ from dhtmesh.node.streams.chunk_client import ChunkClient
 from dhtmesh.node.streams.chunk_service import ChunkService
 from dhtmesh.node.streams.port_limits import connection_cap
 from dhtmesh.node.values import InvalidValue
+from dhtmesh.node.wire.netgroup import format_host_port
 from dhtmesh.proxy.app import ProxyServer
 from dhtmesh.proxy.origins import parse_origin
 

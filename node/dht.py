@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dhtmesh.bootstrap.addresses import format_host_port
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key
@@ -48,6 +47,7 @@ from dhtmesh.node.values.value import (
     value_from_wire,
 )
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
+from dhtmesh.node.wire.netgroup import format_host_port
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 
 log = logging.getLogger(__name__)

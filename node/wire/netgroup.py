@@ -7,7 +7,8 @@ ports, nor one network for many machines.
   and lookups limit contacts per subnet too (as BitTorrent DHTs do), so that identities that cost
   nothing to make cannot all come from one place.
 
-Both are cached: they are computed for every datagram and every contact.
+Both are cached: they are computed for every datagram and every contact. Also here: how an address is
+written for people (`format_host_port`).
 """
 
 import functools
@@ -58,3 +59,8 @@ def loopback_host(index: int) -> str:
     if not 0 < index < 1 << 16:
         raise ValueError("a local mesh has at most 65,535 nodes")
     return f"127.{index >> 8}.{index & 255}.1"
+
+
+def format_host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (`[::1]:4222`): what `-b` (`bootstrap.addresses`) takes back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
