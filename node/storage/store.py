@@ -454,12 +454,14 @@ class ValueStore:
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
     def add_announce(self, key: bytes, value: Value, until: float = math.inf) -> bool:
-        """Keep re-announcing `value` until the wall-clock time `until` (again from now on if it was
-        kept already); False if the disk refused to remember it."""
+        """Keep re-announcing `value` until the wall-clock time `until`, or longer if it was kept until
+        later already (a client putting the node's own value again must not make it lapse with the
+        client's); False if the disk refused to remember it."""
         wire = msgpack.packb(value.to_wire(), use_bin_type=True)
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO announces VALUES (?,?,?,?,?)",
+                "INSERT INTO announces VALUES (?,?,?,?,?) ON CONFLICT (key, owner, vid) "
+                "DO UPDATE SET value = excluded.value, until = MAX(until, excluded.until)",
                 (key, value.owner, _sql_id(value.id), wire, until),
             )
         except sqlite3.OperationalError as error:
