@@ -3,16 +3,23 @@
 * a notify from anyone made the node check the value it carries (an RSA-4096 signature from a key it
   had not seen cost ~0.15 ms, three times an unsigned notify) before asking whether the sender is a
   replica it subscribed to: spoofed datagrams at the node's request rate could take a whole core;
+* a proxy client could cancel another client's permanent put, or the node's own (a farmer's holdings,
+  the manifests it re-announces), and a client putting the same content was handed the other's put;
 * re-posting a node's own permanent value (a farmer's holding, a manifest it re-announces: signed,
   public) made it lapse 24 h later, as a client's put does;
 """
 
+import base64
 import os
+import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
+import msgpack
 import pytest
 
 from dhtmesh.crypto.opendht import RsaIdentity
+from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values.value import Value, sign_opendht_value
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.keys import parse_key
@@ -25,6 +32,10 @@ from support import call, eventually, from_address, udp_request
 @pytest.fixture(scope="module")
 def owner() -> RsaIdentity:
     return RsaIdentity.generate(2048)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 # ---- dm_notify ----------------------------------------------------------------------------------
@@ -57,6 +68,40 @@ async def test_a_notify_is_checked_only_when_a_subscribed_replica_sends_it(
 # ---- permanent puts ----------------------------------------------------------------------------
 
 
+async def test_a_client_cancels_only_its_own_permanent_puts(serve: Serve) -> None:
+    node, url = await serve()
+    kept = {"data": b64(b"mine"), "permanent": True}
+    async with from_address("127.0.0.2") as alice, from_address("127.0.0.3") as mallory:
+        status, put = await call(alice, "POST", f"{url}/key/alice-key", kept)
+        assert status == 200
+        status, answer = await call(mallory, "DELETE", f"{url}/key/alice-key/{put['id']}")
+        assert status == 404 and "err" in answer
+        assert [v.id for _, v in node.permanent_puts()] == [int(put["id"])]
+        # The same content put by another client is that client's own put, with an id of its own.
+        status, copy = await call(mallory, "POST", f"{url}/key/alice-key", kept)
+        assert status == 200 and copy["id"] != put["id"]
+        assert (await call(mallory, "DELETE", f"{url}/key/alice-key/{copy['id']}"))[0] == 200
+        status, again = await call(alice, "POST", f"{url}/key/alice-key", kept)  # still Alice's: refreshed
+        assert (status, again["id"]) == (200, put["id"])
+        assert (await call(alice, "DELETE", f"{url}/key/alice-key/{put['id']}"))[0] == 200
+        assert node.permanent_puts() == []
+
+
+async def test_no_client_cancels_the_nodes_own_permanent_puts(serve: Serve) -> None:
+    node, url = await serve()
+    key = parse_key("holding")
+    own = node.sign(key, Value(41, b"a record the node keeps announcing", seq=1))
+    await node.put(key, own, permanent=True)  # as its services do: until the node itself cancels it
+    async with from_address("127.0.0.2") as stranger:
+        assert (await call(stranger, "DELETE", f"{url}/key/{key.hex()}/41"))[0] == 404
+        # Re-posting the node's own (signed, public) value permanently is a refresh, not a takeover.
+        status, _ = await call(stranger, "POST", f"{url}/key/{key.hex()}", value_to_json(own) | {"permanent": True})
+        assert status == 200
+        assert (await call(stranger, "DELETE", f"{url}/key/{key.hex()}/41"))[0] == 404
+    assert [v for _, v in node.permanent_puts()] == [own]
+    assert node.cancel_put(key, 41)  # the node itself still can
+
+
 async def test_a_permanent_put_made_again_is_never_shortened(serve: Serve) -> None:
     node, url = await serve()
     key = parse_key("holding")
@@ -67,3 +112,22 @@ async def test_a_permanent_put_made_again_is_never_shortened(serve: Serve) -> No
         assert status == 200
     # A client's put lasts 24 h from its last put; the node's own lasts until it cancels it.
     assert node.store._db.execute("SELECT until FROM announces").fetchall() == [(float("inf"),)]
+
+
+def test_permanent_puts_stored_before_clients_were_kept_are_the_nodes_own(tmp_path: Path) -> None:
+    path = tmp_path / "values.sqlite3"
+    db = sqlite3.connect(path)  # the table as this version's predecessors wrote it
+    db.execute(
+        "CREATE TABLE announces (key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, "
+        "value BLOB NOT NULL, PRIMARY KEY (key, owner, vid)) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO announces VALUES (?, x'', 7, ?)", (b"k" * 20, msgpack.packb(Value(7, b"old").to_wire())))
+    db.commit()
+    db.close()
+    store = ValueStore(path)
+    try:
+        assert store.announces() == [(b"k" * 20, Value(7, b"old"))]
+        assert not store.remove_announce(b"k" * 20, 7, client="127.0.0.2")
+        assert store.remove_announce(b"k" * 20, 7)
+    finally:
+        store.close()
