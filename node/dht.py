@@ -514,10 +514,13 @@ class DhtNode:
         permanent value is re-announced until cancelled, or until the wall-clock time `until` unless
         put again before then (OpenDHT's proxy keeps a client's permanent put 24 h after each refresh).
         `client` names the proxy client a permanent put is for (empty: the node's own); only that
-        client may cancel it (`cancel_put`)."""
+        client may cancel it (`cancel_put`), and it may have only so many (`Quotas`)."""
         check_value(key, value)
         if lifetime(value) <= 0:
             raise PutRefused(Verdict.REFUSE_EXPIRED)  # past the time its signer gave it
+        refusal = self.store.announce_refusal(key, value, client) if permanent else None
+        if refusal is not None:
+            raise PutRefused(refusal)
         verdict = self.store_locally(key, value)
         if not verdict.accepted:
             raise PutRefused(verdict)

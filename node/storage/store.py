@@ -78,6 +78,11 @@ class Quotas:
     subnet_share: float = 1 / 4
     key_share: float = 1 / 4
     max_tombstones: int = 100_000  # ~10 MB: a tombstone is charged to no one, so their number is capped
+    # Permanent puts the node keeps for proxy clients: each is looked at every second and re-announced
+    # every few minutes for a day, so one client (an address, as for listen streams) keeps a few, and
+    # all of them together a bounded number. The node's own are not counted.
+    permanent_puts_per_client: int = 64
+    permanent_puts_of_clients: int = 4096
 
 
 def stock_origin(host: str) -> str:
@@ -475,6 +480,22 @@ class ValueStore:
             self._failed(error)
             return False
         return True
+
+    def announce_refusal(self, key: bytes, value: Value, client: str) -> Verdict | None:
+        """Whether `client` may not have one more permanent put (one it makes again is not one more)."""
+        now = time.time()
+        if not client or self._db.execute(
+            "SELECT 1 FROM announces WHERE key=? AND owner=? AND vid=? AND until > ?",
+            (key, value.owner, _sql_id(value.id), now),
+        ).fetchone():
+            return None
+        clients, mine = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(client = ?), 0) FROM announces WHERE client != '' AND until > ?",
+            (client, now),
+        ).fetchone()
+        if mine >= self.quotas.permanent_puts_per_client or clients >= self.quotas.permanent_puts_of_clients:
+            return Verdict.REFUSE_PERMANENT_PUTS
+        return None
 
     def remove_announce(self, key: bytes, value_id: int, client: str | None = None) -> bool:
         """Stop re-announcing the value with this id under `key` (only if it is `client`'s, if given)."""
