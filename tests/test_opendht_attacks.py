@@ -173,3 +173,18 @@ def test_all_clients_together_keep_a_bounded_number_of_permanent_puts() -> None:
         assert store.announce_refusal(b"k" * 20, Value(9, b"the node's own"), "") is None
     finally:
         store.close()
+
+
+# ---- malformed JSON -----------------------------------------------------------------------------
+
+
+async def test_a_cipher_text_with_an_owner_and_no_recipient_is_a_bad_request(serve: Serve, owner: RsaIdentity) -> None:
+    node, url = await serve()
+    signed = value_to_json(sign_opendht_value(owner, Value(5, b"x", seq=1)))
+    body = {"id": "5", "cypher": b64(b"sealed"), "owner": signed["owner"], "sig": signed["sig"]}
+    async with from_address("127.0.0.2") as client:
+        for route in ("", "/sign", "/encrypt"):
+            extra = {"to": "ab" * 20} if route == "/encrypt" else {}  # there `to` names whom to encrypt to
+            status, answer = await call(client, "POST", f"{url}/key/sealed{route}", body | extra)
+            assert status == 400 and "`to`" in answer["err"], (route, status, answer)
+    assert node.counters.get("http_internal_errors") == 0 and node.store.get(parse_key("sealed")) == []
