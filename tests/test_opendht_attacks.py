@@ -12,6 +12,7 @@
 """
 
 import base64
+import datetime
 import math
 import os
 import sqlite3
@@ -21,11 +22,15 @@ from pathlib import Path
 import aiohttp
 import msgpack
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from dhtmesh.crypto.opendht import RsaIdentity
 from dhtmesh.node.storage.store import Quotas, ValueStore
 from dhtmesh.node.values.policy import Verdict
-from dhtmesh.node.values.value import Value, sign_opendht_value
+from dhtmesh.node.values.types import CERTIFICATE_TYPE
+from dhtmesh.node.values.value import InvalidValue, Value, sign_opendht_value
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_to_json
@@ -188,3 +193,36 @@ async def test_a_cipher_text_with_an_owner_and_no_recipient_is_a_bad_request(ser
             status, answer = await call(client, "POST", f"{url}/key/sealed{route}", body | extra)
             assert status == 400 and "`to`" in answer["err"], (route, status, answer)
     assert node.counters.get("http_internal_errors") == 0 and node.store.get(parse_key("sealed")) == []
+
+
+# ---- certificates -------------------------------------------------------------------------------
+
+
+def certificate_value(identity: RsaIdentity, value_id: int = 1) -> Value:
+    """A certificate value as an OpenDHT identity publishes it under its key id: a msgpack bin holding
+    a (here self-signed) X.509 certificate of its key."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opendht")])
+    now = datetime.datetime.now(datetime.UTC)
+    key = identity.private_key.public_key()
+    builder = x509.CertificateBuilder(name, name, key, 1, now, now + datetime.timedelta(days=1))
+    der = builder.sign(identity.private_key, hashes.SHA512()).public_bytes(serialization.Encoding.DER)
+    return Value(value_id, msgpack.packb(der), CERTIFICATE_TYPE)
+
+
+async def test_a_certificate_is_held_only_under_its_own_key_id(make_mesh: MeshFactory, owner: RsaIdentity) -> None:
+    target, attacker = await make_mesh(2)
+    other = RsaIdentity.generate(2048)
+    # Junk and other keys' certificates under an identity's key id (7-day values: two hosts could fill
+    # the key's unsigned half, so that its own certificate found no room and nobody could encrypt to it),
+    # and its certificate under another key.
+    for key, value in (
+        (owner.key_id, Value(2, b"junk", CERTIFICATE_TYPE)),
+        (owner.key_id, certificate_value(other, 3)),
+        (other.key_id, certificate_value(owner, 4)),
+    ):
+        assert await attacker.store_on(target.contact, key, value, 600.0) is False
+        with pytest.raises(InvalidValue, match="certificate"):
+            await attacker.put(key, value)
+    assert target.store.get(owner.key_id) == [] and target.store.get(other.key_id) == []
+    await attacker.put(owner.key_id, certificate_value(owner))
+    assert await target.opendht_public_key(owner.key_id) == owner.public_der
