@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
@@ -91,6 +91,14 @@ class _StoreAlong:
     # reflector could fill a find reply with a victim's address), older nodes ignore it. They get a
     # plain store if they end up among the k closest.
     unanswered: set[bytes]
+
+
+class PutOptions(TypedDict, total=False):
+    """How a put is kept (`DhtNode.put`): whether it is `permanent`, `until` when, for which `client`."""
+
+    permanent: bool
+    until: float
+    client: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,9 +433,7 @@ class DhtNode:
     def sign(self, key: bytes, value: Value) -> Value:
         return sign_value(self.identity, key, value)
 
-    async def put_signed(
-        self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf, client: str = ""
-    ) -> PutResult:
+    async def put_signed(self, key: bytes, value: Value, **options: Unpack[PutOptions]) -> PutResult:
         """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
         existing id gets a seq above every version of it this node (or the mesh) holds. With an OpenDHT
         identity the signature is OpenDHT's, else dhtmesh's.
@@ -435,17 +441,10 @@ class DhtNode:
         Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
         farmer's and auditor's, so a record signed on request would speak for the farmer."""
         opendht_signature = self.opendht_identity is not None
-        return await self._sign_and_put(key, value, opendht_signature, permanent, until, client)
+        return await self._sign_and_put(key, value, opendht_signature, options)
 
     async def put_encrypted(
-        self,
-        key: bytes,
-        value: Value,
-        recipient_key: bytes,
-        *,
-        permanent: bool = False,
-        until: float = math.inf,
-        client: str = "",
+        self, key: bytes, value: Value, recipient_key: bytes, **options: Unpack[PutOptions]
     ) -> PutResult:
         """Seal `value.data` to the recipient's Ed25519 public key, sign as this node (Ed25519: the
         recipient is a dhtmesh identity), and put it."""
@@ -454,10 +453,10 @@ class DhtNode:
         except SealedBoxError as error:
             raise InvalidValue(str(error)) from error
         encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
-        return await self._sign_and_put(key, encrypted, False, permanent, until, client)
+        return await self._sign_and_put(key, encrypted, False, options)
 
     async def _sign_and_put(
-        self, key: bytes, value: Value, opendht_signature: bool, permanent: bool, until: float, client: str
+        self, key: bytes, value: Value, opendht_signature: bool, options: PutOptions
     ) -> PutResult:
         if value.type in RESERVED_TYPES:
             raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
@@ -470,20 +469,13 @@ class DhtNode:
             if versions:
                 value = replace(value, seq=max(value.seq, max(versions) + 1))
         if rsa is None:
-            return await self.put(key, self.sign(key, value), permanent=permanent, until=until, client=client)
+            return await self.put(key, self.sign(key, value), **options)
         if value.seq > MAX_OPENDHT_SEQ:
             raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
-        return await self.put(key, sign_opendht_value(rsa, value), permanent=permanent, until=until, client=client)
+        return await self.put(key, sign_opendht_value(rsa, value), **options)
 
     async def put_encrypted_opendht(
-        self,
-        key: bytes,
-        value: Value,
-        recipient_id: bytes,
-        *,
-        permanent: bool = False,
-        until: float = math.inf,
-        client: str = "",
+        self, key: bytes, value: Value, recipient_id: bytes, **options: Unpack[PutOptions]
     ) -> PutResult:
         """OpenDHT's putEncrypted: find the recipient's public key from the certificate it published
         under its key id, sign `value` with this node's OpenDHT identity and encrypt it to them."""
@@ -494,7 +486,7 @@ class DhtNode:
             raise InvalidValue(f"no OpenDHT certificate of {recipient_id.hex()} found in the mesh")
         value = replace(value, id=value.id or new_value_id())
         encrypted = encrypt_opendht_value(self.opendht_identity, recipient, value)
-        return await self.put(key, encrypted, permanent=permanent, until=until, client=client)
+        return await self.put(key, encrypted, **options)
 
     async def opendht_public_key(self, key_id: bytes) -> bytes | None:
         """The OpenDHT public key whose id is `key_id`, from the certificates published under that id."""

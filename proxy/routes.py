@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import DhtNode, ListenRefused, PutRefused, PutResult
+from dhtmesh.node.dht import DhtNode, ListenRefused, PutOptions, PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
@@ -118,7 +118,7 @@ def _held_permanent(node: DhtNode, key: bytes, value: Value, client: str) -> Val
     return next((held for _, held in node.permanent_puts(key, client) if replace(held, id=0) == value), None)
 
 
-def _put_options(request: web.Request, document: dict) -> dict:
+def _put_options(request: web.Request, document: dict) -> PutOptions:
     """Whether a put is permanent, and for how long and for whom it is kept: like OpenDHT's proxy, a
     client's permanent put lasts a day unless the client puts it again (its client does so every
     22 h; a client that left stops); it is the client's, by its address, to cancel."""
