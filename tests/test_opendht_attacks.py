@@ -8,7 +8,11 @@
 * a proxy client could cancel another client's permanent put, or the node's own, and a client putting
   the same content was handed the other's put;
 * one client could make the node keep any number of permanent puts (50,000, put in 8 s in process,
-  cost 0.65 CPU-s in each 1-second tick of the re-announcer, for a day).
+  cost 0.65 CPU-s in each 1-second tick of the re-announcer, for a day);
+* a cipher text posted with an owner and no recipient gave a 500;
+* any junk of type 8 (7-day values) was held under an identity's key id, keeping its certificate out;
+* 180 values of one RSA-4096 owner under a key made a replica's list of versions too large to send,
+  so that nothing under that key could be repaired or handed off to it.
 """
 
 import base64
@@ -226,3 +230,21 @@ async def test_a_certificate_is_held_only_under_its_own_key_id(make_mesh: MeshFa
     assert target.store.get(owner.key_id) == [] and target.store.get(other.key_id) == []
     await attacker.put(owner.key_id, certificate_value(owner))
     assert await target.opendht_public_key(owner.key_id) == owner.public_der
+
+
+# ---- replication --------------------------------------------------------------------------------
+
+
+async def test_many_opendht_owned_values_under_a_key_do_not_stop_its_repair(make_mesh: MeshFactory) -> None:
+    holder, replica, attacker = await make_mesh(3)
+    key = parse_key("crowded")
+    # One throwaway RSA-4096 key and 180 ids: a replica's versions of the key ([owner, id, seq] each, an
+    # owner 550 bytes) no longer fit the largest reply, so that nothing could be repaired onto it.
+    crowd = RsaIdentity.generate(4096)
+    for value_id in range(1, 181):
+        value = sign_opendht_value(crowd, Value(value_id, b"", seq=1))
+        assert await attacker.store_on(replica.contact, key, value, 600.0)
+    victim = holder.sign(key, Value(1000, b"a value the replica lost", seq=1))
+    holder.store_locally(key, victim)
+    assert await holder.replicator.send_missing(replica.contact, key) == 1
+    assert replica.store.get_one(key, victim.owner, victim.id) == victim

@@ -15,7 +15,7 @@ from dhtmesh.node.records import check_value
 from dhtmesh.node.rpcs.args import require_int, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import MAX_TYPE_EXPIRY
-from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+from dhtmesh.node.values.value import InvalidValue, Value, owner_ref, value_from_wire
 from dhtmesh.node.wire.endpoint import UNPROVEN, Endpoint, Request, RpcRefused
 from dhtmesh.node.wire.netgroup import host_of
 
@@ -179,4 +179,5 @@ class MeshRpcs:
         if not request.proven:
             raise RpcRefused(UNPROVEN)  # a key's versions can be many: checked before the store is read
         key = require_key(request.body.get("k"))
-        return [[owner, value_id, seq] for (owner, value_id), seq in self._node.store.versions(key).items()]
+        versions = self._node.store.versions(key).items()
+        return [[owner_ref(owner), value_id, seq] for (owner, value_id), seq in versions]
