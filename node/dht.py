@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
@@ -93,6 +93,14 @@ class _StoreAlong:
     # reflector could fill a find reply with a victim's address), older nodes ignore it. They get a
     # plain store if they end up among the k closest.
     unanswered: set[bytes]
+
+
+class PutOptions(TypedDict, total=False):
+    """How a put is kept (`DhtNode.put`): whether it is `permanent`, `until` when, for which `client`."""
+
+    permanent: bool
+    until: float
+    client: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,9 +435,7 @@ class DhtNode:
     def sign(self, key: bytes, value: Value) -> Value:
         return sign_value(self.identity, key, value)
 
-    async def put_signed(
-        self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf
-    ) -> PutResult:
+    async def put_signed(self, key: bytes, value: Value, **options: Unpack[PutOptions]) -> PutResult:
         """Sign `value` as this node and put it, as OpenDHT's putSigned does: id 0 gets a random id; an
         existing id gets a seq above every version of it this node (or the mesh) holds. With an OpenDHT
         identity the signature is OpenDHT's, else dhtmesh's.
@@ -437,10 +443,10 @@ class DhtNode:
         Record types (farmer records, manifests, holdings, audit logs) are refused: the node's key is its
         farmer's and auditor's, so a record signed on request would speak for the farmer."""
         opendht_signature = self.opendht_identity is not None
-        return await self._sign_and_put(key, value, opendht_signature, permanent, until)
+        return await self._sign_and_put(key, value, opendht_signature, options)
 
     async def put_encrypted(
-        self, key: bytes, value: Value, recipient_key: bytes, *, permanent: bool = False, until: float = math.inf
+        self, key: bytes, value: Value, recipient_key: bytes, **options: Unpack[PutOptions]
     ) -> PutResult:
         """Seal `value.data` to the recipient's Ed25519 public key, sign as this node (Ed25519: the
         recipient is a dhtmesh identity), and put it."""
@@ -449,10 +455,10 @@ class DhtNode:
         except SealedBoxError as error:
             raise InvalidValue(str(error)) from error
         encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
-        return await self._sign_and_put(key, encrypted, False, permanent, until)
+        return await self._sign_and_put(key, encrypted, False, options)
 
     async def _sign_and_put(
-        self, key: bytes, value: Value, opendht_signature: bool, permanent: bool, until: float
+        self, key: bytes, value: Value, opendht_signature: bool, options: PutOptions
     ) -> PutResult:
         if value.type in RESERVED_TYPES:
             raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
@@ -465,13 +471,13 @@ class DhtNode:
             if versions:
                 value = replace(value, seq=max(value.seq, max(versions) + 1))
         if rsa is None:
-            return await self.put(key, self.sign(key, value), permanent=permanent, until=until)
+            return await self.put(key, self.sign(key, value), **options)
         if value.seq > MAX_OPENDHT_SEQ:
             raise InvalidValue("an OpenDHT-signed value's seq is a 16-bit unsigned integer")
-        return await self.put(key, sign_opendht_value(rsa, value), permanent=permanent, until=until)
+        return await self.put(key, sign_opendht_value(rsa, value), **options)
 
     async def put_encrypted_opendht(
-        self, key: bytes, value: Value, recipient_id: bytes, *, permanent: bool = False, until: float = math.inf
+        self, key: bytes, value: Value, recipient_id: bytes, **options: Unpack[PutOptions]
     ) -> PutResult:
         """OpenDHT's putEncrypted: find the recipient's public key from the certificate it published
         under its key id, sign `value` with this node's OpenDHT identity and encrypt it to them."""
@@ -482,7 +488,7 @@ class DhtNode:
             raise InvalidValue(f"no OpenDHT certificate of {recipient_id.hex()} found in the mesh")
         value = replace(value, id=value.id or new_value_id())
         encrypted = encrypt_opendht_value(self.opendht_identity, recipient, value)
-        return await self.put(key, encrypted, permanent=permanent, until=until)
+        return await self.put(key, encrypted, **options)
 
     async def publish_opendht_certificate(self) -> None:
         """Keep this node's OpenDHT certificate under its key id, so OpenDHT clients (and `/encrypt` of
@@ -502,17 +508,24 @@ class DhtNode:
                 return public_key
         return None
 
-    async def put(self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf) -> PutResult:
+    async def put(
+        self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf, client: str = ""
+    ) -> PutResult:
         """Store `value` here and on the k closest nodes; raises `InvalidValue` or `PutRefused`. A
         permanent value is re-announced until cancelled, or until the wall-clock time `until` unless
-        put again before then (OpenDHT's proxy keeps a client's permanent put 24 h after each refresh)."""
+        put again before then (OpenDHT's proxy keeps a client's permanent put 24 h after each refresh).
+        `client` names the proxy client a permanent put is for (empty: the node's own); only that
+        client may cancel it (`cancel_put`), and it may have only so many (`Quotas`)."""
         check_value(key, value)
         if lifetime(value) <= 0:
             raise PutRefused(Verdict.REFUSE_EXPIRED)  # past the time its signer gave it
+        refusal = self.store.announce_refusal(key, value, client) if permanent else None
+        if refusal is not None:
+            raise PutRefused(refusal)
         verdict = self.store_locally(key, value)
         if not verdict.accepted:
             raise PutRefused(verdict)
-        if permanent and not self.store.add_announce(key, value, until):
+        if permanent and not self.store.add_announce(key, value, until, client):
             raise PutRefused(Verdict.REFUSE_STORAGE_ERROR)
         self.counters.add("puts")
         return await self.announce(key, value)
@@ -557,13 +570,15 @@ class DhtNode:
             return False
         return isinstance(reply.payload, dict) and reply.payload.get("stored") is True
 
-    def cancel_put(self, key: bytes, value_id: int) -> bool:
-        """Stop re-announcing a permanent value; it then expires on its replicas as any other."""
-        return self.store.remove_announce(key, value_id)
+    def cancel_put(self, key: bytes, value_id: int, client: str | None = None) -> bool:
+        """Stop re-announcing a permanent value (only if it is `client`'s, if given); it then expires on
+        its replicas as any other."""
+        return self.store.remove_announce(key, value_id, client)
 
-    def permanent_puts(self, key: bytes | None = None) -> list[tuple[bytes, Value]]:
-        """The permanent values this node keeps announcing (under `key`, if given), with their keys."""
-        return self.store.announces(key)
+    def permanent_puts(self, key: bytes | None = None, client: str | None = None) -> list[tuple[bytes, Value]]:
+        """The permanent values this node keeps announcing (under `key`, of `client`, if given), with
+        their keys."""
+        return self.store.announces(key, client)
 
     def accept_store(
         self, key: bytes, value: Value, *, origin: str, ttl: float, sender: bytes = b"", by: bytes | None = None

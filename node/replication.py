@@ -20,7 +20,7 @@ from dhtmesh.node.records import lifetime
 from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.types import expiry_for
-from dhtmesh.node.values.value import Value
+from dhtmesh.node.values.value import Value, owner_ref
 from dhtmesh.node.wire.endpoint import RpcFailure
 
 if TYPE_CHECKING:
@@ -211,7 +211,8 @@ class Replicator:
         return sum(results)
 
     def _lacking(self, key: bytes, remote: dict[tuple[bytes, int], int]) -> list[Value]:
-        return [v for v in self._node.store.get(key) if remote.get(v.identity, -1) < v.seq]
+        """Our values of `key` that `remote` (versions by `owner_ref` and id) lacks or holds older."""
+        return [v for v in self._node.store.get(key) if remote.get((owner_ref(v.owner), v.id), -1) < v.seq]
 
     async def _versions(self, contact: Contact, key: bytes) -> dict[tuple[bytes, int], int] | None:
         try:
@@ -225,7 +226,7 @@ class Replicator:
             if isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes):
                 owner, value_id, seq = item
                 if isinstance(value_id, int) and isinstance(seq, int):
-                    versions[(owner, value_id)] = seq
+                    versions[(owner_ref(owner), value_id)] = seq  # a peer of an older version names owners whole
         return versions
 
     async def refresh_buckets(self) -> None:

@@ -11,13 +11,14 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 # A store refusal that is about this node's disk, not about the value or a quota: 507 Insufficient
-# Storage (RFC 4918) for a full disk, 503 for one that fails; the client may try another node.
-_DISK_STATUS = {Verdict.REFUSE_DISK_FULL: 507, Verdict.REFUSE_STORAGE_ERROR: 503}
+# Storage (RFC 4918) for a full disk, 503 for one that fails; the client may try another node. A client
+# that has as many permanent puts as it may gets 429, as for listen streams.
+_STATUS = {Verdict.REFUSE_DISK_FULL: 507, Verdict.REFUSE_STORAGE_ERROR: 503, Verdict.REFUSE_PERMANENT_PUTS: 429}
 
 
 def refusal_status(verdict: Verdict, quota: int) -> int:
     """The status of a put the node's store refused: `quota` for a policy or quota refusal."""
-    return _DISK_STATUS.get(verdict, quota)
+    return _STATUS.get(verdict, quota)
 
 
 class BadRequest(Exception):

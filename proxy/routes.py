@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import DhtNode, ListenRefused, PutRefused, PutResult
+from dhtmesh.node.dht import DhtNode, ListenRefused, PutOptions, PutRefused, PutResult
 from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
@@ -105,33 +105,33 @@ async def listen(request: web.Request) -> web.StreamResponse:
 async def put_value(request: web.Request) -> web.Response:
     document, value = await _value_body(request)
     key, node = _key(request), request.app[NODE]
-    permanent = _permanent(document)
+    options = _put_options(request, document)
     if value.id == 0:
         if value.signed:
             raise BadRequest("a signed value must carry the id it was signed with")
-        # OpenDHT's proxy: the same permanent content put again is a refresh of the first put, same id.
-        held = _held_permanent(node, key, value) if permanent else None
+        # OpenDHT's proxy: the same permanent content put again by its client is a refresh of the first
+        # put, same id (another client's is its own put: it may cancel only its own).
+        held = _held_permanent(node, key, value, options["client"]) if options["permanent"] else None
         value = held or replace(value, id=new_value_id())
-    return await _put(node.put(key, value, permanent=permanent, until=_permanent_until()))
+    return await _put(node.put(key, value, **options))
 
 
-def _held_permanent(node: DhtNode, key: bytes, value: Value) -> Value | None:
-    return next((held for _, held in node.permanent_puts(key) if replace(held, id=0) == value), None)
+def _held_permanent(node: DhtNode, key: bytes, value: Value, client: str) -> Value | None:
+    return next((held for _, held in node.permanent_puts(key, client) if replace(held, id=0) == value), None)
 
 
-def _permanent_until() -> float:
-    """Like OpenDHT's proxy, a client's permanent put lasts a day unless the client puts it again (its
-    client does so every 22 h; a client that left stops)."""
-    return time.time() + PERMANENT_PUT_LIFE
+def _put_options(request: web.Request, document: dict) -> PutOptions:
+    """Whether a put is permanent, and for how long and for whom it is kept: like OpenDHT's proxy, a
+    client's permanent put lasts a day unless the client puts it again (its client does so every
+    22 h; a client that left stops); it is the client's, by its address, to cancel."""
+    return {"permanent": _permanent(document), "until": time.time() + PERMANENT_PUT_LIFE, "client": client_of(request)}
 
 
 async def sign_value(request: web.Request) -> web.Response:
     document, value = await _value_body(request)
     if value.signed:
         raise BadRequest("the value is already signed; POST it to /key/{key}")
-    node = request.app[NODE]
-    put = node.put_signed(_key(request), value, permanent=_permanent(document), until=_permanent_until())
-    return await _put(put)
+    return await _put(request.app[NODE].put_signed(_key(request), value, **_put_options(request, document)))
 
 
 async def encrypt_value(request: web.Request) -> web.Response:
@@ -145,7 +145,7 @@ async def encrypt_value(request: web.Request) -> web.Response:
     if value.signed or value.encrypted:
         raise BadRequest("give the plain value: the node signs and encrypts it")
     node, key = request.app[NODE], _key(request)
-    options = {"permanent": _permanent(document), "until": _permanent_until()}
+    options = _put_options(request, document)
     if isinstance(recipient, str) and len(recipient) == 40:
         try:
             key_id = bytes.fromhex(recipient)
@@ -189,8 +189,8 @@ async def cancel_put(request: web.Request) -> web.Response:
     raw_id = request.match_info["value_id"]
     if not raw_id.isdecimal() or not 0 < int(raw_id) < 1 << 64:
         raise BadRequest("value id must be a decimal integer in [1, 2^64-1]")
-    if not request.app[NODE].cancel_put(_key(request), int(raw_id)):
-        raise BadRequest("no permanent put with this id under this key", status=404)
+    if not request.app[NODE].cancel_put(_key(request), int(raw_id), client_of(request)):
+        raise BadRequest("no permanent put of this client with this id under this key", status=404)
     return json_reply({"cancelled": raw_id})
 
 

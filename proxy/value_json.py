@@ -89,7 +89,7 @@ def value_from_json(document: Any) -> Value:
     if "cypher" in document:
         data = _b64decode(_str(document["cypher"], "cypher"), "cypher")
         # An OpenDHT client's cipher text comes alone: its recipient, owner and signature are inside.
-        to = _recipient(document["to"]) if "to" in document or "owner" in document else HIDDEN_RECIPIENT
+        to = _recipient(document.get("to")) if "to" in document or "owner" in document else HIDDEN_RECIPIENT
     else:
         data = _b64decode(_str(document.get("data", ""), "data"), "data")
     utype = _str(document.get("utype", ""), "utype")

@@ -1,5 +1,5 @@
 """Shared fixtures: in-process meshes of real `DhtNode`s on 127.0.0.1 (real UDP sockets, real SQLite),
-and real `dhtmesh run` processes."""
+a node with its proxy in process, and real `dhtmesh run` processes."""
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -9,10 +9,12 @@ import pytest
 
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.proxy.app import ProxyServer
 
 from support import FAST, NodeProcess, ProcessGroup, start_node
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
+Serve = Callable[..., Awaitable[tuple[DhtNode, str]]]
 
 
 @pytest.fixture
@@ -37,6 +39,24 @@ async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
 
     yield make
     for node in started:
+        await node.stop()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """`await serve(**proxy_options)`: a fresh node with its proxy on a free port; yields (node, url)."""
+    started: list[tuple[DhtNode, ProxyServer]] = []
+
+    async def start(**options: object) -> tuple[DhtNode, str]:
+        node = await start_node()
+        proxy = ProxyServer(node, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+        await proxy.start()
+        started.append((node, proxy))
+        return node, proxy.url
+
+    yield start
+    for node, proxy in started:
+        await proxy.stop()
         await node.stop()
 
 

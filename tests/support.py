@@ -130,6 +130,26 @@ class ProcessGroup:
                     stream.close()
 
 
+ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+def from_address(host: str) -> aiohttp.ClientSession:
+    """A client session whose connections come from `host` (another loopback address: another client)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(host, 0)))
+
+
+async def call(
+    session: aiohttp.ClientSession, method: str, url: str, body: object = None, origin: str | None = None
+) -> tuple[int, dict]:
+    """One request; the body (a dict as JSON text, as curl -d sends it) and the JSON answer."""
+    headers = {"Origin": origin} if origin else {}
+    data = json.dumps(body) if body is not None else None
+    # A bounded wait: a stream that should have been refused fails the test instead of hanging it.
+    async with session.request(method, url, data=data, headers=headers, timeout=ANSWER_TIMEOUT) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text and response.content_type == "application/json" else {}
+
+
 async def get_json(url: str, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.get(url + path) as response:
         return response.status, await response.json(content_type=None)

@@ -464,7 +464,7 @@ BAD_MESH_FIELDS: dict[str, tuple[str, dict]] = {
     "sub: unproven subscriber": ("dm_sub", {"k": KEY, "ttl": 10}),
     "sub: zero ttl": ("dm_sub", {"k": KEY, "ttl": 0}),
     "unsub: nil key": ("dm_unsub", {"k": None}),
-    "notify: bad value": ("dm_notify", {"k": KEY, "v": tampered_signed_wire()}),
+    "notify: 19-byte key": ("dm_notify", {"k": KEY[:19], "v": tampered_signed_wire()}),
     "versions: list key": ("dm_versions", {"k": [KEY]}),
 }
 

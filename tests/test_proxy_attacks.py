@@ -13,7 +13,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,57 +22,25 @@ from aiohttp import web
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
-from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records import RESERVED_TYPES
 from dhtmesh.node.records.audit import AuditEntry, AuditLog, Outcome, audits_key
 from dhtmesh.node.records.blob import Manifest, blob_key, blob_value_id
 from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_key, farmer_value_id
 from dhtmesh.node.records.holding import Holding, chunk_key
 from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
-from dhtmesh.proxy.app import LISTENS_PER_CLIENT, ProxyServer
+from dhtmesh.proxy.app import LISTENS_PER_CLIENT
 from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
 
-from support import NodeProcess, get_json, start_node
+from conftest import Serve
+from support import NodeProcess, call, from_address, get_json
 
 Spawn = Callable[..., NodeProcess]
-Serve = Callable[..., Awaitable[tuple[DhtNode, str]]]
 ALLOWED = "http://allowed.example"
 FOREIGN = "http://evil.example"
-ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """`await serve(**proxy_options)`: a fresh node with its proxy on a free port; yields (node, url)."""
-    started: list[tuple[DhtNode, ProxyServer]] = []
-
-    async def start(**options: object) -> tuple[DhtNode, str]:
-        node = await start_node()
-        proxy = ProxyServer(node, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
-        await proxy.start()
-        started.append((node, proxy))
-        return node, proxy.url
-
-    yield start
-    for node, proxy in started:
-        await proxy.stop()
-        await node.stop()
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, body: object = None, origin: str | None = None
-) -> tuple[int, dict]:
-    """One request; the body (a dict as JSON text, as curl -d sends it) and the JSON answer."""
-    headers = {"Origin": origin} if origin else {}
-    data = json.dumps(body) if body is not None else None
-    # A bounded wait: a stream that should have been refused fails the test instead of hanging it.
-    async with session.request(method, url, data=data, headers=headers, timeout=ANSWER_TIMEOUT) as response:
-        text = await response.text()
-        return response.status, json.loads(text) if text and response.content_type == "application/json" else {}
 
 
 async def values_under(session: aiohttp.ClientSession, url: str, key_path: str) -> list[dict]:
@@ -268,11 +236,6 @@ async def test_a_web_page_in_a_real_browser_cannot_make_the_node_sign(
 
 
 # ---- B. per-client caps on listen streams and push subscriptions ------------------------------------
-
-
-def from_address(host: str) -> aiohttp.ClientSession:
-    """A client session whose connections come from `host` (another loopback address: another client)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(host, 0)))
 
 
 async def listen_count(session: aiohttp.ClientSession, url: str) -> int:

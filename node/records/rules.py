@@ -11,7 +11,8 @@ its store holds that they refuse, once, when it starts (`DhtNode`).
 `check_value` runs wherever a value enters a node (a local put; a store, store-along or notify from a
 peer, stock or not; every value a get gathers) and before a value leaves towards a service: the
 value's own check (ranges, signature under the key), then the reserved-key rule (a key reserved for a
-kind holds that kind only), then the kind's rule. So a node, the proxy that took the request included,
+kind holds that kind only), then OpenDHT's rule for certificates (one lives under its key's id only),
+then the kind's rule. So a node, the proxy that took the request included,
 cannot make the mesh hold a record its rule refuses. A replica that holds a record's earlier version
 also checks that the new one may follow it (`is_valid_successor`), so a signer cannot rewrite its own
 history where a witness of it remains.
@@ -21,16 +22,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dhtmesh.crypto import opendht
 from dhtmesh.node.records import audit, blob, farmer, holding
 from dhtmesh.node.records.keys import reserved_type
-from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, FARMER_RECORD_TYPE, HOLDING_TYPE, expiry_for
-from dhtmesh.node.values.value import InvalidValue, Value
+from dhtmesh.node.values.types import (
+    AUDIT_TYPE,
+    BLOB_MANIFEST_TYPE,
+    CERTIFICATE_TYPE,
+    FARMER_RECORD_TYPE,
+    HOLDING_TYPE,
+    expiry_for,
+)
+from dhtmesh.node.values.value import InvalidValue, Value, certificate_public_key
 
 Rule = Callable[[bytes, Value], None]
 """Raise `InvalidValue` (or a subclass) unless `value` is a well-formed record under `key`."""
 
 
-RULES_VERSION = 2  # 2: reserved keys (a record's key changed), anchored expiry
+RULES_VERSION = 3  # 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +96,21 @@ def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
     reserved = reserved_type(key, RESERVED_TYPES)
     if reserved is not None and value.type != reserved:
         raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
+    if value.type == CERTIFICATE_TYPE:
+        _check_certificate(key, value)
     kind = KINDS.get(value.type)
     if kind is not None:
         if value.opendht_signed or value.opaque:
             raise farmer.InvalidRecord("records are signed by dhtmesh (Ed25519) identities, in the clear")
         kind.check(key, value)
+
+
+def _check_certificate(key: bytes, value: Value) -> None:
+    """OpenDHT's store policy for certificates (`securedht.h`): one is held only under the id of its own
+    key. Else anyone could fill an identity's id with 7-day junk, so that its certificate found no room
+    and nobody could encrypt to it."""
+    if opendht.key_id(certificate_public_key(value)) != key:
+        raise InvalidValue("a certificate is held only under the id of its own key")
 
 
 def passes(key: bytes, value: Value) -> bool:

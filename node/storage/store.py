@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS vals_id ON vals (key, vid);
 CREATE INDEX IF NOT EXISTS vals_order ON vals (key, owner, vid);
 CREATE TABLE IF NOT EXISTS announces (
     key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, value BLOB NOT NULL,
-    until REAL NOT NULL DEFAULT 9e999,
+    until REAL NOT NULL DEFAULT 9e999, client TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (key, owner, vid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombs (
@@ -78,6 +78,11 @@ class Quotas:
     subnet_share: float = 1 / 4
     key_share: float = 1 / 4
     max_tombstones: int = 100_000  # ~10 MB: a tombstone is charged to no one, so their number is capped
+    # Permanent puts the node keeps for proxy clients: each is looked at every second and re-announced
+    # every few minutes for a day, so one client (an address, as for listen streams) keeps a few, and
+    # all of them together a bounded number. The node's own are not counted.
+    permanent_puts_per_client: int = 64
+    permanent_puts_of_clients: int = 4096
 
 
 def stock_origin(host: str) -> str:
@@ -151,12 +156,16 @@ class ValueStore:
 
     def _migrate(self) -> None:
         """A store from before storers were kept: its values may be refreshed by their owners only. One
-        from before permanent puts could end: they are kept until cancelled (9e999 reads as infinity)."""
+        from before permanent puts could end: they are kept until cancelled (9e999 reads as infinity).
+        One from before permanent puts had a client: they are the node's own, which no client cancels."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
         if "storer" not in columns:
             self._db.execute("ALTER TABLE vals ADD COLUMN storer BLOB NOT NULL DEFAULT x''")
-        if "until" not in {row[1] for row in self._db.execute("PRAGMA table_info(announces)")}:
+        announce_columns = {row[1] for row in self._db.execute("PRAGMA table_info(announces)")}
+        if "until" not in announce_columns:
             self._db.execute("ALTER TABLE announces ADD COLUMN until REAL NOT NULL DEFAULT 9e999")
+        if "client" not in announce_columns:
+            self._db.execute("ALTER TABLE announces ADD COLUMN client TEXT NOT NULL DEFAULT ''")
 
     @property
     def rules_version(self) -> int:
@@ -453,28 +462,52 @@ class ValueStore:
 
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
-    def add_announce(self, key: bytes, value: Value, until: float = math.inf) -> bool:
-        """Keep re-announcing `value` until the wall-clock time `until` (again from now on if it was
-        kept already); False if the disk refused to remember it."""
+    def add_announce(self, key: bytes, value: Value, until: float = math.inf, client: str = "") -> bool:
+        """Keep re-announcing `value` until the wall-clock time `until`, or longer if it was kept until
+        later already (a client putting the node's own value again must not make it lapse with the
+        client's); False if the disk refused to remember it. `client` is the proxy client whose put it
+        is (`proxy.clients.client_of`), empty for the node's own: a put stays the client's that made
+        it, unless the node makes it its own, so that no client takes over another's or the node's."""
         wire = msgpack.packb(value.to_wire(), use_bin_type=True)
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO announces VALUES (?,?,?,?,?)",
-                (key, value.owner, _sql_id(value.id), wire, until),
+                "INSERT INTO announces VALUES (?,?,?,?,?,?) ON CONFLICT (key, owner, vid) "
+                "DO UPDATE SET value = excluded.value, until = MAX(until, excluded.until), "
+                "client = CASE WHEN excluded.client = '' THEN '' ELSE client END",
+                (key, value.owner, _sql_id(value.id), wire, until, client),
             )
         except sqlite3.OperationalError as error:
             self._failed(error)
             return False
         return True
 
-    def remove_announce(self, key: bytes, value_id: int) -> bool:
-        cursor = self._db.execute("DELETE FROM announces WHERE key=? AND vid=?", (key, _sql_id(value_id)))
+    def announce_refusal(self, key: bytes, value: Value, client: str) -> Verdict | None:
+        """Whether `client` may not have one more permanent put (one it makes again is not one more)."""
+        now = time.time()
+        if not client or self._db.execute(
+            "SELECT 1 FROM announces WHERE key=? AND owner=? AND vid=? AND until > ?",
+            (key, value.owner, _sql_id(value.id), now),
+        ).fetchone():
+            return None
+        clients, mine = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(client = ?), 0) FROM announces WHERE client != '' AND until > ?",
+            (client, now),
+        ).fetchone()
+        if mine >= self.quotas.permanent_puts_per_client or clients >= self.quotas.permanent_puts_of_clients:
+            return Verdict.REFUSE_PERMANENT_PUTS
+        return None
+
+    def remove_announce(self, key: bytes, value_id: int, client: str | None = None) -> bool:
+        """Stop re-announcing the value with this id under `key` (only if it is `client`'s, if given)."""
+        where, args = _announce_where(key, client)
+        cursor = self._db.execute(f"DELETE FROM announces WHERE {where} AND vid=?", (*args, _sql_id(value_id)))
         return cursor.rowcount > 0
 
-    def announces(self, key: bytes | None = None) -> list[tuple[bytes, Value]]:
-        """The permanent puts (under `key`, if given) whose time has not run out."""
-        where, args = ("until > ?", (time.time(),)) if key is None else ("key = ? AND until > ?", (key, time.time()))
-        rows = self._db.execute(f"SELECT key, value FROM announces WHERE {where}", args).fetchall()
+    def announces(self, key: bytes | None = None, client: str | None = None) -> list[tuple[bytes, Value]]:
+        """The permanent puts (under `key`, of `client`, if given) whose time has not run out."""
+        where, args = _announce_where(key, client)
+        query = f"SELECT key, value FROM announces WHERE {where} AND until > ?"
+        rows = self._db.execute(query, (*args, time.time())).fetchall()
         return [(key, value_from_wire(msgpack.unpackb(blob, raw=False))) for key, blob in rows]
 
     def drop_lapsed_announces(self) -> int:
@@ -484,6 +517,12 @@ class ValueStore:
         except sqlite3.OperationalError as error:
             self._failed(error)
             return 0
+
+
+def _announce_where(key: bytes | None, client: str | None) -> tuple[str, tuple]:
+    """The condition on the permanent puts under `key` and of `client` (each if given), with its arguments."""
+    given = {column: arg for column, arg in (("key", key), ("client", client)) if arg is not None}
+    return " AND ".join([f"{column} = ?" for column in given] or ["1"]), tuple(given.values())
 
 
 def _where(key: bytes, value_type: int | None) -> tuple[str, tuple]:

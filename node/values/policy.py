@@ -30,6 +30,7 @@ class Verdict(Enum):
     REFUSE_EXPIRED = "this version expired here: only its storer or owner may put it back"
     REFUSE_DISK_FULL = "no room left on this node's disk"
     REFUSE_STORAGE_ERROR = "this node cannot write to its disk"
+    REFUSE_PERMANENT_PUTS = "this client has as many permanent puts on this node as it may"
 
     @property
     def accepted(self) -> bool:

@@ -210,6 +210,13 @@ def sign_value(identity: Identity, key: bytes, value: Value) -> Value:
     return replace(owned, sig=identity.sign(signing_bytes(key, owned)))
 
 
+def owner_ref(owner: bytes) -> bytes:
+    """How a list of versions (`dm_versions`) names an owner: itself when short (none, an Ed25519 key),
+    else its OpenDHT key id. A key's versions must fit one reply whatever owns its values, and 180
+    OpenDHT owners of 550 bytes each would not."""
+    return owner if len(owner) <= PUBLIC_KEY_SIZE else opendht.key_id(owner)
+
+
 def new_value_id() -> int:
     return int.from_bytes(os.urandom(8), "big") or 1
 
