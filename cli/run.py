@@ -32,10 +32,10 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.streams.binding import BindError, start_with_stream_socket
-from dhtmesh.node.streams.chunk_client import ChunkClient
-from dhtmesh.node.streams.chunk_service import ChunkService
-from dhtmesh.node.streams.port_limits import connection_cap
+from dhtmesh.node.transfer.binding import BindError, start_with_stream_socket
+from dhtmesh.node.transfer.chunk_client import ChunkClient
+from dhtmesh.node.transfer.chunk_service import ChunkService
+from dhtmesh.node.transfer.port_limits import connection_cap
 from dhtmesh.node.values import InvalidValue
 from dhtmesh.node.wire.netgroup import format_host_port
 from dhtmesh.proxy.app import ProxyServer

@@ -27,7 +27,7 @@ from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT, Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
-from dhtmesh.node.streams.chunk_client import ChunkClient
+from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL

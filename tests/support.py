@@ -35,8 +35,8 @@ from dhtmesh.crypto import Identity
 from dhtmesh.crypto.identity import load_identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.streams.chunk_client import Challenge, ChunkClient, HolderRefused
-from dhtmesh.node.streams.chunk_service import NOT_AUDITOR
+from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused
+from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.wire import codec, netgroup
 from dhtmesh.node.wire.ratelimit import Address
 

@@ -36,9 +36,9 @@ from dhtmesh.node.records.audit import AuditEntry, Outcome
 from dhtmesh.node.records.blob import BLOB_KEYS, decode_manifest
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
-from dhtmesh.node.streams.binding import start_with_stream_socket
-from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, new_challenge
-from dhtmesh.node.streams.chunk_service import ChunkService, proof_message
+from dhtmesh.node.transfer.binding import start_with_stream_socket
+from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
+from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 
 from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node

@@ -22,8 +22,8 @@ from dhtmesh.crypto import Identity
 from dhtmesh.crypto.merkle import BLOCK_SIZE, chunk_root
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
-from dhtmesh.node.streams.chunk_client import Challenge, ChunkClient, HolderRefused, new_challenge
-from dhtmesh.node.streams.chunk_service import (
+from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused, new_challenge
+from dhtmesh.node.transfer.chunk_service import (
     HEADER_TIMEOUT,
     NOT_AUDITOR,
     TOO_MANY_REQUESTS,
@@ -32,8 +32,8 @@ from dhtmesh.node.streams.chunk_service import (
     chunk_path,
     prove_path,
 )
-from dhtmesh.node.streams.framing import announce, read_header
-from dhtmesh.node.streams.port_limits import (
+from dhtmesh.node.transfer.framing import announce, read_header
+from dhtmesh.node.transfer.port_limits import (
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_READS_PER_ADDRESS,
     PROVES_PER_ADDRESS,

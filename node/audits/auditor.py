@@ -23,14 +23,14 @@ from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry, Outcome
 from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, manifests_in
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.streams.chunk_client import (
+from dhtmesh.node.transfer.chunk_client import (
     Challenge,
     HolderFailed,
     HolderRefused,
     HolderUnreachable,
     new_challenge,
 )
-from dhtmesh.node.streams.chunk_service import NOT_HELD
+from dhtmesh.node.transfer.chunk_service import NOT_HELD
 from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import InvalidValue
 

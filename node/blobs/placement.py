@@ -10,7 +10,7 @@ import logging
 
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.registry import FarmerRegistry
-from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed
+from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed
 from dhtmesh.node.wire.ratelimit import Address
 
 log = logging.getLogger(__name__)

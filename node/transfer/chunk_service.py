@@ -30,8 +30,8 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE, ChunkRefused, ChunkStore
-from dhtmesh.node.streams.framing import FramingError, frame, read_body, read_header
-from dhtmesh.node.streams.port_limits import (
+from dhtmesh.node.transfer.framing import FramingError, frame, read_body, read_header
+from dhtmesh.node.transfer.port_limits import (
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_READS,
@@ -41,7 +41,7 @@ from dhtmesh.node.streams.port_limits import (
     SEND_TIMEOUT,
     ProveRates,
 )
-from dhtmesh.node.streams.proof_trees import ProofTrees
+from dhtmesh.node.transfer.proof_trees import ProofTrees
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
 

@@ -17,9 +17,9 @@ from dhtmesh.crypto import Identity
 from dhtmesh.crypto.merkle import BLOCK_SIZE, chunk_root
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.streams.chunk_client import ChunkClient, HolderFailed, check_answer, new_challenge
-from dhtmesh.node.streams.chunk_service import ChunkService, challenge_binding, chunk_path, prove_path
-from dhtmesh.node.streams.framing import announce, frame
+from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, check_answer, new_challenge
+from dhtmesh.node.transfer.chunk_service import ChunkService, challenge_binding, chunk_path, prove_path
+from dhtmesh.node.transfer.framing import announce, frame
 
 from support import NodeProcess, audit_once_registered
 

@@ -23,7 +23,7 @@ from dhtmesh.crypto.keys import node_id_from_public_key, verify_signature
 from dhtmesh.crypto.merkle import BadProof, chunk_root, proof_from_wire, verify_block
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.storage.chunks import CHUNK_SIZE
-from dhtmesh.node.streams.chunk_service import (
+from dhtmesh.node.transfer.chunk_service import (
     MAX_CHALLENGED_BLOCKS,
     NONCE_SIZE,
     STREAM_TIMEOUT,
@@ -32,7 +32,7 @@ from dhtmesh.node.streams.chunk_service import (
     proof_message,
     prove_path,
 )
-from dhtmesh.node.streams.framing import FramingError, announce, frame, read_body, read_header
+from dhtmesh.node.transfer.framing import FramingError, announce, frame, read_body, read_header
 from dhtmesh.node.wire.ratelimit import Address
 
 # A proof body: per block its 4 KiB and a path of at most ~130 hashes, plus msgpack's framing.

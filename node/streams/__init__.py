@@ -1,2 +1,0 @@
-"""Streams between nodes, over TCP on the same address and port as a node's UDP socket: what is too
-big for datagrams (chunks of stored data, their proofs)."""
