@@ -5,6 +5,7 @@ import re
 
 import base58
 
+from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.keys import NODE_ID_SIZE
 
 ADDRESS_VERSION = b"\x00"
@@ -12,7 +13,7 @@ _HEX_NODE_ID = re.compile(r"[0-9a-f]{40}")
 _MAX_ADDRESS_LENGTH = 64  # base58check of 21..~40 bytes; anything longer is not worth decoding
 
 
-class InvalidAddress(ValueError):
+class InvalidAddress(CryptoError, ValueError):
     """Not a node id, or not a base58check address with a valid checksum."""
 
 

@@ -19,6 +19,7 @@ import nacl.utils
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey
 
+from dhtmesh.crypto import errors
 from dhtmesh.crypto.keys import node_id_from_public_key
 
 FILE_VERSION = 1
@@ -26,7 +27,7 @@ KDF_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
 KDF_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
 
-class IdentityError(Exception):
+class IdentityError(errors.CryptoError):
     """An identity file that cannot be read, parsed or unlocked; the message is fit for a user."""
 
 

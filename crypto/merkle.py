@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pymerkle import BaseMerkleTree, InclusionProof, InvalidProof, verify_inclusion
 from pymerkle.hasher import MerkleHasher
 
+from dhtmesh.crypto.errors import CryptoError
+
 BLOCK_SIZE = 4096
 HASH = "sha256"
 
 
-class BadProof(ValueError):
+class BadProof(CryptoError, ValueError):
     """A block that is not the one at that index under that root, or a malformed proof."""
 
 

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from dhtmesh.crypto.errors import CryptoError
+
 MIN_BITS = 2048
 MAX_BITS = 4096
 DEFAULT_BITS = 4096
@@ -37,7 +39,7 @@ _CERTIFICATE_FROM = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
 _CERTIFICATE_UNTIL = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
 
 
-class OpenDhtKeyError(ValueError):
+class OpenDhtKeyError(CryptoError, ValueError):
     """A key, signature or ciphertext that is not an acceptable OpenDHT one; the message says why."""
 
 

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from email.utils import formatdate, parsedate_to_datetime
 
+from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, node_id_from_public_key, verify_signature
 
@@ -30,7 +31,7 @@ NONCE_SIZE = 16
 MAX_REMEMBERED = 65536  # signatures kept against replay: 20 s of 3,000 requests/s
 
 
-class RequestAuthError(Exception):
+class RequestAuthError(CryptoError):
     """Missing, malformed, stale, replayed or wrong signature: the request is not authenticated."""
 
 

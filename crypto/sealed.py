@@ -4,10 +4,11 @@ from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.public import PublicKey, SealedBox
 
+from dhtmesh.crypto import errors
 from dhtmesh.crypto.identity import Identity
 
 
-class SealedBoxError(Exception):
+class SealedBoxError(errors.CryptoError):
     """The ciphertext is not for this identity, or was tampered with."""
 
 

@@ -20,6 +20,7 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.sealed import SealedBoxError, seal_to
 from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
+from dhtmesh.node.errors import NodeError
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import traverse
 from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
@@ -58,28 +59,16 @@ log = logging.getLogger(__name__)
 STORE_ALONG_MAX = 768
 
 
-class ListenRefused(Exception):
+class ListenRefused(NodeError):
     """This node already listens to as many keys as it may (`NodeConfig.max_listened_keys`)."""
 
 
-class PutRefused(Exception):
+class PutRefused(NodeError):
     """The value was refused by this node's own store (stale seq, edit of an unsigned value, quota...)."""
 
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.value)
         self.verdict = verdict
-
-    @property
-    def out_of_room(self) -> bool:
-        """Refused for lack of room (a quota, a full or failing disk), not for what the value is."""
-        return self.verdict in (
-            Verdict.REFUSE_STORE_FULL,
-            Verdict.REFUSE_KEY_FULL,
-            Verdict.REFUSE_PEER_QUOTA,
-            Verdict.REFUSE_KEY_SHARE,
-            Verdict.REFUSE_DISK_FULL,
-            Verdict.REFUSE_STORAGE_ERROR,
-        )
 
 
 @dataclass(frozen=True, slots=True)

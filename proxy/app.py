@@ -1,6 +1,7 @@
 """The aiohttp application and server: the route table wired to a node, errors as JSON, CORS headers.
 
-Every error the proxy gives is JSON `{"err": ...}` with a 4xx status, including aiohttp's own 404, 405
+Every error the proxy gives is JSON `{"err": ...}` with a 4xx status (or a 5xx of the node's store or
+services), its status and text from the one error table (`errors.py`), including aiohttp's own 404, 405
 (with its `Allow` header) and 413, and counted; its own bugs are `{"err": "internal error"}` with a
 500, counted and logged at most once a minute per kind (`failures.ErrorLog`). A request aiohttp's parser
 refuses before any route sees it (not HTTP at all, or a request line or header over 8190 bytes) is
@@ -29,16 +30,18 @@ from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
+from dhtmesh.proxy.errors import Refusal, answer, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
-from dhtmesh.proxy.responses import BadRequest, json_reply
+from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import (
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
     ERRORS,
+    FAILURE_LABELS,
     LISTEN_SLOTS,
     NODE,
     PUSH,
@@ -67,28 +70,37 @@ LISTENS_IN_ALL = 192
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    node = request.app[NODE]
+    """Every refusal answered from the error table (`errors.TABLE`), aiohttp's own (404, 405, 413) as
+    they are; anything else is a bug of the proxy's: a counted, logged 500."""
     request.app[STATS].count()
     try:
         return await handler(request)
-    except BadRequest as error:
-        node.counters.add(BAD_REQUESTS)
-        if error.counter:
-            node.counters.add(error.counter)
-        return json_reply({"err": str(error)}, error.status)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        node.counters.add(BAD_REQUESTS)
+        request.app[NODE].counters.add(BAD_REQUESTS)
         reply = json_reply({"err": error.reason}, error.status)
         if "Allow" in error.headers:  # a 405 says what the path takes (RFC 9110 §15.5.6)
             reply.headers["Allow"] = error.headers["Allow"]
         return reply
     except Exception as error:
-        if _cannot_answer(request):
-            raise  # aiohttp closes the connection and reports the error (failures.ServerLogger)
-        request.app[ERRORS].internal(error, f"{request.method} {request.path}")
-        return json_reply({"err": "internal error"}, 500)
+        refusal = refusal_of(error)
+        if refusal is None:
+            if _cannot_answer(request):
+                raise  # aiohttp closes the connection and reports the error (failures.ServerLogger)
+            request.app[ERRORS].internal(error, f"{request.method} {request.path}")
+            return json_reply({"err": "internal error"}, 500)
+        _count_refusal(request, error, refusal)
+        label = request.app[FAILURE_LABELS].get(request.match_info.handler)
+        status, text = answer(error, refusal, label)
+        return json_reply({"err": text}, status)
+
+
+def _count_refusal(request: web.Request, error: Exception, refusal: Refusal) -> None:
+    counters = request.app[NODE].counters
+    counters.add(BAD_REQUESTS)
+    for counter in {refusal.counter, getattr(error, "counter", None)} - {None}:
+        counters.add(counter)
 
 
 def _cannot_answer(request: web.Request) -> bool:
@@ -132,6 +144,7 @@ def create_app(
     app[UPLOADER] = Uploader(placer)
     app[BLOB_READER] = BlobReader(placer)
     app[BLOB_LIMIT] = blob_limit
+    app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)
     app.on_cleanup.append(_close_background_work)
     for route in ROUTES:

@@ -1,6 +1,6 @@
 """Blobs over HTTP: `POST /api/blob` streams a body of any size (up to the node's limit) onto the
 mesh's farmers, `GET /api/blob/{blob_id}` streams it back, whole or a `Range` of it. The node does
-the work (`node/blobs/`); these handlers parse, and turn its errors into JSON `{"err"}` answers.
+the work (`node/blobs/`); these handlers parse, and its refusals are answered by the error table.
 """
 
 import contextlib
@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from dhtmesh.node.blobs.download import ChunkUnavailable
-from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
 from dhtmesh.node.records.blob import BLOB_ID_SIZE, blob_id_from_hex
+from dhtmesh.proxy.errors import BadRequest, NotFound, RangeNotSatisfiable, TooLarge
 from dhtmesh.proxy.failures import CutShort
-from dhtmesh.proxy.responses import BadRequest, json_reply
+from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import BLOB_LIMIT, BLOB_READER, UPLOADER, Route
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,8 @@ _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 async def put_blob(request: web.Request) -> web.Response:
     limit = request.app[BLOB_LIMIT]
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"a blob is at most {limit} bytes", status=413)
-    try:
-        manifest = await request.app[UPLOADER].upload(request.content.iter_chunked(UPLOAD_PIECE), limit)
-    except BlobTooLarge as error:
-        raise BadRequest(str(error), status=413) from error
-    except PlacementFailed as error:
-        raise BadRequest(f"not stored: {error}", status=503) from error
+        raise TooLarge(f"a blob is at most {limit} bytes")
+    manifest = await request.app[UPLOADER].upload(request.content.iter_chunked(UPLOAD_PIECE), limit)
     blob_id = manifest.blob_id.hex()
     document = {"id": blob_id, "size": manifest.size, "chunks": len(manifest.chunk_roots)}
     response = json_reply(document, status=201)
@@ -51,7 +46,7 @@ def parse_blob_id(text: str) -> bytes:
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """`(start, end)` (end excluded) of a single-range `Range` header, None without one (or with an
     invalid one, which HTTP says to ignore); raises
-    `BadRequest` 416 for a range that does not fit the blob, 400 for one that does not parse."""
+    `RangeNotSatisfiable` for a range that does not fit the blob, `BadRequest` for one that does not parse."""
     if header is None:
         return None
     match = _RANGE.fullmatch(header.strip())
@@ -65,7 +60,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     else:
         start, end = int(first), size if not last else min(size, int(last) + 1)
     if start >= size or start >= end:
-        raise BadRequest(f"the range is outside the blob's {size} bytes", status=416)
+        raise RangeNotSatisfiable(f"the range is outside the blob's {size} bytes")
     return start, end
 
 
@@ -74,7 +69,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     reader = request.app[BLOB_READER]
     manifest = await reader.manifest(blob_id)
     if manifest is None:
-        raise BadRequest("no such blob", status=404)
+        raise NotFound("no such blob")
     requested = byte_range(request.headers.get("Range"), manifest.size)
     start, end = requested or (0, manifest.size)
     async with contextlib.aclosing(reader.read(manifest, start, end)) as pieces:  # its fetches end with us
@@ -90,10 +85,7 @@ async def _send(
     partial: bool,
 ) -> web.StreamResponse:
     start, end = span
-    try:
-        first = await anext(pieces, b"")  # before the status line: a blob nobody serves gets a 503
-    except ChunkUnavailable as error:
-        raise BadRequest(f"unavailable: {error}", status=503) from error
+    first = await anext(pieces, b"")  # before the status line: a blob nobody serves is a 503 (ChunkUnavailable)
     response = web.StreamResponse(status=206 if partial else 200)
     response.content_type = _BYTES
     response.content_length = end - start

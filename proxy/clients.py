@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Full, Slots
-from dhtmesh.proxy.responses import BadRequest
+from dhtmesh.proxy.errors import TooManyRequests
 
 
 def client_of(request: web.Request) -> str:
@@ -27,7 +27,7 @@ def client_slot(slots: Slots, request: web.Request, counter: str) -> Iterator[No
     try:
         slots.take(client)
     except Full as full:
-        raise BadRequest(f"{full} (at most {slots.per_address} per address)", 429, counter) from full
+        raise TooManyRequests(f"{full} (at most {slots.per_address} per address)", counter) from full
     try:
         yield
     finally:

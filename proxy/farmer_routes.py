@@ -11,15 +11,13 @@ makes of the current record.
 import base64
 import binascii
 import re
-from collections.abc import Awaitable
 
 import msgpack
 from aiohttp import web
 
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
-from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
+from dhtmesh.crypto.request_auth import verify_request
 from dhtmesh.node.audits.reputation import Reputation
-from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
 from dhtmesh.node.records.farmer_events import (
@@ -29,10 +27,10 @@ from dhtmesh.node.records.farmer_events import (
     with_bandwidth,
     with_height,
 )
-from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, UnknownFarmer
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.proxy.clients import client_of
-from dhtmesh.proxy.responses import BadRequest, json_reply, refusal_status
+from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
+from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import JSON, NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
 from dhtmesh.proxy.value_json import value_to_json
 
@@ -53,7 +51,7 @@ def record_header(value: Value) -> str:
     return base64.b64encode(msgpack.packb(value.to_wire(), use_bin_type=True)).decode()
 
 
-def _signed_record(request: web.Request, failure: str) -> Value | None:
+def _signed_record(request: web.Request) -> Value | None:
     text = request.headers.get(RECORD_HEADER)
     if text is None:
         return None
@@ -61,56 +59,36 @@ def _signed_record(request: web.Request, failure: str) -> Value | None:
         if len(text) > _MAX_RECORD_HEADER:
             raise InvalidValue("too long")
         return value_from_wire(msgpack.unpackb(base64.b64decode(text, validate=True), raw=False))
-    except (binascii.Error, ValueError, TypeError) as error:  # InvalidValue and msgpack's errors are ValueErrors
-        raise BadRequest(f"{failure}: {RECORD_HEADER} is not a base64 msgpack value ({error}).") from error
+    except (binascii.Error, ValueError, TypeError) as error:  # base64's and msgpack's own errors: not a layer's
+        raise BadRequest(f"{RECORD_HEADER} is not a base64 msgpack value ({error})") from error
 
 
-def _node_id(request: web.Request, failure: str) -> bytes:
-    try:
-        return parse_node_id(request.match_info["nodeid"])
-    except InvalidAddress as error:
-        raise BadRequest(f"{failure}: Invalid node id or address ({error}).") from error
+def _node_id(request: web.Request) -> bytes:
+    return parse_node_id(request.match_info["nodeid"])
 
 
-async def _signing_farmer(request: web.Request, failure: str) -> bytes:
+async def _signing_farmer(request: web.Request) -> bytes:
     """The node id in the path, once the request is proven to be signed by that farmer, fresh, and new.
     The signature also covers the `Farmer-Record` header, so a relay cannot swap the record."""
     node = request.app[NODE]
     if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
-        raise BadRequest(f"{failure}: too many signed requests; retry in a second.", status=429)
+        raise TooManyRequests("too many signed requests; retry in a second.")
     body = await request.read()
     try:
         node_id: bytes | None = parse_node_id(request.match_info["nodeid"])
     except InvalidAddress:
         node_id = None  # said after the signature check: 401 comes first
-    try:
-        verify_request(
-            request.headers,
-            request.method,
-            request.raw_path,
-            body,
-            node.node_id,
-            request.app[REPLAY_GUARD] if node_id is not None else None,
-            signer_id=node_id,
-            bound=request.headers.get(RECORD_HEADER, ""),
-        )
-    except RequestAuthError as error:
-        raise BadRequest(f"{failure}: Invalid authentication headers ({error}).", status=401) from error
-    return node_id if node_id is not None else _node_id(request, failure)
-
-
-async def _applied(operation: Awaitable[FarmerRecord], failure: str) -> FarmerRecord:
-    try:
-        return await operation
-    except UnknownFarmer as error:
-        raise BadRequest(f"{failure}: Farmer not found.", status=404) from error
-    except AlreadyRegistered as error:
-        raise BadRequest(f"{failure}: Address already is registered.", status=409) from error
-    except (BadFarmerRecord, InvalidValue) as error:
-        raise BadRequest(f"{failure}: {error}.") from error
-    except PutRefused as error:  # full: try another node or later; else a conflict
-        status = refusal_status(error.verdict, quota=503 if error.out_of_room else 409)
-        raise BadRequest(f"{failure}: refused by this node's store ({error}).", status=status) from error
+    verify_request(
+        request.headers,
+        request.method,
+        request.raw_path,
+        body,
+        node.node_id,
+        request.app[REPLAY_GUARD] if node_id is not None else None,
+        signer_id=node_id,
+        bound=request.headers.get(RECORD_HEADER, ""),
+    )
+    return node_id if node_id is not None else _node_id(request)
 
 
 def farmer_json(record: FarmerRecord, now: int, reputation: Reputation | None = None) -> dict:
@@ -139,61 +117,50 @@ def _text(message: str) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    failure = "Registration Failed"
-    node_id = await _signing_farmer(request, failure)
+    node_id = await _signing_farmer(request)
     payout = request.match_info.get("payout_addr") or node_address(node_id)
-    try:
-        address_payload(payout)
-    except InvalidAddress as error:
-        raise BadRequest(f"{failure}: Invalid payout address ({error}).") from error
-    signed = _signed_record(request, failure)
+    address_payload(payout)  # a payout address with a bad checksum is refused (InvalidAddress)
     registry = request.app[REGISTRY]
-    record = await _applied(registry.register(node_id, payout, signed), failure)
+    record = await registry.register(node_id, payout, _signed_record(request))
     return json_reply(farmer_json(record, registry.now()))
 
 
 async def ping(request: web.Request) -> web.Response:
-    failure = "Ping Failed"
-    node_id = await _signing_farmer(request, failure)
-    signed = _signed_record(request, failure)
-    await _applied(request.app[REGISTRY].change(node_id, pinged, signed), failure)
+    node_id = await _signing_farmer(request)
+    await request.app[REGISTRY].change(node_id, pinged, _signed_record(request))
     return _text("Ping accepted.")
 
 
 async def height(request: web.Request) -> web.Response:
-    failure = "Set height failed"
-    node_id = await _signing_farmer(request, failure)
-    shards = _count(request, "height", failure)
+    node_id = await _signing_farmer(request)
+    shards = _count(request, "height")
     if shards > HEIGHT_LIMIT:
-        raise BadRequest(f"Height limit exceeded ({shards} > {HEIGHT_LIMIT}).", status=413)
-    signed = _signed_record(request, failure)
+        raise TooLarge(f"Height limit exceeded ({shards} > {HEIGHT_LIMIT}).")
 
     def event(record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
         return with_height(record, shards, now, ip)
 
-    await _applied(request.app[REGISTRY].change(node_id, event, signed), failure)
+    await request.app[REGISTRY].change(node_id, event, _signed_record(request))
     return _text("Height accepted.")
 
 
 async def bandwidth(request: web.Request) -> web.Response:
-    failure = "Bandwidth Failed"
-    node_id = await _signing_farmer(request, failure)
-    upload, download = _count(request, "upload", failure), _count(request, "download", failure)
-    signed = _signed_record(request, failure)
+    node_id = await _signing_farmer(request)
+    upload, download = _count(request, "upload"), _count(request, "download")
 
     def event(record: FarmerRecord, now: int, ip: str) -> FarmerRecord:
         return with_bandwidth(record, upload, download, now, ip)
 
-    await _applied(request.app[REGISTRY].change(node_id, event, signed), failure)
+    await request.app[REGISTRY].change(node_id, event, _signed_record(request))
     return _text("Bandwidth accepted.")
 
 
-def _count(request: web.Request, name: str, failure: str) -> int:
+def _count(request: web.Request, name: str) -> int:
     """A non-negative number from the path, integer or decimal (truncated, as dataserv's integer
     columns store it). At most 40 digits each side: no exponent, nothing that costs time to convert."""
     text = request.match_info[name]
     if not _NUMBER.fullmatch(text):
-        raise BadRequest(f"{failure}: {name} must be a non-negative number (digits, optionally a decimal part).")
+        raise BadRequest(f"{name} must be a non-negative number (digits, optionally a decimal part).")
     return int(text.split(".")[0])
 
 
@@ -241,11 +208,11 @@ async def address(request: web.Request) -> web.Response:
 
 
 async def farmer(request: web.Request) -> web.Response:
-    node_id = _node_id(request, "Farmer lookup failed")
+    node_id = _node_id(request)
     registry = request.app[REGISTRY]
     found = await registry.find(node_id)
     if found is None:
-        raise BadRequest("Farmer not found.", status=404)
+        raise NotFound("Farmer not found.")
     return json_reply(farmer_json(found[1], registry.now(), await request.app[REPUTATION].of(node_id)))
 
 
@@ -253,7 +220,7 @@ async def farmer_audits(request: web.Request) -> web.Response:
     """Every audit of the farmer that anyone published (within the window), newest first, each marked
     with whether its auditor is a registered farmer, and the reputation those audits add up to.
     Audits are listed whether or not the farmer is registered."""
-    node_id = _node_id(request, "Audit lookup failed")
+    node_id = _node_id(request)
     book = request.app[REPUTATION]
     logs = await book.logs(node_id)
     registered = await book.auditors()
@@ -279,10 +246,10 @@ def audit_json(registered: bool, farmer_id: bytes, auditor_id: bytes, entry: Aud
 
 async def farmer_record(request: web.Request) -> web.Response:
     """The farmer's record as the farmer signed it (value JSON), for clients that build the next one."""
-    node_id = _node_id(request, "Farmer lookup failed")
+    node_id = _node_id(request)
     found = await request.app[REGISTRY].find(node_id)
     if found is None:
-        raise BadRequest("Farmer not found.", status=404)
+        raise NotFound("Farmer not found.")
     return json_reply(value_to_json(found[0]))
 
 
@@ -297,26 +264,45 @@ _SIGNED_ERRORS = {
     400: "bad node id or record",
     401: "bad signature",
     429: "too many signed requests",
-    503: "this node's storage fails, or is full for others' records",
+    409: "refused by this node's store: by its policy or a quota (as on POST /key)",
+    503: "this node's storage fails",
     507: "this node's disk is full",
 }
-_CHANGE_ERRORS = {**_SIGNED_ERRORS, 404: "unknown farmer", 409: "the record conflicts with the stored one"}
+_CHANGE_ERRORS = {**_SIGNED_ERRORS, 404: "unknown farmer", 409: "the record conflicts with the stored one, or a quota"}
 _PLAIN = "text/plain"
 
 
-def _both_methods(path: str, handler: object, summary: str, replies: dict[int, str], media: str) -> list[Route]:
+def _both_methods(
+    path: str, handler: object, summary: str, replies: dict[int, str], media: str, failure: str
+) -> list[Route]:
     """dataserv's clients GET; POST is accepted too. Either changes the farmer's record."""
     return [
-        Route(method, path, handler, summary, replies=replies, unsafe_get=True, media=media, headers=_SIGNED_HEADERS)  # type: ignore[arg-type]
+        Route(
+            method,
+            path,
+            handler,  # type: ignore[arg-type]
+            summary,
+            replies=replies,
+            unsafe_get=True,
+            media=media,
+            headers=_SIGNED_HEADERS,
+            failure=failure,
+        )
         for method in ("GET", "POST")
     ]
 
 
-_REGISTER_REPLIES = {200: "the farmer JSON", **_SIGNED_ERRORS, 409: "already registered"}
+_REGISTER_REPLIES = {200: "the farmer JSON", **_SIGNED_ERRORS, 409: "already registered, or a store's refusal"}
+_REGISTERED = "Registration Failed"
 
 FARMER_ROUTES: list[Route] = [
     *_both_methods(
-        "/api/register/{nodeid}", register, "register a farmer, payout to its own address", _REGISTER_REPLIES, JSON
+        "/api/register/{nodeid}",
+        register,
+        "register a farmer, payout to its own address",
+        _REGISTER_REPLIES,
+        JSON,
+        _REGISTERED,
     ),
     *_both_methods(
         "/api/register/{nodeid}/{payout_addr}",
@@ -324,9 +310,15 @@ FARMER_ROUTES: list[Route] = [
         "register a farmer with a payout address",
         {**_REGISTER_REPLIES, 400: "bad node id, payout or record"},
         JSON,
+        _REGISTERED,
     ),
     *_both_methods(
-        "/api/ping/{nodeid}", ping, "the farmer is online", {200: "Ping accepted.", **_CHANGE_ERRORS}, _PLAIN
+        "/api/ping/{nodeid}",
+        ping,
+        "the farmer is online",
+        {200: "Ping accepted.", **_CHANGE_ERRORS},
+        _PLAIN,
+        "Ping Failed",
     ),
     *_both_methods(
         "/api/height/{nodeid}/{height}",
@@ -334,6 +326,7 @@ FARMER_ROUTES: list[Route] = [
         "the farmer's capacity, in 128 MiB shards",
         {200: "Height accepted.", **_CHANGE_ERRORS, 413: "over the height limit"},
         _PLAIN,
+        "Set height failed",
     ),
     *_both_methods(
         "/api/bandwidth/{nodeid}/{upload}/{download}",
@@ -341,6 +334,7 @@ FARMER_ROUTES: list[Route] = [
         "the farmer's measured bandwidth",
         {200: "Bandwidth accepted.", **_CHANGE_ERRORS},
         _PLAIN,
+        "Bandwidth Failed",
     ),
     Route(
         "GET",
@@ -358,6 +352,7 @@ FARMER_ROUTES: list[Route] = [
         farmer,
         "one farmer, online or not",
         replies={200: "farmer JSON", 400: "bad node id", 404: "unknown"},
+        failure="Farmer lookup failed",
     ),
     Route(
         "GET",
@@ -365,6 +360,7 @@ FARMER_ROUTES: list[Route] = [
         farmer_audits,
         "the farmer's audits as their auditors signed them, newest first, and its reputation",
         replies={200: "`{nodeid, reputation, audits}`", 400: "bad node id"},
+        failure="Audit lookup failed",
     ),
     Route(
         "GET",
@@ -372,5 +368,6 @@ FARMER_ROUTES: list[Route] = [
         farmer_record,
         "the farmer's signed record (value JSON), to build its next state on",
         replies={200: "value JSON", 400: "bad node id", 404: "unknown"},
+        failure="Farmer lookup failed",
     ),
 ]

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from dhtmesh.proxy.responses import BadRequest
+from dhtmesh.proxy.errors import Forbidden
 from dhtmesh.proxy.route import ALLOWED_ORIGINS, Handler, Route, table_path
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -55,10 +55,9 @@ def origin_policy(routes: list[Route]) -> Handler:
             allowed = request.app[ALLOWED_ORIGINS]
             foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
             if foreign:
-                raise BadRequest(
+                raise Forbidden(
                     f"a web page of origin {foreign[0]!r} may not change state through this node "
                     "(its operator can allow it with --allow-origin)",
-                    403,
                     REFUSED,
                 )
         return await handler(request)

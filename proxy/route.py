@@ -1,7 +1,8 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
 limit of signed requests, the blob uploader, reader and size limit, the per-client cap on listen
-streams, the origins allowed to change state, and the log of the proxy's own errors)."""
+streams, the origins allowed to change state, the log of the proxy's own errors, and the routes'
+failure labels)."""
 
 import re
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ BLOB_LIMIT = web.AppKey("blob_limit", int)
 LISTEN_SLOTS = web.AppKey("listen_slots", Slots)
 ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)
 ERRORS = web.AppKey("errors", ErrorLog)
+FAILURE_LABELS = web.AppKey("failure_labels", dict)  # handler: its dataserv failure label (`Route.failure`)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,6 +55,7 @@ class Route:
     media: str | None = JSON  # the type of a successful reply's body; None: it has none. Errors are JSON.
     body_media: str = JSON  # the type of the request body, when there is one
     headers: dict[str, str] = field(default_factory=dict)  # request headers it reads: name, meaning
+    failure: str | None = None  # dataserv's label before a refusal's text ("Ping Failed"), see errors.py
 
 
 def served_paths(path: str) -> tuple[str, ...]:

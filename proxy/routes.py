@@ -1,5 +1,6 @@
 """Every HTTP route of the proxy, as one table (`ROUTES`) that both the router and `/openapi.json` are
-built from, and the thin handlers behind them. Handlers parse and format; the node does the work."""
+built from, and the thin handlers behind them. Handlers parse and format; the node does the work; a
+refusal is raised, and answered by the error table (`errors.py`)."""
 
 import time
 from collections.abc import Awaitable
@@ -7,25 +8,18 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from dhtmesh.node.dht import DhtNode, ListenRefused, PutOptions, PutRefused, PutResult
-from dhtmesh.node.values.value import InvalidValue, Value, new_value_id
+from dhtmesh.node.dht import DhtNode, PutOptions, PutResult
+from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
+from dhtmesh.proxy.errors import BadRequest, NotEnabled, NotFound
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import path_key
 from dhtmesh.proxy.openapi import document
-from dhtmesh.proxy.push import PushError, PushTarget, SubscriptionLimit
-from dhtmesh.proxy.responses import (
-    JSON_HEADERS,
-    BadRequest,
-    json_body,
-    json_line,
-    json_reply,
-    open_stream,
-    refusal_status,
-)
+from dhtmesh.proxy.push import PushTarget
+from dhtmesh.proxy.responses import JSON_HEADERS, json_body, json_line, json_reply, open_stream
 from dhtmesh.proxy.route import LISTEN_SLOTS, NODE, PUSH, STATS, Route
-from dhtmesh.proxy.value_json import ValueJsonError, public_key_from_text, value_from_json, value_to_json
+from dhtmesh.proxy.value_json import public_key_from_text, value_from_json, value_to_json
 
 PERMANENT_PUT_LIFE = 24 * 3600.0  # OpenDHT's proxy::OP_TIMEOUT
 
@@ -91,10 +85,7 @@ async def listen(request: web.Request) -> web.StreamResponse:
     # The handler is cancelled when the client goes away (handler_cancellation), closing the listener
     # and freeing the client's slot.
     with client_slot(request.app[LISTEN_SLOTS], request, "http_listens_refused"):
-        try:
-            listener = request.app[NODE].listen(key)  # before the status line: a refusal is still a 503
-        except ListenRefused as error:
-            raise BadRequest(str(error), 503, "http_listens_refused") from error
+        listener = request.app[NODE].listen(key)  # before the status line: a refusal is still a 503
         with listener:
             response = await open_stream(request)
             async for event in listener:
@@ -152,20 +143,13 @@ async def encrypt_value(request: web.Request) -> web.Response:
         except ValueError as error:
             raise BadRequest("to must be 40 hex (an OpenDHT key id) or an Ed25519 public key") from error
         return await _put(node.put_encrypted_opendht(key, value, key_id, **options))
-    try:
-        recipient_key = public_key_from_text(recipient)
-    except ValueJsonError as error:
-        raise BadRequest(str(error)) from error
-    return await _put(node.put_encrypted(key, value, recipient_key, **options))
+    return await _put(node.put_encrypted(key, value, public_key_from_text(recipient), **options))
 
 
 async def _value_body(request: web.Request, allow_recipient: bool = False) -> tuple[dict, Value]:
     document = await json_body(request)
     fields = {name: item for name, item in document.items() if not (allow_recipient and name == "to")}
-    try:
-        return document, value_from_json(fields)
-    except ValueJsonError as error:
-        raise BadRequest(str(error)) from error
+    return document, value_from_json(fields)
 
 
 def _permanent(document: dict) -> bool:
@@ -176,12 +160,7 @@ def _permanent(document: dict) -> bool:
 
 
 async def _put(operation: Awaitable[PutResult]) -> web.Response:
-    try:
-        result = await operation
-    except InvalidValue as error:
-        raise BadRequest(str(error)) from error
-    except PutRefused as error:
-        raise BadRequest(str(error), status=refusal_status(error.verdict, quota=409)) from error
+    result = await operation
     return json_reply(value_to_json(result.value) | {"replicas": result.replicas})
 
 
@@ -190,7 +169,7 @@ async def cancel_put(request: web.Request) -> web.Response:
     if not raw_id.isdecimal() or not 0 < int(raw_id) < 1 << 64:
         raise BadRequest("value id must be a decimal integer in [1, 2^64-1]")
     if not request.app[NODE].cancel_put(_key(request), int(raw_id), client_of(request)):
-        raise BadRequest("no permanent put of this client with this id under this key", status=404)
+        raise NotFound("no permanent put of this client with this id under this key")
     return json_reply({"cancelled": raw_id})
 
 
@@ -205,10 +184,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     relay = request.app[PUSH]
     target, body = await _push_target(request)
     key = _key(request)
-    try:
-        created = relay.subscribe(key, target, client_of(request))
-    except SubscriptionLimit as error:
-        raise BadRequest(str(error), 429, "http_subscriptions_refused") from error
+    created = relay.subscribe(key, target, client_of(request))
     if created or body.get("refresh") is True:
         return json_reply({})
     response = await open_stream(request)
@@ -226,12 +202,9 @@ async def unsubscribe(request: web.Request) -> web.Response:
 
 async def _push_target(request: web.Request) -> tuple[PushTarget, dict]:
     if not request.app[PUSH].enabled:
-        raise BadRequest("push notifications are off: start the node with --pushserver URL", status=501)
+        raise NotEnabled("push notifications are off: start the node with --pushserver URL")
     body = await json_body(request)
-    try:
-        return PushTarget.from_body(body), body
-    except PushError as error:
-        raise BadRequest(str(error)) from error
+    return PushTarget.from_body(body), body
 
 
 # ---- the table ----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
 from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
 from dhtmesh.proxy.blob_routes import byte_range
-from dhtmesh.proxy.responses import BadRequest
+from dhtmesh.proxy.errors import BadRequest
 
 
 def manifest_of(*datas: bytes) -> Manifest:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import PutRefused
+from dhtmesh.node.errors import ServiceError
 from dhtmesh.node.records.blob import MAX_CHUNKS, Manifest, blob_key, signed_manifest
 from dhtmesh.node.storage.chunks import CHUNK_SIZE
 from dhtmesh.node.tasks import TaskSet
@@ -25,7 +26,7 @@ DEFAULT_BLOB_LIMIT = 1024**3
 CHUNKS_IN_FLIGHT = 2
 
 
-class UploadError(Exception):
+class UploadError(ServiceError):
     """The blob was not stored; nothing of it is visible."""
 
 

@@ -7,6 +7,7 @@ that relays the change checks that the record it was handed is the one these rul
 
 from dataclasses import replace
 
+from dhtmesh.node.errors import ServiceError
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord
 
 ONLINE_TIME = 300  # seen within 5 minutes: online
@@ -14,7 +15,7 @@ MAX_PING = 60  # a ping sooner than this after the last one is accepted without 
 SHARD_BYTES = 128 * 1024 * 1024  # one unit of height
 
 
-class HeightOverLimit(ValueError):
+class HeightOverLimit(ServiceError, ValueError):
     """A height above dataserv's limit of 200,000 shards (about 25 TB)."""
 
 

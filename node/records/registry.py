@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.errors import ServiceError
 from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.farmer import (
     CLOCK_SKEW,
@@ -39,7 +40,7 @@ Event = Callable[[FarmerRecord, int, str], FarmerRecord]
 """What a request does to a record: `(current, now, declared ip) -> next`."""
 
 
-class RegistryError(Exception):
+class RegistryError(ServiceError):
     """A farmer change the registry refuses; the subclass says why."""
 
 

@@ -23,6 +23,7 @@ import msgpack
 from dhtmesh.crypto import opendht
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, verify_signature
+from dhtmesh.node.errors import NodeError
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 
 MAX_DATA_SIZE = 64 * 1024
@@ -39,7 +40,7 @@ HIDDEN_RECIPIENT = bytes(RECIPIENT_SIZE)
 _SIGNING_DOMAIN = b"dhtmesh/value/v1"
 
 
-class InvalidValue(ValueError):
+class InvalidValue(NodeError, ValueError):
     """A value whose fields are out of range or whose signature does not verify."""
 
 

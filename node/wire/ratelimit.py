@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from dhtmesh.node.errors import NodeError
 from dhtmesh.node.wire.netgroup import host_of
 
 Address = tuple[str, int]
@@ -100,7 +101,7 @@ def tally(counts: Counter, key: object, delta: int) -> None:
         del counts[key]
 
 
-class Full(Exception):
+class Full(NodeError):
     """No slot left for this address (`scope` "address") or for anyone (`scope` "total")."""
 
     def __init__(self, what: str, scope: str) -> None:
