@@ -128,9 +128,14 @@ def refusal_of(error: BaseException) -> Refusal | None:
     return next((TABLE[kind] for kind in type(error).__mro__ if kind in TABLE), None)
 
 
+def status_of(error: BaseException, refusal: Refusal) -> int:
+    """The status answering `error`, whose table entry is `refusal`."""
+    return refusal.status if isinstance(refusal.status, int) else refusal.status(error)
+
+
 def answer(error: BaseException, refusal: Refusal, label: str | None) -> tuple[int, str]:
     """The status and `{"err"}` text of a refused request; `label` is its route's dataserv failure label."""
-    status = refusal.status if isinstance(refusal.status, int) else refusal.status(error)
+    status = status_of(error, refusal)
     text = refusal.text(error)
     if label and refusal.labelled:
         text = f"{label}: {text}" if text.endswith(".") else f"{label}: {text}."

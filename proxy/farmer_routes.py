@@ -119,7 +119,10 @@ def _text(message: str) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     node_id = await _signing_farmer(request)
     payout = request.match_info.get("payout_addr") or node_address(node_id)
-    address_payload(payout)  # a payout address with a bad checksum is refused (InvalidAddress)
+    try:
+        address_payload(payout)
+    except InvalidAddress as error:  # the table's text names a node id; this one is the payout's
+        raise BadRequest(f"Invalid payout address ({error}).") from error
     registry = request.app[REGISTRY]
     record = await registry.register(node_id, payout, _signed_record(request))
     return json_reply(farmer_json(record, registry.now()))
