@@ -3,8 +3,9 @@ its signer makes one.
 
 A record kind (libp2p's namespaced validators, one per reserved value type) is a `RecordKind`: its
 value type and expiry, how its data decodes (`pack`/`unpack`: a msgpack list led by the format), under
-which key it lives (`key_of`), the id it names (`id_of`: its value id derives from it and, unless the
-record proves itself, the key of that id must sign it), which version may follow which (`follows`),
+which key it lives (`key_of`, or the shard of its `directory` for the id it names), the id it names
+(`id_of`: its value id derives from it and, unless the record proves itself, the key of that id must
+sign it), which version may follow which (`follows`),
 the signed time its life runs from (`anchor`: it lives `expiry` after that time at the latest, whatever
 anyone re-sends), whether anyone may keep it alive (`open_refresh`), and how many of its values one
 host may place under one key (`per_host`). The checks every hop applies come from the table of kinds
@@ -20,6 +21,7 @@ import msgpack
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key
+from dhtmesh.node.records.keys import ShardedDirectory
 from dhtmesh.node.values.value import InvalidValue, Value, sign_value
 
 CLOCK_SKEW = 60  # seconds a record's signed time may be ahead of this node's clock
@@ -70,8 +72,9 @@ class RecordKind(Generic[R]):
     expiry: float  # seconds a value of this type lives after a put
     name: str  # what a record is called in refusals ("a farmer record")
     decode: Callable[[bytes], R]  # raises InvalidRecord for anything malformed
-    key_of: Callable[[R], bytes]
     id_of: Callable[[R], bytes]  # the id it names (a node's, a blob's): its value id derives from it
+    directory: ShardedDirectory | None = None  # where it lives, in the shard of the id it names
+    key_of: Callable[[R], bytes] | None = None  # where it lives, if not in a directory
     signer: str | None = None  # who the named id is, in refusals; its key must sign; None: it proves itself
     follows: Callable[[R, R], bool] | None = None  # whether (current, incoming) is a valid change; None: any
     anchor: Callable[[R], int] | None = None  # the signed time it lives `expiry` after, at the latest
@@ -87,11 +90,18 @@ class RecordKind(Generic[R]):
         named = self.id_of(record)
         if self.signer is not None and node_id_from_public_key(value.owner) != named:
             raise InvalidRecord(f"{self.name} must be signed by {self.signer}")
-        if key != self.key_of(record) or value.id != value_id_of(named):
+        if key != self.key_for(record) or value.id != value_id_of(named):
             raise InvalidRecord(f"{self.name} must be stored under its own key, under its own value id")
 
+    def key_for(self, record: R) -> bytes:
+        """The key the record lives under."""
+        if self.key_of is not None:
+            return self.key_of(record)
+        assert self.directory is not None, "a kind lives in a directory or under a key of its own"
+        return self.directory.key_for(self.id_of(record))
+
     def key_of_value(self, value: Value) -> bytes:
-        return self.key_of(self.decode(value.data))
+        return self.key_for(self.decode(value.data))
 
     def may_follow(self, current: Value, incoming: Value) -> bool:
         """Whether `incoming` may replace `current` (both checked) under the same (owner, id)."""
@@ -110,7 +120,7 @@ class RecordKind(Generic[R]):
     def sign(self, identity: Identity, record: R, seq: int) -> Value:
         """The value `identity` puts to state `record` (its `seq`-th version)."""
         value = Value(value_id_of(self.id_of(record)), record.encode(), self.type, seq=seq)
-        return sign_value(identity, self.key_of(record), value)
+        return sign_value(identity, self.key_for(record), value)
 
     def records_in(self, values: list[Value]) -> list[R]:
         """The records of this kind among (checked) values."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.directory import LiveView
-from dhtmesh.node.records.farmer import FARMERS, KIND, FarmerRecord, decode_farmer, farmer_key, farmer_value_id
+from dhtmesh.node.records.farmer import KIND, FarmerRecord, decode_farmer, farmer_key, farmer_value_id
 from dhtmesh.node.records.farmer_events import is_online, registered
 from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.values.value import Value
@@ -57,7 +57,7 @@ class FarmerRegistry:
     def __init__(self, node: DhtNode, clock: Callable[[], float] = time.time) -> None:
         self.node = node
         self._clock = clock
-        self._view = LiveView(node, KIND, FARMERS, lambda record: record.node_id, clock)
+        self._view = LiveView(node, KIND, clock)
 
     async def open(self) -> None:
         """Start following every shard (once; later calls return at once)."""
