@@ -75,6 +75,8 @@ def test_a_kind_declared_in_its_own_module_is_checked_signed_and_aged_by_the_sha
     newer = NOTE.sign(author, Note(author.node_id, 2, 2_000), 2)
     older = NOTE.sign(author, Note(author.node_id, 0, 9), 3)
     assert NOTE.may_follow(value, newer) and not NOTE.may_follow(value, older)
+    with pytest.raises(ValueError, match="either in a directory or under a key"):
+        RecordKind(NOTE_TYPE, DAY, "a note", decode_note, lambda note: note.author_id)
 
 
 def test_the_rules_read_each_kind_from_the_table() -> None:

@@ -81,6 +81,10 @@ class RecordKind(Generic[R]):
     open_refresh: bool = False
     per_host: int | None = None  # values of this kind one host may place under one key (None: the store's share)
 
+    def __post_init__(self) -> None:
+        if (self.directory is None) == (self.key_of is None):
+            raise ValueError(f"{self.name}: a kind lives either in a directory or under a key of its own")
+
     def check(self, key: bytes, value: Value) -> None:
         """The kind's rule: signed in the clear (by the id it names, unless it proves itself), under its own
         key and the value id of the id it names."""
@@ -97,7 +101,7 @@ class RecordKind(Generic[R]):
         """The key the record lives under."""
         if self.key_of is not None:
             return self.key_of(record)
-        assert self.directory is not None, "a kind lives in a directory or under a key of its own"
+        assert self.directory is not None  # __post_init__: one of the two
         return self.directory.key_for(self.id_of(record))
 
     def key_of_value(self, value: Value) -> bytes:

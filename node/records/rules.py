@@ -98,7 +98,9 @@ def is_valid_successor(current: Value, incoming: Value) -> bool:
 def lives_until(value: Value) -> float | None:
     """The latest time a (checked) value may be held, if its kind anchors it in a signed time."""
     kind = KINDS.get(value.type)
-    return None if kind is None else kind.lives_until(kind.decode(value.data))
+    if kind is None or kind.anchor is None:
+        return None  # no need to decode it (a manifest's decode hashes its chunk list)
+    return kind.lives_until(kind.decode(value.data))
 
 
 def lifetime(value: Value, now: float | None = None) -> float:
