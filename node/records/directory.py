@@ -31,7 +31,8 @@ class LiveView(Generic[R]):
     """Every live record of `kind` in its directory, by the id each names, as this node follows them."""
 
     def __init__(self, node: DhtNode, kind: RecordKind[R], clock: Callable[[], float] = time.time) -> None:
-        assert kind.directory is not None, "a live view is of a kind that lives in a directory"
+        if kind.directory is None:
+            raise ValueError(f"{kind.name} does not live in a directory")
         self._node = node
         self._kind = kind
         self._directory = kind.directory
@@ -101,16 +102,20 @@ class LiveView(Generic[R]):
     def learn(self, value: Value) -> None:
         """Take `value` into the view if it holds a record newer than the one the view has."""
         record = self._record_in(value)
-        known = self._view.get(self._kind.id_of(record)) if record else None
-        if record is not None and (known is None or value.seq > known[0]):
-            self._view[self._kind.id_of(record)] = (value.seq, record)
+        if record is None:
+            return
+        known = self._view.get(record_id := self._kind.id_of(record))
+        if known is None or value.seq > known[0]:
+            self._view[record_id] = (value.seq, record)
 
     def _forget(self, value: Value) -> None:
         record = self._record_in(value)
-        known = self._view.get(self._kind.id_of(record)) if record else None
-        if record is None or known is None or known[0] > value.seq:
+        if record is None:
+            return
+        known = self._view.get(record_id := self._kind.id_of(record))
+        if known is None or known[0] > value.seq:
             return
         until = self._kind.lives_until(record)
         if until is not None and int(self._clock()) < until - CLOCK_SKEW:
             return  # too early to be a true expiry: a replica replaying the record as expired, to hide it
-        del self._view[self._kind.id_of(record)]
+        del self._view[record_id]
