@@ -18,7 +18,9 @@ from pymerkle.hasher import MerkleHasher
 from dhtmesh.crypto.errors import CryptoError
 
 BLOCK_SIZE = 4096
+CHUNK_SIZE = 1024 * BLOCK_SIZE  # 4 MiB: the most a chunk, and so a leaf of a blob's tree, holds
 HASH = "sha256"
+ROOT_SIZE = 32  # a root names a chunk, and a blob (its id)
 
 
 class BadProof(CryptoError, ValueError):

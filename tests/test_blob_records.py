@@ -23,6 +23,7 @@ from dhtmesh.node.audits.reputation import CONFIRMING_AUDITORS, WINDOW, reputati
 from dhtmesh.node.blobs.upload import BlobTooLarge, chunks_of
 from dhtmesh.node.records import RESERVED_TYPES, InvalidRecord, check_value, is_valid_successor
 from dhtmesh.node.records.audit import (
+    AUDIT_TYPE,
     MAX_ENTRIES,
     AuditEntry,
     AuditLog,
@@ -31,13 +32,20 @@ from dhtmesh.node.records.audit import (
     decode_audit_log,
     signed_audit_log,
 )
-from dhtmesh.node.records.blob import BLOB_KEYS, MAX_CHUNKS, Manifest, blob_key, blob_value_id, signed_manifest
+from dhtmesh.node.records.blob import (
+    BLOB_KEYS,
+    BLOB_MANIFEST_TYPE,
+    MAX_CHUNKS,
+    Manifest,
+    blob_key,
+    blob_value_id,
+    signed_manifest,
+)
 from dhtmesh.node.records.farmer import farmer_value_id
-from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
+from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key, signed_holding
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
-from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
 from dhtmesh.proxy.blob_routes import byte_range
 from dhtmesh.proxy.errors import ProxyError, refusal_of, status_of
 

@@ -33,13 +33,12 @@ from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.audit import AuditEntry, Outcome
-from dhtmesh.node.records.blob import BLOB_KEYS, decode_manifest
+from dhtmesh.node.records.blob import BLOB_KEYS, BLOB_MANIFEST_TYPE, decode_manifest
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 
 from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 

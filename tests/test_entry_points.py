@@ -26,11 +26,10 @@ from dhtmesh.crypto.merkle import chunk_root
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records import check_value, farmer_key, signed_farmer_value
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, farmer_value_id
-from dhtmesh.node.records.holding import Holding, chunk_key
+from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
-from dhtmesh.node.values.types import HOLDING_TYPE
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.app import ProxyServer
 

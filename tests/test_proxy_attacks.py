@@ -23,11 +23,10 @@ from aiohttp import web
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.node.records import RESERVED_TYPES
-from dhtmesh.node.records.audit import AuditEntry, AuditLog, Outcome, audits_key
-from dhtmesh.node.records.blob import Manifest, blob_key, blob_value_id
+from dhtmesh.node.records.audit import AUDIT_TYPE, AuditEntry, AuditLog, Outcome, audits_key
+from dhtmesh.node.records.blob import BLOB_MANIFEST_TYPE, Manifest, blob_key, blob_value_id
 from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_key, farmer_value_id
-from dhtmesh.node.records.holding import Holding, chunk_key
-from dhtmesh.node.values.types import AUDIT_TYPE, BLOB_MANIFEST_TYPE, HOLDING_TYPE
+from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key
 from dhtmesh.proxy.app import LISTENS_PER_CLIENT
 from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
 

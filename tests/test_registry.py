@@ -12,10 +12,9 @@ from dhtmesh.crypto.addresses import node_address
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records import farmer_key, signed_farmer_value
 from dhtmesh.node.records.agent import FarmerAgent
-from dhtmesh.node.records.farmer import FarmerRecord, next_signed
+from dhtmesh.node.records.farmer import FARMER_RECORD_EXPIRY, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import ONLINE_TIME, pinged, registered, with_height
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, FarmerRegistry, UnknownFarmer
-from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
 
 from conftest import MeshFactory
 from support import FAST, eventually, start_node

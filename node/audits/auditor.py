@@ -21,7 +21,8 @@ from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.audit import AuditEntry, Outcome
-from dhtmesh.node.records.blob import BLOB_KEYS, Manifest, manifests_in
+from dhtmesh.node.records.blob import BLOBS, Manifest, manifests_in
+from dhtmesh.node.records.directory import read_directory
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.chunk_client import (
     Challenge,
@@ -31,7 +32,6 @@ from dhtmesh.node.transfer.chunk_client import (
     new_challenge,
 )
 from dhtmesh.node.transfer.chunk_service import NOT_HELD
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ class Auditor:
         and the chunks they list, sorted once per read."""
         stale = self._catalog_epoch is None or epoch - self._catalog_epoch >= CATALOG_REFRESH_PERIODS
         if stale or not self._manifests:
-            shards = await asyncio.gather(*(self._node.get(key, value_type=BLOB_MANIFEST_TYPE) for key in BLOB_KEYS))
-            manifests = [manifest for values in shards for manifest in manifests_in(values)]
+            manifests = manifests_in(await read_directory(self._node, BLOBS))
             self._manifests = {manifest.blob_id: manifest for manifest in manifests}
             chunks = [(blob_id, i) for blob_id, m in self._manifests.items() for i in range(len(m.chunk_roots))]
             self._universe = chunk_universe(chunks)

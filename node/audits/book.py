@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 from dhtmesh.node.audits.reputation import Reputation, reputation
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records.audit import AuditLog, audit_logs_in, audits_key
+from dhtmesh.node.records.audit import AUDIT_TYPE, AuditLog, audit_logs_in, audits_key
 from dhtmesh.node.records.registry import FarmerRegistry
-from dhtmesh.node.values.types import AUDIT_TYPE
 
 DEFAULT_REFRESH = 15.0
 

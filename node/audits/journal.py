@@ -5,6 +5,7 @@ entries it last published; after a restart it reads them back from the mesh firs
 from dhtmesh.node.audits.reputation import WINDOW
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.audit import (
+    AUDIT_TYPE,
     MAX_ENTRIES,
     AuditEntry,
     AuditLog,
@@ -13,7 +14,6 @@ from dhtmesh.node.records.audit import (
     signed_audit_log,
 )
 from dhtmesh.node.records.farmer import farmer_value_id
-from dhtmesh.node.values.types import AUDIT_TYPE
 
 
 class AuditJournal:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 from dhtmesh.node.blobs.placement import Placer, by_closeness
 from dhtmesh.node.errors import ServiceError
-from dhtmesh.node.records.blob import Manifest, blob_key, blob_value_id, find_manifest
-from dhtmesh.node.records.holding import chunk_key, holdings_in
+from dhtmesh.node.records.blob import BLOB_MANIFEST_TYPE, Manifest, blob_key, blob_value_id, find_manifest
+from dhtmesh.node.records.holding import HOLDING_TYPE, chunk_key, holdings_in
 from dhtmesh.node.transfer.chunk_client import HolderFailed, WrongBytes
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE, HOLDING_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,11 @@ import logging
 import time
 
 from dhtmesh.node.dht import DhtNode, PutRefused
-from dhtmesh.node.records.blob import blob_key, blob_value_id, find_manifest
+from dhtmesh.node.records.blob import BLOB_MANIFEST_TYPE, blob_key, blob_value_id, find_manifest
 from dhtmesh.node.records.farmer import farmer_value_id
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.chunk_service import NOT_HELD, Refused
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)

@@ -5,29 +5,28 @@ a value id derived from the auditor's node id; the value lists the auditor's lat
 farmer (chunk, challenge, outcome, time), newest last, at most `MAX_ENTRIES`, each new audit a higher
 seq. So a farmer's audits are read with one get, an auditor cannot write in another's name, and a
 busy auditor cannot fill the key (one value each; the key is reserved for audit logs). A log lives a
-day after its newest entry (`lives_until`), however often it is re-sent.
+day after its newest entry (`KIND.anchor`), however often it is re-sent.
 """
 
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-import msgpack
-
 from dhtmesh.crypto.identity import Identity
-from dhtmesh.crypto.keys import NODE_ID_SIZE, node_id_from_public_key
+from dhtmesh.crypto.keys import NODE_ID_SIZE
+from dhtmesh.crypto.merkle import CHUNK_SIZE, ROOT_SIZE
 from dhtmesh.node.records.blob import BLOB_ID_SIZE
-from dhtmesh.node.records.farmer import CLOCK_SKEW, InvalidRecord, farmer_value_id
 from dhtmesh.node.records.keys import reserved_key
-from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE
-from dhtmesh.node.values.types import AUDIT_EXPIRY, AUDIT_TYPE
-from dhtmesh.node.values.value import Value, sign_value
+from dhtmesh.node.records.kind import CLOCK_SKEW, InvalidRecord, RecordKind, pack, unpack, well_sized
+from dhtmesh.node.values.types import DAY
+from dhtmesh.node.values.value import Value
 
+AUDIT_TYPE = 0x4175
+AUDIT_EXPIRY = 1 * DAY  # the reputation window: a log not updated for a day is gone
 MAX_ENTRIES = 32
 NONCE_SIZE = 16
 MAX_INDICES = 64
 _KEY_DOMAIN = b"dhtmesh/audits/"
-_FORMAT = 1
 
 
 class Outcome(StrEnum):
@@ -57,8 +56,7 @@ class AuditLog:
     entries: tuple[AuditEntry, ...]
 
     def encode(self) -> bytes:
-        entries = [entry.to_wire() for entry in self.entries]
-        return msgpack.packb([_FORMAT, self.auditor_id, self.farmer_id, entries], use_bin_type=True)
+        return pack(self.auditor_id, self.farmer_id, [entry.to_wire() for entry in self.entries])
 
 
 def audits_key(farmer_id: bytes) -> bytes:
@@ -70,14 +68,9 @@ def _entry(raw: object) -> AuditEntry:
         raise InvalidRecord("an audit entry has 7 fields")
     root, blob_id, length, nonce, indices, outcome, at = raw
     well_formed = (
-        isinstance(root, bytes)
-        and len(root) == ROOT_SIZE
-        and isinstance(blob_id, bytes)
-        and len(blob_id) == BLOB_ID_SIZE
+        well_sized(((root, ROOT_SIZE), (blob_id, BLOB_ID_SIZE), (nonce, NONCE_SIZE)))
         and type(length) is int
         and 0 <= length <= CHUNK_SIZE
-        and isinstance(nonce, bytes)
-        and len(nonce) == NONCE_SIZE
         and isinstance(indices, list)
         and 0 < len(indices) <= MAX_INDICES
         and all(type(i) is int and 0 <= i < CHUNK_SIZE for i in indices)
@@ -92,14 +85,8 @@ def _entry(raw: object) -> AuditEntry:
 
 
 def decode_audit_log(data: bytes) -> AuditLog:
-    try:
-        fields = msgpack.unpackb(data, raw=False)
-    except (ValueError, TypeError) as error:
-        raise InvalidRecord("audit data is not msgpack") from error
-    if not (isinstance(fields, list) and len(fields) == 4 and fields[0] == _FORMAT):
-        raise InvalidRecord("audit data is not a format-1 audit log")
-    _, auditor_id, farmer_id, entries = fields
-    if not all(isinstance(i, bytes) and len(i) == NODE_ID_SIZE for i in (auditor_id, farmer_id)):
+    auditor_id, farmer_id, entries = unpack(data, "audit log", 3)
+    if not well_sized(((auditor_id, NODE_ID_SIZE), (farmer_id, NODE_ID_SIZE))):
         raise InvalidRecord("auditor and farmer ids are 20 bytes")
     if auditor_id == farmer_id:
         raise InvalidRecord("a farmer does not audit itself")
@@ -108,28 +95,18 @@ def decode_audit_log(data: bytes) -> AuditLog:
     return AuditLog(auditor_id, farmer_id, tuple(_entry(raw) for raw in entries))
 
 
-def check_audit_value(key: bytes, value: Value) -> None:
-    """The rule for `AUDIT_TYPE`: signed by the auditor it names, under the audited farmer's key."""
-    if not value.signed or value.encrypted:
-        raise InvalidRecord("an audit log is signed and in the clear")
-    log = decode_audit_log(value.data)
-    if node_id_from_public_key(value.owner) != log.auditor_id:
-        raise InvalidRecord("an audit log must be signed by its auditor")
-    if key != audits_key(log.farmer_id) or value.id != farmer_value_id(log.auditor_id):
-        raise InvalidRecord("an audit log must be stored under its farmer's audit key, under its auditor's id")
-
-
-def lives_until(value: Value) -> float:
-    """The latest time a (checked) audit log may be held: a day after its newest entry."""
-    return max(entry.time for entry in decode_audit_log(value.data).entries) + AUDIT_EXPIRY
+# A log lives a day after its newest entry (its anchor), however often it is re-sent.
+KIND = RecordKind(
+    AUDIT_TYPE, AUDIT_EXPIRY, "an audit log", decode_audit_log, lambda log: log.auditor_id,
+    key_of=lambda log: audits_key(log.farmer_id), signer="its auditor",
+    anchor=lambda log: max(entry.time for entry in log.entries)
+)
 
 
 def signed_audit_log(auditor: Identity, log: AuditLog, seq: int) -> Value:
-    value = Value(farmer_value_id(log.auditor_id), log.encode(), AUDIT_TYPE, seq=seq)
-    return sign_value(auditor, audits_key(log.farmer_id), value)
+    return KIND.sign(auditor, log, seq)
 
 
 def audit_logs_in(values: list[Value], farmer_id: bytes) -> list[AuditLog]:
     """The audit logs about `farmer_id` among its audit key's (checked) values."""
-    logs = [decode_audit_log(value.data) for value in values if value.type == AUDIT_TYPE]
-    return [log for log in logs if log.farmer_id == farmer_id]
+    return [log for log in KIND.records_in(values) if log.farmer_id == farmer_id]

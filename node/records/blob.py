@@ -9,36 +9,34 @@ so anyone (its uploader, every farmer keeping one of its chunks) may keep it ali
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 
-import msgpack
-
 from dhtmesh.crypto.identity import Identity
-from dhtmesh.crypto.merkle import BLOCK_SIZE, blob_root
-from dhtmesh.node.records.farmer import InvalidRecord
-from dhtmesh.node.records.keys import reserved_key
-from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE
-from dhtmesh.node.values.types import BLOB_MANIFEST_TYPE
-from dhtmesh.node.values.value import Value, sign_value
+from dhtmesh.crypto.merkle import BLOCK_SIZE, CHUNK_SIZE, ROOT_SIZE, blob_root
+from dhtmesh.node.records.keys import ShardedDirectory
+from dhtmesh.node.records.kind import InvalidRecord, RecordKind, pack, unpack, value_id_of
+from dhtmesh.node.values.types import DAY
+from dhtmesh.node.values.value import Value
 
+# A manifest lives as long as someone re-announces it: its uploader and every farmer keeping a chunk of it.
+BLOB_MANIFEST_TYPE = 0x426C
+BLOB_MANIFEST_EXPIRY = 30 * DAY
 BLOB_SHARDS = 16
-BLOB_ID_SIZE = 32
+BLOB_ID_SIZE = ROOT_SIZE
 # What a manifest (at most 64 KiB of data) can list: 6 GiB of 4 MiB chunks. Enforced by the rule, not
 # only by uploads: anyone can sign a manifest, and every auditor's catalog holds every chunk listed.
 MAX_CHUNKS = 1536
-_KEY_DOMAIN = b"dhtmesh/blobs/"
-_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
     chunk_roots: tuple[bytes, ...]
     chunk_lengths: tuple[int, ...]
+    blob_id: bytes = field(init=False, repr=False, compare=False)  # the root over its chunks, once
 
-    @property
-    def blob_id(self) -> bytes:
-        return blob_root(list(zip(self.chunk_roots, self.chunk_lengths, strict=True)))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blob_id", blob_root(list(zip(self.chunk_roots, self.chunk_lengths, strict=True))))
 
     @property
     def size(self) -> int:
@@ -52,34 +50,18 @@ class Manifest:
         return max(1, -(-self.chunk_lengths[index] // BLOCK_SIZE))
 
     def encode(self) -> bytes:
-        return msgpack.packb([_FORMAT, list(self.chunk_roots), list(self.chunk_lengths)], use_bin_type=True)
+        return pack(list(self.chunk_roots), list(self.chunk_lengths))
 
 
-def blob_directory_key(shard: int) -> bytes:
-    return reserved_key(BLOB_MANIFEST_TYPE, _KEY_DOMAIN, b"%x" % shard)
-
-
-BLOB_KEYS = tuple(blob_directory_key(shard) for shard in range(BLOB_SHARDS))
-
-
-def blob_key(blob_id: bytes) -> bytes:
-    """The directory shard that holds this blob's manifest."""
-    return BLOB_KEYS[blob_id[0] * BLOB_SHARDS // 256]
-
-
-def blob_value_id(blob_id: bytes) -> int:
-    return int.from_bytes(blob_id[:8], "big") or 1
+BLOBS = ShardedDirectory(BLOB_MANIFEST_TYPE, b"dhtmesh/blobs/", BLOB_SHARDS)
+BLOB_KEYS = BLOBS.keys
+blob_key = BLOBS.key_for  # the directory shard that holds a blob's manifest, by the blob's id
+blob_value_id = value_id_of  # a manifest's value id, by its blob's id
 
 
 def decode_manifest(data: bytes) -> Manifest:
     """The manifest in a value's data; raises `InvalidRecord` for anything malformed."""
-    try:
-        fields = msgpack.unpackb(data, raw=False)  # data is at most 64 KiB: the value check bounds it
-    except (ValueError, TypeError) as error:
-        raise InvalidRecord("manifest data is not msgpack") from error
-    if not (isinstance(fields, list) and len(fields) == 3 and fields[0] == _FORMAT):
-        raise InvalidRecord("manifest data is not a format-1 manifest")
-    _, roots, lengths = fields
+    roots, lengths = unpack(data, "manifest", 2)
     if not (isinstance(roots, list) and isinstance(lengths, list) and 0 < len(roots) == len(lengths) <= MAX_CHUNKS):
         raise InvalidRecord(f"a manifest lists one length per chunk root, 1 to {MAX_CHUNKS} chunks")
     if not all(isinstance(root, bytes) and len(root) == ROOT_SIZE for root in roots):
@@ -90,24 +72,16 @@ def decode_manifest(data: bytes) -> Manifest:
     return Manifest(tuple(roots), tuple(lengths))
 
 
-def check_manifest_value(key: bytes, value: Value) -> None:
-    """The rule for `BLOB_MANIFEST_TYPE`: signed, in the clear, and stored under its own blob id."""
-    if not value.signed or value.encrypted:
-        raise InvalidRecord("a manifest is signed and in the clear")
-    blob_id = decode_manifest(value.data).blob_id
-    if key != blob_key(blob_id) or value.id != blob_value_id(blob_id):
-        raise InvalidRecord("a manifest must be stored in its blob's shard, under its blob's value id")
+# A manifest proves itself (its chunk list hashes to the blob id it names): anyone may keep it alive.
+KIND = RecordKind(
+    BLOB_MANIFEST_TYPE, BLOB_MANIFEST_EXPIRY, "a manifest", decode_manifest, lambda manifest: manifest.blob_id,
+    BLOBS, open_refresh=True
+)
+manifests_in = KIND.records_in
 
 
 def signed_manifest(identity: Identity, manifest: Manifest) -> Value:
-    blob_id = manifest.blob_id
-    value = Value(blob_value_id(blob_id), manifest.encode(), BLOB_MANIFEST_TYPE, seq=1)
-    return sign_value(identity, blob_key(blob_id), value)
-
-
-def manifests_in(values: list[Value]) -> list[Manifest]:
-    """The manifests among a shard's (checked) values."""
-    return [decode_manifest(value.data) for value in values if value.type == BLOB_MANIFEST_TYPE]
+    return KIND.sign(identity, manifest, 1)
 
 
 def find_manifest(values: list[Value], blob_id: bytes) -> Manifest | None:

@@ -1,12 +1,11 @@
 """The record kinds the mesh enforces, and the checks every hop applies to a value.
 
-A record kind (libp2p's namespaced validators, one per reserved value type) says how a value of its
-type is checked (`check`), under which key it lives (`key_of`), which version may follow which
-(`follows`), until when a value may live at the latest whatever anyone re-sends (`lives_until`, from
-times its signer signed), whether anyone may keep it alive (`open_refresh`, for records that prove
-themselves), and how many of its values one host may place under one key (`per_host`, where the kind
-knows its keys hold few). `RULES_VERSION` changes whenever what these rules accept changes: a node then drops what
-its store holds that they refuse, once, when it starts (`DhtNode`).
+`KINDS` is the one table of record kinds (`kind.RecordKind`, one per reserved value type): the reserved
+types, their expiry (`values.types.register_expiry`), the rule each hop applies, which version may
+follow which, how long a record may live, who may keep it alive and how many one host may place under
+a key all derive from it. Adding a kind is one new module and one line in `KINDS`. `RULES_VERSION`
+changes whenever what these rules accept changes: a node then drops what its store holds that they
+refuse, once, when it starts (`DhtNode`).
 
 `check_value` runs wherever a value enters a node (a local put; a store, store-along or notify from a
 peer, stock or not; every value a get gathers) and before a value leaves towards a service: the
@@ -19,71 +18,25 @@ history where a witness of it remains.
 """
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from dhtmesh.crypto import opendht
 from dhtmesh.node.records import audit, blob, farmer, holding
 from dhtmesh.node.records.keys import reserved_type
-from dhtmesh.node.values.types import (
-    AUDIT_TYPE,
-    BLOB_MANIFEST_TYPE,
-    CERTIFICATE_TYPE,
-    FARMER_RECORD_TYPE,
-    HOLDING_TYPE,
-    expiry_for,
-)
+from dhtmesh.node.records.kind import InvalidRecord, RecordKind
+from dhtmesh.node.values.types import CERTIFICATE_TYPE, expiry_for, register_expiry
 from dhtmesh.node.values.value import InvalidValue, Value, certificate_public_key
-
-Rule = Callable[[bytes, Value], None]
-"""Raise `InvalidValue` (or a subclass) unless `value` is a well-formed record under `key`."""
-
 
 RULES_VERSION = 3  # 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id
 
 
-@dataclass(frozen=True, slots=True)
-class RecordKind:
-    check: Rule
-    key_of: Callable[[Value], bytes]
-    follows: Callable[[Value, Value], bool] = lambda current, incoming: True
-    lives_until: Callable[[Value], float] | None = None
-    open_refresh: bool = False
-    per_host: int | None = None  # values of this kind one host may place under one key (None: the store's share)
+def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
+    """The kinds by type, each type's expiry registered for the store."""
+    for kind in kinds:
+        register_expiry(kind.type, kind.expiry)
+    return {kind.type: kind for kind in kinds}
 
 
-def _farmer_follows(current: Value, incoming: Value) -> bool:
-    try:
-        return farmer.is_successor(farmer.decode_farmer(current.data), farmer.decode_farmer(incoming.data))
-    except InvalidValue:
-        return False
-
-
-KINDS: dict[int, RecordKind] = {
-    FARMER_RECORD_TYPE: RecordKind(
-        farmer.check_farmer_value,
-        lambda value: farmer.farmer_key(farmer.decode_farmer(value.data).node_id),
-        _farmer_follows,
-        farmer.lives_until,
-    ),
-    BLOB_MANIFEST_TYPE: RecordKind(
-        blob.check_manifest_value,
-        lambda value: blob.blob_key(blob.decode_manifest(value.data).blob_id),
-        open_refresh=True,
-    ),
-    # A chunk has a few holders, each putting its own holding: a host placing more than a few is making
-    # them up (throwaway keys), to fill the key so that no real holder can keep the chunk.
-    HOLDING_TYPE: RecordKind(
-        holding.check_holding_value,
-        lambda value: holding.chunk_key(holding.decode_holding(value.data).root),
-        per_host=8,
-    ),
-    AUDIT_TYPE: RecordKind(
-        audit.check_audit_value,
-        lambda value: audit.audits_key(audit.decode_audit_log(value.data).farmer_id),
-        lives_until=audit.lives_until,
-    ),
-}
+KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND)
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 
@@ -95,13 +48,13 @@ def check_value(key: bytes, value: Value, *, signature: bool = True) -> None:
     value.check(key, signature=signature)
     reserved = reserved_type(key, RESERVED_TYPES)
     if reserved is not None and value.type != reserved:
-        raise farmer.InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
+        raise InvalidRecord(f"this key is reserved for records of type {reserved:#06x}")
     if value.type == CERTIFICATE_TYPE:
         _check_certificate(key, value)
     kind = KINDS.get(value.type)
     if kind is not None:
         if value.opendht_signed or value.opaque:
-            raise farmer.InvalidRecord("records are signed by dhtmesh (Ed25519) identities, in the clear")
+            raise InvalidRecord("records are signed by dhtmesh (Ed25519) identities, in the clear")
         kind.check(key, value)
 
 
@@ -129,7 +82,7 @@ def record_key(value: Value) -> bytes | None:
     if kind is None:
         return None
     try:
-        return kind.key_of(value)
+        return kind.key_of_value(value)
     except InvalidValue:
         return None
 
@@ -139,13 +92,15 @@ def is_valid_successor(current: Value, incoming: Value) -> bool:
     if current.type != incoming.type:
         return incoming.type not in KINDS and current.type not in KINDS  # a record never changes type
     kind = KINDS.get(incoming.type)
-    return kind is None or kind.follows(current, incoming)
+    return kind is None or kind.may_follow(current, incoming)
 
 
 def lives_until(value: Value) -> float | None:
     """The latest time a (checked) value may be held, if its kind anchors it in a signed time."""
     kind = KINDS.get(value.type)
-    return None if kind is None or kind.lives_until is None else kind.lives_until(value)
+    if kind is None or kind.anchor is None:
+        return None  # no need to decode it (a manifest's decode hashes its chunk list)
+    return kind.lives_until(kind.decode(value.data))
 
 
 def lifetime(value: Value, now: float | None = None) -> float:

@@ -22,11 +22,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from dhtmesh.crypto.merkle import BLOCK_SIZE, chunk_root
+from dhtmesh.crypto.merkle import BLOCK_SIZE, CHUNK_SIZE, ROOT_SIZE, chunk_root
 
-CHUNK_SIZE = 4 * 1024 * 1024  # 1,024 blocks of 4 KiB
 DEFAULT_CHUNK_QUOTA = 1024 * 1024 * 1024
-ROOT_SIZE = 32
 _PARTIAL = ".partial"
 
 _SCHEMA = """
