@@ -60,7 +60,7 @@ async def chunks_of(pieces: AsyncIterator[bytes], limit: int, chunk_size: int = 
 class Uploader:
     def __init__(self, placer: Placer) -> None:
         self._placer = placer
-        self._publishing = TaskSet()
+        self._publishing = TaskSet(counters=placer.node.counters)
 
     async def close(self) -> None:
         await self._publishing.close()

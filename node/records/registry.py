@@ -29,7 +29,7 @@ from dhtmesh.node.records.farmer import (
 )
 from dhtmesh.node.records.farmer_events import is_online, registered
 from dhtmesh.node.records.rules import check_value
-from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.values.types import FARMER_RECORD_EXPIRY
 from dhtmesh.node.values.value import Value
 
@@ -83,7 +83,7 @@ class FarmerRegistry:
         self._clock = clock
         self._view: dict[bytes, tuple[int, FarmerRecord]] = {}  # node id -> (seq, record)
         self._listeners: list[Listener] = []
-        self._tasks = TaskSet()
+        self._loops = Supervisor(node.counters)
         self._opening = asyncio.Lock()
         self._opened = False
 
@@ -99,7 +99,7 @@ class FarmerRegistry:
                     # The node's own service: not held to the cap on the keys clients may listen to.
                     listener = self.node.listen(key, capped=False)
                     self._listeners.append(listener)
-                    self._tasks.spawn(self._follow(listener))
+                    self._loops.start("registry_follow", lambda listener=listener: self._follow(listener))
             shards = await asyncio.gather(*(self.node.get(key, value_type=FARMER_VALUE_TYPE) for key in DIRECTORY_KEYS))
             for values in shards:
                 for value in values:
@@ -111,7 +111,7 @@ class FarmerRegistry:
             listener.close()
         self._listeners.clear()
         self._opened = False
-        await self._tasks.close()
+        await self._loops.close()
 
     def now(self) -> int:
         return int(self._clock())
