@@ -230,7 +230,7 @@ class DhtNode:
         self.replicator = Replicator(self)
         StockRpcs(self).register(self.endpoint)
         MeshRpcs(self).register(self.endpoint)
-        self._tasks = TaskSet(counters=self.counters)
+        self._tasks = TaskSet(self.counters)
         self.loops = Supervisor(self.counters)  # the node's own long-lived loops
         self._keepers: dict[bytes, asyncio.Task] = {}
         self._subscribed: dict[bytes, list[Contact]] = {}

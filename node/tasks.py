@@ -31,19 +31,15 @@ async def _cancel_all(tasks: list[asyncio.Task]) -> None:
 
 
 class TaskSet:
-    def __init__(self, limit: int | None = None, counters: Counters | None = None) -> None:
+    def __init__(self, counters: Counters) -> None:
         self._tasks: set[asyncio.Task] = set()
-        self._limit = limit
         self._counters = counters
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
-        """Start `coroutine` in the background; refuse (and close it) when the set is at its limit."""
-        if self._limit is not None and len(self._tasks) >= self._limit:
-            coroutine.close()
-            return None
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Start `coroutine` in the background."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
@@ -52,8 +48,7 @@ class TaskSet:
     def _finished(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            if self._counters is not None:
-                self._counters.add("tasks_failed")
+            self._counters.add("tasks_failed")
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from dhtmesh.node.records.farmer import DIRECTORY_KEYS
 from dhtmesh.node.services import Farming, Services
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.chunks import ChunkStore
-from dhtmesh.node.tasks import Supervisor
+from dhtmesh.node.tasks import Supervisor, TaskSet
 from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.app import ProxyServer
 from tests.support import NodeProcess, assert_one_line_error, eventually, get_json, loopback_host, run_cli, start_node
@@ -47,6 +47,20 @@ async def test_a_loop_that_raises_is_logged_at_error_counted_and_restarted(caplo
     assert [str(record.exc_info[1]) for record in failures if record.exc_info] == ["failure 1", "failure 2"]
     assert all("flaky" in record.getMessage() for record in failures)
     assert len(supervisor) == 0  # closed: nothing left running
+
+
+async def test_a_short_job_that_fails_is_logged_at_error_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    counters = Counters()
+    jobs = TaskSet(counters)
+
+    async def job() -> None:
+        raise RuntimeError("lost")
+
+    with caplog.at_level(logging.ERROR, logger="dhtmesh.node.tasks"):
+        await asyncio.gather(jobs.spawn(job()), return_exceptions=True)
+        await eventually(lambda: counters.get("tasks_failed") == 1)
+    assert [str(record.exc_info[1]) for record in caplog.records if record.exc_info] == ["lost"]
+    assert len(jobs) == 0
 
 
 async def test_a_failed_loop_of_a_node_is_counted_in_its_node_info() -> None:
