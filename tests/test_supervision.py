@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from dhtmesh.crypto import Identity
 from dhtmesh.node import listeners
 from dhtmesh.node.records.farmer import DIRECTORY_KEYS
 from dhtmesh.node.services import Farming, Services
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.tasks import Supervisor, TaskSet
+from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderRefused, new_challenge
+from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.app import ProxyServer
 from tests.support import NodeProcess, assert_one_line_error, eventually, get_json, loopback_host, run_cli, start_node
@@ -127,6 +130,25 @@ async def test_a_farmer_node_has_one_registry_that_its_proxy_placer_and_agent_sh
         await services.stop()
         await proxy.stop()
         await node.stop()
+
+
+async def test_a_dhtmesh_run_farmer_answers_its_proxy_and_its_chunk_port_from_one_registry(
+    spawn: Callable[..., NodeProcess],
+) -> None:
+    """The proxy's farmer routes and the chunk port's "is the challenger a registered farmer" both open
+    a registry view: in `dhtmesh run` it is the same one (16 listened keys, not 32)."""
+    farmer = spawn("farmer", "--farmer", "--ping-interval", "0.5")
+
+    async def registered() -> bool:
+        _, online = await get_json(farmer.url, "/api/online/json")  # opens the proxy's view
+        return [f["nodeid"] for f in online["farmers"]] == [farmer.node_id]
+
+    await eventually(registered, within=20)
+    stranger = ChunkClient(Identity.generate())
+    with pytest.raises(HolderRefused, match=NOT_AUDITOR):  # the chunk port asked its view, and refused
+        await stranger.audit(farmer.address, bytes.fromhex(farmer.node_id), new_challenge(os.urandom(32), 1, 1))
+    _, info = await get_json(farmer.url, "/node/info")
+    assert info["listeners"] == len(DIRECTORY_KEYS)
 
 
 def test_a_bootstrap_address_the_socket_cannot_reach_is_refused_with_one_line(tmp_path: Path) -> None:
