@@ -232,8 +232,8 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         await stop.wait()
         joiner.save()
     finally:
+        await proxy.stop()  # first: no request may reach a service once it is stopped
         await services.stop()
-        await proxy.stop()
         await node.stop()
     print("stopped", file=sys.stderr, flush=True)
 
