@@ -34,13 +34,22 @@ def parse_host_port(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     return host, port
 
 
-def resolve(spec: str, default_port: int = DEFAULT_PORT) -> Address:
-    """Resolve to one numeric UDP address (IPv4 preferred)."""
+def resolve(spec: str, default_port: int = DEFAULT_PORT, family: int = socket.AF_INET) -> Address:
+    """Resolve to one numeric UDP address (of `family` when the name has one)."""
     host, port = parse_host_port(spec, default_port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as error:
         raise AddressError(f"cannot resolve bootstrap address {spec!r}: {error}") from error
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    infos.sort(key=lambda info: info[0] != family)
     address = infos[0][4]
     return address[0], address[1]
+
+
+def socket_family(host: str) -> int:
+    """The family of the UDP socket a node bound to `host` has (as `DhtNode.start` makes it)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def family_name(family: int) -> str:
+    return "IPv6" if family == socket.AF_INET6 else "IPv4"

@@ -7,6 +7,7 @@ waits for others to join it (an isolated node with peers it cannot reach is warn
 import asyncio
 import logging
 
+from dhtmesh.bootstrap.addresses import socket_family
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.wire.ratelimit import Address
@@ -27,8 +28,11 @@ class Joiner:
         self._first_said = False
 
     def candidates(self) -> list[Address]:
+        """The bootstrap and saved peers the node's socket can reach (saved ones may be of the other
+        family, when the data directory was last used with another --bind)."""
         saved = self._book.load() if self._book else []
-        return list(dict.fromkeys(self._bootstrap + saved))
+        family = socket_family(self._node.address[0])
+        return [a for a in dict.fromkeys(self._bootstrap + saved) if socket_family(a[0]) == family]
 
     async def run(self) -> None:
         delay = MIN_RETRY

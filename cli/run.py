@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
-from dhtmesh.bootstrap.addresses import AddressError, resolve
+from dhtmesh.bootstrap.addresses import AddressError, family_name, resolve, socket_family
 from dhtmesh.bootstrap.join import Joiner
 from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.cli.errors import CliError
@@ -21,23 +21,19 @@ from dhtmesh.cli.farmer import check_payout
 from dhtmesh.cli.lock import lock_data_dir
 from dhtmesh.cli.paths import PEERS_FILE, default_data_dir, identity_path, load_or_create_identity
 from dhtmesh.crypto.opendht import OpenDhtKeyError, RsaIdentity, load_or_create_rsa_identity
-from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
-from dhtmesh.node.blobs.download import BlobReader
-from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
-from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD
+from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT
 from dhtmesh.node.dht import DhtNode, PutRefused
-from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.blob import MAX_CHUNKS
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
-from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.services import Farming, Services
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.binding import BindError, start_with_stream_socket
-from dhtmesh.node.transfer.chunk_client import ChunkClient
-from dhtmesh.node.transfer.chunk_service import ChunkService
 from dhtmesh.node.transfer.port_limits import connection_cap
 from dhtmesh.node.values import InvalidValue
 from dhtmesh.node.wire.netgroup import format_host_port
+from dhtmesh.node.wire.ratelimit import Address
 from dhtmesh.proxy.app import ProxyServer
 from dhtmesh.proxy.origins import parse_origin
 
@@ -118,10 +114,7 @@ def command(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
     identity = load_or_create_identity(identity_path(data_dir, args.identity), explicit=bool(args.identity))
-    try:
-        bootstrap = [resolve(spec) for spec in args.bootstrap]
-    except AddressError as error:
-        raise CliError(str(error)) from error
+    bootstrap = _bootstrap(args.bootstrap, args.bind)
     opendht_identity = _opendht_identity(data_dir, args.opendht_identity)
     try:
         node = DhtNode(identity, data_dir=data_dir, opendht_identity=opendht_identity)
@@ -129,6 +122,25 @@ def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
         raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
     _run_loop(_serve(node, args, bootstrap, data_dir, _raise_descriptor_limit()))
     return 0
+
+
+def _bootstrap(specs: list[str], bind: str) -> list[Address]:
+    """The bootstrap addresses the node's socket can reach. A socket sends only to addresses of its own
+    family (uvloop raises "socket family mismatch" otherwise): the others are skipped with a warning,
+    and when none is left, the node is refused with one line rather than started unable to join."""
+    family = socket_family(bind)
+    try:
+        resolved = {spec: resolve(spec, family=family) for spec in specs}
+    except AddressError as error:
+        raise CliError(str(error)) from error
+    usable = [address for address in resolved.values() if socket_family(address[0]) == family]
+    other = [spec for spec, address in resolved.items() if socket_family(address[0]) != family]
+    if other:
+        why = f"the node's UDP socket is {family_name(family)} (--bind {bind})"
+        if not usable:
+            raise CliError(f"cannot join through {', '.join(other)}: {why}; bind to an address of their family")
+        log.warning("skipping bootstrap %s: %s; joining through the others", ", ".join(other), why)
+    return usable
 
 
 def _opendht_identity(data_dir: Path, name: str | None) -> RsaIdentity | None:
@@ -194,24 +206,21 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     stream_socket = await _bind(node, args)
+    try:
+        farming = _farming(args, data_dir, descriptors) if args.farmer else None
+    except CliError:
+        if stream_socket is not None:
+            stream_socket.close()  # the chunk store could not open: no service takes the socket
+        await node.stop()
+        raise
+    services = Services(node, farming)
     blob_limit = args.blob_limit * 1024 * 1024
-    proxy = ProxyServer(node, args.proxy_addr, args.proxyserver, args.pushserver, blob_limit, args.allow_origin)
-    chunks: ChunkService | None = None
-    registry = FarmerRegistry(node)
+    proxy = ProxyServer(
+        node, args.proxy_addr, args.proxyserver, args.pushserver, blob_limit, args.allow_origin, services=services
+    )
     try:
         await _start(proxy.start(), args.proxy_addr, args.proxyserver, "proxy")
-        if args.farmer:
-            store = _chunk_store(args, data_dir)
-            keeper = ChunkKeeper(node, store, args.pending_timeout)
-            chunks = ChunkService(
-                node.identity,
-                store,
-                keeper.keep,
-                may_audit=registry.is_registered,  # only registered farmers challenge this node
-                counters=node.counters,
-                max_connections=connection_cap(descriptors),
-            )
-            await chunks.start(sock=stream_socket)
+        await services.start(stream_socket)
         joiner = Joiner(node, bootstrap, PeerBook(data_dir / PEERS_FILE))
         # Held here at once, and handed to the key's replicas as they join: see `Replicator.hand_off`.
         try:
@@ -219,27 +228,27 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
         except (PutRefused, InvalidValue) as error:
             log.error("cannot publish this node's OpenDHT certificate: %s", error)
         print(f"ready node_id={node.node_id.hex()} udp={format_host_port(*node.address)} proxy={proxy.url}", flush=True)
-        tasks = [loop.create_task(joiner.run())]
-        if chunks is not None:
-            agent = FarmerAgent(node, args.payout, args.height, args.ping_interval, _declared_ip(args.bind))
-            placer = Placer(node, registry, ChunkClient(node.identity))
-            auditor = Auditor(placer, BlobReader(placer), chunks.chunks, args.audit_period)
-            tasks += [loop.create_task(job) for job in (agent.run(), keeper.sweep_pending(), auditor.run())]
+        services.run(("join", joiner.run))
         await stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         joiner.save()
     finally:
-        await registry.close()
-        if stream_socket is not None and chunks is None:
-            stream_socket.close()  # the chunk store could not open: the service never took the socket
-        if chunks is not None:
-            await chunks.stop()
-            chunks.chunks.close()
-        await proxy.stop()
+        await proxy.stop()  # first: no request may reach a service once it is stopped
+        await services.stop()
         await node.stop()
     print("stopped", file=sys.stderr, flush=True)
+
+
+def _farming(args: argparse.Namespace, data_dir: Path, descriptors: int) -> Farming:
+    return Farming(
+        _chunk_store(args, data_dir),
+        args.payout,
+        args.height,
+        args.ping_interval,
+        _declared_ip(args.bind),
+        args.audit_period,
+        args.pending_timeout,
+        connection_cap(descriptors),
+    )
 
 
 async def _bind(node: DhtNode, args: argparse.Namespace) -> socket.socket | None:

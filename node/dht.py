@@ -32,7 +32,7 @@ from dhtmesh.node.rpcs.mesh import PAGE_ENTRIES, MeshRpcs
 from dhtmesh.node.rpcs.stock import StockRpcs
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
-from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.tasks import Supervisor, TaskSet
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 from dhtmesh.node.values.value import (
@@ -203,7 +203,7 @@ class DhtNode:
         self._migrate_store()
         # A reader must be able to page through every value a key can hold.
         self._max_pages = -(-self.config.quotas.max_values_per_key // PAGE_ENTRIES) + 1
-        self.hub = ListenerHub(on_last_closed=self._stop_listening)
+        self.hub = ListenerHub(self.counters, on_last_closed=self._stop_listening)
         self.endpoint = Endpoint(
             self.node_id,
             lambda nonce: self.admission.prove(nonce),
@@ -219,7 +219,8 @@ class DhtNode:
         self.replicator = Replicator(self)
         StockRpcs(self).register(self.endpoint)
         MeshRpcs(self).register(self.endpoint)
-        self._tasks = TaskSet()
+        self._tasks = TaskSet(self.counters)
+        self.loops = Supervisor(self.counters)  # the node's own long-lived loops
         self._keepers: dict[bytes, asyncio.Task] = {}
         self._subscribed: dict[bytes, list[Contact]] = {}
         self._started = time.time()
@@ -256,13 +257,11 @@ class DhtNode:
             raise
         await asyncio.get_running_loop().create_datagram_endpoint(lambda: self.endpoint, sock=sock)
         self._started = time.time()
-        self._tasks.spawn(self._sweep_loop())
+        self.loops.start("sweep", self._sweep_loop)
         self.replicator.start()
 
     async def stop(self) -> None:
-        for task in self._keepers.values():
-            task.cancel()
-        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        await self.loops.close()  # the keepers among them
         self._keepers.clear()
         self._subscribed.clear()
         await self.replicator.stop()
@@ -642,16 +641,8 @@ class DhtNode:
         for value in self.held(key):
             self.hub.emit(key, value)
         if first:
-            keeper = self._tasks.spawn(self._keep_listening(key))
-            assert keeper is not None  # the node's task set has no limit
-            self._keepers[key] = keeper
-            keeper.add_done_callback(lambda done, key=key: self._keeper_ended(key, done))
+            self._keepers[key] = self.loops.start("listen", lambda: self._keep_listening(key), key.hex())
         return listener
-
-    def _keeper_ended(self, key: bytes, keeper: asyncio.Task) -> None:
-        """A keeper that died (the task set logs its error) frees its key's place in the listen cap."""
-        if self._keepers.get(key) is keeper:
-            del self._keepers[key]
 
     def _stop_listening(self, key: bytes) -> None:
         """The last local listener on `key` left: stop refreshing, and tell the replicas."""

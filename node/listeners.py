@@ -8,6 +8,9 @@ Subscriptions from remote peers are bounded in all, per key, per subscribing nod
 subnet, and an expired one is purged as soon as its time is up (a min-heap of expiry times, swept
 every second), so floods of short subscriptions from a few identities, hosts or networks cannot lock
 honest peers out.
+
+A listener that does not keep up loses the events beyond `MAX_QUEUED_EVENTS`; each one lost is counted
+(`listener_events_dropped` in the node's info).
 """
 
 import asyncio
@@ -17,6 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from dhtmesh.node.stats import Counters
 from dhtmesh.node.values.value import Value
 from dhtmesh.node.wire.netgroup import host_of, subnet_of
 from dhtmesh.node.wire.ratelimit import Address, tally
@@ -47,7 +51,9 @@ class Listener:
         self.closed = False
 
     def deliver(self, event: ValueEvent) -> None:
-        if not self._queue.full():
+        if self._queue.full():
+            self._hub.dropped()  # a consumer this far behind loses events: counted, in the node's info
+        else:
             self._queue.put_nowait(event)
 
     async def next(self) -> ValueEvent:
@@ -83,7 +89,8 @@ class Subscriber:
 
 
 class ListenerHub:
-    def __init__(self, on_last_closed: Callable[[bytes], None] = lambda key: None) -> None:
+    def __init__(self, counters: Counters, on_last_closed: Callable[[bytes], None] = lambda key: None) -> None:
+        self._counters = counters
         self._listeners: dict[bytes, set[Listener]] = {}
         self._reported: dict[bytes, dict[tuple[bytes, int], Value]] = {}
         self._subscribers: dict[bytes, dict[Address, Subscriber]] = {}
@@ -115,6 +122,9 @@ class ListenerHub:
             del self._listeners[listener.key]
             self._reported.pop(listener.key, None)
             self._on_last_closed(listener.key)
+
+    def dropped(self) -> None:
+        self._counters.add("listener_events_dropped")
 
     def is_listening(self, key: bytes) -> bool:
         return key in self._listeners

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from dhtmesh.node.records import lifetime
 from dhtmesh.node.routing.contact import Contact, distance
-from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value, owner_ref
 from dhtmesh.node.wire.endpoint import RpcFailure
@@ -46,20 +46,24 @@ class Replicator:
     def __init__(self, node: "DhtNode") -> None:
         self._node = node
         self._welcomes: asyncio.Queue[Contact] | None = None
-        self._tasks = TaskSet()
+        self._loops = Supervisor(node.counters)
         self._last_repair = time.monotonic()
         self._last_refresh = time.monotonic()
 
     def start(self) -> None:
         self._welcomes = asyncio.Queue(MAX_QUEUED_WELCOMES)
-        self._tasks.spawn(self._hand_off_loop())
-        self._tasks.spawn(self._maintenance_loop())
+        self._loops.start("hand_off", self._hand_off_loop)
+        self._loops.start("maintenance", self._maintenance_loop)
 
     async def stop(self) -> None:
-        await self._tasks.close()
+        await self._loops.close()
 
     def welcome(self, contact: Contact) -> None:
-        if self._welcomes is not None and not self._welcomes.full():
+        if self._welcomes is None:
+            return
+        if self._welcomes.full():
+            self._node.counters.add("welcomes_dropped")  # so many newcomers at once: the next repair serves them
+        else:
             self._welcomes.put_nowait(contact)
 
     # ---- hand-off to newcomers ----------------------------------------------------------------

@@ -21,14 +21,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from dhtmesh.crypto.request_auth import ReplayGuard
-from dhtmesh.node.audits.book import ReputationBook
-from dhtmesh.node.blobs.download import BlobReader
-from dhtmesh.node.blobs.placement import Placer
-from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT, Uploader
+from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.services import Services
 from dhtmesh.node.stats import ErrorLog
-from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.errors import Refusal, answer, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
@@ -114,19 +110,16 @@ async def _allow_any_origin(request: web.Request, response: web.StreamResponse) 
     response.headers["Access-Control-Allow-Origin"] = "*"
 
 
-async def _close_background_work(app: web.Application) -> None:
-    await app[UPLOADER].close()
-    await app[REGISTRY].close()
-
-
 def create_app(
     node: DhtNode,
     push: PushRelay | None = None,
     blob_limit: int = DEFAULT_BLOB_LIMIT,
     allowed_origins: frozenset[str] = frozenset(),
+    services: Services | None = None,
 ) -> web.Application:
     """The proxy's application; `allowed_origins` are the web origins (`origins.parse_origin` forms)
-    whose pages may change state."""
+    whose pages may change state. It serves the node's `services` (built, and stopped on cleanup, by
+    the app itself when none are given)."""
     # A streamed blob upload reads the body itself and is bounded by `blob_limit`, not by this.
     # The origin policy runs inside json_errors, so its refusals are JSON and counted as well.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, origin_policy(ROUTES)])
@@ -136,17 +129,18 @@ def create_app(
     app[LISTEN_SLOTS] = Slots("listen streams", LISTENS_IN_ALL, LISTENS_PER_CLIENT)
     app[PUSH] = push if push is not None else PushRelay(node, None)
     app[STATS] = RequestStats()
-    app[REGISTRY] = FarmerRegistry(node)
-    app[REPUTATION] = ReputationBook(node, app[REGISTRY])
+    if services is None:
+        services = Services(node)
+        app.on_cleanup.append(lambda _: services.stop())
+    app[REGISTRY] = services.registry
+    app[REPUTATION] = services.reputation
     app[REPLAY_GUARD] = ReplayGuard()
     app[SIGNED_LIMITER] = RequestLimiter(SIGNED_REQUESTS_TOTAL, SIGNED_REQUESTS_PER_CLIENT)
-    placer = Placer(node, app[REGISTRY], ChunkClient(node.identity))
-    app[UPLOADER] = Uploader(placer)
-    app[BLOB_READER] = BlobReader(placer)
+    app[UPLOADER] = services.uploader
+    app[BLOB_READER] = services.reader
     app[BLOB_LIMIT] = blob_limit
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)
-    app.on_cleanup.append(_close_background_work)
     for route in ROUTES:
         for path in served_paths(route.path):
             app.router.add_route(route.method, path, route.handler)
@@ -201,9 +195,10 @@ class ProxyServer:
         push_gateway: str | None = None,
         blob_limit: int = DEFAULT_BLOB_LIMIT,
         allowed_origins: frozenset[str] = frozenset(),
+        services: Services | None = None,
     ) -> None:
         self.push = PushRelay(node, push_gateway)
-        app = create_app(node, self.push, blob_limit, allowed_origins)
+        app = create_app(node, self.push, blob_limit, allowed_origins, services)
         logger = ServerLogger(app[ERRORS], node.counters)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, logger=logger)
         self._host = host

@@ -19,7 +19,7 @@ import aiohttp
 
 from dhtmesh.node.dht import DhtNode, ListenRefused
 from dhtmesh.node.listeners import Listener, ValueEvent
-from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.wire.ratelimit import Full, Slots
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class PushRelay:
         self._subscriptions: dict[tuple[bytes, str, str], _Subscription] = {}
         self._slots = Slots("push subscriptions", MAX_SUBSCRIPTIONS, SUBSCRIPTIONS_PER_CLIENT)
         self._session: aiohttp.ClientSession | None = None
-        self._tasks = TaskSet()
+        self._relays = Supervisor(node.counters)
         self.sent = 0
 
     @property
@@ -112,7 +112,7 @@ class PushRelay:
     async def stop(self) -> None:
         for identity in list(self._subscriptions):
             self._end(identity)
-        await self._tasks.close()
+        await self._relays.close()
         if self._session is not None:
             await self._session.close()
 
@@ -136,7 +136,7 @@ class PushRelay:
             self._slots.give(client)
             raise SubscriptionLimit(str(error)) from error
         subscription = _Subscription(key, target, client, listener, expires)
-        subscription.task = self._tasks.spawn(self._relay(subscription))
+        subscription.task = self._relays.start("push_relay", lambda: self._relay(subscription))
         self._subscriptions[identity] = subscription
         return True
 

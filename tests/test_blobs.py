@@ -266,7 +266,7 @@ async def cheating_holder(
     store = ChunkStore(tmp_path / name)
     service = service_class(node.identity, store, ChunkKeeper(node, store).keep, may_audit=anyone)
     await service.start(sock=stream_socket)
-    await FarmerAgent(node).step()  # a registered farmer: only farmers' holdings are read and audited
+    await FarmerAgent(FarmerRegistry(node)).step()  # a registered farmer: only farmers' holdings are read and audited
     return node, service
 
 
@@ -331,7 +331,7 @@ async def test_one_auditor_publishing_false_failures_cannot_condemn_an_honest_fa
     # A registered farmer turns rogue (it never challenged anyone), and a throwaway key joins in.
     stranger = await start_node(FAST)
     await stranger.join([mesh.farmers[0].address])
-    await FarmerAgent(observer).step()
+    await FarmerAgent(FarmerRegistry(observer)).step()
     await wait_until_online(mesh.farmers[2].url, FARMERS + 1)
     for rogue_node in (observer, stranger):
         journal = AuditJournal(rogue_node)

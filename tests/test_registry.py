@@ -156,7 +156,7 @@ async def test_a_farming_node_registers_itself_reports_its_height_and_keeps_its_
     registries: list[FarmerRegistry],
 ) -> None:
     node = registries[1].node
-    agent = FarmerAgent(node, height=5, interval=0.1, ip="127.0.0.1")
+    agent = FarmerAgent(registries[1], height=5, interval=0.1, ip="127.0.0.1")
     first = await agent.step()
     assert (first.node_id, first.height, first.ip) == (node.node_id, 5, "127.0.0.1")
     assert await agent.step() == first  # within the minute: the same record, announced again

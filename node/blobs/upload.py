@@ -61,7 +61,7 @@ async def chunks_of(pieces: AsyncIterator[bytes], limit: int, chunk_size: int = 
 class Uploader:
     def __init__(self, placer: Placer) -> None:
         self._placer = placer
-        self._publishing = TaskSet()
+        self._publishing = TaskSet(placer.node.counters)
 
     async def close(self) -> None:
         await self._publishing.close()
@@ -94,7 +94,6 @@ class Uploader:
                 raise PlacementFailed(f"chunk {index} was taken by {len(placed)} farmers, {replicas} needed")
         manifest = Manifest(tuple(roots), tuple(lengths))
         publishing = self._publishing.spawn(self._publish(manifest, holders))
-        assert publishing is not None  # the set has no limit
         return await asyncio.shield(publishing)
 
     async def _publish(self, manifest: Manifest, holders: list[list[bytes]]) -> Manifest:

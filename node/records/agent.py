@@ -6,7 +6,7 @@ import logging
 import time
 
 from dhtmesh.crypto.addresses import node_address
-from dhtmesh.node.dht import DhtNode, PutRefused
+from dhtmesh.node.dht import PutRefused
 from dhtmesh.node.records.farmer import FarmerRecord, farmer_key, next_signed
 from dhtmesh.node.records.farmer_events import MAX_PING, pinged, registered, with_height
 from dhtmesh.node.records.registry import FarmerRegistry, RegistryError
@@ -18,15 +18,15 @@ log = logging.getLogger(__name__)
 class FarmerAgent:
     def __init__(
         self,
-        node: DhtNode,
+        registry: FarmerRegistry,
         payout_addr: str | None = None,
         height: int | None = None,
         interval: float = MAX_PING,
         ip: str = "",
     ) -> None:
-        self._node = node
-        self._registry = FarmerRegistry(node)
-        self._payout = payout_addr or node_address(node.node_id)
+        self._node = registry.node
+        self._registry = registry  # the node's one registry (`node.services`), not a view of its own
+        self._payout = payout_addr or node_address(registry.node.node_id)
         self._height = height
         self._interval = interval
         self._ip = ip

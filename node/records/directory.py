@@ -17,7 +17,7 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.keys import ShardedDirectory
 from dhtmesh.node.records.kind import CLOCK_SKEW, InvalidRecord, R, RecordKind
-from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.values.value import Value
 
 
@@ -39,7 +39,7 @@ class LiveView(Generic[R]):
         self._clock = clock
         self._view: dict[bytes, tuple[int, R]] = {}  # id -> (seq, record)
         self._listeners: list[Listener] = []
-        self._tasks = TaskSet()
+        self._loops = Supervisor(node.counters)
         self._opening = asyncio.Lock()
         self._opened = False
 
@@ -53,7 +53,9 @@ class LiveView(Generic[R]):
                     # The node's own service: not held to the cap on the keys clients may listen to.
                     listener = self._node.listen(key, capped=False)
                     self._listeners.append(listener)
-                    self._tasks.spawn(self._follow(listener))
+                    self._loops.start(
+                        "directory_follow", lambda listener=listener: self._follow(listener), self._kind.name
+                    )
             for value in await read_directory(self._node, self._directory):
                 self.learn(value)
             self._opened = True  # only now: a snapshot cut short is taken again by the next caller
@@ -63,7 +65,7 @@ class LiveView(Generic[R]):
             listener.close()
         self._listeners.clear()
         self._opened = False
-        await self._tasks.close()
+        await self._loops.close()
 
     async def records(self) -> list[R]:
         """Every live record in the directory."""

@@ -1,0 +1,93 @@
+"""The composition root of a node's services: each one built once, from one `FarmerRegistry`, started and
+stopped in order, its long-lived loops run by one `Supervisor` (named, logged, counted, restarted).
+
+`dhtmesh run`, the proxy (`create_app`), the tests and the benchmarks build a node's services here and
+nowhere else, so a node has one registry (16 directory listeners, not one set per user of it) and one
+placer, reader and uploader. A farmer's part (its chunk store, service, keeper, agent and auditor) is
+added by `Farming`.
+"""
+
+import socket
+from dataclasses import dataclass
+
+from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
+from dhtmesh.node.audits.book import ReputationBook
+from dhtmesh.node.blobs.download import BlobReader
+from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
+from dhtmesh.node.blobs.placement import Placer
+from dhtmesh.node.blobs.upload import Uploader
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.agent import FarmerAgent
+from dhtmesh.node.records.farmer_events import MAX_PING
+from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.storage.chunks import ChunkStore
+from dhtmesh.node.tasks import Loop, Supervisor
+from dhtmesh.node.transfer.chunk_client import ChunkClient
+from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
+
+
+@dataclass(frozen=True)
+class Farming:
+    """What makes a node a farmer: the store its chunks go to, and how it reports and audits."""
+
+    chunks: ChunkStore
+    payout: str | None = None
+    height: int | None = None
+    ping_interval: float = MAX_PING
+    ip: str = ""  # the address its record states ("": the one peers see)
+    audit_period: float = DEFAULT_AUDIT_PERIOD
+    pending_timeout: float = DEFAULT_PENDING_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+
+
+class Services:
+    """A node's services. `start` opens the farmer's chunk port; `run` starts the background loops (once
+    the node may announce itself); `stop` ends them all, loops first, then the services they use."""
+
+    def __init__(self, node: DhtNode, farming: Farming | None = None) -> None:
+        self.node = node
+        self.loops = Supervisor(node.counters)
+        self.registry = FarmerRegistry(node)
+        self.reputation = ReputationBook(node, self.registry)
+        self.placer = Placer(node, self.registry, ChunkClient(node.identity))
+        self.uploader = Uploader(self.placer)
+        self.reader = BlobReader(self.placer)
+        self.farming = farming
+        self.chunks: ChunkService | None = None
+        self.keeper: ChunkKeeper | None = None
+        if farming is not None:
+            self.keeper = ChunkKeeper(node, farming.chunks, farming.pending_timeout)
+            self.chunks = ChunkService(
+                node.identity,
+                farming.chunks,
+                self.keeper.keep,
+                may_audit=self.registry.is_registered,  # only registered farmers challenge this node
+                counters=node.counters,
+                max_connections=farming.max_connections,
+            )
+
+    async def start(self, stream_socket: socket.socket | None = None) -> None:
+        """Serve the farmer's chunk streams on the bound `stream_socket` (or a free port of the node's host)."""
+        if self.chunks is not None:
+            await self.chunks.start(self.node.address[0], 0, sock=stream_socket)
+
+    def run(self, *extra: tuple[str, Loop]) -> None:
+        """Start the farmer's loops, and the caller's `extra` ones (name, loop), under the supervisor."""
+        for name, loop in extra:
+            self.loops.start(name, loop)
+        if self.farming is None or self.keeper is None:
+            return
+        farming = self.farming
+        agent = FarmerAgent(self.registry, farming.payout, farming.height, farming.ping_interval, farming.ip)
+        auditor = Auditor(self.placer, self.reader, farming.chunks, farming.audit_period)
+        self.loops.start("farmer_agent", agent.run)
+        self.loops.start("pending_sweep", self.keeper.sweep_pending)
+        self.loops.start("auditor", auditor.run)
+
+    async def stop(self) -> None:
+        await self.loops.close()
+        await self.uploader.close()
+        await self.registry.close()
+        if self.chunks is not None:
+            await self.chunks.stop()
+            self.chunks.chunks.close()
