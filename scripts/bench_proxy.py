@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_common import percentile
 
 HOST = "127.0.0.1"
 CONCURRENCY = 16
@@ -285,24 +286,21 @@ async def wait_dhtnode(url: str) -> dict[str, Any]:
 # ---- figures -------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], share: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(share * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
+def _ms(seconds: float | None) -> float:
+    """A latency in ms for the table (NaN when no request finished)."""
+    return round(seconds * 1000, 3) if seconds is not None else float("nan")
 
 
 def row(case: str, system: str, measure: Measure) -> dict[str, Any]:
-    done = sorted(measure.latencies)
+    done = measure.latencies
     return {
         "case": case,
         "system": system,
         "requests": len(done),
         "ops_per_s": round(len(done) / measure.elapsed, 1) if measure.elapsed > 0 else 0.0,
-        "p50_ms": round(percentile(done, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(done, 0.99) * 1000, 3),
-        "max_ms": round(done[-1] * 1000, 3) if done else float("nan"),
+        "p50_ms": _ms(percentile(done, 50)),
+        "p99_ms": _ms(percentile(done, 99)),
+        "max_ms": _ms(max(done, default=None)),
         "errors": measure.errors,
         "rss_mib": None,
     }
