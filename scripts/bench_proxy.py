@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -47,6 +46,9 @@ from typing import Any
 import aiohttp
 from bench_common import percentile
 
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+from support import wait_ready  # the one reader of a node's `ready` line, shared with the tests
+
 HOST = "127.0.0.1"
 CONCURRENCY = 16
 STORED_KEYS = 1000
@@ -54,7 +56,6 @@ SETUP_CONCURRENCY = 8
 WARMUP_REQUESTS = 10
 REQUEST_TIMEOUT = 15.0  # seconds per request; a timeout counts as an error
 CASE_BUDGET = 240.0  # seconds per case and system; requests not started by then are not made
-READY_TIMEOUT = 20.0
 DHTNODE_SETTLE = 12.0  # dhtnode refreshes its cached node info 3 s after start, then every 2 min
 STOP_TIMEOUT = 10.0
 VALUE_BYTES = 100
@@ -102,6 +103,7 @@ def spawn(args: list[str], log: Path, stdout_pipe: bool = False) -> subprocess.P
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout_pipe else sink,
             stderr=sink,
+            text=stdout_pipe,  # a piped stdout is read as lines of text (`wait_ready`)
             start_new_session=True,
         )
 
@@ -121,21 +123,6 @@ def stop(process: subprocess.Popen) -> None:
         process.stdout.close()
 
 
-def read_ready(process: subprocess.Popen) -> dict[str, str]:
-    """The fields of the `ready node_id=... udp=... proxy=...` line a `dhtmesh run` prints once serving."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 0.2)
-        if readable:
-            line = process.stdout.readline().decode(errors="replace")
-            if line.startswith("ready "):
-                return dict(item.split("=", 1) for item in line.split()[1:])
-            if not line and process.poll() is not None:
-                break
-    raise RuntimeError(f"dhtmesh run did not print its ready line (exit code {process.poll()})")
-
-
 def dhtmesh_command() -> str:
     beside = Path(sys.executable).with_name("dhtmesh")
     return str(beside) if beside.exists() else shutil.which("dhtmesh") or "dhtmesh"
@@ -150,7 +137,7 @@ def start_dhtmesh(network: Network, tmp: Path) -> None:
         args += ["--proxy-addr", HOST, "--persist", str(data_dir), *bootstrap]
         process = spawn(args, tmp / f"dhtmesh{index}.log", stdout_pipe=True)
         network.processes.append(process)
-        ready = read_ready(process)
+        ready = wait_ready(process)
         if index == 0:
             network.url = ready["proxy"]
             bootstrap = ["-b", ready["udp"]]
