@@ -209,13 +209,19 @@ def is_refusal(envelope: Any) -> bool:
 
 
 async def assert_mesh_still_serves(nodes: list[DhtNode], peer: RawPeer) -> None:
-    """Every node answers a stock ping; a put from one node reaches all others and is read back; no crash."""
+    """Every node answers a stock ping; a put from one node reaches all others and is read back; no crash.
+    Meanwhile the peer, which the nodes may have admitted, refuses what they ask it at once: silent, it
+    would make each lookup wait out its timeouts, which is not what is checked here."""
     for node in nodes:
         assert await peer.ping(node) == node.node_id
     key, data = os.urandom(20), os.urandom(48)
-    result = await nodes[1].put(key, Value(new_value_id(), data))
-    assert result.replicas == len(nodes) - 1
-    assert [value.data for value in await nodes[0].get(key)] == [data]
+    answer, peer.answer = peer.answer, lambda message_id, request: {"err": "not serving"}
+    try:
+        result = await nodes[1].put(key, Value(new_value_id(), data))
+        assert result.replicas == len(nodes) - 1
+        assert [value.data for value in await nodes[0].get(key)] == [data]
+    finally:
+        peer.answer = answer
     assert_no_handler_errors(nodes)
 
 
