@@ -324,8 +324,8 @@ class DhtNode:
         store: _StoreAlong | None = None,
     ) -> list[Contact]:
         self.ongoing_ops += 1
-        stats = LookupStats() if self._tracer else None
-        started = time.monotonic()
+        stats = LookupStats() if self._tracer else None  # unobserved, a lookup keeps no stats
+        started = time.monotonic() if stats is not None else 0.0
         try:
             return await traverse(
                 target,

@@ -10,7 +10,7 @@ no trace registered builds no event and calls nothing.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Address = tuple[str, int]
+from dhtmesh.node.wire.ratelimit import Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +36,8 @@ class RpcDone:
 @dataclass(frozen=True, slots=True)
 class LookupDone:
     """One lookup ended. `purpose`: "nodes" (a plain lookup), "values" (a get) or "put" (a put whose value
-    rides on the lookup's find requests). `hops`: the
-    longest chain of contacts learnt from a reply and then asked (1: a contact from the node's own
-    table)."""
+    rides on the lookup's find requests). `hops`: the longest chain of contacts learnt from a reply and
+    then asked (1: a contact from the node's own table)."""
 
     target: bytes
     purpose: str
