@@ -1,6 +1,7 @@
 """`DhtNode`: one Kademlia node — its socket, routing table, store and listeners — and its public API.
 
-The API is what the proxy and the CLI call: `put`, `get`, `listen`, `cancel_put`, `join`, `info`.
+The API is what the proxy and the CLI call: `put`, `get`, `listen`, `cancel_put`, `join`, `info`;
+`add_trace` lets an observer (a benchmark, metrics) watch its RPCs and lookups.
 Lookups use `traverse` over `_find`, which proves every contact it routes through.
 """
 
@@ -22,7 +23,7 @@ from dhtmesh.node.admission import Admission
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.errors import NodeError
 from dhtmesh.node.listeners import Listener, ListenerHub
-from dhtmesh.node.lookups.traverse import traverse
+from dhtmesh.node.lookups.traverse import LookupStats, traverse
 from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
 from dhtmesh.node.records.rules import RULES_VERSION, passes, per_host, record_key
 from dhtmesh.node.replication import Replicator
@@ -33,6 +34,7 @@ from dhtmesh.node.rpcs.stock import StockRpcs
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.tasks import Supervisor, TaskSet
+from dhtmesh.node.trace import LookupDone, NodeTrace, Tracer
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 from dhtmesh.node.values.value import (
@@ -204,6 +206,7 @@ class DhtNode:
         # A reader must be able to page through every value a key can hold.
         self._max_pages = -(-self.config.quotas.max_values_per_key // PAGE_ENTRIES) + 1
         self.hub = ListenerHub(self.counters, on_last_closed=self._stop_listening)
+        self._tracer = Tracer()
         self.endpoint = Endpoint(
             self.node_id,
             lambda nonce: self.admission.prove(nonce),
@@ -214,6 +217,7 @@ class DhtNode:
             max_in_flight=self.config.max_in_flight,
             stray_nonce=lambda message_id, address: self.admission.cookie_nonce(message_id, address),
             on_stray=lambda address, nonce, envelope: self.admission.take_cookie_reply(address, nonce, envelope),
+            tracer=self._tracer,
         )
         self.admission = Admission(identity, self.endpoint, self.table, self.counters, self._on_admitted)
         self.replicator = Replicator(self)
@@ -274,6 +278,10 @@ class DhtNode:
     def address(self) -> Address:
         return self.endpoint.address
 
+    def add_trace(self, trace: NodeTrace) -> None:
+        """Have `trace`'s callbacks told of this node's RPC exchanges and lookups (see `node.trace`)."""
+        self._tracer.add(trace)
+
     @property
     def contact(self) -> Contact:
         """How peers see this node in their routing tables."""
@@ -304,6 +312,8 @@ class DhtNode:
         store: _StoreAlong | None = None,
     ) -> list[Contact]:
         self.ongoing_ops += 1
+        stats = LookupStats() if self._tracer else None  # unobserved, a lookup keeps no stats
+        started = time.monotonic() if stats is not None else 0.0
         try:
             return await traverse(
                 target,
@@ -315,9 +325,14 @@ class DhtNode:
                 satisfied=lambda: bool(quorum) and collector is not None and collector.holders >= quorum,
                 diversity=self.config.diversity,
                 per_referrer=self.config.per_referrer,
+                stats=stats,
             )
         finally:
             self.ongoing_ops -= 1
+            if stats is not None:
+                purpose = "put" if store is not None else "values" if collector is not None else "nodes"
+                seconds = time.monotonic() - started
+                self._tracer.lookup_done(LookupDone(target, purpose, stats.hops, stats.asked, stats.answered, seconds))
 
     async def _find(
         self, contact: Contact, target: bytes, collector: _ValueCollector | None, store: _StoreAlong | None

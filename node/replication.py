@@ -90,7 +90,11 @@ class Replicator:
                 return await self.send_missing(newcomer, key)
 
         jobs = []
-        for index, key in enumerate(node.store.keys()):
+        keys = node.store.keys()
+        # Each hand-off scans every key held: counted, as that is its cost on a node holding many.
+        node.counters.add("handoffs", len(newcomers))
+        node.counters.add("handoff_keys_scanned", len(keys))
+        for index, key in enumerate(keys):
             if index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a node with many keys must keep serving while it scans them
             closest = node.table.closest(key, node.config.k - 1)  # with us, the k replicas of the key

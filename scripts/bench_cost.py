@@ -243,10 +243,8 @@ async def start_mesh() -> list[DhtNode]:
 
 
 def forget(node: DhtNode, key: bytes) -> None:
-    """Make `node` drop its own copy of `key`'s values, so that a get from it must use the mesh.
-
-    ValueStore has no public per-key delete; this touches its SQLite table directly (benchmark only)."""
-    node.store._db.execute("DELETE FROM vals WHERE key=?", (key,))
+    """Make `node` drop its own copy of `key`'s values, so that a get from it must use the mesh."""
+    node.store.purge(lambda stored_key, value: stored_key != key)
 
 
 async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:

@@ -18,16 +18,17 @@ would otherwise see one machine):
                    counted in `requester_held`;
       burst        25 puts of new keys + 25 gets of existing keys (fewer if --ops < 25), all at once
                    (`asyncio.gather`).
-  * Per phase and system: latency p50/p95/p99 (ms, `perf_counter` around the awaited call), success,
-    RPCs per op, replicas per put, timeouts.
+  * Per phase and system: latency p50/p95/p99 (ms, `perf_counter` around the awaited call; nearest-rank
+    percentiles, `bench_common.percentile`), success, RPCs per op, replicas per put, timeouts.
       success      put: at least one replica acked (dhtmesh `PutResult.replicas >= 1`; stock: at least one
                    STORE answered, counted in `call_store`, not `set()`'s return value); get: the value put
                    is among the results.
       RPCs per op  counted per operation through a contextvar that every task of the op inherits.
-                   dhtmesh: the requester's counters "rpc_out" + "rpc_retries" (the node's `Counters.add`
-                   is wrapped; outside the burst the plain delta of the requester's counters is reported
-                   too, `ctr_delta`, as a cross-check). stock: every `call_*` (find_node, find_value,
-                   store, ping) of the op, as the reference kad_bench.py does.
+                   dhtmesh: the requester's requests sent and retried, as its observation hooks report
+                   them (`bench_common.observe`; outside the burst the plain delta of the requester's
+                   counters "rpc_out" + "rpc_retries" is reported too, `ctr_delta`, as a cross-check).
+                   stock: every `call_*` (find_node, find_value, store, ping) of the op, as the reference
+                   kad_bench.py does.
       replicas     nodes whose store holds the key 0.5 s after the phase (all nodes scanned).
       timeouts     whole mesh during the phase: dhtmesh Σ "rpc_timeouts" over all nodes (an RPC that got
                    no answer after its retry); stock: `call_*` results with ok False.
@@ -35,8 +36,8 @@ would otherwise see one machine):
     (longest chain of "contact learnt from a reply, then asked"; its lookup has no rounds, α queries stay in
     flight) and stock `rounds` (`SpiderCrawl._find` calls); process CPU per op and per RPC (all nodes share
     this process, so latency here is CPU time, not network time); background hand-offs (a node admits a
-    contact it did not know and scans every key it holds for what to hand over: dhtmesh
-    `Replicator.hand_off`, stock `welcome_if_new`) and how many keys they scanned.
+    contact it did not know and scans every key it holds for what to hand over: dhtmesh's counters
+    "handoffs" and "handoff_keys_scanned", stock `welcome_if_new`) and how many keys they scanned.
   * `--multiproc`: per system, 3 OS processes × 10 nodes (this script re-invoked with hidden worker flags,
     coordinated by files in a temporary directory). Process 0 starts first; the nodes of processes 1 and
     2 bootstrap to its node 0; a barrier; settle; process 1 puts 50 values; processes 0 and 2 get all 50.
@@ -49,7 +50,6 @@ the figures: "host" records the CPU count and load average before and after.
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import json
 import logging
@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench_common import OP, Trace, count, observe, percentile, rounded
 from kademlia import crawling
 from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
@@ -75,7 +76,6 @@ from kademlia.utils import digest
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.node.wire.netgroup import loopback_host
 
@@ -92,26 +92,12 @@ MP_NODES = 10
 MP_VALUES = 50
 MP_WAIT = 300.0
 SYSTEMS = ("dhtmesh", "kademlia")
+BACKGROUND = ("handoffs", "handoff_keys_scanned")  # dhtmesh's counters of its hand-offs' scans
 Address = tuple[str, int]
 
 
-@dataclass
-class Trace:
-    """What one operation did: named counts, and the lookup depth at which each contact was learnt."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    depth: dict[bytes, int] = field(default_factory=dict)
-
-
-OP: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("bench_op", default=None)
 STOCK_FAILED_CALLS = Counter[str]()  # every stock call_* that got no answer, over all nodes
 STOCK_BACKGROUND = Counter[str]()  # stock's welcome_if_new for a new node: it scans every stored key
-
-
-def count(name: str, amount: int = 1) -> None:
-    trace = OP.get()
-    if trace is not None:
-        trace.counts[name] += amount
 
 
 def key_of(name: str) -> bytes:
@@ -204,14 +190,13 @@ class DhtmeshMesh:
     def __init__(self, config: NodeConfig | None = None) -> None:
         self.config = config or NodeConfig()
         self.nodes: list[DhtNode] = []
-        self.tally = Counter[str]()
 
     async def start(self, total: int) -> None:
         for index in range(total):
             node = DhtNode(Identity.generate(), self.config)
             # Each node on a loopback address of its own: nodes limit how many contacts share a host.
             await node.start(loopback_host(index + 1), 0)
-            _instrument(node, self.tally)
+            observe(node)
             self.nodes.append(node)
 
     def address(self, index: int) -> Address:
@@ -251,55 +236,12 @@ class DhtmeshMesh:
         return [len(node.table) for node in self.nodes]
 
     def background(self) -> Counter[str]:
-        return self.tally
+        return Counter({name: sum(node.counters.get(name) for node in self.nodes) for name in BACKGROUND})
 
     async def stop(self) -> None:
         for node in self.nodes:
             await node.stop()
         self.nodes.clear()
-
-
-def _instrument(node: DhtNode, tally: Counter[str]) -> None:
-    """Attribute this node's RPC counters, call names and lookup depth to the op running (if any); tally
-    the hand-offs that newly admitted contacts trigger (each scans every key the node holds)."""
-    add, call, hand_off = node.counters.add, node.endpoint.call, node.replicator.hand_off
-
-    def counted_add(name: str, amount: int = 1) -> None:
-        add(name, amount)
-        if name in ("rpc_out", "rpc_retries", "rpc_timeouts"):
-            count(name, amount)
-
-    async def named_call(address: Address, name: str, body: dict, **options: Any) -> Any:
-        count(f"rpc.{name}")
-        return await call(address, name, body, **options)  # the call's own options pass through
-
-    async def tallied_hand_off(newcomers: list[Contact]) -> int:
-        tally["handoffs"] += len(newcomers)
-        tally["handoff_keys_scanned"] += len(node.store.keys())
-        return await hand_off(newcomers)
-
-    node.counters.add = counted_add  # type: ignore[method-assign]
-    node.replicator.hand_off = tallied_hand_off  # type: ignore[method-assign]
-    node.endpoint.call = named_call  # type: ignore[method-assign]
-    track_depth(node)
-
-
-def track_depth(node: DhtNode) -> None:
-    """Record, in the op running, the lookup depth at which each contact was learnt and the deepest hop."""
-    find = node._find
-
-    async def deep_find(contact: Contact, target: bytes, *rest: Any) -> list[Contact] | None:
-        trace = OP.get()
-        level = trace.depth.get(contact.node_id, 1) if trace else 1
-        if trace is not None:
-            trace.counts["hops"] = max(trace.counts["hops"], level)
-        found = await find(contact, target, *rest)
-        if trace is not None:
-            for learnt in found or []:
-                trace.depth[learnt.node_id] = min(trace.depth.get(learnt.node_id, level + 1), level + 1)
-        return found
-
-    node._find = deep_find  # type: ignore[method-assign]
 
 
 class StockMesh:
@@ -403,20 +345,6 @@ async def measure(mesh: Mesh, kind: str, index: int, name: str) -> OpResult:
     after = mesh.node_rpcs(index)
     delta = after - before if after is not None and before is not None else None
     return OpResult(ms, ok, mesh.op_rpcs(trace), trace, local, delta, err)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def rounded(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def mean_of(values: list[int] | list[float]) -> float | None:

@@ -49,12 +49,12 @@ from bench_proxy import (
     dhtmesh_command,
     emit,
     free_port,
-    read_ready,
     row,
     run_loop,
     spawn,
     stop,
     terminate_on_sigterm,
+    wait_ready,
 )
 
 from dhtmesh.crypto.addresses import node_address, parse_node_id
@@ -163,7 +163,7 @@ def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
             args = ["run", "-p", "0", "--bind", node_host, "--proxyserver", "0", "--persist", str(tmp / f"n{index}")]
             process = spawn([dhtmesh_command(), *args, *bootstrap], tmp / f"n{index}.log", stdout_pipe=True)
             processes.append(process)
-            ready = read_ready(process)
+            ready = wait_ready(process)
             urls.append(ready["proxy"])
             bootstrap = bootstrap or ["-b", ready["udp"]]
         for url in urls:

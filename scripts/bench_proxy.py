@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -45,6 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_common import percentile
+
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+from support import wait_ready  # the one reader of a node's `ready` line, shared with the tests
 
 HOST = "127.0.0.1"
 CONCURRENCY = 16
@@ -53,7 +56,6 @@ SETUP_CONCURRENCY = 8
 WARMUP_REQUESTS = 10
 REQUEST_TIMEOUT = 15.0  # seconds per request; a timeout counts as an error
 CASE_BUDGET = 240.0  # seconds per case and system; requests not started by then are not made
-READY_TIMEOUT = 20.0
 DHTNODE_SETTLE = 12.0  # dhtnode refreshes its cached node info 3 s after start, then every 2 min
 STOP_TIMEOUT = 10.0
 VALUE_BYTES = 100
@@ -101,6 +103,7 @@ def spawn(args: list[str], log: Path, stdout_pipe: bool = False) -> subprocess.P
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout_pipe else sink,
             stderr=sink,
+            text=stdout_pipe,  # a piped stdout is read as lines of text (`wait_ready`)
             start_new_session=True,
         )
 
@@ -120,21 +123,6 @@ def stop(process: subprocess.Popen) -> None:
         process.stdout.close()
 
 
-def read_ready(process: subprocess.Popen) -> dict[str, str]:
-    """The fields of the `ready node_id=... udp=... proxy=...` line a `dhtmesh run` prints once serving."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 0.2)
-        if readable:
-            line = process.stdout.readline().decode(errors="replace")
-            if line.startswith("ready "):
-                return dict(item.split("=", 1) for item in line.split()[1:])
-            if not line and process.poll() is not None:
-                break
-    raise RuntimeError(f"dhtmesh run did not print its ready line (exit code {process.poll()})")
-
-
 def dhtmesh_command() -> str:
     beside = Path(sys.executable).with_name("dhtmesh")
     return str(beside) if beside.exists() else shutil.which("dhtmesh") or "dhtmesh"
@@ -149,7 +137,7 @@ def start_dhtmesh(network: Network, tmp: Path) -> None:
         args += ["--proxy-addr", HOST, "--persist", str(data_dir), *bootstrap]
         process = spawn(args, tmp / f"dhtmesh{index}.log", stdout_pipe=True)
         network.processes.append(process)
-        ready = read_ready(process)
+        ready = wait_ready(process)
         if index == 0:
             network.url = ready["proxy"]
             bootstrap = ["-b", ready["udp"]]
@@ -285,24 +273,21 @@ async def wait_dhtnode(url: str) -> dict[str, Any]:
 # ---- figures -------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], share: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(share * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
+def _ms(seconds: float | None) -> float:
+    """A latency in ms for the table (NaN when no request finished)."""
+    return round(seconds * 1000, 3) if seconds is not None else float("nan")
 
 
 def row(case: str, system: str, measure: Measure) -> dict[str, Any]:
-    done = sorted(measure.latencies)
+    done = measure.latencies
     return {
         "case": case,
         "system": system,
         "requests": len(done),
         "ops_per_s": round(len(done) / measure.elapsed, 1) if measure.elapsed > 0 else 0.0,
-        "p50_ms": round(percentile(done, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(done, 0.99) * 1000, 3),
-        "max_ms": round(done[-1] * 1000, 3) if done else float("nan"),
+        "p50_ms": _ms(percentile(done, 50)),
+        "p99_ms": _ms(percentile(done, 99)),
+        "max_ms": _ms(max(done, default=None)),
         "errors": measure.errors,
         "rss_mib": None,
     }

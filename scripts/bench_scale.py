@@ -15,10 +15,11 @@ Worker 0 starts first and stars its nodes to its node 0; the other workers' node
    200 gets, one at a time, each from a random node (any process) that does not hold the key locally.
    Per phase: success (put: >= 1 replica acked; get: the value put is returned), p50/p99 latency (ms,
    `perf_counter` around the awaited call inside the requester's process), RPCs per op (the requester's
-   "rpc_out" + "rpc_retries" counted through a contextvar that every task of the op inherits) and lookup
-   hops, measured as scripts/bench_dht.py does: `DhtNode._find` is wrapped and records at which depth each
-   contact was learnt (1: from the requester's own table, d+1: from a reply of a depth-d contact); an op's
-   hops are the deepest contact it asked. Comparing the median hops over the sizes shows how they grow with
+   requests sent and retried, counted through a contextvar that every task of the op inherits) and lookup
+   hops, both reported by the node's observation hooks (`bench_common.observe`, as scripts/bench_dht.py
+   does): the depth at which each contact was learnt (1: from the requester's own table, d+1: from a reply
+   of a depth-d contact); an op's hops are the deepest contact it asked. p50/p99 are nearest-rank
+   (`bench_common.percentile`). Comparing the median hops over the sizes shows how they grow with
    log2 N ("hops_vs_log2n" in the JSON document).
 2. `churn`: 100 nodes over 10 processes (10 each); 1,000 values put from random nodes (8 concurrent puts per
    process). Then 3 waves: SIGKILL one whole random process (10 % of the nodes) while a new process with 10
@@ -57,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_dht import OP, Trace, count, percentile, rounded, track_depth
+from bench_common import OP, Trace, observe, percentile, rounded
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
@@ -93,19 +94,6 @@ def data_of(name: str) -> bytes:
     return (hashlib.sha256(name.encode()).digest() * 4)[:VALUE_SIZE]
 
 
-def instrument(node: DhtNode) -> None:
-    """Attribute the node's RPC counters and lookup depth to the op running (if any), as bench_dht.py does."""
-    add = node.counters.add
-
-    def counted_add(name: str, amount: int = 1) -> None:
-        add(name, amount)
-        if name in ("rpc_out", "rpc_retries", "rpc_timeouts"):
-            count(name, amount)
-
-    node.counters.add = counted_add  # type: ignore[method-assign]
-    track_depth(node)
-
-
 # ---- the worker process ------------------------------------------------------------------------------
 
 
@@ -121,7 +109,7 @@ class Worker:
         for index, node in enumerate(self.nodes):
             # Each node on a loopback address of its own: nodes limit how many contacts share a host.
             await node.start(loopback_host(self.first_host + index), 0)
-            instrument(node)
+            observe(node)
         joiners = self.nodes
         if seed is None:
             seed, joiners = self.nodes[0].address, self.nodes[1:]

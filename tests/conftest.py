@@ -1,5 +1,12 @@
 """Shared fixtures: in-process meshes of real `DhtNode`s on 127.0.0.1 (real UDP sockets, real SQLite),
-a node with its proxy in process, and real `dhtmesh run` processes."""
+a node with its proxy in process, and real `dhtmesh run` processes; and the test kinds (markers).
+
+Every test is of one kind: `bench` (runs the benchmark scripts, or soaks a mesh of a benchmark's size
+for tens of seconds), `process` (starts `dhtmesh run`, the CLI, `dhtnode` or another OS process), `unit`
+(everything else: in this process, quick). A test or module says `bench` or `process` itself, but a test
+that uses `spawn` is a `process` test without saying so; a test that says nothing is a `unit` test.
+`pytest -m unit` runs the quick ones alone.
+"""
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,6 +19,8 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.proxy.app import ProxyServer
 
 from support import FAST, NodeProcess, ProcessGroup, start_node
+
+KINDS = ("unit", "process", "bench")
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 Serve = Callable[..., Awaitable[tuple[DhtNode, str]]]
@@ -66,3 +75,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     group = ProcessGroup(tmp_path)
     yield group.launch
     group.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its kind (see the module docstring)."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        item.add_marker("process" if "spawn" in item.fixturenames else "unit")

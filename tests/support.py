@@ -351,8 +351,9 @@ async def udp_request(to: Address, name: str, args: list, *, source: str = "127.
         transport.close()
 
 
-async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None:
-    """Wait until `condition()` (or the awaitable it returns) is true; fail the test after `within` s."""
+async def eventually(condition: Callable[[], Any], within: float = 10.0, every: float = 0.05) -> None:
+    """Wait until `condition()` (or the awaitable it returns) is true, asking again `every` s; fail the
+    test after `within` s. A sync test waits with `asyncio.run(eventually(...))`."""
     deadline = time.monotonic() + within
     while True:
         outcome = condition()
@@ -361,4 +362,4 @@ async def eventually(condition: Callable[[], Any], within: float = 10.0) -> None
         if outcome:
             return
         assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)

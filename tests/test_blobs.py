@@ -42,6 +42,8 @@ from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
 
 from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 
+pytestmark = pytest.mark.process
+
 FARMERS = 6
 BIG = 50 * 1024 * 1024
 AUDIT_PERIOD = "1"

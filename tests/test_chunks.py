@@ -54,6 +54,7 @@ async def test_a_chunk_that_does_not_hash_to_its_root_or_does_not_fit_is_refused
     assert not list((tmp_path / "chunks").glob("*/*"))  # nothing half-written either
 
 
+@pytest.mark.process
 def test_a_process_killed_with_sigkill_keeps_every_acknowledged_chunk(tmp_path: Path) -> None:
     """A child stores chunks and prints each root once stored; we SIGKILL it mid-stream."""
     script = f"""

@@ -35,6 +35,8 @@ from support import (
     values_of,
 )
 
+pytestmark = pytest.mark.process
+
 
 @dataclass
 class Mesh:

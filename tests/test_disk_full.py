@@ -15,6 +15,8 @@ import pytest
 
 from support import ProcessGroup, get_json
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

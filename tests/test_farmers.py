@@ -28,6 +28,8 @@ from dhtmesh.proxy.farmer_routes import RECORD_HEADER, TERABYTE, record_header
 
 from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 
+pytestmark = pytest.mark.process
+
 FARMERS = 50
 MESH_SIZE = 5
 CONVERGE = 15.0  # seconds allowed for a change to show on every node

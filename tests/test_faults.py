@@ -9,6 +9,8 @@ import socket
 import time
 from dataclasses import replace
 
+import pytest
+
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import CHALLENGES_PER_HOST
 from dhtmesh.node.dht import DhtNode
@@ -38,6 +40,7 @@ async def settle(nodes: list[DhtNode]) -> int:
     return sum(await asyncio.gather(*(node.replicator.repair() for node in nodes)))
 
 
+@pytest.mark.bench  # the scale and churn properties of scripts/bench_scale.py, at CI size
 async def test_values_survive_waves_of_killed_nodes_while_new_nodes_join(make_mesh: MeshFactory) -> None:
     chooser = random.Random(3)
     alive = await make_mesh(30, config=CHURN)
@@ -162,6 +165,7 @@ async def test_a_flood_of_spoofed_sources_cannot_grow_memory_without_bound() -> 
         await node.stop()
 
 
+@pytest.mark.bench  # the scale and churn properties of scripts/bench_scale.py, at CI size
 async def test_every_get_succeeds_in_a_mesh_of_150_nodes(make_mesh: MeshFactory) -> None:
     """The 500-node run is in the benchmark; CI checks the same property at 150."""
     chooser = random.Random(11)

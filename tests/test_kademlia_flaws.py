@@ -38,7 +38,7 @@ from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
 
-from support import FAST, loopback_host, start_node, watch_datagrams
+from support import FAST, eventually, loopback_host, start_node, watch_datagrams
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 LOCALHOST = "127.0.0.1"
@@ -87,15 +87,6 @@ def drop_first(node: DhtNode, to: Address, name: str) -> Iterator[list[bytes]]:
         yield dropped
     finally:
         del transport.sendto
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 def counter(nodes: Iterable[DhtNode], name: str) -> int:
@@ -641,7 +632,7 @@ async def test_F9_a_self_chosen_id_never_enters_the_routing_table(
         squatter.request(node.address, "ping", [claim])
         squatter.request(node.address, "dm_find", [claim, {"t": key}])
         squatter.request(node.address, "dm_hello", [claim, {}])
-        assert await wait_until(lambda round_=round_: node.counters.get("bad_proofs") == round_ + 1)
+        await eventually(lambda round_=round_: node.counters.get("bad_proofs") == round_ + 1)
     await asyncio.sleep(0.2)
     assert node.counters.get("bad_proofs") == 2
     assert sum(1 for name, _ in squatter.requests if name == "dm_hello") == 2  # it was challenged twice...
@@ -653,7 +644,7 @@ async def test_F9_a_self_chosen_id_never_enters_the_routing_table(
     honest = Identity.generate()
     squatter.serve(lambda name, args: [{"ok": {"id": honest.node_id}, "pf": proof_from(honest, args[1]["n"])}])
     squatter.request(node.address, "dm_hello", [honest.node_id, {}])
-    assert await wait_until(lambda: honest.node_id in node.table)
+    await eventually(lambda: honest.node_id in node.table)
     assert node.table.get(honest.node_id) == Contact(honest.node_id, *squatter.address)
 
 
@@ -707,7 +698,7 @@ async def test_F10_values_are_handed_only_after_the_address_proved_itself(
 
         peer.serve(answer)
         peer.request(node.address, "dm_find", [newcomer.node_id, {"t": newcomer.node_id}])
-        assert await wait_until(lambda: any(name == "dm_store" for name, _ in peer.requests))
+        await eventually(lambda: any(name == "dm_store" for name, _ in peer.requests))
         names = [name for name, _ in peer.requests]
         assert names.index("dm_hello") < names.index("dm_versions") < names.index("dm_store")
     finally:
@@ -999,7 +990,7 @@ async def test_F14_a_newcomer_closest_to_a_key_receives_its_values(make_mesh: Me
     try:
         assert newcomer.store.get(key) == []
         await newcomer.join([nodes[0].address])
-        assert await wait_until(lambda: newcomer.store.get(key) == [value], within=5)
+        await eventually(lambda: newcomer.store.get(key) == [value])
         assert counter(nodes, "handoff_values") >= 1
         everyone = [*nodes, newcomer]
         assert min(everyone, key=lambda n: distance(n.node_id, key)) is newcomer
@@ -1109,12 +1100,12 @@ async def test_F18_cancelling_a_get_leaves_nothing_pending(
     assert reader.endpoint._pending == {}
     assert reader.endpoint._slots._value == reader.config.max_in_flight
     # The late peer now answers the request it got: the reply finds no pending call and is only counted.
-    assert await wait_until(lambda: any(name == "dm_find" for name, _ in late.requests))
+    await eventually(lambda: any(name == "dm_find" for name, _ in late.requests))
     unexpected = reader.counters.get("unexpected_responses")
     message_ids = [codec.decode(d).message_id for d in late.inbox if rpc_name(d) == "dm_find"]
     for message_id in message_ids:
         late.sock.sendto(codec.encode(codec.RESPONSE, message_id, {"ok": {"nodes": []}}), reader.address)
-    assert await wait_until(lambda: reader.counters.get("unexpected_responses") >= unexpected + len(message_ids))
+    await eventually(lambda: reader.counters.get("unexpected_responses") >= unexpected + len(message_ids))
     await asyncio.sleep(2 * reader.config.rpc_timeout + 0.2)  # past the would-be timeouts
     assert loop_errors == []
     assert reader.endpoint._pending == {}

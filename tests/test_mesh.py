@@ -141,7 +141,7 @@ async def test_lost_replicas_are_repaired_by_the_closest_holder(make_mesh: MeshF
 
     # A replica that lost its data (a wiped disk) is found by comparing versions, and refilled.
     wiped = by_distance(alive, key)[1]
-    wiped.store._db.execute("DELETE FROM vals")
+    wiped.store.purge(lambda key, value: False)
     assert await closest.replicator.repair() == 1
     assert wiped in holders(alive, key, value)
 

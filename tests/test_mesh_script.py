@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.process
+
 MESH = Path(__file__).resolve().parent.parent / "scripts" / "mesh"
 
 

@@ -104,6 +104,7 @@ def b64(raw: bytes) -> str:
 # ---- OpenDHT clients' values --------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_plain_puts_gets_and_listens_of_a_client(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -124,6 +125,7 @@ async def test_plain_puts_gets_and_listens_of_a_client(
     assert all(v.utype == "text/plain" and not v.signed for v in stored)
 
 
+@pytest.mark.process
 async def test_a_signed_put_is_kept_checked_and_read_through_another_proxy(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -144,6 +146,7 @@ async def test_a_signed_put_is_kept_checked_and_read_through_another_proxy(
         assert (status, body["err"]) == (400, "bad signature")
 
 
+@pytest.mark.process
 async def test_an_encrypted_put_reaches_its_recipient_through_another_proxy(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -161,6 +164,7 @@ async def test_an_encrypted_put_reaches_its_recipient_through_another_proxy(
     assert value_from_json(document).to == HIDDEN_RECIPIENT
 
 
+@pytest.mark.process
 async def test_listen_and_permanent_puts_of_a_client(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -186,6 +190,7 @@ async def _stats(session: aiohttp.ClientSession, node: NodeProcess) -> dict:
 # ---- the node's own OpenDHT identity ------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and_read(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -213,6 +218,7 @@ async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and
     assert open_sealed(dhtmesh_user, sealed.data) == b"to you"
 
 
+@pytest.mark.process
 async def test_clients_encrypt_to_the_node_and_its_operator_reads_with_dhtmesh_get(
     mesh: list[NodeProcess], clients: list[OpenDhtClient], session: aiohttp.ClientSession
 ) -> None:
@@ -238,6 +244,7 @@ def owners() -> tuple[RsaIdentity, RsaIdentity]:
     return RsaIdentity.generate(2048), RsaIdentity.generate(2048)
 
 
+@pytest.mark.process
 async def test_an_opendht_owner_edits_only_its_own_values_upwards(
     mesh: list[NodeProcess], owners: tuple[RsaIdentity, RsaIdentity], session: aiohttp.ClientSession
 ) -> None:

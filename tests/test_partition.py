@@ -2,6 +2,7 @@
 two and healed. The cut is a blackhole route in every namespace towards the other side's addresses, so
 the test host still reaches every proxy."""
 
+import asyncio
 import base64
 import importlib.util
 import json
@@ -9,14 +10,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from support import eventually
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -38,7 +40,10 @@ def can_make_namespaces() -> bool:
     return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not can_make_namespaces(), reason="needs root and iproute2 network namespaces")
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(not can_make_namespaces(), reason="needs root and iproute2 network namespaces"),
+]
 
 
 @pytest.fixture
@@ -69,15 +74,6 @@ def texts(url: str) -> set[bytes]:
     return {base64.b64decode(json.loads(line)["data"]) for line in lines if line}
 
 
-def eventually(condition: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return condition()
-
-
 def set_cut(mesh: object, sides: tuple[list[int], list[int]], cut: bool) -> None:
     addresses = [node.udp.split(":")[0] for node in mesh.nodes]
     for side, other in (sides, sides[::-1]):
@@ -96,22 +92,24 @@ def test_both_sides_of_a_partition_keep_working_and_see_each_other_after_it_heal
     mesh = netns_mesh
     urls = [node.url for node in mesh.nodes]
     left, right = [0, 1, 2], [3, 4, 5]
-    assert eventually(lambda: all(json.loads(http("GET", url))["ipv4"]["good"] >= 5 for url in urls), 20)
+    connected = lambda: all(json.loads(http("GET", url))["ipv4"]["good"] >= 5 for url in urls)  # noqa: E731
+    asyncio.run(eventually(connected, within=20, every=0.5))
 
     set_cut(mesh, (left, right), cut=True)
     listeners = []
     try:
-        assert eventually(lambda: put(urls[0], b"written left")["replicas"] >= 1, 30)
-        assert eventually(lambda: put(urls[3], b"written right")["replicas"] >= 1, 30)
-        assert eventually(lambda: b"written left" in texts(urls[2]), 15)
-        assert eventually(lambda: b"written right" in texts(urls[5]), 15)
+        asyncio.run(eventually(lambda: put(urls[0], b"written left")["replicas"] >= 1, within=30, every=0.5))
+        asyncio.run(eventually(lambda: put(urls[3], b"written right")["replicas"] >= 1, within=30, every=0.5))
+        asyncio.run(eventually(lambda: b"written left" in texts(urls[2]), within=15, every=0.5))
+        asyncio.run(eventually(lambda: b"written right" in texts(urls[5]), within=15, every=0.5))
         assert b"written right" not in texts(urls[1]), "the cut is real"
         # A listener on each side, opened during the cut, must hear of the other side's value once healed.
         listeners = [urllib.request.urlopen(f"{urls[i]}/key/split/listen", timeout=90) for i in (1, 4)]
     finally:
         set_cut(mesh, (left, right), cut=False)
     try:
-        assert eventually(lambda: all({b"written left", b"written right"} <= texts(url) for url in urls), 60)
+        both = {b"written left", b"written right"}
+        asyncio.run(eventually(lambda: all(both <= texts(url) for url in urls), within=60, every=0.5))
         for listener in listeners:
             seen = set()
             while seen != {b"written left", b"written right"}:

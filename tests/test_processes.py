@@ -1,5 +1,6 @@
 """Real `dhtmesh run` OS processes on 127.0.0.1, driven through the real CLI and the real HTTP proxy."""
 
+import asyncio
 import base64
 import json
 import os
@@ -17,11 +18,14 @@ from support import (
     NodeProcess,
     assert_one_line_error,
     data_of,
+    eventually,
     new_identity,
     post_json,
     run_cli,
     values_of,
 )
+
+pytestmark = pytest.mark.process
 
 Spawn = Callable[..., NodeProcess]
 
@@ -32,20 +36,11 @@ def info(node: NodeProcess) -> dict:
     return json.loads(result.stdout)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
 def test_value_put_on_one_node_is_read_on_another_and_pushed_to_a_listener_on_a_third(spawn: Spawn) -> None:
     first = spawn("a")
     second = spawn("b", "-b", first.udp)
     third = spawn("c", "-b", first.udp)
-    wait_until(lambda: info(third)["ipv4"]["good"] >= 2)
+    asyncio.run(eventually(lambda: info(third)["ipv4"]["good"] >= 2, within=15, every=0.2))
     listener = subprocess.Popen(
         [*DHTMESH, "listen", "--json", "--url", third.url, "greeting", "--count", "1"],
         stdout=subprocess.PIPE,
@@ -72,7 +67,7 @@ def test_value_put_on_one_node_is_read_on_another_and_pushed_to_a_listener_on_a_
 def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spawn, tmp_path: Path) -> None:
     nodes = [spawn("a")]
     nodes += [spawn(name, "-b", nodes[0].udp) for name in ("b", "c")]
-    wait_until(lambda: all(info(node)["ipv4"]["good"] >= 2 for node in nodes))
+    asyncio.run(eventually(lambda: all(info(node)["ipv4"]["good"] >= 2 for node in nodes), within=15, every=0.2))
     alice, mallory = tmp_path / "alice.json", tmp_path / "mallory.json"
     new_identity(alice)
     new_identity(mallory)
@@ -103,7 +98,7 @@ def test_signed_value_edited_by_another_owner_is_rejected_everywhere(spawn: Spaw
 def test_get_and_listen_decrypt_the_values_encrypted_to_the_given_identity(spawn: Spawn, tmp_path: Path) -> None:
     first = spawn("a")
     second = spawn("b", "-b", first.udp)
-    wait_until(lambda: info(second)["ipv4"]["good"] >= 1)
+    asyncio.run(eventually(lambda: info(second)["ipv4"]["good"] >= 1, within=15, every=0.2))
     bob, eve = tmp_path / "bob.json", tmp_path / "eve.json"
     new_identity(bob)
     new_identity(eve)
@@ -137,10 +132,10 @@ def test_get_and_listen_decrypt_the_values_encrypted_to_the_given_identity(spawn
 def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_saved_peers(spawn: Spawn) -> None:
     first = spawn("a")
     second = spawn("b", "-b", first.udp)
-    wait_until(lambda: info(second)["ipv4"]["good"] >= 1)
+    asyncio.run(eventually(lambda: info(second)["ipv4"]["good"] >= 1, within=15, every=0.2))
     put = run_cli("put", "--json", "--url", first.url, "durable", "survives kill -9")
     assert put.returncode == 0 and values_of(put.stdout)[0]["replicas"] == 1
-    wait_until(lambda: (second.data_dir / "peers.json").exists())
+    asyncio.run(eventually(lambda: (second.data_dir / "peers.json").exists(), within=15, every=0.2))
 
     os.kill(second.pid, signal.SIGKILL)
     second.process.wait(timeout=10)
@@ -149,7 +144,7 @@ def test_node_killed_with_sigkill_restarts_with_its_values_and_rejoins_from_save
         probe.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{probe.getsockname()[1]}"
     revived = spawn("b", "-b", dead)
-    wait_until(lambda: info(revived)["ipv4"]["good"] >= 1)
+    asyncio.run(eventually(lambda: info(revived)["ipv4"]["good"] >= 1, within=15, every=0.2))
     assert info(revived)["storage_values"] >= 1
 
     first.process.send_signal(signal.SIGTERM)
@@ -177,7 +172,7 @@ def test_isolated_node_retries_and_joins_when_its_bootstrap_appears(spawn: Spawn
     assert info(lonely)["ipv4"]["good"] == 0
     time.sleep(3.5)  # the first attempt (a call and its retry) times out, then the node backs off
     spawn("late", "-p", str(later_port), "--bind", late_host)  # where the lonely node looks for it
-    wait_until(lambda: info(lonely)["ipv4"]["good"] >= 1, timeout=20)
+    asyncio.run(eventually(lambda: info(lonely)["ipv4"]["good"] >= 1, within=20, every=0.2))
     lonely.process.send_signal(signal.SIGTERM)
     lonely.process.wait(timeout=15)
     assert lonely.process.stderr is not None

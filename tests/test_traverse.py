@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dhtmesh.node.lookups.traverse import Query, traverse, traverse_in_rounds
+from dhtmesh.node.lookups.traverse import LookupStats, Query, traverse, traverse_in_rounds
 from dhtmesh.node.routing.contact import Contact, distance
 
 Lookup = Callable[..., Awaitable[list[Contact]]]
@@ -306,3 +306,17 @@ async def test_cancelling_the_lookup_cancels_its_queries() -> None:
     with pytest.raises(asyncio.CancelledError):
         await lookup
     assert sorted(cancelled) == sorted(ids(seeds[:3]))
+
+
+async def test_stats_count_the_longest_chain_of_contacts_learnt_and_then_asked() -> None:
+    # The seed knows a, a knows b: b was learnt two replies deep, so the lookup went 3 hops.
+    seed, a, b = (Contact(bytes([index]) * 20, "10.0.0.1", 1000 + index) for index in range(3))
+    knows = {seed.node_id: [a], a.node_id: [b], b.node_id: []}
+
+    async def query(contact: Contact) -> list[Contact]:
+        return knows[contact.node_id]
+
+    stats = LookupStats()
+    found = await traverse(bytes(20), [seed], query, stats=stats)
+    assert {c.node_id for c in found} == set(knows)
+    assert (stats.hops, stats.asked, stats.answered) == (3, 3, 3)

@@ -19,12 +19,34 @@ answer, made every lookup of a key wait them all out, three at a time (8.8 s ins
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.routing.diversity import UNLIMITED, Diversity
 
 Query = Callable[[Contact], Awaitable[list[Contact] | None]]
 """Ask one contact for the contacts it knows closest to the target; None when it failed."""
+
+
+@dataclass
+class LookupStats:
+    """What a lookup did, filled in by `traverse` when given one: contacts asked and answered, and `hops`,
+    the longest chain of contacts learnt from a reply and then asked (a seed is at depth 1)."""
+
+    asked: int = 0
+    answered: int = 0
+    hops: int = 0
+    _depth: dict[bytes, int] = field(default_factory=dict)
+
+    def ask(self, contact: Contact) -> None:
+        self.asked += 1
+        self.hops = max(self.hops, self._depth.get(contact.node_id, 1))
+
+    def learn(self, referrer: Contact, found: list[Contact]) -> None:
+        self.answered += 1
+        level = self._depth.get(referrer.node_id, 1) + 1
+        for contact in found:
+            self._depth[contact.node_id] = min(self._depth.get(contact.node_id, level), level)
 
 
 class _Candidates:
@@ -102,10 +124,11 @@ async def traverse(
     satisfied: Callable[[], bool] = lambda: False,
     diversity: Diversity = UNLIMITED,
     per_referrer: int = 1 << 30,
+    stats: LookupStats | None = None,
 ) -> list[Contact]:
     """The k contacts closest to `target` that answered, nearest first (within `diversity`, taking at
     most `per_referrer` unheard candidates on one peer's word); or, as soon as `satisfied()` holds after
-    an answer, those that answered so far."""
+    an answer, those that answered so far. `stats`, when given, is told what the lookup did."""
     candidates = _Candidates(target, exclude, diversity, per_referrer)
     candidates.offer(seeds)
     in_flight: dict[asyncio.Task, Contact] = {}
@@ -113,6 +136,8 @@ async def traverse(
         while True:
             for contact in candidates.next_to_ask(k)[: alpha - len(in_flight)]:
                 candidates.asked.add(contact.node_id)
+                if stats is not None:
+                    stats.ask(contact)
                 in_flight[asyncio.ensure_future(query(contact))] = contact
             if not in_flight:
                 return candidates.result(k)
@@ -125,6 +150,8 @@ async def traverse(
                 else:
                     candidates.answered.add(contact.node_id)
                     candidates.offer(found, contact.node_id)
+                    if stats is not None:
+                        stats.learn(contact, found)
             if satisfied():
                 return candidates.result(k)
     finally:

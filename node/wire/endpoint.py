@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from dhtmesh.node.stats import Counters
+from dhtmesh.node.trace import RpcDone, RpcSent, Tracer
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter, tally
@@ -184,8 +185,10 @@ class Endpoint(asyncio.DatagramProtocol):
         max_in_flight: int = 256,
         stray_nonce: StrayNonce = lambda message_id, address: None,
         on_stray: OnStray = lambda address, nonce, envelope: None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.node_id = node_id
+        self._tracer = tracer if tracer is not None else Tracer()  # an empty one is false
         self._prove = prove
         self._stray_nonce = stray_nonce
         self._on_stray = on_stray
@@ -418,7 +421,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     async def call_plain(self, address: Address, name: str, args: list) -> Any:
         """A stock-style call: returns the bare result."""
-        return await self._exchange(address, codec.pack([name, args]))
+        return await self._exchange(address, name, codec.pack([name, args]))
 
     async def call(
         self, address: Address, name: str, body: dict, *, nonce: bytes | None = None, pad: bool = False
@@ -443,7 +446,7 @@ class Endpoint(asyncio.DatagramProtocol):
     async def _call(self, address: Address, name: str, body: dict) -> Reply:
         payload = codec.pack([name, [self.node_id, body]])
         if len(payload) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
-            return await self._open(address, await self._exchange(address, payload))
+            return await self._open(address, await self._exchange(address, name, payload))
         # `dm_done` answers with the inner request's own envelope as its payload.
         outer = await self._open(address, await self._send_in_pieces(address, payload))
         return await self._open(address, outer.payload)
@@ -467,10 +470,10 @@ class Endpoint(asyncio.DatagramProtocol):
 
         async def send_piece(index: int, piece: bytes) -> None:
             body = {"x": transfer_id, "i": index, "c": len(pieces), "d": piece}
-            await self._open(address, await self._exchange(address, self._mesh_payload("dm_part", body)))
+            await self._open(address, await self._mesh_exchange(address, "dm_part", body))
 
         await _all_or_first_failure([send_piece(index, piece) for index, piece in enumerate(pieces)])
-        return await self._exchange(address, self._mesh_payload("dm_done", {"x": transfer_id}))
+        return await self._mesh_exchange(address, "dm_done", {"x": transfer_id})
 
     async def _pull(self, address: Address, big: Any) -> dict:
         if not (isinstance(big, list) and len(big) == 2 and isinstance(big[0], bytes)):
@@ -481,7 +484,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
         async def pull(index: int) -> bytes:
             body = {"x": transfer_id, "i": index}
-            reply = await self._open(address, await self._exchange(address, self._mesh_payload("dm_pull", body)))
+            reply = await self._open(address, await self._mesh_exchange(address, "dm_pull", body))
             if not isinstance(reply.payload, bytes):
                 raise ProtocolViolation("bad piece")
             return reply.payload
@@ -495,20 +498,24 @@ class Endpoint(asyncio.DatagramProtocol):
             raise ProtocolViolation("bad reassembled reply")
         return envelope
 
-    def _mesh_payload(self, name: str, body: dict) -> bytes:
-        return codec.pack([name, [self.node_id, body]])
+    async def _mesh_exchange(self, address: Address, name: str, body: dict) -> Any:
+        return await self._exchange(address, name, codec.pack([name, [self.node_id, body]]))
 
-    async def _exchange(self, address: Address, payload: bytes) -> Any:
-        """Send a request, and return the reply body. The first attempt waits a few measured round trips;
-        the retry waits the full configured timeout, so a busy peer (or a busy us) is not taken for dead."""
+    async def _exchange(self, address: Address, name: str, payload: bytes) -> Any:
+        """Send a request (`payload`, of RPC `name`), and return the reply body. The first attempt waits a
+        few measured round trips; the retry waits the full configured timeout, so a busy peer (or a busy
+        us) is not taken for dead."""
         async with self._slots:
             message_id = os.urandom(codec.MESSAGE_ID_SIZE)
             datagram = bytes((codec.REQUEST,)) + message_id + payload
             loop = asyncio.get_running_loop()
             waits = (self._rtt.timeout(address), self._rtt.max_timeout)
+            started = time.monotonic()
             try:
                 for attempt in range(2):
                     self._counters.add("rpc_out" if attempt == 0 else "rpc_retries")
+                    if self._tracer:
+                        self._tracer.rpc_sent(RpcSent(address, name, attempt))
                     # A fresh future per attempt (same message id): a late reply to the first attempt
                     # still answers the retry, and the timeout may cancel the future it waited on.
                     future = loop.create_future()
@@ -522,8 +529,12 @@ class Endpoint(asyncio.DatagramProtocol):
                         continue
                     if attempt == 0:
                         self._rtt.observe(address, time.monotonic() - sent_at)
+                    if self._tracer:
+                        self._tracer.rpc_done(RpcDone(address, name, True, time.monotonic() - started))
                     return reply
                 self._counters.add("rpc_timeouts")
+                if self._tracer:
+                    self._tracer.rpc_done(RpcDone(address, name, False, time.monotonic() - started))
                 raise RpcTimeout(f"no reply from {address[0]}:{address[1]}")
             finally:
                 self._pending.pop(message_id, None)
