@@ -27,6 +27,7 @@ from dhtmesh.node.dht import DhtNode, PutRefused
 from dhtmesh.node.records.blob import MAX_CHUNKS
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.services import Farming, Services
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.binding import BindError, start_with_stream_socket
@@ -117,7 +118,7 @@ def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
     bootstrap = _bootstrap(args.bootstrap, args.bind)
     opendht_identity = _opendht_identity(data_dir, args.opendht_identity)
     try:
-        node = DhtNode(identity, data_dir=data_dir, opendht_identity=opendht_identity)
+        node = DhtNode(identity, data_dir=data_dir, opendht_identity=opendht_identity, rules=RECORD_RULES)
     except sqlite3.DatabaseError as error:
         raise CliError(f"cannot open the value store in {data_dir}: {error}") from error
     _run_loop(_serve(node, args, bootstrap, data_dir, _raise_descriptor_limit()))

@@ -24,8 +24,6 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.errors import NodeError
 from dhtmesh.node.listeners import Listener, ListenerHub
 from dhtmesh.node.lookups.traverse import LookupStats, traverse
-from dhtmesh.node.records import RESERVED_TYPES, check_value, is_valid_successor, lifetime, open_refresh
-from dhtmesh.node.records.rules import RULES_VERSION, passes, per_host, record_key
 from dhtmesh.node.replication import Replicator
 from dhtmesh.node.routing.contact import Contact, contact_from_wire, reachable_via
 from dhtmesh.node.routing.table import RoutingTable
@@ -36,6 +34,7 @@ from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.tasks import Supervisor, TaskSet
 from dhtmesh.node.trace import LookupDone, NodeTrace, Tracer
 from dhtmesh.node.values.policy import Verdict
+from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 from dhtmesh.node.values.value import (
     MAX_OPENDHT_SEQ,
@@ -140,10 +139,12 @@ class _ValueCollector:
         self,
         key: bytes,
         initial: list[Value],
+        check: Callable[[bytes, Value], None],
         on_new: Callable[[Value], None] | None = None,
         wanted: Wanted = Wanted(),
     ) -> None:
         self.key = key
+        self._check = check  # the node's rules (`ValueRules.check`)
         self.wanted = wanted
         self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial if v in wanted}
         self._on_new = on_new
@@ -155,7 +156,7 @@ class _ValueCollector:
             current = self.values.get(value.identity)
             if value not in self.wanted or (current is not None and value.seq <= current.seq):
                 return  # not taken, so not worth a signature check (replicas mostly agree)
-            check_value(self.key, value)
+            self._check(self.key, value)
         except InvalidValue:
             return
         self.values[value.identity] = value
@@ -185,8 +186,13 @@ class DhtNode:
         config: NodeConfig | None = None,
         data_dir: Path | None = None,
         opendht_identity: opendht.RsaIdentity | None = None,
+        *,
+        rules: ValueRules,
     ) -> None:
         self.identity = identity
+        # What values must pass beyond their own fields: the mesh's record rules, given by the builder,
+        # so that the core knows no record kind (`node.records.rules.RECORD_RULES`).
+        self.rules = rules
         # When set, values signed or encrypted for a caller (`put_signed`, `put_encrypted_opendht`) are
         # OpenDHT's, so OpenDHT clients can check them; the node's own records stay Ed25519.
         self.opendht_identity = opendht_identity
@@ -198,9 +204,9 @@ class DhtNode:
         self.store = ValueStore(
             data_dir / "values.sqlite3" if data_dir else None,
             self.config.quotas,
-            may_follow=is_valid_successor,
-            open_refresh=open_refresh,
-            per_host=per_host,
+            may_follow=rules.may_follow,
+            open_refresh=rules.open_refresh,
+            per_host=rules.per_host,
         )
         self._migrate_store()
         # A reader must be able to page through every value a key can hold.
@@ -235,17 +241,17 @@ class DhtNode:
         dropped, and this node's own records whose key moved are signed again under their new key (to
         be announced at once). So every value in the store passes the rules, and what leaves it for a
         reader, a listener or a service needs no second check."""
-        if self.store.rules_version >= RULES_VERSION:
+        if self.store.rules_version >= self.rules.version:
             return
         for key, value in self.store.announces():
-            if passes(key, value):
+            if self.rules.passes(key, value):
                 continue
             self.store.remove_announce(key, value.id)
-            moved_to = record_key(value)
+            moved_to = self.rules.key_of(value)
             if moved_to is not None and value.owner == self.identity.public_key:
                 self.store.add_announce(moved_to, self.sign(moved_to, value))
-        dropped = self.store.purge(passes)
-        self.store.rules_version = RULES_VERSION
+        dropped = self.store.purge(self.rules.passes)
+        self.store.rules_version = self.rules.version
         if dropped:
             log.warning("dropped %d stored values that the record rules of this version refuse", dropped)
 
@@ -414,7 +420,7 @@ class DhtNode:
         """The values under `key` as they arrive: this node's own first, then each value (or newer
         version of one) that the lookup finds. Ends when the lookup does."""
         found: asyncio.Queue[Value | None] = asyncio.Queue()
-        collector = _ValueCollector(key, self.store.get(key), on_new=found.put_nowait)
+        collector = _ValueCollector(key, self.store.get(key), self.rules.check, on_new=found.put_nowait)
         for value in collector.result():
             yield value
         lookup = asyncio.get_running_loop().create_task(self._traverse(key, collector, self.config.get_quorum))
@@ -430,7 +436,7 @@ class DhtNode:
     async def _gather(
         self, key: bytes, quorum: int = 0, wanted: Wanted = Wanted()
     ) -> tuple[list[Value], list[Contact]]:
-        collector = _ValueCollector(key, self.store.get(key, wanted.value_type), wanted=wanted)
+        collector = _ValueCollector(key, self.store.get(key, wanted.value_type), self.rules.check, wanted=wanted)
         nodes = await self._traverse(key, collector, quorum)
         self.counters.add("gets")
         return collector.result(), nodes
@@ -460,10 +466,8 @@ class DhtNode:
         encrypted = replace(value, data=sealed, to=node_id_from_public_key(recipient_key))
         return await self._sign_and_put(key, encrypted, False, options)
 
-    async def _sign_and_put(
-        self, key: bytes, value: Value, opendht_signature: bool, options: PutOptions
-    ) -> PutResult:
-        if value.type in RESERVED_TYPES:
+    async def _sign_and_put(self, key: bytes, value: Value, opendht_signature: bool, options: PutOptions) -> PutResult:
+        if value.type in self.rules.signed_by_services_only:
             raise InvalidValue(f"type {value.type} is a record type, signed only by the node's own services")
         rsa = self.opendht_identity if opendht_signature else None
         owner = rsa.public_der if rsa else self.identity.public_key
@@ -519,8 +523,8 @@ class DhtNode:
         put again before then (OpenDHT's proxy keeps a client's permanent put 24 h after each refresh).
         `client` names the proxy client a permanent put is for (empty: the node's own); only that
         client may cancel it (`cancel_put`), and it may have only so many (`Quotas`)."""
-        check_value(key, value)
-        if lifetime(value) <= 0:
+        self.rules.check(key, value)
+        if self.rules.lifetime(value) <= 0:
             raise PutRefused(Verdict.REFUSE_EXPIRED)  # past the time its signer gave it
         refusal = self.store.announce_refusal(key, value, client) if permanent else None
         if refusal is not None:
@@ -535,7 +539,7 @@ class DhtNode:
 
     def store_locally(self, key: bytes, value: Value) -> Verdict:
         """This node's own copy of a value it puts or re-announces (checked already)."""
-        verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=lifetime(value))
+        verdict = self.store.put(key, value, origin=LOCAL_ORIGIN, ttl=self.rules.lifetime(value))
         self._count_verdict(verdict)
         if verdict in (Verdict.NEW, Verdict.UPDATE):
             self._on_new_value(key, value)
@@ -543,7 +547,7 @@ class DhtNode:
 
     async def announce(self, key: bytes, value: Value) -> PutResult:
         """Send `value` to the k closest nodes; the result counts those that accepted it."""
-        ttl = lifetime(value)
+        ttl = self.rules.lifetime(value)
         if ttl <= 0:
             return PutResult(value, 0, 0)  # past the time its signer gave it: nobody would take it
         if value.size > STORE_ALONG_MAX:
@@ -590,8 +594,8 @@ class DhtNode:
         its life, apply policy and quotas, then tell listeners. Every way a value comes from a peer
         (stock store, dm_store, a put's store-along) comes through here. `origin` is what the value is
         charged to; `sender` the proven peer's id (empty for stock peers), `by` the storer it names."""
-        check_value(key, value)
-        ttl = min(ttl, lifetime(value))
+        self.rules.check(key, value)
+        ttl = min(ttl, self.rules.lifetime(value))
         if ttl <= 0:
             verdict = Verdict.REFUSE_EXPIRED
         else:

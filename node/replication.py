@@ -16,7 +16,6 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from dhtmesh.node.records import lifetime
 from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.values.types import expiry_for
@@ -136,7 +135,7 @@ class Replicator:
         for key, value in node.store.announces():
             if node.store.remaining_ttl(key, value) > expiry_for(value.type) * node.config.republish_margin:
                 continue
-            if lifetime(value) <= 0:  # past the time its signer gave it: only a newer version may follow
+            if node.rules.lifetime(value) <= 0:  # past the time its signer gave it: only a newer version may follow
                 node.cancel_put(key, value.id)
                 continue
             node.store_locally(key, value)

@@ -46,6 +46,7 @@ from bench_proxy import Network, drive, emit, rss_mib, run_loop, start_dhtmesh, 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.node.wire.netgroup import loopback_host
 
@@ -233,7 +234,7 @@ def wire_keys(count: int) -> list[str]:
 async def start_mesh() -> list[DhtNode]:
     nodes: list[DhtNode] = []
     for index in range(MESH_SIZE):
-        node = DhtNode(Identity.generate(), NodeConfig())
+        node = DhtNode(Identity.generate(), NodeConfig(), rules=RECORD_RULES)
         nodes.append(node)  # appended first, so that it is stopped even if start fails
         await node.start(loopback_host(index + 1), 0)  # an address each: nodes limit contacts per host
     for node in nodes[1:]:

@@ -76,6 +76,7 @@ from kademlia.utils import digest
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.node.wire.netgroup import loopback_host
 
@@ -193,7 +194,7 @@ class DhtmeshMesh:
 
     async def start(self, total: int) -> None:
         for index in range(total):
-            node = DhtNode(Identity.generate(), self.config)
+            node = DhtNode(Identity.generate(), self.config, rules=RECORD_RULES)
             # Each node on a loopback address of its own: nodes limit how many contacts share a host.
             await node.start(loopback_host(index + 1), 0)
             observe(node)

@@ -63,6 +63,7 @@ from bench_common import OP, Trace, observe, percentile, rounded
 from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.node.wire.netgroup import loopback_host
 
@@ -101,7 +102,7 @@ class Worker:
     """Hosts `count` nodes in this process and answers the parent's commands."""
 
     def __init__(self, count: int, first_host: int) -> None:
-        self.nodes = [DhtNode(Identity.generate(), NodeConfig()) for _ in range(count)]
+        self.nodes = [DhtNode(Identity.generate(), NodeConfig(), rules=RECORD_RULES) for _ in range(count)]
         self.first_host = first_host
 
     async def start(self, seed: Address | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from dhtmesh.crypto import Identity
 from dhtmesh.crypto.identity import load_identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused
 from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.wire import codec, netgroup
@@ -57,7 +58,7 @@ def loopback_host() -> str:
 async def start_node(
     config: NodeConfig = FAST, data_dir: Path | None = None, host: str | None = None, identity: Identity | None = None
 ) -> DhtNode:
-    node = DhtNode(identity or Identity.generate(), config, data_dir)
+    node = DhtNode(identity or Identity.generate(), config, data_dir, rules=RECORD_RULES)
     await node.start(host or loopback_host(), 0)
     return node
 

@@ -35,6 +35,7 @@ from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.audit import AuditEntry, Outcome
 from dhtmesh.node.records.blob import BLOB_KEYS, BLOB_MANIFEST_TYPE, decode_manifest
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
@@ -262,7 +263,7 @@ async def anyone(_: bytes) -> bool:
 async def cheating_holder(
     service_class: type[ChunkService], mesh: Mesh, tmp_path: Path, name: str
 ) -> tuple[DhtNode, ChunkService]:
-    node = DhtNode(Identity.generate(), FAST)
+    node = DhtNode(Identity.generate(), FAST, rules=RECORD_RULES)
     stream_socket = await start_with_stream_socket(node, "127.0.0.1", 0)  # as `dhtmesh run --farmer` does
     await node.join([mesh.farmers[0].address])
     store = ChunkStore(tmp_path / name)

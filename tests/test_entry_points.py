@@ -28,6 +28,7 @@ from dhtmesh.node.records import check_value, farmer_key, signed_farmer_value
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, farmer_value_id
 from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key
 from dhtmesh.node.records.registry import FarmerRegistry
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
 from dhtmesh.node.wire.endpoint import RpcRefused
@@ -152,7 +153,7 @@ async def test_a_store_written_under_older_rules_is_brought_up_to_these(tmp_path
     older.add_announce(old_holding_key, old_holding)
     older.rules_version = 1
     older.close()
-    node = DhtNode(identity, FAST, tmp_path)
+    node = DhtNode(identity, FAST, tmp_path, rules=RECORD_RULES)
     try:
         assert node.store.get(shard) == [] and node.store.get(old_holding_key) == []
         ((moved_key, moved),) = node.store.announces()

@@ -30,6 +30,7 @@ from dhtmesh.bootstrap.peers import PeerBook
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import proof_message
 from dhtmesh.node.dht import STORE_ALONG_MAX, DhtNode, PutRefused
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.routing.contact import Contact, distance
 from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.storage.store import ROW_OVERHEAD, Quotas
@@ -985,7 +986,7 @@ async def test_F14_a_newcomer_closest_to_a_key_receives_its_values(make_mesh: Me
     value = nodes[0].sign(key, Value(new_value_id(), b"hand me over"))
     result = await nodes[0].put(key, value)
     assert result.replicas >= 3
-    newcomer = DhtNode(identity, config)
+    newcomer = DhtNode(identity, config, rules=RECORD_RULES)
     await newcomer.start(LOCALHOST, 0)
     try:
         assert newcomer.store.get(key) == []

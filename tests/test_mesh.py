@@ -9,6 +9,7 @@ from dataclasses import replace
 from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import STORE_ALONG_MAX, DhtNode
 from dhtmesh.node.listeners import Listener, ValueEvent
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, new_value_id, sign_value
 
@@ -209,14 +210,14 @@ async def test_permanent_put_is_announced_again_until_cancelled(make_mesh: MeshF
 
 async def test_values_and_announcements_survive_a_restart(tmp_path) -> None:
     identity = Identity.generate()
-    node = DhtNode(identity, FAST, tmp_path)
+    node = DhtNode(identity, FAST, tmp_path, rules=RECORD_RULES)
     await node.start()
     key = key_of("durable")
     value = Value(new_value_id(), b"on disk")
     await node.put(key, value, permanent=True)
     await node.stop()
 
-    again = DhtNode(identity, FAST, tmp_path)
+    again = DhtNode(identity, FAST, tmp_path, rules=RECORD_RULES)
     await again.start()
     try:
         assert again.store.get(key) == [value]
@@ -250,7 +251,7 @@ async def test_a_get_quorum_answers_with_a_few_rpcs_instead_of_k(make_mesh: Mesh
     assert await reader.get(key) == [value]
     quorum_rpcs = reader.counters.get("rpc_out") - before
 
-    exhaustive = DhtNode(Identity.generate(), FAST)  # the default: every one of the k closest
+    exhaustive = DhtNode(Identity.generate(), FAST, rules=RECORD_RULES)  # the default: every one of the k closest
     await exhaustive.start()
     try:
         await exhaustive.join([nodes[0].address])

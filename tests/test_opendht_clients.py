@@ -23,7 +23,7 @@ from dhtmesh.crypto.opendht import RsaIdentity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records import farmer_key
 from dhtmesh.node.records.farmer import farmer_value_id
-from dhtmesh.node.records.rules import check_value
+from dhtmesh.node.records.rules import RECORD_RULES, check_value
 from dhtmesh.node.values import InvalidValue, Value
 from dhtmesh.node.values.value import (
     HIDDEN_RECIPIENT,
@@ -340,7 +340,7 @@ async def test_a_permanent_put_lapses_unless_put_again_and_outlives_a_restart(tm
         assert node.counters.get("permanent_puts_lapsed") == 1
     finally:
         await node.stop()
-    again = DhtNode(Identity.generate(), FAST, data_dir)  # the same SQLite file
+    again = DhtNode(Identity.generate(), FAST, data_dir, rules=RECORD_RULES)  # the same SQLite file
     try:
         assert sorted(v.id for _, v in again.permanent_puts(key)) == [2, 3]
     finally:

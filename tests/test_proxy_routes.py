@@ -15,6 +15,7 @@ from yarl import URL
 
 from dhtmesh.crypto import Identity, node_id_from_public_key, open_sealed
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.proxy.app import create_app
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
@@ -421,7 +422,7 @@ async def _listen_count(session: aiohttp.ClientSession, url: str, count: int) ->
 
 
 def test_openapi_document_lists_exactly_the_routes_the_router_serves() -> None:
-    node = DhtNode(Identity.generate())
+    node = DhtNode(Identity.generate(), rules=RECORD_RULES)
     try:
         app = create_app(node)
         served = {

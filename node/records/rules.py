@@ -23,6 +23,7 @@ from dhtmesh.crypto import opendht
 from dhtmesh.node.records import audit, blob, farmer, holding
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
+from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.types import CERTIFICATE_TYPE, expiry_for, register_expiry
 from dhtmesh.node.values.value import InvalidValue, Value, certificate_public_key
 
@@ -64,16 +65,6 @@ def _check_certificate(key: bytes, value: Value) -> None:
     and nobody could encrypt to it."""
     if opendht.key_id(certificate_public_key(value)) != key:
         raise InvalidValue("a certificate is held only under the id of its own key")
-
-
-def passes(key: bytes, value: Value) -> bool:
-    """Whether a value verified when it came in passes the rules now (its signature is not checked
-    again: the rules it must pass may have changed, its signature may not)."""
-    try:
-        check_value(key, value, signature=False)
-    except InvalidValue:
-        return False
-    return True
 
 
 def record_key(value: Value) -> bytes | None:
@@ -121,3 +112,16 @@ def open_refresh(value: Value) -> bool:
     """Whether anyone may keep this value alive (a record that proves itself)."""
     kind = KINDS.get(value.type)
     return kind is not None and kind.open_refresh
+
+
+RECORD_RULES = ValueRules(
+    version=RULES_VERSION,
+    check=check_value,
+    lifetime=lifetime,
+    may_follow=is_valid_successor,
+    open_refresh=open_refresh,
+    per_host=per_host,
+    key_of=record_key,
+    signed_by_services_only=RESERVED_TYPES,
+)
+"""The mesh's rules as the node's core asks for them (`DhtNode(rules=...)`)."""

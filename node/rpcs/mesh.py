@@ -2,18 +2,19 @@
 notify, versions.
 
 Every request first passes through `Admission.consider`, which refreshes a proven sender in the routing
-table or challenges an unproven one. Values are verified on every hop (`records.check_value`, through
-`DhtNode.accept_store` for every value a peer asks us to hold). A peer must have proven its id from its
-address before we store anything for it: quotas are charged to its host, and who stored a value decides
-who may refresh it, so neither may rest on a spoofable source address.
+table or challenges an unproven one. Values are verified on every hop (`DhtNode.rules`: the mesh's
+`records.check_value`, through `DhtNode.accept_store` for every value a peer asks us to hold). A peer
+must have proven its id from its address before we store anything for it: quotas are charged to its
+host, and who stored a value decides who may refresh it, so neither may rest on a spoofable source
+address.
 """
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dhtmesh.node.records import check_value
 from dhtmesh.node.rpcs.args import require_int, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
+from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.types import MAX_TYPE_EXPIRY
 from dhtmesh.node.values.value import InvalidValue, Value, owner_ref, value_from_wire
 from dhtmesh.node.wire.endpoint import UNPROVEN, Endpoint, Request, RpcRefused
@@ -31,10 +32,10 @@ MAX_SUBSCRIPTION_TTL = 600.0
 MIN_STORE_TTL = 1.0
 
 
-def checked_value(key: bytes, raw: Any) -> Value:
+def checked_value(rules: ValueRules, key: bytes, raw: Any) -> Value:
     try:
         value = value_from_wire(raw)
-        check_value(key, value)
+        rules.check(key, value)
     except InvalidValue as error:
         raise RpcRefused(f"invalid value: {error}") from error
     return value
@@ -171,7 +172,7 @@ class MeshRpcs:
             # before the value is checked: a notify needs no proof of address, and an RSA signature
             # costs three times what serving an unsigned notify does.
             return False
-        value = checked_value(key, request.body.get("v"))
+        value = checked_value(self._node.rules, key, request.body.get("v"))
         self._node.hub.emit(key, value, request.body.get("x") is True)
         return True
 
