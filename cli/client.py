@@ -196,8 +196,8 @@ def opendht_decrypted_line(identity: RsaIdentity, line: str) -> str:
         inner = decrypt_opendht_value(identity, sealed)
     except InvalidValue:
         return line
-    opened = value_to_json(replace(inner, to=b"")) | {"decrypted": True}
-    return json.dumps(opened | {key: document[key] for key in ("expired",) if key in document}) + "\n"
+    opened = value_to_json(replace(inner, to=b""), expired=document.get("expired") is True) | {"decrypted": True}
+    return json.dumps(opened) + "\n"
 
 
 def run_coroutine(coroutine: Any) -> int:
