@@ -207,6 +207,9 @@ async def test_the_node_signs_and_encrypts_so_that_opendht_clients_can_check_and
     recipient.expect(r'signed \(v0\) data\(text/plain\):"from the node"')
     recipient.send("g node-sealed")
     recipient.expect(r'signed \(v0\) decrypted data\(text/plain\):"to you"')
+    # A 40-character `to` that is not hex, and one that names nobody: 400s that say so.
+    status, body = await post(session, encrypt_url, message | {"to": "zz" * 20})
+    assert status == 400 and "40 hex" in body["err"]
     # No certificate under a key id: nothing to encrypt to.
     status, body = await post(session, encrypt_url, message | {"to": "ab" * 20})
     assert status == 400 and "no OpenDHT certificate" in body["err"]
@@ -234,6 +237,20 @@ async def test_clients_encrypt_to_the_node_and_its_operator_reads_with_dhtmesh_g
     assert f"owner={sender.key_id}" in read.stdout and 'decrypted=true data="hello-node"' in read.stdout
     unread = run_cli("get", "--url", mesh[1].url, "to-the-node")  # without the key: the cipher text only
     assert "sealed=true" in unread.stdout and "hello-node" not in unread.stdout
+
+
+def test_an_opendht_identity_file_that_is_no_rsa_key_is_one_line_of_error(
+    mesh: list[NodeProcess], tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    for command in (
+        ["get", "--url", mesh[0].url, "some-key", "--opendht-identity", str(junk)],
+        ["run", "-p", "0", "--proxyserver", "0", "--persist", str(tmp_path / "node"), "--opendht-identity", str(junk)],
+    ):
+        result = run_cli(*command)
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1 and "cannot read the OpenDHT identity" in result.stderr, result.stderr
 
 
 # ---- the edit policy on OpenDHT owners ----------------------------------------------------------
