@@ -16,6 +16,7 @@ Farmer not found."); the route table gives the label (`Route.failure`), the tabl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dhtmesh.api.value_json import ValueJsonError
 from dhtmesh.crypto.addresses import InvalidAddress
 from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.request_auth import RequestAuthError
@@ -29,7 +30,6 @@ from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.value import InvalidValue
 from dhtmesh.node.wire.ratelimit import Full
 from dhtmesh.proxy.push import PushError, SubscriptionLimit
-from dhtmesh.proxy.value_json import ValueJsonError
 
 
 class ProxyError(Exception):

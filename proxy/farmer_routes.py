@@ -8,13 +8,13 @@ header (base64 of the value's wire form), and the registry stores it only if it 
 makes of the current record.
 """
 
-import base64
 import binascii
 import re
 
-import msgpack
 from aiohttp import web
 
+from dhtmesh.api.records import RECORD_HEADER, record_from_header
+from dhtmesh.api.value_json import value_to_json
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
 from dhtmesh.crypto.request_auth import verify_request
 from dhtmesh.node.audits.reputation import Reputation
@@ -27,17 +27,14 @@ from dhtmesh.node.records.farmer_events import (
     with_bandwidth,
     with_height,
 )
-from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
 from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import JSON, NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
-from dhtmesh.proxy.value_json import value_to_json
 
-RECORD_HEADER = "Farmer-Record"
 TERABYTE = 1024**4
 TOTAL_PERIOD_MINUTES = 30  # dataserv's /api/total "id": the half-hour it was computed in
-_MAX_RECORD_HEADER = 4096
 # Signed requests a node takes per second, in all and per client address. The total keeps the replay
 # guard from ever filling within its window (1,000/s x 40 s < 65,536 entries), so a flood costs others
 # throughput, never the guard's memory of what it accepted.
@@ -46,19 +43,12 @@ SIGNED_REQUESTS_PER_CLIENT = 200.0
 _NUMBER = re.compile(r"[0-9]{1,40}(\.[0-9]{0,40})?")
 
 
-def record_header(value: Value) -> str:
-    """How a client sends the value it signed: base64 of its msgpack wire form."""
-    return base64.b64encode(msgpack.packb(value.to_wire(), use_bin_type=True)).decode()
-
-
 def _signed_record(request: web.Request) -> Value | None:
     text = request.headers.get(RECORD_HEADER)
     if text is None:
         return None
     try:
-        if len(text) > _MAX_RECORD_HEADER:
-            raise InvalidValue("too long")
-        return value_from_wire(msgpack.unpackb(base64.b64decode(text, validate=True), raw=False))
+        return record_from_header(text)
     except (binascii.Error, ValueError, TypeError) as error:  # base64's and msgpack's own errors: not a layer's
         raise BadRequest(f"{RECORD_HEADER} is not a base64 msgpack value ({error})") from error
 

@@ -6,14 +6,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dhtmesh.api.documents import json_line
 from dhtmesh.proxy.errors import BadRequest
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def json_line(document: Any) -> bytes:
-    """One JSON document and a newline, keys sorted as OpenDHT's jsoncpp writes them."""
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def json_reply(document: Any, status: int = 200) -> web.Response:

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from dhtmesh.api.documents import json_line
+from dhtmesh.api.value_json import public_key_from_text, value_from_json, value_to_json
 from dhtmesh.node.dht import DhtNode, PutOptions, PutResult
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.proxy.blob_routes import BLOB_ROUTES
@@ -17,9 +19,8 @@ from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
 from dhtmesh.proxy.keys import path_key
 from dhtmesh.proxy.openapi import document
 from dhtmesh.proxy.push import PushTarget
-from dhtmesh.proxy.responses import JSON_HEADERS, json_body, json_line, json_reply, open_stream
+from dhtmesh.proxy.responses import JSON_HEADERS, json_body, json_reply, open_stream
 from dhtmesh.proxy.route import LISTEN_SLOTS, NODE, PUSH, STATS, Route
-from dhtmesh.proxy.value_json import public_key_from_text, value_from_json, value_to_json
 
 PERMANENT_PUT_LIFE = 24 * 3600.0  # OpenDHT's proxy::OP_TIMEOUT
 

@@ -57,13 +57,13 @@ from bench_proxy import (
     wait_ready,
 )
 
+from dhtmesh.api.records import RECORD_HEADER, record_header
 from dhtmesh.crypto.addresses import node_address, parse_node_id
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.records.farmer import FarmerRecord, signed_farmer_value
 from dhtmesh.node.records.farmer_events import registered, with_height
 from dhtmesh.node.wire.netgroup import loopback_host
-from dhtmesh.proxy.farmer_routes import RECORD_HEADER, record_header
 
 HOST = "127.0.0.1"
 MESH_SIZE = 5

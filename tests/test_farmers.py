@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dhtmesh.api.records import RECORD_HEADER, record_header
 from dhtmesh.cli.farmer import current_record, recipient_id, signed_headers
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
@@ -24,7 +25,7 @@ from dhtmesh.node.records import farmer_key, farmer_value_id, signed_farmer_valu
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import SHARD_BYTES, pinged, registered, with_bandwidth, with_height
 from dhtmesh.node.values import Value, sign_value
-from dhtmesh.proxy.farmer_routes import RECORD_HEADER, TERABYTE, record_header
+from dhtmesh.proxy.farmer_routes import TERABYTE
 
 from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
 

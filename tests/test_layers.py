@@ -1,7 +1,8 @@
 """Layers only point down: a module imports from its own part or from the layers under it, never from
 one above (README, "Architecture"). Read from the sources themselves, so a new upward import fails here.
 
-    cli  →  proxy, bootstrap  →  services (node/records, audits, blobs, transfer, services.py)
+    cli  →  proxy, client, bootstrap  →  api (the contract proxy and client share)
+         →  services (node/records, audits, blobs, transfer, services.py)
          →  the DHT core (the rest of node/)  →  crypto
 """
 
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"records", "audits", "blobs", "transfer", "services"}
-LEVELS = {"crypto": 0, "core": 1, "services": 2, "proxy": 3, "bootstrap": 3, "cli": 4}
+LEVELS = {"crypto": 0, "core": 1, "services": 2, "api": 3, "proxy": 4, "client": 4, "bootstrap": 4, "cli": 5}
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +48,7 @@ def upward_imports() -> list[str]:
             there = layer_of(target)
             if there is None or there == here:
                 continue
-            if LEVELS[there] >= LEVELS[here]:  # above, or beside (proxy and bootstrap know nothing of each other)
+            if LEVELS[there] >= LEVELS[here]:  # above, or beside (proxy, client, bootstrap: none knows another)
                 wrong.append(f"{'/'.join(parts)}.py ({here}) imports dhtmesh.{'.'.join(target)} ({there})")
     return wrong
 
@@ -63,3 +64,11 @@ def test_the_rule_sees_an_upward_import(tmp_path: Path) -> None:
     targets = [layer_of(target) for target in imports_of(module)]
     assert targets == ["services", "proxy"]
     assert all(LEVELS[target] > LEVELS["core"] for target in targets if target)
+
+
+def test_the_proxy_and_its_client_share_the_contract_not_each_other(tmp_path: Path) -> None:
+    """The client importing the proxy (or the other way round) is caught: they meet in `api` only."""
+    module = tmp_path / "probe.py"
+    module.write_text("from dhtmesh.proxy import routes\nfrom dhtmesh.api import paths\n")
+    proxy, api = (layer_of(target) for target in imports_of(module))
+    assert LEVELS[proxy] >= LEVELS["client"] and LEVELS[api] < LEVELS["client"] < LEVELS["cli"]

@@ -30,14 +30,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from dhtmesh.api.keys import parse_key
+from dhtmesh.api.value_json import value_to_json
 from dhtmesh.crypto.opendht import RsaIdentity
 from dhtmesh.node.storage.store import Quotas, ValueStore
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 from dhtmesh.node.values.value import InvalidValue, Value, sign_opendht_value
 from dhtmesh.node.wire.endpoint import RpcRefused
-from dhtmesh.proxy.keys import parse_key
-from dhtmesh.proxy.value_json import value_to_json
 
 from conftest import MeshFactory, Serve
 from support import call, eventually, from_address, udp_request

@@ -18,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dhtmesh.api.keys import parse_key
+from dhtmesh.api.value_json import value_from_json, value_to_json
 from dhtmesh.crypto import Identity, open_sealed
 from dhtmesh.crypto.opendht import RsaIdentity
 from dhtmesh.node.dht import DhtNode
@@ -34,8 +36,6 @@ from dhtmesh.node.values.value import (
     sign_opendht_value,
 )
 from dhtmesh.node.wire.endpoint import RpcRefused
-from dhtmesh.proxy.keys import parse_key
-from dhtmesh.proxy.value_json import value_from_json, value_to_json
 
 from conftest import MeshFactory
 from support import FAST, NodeProcess, OpenDhtClient, ProcessGroup, eventually, run_cli, start_node

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from dhtmesh.api.keys import parse_key
+from dhtmesh.api.value_json import owner_from_pem, owner_to_pem, value_from_json, value_to_json
 from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.app import MAX_BODY, ProxyServer
-from dhtmesh.proxy.keys import parse_key
-from dhtmesh.proxy.value_json import owner_from_pem, owner_to_pem, value_from_json, value_to_json
 
 from conftest import MeshFactory
 

@@ -13,15 +13,15 @@ from aiohttp import web
 from openapi_spec_validator import validate
 from yarl import URL
 
+from dhtmesh.api.keys import parse_key
+from dhtmesh.api.value_json import owner_from_pem, value_from_json
 from dhtmesh.crypto import Identity, node_id_from_public_key, open_sealed
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.proxy.app import create_app
-from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
 from dhtmesh.proxy.route import table_path
 from dhtmesh.proxy.routes import ROUTES
-from dhtmesh.proxy.value_json import owner_from_pem, value_from_json
 
 from support import NodeProcess, eventually, get_json
 

@@ -1,0 +1,87 @@
+"""One aiohttp session to one proxy: a request answered whole, or a response left open to stream, with
+aiohttp's errors and the proxy's error statuses turned into the client's exceptions."""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from dhtmesh.client.errors import ApiError, BadAnswer, Unreachable
+
+# A stream (a listen, a blob) may stay quiet for as long as it likes; a plain answer may not.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=300)
+
+
+class Transport:
+    """The session (opened by `open`, closed by `close`) and the proxy's base URL (`http://HOST:PORT`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    def open(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=STREAM_TIMEOUT)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the client is not open: use `async with Client(url) as client`")
+        return self._session
+
+    async def text(self, method: str, path: str, **options: Any) -> str:
+        """The body of a successful answer, as text."""
+        async with self.response(method, path, timeout=ANSWER_TIMEOUT, **options) as response:
+            return await response.text()
+
+    async def json(self, method: str, path: str, **options: Any) -> Any:
+        """The JSON document of a successful answer."""
+        text = await self.text(method, path, **options)
+        try:
+            return json.loads(text)
+        except ValueError as error:
+            raise BadAnswer(f"{path}: the node's answer is not JSON") from error
+
+    async def document(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        """The JSON object of a successful answer."""
+        document = await self.json(method, path, **options)
+        if not isinstance(document, dict):
+            raise BadAnswer(f"{path}: the node's answer is not a JSON object")
+        return document
+
+    @asynccontextmanager
+    async def response(self, method: str, path: str, **options: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The open response of a successful request (its status line and headers read); an error
+        status is raised as an `ApiError`, a failed connection (then or while the body is read) as
+        `Unreachable`."""
+        try:
+            async with self.session.request(method, self.url + path, **options) as response:
+                if response.status >= 400:
+                    raise ApiError.from_body(response.status, await response.text())
+                yield response
+        except aiohttp.ClientError as error:
+            raise Unreachable(str(error)) from error
+
+    async def lines(self, path: str, method: str = "GET") -> AsyncIterator[dict[str, Any]]:
+        """The JSON lines of a streamed answer, decoded, as they arrive."""
+        async with self.response(method, path) as response:
+            async for line in response.content:
+                if line.strip():
+                    yield _line_document(path, line)
+
+
+def _line_document(path: str, line: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(line)
+    except ValueError as error:
+        raise BadAnswer(f"{path}: a line of the node's answer is not JSON") from error
+    if not isinstance(document, dict):
+        raise BadAnswer(f"{path}: a line of the node's answer is not a JSON object")
+    return document
