@@ -1,5 +1,5 @@
-"""`dhtmesh blob put FILE` and `dhtmesh blob get ID [-o FILE]`: move a blob through a node's proxy,
-streamed both ways, with a progress bar on stderr. A download goes to a temporary file renamed into
+"""`dhtmesh blob put FILE` and `dhtmesh blob get ID [-o FILE]`: move a blob through a node's proxy (with
+`dhtmesh.client`), streamed both ways, with a progress bar on stderr. A download goes to a temporary file renamed into
 place once every byte has arrived, so an interrupted one never leaves a truncated FILE."""
 
 import argparse
@@ -7,18 +7,17 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-import aiohttp
-
-from dhtmesh.cli.client import error_of, run_coroutine
+from dhtmesh.cli.connect import as_text, run_client
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.url import add_url
+from dhtmesh.client import Client
 from dhtmesh.node.records.blob import blob_id_from_hex
 
 PIECE = 1024 * 1024
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=300)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,15 +84,15 @@ def _transfer(args: argparse.Namespace, progress: Progress) -> int:
         except OSError as error:
             raise CliError(f"cannot read {args.file}: {error.strerror or error}") from error
         with source:
-            return run_coroutine(put(args.url, source, size, progress))
+            return run_client(args.url, lambda client: put(client, source, size, progress))
     if blob_id_from_hex(args.blob_id) is None:
         raise CliError("a blob id is 64 lowercase hex characters")
     if args.output is None:
-        return run_coroutine(get(args.url, args.blob_id, sys.stdout.buffer, progress))
+        return run_client(args.url, lambda client: get(client, args.blob_id, sys.stdout.buffer, progress))
     partial = args.output.with_name(f".{args.output.name}.partial")
     try:
         with partial.open("wb") as sink:
-            code = run_coroutine(get(args.url, args.blob_id, sink, progress))
+            code = run_client(args.url, lambda client: get(client, args.blob_id, sink, progress))
         if code == 0:  # not when interrupted
             partial.replace(args.output)
     except OSError as error:
@@ -112,40 +111,19 @@ async def _file_pieces(source: BinaryIO, progress: Progress, total: int) -> Asyn
     progress.show(sent, total, final=True)
 
 
-async def put(url: str, source: BinaryIO, size: int, progress: Progress) -> int:
-    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-    async with (
-        aiohttp.ClientSession(timeout=_NO_TIMEOUT) as session,
-        session.post(f"{url}/api/blob", data=_file_pieces(source, progress, size), headers=headers) as response,
-    ):
-        text = await response.text()
-        if response.status >= 400:
-            raise CliError(f"{response.status}: {error_of(text)}")
-        sys.stdout.write(text)
-        return 0
+async def put(client: Client, source: BinaryIO, size: int, progress: Progress) -> int:
+    stored = await client.put_blob(_file_pieces(source, progress, size), size)
+    sys.stdout.write(as_text(asdict(stored)))
+    return 0
 
 
-async def get(url: str, blob_id: str, sink: BinaryIO, progress: Progress) -> int:
-    async with (
-        aiohttp.ClientSession(timeout=_NO_TIMEOUT) as session,
-        session.get(f"{url}/api/blob/{blob_id}") as response,
-    ):
-        if response.status >= 400:
-            raise CliError(f"{response.status}: {error_of(await response.text())}")
-        await _copy(response, sink, response.content_length, progress)
-        sink.flush()
-        return 0
-
-
-async def _copy(response: aiohttp.ClientResponse, sink: BinaryIO, total: int | None, progress: Progress) -> None:
-    received = 0
-    try:
-        async for piece in response.content.iter_chunked(PIECE):
+async def get(client: Client, blob_id: str, sink: BinaryIO, progress: Progress) -> int:
+    async with client.open_blob(blob_id) as download:
+        received = 0
+        async for piece in download.pieces(PIECE):
             sink.write(piece)
             received += len(piece)
-            progress.show(received, total)
-    except aiohttp.ClientPayloadError as error:
-        raise CliError(f"the blob was cut short after {received} bytes (a chunk no holder served?)") from error
-    progress.show(received, total, final=True)
-    if total is not None and received != total:
-        raise CliError(f"the blob ended after {received} of {total} bytes")
+            progress.show(received, download.length)
+        progress.show(received, download.length, final=True)
+    sink.flush()
+    return 0

@@ -1,35 +1,30 @@
-"""`dhtmesh put|sign|encrypt|cancel|get|listen|info`: talk to a running node's proxy over HTTP, under keys
-hashed here as OpenDHT's clients hash them."""
+"""`dhtmesh put|sign|encrypt|cancel|get|listen|info`: talk to a running node's proxy through the client
+(`dhtmesh.client`), under keys hashed as OpenDHT's clients hash them (`dhtmesh.api.keys`)."""
 
 import argparse
-import asyncio
 import base64
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from dhtmesh.api.keys import parse_key
+from dhtmesh.api.shapes import Stored
+from dhtmesh.api.value_json import ValueJsonError, value_from_json, value_to_json
+from dhtmesh.cli.connect import as_text, run_client, write
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.output import printable
 from dhtmesh.cli.paths import read_identity
 from dhtmesh.cli.url import add_url
+from dhtmesh.client import Client
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.opendht import OpenDhtKeyError, RsaIdentity, read_rsa_identity
 from dhtmesh.crypto.sealed import SealedBoxError, open_sealed
 from dhtmesh.node.values.value import InvalidValue, Value, decrypt_opendht_value, sign_value
-from dhtmesh.proxy.keys import parse_key
-from dhtmesh.proxy.value_json import ValueJsonError, value_from_json, value_to_json
-
-
-def key_path(key: str) -> str:
-    """`/key/<40 hex>`: the key hashed here as OpenDHT clients hash it (`parse_key`: SHA-1 of the exact
-    string, unless it is 40 hex), so that `?`, `#`, `/` or `..` in a key reach the node as part of it."""
-    return f"/key/{parse_key(key).hex()}"
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -88,62 +83,80 @@ def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
-def plain_document(args: argparse.Namespace) -> dict[str, Any]:
-    """The value JSON of an unsigned put: the node stores it as it is, or signs (and seals) it."""
-    data = base64.b64encode(args.value.encode()).decode()
-    document: dict[str, Any] = {"id": str(args.id), "type": args.type, "data": data, "utype": "text/plain"}
-    if args.permanent:
-        document["permanent"] = True
-    return document
+def plain_value(args: argparse.Namespace) -> Value:
+    """The value of an unsigned put: the node stores it as it is, or signs (and seals) it."""
+    return Value(args.id, args.value.encode(), args.type, utype="text/plain")
 
 
-def put_document(args: argparse.Namespace) -> dict[str, Any]:
+def put_value(args: argparse.Namespace) -> Value:
     if not args.identity:
-        return plain_document(args)
+        return plain_value(args)
     if args.id <= 0:
         raise CliError("a signed put needs --id (a positive value id)")
     identity = read_identity(Path(args.identity))
     value = Value(args.id, args.value.encode(), args.type, seq=args.seq, utype="text/plain")
-    document = value_to_json(sign_value(identity, parse_key(args.key), value))
-    if args.permanent:
-        document["permanent"] = True
-    return document
+    return sign_value(identity, parse_key(args.key), value)
 
 
 def put(args: argparse.Namespace) -> int:
-    return _post(args, "", put_document(args))
+    value = put_value(args)
+    return _stored(args, lambda client: client.put(args.key, value, permanent=args.permanent))
 
 
 def sign(args: argparse.Namespace) -> int:
-    return _post(args, "/sign", plain_document(args))
+    value = plain_value(args)
+    return _stored(args, lambda client: client.sign(args.key, value, permanent=args.permanent))
 
 
 def encrypt(args: argparse.Namespace) -> int:
-    return _post(args, "/encrypt", plain_document(args) | {"to": args.to})
+    value = plain_value(args)
+    return _stored(args, lambda client: client.encrypt(args.key, value, args.to, permanent=args.permanent))
 
 
-def _post(args: argparse.Namespace, action: str, document: dict[str, Any]) -> int:
-    path = key_path(args.key) + action
-    return run_coroutine(_request(args.url, "POST", path, lambda text: printable(text, args.json), document))
+def _stored(args: argparse.Namespace, put_with: Callable[[Client], Awaitable[Stored]]) -> int:
+    async def action(client: Client) -> int:
+        return write(printable(as_text((await put_with(client)).document), args.json))
+
+    return run_client(args.url, action)
 
 
 def cancel(args: argparse.Namespace) -> int:
-    def show(text: str) -> str:
-        return printable(text, True) if args.json else f"cancelled id={args.value_id}\n"
+    async def action(client: Client) -> int:
+        cancelled = await client.cancel(args.key, args.value_id)
+        return write(as_text(cancelled) if args.json else f"cancelled id={args.value_id}")
 
-    return run_coroutine(_request(args.url, "DELETE", f"{key_path(args.key)}/{args.value_id}", show))
+    return run_client(args.url, action)
 
 
 def get(args: argparse.Namespace) -> int:
-    return run_coroutine(_stream(args.url, key_path(args.key), None, _reader(args)))
+    reader = _reader(args)
+    return run_client(args.url, lambda client: _print_stream(client.get(args.key), None, reader))
 
 
 def info(args: argparse.Namespace) -> int:
-    return run_coroutine(_request(args.url, "GET", "/", lambda text: printable(text, True)))
+    async def action(client: Client) -> int:
+        return write(as_text(await client.info()))
+
+    return run_client(args.url, action)
 
 
 def listen(args: argparse.Namespace) -> int:
-    return run_coroutine(_stream(args.url, key_path(args.key) + "/listen", args.count, _reader(args)))
+    reader = _reader(args)
+    return run_client(args.url, lambda client: _print_stream(client.listen(args.key), args.count, reader))
+
+
+async def _print_stream(
+    documents: AsyncIterator[dict[str, Any]], count: int | None, reader: Callable[[str], str]
+) -> int:
+    """Print each value of a stream as it arrives, until it ends or `count` were printed."""
+    async with contextlib.aclosing(documents):  # type: ignore[type-var]
+        seen = 0
+        async for document in documents:
+            write(reader(as_text(document)))
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    return 0
 
 
 def _reader(args: argparse.Namespace) -> Callable[[str], str]:
@@ -198,44 +211,3 @@ def opendht_decrypted_line(identity: RsaIdentity, line: str) -> str:
         return line
     opened = value_to_json(replace(inner, to=b""), expired=document.get("expired") is True) | {"decrypted": True}
     return json.dumps(opened) + "\n"
-
-
-def run_coroutine(coroutine: Any) -> int:
-    try:
-        return asyncio.run(coroutine)
-    except aiohttp.ClientError as error:
-        raise CliError(f"cannot reach the node's proxy: {error}") from error
-    except KeyboardInterrupt:
-        return 130
-
-
-async def _request(url: str, method: str, path: str, show: Callable[[str], str], body: Any = None) -> int:
-    async with aiohttp.ClientSession() as session, session.request(method, url + path, json=body) as response:
-        text = await response.text()
-        if response.status >= 400:
-            raise CliError(f"{response.status}: {error_of(text)}")
-        sys.stdout.write(show(text))
-        sys.stdout.flush()
-        return 0
-
-
-async def _stream(url: str, path: str, count: int | None, reader: Callable[[str], str]) -> int:
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url + path) as response:
-        if response.status >= 400:
-            raise CliError(f"{response.status}: {error_of(await response.text())}")
-        seen = 0
-        async for line in response.content:
-            sys.stdout.write(reader(line.decode()))
-            sys.stdout.flush()
-            seen += 1
-            if count is not None and seen >= count:
-                break
-        return 0
-
-
-def error_of(text: str) -> str:
-    try:
-        return str(json.loads(text).get("err", text))
-    except (ValueError, AttributeError):
-        return text.strip()

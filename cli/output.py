@@ -6,8 +6,8 @@ import binascii
 import json
 from typing import Any
 
+from dhtmesh.api.value_json import ValueJsonError, owner_from_pem
 from dhtmesh.crypto.keys import node_id_from_public_key
-from dhtmesh.proxy.value_json import ValueJsonError, owner_from_pem
 
 
 def printable(line: str, as_json: bool) -> str:
