@@ -123,9 +123,14 @@ class FarmerRoutes:
         return await self.transport.text("GET", path, headers=await self._signed(farmer, path, signed))
 
     async def _signed(self, farmer: Identity, path: str, signed: Value | None) -> dict[str, str]:
-        """The headers of a GET to `path`: the farmer's signature for this node, and the record it covers."""
-        record = record_header(signed) if signed is not None else ""
-        headers = sign_request(farmer, "GET", path, b"", await self.node_id(), bound=record)
-        if record:
-            headers[RECORD_HEADER] = record
-        return headers
+        return signed_headers(farmer, path, signed, await self.node_id())
+
+
+def signed_headers(farmer: Identity, path: str, signed: Value | None, recipient: bytes) -> dict[str, str]:
+    """The headers of a GET to `path` on the node `recipient`: the farmer's signature, and the record
+    (`signed`, when there is one) that it covers."""
+    record = record_header(signed) if signed is not None else ""
+    headers = sign_request(farmer, "GET", path, b"", recipient, bound=record)
+    if record:
+        headers[RECORD_HEADER] = record
+    return headers

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dhtmesh.cli.farmer import signed_headers
+from dhtmesh.client.farmers import signed_headers
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.crypto.errors import CryptoError

@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 
 from dhtmesh.api.records import RECORD_HEADER, record_header
-from dhtmesh.cli.farmer import current_record, recipient_id, signed_headers
+from dhtmesh.client import Client
+from dhtmesh.client.farmers import signed_headers
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.crypto.request_auth import sign_request
@@ -38,12 +39,9 @@ CONVERGE = 15.0  # seconds allowed for a change to show on every node
 
 async def wait_joined(urls: list[str], peers: int) -> None:
     deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        for url in urls:
-            while True:
-                async with session.get(f"{url}/node/info") as response:
-                    if (await response.json())["ipv4"]["good"] >= peers:
-                        break
+    for url in urls:
+        async with Client(url) as client:
+            while (await client.info())["ipv4"]["good"] < peers:
                 assert time.monotonic() < deadline, f"{url} did not join"
                 await asyncio.sleep(0.1)
 
@@ -59,36 +57,45 @@ class Mesh:
         return [node.url for node in self.nodes]
 
 
-async def change(
-    url: str, farmer: Identity, path: str, event: Callable[[FarmerRecord | None, int], FarmerRecord | None]
-) -> tuple[int, str]:
-    """What `dhtmesh farmer` does: read the current record, sign its next state, send it signed."""
-    async with aiohttp.ClientSession(url) as session:
-        current = await current_record(session, farmer.node_id)
-        record = event(current[1] if current else None, int(time.time()))
-        signed = next_signed(farmer, current, record) if record is not None else None
-        headers = signed_headers(farmer, path, signed, await recipient_id(session))
-        async with session.get(path, headers=headers) as response:
-            return response.status, await response.text()
+async def change_at(url: str, farmer: Identity, path: str, event: Callable[[FarmerRecord, int], FarmerRecord]) -> str:
+    """What the client does for a change, to a path it would not write (a decimal number in it):
+    the current record read, its next state signed, and the signed request sent."""
+    async with Client(url) as client:
+        current = await client.farmer_record(farmer.node_id)
+        assert current is not None
+        signed = next_signed(farmer, current, event(current[1], int(time.time())))
+        headers = signed_headers(farmer, path, signed, await client.node_id())
+    async with aiohttp.ClientSession() as session, session.get(url + path, headers=headers) as response:
+        assert response.status == 200
+        return await response.text()
 
 
-async def register(url: str, farmer: Identity, payout: str | None = None) -> tuple[int, str]:
-    payout = payout or node_address(farmer.node_id)
-    path = f"/api/register/{farmer.node_id.hex()}/{payout}"
-    return await change(url, farmer, path, lambda _, now: registered(farmer.node_id, payout, now))
+async def register(url: str, farmer: Identity) -> dict:
+    async with Client(url) as client:
+        return await client.register(farmer)
 
 
-def stable(listing: dict) -> list[tuple]:
+def stable(farmers: list[dict]) -> list[tuple]:
     """A listing without the fields that tick with the clock."""
     fields = ("nodeid", "payout_addr", "reg_time", "height", "bandwidth_upload", "bandwidth_download", "ip")
-    return [tuple(farmer[name] for name in fields) for farmer in listing["farmers"]]
+    return [tuple(farmer[name] for name in fields) for farmer in farmers]
+
+
+async def online(url: str) -> list[dict]:
+    async with Client(url) as client:
+        return await client.online_farmers()
+
+
+async def shown(url: str, farmer_id: bytes) -> dict:
+    async with Client(url) as client:
+        return await client.farmer(farmer_id)
 
 
 async def converged_listings(urls: list[str], done: Callable[[list[tuple]], bool]) -> list[tuple]:
     """Poll every node's /api/online/json until all agree and `done` holds; return the listing."""
     deadline = time.monotonic() + CONVERGE
     while True:
-        listings = [stable((await get_json(url, "/api/online/json"))[1]) for url in urls]
+        listings = [stable(await online(url)) for url in urls]
         if all(listing == listings[0] for listing in listings) and done(listings[0]):
             return listings[0]
         assert time.monotonic() < deadline, f"nodes disagree: {[len(listing) for listing in listings]}"
@@ -115,7 +122,7 @@ async def _register_all(urls: list[str], farmers: list[Identity]) -> None:
         replies = await asyncio.gather(
             *(register(urls[(start + i) % len(urls)], farmer) for i, farmer in enumerate(batch))
         )
-        assert [status for status, _ in replies] == [200] * len(batch), replies
+        assert [reply["nodeid"] for reply in replies] == [farmer.node_id.hex() for farmer in batch]
 
 
 # ---- one view of the whole mesh ---------------------------------------------------------------------
@@ -125,28 +132,26 @@ async def test_every_node_lists_the_50_farmers_registered_through_different_node
     wanted = {farmer.node_id.hex() for farmer in mesh.farmers}
     listing = await converged_listings(mesh.urls, lambda rows: wanted <= {row[0] for row in rows})
     assert len(listing) >= FARMERS
+    addresses = set()
     for url in mesh.urls:
-        status, total = await get_json(url, "/api/total")
-        assert status == 200 and total["total_farmers"] == len(listing)
-        async with aiohttp.ClientSession() as session, session.get(f"{url}/api/online") as response:
-            lines = (await response.text()).splitlines()
-        assert len(lines) == len(listing) and all("|  Last Seen: " in line for line in lines)
+        async with Client(url) as client:
+            assert (await client.total()).total_farmers == len(listing)
+            lines = (await client.online()).splitlines()
+            assert len(lines) == len(listing) and all("|  Last Seen: " in line for line in lines)
+            addresses.add(await client.address())
     # dataserv's /api/address: the node's own id as a base58check address, different on every node.
-    addresses = {(await get_json(url, "/api/address"))[1]["address"] for url in mesh.urls}
     assert addresses == {node_address(bytes.fromhex(node.node_id)) for node in mesh.nodes}
 
 
 async def test_heights_and_bandwidth_reported_through_one_node_show_on_every_node(mesh: Mesh) -> None:
     reported = {farmer.node_id.hex(): 10 * (i + 1) for i, farmer in enumerate(mesh.farmers[:5])}
     for i, farmer in enumerate(mesh.farmers[:5]):
-        height = reported[farmer.node_id.hex()]
-        path = f"/api/height/{farmer.node_id.hex()}/{height}"
-        status, text = await change(mesh.urls[i], farmer, path, lambda r, now, h=height: with_height(r, h, now))
-        assert (status, text) == (200, "Height accepted.")
+        async with Client(mesh.urls[i]) as client:
+            assert await client.set_height(farmer, reported[farmer.node_id.hex()]) == "Height accepted."
     farmer = mesh.farmers[5]
-    path = f"/api/bandwidth/{farmer.node_id.hex()}/1200/3400.5"
-    status, text = await change(mesh.urls[2], farmer, path, lambda r, now: with_bandwidth(r, 1200, 3400, now))
-    assert (status, text) == (200, "Bandwidth accepted.")
+    path = f"/api/bandwidth/{farmer.node_id.hex()}/1200/3400.5"  # dataserv truncates a decimal
+    text = await change_at(mesh.urls[2], farmer, path, lambda r, now: with_bandwidth(r, 1200, 3400, now))
+    assert text == "Bandwidth accepted."
 
     def shows_reports(rows: list[tuple]) -> bool:
         by_id = {row[0]: row for row in rows}
@@ -155,21 +160,20 @@ async def test_heights_and_bandwidth_reported_through_one_node_show_on_every_nod
 
     listing = await converged_listings(mesh.urls, shows_reports)
     assert [row[3] for row in listing] == sorted((row[3] for row in listing), reverse=True)  # highest first
-    status, total = await get_json(mesh.urls[4], "/api/total")
-    assert total["total_TB"] == round(sum(row[3] for row in listing) * SHARD_BYTES / TERABYTE, 2)
-    status, shown = await get_json(mesh.urls[3], f"/api/farmer/{node_address(mesh.farmers[0].node_id)}")
-    assert status == 200 and shown["height"] == 10 and shown["nodeid"] == mesh.farmers[0].node_id.hex()
+    async with Client(mesh.urls[4]) as client:
+        total = await client.total()
+    assert total.total_TB == round(sum(row[3] for row in listing) * SHARD_BYTES / TERABYTE, 2)
+    # A farmer is named by its address too (the client names it by its node id).
+    status, by_address = await get_json(mesh.urls[3], f"/api/farmer/{node_address(mesh.farmers[0].node_id)}")
+    assert status == 200 and by_address["height"] == 10 and by_address["nodeid"] == mesh.farmers[0].node_id.hex()
 
 
 async def test_a_ping_within_a_minute_is_accepted_without_effect_and_needs_no_record(mesh: Mesh) -> None:
     farmer = mesh.farmers[10]
-    path = f"/api/ping/{farmer.node_id.hex()}"
-    async with aiohttp.ClientSession(mesh.urls[1]) as session:
-        before = await current_record(session, farmer.node_id)
-        headers = signed_headers(farmer, path, None, await recipient_id(session))
-        async with session.get(path, headers=headers) as response:
-            assert (response.status, await response.text()) == (200, "Ping accepted.")
-        assert await current_record(session, farmer.node_id) == before
+    async with Client(mesh.urls[1]) as client:
+        before = await client.farmer_record(farmer.node_id)
+        assert await client.ping(farmer) == "Ping accepted."
+        assert await client.farmer_record(farmer.node_id) == before
     # The client side computes the same: no new state, nothing to sign.
     assert before is not None and pinged(before[1], int(time.time())) == before[1]
 
@@ -222,9 +226,10 @@ def attached_record(mesh: Mesh, kind: object, current: tuple[Value, FarmerRecord
 
 async def test_every_error_row_answers_its_status_and_a_json_error(mesh: Mesh) -> None:
     url = mesh.urls[3]
+    async with Client(url) as client:
+        recipient = await client.node_id()
+        current = await client.farmer_record(mesh.farmers[20].node_id)
     async with aiohttp.ClientSession(url) as session:
-        recipient = await recipient_id(session)
-        current = await current_record(session, mesh.farmers[20].node_id)
         for name, (path, signer, kind, status, message) in error_cases(mesh).items():
             record = attached_record(mesh, kind, current)
             headers = sign_request(signer, "GET", path, b"", recipient, bound=record or "") if signer else {}
@@ -234,9 +239,9 @@ async def test_every_error_row_answers_its_status_and_a_json_error(mesh: Mesh) -
                 body = await response.json(content_type=None)
                 assert response.status == status, (name, body)
                 assert message in body["err"], (name, body)
-        # Refusals are counted, and the node still serves.
-        status, info = await get_json(url, "/node/info")
-        assert status == 200 and info["counters"]["http_bad_requests"] >= len(error_cases(mesh))
+    # Refusals are counted, and the node still serves.
+    async with Client(url) as client:
+        assert (await client.info())["counters"]["http_bad_requests"] >= len(error_cases(mesh))
 
 
 async def test_a_replayed_request_is_refused_and_a_request_for_one_node_is_refused_by_another(mesh: Mesh) -> None:
@@ -261,8 +266,8 @@ async def test_a_replayed_request_is_refused_and_a_request_for_one_node_is_refus
 async def test_forged_records_pushed_straight_into_the_dht_over_udp_are_refused_by_every_node(mesh: Mesh) -> None:
     farmer = mesh.farmers[40]
     key = farmer_key(farmer.node_id)
-    async with aiohttp.ClientSession(mesh.urls[0]) as session:
-        current = await current_record(session, farmer.node_id)
+    async with Client(mesh.urls[0]) as client:
+        current = await client.farmer_record(farmer.node_id)
     assert current is not None
     value, record = current
     mallory = Identity.generate()
@@ -293,9 +298,9 @@ async def test_forged_records_pushed_straight_into_the_dht_over_udp_are_refused_
     finally:
         await attacker.stop()
     for url in mesh.urls:
-        status, shown = await get_json(url, f"/api/farmer/{farmer.node_id.hex()}")
-        assert status == 200 and (shown["height"], shown["reg_time"]) == (record.height, record.reg_time)
-        assert shown["uptime"] <= 100.0
+        listed = await shown(url, farmer.node_id)
+        assert (listed["height"], listed["reg_time"]) == (record.height, record.reg_time)
+        assert listed["uptime"] <= 100.0
 
 
 # ---- farmers as nodes, and the CLI ------------------------------------------------------------------------
@@ -316,8 +321,7 @@ async def test_a_node_run_with_farmer_registers_itself_and_reports_its_height(me
         farmer_node.process.kill()
         farmer_node.process.wait(timeout=10)
     # Gone, and still registered (it drops out of /api/online after 5 minutes).
-    status, shown = await get_json(mesh.urls[2], f"/api/farmer/{farmer_node.node_id}")
-    assert status == 200 and shown["height"] == 7
+    assert (await shown(mesh.urls[2], bytes.fromhex(farmer_node.node_id)))["height"] == 7
 
 
 def test_the_cli_takes_a_farmer_through_its_life_against_any_node(mesh: Mesh, tmp_path: Path) -> None:
@@ -368,10 +372,8 @@ async def test_a_flood_of_signed_requests_is_cut_off_with_429_and_the_node_keeps
         statuses = await asyncio.gather(*(ping_as_stranger(session) for _ in range(600)))
     assert set(statuses) == {404, 429} and statuses.count(429) >= 100
     await asyncio.sleep(1.5)
-    farmer = mesh.farmers[32]
-    path = f"/api/ping/{farmer.node_id.hex()}"
-    status, text = await change(url, farmer, path, lambda record, now: pinged(record, now))
-    assert (status, text) == (200, "Ping accepted.")
+    async with Client(url) as client:
+        assert await client.ping(mesh.farmers[32]) == "Ping accepted."
 
 
 # ---- restart: last, it replaces a node of the shared mesh --------------------------------------------------
@@ -387,6 +389,6 @@ async def test_a_node_killed_and_restarted_loses_no_farmer(mesh: Mesh) -> None:
     wanted = {farmer.node_id.hex() for farmer in mesh.farmers}
     listing = await converged_listings(mesh.urls, lambda rows: wanted <= {row[0] for row in rows})
     assert len(listing) >= FARMERS
-    for farmer in mesh.farmers:
-        status, _ = await get_json(restarted.url, f"/api/farmer/{farmer.node_id.hex()}")
-        assert status == 200
+    async with Client(restarted.url) as client:
+        for farmer in mesh.farmers:
+            assert (await client.farmer(farmer.node_id))["nodeid"] == farmer.node_id.hex()
