@@ -30,7 +30,6 @@ Output: a table, then, as the very last stdout line, one JSON document
 import argparse
 import asyncio
 import itertools
-import json
 import signal
 import subprocess
 import sys
@@ -58,7 +57,8 @@ from bench_proxy import (
 )
 
 from dhtmesh.api.records import RECORD_HEADER, record_header
-from dhtmesh.crypto.addresses import node_address, parse_node_id
+from dhtmesh.client import SyncClient
+from dhtmesh.crypto.addresses import node_address
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.records.farmer import FarmerRecord, signed_farmer_value
@@ -167,7 +167,7 @@ def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
             urls.append(ready["proxy"])
             bootstrap = bootstrap or ["-b", ready["udp"]]
         for url in urls:
-            wait_http(url + "/node/info", lambda doc: doc["ipv4"]["good"] >= MESH_SIZE - 1)
+            wait_joined(url)
         yield urls
     finally:
         stop_all(processes)
@@ -183,18 +183,28 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_http(url: str, ready: Callable[[dict], bool] = lambda _: True) -> None:
+def wait_http(url: str) -> None:
+    """Until dataserv answers at `url`."""
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if ready(json.loads(response.read())):
-                    return
+            with urllib.request.urlopen(url, timeout=2):
+                return
         except OSError:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not become ready")
         time.sleep(0.2)
+
+
+def wait_joined(url: str) -> None:
+    """Until the dhtmesh node at `url` knows every other node of the mesh."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    with SyncClient(url) as client:
+        while client.info()["ipv4"]["good"] < MESH_SIZE - 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not join the mesh")
+            time.sleep(0.2)
 
 
 # ---- farmers, as each system wants its requests -------------------------------------------------
@@ -321,8 +331,8 @@ CASES = (
 
 def node_id_at(url: str) -> bytes:
     """The id of the node behind a proxy: part of what a farmer signs."""
-    with urllib.request.urlopen(url + "/api/address", timeout=5) as response:
-        return parse_node_id(json.loads(response.read())["address"])
+    with SyncClient(url) as client:
+        return client.node_id()
 
 
 async def bench(dataserv_url: str, dhtmesh_urls: list[str], recipient: bytes, count: int, doc: dict[str, Any]) -> None:

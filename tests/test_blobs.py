@@ -24,6 +24,8 @@ import msgpack
 import pytest
 from multidict import CIMultiDict
 
+from dhtmesh.api.shapes import BlobStored
+from dhtmesh.client import Client, ClientError
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.merkle import BLOCK_SIZE, blob_root, blocks_of, chunk_root, prove_blocks, tree_over
 from dhtmesh.node.audits.journal import AuditJournal
@@ -41,7 +43,7 @@ from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
 
-from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
+from support import FAST, NodeProcess, ProcessGroup, run_cli, start_node
 
 pytestmark = pytest.mark.process
 
@@ -89,33 +91,46 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 @pytest.fixture(scope="module")
 def big_blob(mesh: Mesh) -> StoredBlob:
     data = os.urandom(BIG)
-    status, reply = asyncio.run(post_blob(mesh.gateway.url, data))
-    assert status == 201, reply
-    return StoredBlob(data, reply["id"])
+    return StoredBlob(data, asyncio.run(put_blob(mesh.gateway.url, data)).id)
 
 
 async def wait_until_online(url: str, count: int) -> None:
     deadline = time.monotonic() + 30
-    while len((await get_json(url, "/api/online/json"))[1]["farmers"]) < count:
+    while len(await online_farmers(url)) < count:
         assert time.monotonic() < deadline, "the farmers did not all register"
         await asyncio.sleep(0.3)
 
 
-async def post_blob(url: str, data: bytes) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session, session.post(f"{url}/api/blob", data=data) as response:
-        return response.status, await response.json(content_type=None)
+async def online_farmers(url: str) -> list[dict]:
+    async with Client(url) as client:
+        return await client.online_farmers()
+
+
+async def put_blob(url: str, data: bytes) -> BlobStored:
+    async with Client(url) as client:
+        return await client.put_blob(data, len(data))
+
+
+async def get_blob(url: str, blob_id: str, byte_range: str | None = None) -> bytes:
+    async with Client(url) as client:
+        return await client.read_blob(blob_id, byte_range)
 
 
 async def read_blob(url: str, blob_id: str, byte_range: str | None = None) -> tuple[int, bytes, CIMultiDict]:
+    """The blob over HTTP, with its status and headers, for the tests of what HTTP says of it."""
     headers = {"Range": byte_range} if byte_range else {}
     async with aiohttp.ClientSession() as session, session.get(f"{url}/api/blob/{blob_id}", headers=headers) as r:
         return r.status, await r.read(), r.headers.copy()
 
 
 async def audits_of(url: str, farmer_id: str) -> dict:
-    status, document = await get_json(url, f"/api/farmer/{farmer_id}/audits")
-    assert status == 200, document
-    return document
+    async with Client(url) as client:
+        return await client.farmer_audits(bytes.fromhex(farmer_id))
+
+
+async def counters(url: str) -> dict:
+    async with Client(url) as client:
+        return (await client.info())["counters"]
 
 
 def expected_blob_id(data: bytes) -> str:
@@ -174,9 +189,9 @@ async def test_ranges_of_a_blob(mesh: Mesh, big_blob: StoredBlob, header: str, s
 
 async def test_an_empty_blob_and_a_one_byte_blob(mesh: Mesh) -> None:
     for data in (b"", b"x"):
-        status, reply = await post_blob(mesh.gateway.url, data)
-        assert status == 201 and reply["id"] == expected_blob_id(data) and reply["size"] == len(data)
-        assert (await read_blob(mesh.farmers[2].url, reply["id"]))[:2] == (200, data)
+        stored = await put_blob(mesh.gateway.url, data)
+        assert stored.id == expected_blob_id(data) and stored.size == len(data)
+        assert await get_blob(mesh.farmers[2].url, stored.id) == data
 
 
 def test_the_cli_puts_and_gets_a_blob_with_a_progress_bar(mesh: Mesh, tmp_path: Path) -> None:
@@ -209,8 +224,7 @@ async def test_audits_run_continuously_and_show_in_every_holders_reputation(mesh
     """Every farmer holding chunks is audited by several others, and passes; the counts keep growing."""
     deadline = time.monotonic() + 60
     while True:
-        listing = (await get_json(mesh.gateway.url, "/api/online/json"))[1]
-        reputations = {f["nodeid"]: f["reputation"] for f in listing["farmers"]}
+        reputations = {f["nodeid"]: f["reputation"] for f in await online_farmers(mesh.gateway.url)}
         holding = [f for f in mesh.farmers if list((f.data_dir / "chunks").glob("??/*"))]
         if all(reputations[f.node_id]["auditors"]["passed"] >= 2 for f in holding):
             break
@@ -274,9 +288,7 @@ async def cheating_holder(
 
 
 async def first_chunk_of(mesh: Mesh, observer: DhtNode, data: bytes) -> tuple[bytes, bytes]:
-    status, reply = await post_blob(mesh.gateway.url, data)
-    assert status == 201, reply
-    blob_id = bytes.fromhex(reply["id"])
+    blob_id = bytes.fromhex((await put_blob(mesh.gateway.url, data)).id)
     manifest = await reader_for(observer).manifest(blob_id)
     assert manifest is not None
     return blob_id, manifest.chunk_roots[0]
@@ -350,8 +362,8 @@ async def test_one_auditor_publishing_false_failures_cannot_condemn_an_honest_fa
     reputation = document["reputation"]  # the throwaway key's verdicts do not count; the rogue farmer's do
     assert reputation["auditors"]["failed"] == 1 and reputation["auditors"]["passed"] >= 2
     assert reputation["standing"] in ("good", "disputed") and reputation["verified_bytes"] >= length
-    status, shown = await get_json(mesh.farmers[2].url, f"/api/farmer/{honest.hex()}")
-    assert status == 200 and shown["reputation"]["standing"] != "failing"
+    async with Client(mesh.farmers[2].url) as client:
+        assert (await client.farmer(honest))["reputation"]["standing"] != "failing"
 
 
 # ---- uploads that go wrong ------------------------------------------------------------------------
@@ -387,8 +399,7 @@ async def test_an_interrupted_upload_leaves_nothing_visible_and_nothing_on_farme
         assert time.monotonic() < deadline, "the pending chunk was not dropped"
         await asyncio.sleep(0.5)
     for farmer in holding:
-        counters = (await get_json(farmer.url, "/node/info"))[1]["counters"]
-        assert counters["pending_chunks_dropped"] >= 1
+        assert (await counters(farmer.url))["pending_chunks_dropped"] >= 1
 
 
 async def test_a_chunk_uploaded_with_a_wrong_hash_is_refused(mesh: Mesh) -> None:
@@ -421,7 +432,7 @@ async def test_blob_routes_answer_garbage_with_json_errors_and_keep_serving(mesh
         for start in range(0, len(over), 100_000):
             yield over[start : start + 100_000]
 
-    before = (await get_json(limited.url, "/node/info"))[1]["counters"].get("http_bad_requests", 0)
+    before = (await counters(limited.url)).get("http_bad_requests", 0)
     async with aiohttp.ClientSession() as session:
         for data in (over, streamed()):
             async with session.post(f"{limited.url}/api/blob", data=data) as response:
@@ -441,9 +452,9 @@ async def test_blob_routes_answer_garbage_with_json_errors_and_keep_serving(mesh
             async with session.get(limited.url + path.strip(), headers=headers) as response:
                 assert response.status == status, path
                 assert message in (await response.json())["err"]
-    after = (await get_json(limited.url, "/node/info"))[1]["counters"]["http_bad_requests"]
+    after = (await counters(limited.url))["http_bad_requests"]
     assert after - before == 2 + len(bad_reads)
-    assert (await read_blob(limited.url, big_blob.blob_id, "bytes=0-9"))[1] == big_blob.data[:10]
+    assert await get_blob(limited.url, big_blob.blob_id, "bytes=0-9") == big_blob.data[:10]
 
 
 # ---- damage: these run last -----------------------------------------------------------------------
@@ -464,8 +475,11 @@ async def test_a_farmer_deleting_30_percent_of_its_chunks_is_caught_and_repaired
     async def keep_reading() -> None:
         nonlocal reads
         while True:
-            status, data, _ = await read_blob(mesh.gateway.url, big_blob.blob_id)
-            assert status == 200 and data == big_blob.data, "a read failed during the repair"
+            try:
+                data = await get_blob(mesh.gateway.url, big_blob.blob_id)
+            except ClientError as error:
+                raise AssertionError(f"a read failed during the repair: {error}") from error
+            assert data == big_blob.data, "a read returned other bytes during the repair"
             reads += 1
 
     reading = asyncio.get_running_loop().create_task(keep_reading())
