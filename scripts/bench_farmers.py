@@ -56,11 +56,10 @@ from bench_proxy import (
     wait_ready,
 )
 
-from dhtmesh.api.records import RECORD_HEADER, record_header
 from dhtmesh.client import SyncClient
+from dhtmesh.client.farmers import signed_headers
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.crypto.identity import Identity
-from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.records.farmer import FarmerRecord, signed_farmer_value
 from dhtmesh.node.records.farmer_events import registered, with_height
 from dhtmesh.node.wire.netgroup import loopback_host
@@ -242,15 +241,12 @@ def dhtmesh_request(farmer: Farmer, recipient: bytes, case: str, height: int = 0
             path, record = f"/api/height/{farmer.hex}/{height}", with_height(farmer.record, height, now)
         else:
             path, record = f"/api/ping/{farmer.hex}", None
-        header = ""
+        signed = None
         if record is not None:
             farmer.seq += 1
             farmer.record = record
-            header = record_header(signed_farmer_value(farmer.identity, record, farmer.seq))
-        headers = sign_request(farmer.identity, "GET", path, b"", recipient, bound=header)
-        if header:
-            headers[RECORD_HEADER] = header
-        return path, headers
+            signed = signed_farmer_value(farmer.identity, record, farmer.seq)
+        return path, signed_headers(farmer.identity, path, signed, recipient)
 
     return build
 

@@ -7,7 +7,6 @@ find "the node's identity" where a user's would be, and nothing touches the real
 """
 
 import asyncio
-import base64
 import hashlib
 import json
 import os
@@ -21,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from dhtmesh.client import Client, SyncClient
+from dhtmesh.node.values import Value
+
 from support import (
     DHTMESH,
     NodeProcess,
@@ -28,9 +30,7 @@ from support import (
     assert_one_line_error,
     data_of,
     eventually,
-    get_json,
     new_identity,
-    post_json,
     run_cli,
     values_of,
 )
@@ -52,8 +52,13 @@ class Mesh:
         return run_cli(*args, env=self.env | env)
 
 
+async def info(url: str) -> dict:
+    async with Client(url) as client:
+        return await client.info()
+
+
 async def joined(url: str) -> bool:
-    return (await get_json(url, "/node/info"))[1]["ipv4"]["good"] >= 1
+    return (await info(url))["ipv4"]["good"] >= 1
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +107,8 @@ def test_every_string_is_a_key_of_its_own_hashed_as_curl_and_opendht_hash_it(mes
 def test_values_print_as_text_and_with_json_exactly_as_the_proxy_sent_them(mesh: Mesh, tmp_path: Path) -> None:
     key = "printing"
     assert mesh.cli("put", "--url", mesh.seed.url, key, 'two\nlines, "quoted"').returncode == 0
-    binary = {"data": base64.b64encode(b"\xff\x00\x01").decode(), "utype": "application/octet-stream"}
-    assert post_json(f"{mesh.seed.url}/key/{sha1(key)}", binary)[0] == 200
+    with SyncClient(mesh.seed.url) as client:
+        client.put(key, Value(0, b"\xff\x00\x01", utype="application/octet-stream"))
     expected = {'data="two\\nlines, \\"quoted\\""', 'utype="application/octet-stream" data_base64=/wAB'}
 
     got = mesh.cli("get", "--url", mesh.other.url, key)
@@ -277,14 +282,14 @@ async def test_an_ipv6_node_prints_an_address_that_b_takes_and_counts_ipv6_conta
     second = mesh.group.launch("v6-second", "--bind", "::1", "-b", first.udp)  # the ready line, as printed
     for node in (first, second):
         await eventually(lambda node=node: contacts_of(node.url, "ipv6"))
-        status, info = await get_json(node.url, "/node/info")
-        assert status == 200 and info["ipv4"] == {"good": 0, "dubious": 0, "incoming": 0}
-        assert info["address"] == node.udp
-    assert (await get_json(mesh.seed.url, "/node/info"))[1]["ipv6"]["good"] == 0
+        shown = await info(node.url)
+        assert shown["ipv4"] == {"good": 0, "dubious": 0, "incoming": 0}
+        assert shown["address"] == node.udp
+    assert (await info(mesh.seed.url))["ipv6"]["good"] == 0
 
 
 async def contacts_of(url: str, family: str) -> int:
-    return (await get_json(url, "/node/info"))[1][family]["good"]
+    return (await info(url))[family]["good"]
 
 
 # ---- 18: help, and the commands users look for -------------------------------------------------------
@@ -320,7 +325,8 @@ def test_sign_and_cancel(mesh: Mesh) -> None:
     value_id = values_of(permanent.stdout)[0]["id"]
 
     def permanent_puts() -> int:
-        return asyncio.run(get_json(mesh.seed.url, "/node/stats"))[1]["totalPermanentPuts"]
+        with SyncClient(mesh.seed.url) as client:
+            return client.stats()["totalPermanentPuts"]
 
     before = permanent_puts()
     cancelled = mesh.cli("cancel", "--url", mesh.seed.url, "kept key", value_id)
