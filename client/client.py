@@ -8,8 +8,9 @@ from typing import Any
 
 from dhtmesh.api import paths
 from dhtmesh.api.shapes import Stored
-from dhtmesh.api.value_json import value_from_json, value_to_json
+from dhtmesh.api.value_json import ValueJsonError, value_from_json, value_to_json
 from dhtmesh.client.blobs import BlobRoutes
+from dhtmesh.client.errors import BadAnswer
 from dhtmesh.client.farmers import FarmerRoutes
 from dhtmesh.client.transport import Transport
 from dhtmesh.node.values.value import Value
@@ -54,7 +55,7 @@ class Client(FarmerRoutes, BlobRoutes):
 
     async def values(self, key: Key) -> list[Value]:
         """Every value of the key, decoded."""
-        return [value_from_json(document) async for document in self.get(key)]
+        return [_value_of(document) async for document in self.get(key)]
 
     def listen(self, key: Key) -> AsyncIterator[dict[str, Any]]:
         """The key's current values, then each new or changed one, and each that expires (with
@@ -85,7 +86,11 @@ class Client(FarmerRoutes, BlobRoutes):
         document = value_to_json(value) if isinstance(value, Value) else dict(value)
         if permanent:
             document["permanent"] = True
-        return Stored.from_json(await self.transport.document("POST", path, json=document | (extra or {})))
+        answer = await self.transport.document("POST", path, json=document | (extra or {}))
+        try:
+            return Stored.from_json(answer)
+        except ValueJsonError as error:
+            raise BadAnswer(f"{path}: the node's answer is not a value: {error}") from error
 
     # ---- push -----------------------------------------------------------------------------------
 
@@ -99,6 +104,13 @@ class Client(FarmerRoutes, BlobRoutes):
     async def unsubscribe(self, key: Key, token: str, **target: str) -> None:
         """Stop the push notifications of the key to the device `token`."""
         await self.transport.text("UNSUBSCRIBE", paths.key_path(key), json={"key": token, **target})
+
+
+def _value_of(document: dict[str, Any]) -> Value:
+    try:
+        return value_from_json(document)
+    except ValueJsonError as error:
+        raise BadAnswer(f"the node sent a value that does not parse: {error}") from error
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:

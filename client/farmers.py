@@ -57,7 +57,11 @@ class FarmerRoutes:
 
     async def total(self) -> Total:
         """How many farmers are online, and their capacity in TB."""
-        return Total(**await self.transport.document("GET", paths.TOTAL))
+        document = await self.transport.document("GET", paths.TOTAL)
+        try:
+            return Total(**document)
+        except TypeError as error:
+            raise BadAnswer(f"{paths.TOTAL}: the node's answer is not a total: {error}") from error
 
     async def farmer(self, farmer_id: bytes) -> dict[str, Any]:
         """One farmer's JSON, online or not, with its audit reputation (404: unknown)."""
