@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -146,10 +146,10 @@ def listen(args: argparse.Namespace) -> int:
 
 
 async def _print_stream(
-    documents: AsyncIterator[dict[str, Any]], count: int | None, reader: Callable[[str], str]
+    documents: AsyncGenerator[dict[str, Any], None], count: int | None, reader: Callable[[str], str]
 ) -> int:
     """Print each value of a stream as it arrives, until it ends or `count` were printed."""
-    async with contextlib.aclosing(documents):  # type: ignore[type-var]
+    async with contextlib.aclosing(documents):
         seen = 0
         async for document in documents:
             write(reader(as_text(document)))

@@ -122,7 +122,9 @@ async def _change(client: Client, farmer: Identity, args: argparse.Namespace) ->
         if args.action == "ping":
             return write(await client.ping(farmer, args.ip))
         if args.action == "height":
-            return write(await client.set_height(farmer, *args.numbers, ip=args.ip))
-        return write(await client.set_bandwidth(farmer, *args.numbers, ip=args.ip))
+            (height,) = args.numbers
+            return write(await client.set_height(farmer, height, args.ip))
+        upload, download = args.numbers
+        return write(await client.set_bandwidth(farmer, upload, download, args.ip))
     except NotRegistered as error:
         raise CliError(f"farmer {error.farmer_id.hex()} is not registered (run: dhtmesh farmer register)") from error

@@ -2,7 +2,7 @@
 farmer routes (`FarmerRoutes`) and blobs (`BlobRoutes`) mixed in from their own modules."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -49,7 +49,7 @@ class Client(FarmerRoutes, BlobRoutes):
 
     # ---- keys and values ------------------------------------------------------------------------
 
-    def get(self, key: Key) -> AsyncIterator[dict[str, Any]]:
+    def get(self, key: Key) -> AsyncGenerator[dict[str, Any], None]:
         """The key's values as value JSON documents, as the node finds them."""
         return self.transport.lines(paths.key_path(key))
 
@@ -57,7 +57,7 @@ class Client(FarmerRoutes, BlobRoutes):
         """Every value of the key, decoded."""
         return [_value_of(document) async for document in self.get(key)]
 
-    def listen(self, key: Key) -> AsyncIterator[dict[str, Any]]:
+    def listen(self, key: Key) -> AsyncGenerator[dict[str, Any], None]:
         """The key's current values, then each new or changed one, and each that expires (with
         `"expired": true`), as value JSON documents; it never ends (break out, or close it)."""
         return self.transport.lines(paths.key_path(key, paths.LISTEN))

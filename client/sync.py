@@ -59,7 +59,7 @@ class SyncClient:
                 except StopAsyncIteration:
                     return
         finally:
-            self._run(stream.aclose())  # type: ignore[attr-defined]
+            self._run(stream.aclose())
 
     def put(self, key: Key, value: Value | dict[str, Any], *, permanent: bool = False) -> Stored:
         return self._run(self.client.put(key, value, permanent=permanent))

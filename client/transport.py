@@ -2,7 +2,7 @@
 aiohttp's errors and the proxy's error statuses turned into the client's exceptions."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -69,7 +69,7 @@ class Transport:
         except aiohttp.ClientError as error:
             raise Unreachable(str(error)) from error
 
-    async def lines(self, path: str, method: str = "GET") -> AsyncIterator[dict[str, Any]]:
+    async def lines(self, path: str, method: str = "GET") -> AsyncGenerator[dict[str, Any], None]:
         """The JSON lines of a streamed answer, decoded, as they arrive."""
         async with self.response(method, path) as response:
             async for line in response.content:

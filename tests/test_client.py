@@ -105,7 +105,7 @@ async def test_listen_streams_current_then_new_values(serve: Serve) -> None:
     async with Client(url) as client, Client(url) as writer:
         await writer.put("room", Value(1, b"before"))
         stream = client.listen("room")
-        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async with contextlib.aclosing(stream):
             first = await anext(stream)
             assert (await writer.stats())["listenCount"] == 1
             await writer.put("room", Value(2, b"after"))
