@@ -1,8 +1,9 @@
-"""The proxy's routes as paths: each template as the proxy's route table writes it, and a function
-that fills it in. The client builds every request from these; a test holds them to the proxy's table."""
+"""The proxy's routes as paths: every template the proxy's route tables are built from, and functions
+that fill them in, from which the client builds every request; a test holds the two to each other."""
 
 from dhtmesh.api.keys import parse_key
 
+ROOT = "/"  # node info, as OpenDHT's proxy serves it
 NODE_INFO = "/node/info"
 NODE_STATS = "/node/stats"
 OPENAPI = "/openapi.json"
@@ -11,6 +12,9 @@ LISTEN = "/key/{key}/listen"
 SIGN = "/key/{key}/sign"
 ENCRYPT = "/key/{key}/encrypt"
 CANCEL = "/key/{key}/{value_id}"
+KEY_OPTIONS = "/key/{key}/options"
+LEGACY_KEY = "/{key}"  # OpenDHT's routes before /key: the same key routes
+REGISTER_OWN = "/api/register/{nodeid}"  # payout to the farmer's own address
 REGISTER = "/api/register/{nodeid}/{payout_addr}"
 PING = "/api/ping/{nodeid}"
 HEIGHT = "/api/height/{nodeid}/{height}"
@@ -26,8 +30,9 @@ BLOBS = "/api/blob"
 BLOB = "/api/blob/{blob_id}"
 
 TEMPLATES = (
-    NODE_INFO, NODE_STATS, OPENAPI, KEY, LISTEN, SIGN, ENCRYPT, CANCEL, REGISTER, PING, HEIGHT, BANDWIDTH,
-    ONLINE, ONLINE_JSON, TOTAL, ADDRESS, FARMER, FARMER_AUDITS, FARMER_RECORD, BLOBS, BLOB,
+    ROOT, NODE_INFO, NODE_STATS, OPENAPI, KEY, LISTEN, SIGN, ENCRYPT, CANCEL, KEY_OPTIONS, LEGACY_KEY,
+    REGISTER_OWN, REGISTER, PING, HEIGHT, BANDWIDTH, ONLINE, ONLINE_JSON, TOTAL, ADDRESS, FARMER, FARMER_AUDITS,
+    FARMER_RECORD, BLOBS, BLOB,
 )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from dhtmesh.api import paths
 from dhtmesh.node.blobs.download import ChunkUnavailable
 from dhtmesh.node.records.blob import BLOB_ID_SIZE, blob_id_from_hex
 from dhtmesh.proxy.errors import BadRequest, NotFound, RangeNotSatisfiable, TooLarge
@@ -32,7 +33,7 @@ async def put_blob(request: web.Request) -> web.Response:
     blob_id = manifest.blob_id.hex()
     document = {"id": blob_id, "size": manifest.size, "chunks": len(manifest.chunk_roots)}
     response = json_reply(document, status=201)
-    response.headers["Location"] = f"/api/blob/{blob_id}"
+    response.headers["Location"] = paths.BLOB.format(blob_id=blob_id)
     return response
 
 
@@ -109,7 +110,7 @@ async def _send(
 BLOB_ROUTES: list[Route] = [
     Route(
         "POST",
-        "/api/blob",
+        paths.BLOBS,
         put_blob,
         "store the body as a blob on the mesh's farmers (streamed; any size up to the node's limit)",
         "the blob's bytes (any content type)",
@@ -118,7 +119,7 @@ BLOB_ROUTES: list[Route] = [
     ),
     Route(
         "GET",
-        "/api/blob/{blob_id}",
+        paths.BLOB,
         get_blob,
         "the blob's bytes, checked chunk by chunk against its id; `Range: bytes=...` for a part",
         replies={

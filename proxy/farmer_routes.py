@@ -13,6 +13,7 @@ import re
 
 from aiohttp import web
 
+from dhtmesh.api import paths
 from dhtmesh.api.records import RECORD_HEADER, record_from_header
 from dhtmesh.api.value_json import value_to_json
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, node_address, parse_node_id
@@ -290,7 +291,7 @@ _REGISTERED = "Registration Failed"
 
 FARMER_ROUTES: list[Route] = [
     *_both_methods(
-        "/api/register/{nodeid}",
+        paths.REGISTER_OWN,
         register,
         "register a farmer, payout to its own address",
         _REGISTER_REPLIES,
@@ -298,7 +299,7 @@ FARMER_ROUTES: list[Route] = [
         _REGISTERED,
     ),
     *_both_methods(
-        "/api/register/{nodeid}/{payout_addr}",
+        paths.REGISTER,
         register,
         "register a farmer with a payout address",
         {**_REGISTER_REPLIES, 400: "bad node id, payout or record"},
@@ -306,7 +307,7 @@ FARMER_ROUTES: list[Route] = [
         _REGISTERED,
     ),
     *_both_methods(
-        "/api/ping/{nodeid}",
+        paths.PING,
         ping,
         "the farmer is online",
         {200: "Ping accepted.", **_CHANGE_ERRORS},
@@ -314,7 +315,7 @@ FARMER_ROUTES: list[Route] = [
         "Ping Failed",
     ),
     *_both_methods(
-        "/api/height/{nodeid}/{height}",
+        paths.HEIGHT,
         height,
         "the farmer's capacity, in 128 MiB shards",
         {200: "Height accepted.", **_CHANGE_ERRORS, 413: "over the height limit"},
@@ -322,7 +323,7 @@ FARMER_ROUTES: list[Route] = [
         "Set height failed",
     ),
     *_both_methods(
-        "/api/bandwidth/{nodeid}/{upload}/{download}",
+        paths.BANDWIDTH,
         bandwidth,
         "the farmer's measured bandwidth",
         {200: "Bandwidth accepted.", **_CHANGE_ERRORS},
@@ -331,17 +332,17 @@ FARMER_ROUTES: list[Route] = [
     ),
     Route(
         "GET",
-        "/api/online",
+        paths.ONLINE,
         online_text,
         "farmers seen in the last 5 minutes, one line each, highest first",
         media="text/html",
     ),
-    Route("GET", "/api/online/json", online_json, "farmers seen in the last 5 minutes, as JSON"),
-    Route("GET", "/api/total", total, "online farmers and their total capacity in TB"),
-    Route("GET", "/api/address", address, "this node's address (base58check of its node id)"),
+    Route("GET", paths.ONLINE_JSON, online_json, "farmers seen in the last 5 minutes, as JSON"),
+    Route("GET", paths.TOTAL, total, "online farmers and their total capacity in TB"),
+    Route("GET", paths.ADDRESS, address, "this node's address (base58check of its node id)"),
     Route(
         "GET",
-        "/api/farmer/{nodeid}",
+        paths.FARMER,
         farmer,
         "one farmer, online or not",
         replies={200: "farmer JSON", 400: "bad node id", 404: "unknown"},
@@ -349,7 +350,7 @@ FARMER_ROUTES: list[Route] = [
     ),
     Route(
         "GET",
-        "/api/farmer/{nodeid}/audits",
+        paths.FARMER_AUDITS,
         farmer_audits,
         "the farmer's audits as their auditors signed them, newest first, and its reputation",
         replies={200: "`{nodeid, reputation, audits}`", 400: "bad node id"},
@@ -357,7 +358,7 @@ FARMER_ROUTES: list[Route] = [
     ),
     Route(
         "GET",
-        "/api/farmer/{nodeid}/record",
+        paths.FARMER_RECORD,
         farmer_record,
         "the farmer's signed record (value JSON), to build its next state on",
         replies={200: "value JSON", 400: "bad node id", 404: "unknown"},

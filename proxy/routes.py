@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from dhtmesh.api import paths
 from dhtmesh.api.documents import json_line
 from dhtmesh.api.value_json import public_key_from_text, value_from_json, value_to_json
 from dhtmesh.node.dht import DhtNode, PutOptions, PutResult
@@ -230,45 +231,51 @@ _UNSUBSCRIBE_REPLIES = {200: "stopped (no body)", **_PUSH_ERRORS}
 _CORS_REPLIES = {200: "CORS headers, no body"}
 
 ROUTES: list[Route] = [
-    Route("GET", "/", node_info, "node info: id, routing table health, storage"),
-    Route("GET", "/node/info", node_info, "node info (same as /)"),
-    Route("GET", "/node/stats", node_stats, "proxy and node statistics"),
-    Route("GET", "/openapi.json", openapi, "this document"),
-    Route("GET", "/key/{key}", get_values, "the key's values, streamed as they are found", streams=True),
-    Route("POST", "/key/{key}", put_value, "put a value", _VALUE, _PUT_REPLIES),
+    Route("GET", paths.ROOT, node_info, "node info: id, routing table health, storage"),
+    Route("GET", paths.NODE_INFO, node_info, "node info (same as /)"),
+    Route("GET", paths.NODE_STATS, node_stats, "proxy and node statistics"),
+    Route("GET", paths.OPENAPI, openapi, "this document"),
+    Route("GET", paths.KEY, get_values, "the key's values, streamed as they are found", streams=True),
+    Route("POST", paths.KEY, put_value, "put a value", _VALUE, _PUT_REPLIES),
     Route(
         "GET",
-        "/key/{key}/listen",
+        paths.LISTEN,
         listen,
         "current, new and expired values; never ends",
         replies=_LISTEN_REPLIES,
         streams=True,
     ),
-    Route("POST", "/key/{key}/sign", sign_value, "sign as the node and put", _VALUE, _PUT_REPLIES),
-    Route("POST", "/key/{key}/encrypt", encrypt_value, "encrypt to `to`, sign, put", _VALUE, _PUT_REPLIES),
+    Route("POST", paths.SIGN, sign_value, "sign as the node and put", _VALUE, _PUT_REPLIES),
+    Route("POST", paths.ENCRYPT, encrypt_value, "encrypt to `to`, sign, put", _VALUE, _PUT_REPLIES),
     Route(
         "DELETE",
-        "/key/{key}/{value_id}",
+        paths.CANCEL,
         cancel_put,
         "cancel a permanent put: the value is no longer re-announced, and expires",
         replies={200: "cancelled", 400: "bad id", 404: "no such permanent put"},
     ),
-    Route("OPTIONS", "/key/{key}", options, "CORS preflight", replies=_CORS_REPLIES, media=None),
-    Route("OPTIONS", "/key/{key}/listen", options, "CORS preflight", replies=_CORS_REPLIES, media=None),
-    Route("GET", "/key/{key}/options", options, "CORS headers", replies=_CORS_REPLIES, media=None),
-    Route(
-        "SUBSCRIBE", "/key/{key}", subscribe, "push notifications for the key", _PUSH, _SUBSCRIBE_REPLIES, streams=True
-    ),
-    Route("UNSUBSCRIBE", "/key/{key}", unsubscribe, "stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None),
+    Route("OPTIONS", paths.KEY, options, "CORS preflight", replies=_CORS_REPLIES, media=None),
+    Route("OPTIONS", paths.LISTEN, options, "CORS preflight", replies=_CORS_REPLIES, media=None),
+    Route("GET", paths.KEY_OPTIONS, options, "CORS headers", replies=_CORS_REPLIES, media=None),
+    Route("SUBSCRIBE", paths.KEY, subscribe, "push notifications for the key", _PUSH, _SUBSCRIBE_REPLIES, streams=True),
+    Route("UNSUBSCRIBE", paths.KEY, unsubscribe, "stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None),
     *FARMER_ROUTES,
     *BLOB_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
-    Route("GET", "/{key}", get_values, "legacy: the key's values", streams=True),
-    Route("POST", "/{key}", put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),
-    Route("LISTEN", "/{key}", listen, "legacy: listen", replies=_LISTEN_REPLIES, streams=True),
-    Route("OPTIONS", "/{key}", options, "legacy: CORS preflight", replies=_CORS_REPLIES, media=None),
-    Route("SUBSCRIBE", "/{key}", subscribe, "legacy: push notifications", _PUSH, _SUBSCRIBE_REPLIES, streams=True),
+    Route("GET", paths.LEGACY_KEY, get_values, "legacy: the key's values", streams=True),
+    Route("POST", paths.LEGACY_KEY, put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),
+    Route("LISTEN", paths.LEGACY_KEY, listen, "legacy: listen", replies=_LISTEN_REPLIES, streams=True),
+    Route("OPTIONS", paths.LEGACY_KEY, options, "legacy: CORS preflight", replies=_CORS_REPLIES, media=None),
     Route(
-        "UNSUBSCRIBE", "/{key}", unsubscribe, "legacy: stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None
+        "SUBSCRIBE", paths.LEGACY_KEY, subscribe, "legacy: push notifications", _PUSH, _SUBSCRIBE_REPLIES, streams=True
+    ),
+    Route(
+        "UNSUBSCRIBE",
+        paths.LEGACY_KEY,
+        unsubscribe,
+        "legacy: stop push notifications",
+        _PUSH,
+        _UNSUBSCRIBE_REPLIES,
+        media=None,
     ),
 ]
