@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from dhtmesh.node.wire.endpoint import RpcRefused
+from dhtmesh.node.wire.errors import RpcRefused
 
 KEY_SIZE = 20
 
