@@ -1,8 +1,15 @@
 """`DhtNode`: one Kademlia node — its socket, routing table, store and listeners — and its public API.
 
-The API is what the proxy and the CLI call: `put`, `get`, `listen`, `cancel_put`, `join`, `info`;
-`add_trace` lets an observer (a benchmark, metrics) watch its RPCs and lookups.
-Lookups use `traverse` over `_find`, which proves every contact it routes through.
+The API is what the proxy, the services and the CLI call: `put` (and the signed and encrypted puts of
+`signing.py`), `get`, `get_stream`, `listen` (`listening.py`), `cancel_put`, `join`, `lookup`, `info`;
+this node's own copies (`held`, `held_value`, `keep_announcing`, `forget_key`) and its routing table
+(`contact_count`, `contacts`, `known_contact`, `table_health`); `add_trace` lets an observer (a
+benchmark, metrics) watch its RPCs and lookups. Lookups (`lookups/query.py`) prove every contact they
+route through.
+
+Its parts (`store`, `table`, `hub`, `endpoint`, `admission`) are the core's own: its RPC handlers,
+replication and the core's tests reach them; nothing outside `node/`'s core does
+(`tests/test_layers.py` holds the tree to that).
 """
 
 import asyncio
@@ -155,6 +162,11 @@ class DhtNode(SignedPuts, Listening):
     @property
     def address(self) -> Address:
         return self.endpoint.address
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport | None:
+        """The node's UDP socket once started (a benchmark counts what it sends)."""
+        return self.endpoint.transport
 
     def add_trace(self, trace: NodeTrace) -> None:
         """Have `trace`'s callbacks told of this node's RPC exchanges and lookups (see `node.trace`)."""
@@ -315,6 +327,36 @@ class DhtNode(SignedPuts, Listening):
         """This node's own copies of the values under `key` (every one passes the rules: see
         `_migrate_store`)."""
         return self.store.get(key)
+
+    def held_value(self, key: bytes, owner: bytes, value_id: int) -> Value | None:
+        """This node's own copy of one value under `key`, if it holds one."""
+        return self.store.get_one(key, owner, value_id)
+
+    def keep_announcing(self, key: bytes, value: Value) -> bool:
+        """Re-announce `value` (one this node holds, put by someone else) as if it were a permanent put of
+        its own, until cancelled; False if the disk refused to remember it."""
+        return self.store.add_announce(key, value)
+
+    def forget_key(self, key: bytes) -> int:
+        """Drop this node's own copies of `key`'s values (their replicas keep theirs); returns how many."""
+        return self.store.purge(lambda stored_key, value: stored_key != key)
+
+    # ---- the routing table -----------------------------------------------------------------------
+
+    def contact_count(self) -> int:
+        """Proven contacts in the routing table."""
+        return len(self.table)
+
+    def contacts(self) -> list[Contact]:
+        return self.table.contacts()
+
+    def known_contact(self, node_id: bytes) -> Contact | None:
+        """The routing table's contact of `node_id`, if it has one (no lookup)."""
+        return self.table.get(node_id)
+
+    def table_health(self, family: int | None = None) -> tuple[int, int]:
+        """(good, dubious) contacts, of one address family (4 or 6) when given (`RoutingTable.health`)."""
+        return self.table.health(family)
 
     # ---- routing events -----------------------------------------------------------------------
 
