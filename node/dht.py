@@ -155,8 +155,7 @@ class DhtNode(SignedPuts, Listening):
         self._subscribed.clear()
         await self.replicator.stop()
         await self._tasks.close()
-        if self.endpoint.transport is not None:
-            self.endpoint.transport.close()
+        await self.endpoint.close()
         self.store.close()
 
     @property

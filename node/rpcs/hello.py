@@ -20,10 +20,10 @@ NAME = "dm_hello"
 @dataclass(frozen=True, slots=True)
 class HelloReply:
     node_id: bytes
-    seen_as: Address  # the caller's address as the responder saw it
+    seen_as: Address | None  # the caller's address as the responder saw it (None: a peer did not say)
 
     def to_wire(self) -> dict:
-        return {"id": self.node_id, "you": list(self.seen_as)}
+        return {"id": self.node_id, "you": list(self.seen_as or ())}
 
     @classmethod
     def from_wire(cls, payload: Any) -> "HelloReply | None":
@@ -33,7 +33,7 @@ class HelloReply:
             return None
         seen = payload.get("you")
         ok = isinstance(seen, list) and len(seen) == 2 and isinstance(seen[0], str) and isinstance(seen[1], int)
-        return cls(node_id, (seen[0], seen[1]) if ok else ("", 0))
+        return cls(node_id, (seen[0], seen[1]) if ok else None)
 
 
 def hello_request(nonce: bytes | None = None) -> dict:

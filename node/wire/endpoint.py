@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from dhtmesh.node.stats import Counters
+from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.trace import RpcDone, RpcSent, Tracer
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.errors import ProtocolViolation, RpcFailure, RpcRefused, RpcTimeout
@@ -107,7 +108,7 @@ class Endpoint(asyncio.DatagramProtocol):
             "dm_pull": self._serve_pull,
         }
         self._fragments = Fragments(self._call_piece)
-        self._serving: set[asyncio.Task] = set()  # async handlers still working on their reply
+        self._serving = TaskSet(counters)  # async handlers still working on their reply
         self.transport: asyncio.DatagramTransport | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -134,11 +135,15 @@ class Endpoint(asyncio.DatagramProtocol):
             if not pending.future.done():
                 pending.future.set_exception(RpcTimeout("endpoint closed"))
         self._pending.clear()
-        for task in self._serving:
-            task.cancel()
 
     def error_received(self, exc: Exception) -> None:
         self._counters.add("socket_errors")
+
+    async def close(self) -> None:
+        """Stop the async handlers still at work, then the socket."""
+        await self._serving.close()
+        if self.transport is not None:
+            self.transport.close()
 
     @property
     def address(self) -> Address:
@@ -200,9 +205,7 @@ class Endpoint(asyncio.DatagramProtocol):
         elif name in self._mesh:
             reply = self._serve_mesh(address, name, args, proven, room)
             if inspect.isawaitable(reply):
-                task = asyncio.get_running_loop().create_task(self._reply_later(frame.message_id, address, reply))
-                self._serving.add(task)
-                task.add_done_callback(self._serving.discard)
+                self._serving.spawn(self._reply_later(frame.message_id, address, reply))
             else:
                 self._send(codec.RESPONSE, frame.message_id, reply, address)
         # Unknown names get no answer, as rpcudp does.
