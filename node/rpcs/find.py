@@ -186,6 +186,14 @@ class FetchRequest:
     def to_wire(self) -> dict:
         return {"k": self.key, "o": self.owner, "i": self.value_id}
 
+    @classmethod
+    def from_wire(cls, body: dict) -> "FetchRequest":
+        key = require_key(body.get("k"))
+        owner = body.get("o")
+        if not isinstance(owner, bytes):
+            raise RpcRefused("owner must be bytes")
+        return cls(key, owner, require_int(body.get("i"), "value id", 1, MAX_VALUE_ID))
+
 
 async def call_fetch(endpoint: Endpoint, address: Address, request: FetchRequest) -> Value | None:
     """The value the peer holds under that identity; None if it holds none, sent garbage or failed."""
@@ -199,9 +207,6 @@ async def call_fetch(endpoint: Endpoint, address: Address, request: FetchRequest
 def serve_fetch(node: "DhtNode", request: Request) -> Any:
     if not request.proven:
         raise RpcRefused(UNPROVEN)  # a value can be big: checked before the store is read
-    key = require_key(request.body.get("k"))
-    owner = request.body.get("o")
-    if not isinstance(owner, bytes):
-        raise RpcRefused("owner must be bytes")
-    value = node.store.get_one(key, owner, require_int(request.body.get("i"), "value id", 1, MAX_VALUE_ID))
+    fetch = FetchRequest.from_wire(request.body)
+    value = node.store.get_one(fetch.key, fetch.owner, fetch.value_id)
     return value.to_wire() if value else None

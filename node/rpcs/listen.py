@@ -8,7 +8,7 @@ Wire: `dm_sub` `{"k": key, "ttl": seconds}` â†’ true; `dm_unsub` `{"k": key}` â†
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dhtmesh.node.rpcs.args import require_key, require_number
+from dhtmesh.node.rpcs.args import KeyRequest, require_key, require_number
 from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.node.wire.endpoint import UNPROVEN, Endpoint, Request, RpcFailure, RpcRefused
@@ -58,7 +58,7 @@ def serve_subscribe(node: "DhtNode", request: Request) -> bool:
 
 async def call_unsubscribe(endpoint: Endpoint, address: Address, key: bytes) -> None:
     try:
-        await endpoint.call(address, UNSUBSCRIBE, {"k": key})
+        await endpoint.call(address, UNSUBSCRIBE, KeyRequest(key).to_wire())
     except RpcFailure:
         pass  # its subscription expires anyway
 
@@ -66,7 +66,7 @@ async def call_unsubscribe(endpoint: Endpoint, address: Address, key: bytes) -> 
 def serve_unsubscribe(node: "DhtNode", request: Request) -> bool:
     if not node.admission.is_proven(request.address, request.sender_id):
         raise RpcRefused(UNPROVEN)  # else a spoofed datagram could drop anyone's subscription
-    node.hub.unsubscribe(require_key(request.body.get("k")), request.address, request.sender_id)
+    node.hub.unsubscribe(KeyRequest.from_wire(request.body).key, request.address, request.sender_id)
     return True
 
 

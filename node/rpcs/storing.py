@@ -13,7 +13,7 @@ address.
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dhtmesh.node.rpcs.args import require_key, require_number
+from dhtmesh.node.rpcs.args import KeyRequest, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import MAX_TYPE_EXPIRY
 from dhtmesh.node.values.value import InvalidValue, Value, owner_ref, value_from_wire
@@ -87,10 +87,26 @@ class StoreRequest:
         return {"k": self.key} | self.carried.to_wire("v")
 
 
+@dataclass(frozen=True, slots=True)
+class StoreReply:
+    stored: bool
+    why: str  # the verdict (`Verdict.value`)
+
+    def to_wire(self) -> dict:
+        return {"stored": self.stored, "why": self.why}
+
+    @classmethod
+    def from_wire(cls, payload: Any) -> "StoreReply":
+        """A peer's verdict: stored only if it says so plainly."""
+        payload = payload if isinstance(payload, dict) else {}
+        why = payload.get("why")
+        return cls(payload.get("stored") is True, why if isinstance(why, str) else "")
+
+
 async def call_store(endpoint: Endpoint, address: Address, request: StoreRequest) -> bool:
     """Whether the peer took the value (raises `RpcFailure` when it did not answer, or refused)."""
     reply = await endpoint.call(address, STORE, request.to_wire())
-    return isinstance(reply.payload, dict) and reply.payload.get("stored") is True
+    return StoreReply.from_wire(reply.payload).stored
 
 
 def serve_store(node: "DhtNode", request: Request) -> dict:
@@ -98,7 +114,7 @@ def serve_store(node: "DhtNode", request: Request) -> dict:
     if not node.admission.is_proven(request.address, request.sender_id):
         raise RpcRefused(UNPROVEN)  # asked before the value is read: the caller retries once proven
     verdict = accept_carried(node, key, request, Carried.from_wire(request.body, "v"))
-    return {"stored": verdict.accepted, "why": verdict.value}
+    return StoreReply(verdict.accepted, verdict.value).to_wire()
 
 
 # ---- dm_versions -----------------------------------------------------------------------------------
@@ -107,7 +123,7 @@ def serve_store(node: "DhtNode", request: Request) -> dict:
 async def call_versions(endpoint: Endpoint, address: Address, key: bytes) -> Versions | None:
     """The peer's versions of `key`; None if it did not answer or answered no list."""
     try:
-        reply = await endpoint.call(address, VERSIONS, {"k": key})
+        reply = await endpoint.call(address, VERSIONS, KeyRequest(key).to_wire())
     except RpcFailure:
         return None
     return versions_from_wire(reply.payload)
@@ -128,6 +144,5 @@ def versions_from_wire(payload: Any) -> Versions | None:
 def serve_versions(node: "DhtNode", request: Request) -> list:
     if not request.proven:
         raise RpcRefused(UNPROVEN)  # a key's versions can be many: checked before the store is read
-    key = require_key(request.body.get("k"))
-    versions = node.store.versions(key).items()
+    versions = node.store.versions(KeyRequest.from_wire(request.body).key).items()
     return [[owner_ref(owner), value_id, seq] for (owner, value_id), seq in versions]
