@@ -4,9 +4,7 @@ Two kinds of RPC share one socket and one framing:
 
 * *plain* RPCs (`ping`, `store`, `find_node`, `find_value`) speak exactly as `kademlia`/`rpcudp` do:
   args are whatever the stock package sends, the reply is the bare result;
-* *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope: `{"ok": payload}`,
-  `{"err": reason}`, or `{"big": [transfer_id, pieces]}` for a reply that would not fit one datagram.
-  A body may carry `"n"` (a nonce); the reply then carries `"pf"`, the responder's proof of identity.
+* *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope (`messages.py`).
 
 No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: bigger messages move in
 pieces (`fragments.py`). A handler may be async: its reply goes out when it is ready. A call waits a
@@ -53,6 +51,7 @@ from dhtmesh.node.wire.messages import (
     StrayNonce,
     is_node_id,
     new_nonce,
+    opened,
     padded,
 )
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
@@ -102,12 +101,12 @@ class Endpoint(asyncio.DatagramProtocol):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[bytes, _Pending] = {}
         self._plain: dict[str, PlainHandler] = {}
-        self._mesh: dict[str, MeshHandler] = {
-            "dm_part": self._serve_part,
-            "dm_done": self._serve_done,
-            "dm_pull": self._serve_pull,
-        }
         self._fragments = Fragments(self._call_piece)
+        self._mesh: dict[str, MeshHandler] = {
+            "dm_part": self._fragments.serve_part,
+            "dm_done": self._serve_done,
+            "dm_pull": self._fragments.serve_pull,
+        }
         self._serving = TaskSet(counters)  # async handlers still working on their reply
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -290,13 +289,8 @@ class Endpoint(asyncio.DatagramProtocol):
 
     # ---- serving the transfer RPCs ------------------------------------------------------------
 
-    def _serve_part(self, request: Request) -> bool:
-        if not request.proven:
-            raise RpcRefused(UNPROVEN)  # a big request is reassembled and decoded only for real addresses
-        return self._fragments.serve_part(request.address, request.body)
-
     def _serve_done(self, request: Request) -> dict | Awaitable[dict]:
-        inner = self._fragments.take_request(request.address, request.body)
+        inner = self._fragments.take_request(request)
         if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)):
             raise RpcRefused("transfer holds no request")
         name, args = inner
@@ -304,9 +298,6 @@ class Endpoint(asyncio.DatagramProtocol):
             raise RpcRefused("transfer holds no request")
         # The inner reply is the real answer: hand it back whole, as this RPC's payload.
         return self._serve_mesh(request.address, name, args, request.proven, request.room)
-
-    def _serve_pull(self, request: Request) -> bytes:
-        return self._fragments.serve_pull(request.address, request.body)
 
     # ---- calling ------------------------------------------------------------------------------
 
@@ -342,22 +333,14 @@ class Endpoint(asyncio.DatagramProtocol):
         return await self._open(address, await self._fragments.send_in_pieces(address, payload))
 
     async def _open(self, address: Address, envelope: Any) -> Reply:
-        if not isinstance(envelope, dict):
-            raise ProtocolViolation("reply is not an envelope")
-        if "big" in envelope:
+        if isinstance(envelope, dict) and "big" in envelope:
             envelope = await self._fragments.pull(address, envelope["big"])
-        if "err" in envelope:
-            raise RpcRefused(str(envelope["err"])[:200])
-        if "ok" not in envelope:
-            raise ProtocolViolation("reply has neither ok nor err")
-        return Reply(envelope["ok"], envelope.get("pf"))
+        return opened(envelope)
 
     async def _call_piece(self, address: Address, name: str, body: dict) -> Any:
         """One transfer RPC (`dm_part`, `dm_done`, `dm_pull`): its reply's payload."""
-        return (await self._open(address, await self._mesh_exchange(address, name, body))).payload
-
-    async def _mesh_exchange(self, address: Address, name: str, body: dict) -> Any:
-        return await self._exchange(address, name, codec.pack([name, [self.node_id, body]]))
+        envelope = await self._exchange(address, name, codec.pack([name, [self.node_id, body]]))
+        return (await self._open(address, envelope)).payload
 
     async def _exchange(self, address: Address, name: str, payload: bytes) -> Any:
         """Send a request (`payload`, of RPC `name`), and return the reply body. The first attempt waits a

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.errors import ProtocolViolation, RpcFailure, RpcRefused
+from dhtmesh.node.wire.messages import UNPROVEN, Request
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address, tally
 
@@ -118,8 +119,11 @@ class Fragments:
             return {"err": TRANSFERS_FULL}
         return {"big": [transfer_id, len(pieces)]}
 
-    def serve_part(self, address: Address, body: dict) -> bool:
-        """Keep one piece of a big request (the caller checked that `address` is proven)."""
+    def serve_part(self, request: Request) -> bool:
+        """Keep one piece of a big request."""
+        if not request.proven:
+            raise RpcRefused(UNPROVEN)  # a big request is reassembled and decoded only for real addresses
+        address, body = request.address, request.body
         transfer_id, index, count, piece = body.get("x"), body.get("i"), body.get("c"), body.get("d")
         if not (
             isinstance(transfer_id, bytes)
@@ -145,10 +149,12 @@ class Fragments:
             transfer.size += len(piece)
         return True
 
-    def take_request(self, address: Address, body: dict) -> Any:
-        """The request a completed transfer holds, decoded (its name and args are checked by the caller)."""
-        transfer_id = body.get("x")
-        transfer = self.incoming.pop((address, transfer_id)) if isinstance(transfer_id, bytes) else None
+    def take_request(self, request: Request) -> Any:
+        """The request a completed transfer (`dm_done`) holds, decoded (its name and args are checked by
+        the caller)."""
+        transfer_id = request.body.get("x")
+        key = (request.address, transfer_id)
+        transfer = self.incoming.pop(key) if isinstance(transfer_id, bytes) else None
         if transfer is None or len(transfer.pieces) != transfer.count:
             raise RpcRefused("incomplete transfer")
         try:
@@ -156,10 +162,10 @@ class Fragments:
         except codec.MalformedDatagram as error:
             raise RpcRefused("transfer holds no request") from error
 
-    def serve_pull(self, address: Address, body: dict) -> bytes:
-        transfer_id, index = body.get("x"), body.get("i")
+    def serve_pull(self, request: Request) -> bytes:
+        transfer_id, index = request.body.get("x"), request.body.get("i")
         transfer = self.outgoing.get(transfer_id) if isinstance(transfer_id, bytes) else None
-        if transfer is None or transfer.address != address or not isinstance(index, int):
+        if transfer is None or transfer.address != request.address or not isinstance(index, int):
             raise RpcRefused("unknown transfer")
         piece = transfer.pieces.get(index)
         served = transfer.pulls.get(index, 0)

@@ -1,7 +1,8 @@
 """What travels between endpoints: a served request, a call's reply, the handlers' shapes, nonces.
 
-A `dm_*` request is `[name, [sender_id, body]]`; its answer an envelope (`{"ok"}`, `{"err"}`, `{"big"}`,
-with `"pf"`, a proof of identity, when the body carried a nonce `"n"`).
+A `dm_*` request is `[name, [sender_id, body]]`; its answer an envelope: `{"ok": payload}`, `{"err":
+reason}`, or `{"big": [transfer_id, pieces]}` for a reply that would not fit one datagram. A body may
+carry `"n"` (a nonce); the reply then carries `"pf"`, the responder's proof of identity.
 """
 
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dhtmesh.node.wire import codec
+from dhtmesh.node.wire.errors import ProtocolViolation, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
 
 # A reply to an address that has not proven itself is at most this many times the size of its request,
@@ -46,6 +48,17 @@ OnStray = Callable[[Address, bytes, Any], None]
 MeshHandler = Callable[[Request], Any]
 """A `dm_*` RPC's handler: the reply's payload, or an awaitable of it (an async handler)."""
 Prover = Callable[[bytes], list]
+
+
+def opened(envelope: Any) -> Reply:
+    """The reply an envelope (already pulled whole, if it was big) carries; its error as `RpcRefused`."""
+    if not isinstance(envelope, dict):
+        raise ProtocolViolation("reply is not an envelope")
+    if "err" in envelope:
+        raise RpcRefused(str(envelope["err"])[:200])
+    if "ok" not in envelope:
+        raise ProtocolViolation("reply has neither ok nor err")
+    return Reply(envelope["ok"], envelope.get("pf"))
 
 
 def padded(name: str, body: dict, node_id: bytes) -> dict:
