@@ -54,11 +54,14 @@ class Lookups:
         stats = LookupStats() if self._tracer else None  # unobserved, a lookup keeps no stats
         started = time.monotonic() if stats is not None else 0.0
         config = self._config
+        # The same question to every contact: built once (a proven one is also handed the put's value).
+        plain = collector.wanted.request(target) if collector is not None else FindRequest(target)
+        carrying = replace(plain, carried=store.carried) if store is not None else plain
         try:
             return await traverse(
                 target,
                 self._table.closest(target),
-                lambda contact: self._find(contact, target, collector, store),
+                lambda contact: self._find(contact, (plain, carrying), collector, store),
                 k=config.k,
                 alpha=config.alpha,
                 exclude=self._node_id,
@@ -75,15 +78,18 @@ class Lookups:
                 self._tracer.lookup_done(LookupDone(target, purpose, stats.hops, stats.asked, stats.answered, seconds))
 
     async def _find(
-        self, contact: Contact, target: bytes, collector: ValueCollector | None, store: StoreAlong | None
+        self,
+        contact: Contact,
+        requests: tuple[FindRequest, FindRequest],
+        collector: ValueCollector | None,
+        store: StoreAlong | None,
     ) -> list[Contact] | None:
+        """Ask one contact; `requests` is the question for an unproven contact and for a proven one."""
         admission = self._admission
         if admission.recently_unreachable(contact.address):
             return None
         nonce = None if admission.is_proven(contact.address, contact.node_id) else new_nonce()
-        request = collector.wanted.request(target) if collector is not None else FindRequest(target)
-        if store is not None and nonce is None:
-            request = replace(request, carried=store.carried)
+        request = requests[0] if nonce is not None else requests[1]
         try:
             reply, raw = await call_find(self._endpoint, contact.address, request, nonce)
         except RpcRefused:

@@ -101,20 +101,20 @@ class FindReply:
     def from_wire(cls, payload: Any) -> "FindReply":
         """A peer's reply, whatever it sent: what is malformed is left out (flaw F7)."""
         payload = payload if isinstance(payload, dict) else {}
-        nodes, vals, refs, more = (payload.get(name) for name in ("nodes", "vals", "refs", "more"))
-        stored = payload.get("stored")
+        vals, refs, more, stored = payload.get("vals"), payload.get("refs"), payload.get("more"), payload.get("stored")
+        # Every lookup reads one of these per contact asked: one pass each, nothing built for what is absent.
         return cls(
-            [c for c in map(contact_from_wire, _listed(nodes)) if c is not None],
-            [v for v in map(_value_or_none, _listed(vals)) if v is not None],
-            [r for r in map(_ref_or_none, _listed(refs)) if r is not None],
-            more if isinstance(more, int) and not isinstance(more, bool) and more > 0 else None,
+            [c for item in _listed(payload.get("nodes")) if (c := contact_from_wire(item))],
+            [v for raw in _listed(vals) if (v := _value_or_none(raw)) is not None] if vals else [],
+            [r for ref in _listed(refs) if (r := _ref_or_none(ref)) is not None] if refs else [],
+            more if type(more) is int and more > 0 else None,
             None if stored is None else stored is True,
             bool(vals or refs),
         )
 
 
 def _listed(field_value: Any) -> list:
-    return field_value if isinstance(field_value, list) else []
+    return field_value if type(field_value) is list else []
 
 
 def _value_or_none(raw: Any) -> Value | None:
@@ -141,8 +141,8 @@ async def call_find(
 
 
 def serve_find(node: "DhtNode", request: Request) -> dict:
-    proven = node.admission.is_proven(request.address, request.sender_id)
-    find = FindRequest.from_wire(request.body, proven=proven)
+    carries = "s" in request.body and node.admission.is_proven(request.address, request.sender_id)
+    find = FindRequest.from_wire(request.body, proven=carries)
     nodes = node.table.closest(find.target, exclude=[request.sender_id]) if find.offset == 0 else None
     vals: list[Value] | None = None
     refs: list[Ref] | None = None

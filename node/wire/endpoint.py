@@ -203,10 +203,10 @@ class Endpoint(asyncio.DatagramProtocol):
             self._serve_plain(frame.message_id, address, name, args, room)
         elif name in self._mesh:
             reply = self._serve_mesh(address, name, args, proven, room)
-            if inspect.isawaitable(reply):
-                self._serving.spawn(self._reply_later(frame.message_id, address, reply))
-            else:
+            if isinstance(reply, dict):
                 self._send(codec.RESPONSE, frame.message_id, reply, address)
+            else:  # an async handler's: sent when it is ready
+                self._serving.spawn(self._reply_later(frame.message_id, address, reply))
         # Unknown names get no answer, as rpcudp does.
 
     def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list, room: float) -> None:
