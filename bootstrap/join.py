@@ -37,7 +37,7 @@ class Joiner:
     async def run(self) -> None:
         delay = MIN_RETRY
         while True:
-            if len(self._node.table) == 0:
+            if self._node.contact_count() == 0:
                 delay = await self._try_join(delay)
             else:
                 self.isolated = False
@@ -56,7 +56,7 @@ class Joiner:
                 return MIN_RETRY
         self.isolated = True
         if candidates:
-            good, dubious = self._node.table.health()
+            good, dubious = self._node.table_health()
             log.warning(
                 "isolated: %d good and %d dubious contacts, %d peers to try; retrying in %.0f s",
                 good,
@@ -73,8 +73,8 @@ class Joiner:
         return min(delay * 2, MAX_RETRY)
 
     def save(self) -> None:
-        if self._book is not None and len(self._node.table):
+        if self._book is not None and self._node.contact_count():
             try:
-                self._book.save(self._node.table.contacts())
+                self._book.save(self._node.contacts())
             except OSError as error:
                 log.warning("cannot save peers: %s", error)

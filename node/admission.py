@@ -30,6 +30,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.keys import node_id_from_public_key, verify_signature
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.routing.table import RoutingTable
+from dhtmesh.node.rpcs import hello
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.wire.codec import MESSAGE_ID_SIZE
 from dhtmesh.node.wire.endpoint import NONCE_SIZE, Endpoint, RpcFailure, new_nonce
@@ -184,7 +185,7 @@ class Admission:
             self._counters.add("challenges_skipped")
             return
         message_id, nonce = self._cookie(address, self._period())
-        self._endpoint.send_request(address, "dm_hello", {"n": nonce}, message_id)
+        self._endpoint.send_request(address, hello.NAME, hello.hello_request(nonce), message_id)
         self._counters.add("challenges_sent")
 
     def _challenged_lately(self, claim: tuple[Address, bytes]) -> bool:
@@ -221,24 +222,19 @@ class Admission:
 
     def take_cookie_reply(self, address: Address, nonce: bytes, envelope: Any) -> None:
         """The reply to a stateless challenge: admit the peer if it proves the id it names."""
-        payload = envelope.get("ok") if isinstance(envelope, dict) else None
-        node_id = payload.get("id") if isinstance(payload, dict) else None
+        reply = hello.HelloReply.from_wire(envelope.get("ok") if isinstance(envelope, dict) else None)
         proof = envelope.get("pf") if isinstance(envelope, dict) else None
-        if not (isinstance(node_id, bytes) and len(node_id) == 20) or not self.accept_proof(
-            Contact(node_id, *address), nonce, proof
-        ):
+        if reply is None or not self.accept_proof(Contact(reply.node_id, *address), nonce, proof):
             self._counters.add("challenges_failed")
 
     async def challenge(self, address: Address) -> Contact | None:
         """Say hello to an address whose id we do not know yet (a bootstrap peer); admit it if it proves."""
         nonce = new_nonce()
         try:
-            reply = await self._endpoint.call(address, "dm_hello", {}, nonce=nonce)
+            reply, proof = await hello.call_hello(self._endpoint, address, nonce)
         except RpcFailure:
             return None
-        payload = reply.payload if isinstance(reply.payload, dict) else {}
-        node_id = payload.get("id")
-        if not (isinstance(node_id, bytes) and len(node_id) == 20):
+        if reply is None:
             return None
-        contact = Contact(node_id, *address)
-        return contact if self.accept_proof(contact, nonce, reply.proof) else None
+        contact = Contact(reply.node_id, *address)
+        return contact if self.accept_proof(contact, nonce, proof) else None

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dhtmesh.node.routing.contact import Contact, distance
+from dhtmesh.node.rpcs.storing import Versions, call_versions
 from dhtmesh.node.tasks import Supervisor
 from dhtmesh.node.values.types import expiry_for
 from dhtmesh.node.values.value import Value, owner_ref
@@ -193,7 +194,7 @@ class Replicator:
         cannot have been doing their job: repair the whole key here. If it refused (full, or hostile),
         more sending would not help: the next round asks again."""
         for contact in closest:
-            remote = await self._versions(contact, key)
+            remote = await call_versions(self._node.endpoint, contact.address, key)
             if remote is not None:
                 fed = await self._send(contact, key, self._lacking(key, remote))
                 return fed + await self.repair_key(key) if fed else 0
@@ -201,7 +202,7 @@ class Replicator:
 
     async def send_missing(self, contact: Contact, key: bytes) -> int:
         """Compare `contact`'s versions of `key` with ours and send it what it lacks or holds older."""
-        remote = await self._versions(contact, key)
+        remote = await call_versions(self._node.endpoint, contact.address, key)
         return 0 if remote is None else await self._send(contact, key, self._lacking(key, remote))
 
     async def _send(self, contact: Contact, key: bytes, values: list[Value]) -> int:
@@ -217,24 +218,9 @@ class Replicator:
         )
         return sum(results)
 
-    def _lacking(self, key: bytes, remote: dict[tuple[bytes, int], int]) -> list[Value]:
+    def _lacking(self, key: bytes, remote: Versions) -> list[Value]:
         """Our values of `key` that `remote` (versions by `owner_ref` and id) lacks or holds older."""
         return [v for v in self._node.store.get(key) if remote.get((owner_ref(v.owner), v.id), -1) < v.seq]
-
-    async def _versions(self, contact: Contact, key: bytes) -> dict[tuple[bytes, int], int] | None:
-        try:
-            reply = await self._node.endpoint.call(contact.address, "dm_versions", {"k": key})
-        except RpcFailure:
-            return None
-        if not isinstance(reply.payload, list):
-            return None
-        versions: dict[tuple[bytes, int], int] = {}
-        for item in reply.payload:
-            if isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes):
-                owner, value_id, seq = item
-                if isinstance(value_id, int) and isinstance(seq, int):
-                    versions[(owner_ref(owner), value_id)] = seq  # a peer of an older version names owners whole
-        return versions
 
     async def refresh_buckets(self) -> None:
         node = self._node

@@ -245,7 +245,7 @@ async def start_mesh() -> list[DhtNode]:
 
 def forget(node: DhtNode, key: bytes) -> None:
     """Make `node` drop its own copy of `key`'s values, so that a get from it must use the mesh."""
-    node.store.purge(lambda stored_key, value: stored_key != key)
+    node.forget_key(key)
 
 
 async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -254,7 +254,7 @@ async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
         nodes = await start_mesh()
         await asyncio.sleep(MESH_SETTLE)
         traffic = Traffic()
-        wrap_sendto([node.endpoint.transport for node in nodes], traffic)
+        wrap_sendto([node.transport for node in nodes], traffic)
         idle = await idle_rate(traffic, SETTLE)
         keys = [hashlib.sha1(name.encode()).digest() for name in wire_keys(ops)]
         replicas: list[int] = []

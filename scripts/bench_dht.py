@@ -221,7 +221,7 @@ class DhtmeshMesh:
         return any(value.data == data_of(name) for value in values)
 
     def holds(self, index: int, name: str) -> bool:
-        return bool(self.nodes[index].store.get(key_of(name)))
+        return bool(self.nodes[index].held(key_of(name)))
 
     def timeouts(self) -> int:
         return sum(node.counters.get("rpc_timeouts") for node in self.nodes)
@@ -234,7 +234,7 @@ class DhtmeshMesh:
         return counters.get("rpc_out") + counters.get("rpc_retries")
 
     def table_sizes(self) -> list[int]:
-        return [len(node.table) for node in self.nodes]
+        return [node.contact_count() for node in self.nodes]
 
     def background(self) -> Counter[str]:
         return Counter({name: sum(node.counters.get(name) for node in self.nodes) for name in BACKGROUND})

@@ -133,7 +133,7 @@ class Worker:
             "ids": [node.node_id.hex() for node in self.nodes],
             "join_s": round(time.perf_counter() - started, 2),
             "join_failed": failed,
-            "table_min": min(len(node.table) for node in self.nodes),
+            "table_min": min(node.contact_count() for node in self.nodes),
         }
 
     async def traced(self, index: int, kind: str, name: str) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class Worker:
         )
 
     def holds(self, index: int, name: str) -> bool:
-        return any(v.data == data_of(name) for v in self.nodes[index].store.get(key_of(name)))
+        return any(v.data == data_of(name) for v in self.nodes[index].held(key_of(name)))
 
     async def batch(self, kind: str, items: list[list[Any]], concurrency: int) -> list[dict[str, Any]]:
         window = asyncio.Semaphore(concurrency)

@@ -155,7 +155,7 @@ async def test_a_flood_of_spoofed_sources_cannot_grow_memory_without_bound() -> 
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)
         endpoint = node.endpoint
-        assert len(endpoint._incoming) == 0  # an unproven address may not send pieces
+        assert len(endpoint._fragments.incoming) == 0  # an unproven address may not send pieces
         # Challenges keep no state; the hellos sent for one host are rate-limited.
         assert node.counters.get("challenges_sent") <= CHALLENGES_PER_HOST * 2 + 2
         assert node.counters.get("handler_errors") == 0

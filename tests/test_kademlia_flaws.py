@@ -272,7 +272,7 @@ async def test_F2_reassembly_is_bounded(make_mesh: MeshFactory, raw_peer: Callab
     stranger = raw_peer()
     reply, _ = await stranger.call(nodes[1].address, "dm_part", [os.urandom(20), body | {"c": 2}])
     assert reply == {"err": "unproven"}
-    assert len(nodes[1].endpoint._incoming) == 0
+    assert len(nodes[1].endpoint._fragments.incoming) == 0
 
 
 # ---- F3, F4: put results, lost datagrams --------------------------------------------------------
@@ -735,7 +735,7 @@ async def test_F11_replies_to_unproven_sources_are_a_small_multiple_of_the_reque
         assert size <= min(codec.MAX_DATAGRAM, REFLECTION_FACTOR * request_size), name
     assert "value" not in replies["find_value"] and replies["find_node"]  # answered with fewer contacts
     assert replies["dm_fetch"] == {"err": "unproven"}  # no big transfer for an address never proven
-    assert len(holder.endpoint._outgoing) == 0
+    assert len(holder.endpoint._fragments.outgoing) == 0
 
 
 async def test_F11_a_big_reply_is_pulled_by_its_proven_asker_only_and_each_piece_twice_at_most(

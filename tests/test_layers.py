@@ -72,3 +72,43 @@ def test_the_proxy_and_its_client_share_the_contract_not_each_other(tmp_path: Pa
     module.write_text("from dhtmesh.proxy import routes\nfrom dhtmesh.api import paths\n")
     proxy, api = (layer_of(target) for target in imports_of(module))
     assert LEVELS[proxy] >= LEVELS["client"] and LEVELS[api] < LEVELS["client"] < LEVELS["cli"]
+
+
+# The core's own parts of a `DhtNode`: services, the proxy, bootstrap, the CLI and the scripts use its
+# public methods (`held`, `contact_count`, `known_contact`, `keep_announcing`, ...), never these.
+NODE_INTERNALS = {"store", "table", "hub", "endpoint", "admission"}
+
+
+def node_internals_read(path: Path) -> list[str]:
+    """`node.store`-like reads in `path`: an attribute of `NODE_INTERNALS` read from an expression that
+    names a node (`node`, `self._node`, `self.nodes[i]`...)."""
+    found = []
+    for item in ast.walk(ast.parse(path.read_text())):
+        if isinstance(item, ast.Attribute) and item.attr in NODE_INTERNALS:
+            owner = ast.unparse(item.value)
+            if "node" in owner.lower():
+                found.append(
+                    f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:"
+                    f"{item.lineno} {owner}.{item.attr}"
+                )
+    return found
+
+
+def outside_the_core() -> list[Path]:
+    paths = []
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[0] == "scripts" or (layer_of(parts) not in {None, "core", "crypto"} and parts[0] != "build"):
+            paths.append(path)
+    return paths
+
+
+def test_nothing_outside_the_core_reaches_into_a_node() -> None:
+    assert [read for path in outside_the_core() for read in node_internals_read(path)] == []
+
+
+def test_the_rule_sees_a_node_reached_into(tmp_path: Path) -> None:
+    module = tmp_path / "probe.py"
+    module.write_text("n = self._node.table.get(b'')\nx = nodes[0].store\nkept = self.store\n")
+    assert sorted(read.split(" ")[1] for read in node_internals_read(module)) == ["nodes[0].store", "self._node.table"]
+    assert any(path.parts[-2] == "blobs" for path in outside_the_core())

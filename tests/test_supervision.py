@@ -191,7 +191,7 @@ OWNED_TASKS = {
     "node/dht.py": 1,  # get_stream's lookup, awaited by the stream
     "node/blobs/upload.py": 1,  # the placements of one upload, gathered by it
     "node/transfer/proof_trees.py": 1,  # a tree being built, awaited by whoever asks for it
-    "node/wire/endpoint.py": 1,  # pieces of one transfer, in a TaskGroup
+    "node/wire/fragments.py": 1,  # pieces of one transfer, in a TaskGroup
     "node/lookups/traverse.py": 1,  # the queries of one lookup, awaited by it
     "node/blobs/download.py": 1,  # the chunk fetches of one read, awaited by it
 }

@@ -33,7 +33,7 @@ class ChunkKeeper:
         if length is None:
             raise Refused(NOT_HELD)
         holding_key, own_key = chunk_key(root), self._node.identity.public_key
-        if self._node.store.get_one(holding_key, own_key, farmer_value_id(self._node.node_id)) is not None:
+        if self._node.held_value(holding_key, own_key, farmer_value_id(self._node.node_id)) is not None:
             return  # kept and announced already
         values = await self._node.get(blob_key(blob_id), blob_value_id(blob_id), BLOB_MANIFEST_TYPE)
         manifest = find_manifest(values, blob_id)
@@ -53,7 +53,7 @@ class ChunkKeeper:
             raise Refused(f"the holding was refused: {error}") from error
         for value in values:
             if value.type == BLOB_MANIFEST_TYPE:
-                self._node.store.add_announce(blob_key(blob_id), value)
+                self._node.keep_announcing(blob_key(blob_id), value)
 
     async def sweep_pending(self) -> None:
         """Every so often, drop the pending chunks whose upload has had its time."""

@@ -40,7 +40,7 @@ class Placer:
     async def address_of(self, node_id: bytes) -> Address | None:
         if node_id == self.node.node_id:
             return self.node.address
-        contact = self.node.table.get(node_id)
+        contact = self.node.known_contact(node_id)
         if contact is None:
             contact = next((c for c in await self.node.lookup(node_id) if c.node_id == node_id), None)
         return None if contact is None else contact.address

@@ -1,1 +1,2 @@
-"""Iterative lookups over the network, written as pure functions of an injected query."""
+"""Iterative lookups over the network: `traverse`, a pure function of an injected query; a node's lookups
+over `dm_find` (`query.py`) and the values they gather (`values.py`)."""

@@ -1,8 +1,9 @@
 """Type checks for RPC arguments: a peer chooses every msgpack type, so every field is checked."""
 
+from dataclasses import dataclass
 from typing import Any
 
-from dhtmesh.node.wire.endpoint import RpcRefused
+from dhtmesh.node.wire.errors import RpcRefused
 
 KEY_SIZE = 20
 
@@ -11,6 +12,20 @@ def require_key(value: Any, name: str = "key") -> bytes:
     if not (isinstance(value, bytes) and len(value) == KEY_SIZE):
         raise RpcRefused(f"{name} must be {KEY_SIZE} bytes")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """A request that names one key and nothing else (`dm_versions`, `dm_unsub`): `{"k": key}`."""
+
+    key: bytes
+
+    def to_wire(self) -> dict:
+        return {"k": self.key}
+
+    @classmethod
+    def from_wire(cls, body: dict) -> "KeyRequest":
+        return cls(require_key(body.get("k")))
 
 
 def require_int(value: Any, name: str, low: int, high: int) -> int:

@@ -1,1 +1,2 @@
-"""UDP wire: `rpcudp`-compatible framing, bounded decoding, and the RPC endpoint built on it."""
+"""UDP wire: `rpcudp`-compatible framing, bounded decoding, the RPC endpoint built on it, and big messages
+moved in pieces (`fragments.py`)."""

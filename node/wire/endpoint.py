@@ -4,14 +4,12 @@ Two kinds of RPC share one socket and one framing:
 
 * *plain* RPCs (`ping`, `store`, `find_node`, `find_value`) speak exactly as `kademlia`/`rpcudp` do:
   args are whatever the stock package sends, the reply is the bare result;
-* *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope: `{"ok": payload}`,
-  `{"err": reason}`, or `{"big": [transfer_id, pieces]}` for a reply that would not fit one datagram.
-  A body may carry `"n"` (a nonce); the reply then carries `"pf"`, the responder's proof of identity.
+* *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope (`messages.py`).
 
-No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: a large request goes as
-`dm_part` pieces followed by `dm_done`; a large reply is left with the responder and pulled back with
-`dm_pull`. A call waits a few measured round-trip times (`rtt.py`), then retries once and waits the
-full `timeout` before failing; at most `max_in_flight` calls are outstanding at a time.
+No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: bigger messages move in
+pieces (`fragments.py`). A handler may be async: its reply goes out when it is ready. A call waits a
+few measured round-trip times (`rtt.py`), then retries once and waits the full `timeout` before
+failing; at most `max_in_flight` calls are outstanding at a time.
 
 Work is checked before it is done: a reply is matched to a call by its message id before it is decoded
 (an unsolicited one costs a lookup), and a request is rate-limited per host before it is decoded. An
@@ -24,152 +22,56 @@ no pending call matches, is handed to `stray_nonce`/`on_stray` (stateless identi
 """
 
 import asyncio
+import inspect
 import logging
 import math
 import os
 import socket
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 from dhtmesh.node.stats import Counters
+from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.trace import RpcDone, RpcSent, Tracer
 from dhtmesh.node.wire import codec
-from dhtmesh.node.wire.netgroup import host_of
-from dhtmesh.node.wire.ratelimit import Address, RequestLimiter, tally
+from dhtmesh.node.wire.errors import ProtocolViolation, RpcFailure, RpcRefused, RpcTimeout
+from dhtmesh.node.wire.fragments import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE, TRANSFER_RPCS, Fragments
+from dhtmesh.node.wire.messages import (
+    NONCE_SIZE,
+    REFLECTION_FACTOR,
+    UNPROVEN,
+    MeshHandler,
+    OnStray,
+    PlainHandler,
+    Prover,
+    Reply,
+    Request,
+    StrayNonce,
+    is_node_id,
+    new_nonce,
+    opened,
+    padded,
+)
+from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 from dhtmesh.node.wire.rtt import RttEstimator
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+# Re-exported: callers and tests name them from the endpoint they talk to.
+__all__ = ["MAX_PENDING_BYTES_PER_PEER", "MAX_PIECES", "PIECE_SIZE", "REFLECTION_FACTOR", "UNPROVEN", "Endpoint"]
+__all__ += ["ProtocolViolation", "Reply", "Request", "RpcFailure", "RpcRefused", "RpcTimeout", "new_nonce"]
 
-PIECE_SIZE = 1200
-# A reply to an address that has not proven itself is at most this many times the size of its request,
-# so that a spoofed request cannot make us flood its victim (BEP 5's concern; QUIC's factor is 3).
-REFLECTION_FACTOR = 4
-# What a request carrying a nonce is padded to: its answer may then fill a whole datagram.
-PADDED_REQUEST = codec.MAX_DATAGRAM // REFLECTION_FACTOR + 1
-UNPROVEN = "unproven"
-TRANSFERS_FULL = "too many transfers in progress"
+log = logging.getLogger(__name__)
+
 UNPROVEN_RETRIES = 4
 UNPROVEN_BACKOFF = 0.05
-PULLS_PER_PIECE = 2  # one pull and one retry: a piece cannot be pulled over and over
-MAX_PIECES = codec.MAX_MESSAGE // PIECE_SIZE
-TRANSFER_TTL = 15.0
-MAX_PENDING_BYTES_PER_PEER = 512 * 1024  # per host
-MAX_PENDING_BYTES = 16 * 1024 * 1024
-NONCE_SIZE = 16
 RECEIVE_BUFFER = 4 * 1024 * 1024
-FRAGMENT_WINDOW = 8
-_TRANSFER_RPCS = ("dm_part", "dm_done", "dm_pull")
-
-
-class RpcFailure(Exception):
-    """A call that got no usable answer."""
-
-
-class RpcTimeout(RpcFailure):
-    """No reply, even after the retry."""
-
-
-class RpcRefused(RpcFailure):
-    """The peer answered with an error (or a handler refuses a request: the reason goes back)."""
-
-
-class ProtocolViolation(RpcFailure):
-    """The peer answered something that is not a well-formed reply."""
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    address: Address
-    name: str
-    sender_id: bytes
-    body: dict
-    proven: bool  # the address proved itself (answered a nonce): it is not a spoofed one
-    room: float  # the most bytes the reply may take (bounded for unproven addresses)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    payload: Any
-    proof: Any = None
-
-
-PlainHandler = Callable[[Address, list, float], Any]
-"""`(address, args, room)`: the stock RPC's result, at most `room` bytes once encoded."""
-StrayNonce = Callable[[bytes, Address], bytes | None]
-"""`(message id, address)`: the nonce a reply no call waits for answers, if it answers one of ours."""
-OnStray = Callable[[Address, bytes, Any], None]
-"""`(address, nonce, envelope)`: such a reply, decoded."""
-MeshHandler = Callable[[Request], Any]
-Prover = Callable[[bytes], list]
 
 
 @dataclass(slots=True)
 class _Pending:
     address: Address
     future: asyncio.Future
-
-
-@dataclass(slots=True)
-class _Transfer:
-    """A big message held for a peer: pieces received from it, or pieces of a reply waiting for it."""
-
-    address: Address
-    pieces: dict[int, bytes]
-    count: int
-    expires: float
-    size: int = field(default=0)
-    pulls: dict[int, int] = field(default_factory=dict)  # piece -> times served
-
-
-class _Transfers:
-    """Big messages held for peers, oldest first, with the bytes they reserve kept as running sums per
-    host and in all (no scan per piece). Every transfer lives `TRANSFER_TTL`, so they expire in the
-    order they came, and are dropped from the front. A host (its ports share one share) or everyone
-    over its reserve gets a refusal, never the eviction of another's transfer in progress."""
-
-    def __init__(self) -> None:
-        self._held: OrderedDict[Any, _Transfer] = OrderedDict()
-        self._by_host: Counter[str] = Counter()
-        self._total = 0
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def get(self, key: Any) -> _Transfer | None:
-        self._purge()
-        return self._held.get(key)
-
-    def add(self, key: Any, transfer: _Transfer) -> bool:
-        self._purge()
-        host, size = host_of(transfer.address[0]), transfer.count * PIECE_SIZE
-        if self._by_host[host] + size > MAX_PENDING_BYTES_PER_PEER or self._total + size > MAX_PENDING_BYTES:
-            return False
-        self._held[key] = transfer
-        tally(self._by_host, host, size)
-        self._total += size
-        return True
-
-    def pop(self, key: Any) -> _Transfer | None:
-        transfer = self._held.pop(key, None)
-        if transfer is not None:
-            self._release(transfer)
-        return transfer
-
-    def _purge(self) -> None:
-        now = time.monotonic()
-        while self._held:
-            key, oldest = next(iter(self._held.items()))
-            if oldest.expires >= now:
-                return
-            self.pop(key)
-
-    def _release(self, transfer: _Transfer) -> None:
-        tally(self._by_host, host_of(transfer.address[0]), -transfer.count * PIECE_SIZE)
-        self._total -= transfer.count * PIECE_SIZE
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -199,13 +101,13 @@ class Endpoint(asyncio.DatagramProtocol):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[bytes, _Pending] = {}
         self._plain: dict[str, PlainHandler] = {}
+        self._fragments = Fragments(self._call_piece)
         self._mesh: dict[str, MeshHandler] = {
-            "dm_part": self._serve_part,
+            "dm_part": self._fragments.serve_part,
             "dm_done": self._serve_done,
-            "dm_pull": self._serve_pull,
+            "dm_pull": self._fragments.serve_pull,
         }
-        self._incoming = _Transfers()  # keyed by (address, transfer id)
-        self._outgoing = _Transfers()  # keyed by transfer id
+        self._serving = TaskSet(counters)  # async handlers still working on their reply
         self.transport: asyncio.DatagramTransport | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -214,7 +116,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._plain[name] = handler
 
     def route(self, name: str, handler: MeshHandler) -> None:
-        assert name.startswith("dm_") and name not in _TRANSFER_RPCS
+        assert name.startswith("dm_") and name not in TRANSFER_RPCS
         self._mesh[name] = handler
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -235,6 +137,12 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self._counters.add("socket_errors")
+
+    async def close(self) -> None:
+        """Stop the async handlers still at work, then the socket."""
+        await self._serving.close()
+        if self.transport is not None:
+            self.transport.close()
 
     @property
     def address(self) -> Address:
@@ -295,8 +203,10 @@ class Endpoint(asyncio.DatagramProtocol):
             self._serve_plain(frame.message_id, address, name, args, room)
         elif name in self._mesh:
             reply = self._serve_mesh(address, name, args, proven, room)
-            if reply is not None:
+            if isinstance(reply, dict):
                 self._send(codec.RESPONSE, frame.message_id, reply, address)
+            else:  # an async handler's: sent when it is ready
+                self._serving.spawn(self._reply_later(frame.message_id, address, reply))
         # Unknown names get no answer, as rpcudp does.
 
     def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list, room: float) -> None:
@@ -315,20 +225,45 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         self._transmit(datagram, address)
 
-    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | None:
-        if not isinstance(args, list) or len(args) != 2 or not _is_node_id(args[0]) or not isinstance(args[1], dict):
+    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | Awaitable[dict]:
+        """The envelope answering a `dm_*` request, or an awaitable of it when its handler is async."""
+        if not isinstance(args, list) or len(args) != 2 or not is_node_id(args[0]) or not isinstance(args[1], dict):
             self._counters.add("malformed_requests")
             return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
         request = Request(address, name, args[0], args[1], proven, room - codec.HEADER_SIZE)
         try:
-            envelope: dict[str, Any] = {"ok": self._mesh[name](request)}
-        except RpcRefused as refusal:
+            result = self._mesh[name](request)
+        except Exception as error:
+            return self._seal(request, self._refusal(name, error))
+        if inspect.isawaitable(result):
+            return self._finish(request, result)
+        return self._seal(request, {"ok": result})
+
+    async def _finish(self, request: Request, result: Awaitable[Any]) -> dict:
+        """An async handler's envelope, once its payload is ready (the inner reply of a `dm_done` too)."""
+        try:
+            envelope: dict[str, Any] = {"ok": await result}
+        except Exception as error:
+            envelope = self._refusal(request.name, error)
+        return self._seal(request, envelope)
+
+    async def _reply_later(self, message_id: bytes, address: Address, reply: Awaitable[dict]) -> None:
+        envelope = await reply
+        try:
+            self._send(codec.RESPONSE, message_id, envelope, address)
+        except RpcTimeout:
+            pass  # the socket closed while the handler worked: nobody to answer
+
+    def _refusal(self, name: str, error: Exception) -> dict:
+        if isinstance(error, RpcRefused):
             self._counters.add("refused_requests")
-            envelope = {"err": str(refusal)}
-        except Exception:
-            log.exception("handler %s failed", name)
-            self._counters.add("handler_errors")
-            envelope = {"err": "internal error"}
+            return {"err": str(error)}
+        log.error("handler %s failed", name, exc_info=error)
+        self._counters.add("handler_errors")
+        return {"err": "internal error"}
+
+    def _seal(self, request: Request, envelope: dict) -> dict:
+        """`envelope` with the proof its nonce asks for, fitted to what the asker may be sent."""
         nonce = request.body.get("n")
         proof = self._prove(nonce) if isinstance(nonce, bytes) and len(nonce) == NONCE_SIZE else None
         if proof is not None:
@@ -344,78 +279,25 @@ class Endpoint(asyncio.DatagramProtocol):
         if not request.proven:
             self._counters.add("unproven_replies_refused")
             return {"err": UNPROVEN} | ({"pf": proof} if proof is not None else {})
-        address = request.address
-        pieces = _split(encoded)
-        if len(pieces) > MAX_PIECES:
+        held = self._fragments.hold_reply(request.address, encoded)
+        if held is None:
             self._counters.add("oversized_replies")
             return {"err": "reply too large"}
-        transfer_id = os.urandom(8)
-        held = _Transfer(address, dict(enumerate(pieces)), len(pieces), time.monotonic() + TRANSFER_TTL, len(encoded))
-        if not self._outgoing.add(transfer_id, held):
+        if "err" in held:
             self._counters.add("transfers_refused")
-            return {"err": TRANSFERS_FULL}
-        return {"big": [transfer_id, len(pieces)]}
+        return held
 
     # ---- serving the transfer RPCs ------------------------------------------------------------
 
-    def _serve_part(self, request: Request) -> bool:
-        if not request.proven:
-            raise RpcRefused(UNPROVEN)  # a big request is reassembled and decoded only for real addresses
-        body = request.body
-        transfer_id, index, count, piece = body.get("x"), body.get("i"), body.get("c"), body.get("d")
-        if not (
-            isinstance(transfer_id, bytes)
-            and len(transfer_id) == 8
-            and isinstance(count, int)
-            and 1 < count <= MAX_PIECES
-            and isinstance(index, int)
-            and 0 <= index < count
-            and isinstance(piece, bytes)
-            and len(piece) <= PIECE_SIZE
-        ):
-            raise RpcRefused("malformed piece")
-        key = (request.address, transfer_id)
-        transfer = self._incoming.get(key)
-        if transfer is None:
-            transfer = _Transfer(request.address, {}, count, time.monotonic() + TRANSFER_TTL)
-            if not self._incoming.add(key, transfer):
-                raise RpcRefused(TRANSFERS_FULL)
-        elif transfer.count != count:
-            raise RpcRefused("piece count changed")
-        if index not in transfer.pieces:
-            transfer.pieces[index] = piece
-            transfer.size += len(piece)
-        return True
-
-    def _serve_done(self, request: Request) -> Any:
-        transfer_id = request.body.get("x")
-        transfer = self._incoming.pop((request.address, transfer_id)) if isinstance(transfer_id, bytes) else None
-        if transfer is None or len(transfer.pieces) != transfer.count:
-            raise RpcRefused("incomplete transfer")
-        try:
-            inner = codec.unpack(b"".join(transfer.pieces[i] for i in range(transfer.count)))
-        except codec.MalformedDatagram as error:
-            raise RpcRefused("transfer holds no request") from error
+    def _serve_done(self, request: Request) -> dict | Awaitable[dict]:
+        inner = self._fragments.take_request(request)
         if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)):
             raise RpcRefused("transfer holds no request")
         name, args = inner
-        if name not in self._mesh or name in _TRANSFER_RPCS or not isinstance(args, list):
+        if name not in self._mesh or name in TRANSFER_RPCS or not isinstance(args, list):
             raise RpcRefused("transfer holds no request")
-        reply = self._serve_mesh(request.address, name, args, request.proven, request.room)
         # The inner reply is the real answer: hand it back whole, as this RPC's payload.
-        return reply
-
-    def _serve_pull(self, request: Request) -> bytes:
-        transfer_id, index = request.body.get("x"), request.body.get("i")
-        transfer = self._outgoing.get(transfer_id) if isinstance(transfer_id, bytes) else None
-        if transfer is None or transfer.address != request.address or not isinstance(index, int):
-            raise RpcRefused("unknown transfer")
-        piece = transfer.pieces.get(index)
-        served = transfer.pulls.get(index, 0)
-        if piece is None or served >= PULLS_PER_PIECE:
-            raise RpcRefused("no such piece")
-        transfer.pulls[index] = served + 1
-        return piece
+        return self._serve_mesh(request.address, name, args, request.proven, request.room)
 
     # ---- calling ------------------------------------------------------------------------------
 
@@ -432,7 +314,7 @@ class Endpoint(asyncio.DatagramProtocol):
         if nonce is not None:
             body = {**body, "n": nonce}
         if pad:
-            body = _padded(name, body, self.node_id)
+            body = padded(name, body, self.node_id)
         for attempt in range(UNPROVEN_RETRIES + 1):
             try:
                 return await self._call(address, name, body)
@@ -447,59 +329,18 @@ class Endpoint(asyncio.DatagramProtocol):
         payload = codec.pack([name, [self.node_id, body]])
         if len(payload) + codec.HEADER_SIZE <= codec.MAX_DATAGRAM:
             return await self._open(address, await self._exchange(address, name, payload))
-        # `dm_done` answers with the inner request's own envelope as its payload.
-        outer = await self._open(address, await self._send_in_pieces(address, payload))
-        return await self._open(address, outer.payload)
+        # `dm_done`'s payload is the inner request's own envelope.
+        return await self._open(address, await self._fragments.send_in_pieces(address, payload))
 
     async def _open(self, address: Address, envelope: Any) -> Reply:
-        if not isinstance(envelope, dict):
-            raise ProtocolViolation("reply is not an envelope")
-        if "big" in envelope:
-            envelope = await self._pull(address, envelope["big"])
-        if "err" in envelope:
-            raise RpcRefused(str(envelope["err"])[:200])
-        if "ok" not in envelope:
-            raise ProtocolViolation("reply has neither ok nor err")
-        return Reply(envelope["ok"], envelope.get("pf"))
+        if isinstance(envelope, dict) and "big" in envelope:
+            envelope = await self._fragments.pull(address, envelope["big"])
+        return opened(envelope)
 
-    async def _send_in_pieces(self, address: Address, payload: bytes) -> Any:
-        pieces = _split(payload)
-        if len(pieces) > MAX_PIECES:
-            raise RpcRefused("request too large")
-        transfer_id = os.urandom(8)
-
-        async def send_piece(index: int, piece: bytes) -> None:
-            body = {"x": transfer_id, "i": index, "c": len(pieces), "d": piece}
-            await self._open(address, await self._mesh_exchange(address, "dm_part", body))
-
-        await _all_or_first_failure([send_piece(index, piece) for index, piece in enumerate(pieces)])
-        return await self._mesh_exchange(address, "dm_done", {"x": transfer_id})
-
-    async def _pull(self, address: Address, big: Any) -> dict:
-        if not (isinstance(big, list) and len(big) == 2 and isinstance(big[0], bytes)):
-            raise ProtocolViolation("bad transfer handle")
-        transfer_id, count = big
-        if not isinstance(count, int) or not 1 < count <= MAX_PIECES:
-            raise ProtocolViolation("bad transfer size")
-
-        async def pull(index: int) -> bytes:
-            body = {"x": transfer_id, "i": index}
-            reply = await self._open(address, await self._mesh_exchange(address, "dm_pull", body))
-            if not isinstance(reply.payload, bytes):
-                raise ProtocolViolation("bad piece")
-            return reply.payload
-
-        pieces = await _all_or_first_failure([pull(index) for index in range(count)])
-        try:
-            envelope = codec.unpack(b"".join(pieces))
-        except codec.MalformedDatagram as error:
-            raise ProtocolViolation("reassembled reply is not msgpack") from error
-        if not isinstance(envelope, dict) or "big" in envelope:
-            raise ProtocolViolation("bad reassembled reply")
-        return envelope
-
-    async def _mesh_exchange(self, address: Address, name: str, body: dict) -> Any:
-        return await self._exchange(address, name, codec.pack([name, [self.node_id, body]]))
+    async def _call_piece(self, address: Address, name: str, body: dict) -> Any:
+        """One transfer RPC (`dm_part`, `dm_done`, `dm_pull`): its reply's payload."""
+        envelope = await self._exchange(address, name, codec.pack([name, [self.node_id, body]]))
+        return (await self._open(address, envelope)).payload
 
     async def _exchange(self, address: Address, name: str, payload: bytes) -> Any:
         """Send a request (`payload`, of RPC `name`), and return the reply body. The first attempt waits a
@@ -556,45 +397,3 @@ class Endpoint(asyncio.DatagramProtocol):
             raise RpcTimeout("endpoint closed")
         self._counters.add("datagrams_out")
         self.transport.sendto(datagram, address)
-
-
-async def _all_or_first_failure(jobs: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run piece transfers `FRAGMENT_WINDOW` at a time; the first failure cancels the rest and is raised
-    as itself (an `RpcFailure`), not wrapped in an exception group."""
-    window = asyncio.Semaphore(FRAGMENT_WINDOW)
-
-    async def limited(job: Coroutine[Any, Any, T]) -> T:
-        try:
-            async with window:
-                return await job
-        finally:
-            job.close()  # a job cancelled before its turn was never started: close it quietly
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(limited(job)) for job in jobs]
-    except ExceptionGroup as failures:
-        first = next((error for error in failures.exceptions if isinstance(error, RpcFailure)), None)
-        if first is None:
-            raise
-        raise first from failures
-    return [task.result() for task in tasks]
-
-
-def _padded(name: str, body: dict, node_id: bytes) -> dict:
-    """`body` with a `pad` field that brings its request to `PADDED_REQUEST` bytes, so that a peer that
-    has not proven us may answer it with a full datagram."""
-    size = codec.HEADER_SIZE + len(codec.pack([name, [node_id, body]]))
-    return body if size >= PADDED_REQUEST else {**body, "pad": bytes(PADDED_REQUEST - size)}
-
-
-def _split(encoded: bytes) -> list[bytes]:
-    return [encoded[offset : offset + PIECE_SIZE] for offset in range(0, len(encoded), PIECE_SIZE)]
-
-
-def _is_node_id(value: Any) -> bool:
-    return isinstance(value, bytes) and len(value) == 20
-
-
-def new_nonce() -> bytes:
-    return os.urandom(NONCE_SIZE)
