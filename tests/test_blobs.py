@@ -40,8 +40,9 @@ from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, run_cli, start_node
 
-from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
+from support import get_json
 
 pytestmark = pytest.mark.process
 

@@ -21,19 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from support import (
-    DHTMESH,
-    NodeProcess,
-    ProcessGroup,
-    assert_one_line_error,
-    data_of,
-    eventually,
-    get_json,
-    new_identity,
-    post_json,
-    run_cli,
-    values_of,
-)
+from dhtmesh.testing import DHTMESH, NodeProcess, ProcessGroup, eventually, run_cli
+
+from support import assert_one_line_error, data_of, get_json, new_identity, post_json, values_of
 
 pytestmark = pytest.mark.process
 

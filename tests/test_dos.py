@@ -24,9 +24,9 @@ from dhtmesh.node.records import DIRECTORY_KEYS
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import RpcFailure
+from dhtmesh.testing import ATTACKER, FAST, eventually, start_node, udp_request
 
 from conftest import MeshFactory
-from support import ATTACKER, FAST, eventually, start_node, udp_request
 
 
 async def call_all(calls: list, window: int = 64) -> list[bool]:

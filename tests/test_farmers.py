@@ -25,8 +25,9 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import SHARD_BYTES, pinged, registered, with_bandwidth, with_height
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.farmer_routes import RECORD_HEADER, TERABYTE, record_header
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, run_cli, start_node
 
-from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
+from support import get_json
 
 pytestmark = pytest.mark.process
 

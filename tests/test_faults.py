@@ -17,9 +17,9 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.storage import Quotas
 from dhtmesh.node.values import Value, new_value_id
 from dhtmesh.node.wire import codec
+from dhtmesh.testing import FAST, start_node
 
 from conftest import MeshFactory
-from support import FAST, start_node
 
 CHURN = replace(FAST, k=6)
 

@@ -33,8 +33,7 @@ from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
 from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
-
-from support import eventually, loopback_host, watch_datagrams
+from dhtmesh.testing import eventually, loopback_host, watch_datagrams
 
 Address = tuple[str, int]
 LOCALHOST = "127.0.0.1"

@@ -38,8 +38,7 @@ from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
-
-from support import FAST, eventually, loopback_host, start_node, watch_datagrams
+from dhtmesh.testing import FAST, eventually, loopback_host, start_node, watch_datagrams
 
 MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 LOCALHOST = "127.0.0.1"

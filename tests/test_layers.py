@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"records", "audits", "blobs", "transfer", "services"}
-LEVELS = {"crypto": 0, "core": 1, "services": 2, "proxy": 3, "bootstrap": 3, "cli": 4}
+LEVELS = {"crypto": 0, "core": 1, "services": 2, "proxy": 3, "bootstrap": 3, "cli": 4, "testing": 5}
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, new_value_id, sign_value
+from dhtmesh.testing import FAST, start_node, watch_datagrams
 
 from conftest import MeshFactory
-from support import FAST, start_node, watch_datagrams
 
 SMALL_K = replace(FAST, k=4)
 

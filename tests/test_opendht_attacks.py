@@ -38,9 +38,10 @@ from dhtmesh.node.values.value import InvalidValue, Value, sign_opendht_value
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_to_json
+from dhtmesh.testing import eventually, udp_request
 
 from conftest import MeshFactory, Serve
-from support import call, eventually, from_address, udp_request
+from support import call, from_address
 
 
 @pytest.fixture(scope="module")

@@ -36,9 +36,10 @@ from dhtmesh.node.values.value import (
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.keys import parse_key
 from dhtmesh.proxy.value_json import value_from_json, value_to_json
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 from conftest import MeshFactory
-from support import FAST, NodeProcess, OpenDhtClient, ProcessGroup, eventually, run_cli, start_node
+from support import OpenDhtClient
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from dhtmesh.proxy.openapi import STANDARD_METHODS, document
 from dhtmesh.proxy.route import table_path
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.value_json import owner_from_pem, value_from_json
+from dhtmesh.testing import NodeProcess, eventually
 
-from support import NodeProcess, eventually, get_json
+from support import get_json
 
 Spawn = Callable[..., NodeProcess]
 

@@ -17,8 +17,7 @@ from kademlia.network import Server
 
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, new_value_id
-
-from support import watch_datagrams
+from dhtmesh.testing import watch_datagrams
 
 LOCALHOST = "127.0.0.1"
 TEXT = "text/plain"

@@ -25,9 +25,9 @@ from dhtmesh.node.records import rules
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.storage.store import Quotas
 from dhtmesh.node.values import Value, new_value_id, sign_value
+from dhtmesh.testing import ATTACKER, FAST, eventually, start_node
 
 from conftest import MeshFactory
-from support import ATTACKER, FAST, eventually, start_node
 
 
 async def hostile_nodes(count: int, mesh: list[DhtNode], **options: object) -> list[DhtNode]:
