@@ -125,10 +125,11 @@ class RawPeer:
         except TimeoutError:
             return None
 
-    async def drain(self, quiet: float = 0.3) -> list[bytes]:
-        """Everything that arrives until nothing has for `quiet` seconds (also kept in `inbox`)."""
-        got = []
-        while (data := await self.receive(quiet)) is not None:
+    async def drain(self, quiet: float = 0.3, expected: int | None = None) -> list[bytes]:
+        """Everything that arrives until nothing has for `quiet` seconds, or until the `expected` number
+        of datagrams has (also kept in `inbox`)."""
+        got: list[bytes] = []
+        while len(got) != expected and (data := await self.receive(quiet)) is not None:
             got.append(data)
         self.inbox.extend(got)
         return got
@@ -903,7 +904,8 @@ async def flood_stores(peer: RawPeer, to: Address, count: int, key: bytes | None
     for _ in range(count):
         peer.request(to, "store", [os.urandom(20), key or new_key(), os.urandom(size)])
         await asyncio.sleep(0)
-    replies = [codec.decode(datagram).body for datagram in await peer.drain(quiet=0.4)]
+    # Every store is answered (True or False): waiting for silence only after the last answer is waste.
+    replies = [codec.decode(datagram).body for datagram in await peer.drain(quiet=0.4, expected=count)]
     return sum(1 for reply in replies if reply is True)
 
 
