@@ -43,12 +43,10 @@ from typing import Any
 import aiohttp
 from bench_proxy import Network, drive, emit, rss_mib, run_loop, start_dhtmesh, stop
 
-from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
-from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import Mesh
 
 HOST = "127.0.0.1"
 MESH_SIZE = 20
@@ -231,27 +229,15 @@ def wire_keys(count: int) -> list[str]:
 # dhtmesh
 
 
-async def start_mesh() -> list[DhtNode]:
-    nodes: list[DhtNode] = []
-    for index in range(MESH_SIZE):
-        node = DhtNode(Identity.generate(), NodeConfig(), rules=RECORD_RULES)
-        nodes.append(node)  # appended first, so that it is stopped even if start fails
-        await node.start(loopback_host(index + 1), 0)  # an address each: nodes limit contacts per host
-    for node in nodes[1:]:
-        await node.join([nodes[0].address])
-    await asyncio.gather(*(node.lookup(node.node_id) for node in nodes))  # let early joiners learn late ones
-    return nodes
-
-
 def forget(node: DhtNode, key: bytes) -> None:
     """Make `node` drop its own copy of `key`'s values, so that a get from it must use the mesh."""
     node.store.purge(lambda stored_key, value: stored_key != key)
 
 
 async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
-    nodes: list[DhtNode] = []
+    mesh = Mesh()  # production settings, each node on a loopback address of its own
     try:
-        nodes = await start_mesh()
+        nodes = await mesh.grow(MESH_SIZE, NodeConfig())
         await asyncio.sleep(MESH_SETTLE)
         traffic = Traffic()
         wrap_sendto([node.endpoint.transport for node in nodes], traffic)
@@ -276,8 +262,7 @@ async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
         rows[0]["mean_replicas"] = round(statistics.mean(replicas), 2)
         return rows
     finally:
-        for node in nodes:
-            await node.stop()
+        await mesh.stop()
 
 
 # stock kademlia
