@@ -135,8 +135,9 @@ async def test_lost_replicas_are_repaired_by_the_closest_holder(make_mesh: MeshF
     for node in lost:
         await node.stop()
     alive = [n for n in nodes if n not in lost]
-    for node in alive:
-        await node.lookup(node.node_id)  # notice the departures (newcomers to tables may get hand-offs)
+    # Every node notices the departures (newcomers to tables may get hand-offs), all at once: each
+    # lookup waits out the silent nodes' timeouts.
+    await asyncio.gather(*(node.lookup(node.node_id) for node in alive))
     await closest.replicator.repair()
     assert all(node in holders(alive, key, value) for node in by_distance(alive, key)[: SMALL_K.k])
 
