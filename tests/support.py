@@ -1,5 +1,6 @@
-"""Helpers of particular tests: HTTP requests to a proxy, audits that wait for the registry, Debian's
-OpenDHT client, and the CLI's output. What builds and watches nodes is the kit, `dhtmesh.testing`."""
+"""Helpers of particular tests: HTTP requests to a proxy, audits that wait for the registry, whether a
+listener's subscriptions are in place, Debian's OpenDHT client, and the CLI's output. What builds and
+watches nodes is the kit, `dhtmesh.testing`."""
 
 import asyncio
 import base64
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused
 from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.wire.ratelimit import Address
@@ -61,6 +63,14 @@ async def audit_once_registered(
             if refusal.reason != NOT_AUDITOR or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.3)
+
+
+def subscribed(listening: DhtNode, key: bytes, nodes: list[DhtNode]) -> bool:
+    """Whether `listening` chose the replicas to listen to for `key`, and each of them holds its subscription."""
+    replicas = [node for node in nodes if listening.subscribed_to(key, node.address, node.node_id)]
+    return bool(replicas) and all(
+        any(address == listening.address for address, _ in replica.hub.subscribers_of(key)) for replica in replicas
+    )
 
 
 class OpenDhtClient:

@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR
 from dhtmesh.node.wire.ratelimit import Address
 from dhtmesh.testing import FAST, eventually, loopback_host, start_node, watch_datagrams
 
-MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
+from conftest import MeshFactory
+from support import subscribed
+
 LOCALHOST = "127.0.0.1"
 FOREVER = 10**9  # seconds: `store.expire(now=time.time() + FOREVER)` makes a node forget every value it holds
 
@@ -1236,7 +1238,7 @@ async def test_F23_a_stopped_mesh_leaves_no_tasks_and_no_warnings(loop_errors: l
             await node.join([nodes[0].address])
         key = new_key()
         listener = nodes[3].listen(key)
-        await asyncio.sleep(0.2)  # let it subscribe to the replicas
+        await eventually(lambda: subscribed(nodes[3], key, nodes))
         await nodes[0].put(key, nodes[0].sign(key, Value(1, b"one")))
         event = await asyncio.wait_for(listener.next(), 5)
         assert event.value.data == b"one"
