@@ -40,7 +40,7 @@ from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
-from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, run_cli, start_node
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 from support import get_json
 
@@ -96,10 +96,10 @@ def big_blob(mesh: Mesh) -> StoredBlob:
 
 
 async def wait_until_online(url: str, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while len((await get_json(url, "/api/online/json"))[1]["farmers"]) < count:
-        assert time.monotonic() < deadline, "the farmers did not all register"
-        await asyncio.sleep(0.3)
+    async def online() -> bool:
+        return len((await get_json(url, "/api/online/json"))[1]["farmers"]) >= count
+
+    await eventually(online, within=30, every=0.3)  # the farmers all registered
 
 
 async def post_blob(url: str, data: bytes) -> tuple[int, dict]:

@@ -25,7 +25,7 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import SHARD_BYTES, pinged, registered, with_bandwidth, with_height
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.farmer_routes import RECORD_HEADER, TERABYTE, record_header
-from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, run_cli, start_node
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 from support import get_json
 
@@ -37,15 +37,12 @@ CONVERGE = 15.0  # seconds allowed for a change to show on every node
 
 
 async def wait_joined(urls: list[str], peers: int) -> None:
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        for url in urls:
-            while True:
-                async with session.get(f"{url}/node/info") as response:
-                    if (await response.json())["ipv4"]["good"] >= peers:
-                        break
-                assert time.monotonic() < deadline, f"{url} did not join"
-                await asyncio.sleep(0.1)
+    """Until every node knows `peers` good contacts."""
+
+    async def joined() -> bool:
+        return all([(await get_json(url, "/node/info"))[1]["ipv4"]["good"] >= peers for url in urls])
+
+    await eventually(joined, within=20, every=0.1)
 
 
 @dataclass

@@ -153,6 +153,7 @@ async def test_a_dhtmesh_run_farmer_answers_its_proxy_and_its_chunk_port_from_on
     assert info["listeners"] == len(DIRECTORY_KEYS)
 
 
+@pytest.mark.process  # runs the CLI
 def test_a_bootstrap_address_the_socket_cannot_reach_is_refused_with_one_line(tmp_path: Path) -> None:
     host = loopback_host()
     result = run_cli(
