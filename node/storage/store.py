@@ -14,6 +14,9 @@ most, so that signed values always have room. Quotas are charged per origin: a p
 (`netgroup.host_of`), this node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`),
 stock peers sharing one small budget since they never prove their address. A disk that fails or fills is a refusal
 (`Verdict.REFUSE_DISK_FULL`, `REFUSE_STORAGE_ERROR`), logged once, never an exception: reads go on.
+
+`ValueStore` is the one entry point; its tables (`schema`), quotas and charges (`quotas`), tombstones
+(`tombs`) and permanent puts (`announces`) are modules of their own.
 """
 
 import logging
