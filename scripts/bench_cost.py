@@ -43,12 +43,10 @@ from typing import Any
 import aiohttp
 from bench_proxy import Network, drive, emit, rss_mib, run_loop, start_dhtmesh, stop
 
-from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
-from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import Mesh, eventually
 
 HOST = "127.0.0.1"
 MESH_SIZE = 20
@@ -89,14 +87,11 @@ async def node_info(url: str) -> dict[str, Any]:
         return json.loads(await response.read())
 
 
-async def wait_joined(url: str) -> None:
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError, ValueError):
-            if (await node_info(url)).get("ipv4", {}).get("good", 0) > 0:
-                return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the two dhtmesh nodes did not join")
+async def joined(url: str) -> bool:
+    """Whether the node at `url` knows a good contact (not yet, if its proxy does not answer yet)."""
+    with contextlib.suppress(aiohttp.ClientError, ValueError):
+        return (await node_info(url)).get("ipv4", {}).get("good", 0) > 0
+    return False
 
 
 async def info_p50_ms(url: str) -> float:
@@ -134,7 +129,7 @@ async def rest_rows(net: Network, case: str, window: float) -> list[dict[str, An
 
 
 async def measure_rest(net: Network, values: int, window: float, doc: dict[str, Any]) -> None:
-    await wait_joined(net.url)
+    await eventually(lambda: joined(net.url), within=JOIN_TIMEOUT, every=0.2)  # the two nodes joined
     doc["rows"] += await rest_rows(net, "idle, 0 values", window)
     doc["put_load"] = await put_values(net.url, values)
     log(f"put {values} values: {doc['put_load']}")
@@ -231,27 +226,15 @@ def wire_keys(count: int) -> list[str]:
 # dhtmesh
 
 
-async def start_mesh() -> list[DhtNode]:
-    nodes: list[DhtNode] = []
-    for index in range(MESH_SIZE):
-        node = DhtNode(Identity.generate(), NodeConfig(), rules=RECORD_RULES)
-        nodes.append(node)  # appended first, so that it is stopped even if start fails
-        await node.start(loopback_host(index + 1), 0)  # an address each: nodes limit contacts per host
-    for node in nodes[1:]:
-        await node.join([nodes[0].address])
-    await asyncio.gather(*(node.lookup(node.node_id) for node in nodes))  # let early joiners learn late ones
-    return nodes
-
-
 def forget(node: DhtNode, key: bytes) -> None:
     """Make `node` drop its own copy of `key`'s values, so that a get from it must use the mesh."""
     node.forget_key(key)
 
 
 async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
-    nodes: list[DhtNode] = []
+    mesh = Mesh()  # production settings, each node on a loopback address of its own
     try:
-        nodes = await start_mesh()
+        nodes = await mesh.grow(MESH_SIZE, NodeConfig())
         await asyncio.sleep(MESH_SETTLE)
         traffic = Traffic()
         wrap_sendto([node.transport for node in nodes], traffic)
@@ -276,8 +259,7 @@ async def dhtmesh_wire(ops: int, rng: random.Random) -> list[dict[str, Any]]:
         rows[0]["mean_replicas"] = round(statistics.mean(replicas), 2)
         return rows
     finally:
-        for node in nodes:
-            await node.stop()
+        await mesh.stop()
 
 
 # stock kademlia

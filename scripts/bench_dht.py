@@ -73,12 +73,11 @@ from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
 from kademlia.utils import digest
 
-from dhtmesh.crypto import Identity
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.values.value import Value, new_value_id
 from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import eventually, start_node
 
 HOST = "127.0.0.1"
 VALUE_SIZE = 100
@@ -194,9 +193,8 @@ class DhtmeshMesh:
 
     async def start(self, total: int) -> None:
         for index in range(total):
-            node = DhtNode(Identity.generate(), self.config, rules=RECORD_RULES)
             # Each node on a loopback address of its own: nodes limit how many contacts share a host.
-            await node.start(loopback_host(index + 1), 0)
+            node = await start_node(self.config, host=loopback_host(index + 1))
             observe(node)
             self.nodes.append(node)
 
@@ -548,11 +546,7 @@ async def bench_all(sizes: list[int], ops: int, seed: int) -> tuple[list[dict[st
 
 
 async def wait_files(directory: Path, names: list[str]) -> None:
-    deadline = time.monotonic() + MP_WAIT
-    while not all((directory / name).exists() for name in names):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waiting for {names}")
-        await asyncio.sleep(0.05)
+    await eventually(lambda: all((directory / name).exists() for name in names), within=MP_WAIT)
 
 
 def write_json(path: Path, document: Any) -> None:

@@ -43,18 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_proxy import (
-    Measure,
-    dhtmesh_command,
-    emit,
-    free_port,
-    row,
-    run_loop,
-    spawn,
-    stop,
-    terminate_on_sigterm,
-    wait_ready,
-)
+from bench_proxy import Measure, emit, free_port, row, run_loop, spawn, stop, terminate_on_sigterm
 
 from dhtmesh.client import SyncClient
 from dhtmesh.client.farmers import signed_headers
@@ -63,6 +52,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.records.farmer import FarmerRecord, signed_farmer_value
 from dhtmesh.node.records.farmer_events import registered, with_height
 from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import DHTMESH, wait_ready
 
 HOST = "127.0.0.1"
 MESH_SIZE = 5
@@ -160,7 +150,7 @@ def dhtmesh_mesh(tmp: Path) -> Iterator[list[str]]:
             # Each node on a loopback address of its own: nodes limit how many contacts share a host.
             node_host = loopback_host(index + 1)
             args = ["run", "-p", "0", "--bind", node_host, "--proxyserver", "0", "--persist", str(tmp / f"n{index}")]
-            process = spawn([dhtmesh_command(), *args, *bootstrap], tmp / f"n{index}.log", stdout_pipe=True)
+            process = spawn([*DHTMESH, *args, *bootstrap], tmp / f"n{index}.log", stdout_pipe=True)
             processes.append(process)
             ready = wait_ready(process)
             urls.append(ready["proxy"])

@@ -46,8 +46,7 @@ from typing import Any
 import aiohttp
 from bench_common import percentile
 
-sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
-from support import wait_ready  # the one reader of a node's `ready` line, shared with the tests
+from dhtmesh.testing import DHTMESH, wait_ready
 
 HOST = "127.0.0.1"
 CONCURRENCY = 16
@@ -123,17 +122,12 @@ def stop(process: subprocess.Popen) -> None:
         process.stdout.close()
 
 
-def dhtmesh_command() -> str:
-    beside = Path(sys.executable).with_name("dhtmesh")
-    return str(beside) if beside.exists() else shutil.which("dhtmesh") or "dhtmesh"
-
-
 def start_dhtmesh(network: Network, tmp: Path) -> None:
     bootstrap: list[str] = []
     for index in range(2):
         data_dir = tmp / f"dhtmesh{index}"
         proxy_port = free_port(socket.SOCK_STREAM)
-        args = [dhtmesh_command(), "run", "-p", "0", "--bind", HOST, "--proxyserver", str(proxy_port)]
+        args = [*DHTMESH, "run", "-p", "0", "--bind", HOST, "--proxyserver", str(proxy_port)]
         args += ["--proxy-addr", HOST, "--persist", str(data_dir), *bootstrap]
         process = spawn(args, tmp / f"dhtmesh{index}.log", stdout_pipe=True)
         network.processes.append(process)

@@ -1,5 +1,6 @@
-"""Shared fixtures: in-process meshes of real `DhtNode`s on 127.0.0.1 (real UDP sockets, real SQLite),
-a node with its proxy in process, and real `dhtmesh run` processes; and the test kinds (markers).
+"""Shared fixtures, thin wrappers over the kit (`dhtmesh.testing`): in-process meshes of real `DhtNode`s
+on loopback (real UDP sockets, real SQLite), a node with its proxy in process, and real `dhtmesh run`
+processes; and the test kinds (markers).
 
 Every test is of one kind: `bench` (runs the benchmark scripts, or soaks a mesh of a benchmark's size
 for tens of seconds), `process` (starts `dhtmesh run`, the CLI, `dhtnode` or another OS process), `unit`
@@ -8,17 +9,13 @@ that uses `spawn` is a `process` test without saying so; a test that says nothin
 `pytest -m unit` runs the quick ones alone.
 """
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.proxy.app import ProxyServer
-
-from support import FAST, NodeProcess, ProcessGroup, start_node
+from dhtmesh.testing import Mesh, NodeProcess, ProcessGroup, ProxiedNodes
 
 KINDS = ("unit", "process", "bench")
 
@@ -28,45 +25,18 @@ Serve = Callable[..., Awaitable[tuple[DhtNode, str]]]
 
 @pytest.fixture
 async def make_mesh(tmp_path: Path) -> AsyncIterator[MeshFactory]:
-    """`await make_mesh(n, config=..., persist=False)`: n joined nodes, stopped at the end of the test."""
-    started: list[DhtNode] = []
-
-    async def make(count: int, config: NodeConfig = FAST, persist: bool = False) -> list[DhtNode]:
-        nodes = []
-        for index in range(count):
-            data_dir = tmp_path / f"node{len(started) + index}" if persist else None
-            if data_dir:
-                data_dir.mkdir()
-            nodes.append(await start_node(config, data_dir))
-        started.extend(nodes)
-        seed = nodes[0].address
-        for node in nodes[1:]:
-            await node.join([seed])
-        # A second pass lets early joiners learn of later ones, as a bucket refresh would.
-        await asyncio.gather(*(node.lookup(node.node_id) for node in nodes))
-        return nodes
-
-    yield make
-    for node in started:
-        await node.stop()
+    """`await make_mesh(n, config=..., persist=False)`: n joined nodes (`Mesh.grow`), stopped at the end."""
+    mesh = Mesh(tmp_path)
+    yield mesh.grow
+    await mesh.stop()
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """`await serve(**proxy_options)`: a fresh node with its proxy on a free port; yields (node, url)."""
-    started: list[tuple[DhtNode, ProxyServer]] = []
-
-    async def start(**options: object) -> tuple[DhtNode, str]:
-        node = await start_node()
-        proxy = ProxyServer(node, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
-        await proxy.start()
-        started.append((node, proxy))
-        return node, proxy.url
-
-    yield start
-    for node, proxy in started:
-        await proxy.stop()
-        await node.stop()
+    nodes = ProxiedNodes()
+    yield nodes.start
+    await nodes.stop()
 
 
 @pytest.fixture

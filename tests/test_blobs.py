@@ -42,8 +42,7 @@ from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
-
-from support import FAST, NodeProcess, ProcessGroup, run_cli, start_node
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 pytestmark = pytest.mark.process
 
@@ -95,10 +94,10 @@ def big_blob(mesh: Mesh) -> StoredBlob:
 
 
 async def wait_until_online(url: str, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while len(await online_farmers(url)) < count:
-        assert time.monotonic() < deadline, "the farmers did not all register"
-        await asyncio.sleep(0.3)
+    async def online() -> bool:
+        return len(await online_farmers(url)) >= count
+
+    await eventually(online, within=30, every=0.3)  # the farmers all registered
 
 
 async def online_farmers(url: str) -> list[dict]:

@@ -39,8 +39,9 @@ from dhtmesh.node.transfer.port_limits import (
     PROVES_PER_ADDRESS,
     connection_cap,
 )
+from dhtmesh.testing import NodeProcess
 
-from support import NodeProcess, audit_once_registered, get_json
+from support import audit_once_registered, get_json
 
 BLOCKS = 300
 DATA = os.urandom(BLOCK_SIZE * BLOCKS)

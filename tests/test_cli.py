@@ -22,18 +22,9 @@ import pytest
 
 from dhtmesh.client import Client, SyncClient
 from dhtmesh.node.values import Value
+from dhtmesh.testing import DHTMESH, NodeProcess, ProcessGroup, eventually, run_cli
 
-from support import (
-    DHTMESH,
-    NodeProcess,
-    ProcessGroup,
-    assert_one_line_error,
-    data_of,
-    eventually,
-    new_identity,
-    run_cli,
-    values_of,
-)
+from support import assert_one_line_error, data_of, new_identity, values_of
 
 pytestmark = pytest.mark.process
 

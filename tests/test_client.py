@@ -19,9 +19,9 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import SHARD_BYTES
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.routes import ROUTES
+from dhtmesh.testing import NodeProcess, eventually
 
 from conftest import MeshFactory, Serve
-from support import NodeProcess, eventually
 
 
 def test_every_path_the_client_builds_is_a_route_of_the_proxy() -> None:

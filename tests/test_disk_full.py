@@ -13,7 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support import ProcessGroup, get_json
+from dhtmesh.testing import ProcessGroup
+
+from support import get_json
 
 pytestmark = pytest.mark.process
 

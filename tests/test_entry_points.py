@@ -33,9 +33,9 @@ from dhtmesh.node.storage.store import LOCAL_ORIGIN, ValueStore
 from dhtmesh.node.values import InvalidValue, Value, sign_value
 from dhtmesh.node.wire.endpoint import RpcRefused
 from dhtmesh.proxy.app import ProxyServer
+from dhtmesh.testing import FAST, eventually, udp_request
 
 from conftest import MeshFactory
-from support import FAST, eventually, udp_request
 
 
 def fake_record(farmer: bytes, height: int = HEIGHT_LIMIT) -> FarmerRecord:

@@ -25,8 +25,9 @@ from dhtmesh.node.storage.store import Quotas
 from dhtmesh.proxy.app import ProxyServer, create_app
 from dhtmesh.proxy.errors import TABLE, ProxyError, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS
+from dhtmesh.testing import FAST, start_node
 
-from support import FAST, call, start_node
+from support import call
 
 ROOTS = (CryptoError, NodeError, ServiceError, ProxyError)
 

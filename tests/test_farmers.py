@@ -27,8 +27,9 @@ from dhtmesh.node.records.farmer import HEIGHT_LIMIT, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import SHARD_BYTES, pinged, registered, with_bandwidth, with_height
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.farmer_routes import TERABYTE
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
-from support import FAST, NodeProcess, ProcessGroup, get_json, run_cli, start_node
+from support import get_json
 
 pytestmark = pytest.mark.process
 
@@ -38,12 +39,16 @@ CONVERGE = 15.0  # seconds allowed for a change to show on every node
 
 
 async def wait_joined(urls: list[str], peers: int) -> None:
-    deadline = time.monotonic() + 20
-    for url in urls:
-        async with Client(url) as client:
-            while (await client.info())["ipv4"]["good"] < peers:
-                assert time.monotonic() < deadline, f"{url} did not join"
-                await asyncio.sleep(0.1)
+    """Until every node knows `peers` good contacts."""
+
+    async def joined() -> bool:
+        for url in urls:
+            async with Client(url) as client:
+                if (await client.info())["ipv4"]["good"] < peers:
+                    return False
+        return True
+
+    await eventually(joined, within=20, every=0.1)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, cast
 
 import msgpack
@@ -28,13 +29,11 @@ from hypothesis import strategies as st
 
 from dhtmesh.crypto import Identity
 from dhtmesh.node.admission import proof_message
-from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
 from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
-
-from support import eventually, loopback_host, watch_datagrams
+from dhtmesh.testing import FAST, eventually, loopback_host, watch_datagrams
 
 Address = tuple[str, int]
 LOCALHOST = "127.0.0.1"
@@ -61,7 +60,7 @@ ALL_RPCS = STOCK_RPCS + MESH_RPCS
 # The fields dhtmesh RPC bodies use: fuzzed maps draw their keys mostly from these, to get past the first check.
 BODY_FIELDS = ("t", "v", "p", "k", "o", "i", "ttl", "x", "c", "d", "n")
 # k=3 in a 5-node mesh: some node holds no copy of a key, so its get must pull values over the wire.
-FAST_K3 = NodeConfig(rpc_timeout=0.3, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0, k=3)
+FAST_K3 = replace(FAST, k=3)
 
 
 # ---- a raw UDP peer ---------------------------------------------------------------------------------------

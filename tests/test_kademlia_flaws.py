@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
 from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
+from dhtmesh.testing import FAST, eventually, loopback_host, start_node, watch_datagrams
 
-from support import FAST, eventually, loopback_host, start_node, watch_datagrams
+from conftest import MeshFactory
+from support import subscribed
 
-MeshFactory = Callable[..., Awaitable[list[DhtNode]]]
 LOCALHOST = "127.0.0.1"
 FOREVER = 10**9  # seconds: `store.expire(now=time.time() + FOREVER)` makes a node forget every value it holds
 
@@ -126,10 +127,11 @@ class RawPeer:
         except TimeoutError:
             return None
 
-    async def drain(self, quiet: float = 0.3) -> list[bytes]:
-        """Everything that arrives until nothing has for `quiet` seconds (also kept in `inbox`)."""
-        got = []
-        while (data := await self.receive(quiet)) is not None:
+    async def drain(self, quiet: float = 0.3, expected: int | None = None) -> list[bytes]:
+        """Everything that arrives until nothing has for `quiet` seconds, or until the `expected` number
+        of datagrams has (also kept in `inbox`)."""
+        got: list[bytes] = []
+        while len(got) != expected and (data := await self.receive(quiet)) is not None:
             got.append(data)
         self.inbox.extend(got)
         return got
@@ -904,7 +906,8 @@ async def flood_stores(peer: RawPeer, to: Address, count: int, key: bytes | None
     for _ in range(count):
         peer.request(to, "store", [os.urandom(20), key or new_key(), os.urandom(size)])
         await asyncio.sleep(0)
-    replies = [codec.decode(datagram).body for datagram in await peer.drain(quiet=0.4)]
+    # Every store is answered (True or False): waiting for silence only after the last answer is waste.
+    replies = [codec.decode(datagram).body for datagram in await peer.drain(quiet=0.4, expected=count)]
     return sum(1 for reply in replies if reply is True)
 
 
@@ -1235,7 +1238,7 @@ async def test_F23_a_stopped_mesh_leaves_no_tasks_and_no_warnings(loop_errors: l
             await node.join([nodes[0].address])
         key = new_key()
         listener = nodes[3].listen(key)
-        await asyncio.sleep(0.2)  # let it subscribe to the replicas
+        await eventually(lambda: subscribed(nodes[3], key, nodes))
         await nodes[0].put(key, nodes[0].sign(key, Value(1, b"one")))
         event = await asyncio.wait_for(listener.next(), 5)
         assert event.value.data == b"one"

@@ -13,7 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"records", "audits", "blobs", "transfer", "services"}
-LEVELS = {"crypto": 0, "core": 1, "services": 2, "api": 3, "proxy": 4, "client": 4, "bootstrap": 4, "cli": 5}
+LEVELS = {
+    "crypto": 0, "core": 1, "services": 2, "api": 3, "proxy": 4, "client": 4, "bootstrap": 4, "cli": 5, "testing": 6,
+}  # fmt: skip
 
 pytestmark = pytest.mark.unit
 

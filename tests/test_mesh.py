@@ -12,9 +12,10 @@ from dhtmesh.node.listeners import Listener, ValueEvent
 from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, new_value_id, sign_value
+from dhtmesh.testing import FAST, eventually, start_node, watch_datagrams
 
 from conftest import MeshFactory
-from support import FAST, start_node, watch_datagrams
+from support import subscribed
 
 SMALL_K = replace(FAST, k=4)
 
@@ -83,7 +84,7 @@ async def test_listener_hears_new_updated_and_expired_values_from_across_the_mes
     key = key_of("news")
     owner = Identity.generate()
     with nodes[7].listen(key) as listener:
-        await asyncio.sleep(0.5)  # the listener subscribes to the replicas
+        await eventually(lambda: subscribed(nodes[7], key, nodes))
         first = sign_value(owner, key, Value(1, b"first", seq=1))
         await nodes[0].put(key, first)
         event = await next_event(listener)
@@ -112,12 +113,11 @@ async def test_a_second_listener_gets_current_values_and_a_closed_one_unsubscrib
     assert (await next_event(first)).value == value
     second = nodes[4].listen(key)
     assert (await next_event(second)).value == value
-    await asyncio.sleep(0.5)
+    await eventually(lambda: subscribed(nodes[4], key, nodes))
     assert sum(node.hub.subscription_count() for node in nodes) >= 1
     first.close()
     second.close()
-    await asyncio.sleep(0.5)
-    assert sum(node.hub.subscription_count() for node in nodes) == 0
+    await eventually(lambda: sum(node.hub.subscription_count() for node in nodes) == 0)
 
 
 def by_distance(nodes: list[DhtNode], key: bytes) -> list[DhtNode]:
@@ -135,8 +135,9 @@ async def test_lost_replicas_are_repaired_by_the_closest_holder(make_mesh: MeshF
     for node in lost:
         await node.stop()
     alive = [n for n in nodes if n not in lost]
-    for node in alive:
-        await node.lookup(node.node_id)  # notice the departures (newcomers to tables may get hand-offs)
+    # Every node notices the departures (newcomers to tables may get hand-offs), all at once: each
+    # lookup waits out the silent nodes' timeouts.
+    await asyncio.gather(*(node.lookup(node.node_id) for node in alive))
     await closest.replicator.repair()
     assert all(node in holders(alive, key, value) for node in by_distance(alive, key)[: SMALL_K.k])
 

@@ -38,9 +38,10 @@ from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import CERTIFICATE_TYPE
 from dhtmesh.node.values.value import InvalidValue, Value, sign_opendht_value
 from dhtmesh.node.wire.endpoint import RpcRefused
+from dhtmesh.testing import eventually, udp_request
 
 from conftest import MeshFactory, Serve
-from support import call, eventually, from_address, udp_request
+from support import call, from_address
 
 
 @pytest.fixture(scope="module")

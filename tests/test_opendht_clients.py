@@ -36,9 +36,10 @@ from dhtmesh.node.values.value import (
     sign_opendht_value,
 )
 from dhtmesh.node.wire.endpoint import RpcRefused
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 from conftest import MeshFactory
-from support import FAST, NodeProcess, OpenDhtClient, ProcessGroup, eventually, run_cli, start_node
+from support import OpenDhtClient
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,7 @@ async def test_clients_encrypt_to_the_node_and_its_operator_reads_with_dhtmesh_g
     assert "sealed=true" in unread.stdout and "hello-node" not in unread.stdout
 
 
+@pytest.mark.process  # runs the CLI
 def test_an_opendht_identity_file_that_is_no_rsa_key_is_one_line_of_error(
     mesh: list[NodeProcess], tmp_path: Path
 ) -> None:

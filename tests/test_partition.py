@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from support import eventually
+from dhtmesh.testing import eventually
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

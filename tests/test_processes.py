@@ -13,17 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from support import (
-    DHTMESH,
-    NodeProcess,
-    assert_one_line_error,
-    data_of,
-    eventually,
-    new_identity,
-    post_json,
-    run_cli,
-    values_of,
-)
+from dhtmesh.testing import DHTMESH, NodeProcess, eventually, run_cli
+
+from support import assert_one_line_error, data_of, new_identity, post_json, values_of
 
 pytestmark = pytest.mark.process
 

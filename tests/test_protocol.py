@@ -15,8 +15,7 @@ from dhtmesh.node.stats import Counters
 from dhtmesh.node.values.value import Value
 from dhtmesh.node.wire.endpoint import Endpoint, Request, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
-
-from support import loopback_host
+from dhtmesh.testing import loopback_host
 
 
 async def open_endpoint(node_id: bytes, trusted: bool = True) -> Endpoint:

@@ -15,8 +15,10 @@ from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, sign_value
 from dhtmesh.proxy.app import MAX_BODY, ProxyServer
+from dhtmesh.testing import eventually
 
 from conftest import MeshFactory
+from support import subscribed
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ async def test_listen_streams_current_then_new_values_and_frees_its_listener(
         assert response.status == 200
         first = await asyncio.wait_for(response.content.readline(), 5)
         assert base64.b64decode(json.loads(first)["data"]) == b"before"
-        await asyncio.sleep(0.5)
+        await eventually(lambda: subscribed(nodes[2], parse_key("stream"), nodes))
         await post(f"{urls[1]}/key/stream", {"data": b64(b"after")})
         second = await asyncio.wait_for(response.content.readline(), 5)
         assert base64.b64decode(json.loads(second)["data"]) == b"after"

@@ -29,9 +29,10 @@ from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_
 from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key
 from dhtmesh.proxy.app import LISTENS_PER_CLIENT
 from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
+from dhtmesh.testing import NodeProcess
 
 from conftest import Serve
-from support import NodeProcess, call, from_address, get_json
+from support import call, from_address, get_json
 
 Spawn = Callable[..., NodeProcess]
 ALLOWED = "http://allowed.example"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
 from dhtmesh.proxy.routes import ROUTES
-
-from support import NodeProcess
+from dhtmesh.testing import NodeProcess
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("st"))
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

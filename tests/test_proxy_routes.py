@@ -22,8 +22,9 @@ from dhtmesh.proxy.app import create_app
 from dhtmesh.proxy.openapi import STANDARD_METHODS, document
 from dhtmesh.proxy.route import table_path
 from dhtmesh.proxy.routes import ROUTES
+from dhtmesh.testing import NodeProcess, eventually
 
-from support import NodeProcess, eventually, get_json
+from support import get_json
 
 Spawn = Callable[..., NodeProcess]
 
@@ -59,12 +60,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def wait_connected(session: aiohttp.ClientSession, nodes: list[NodeProcess], good: int) -> None:
-    for _ in range(100):
+    async def connected() -> bool:
         infos = [await read_json(await session.get(f"{node.url}/")) for node in nodes]
-        if all(info["ipv4"]["good"] >= good for info in infos):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("mesh did not connect")
+        return all(info["ipv4"]["good"] >= good for info in infos)
+
+    await eventually(connected, within=10, every=0.1)  # the mesh connected
 
 
 async def test_node_info_is_live_and_truthful(spawn: Spawn, session: aiohttp.ClientSession) -> None:

@@ -15,9 +15,9 @@ from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer import FARMER_RECORD_EXPIRY, FarmerRecord, next_signed
 from dhtmesh.node.records.farmer_events import ONLINE_TIME, pinged, registered, with_height
 from dhtmesh.node.records.registry import AlreadyRegistered, BadFarmerRecord, FarmerRegistry, UnknownFarmer
+from dhtmesh.testing import FAST, eventually, start_node
 
 from conftest import MeshFactory
-from support import FAST, eventually, start_node
 
 
 async def register(registry: FarmerRegistry, farmer: Identity) -> FarmerRecord:

@@ -14,24 +14,38 @@ from typing import Any
 import msgpack
 import pytest
 from kademlia.network import Server
+from kademlia.protocol import KademliaProtocol
 
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.values import Value, new_value_id
-
-from support import watch_datagrams
+from dhtmesh.testing import watch_datagrams
 
 LOCALHOST = "127.0.0.1"
 TEXT = "text/plain"
 MSGPACK = "application/msgpack"
 MAX_DATAGRAM = 1400  # the most dhtmesh may send in one datagram
+STOCK_WAIT = 1.0  # seconds a stock peer waits for an answer
 
 Address = tuple[str, int]
+
+
+class PromptProtocol(KademliaProtocol):
+    """The stock protocol, giving up on an unanswered request after 1 s instead of rpcudp's 5 (every
+    answer on loopback takes milliseconds; a request dhtmesh drops unread would cost 5 s a test)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._wait_timeout = STOCK_WAIT
+
+
+class PromptServer(Server):
+    protocol_class = PromptProtocol
 
 
 @asynccontextmanager
 async def stock_server() -> AsyncIterator[Server]:
     """A stock `kademlia` Server listening on a free 127.0.0.1 port; stopped on exit."""
-    server = Server()
+    server = PromptServer()
     await server.listen(0, interface=LOCALHOST)
     try:
         yield server

@@ -24,7 +24,9 @@ from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderRefused, new_c
 from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.app import ProxyServer
-from tests.support import NodeProcess, assert_one_line_error, eventually, get_json, loopback_host, run_cli, start_node
+from dhtmesh.testing import NodeProcess, eventually, loopback_host, run_cli, start_node
+
+from support import assert_one_line_error, get_json
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -151,6 +153,7 @@ async def test_a_dhtmesh_run_farmer_answers_its_proxy_and_its_chunk_port_from_on
     assert info["listeners"] == len(DIRECTORY_KEYS)
 
 
+@pytest.mark.process  # runs the CLI
 def test_a_bootstrap_address_the_socket_cannot_reach_is_refused_with_one_line(tmp_path: Path) -> None:
     host = loopback_host()
     result = run_cli(

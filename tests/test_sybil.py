@@ -25,9 +25,9 @@ from dhtmesh.node.records import rules
 from dhtmesh.node.records.holding import Holding, chunk_key, signed_holding
 from dhtmesh.node.storage.store import Quotas
 from dhtmesh.node.values import Value, new_value_id, sign_value
+from dhtmesh.testing import ATTACKER, FAST, eventually, start_node
 
 from conftest import MeshFactory
-from support import ATTACKER, FAST, eventually, start_node
 
 
 async def hostile_nodes(count: int, mesh: list[DhtNode], **options: object) -> list[DhtNode]:
@@ -167,18 +167,18 @@ async def test_a_stranger_cannot_keep_a_value_alive_nor_put_it_back_but_its_publ
         publisher.cancel_put(key, value.id)
         life = replica.store.remaining_ttl(key, value)
         assert 0 < life <= 60
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
         assert await stranger.store_on(replica.contact, key, value, 60.0)  # "stored": it is held
-        assert replica.store.remaining_ttl(key, value) < life - 0.25  # ...but not kept alive by a stranger
+        assert replica.store.remaining_ttl(key, value) < life - 0.15  # ...but not kept alive by a stranger
         assert replica.expire_values(now=time.time() + 61) == 1
         assert await stranger.store_on(replica.contact, key, value, 60.0) is False  # nor put back
         assert replica.store.get(key) == []
         await publisher.announce(key, value)  # its publisher may put it back
         assert replica.store.get(key) == [value]
         before = replica.store.remaining_ttl(key, value)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
         await publisher.announce(key, value)  # and keep it alive: its expiry moves with the clock
-        assert replica.store.remaining_ttl(key, value) > before - 0.25
+        assert replica.store.remaining_ttl(key, value) > before - 0.15
     finally:
         await stop_all([stranger])
 
@@ -195,9 +195,9 @@ async def test_a_hand_off_keeps_the_publisher_able_to_refresh(make_mesh: MeshFac
         await eventually(lambda: newcomer.store.get(key) == [value])  # handed off by a replica
         assert newcomer.store.storer_of(key, value) == publisher.node_id
         before = newcomer.store.remaining_ttl(key, value)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
         await publisher.announce(key, value)  # its expiry moves with the clock
-        assert newcomer.store.remaining_ttl(key, value) > before - 0.25
+        assert newcomer.store.remaining_ttl(key, value) > before - 0.15
     finally:
         await newcomer.stop()
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from dhtmesh.node.trace import LookupDone, NodeTrace, RpcDone, RpcSent
 from dhtmesh.node.values import Value, new_value_id
+from dhtmesh.testing import start_node
 
 from conftest import MeshFactory
-from support import start_node
 
 
 @dataclass

@@ -20,8 +20,9 @@ from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, check_answer, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, challenge_binding, chunk_path, prove_path
 from dhtmesh.node.transfer.framing import announce, frame
+from dhtmesh.testing import NodeProcess
 
-from support import NodeProcess, audit_once_registered
+from support import audit_once_registered
 
 CHUNK = BLOCK_SIZE * 300 + 77
 AUDITOR = Identity.generate()  # the one node the holders below take challenges from

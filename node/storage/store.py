@@ -14,102 +14,39 @@ most, so that signed values always have room. Quotas are charged per origin: a p
 (`netgroup.host_of`), this node's own puts (`LOCAL_ORIGIN`), or a stock peer's host (`stock_origin`),
 stock peers sharing one small budget since they never prove their address. A disk that fails or fills is a refusal
 (`Verdict.REFUSE_DISK_FULL`, `REFUSE_STORAGE_ERROR`), logged once, never an exception: reads go on.
+
+`ValueStore` is the one entry point; its tables (`schema`), quotas and charges (`quotas`), tombstones
+(`tombs`) and permanent puts (`announces`) are modules of their own.
 """
 
 import logging
 import math
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
 from dhtmesh.crypto.keys import node_id_from_public_key
+from dhtmesh.node.storage.announces import Announces
+from dhtmesh.node.storage.quotas import (
+    LOCAL_ORIGIN,
+    ROW_OVERHEAD,
+    STOCK_PREFIX,
+    Ledger,
+    Quotas,
+    stock_origin,
+    stock_sender,
+)
+from dhtmesh.node.storage.schema import VALUE_COLUMNS, open_database, py_id, row_value, sql_id
+from dhtmesh.node.storage.tombs import bury, drop_ended, tomb_of
 from dhtmesh.node.values.policy import Verdict, judge_update
-from dhtmesh.node.values.types import expiry_for
-from dhtmesh.node.values.value import Value, value_from_wire
-from dhtmesh.node.wire.netgroup import subnet_of
-from dhtmesh.node.wire.ratelimit import tally
+from dhtmesh.node.values.value import Value
+
+# What callers import from here (the node, the stock RPCs, the tests), wherever it is defined.
+__all__ = ["LOCAL_ORIGIN", "ROW_OVERHEAD", "Quotas", "ValueStore", "stock_origin", "stock_sender"]
 
 log = logging.getLogger(__name__)
 
-LOCAL_ORIGIN = "local"
-STOCK_PREFIX = "stock "
-ROW_OVERHEAD = 64  # bytes charged per value beyond its payload, for keys and bookkeeping
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vals (
-    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
-    type INTEGER NOT NULL, data BLOB NOT NULL, sig BLOB NOT NULL, utype TEXT NOT NULL, recipient BLOB NOT NULL,
-    expires REAL NOT NULL, origin TEXT NOT NULL, stored_at REAL NOT NULL, charge INTEGER NOT NULL,
-    storer BLOB NOT NULL DEFAULT x'',
-    PRIMARY KEY (key, owner, vid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
-CREATE INDEX IF NOT EXISTS vals_id ON vals (key, vid);
-CREATE INDEX IF NOT EXISTS vals_order ON vals (key, owner, vid);
-CREATE TABLE IF NOT EXISTS announces (
-    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, value BLOB NOT NULL,
-    until REAL NOT NULL DEFAULT 9e999, client TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (key, owner, vid)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tombs (
-    key BLOB NOT NULL, owner BLOB NOT NULL, vid INTEGER NOT NULL, seq INTEGER NOT NULL,
-    storer BLOB NOT NULL, until REAL NOT NULL,
-    PRIMARY KEY (key, owner, vid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tombs_until ON tombs (until);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Quotas:
-    """OpenDHT's defaults: 64 MiB stored for others, each peer host at most 1/8 of it and each subnet
-    (`netgroup.subnet_of`) 1/4; a cap per key, of which one peer host may fill at most `key_share` (so
-    strangers cannot crowd out the others)."""
-
-    max_remote_bytes: int = 64 * 1024 * 1024
-    max_local_bytes: int = 64 * 1024 * 1024
-    max_values_per_key: int = 1024
-    peer_share: float = 1 / 8
-    subnet_share: float = 1 / 4
-    key_share: float = 1 / 4
-    max_tombstones: int = 100_000  # ~10 MB: a tombstone is charged to no one, so their number is capped
-    # Permanent puts the node keeps for proxy clients: each is looked at every second and re-announced
-    # every few minutes for a day, so one client (an address, as for listen streams) keeps a few, and
-    # all of them together a bounded number. The node's own are not counted.
-    permanent_puts_per_client: int = 64
-    permanent_puts_of_clients: int = 4096
-
-
-def stock_origin(host: str) -> str:
-    """The origin a stock peer's store is charged to (all stock origins share one peer's budget and
-    one peer's share of a key: a stock peer's address is never proven, so it could be anyone's)."""
-    return STOCK_PREFIX + host
-
-
-def stock_sender(host: str) -> bytes:
-    """Who a stock peer is, for refreshing what it stored: its host (it has no proven id)."""
-    return (STOCK_PREFIX + host).encode()
-
-
-def _sql_id(value_id: int) -> int:
-    return value_id - (1 << 64) if value_id >= 1 << 63 else value_id
-
-
-def _py_id(sql_id: int) -> int:
-    return sql_id + (1 << 64) if sql_id < 0 else sql_id
-
-
-def _row_value(row: tuple) -> Value:
-    owner, vid, seq, value_type, data, sig, utype, recipient = row
-    return Value(_py_id(vid), data, value_type, owner, seq, sig, utype, recipient)
-
-
-_VALUE_COLUMNS = "owner, vid, seq, type, data, sig, utype, recipient"
 # A key's values in the primary key's own order, signed ones first (a page of unsigned values never
 # hides a signed one), as two ranges: an ORDER BY that is not the key's order makes SQLite read and
 # sort every value of the key, data included, for each page. A page is found in the narrow
@@ -136,36 +73,20 @@ class ValueStore:
         self._may_follow = may_follow  # whether a newer version may replace the current one (record rules)
         self._open_refresh = open_refresh  # values anyone may refresh (self-proving records)
         self._per_host = per_host  # a kind's own cap on its values from one host under one key
-        self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        self._db = open_database(path)
         self._failing = False
-        # Bytes and values per origin, kept in memory so that quotas and `counts()` never scan the table.
-        self._charges: Counter[str] = Counter()
-        self._values: Counter[str] = Counter()
-        self._subnet_charges: Counter[str] = Counter()  # remote hosts' charges by their subnet
-        self.remote_bytes = 0  # the sum of the charges of every origin but this node
-        self.stock_bytes = 0  # the part of it stock peers are charged
+        self._ledger = Ledger(self.quotas)
         for origin, charge, count in self._db.execute("SELECT origin, SUM(charge), COUNT(*) FROM vals GROUP BY origin"):
-            self._account(origin, charge, count)
+            self._ledger.account(origin, charge, count)
+        self._announces = Announces(self._db, self.quotas, self._failed)
 
     def close(self) -> None:
         self._db.close()
 
-    def _migrate(self) -> None:
-        """A store from before storers were kept: its values may be refreshed by their owners only. One
-        from before permanent puts could end: they are kept until cancelled (9e999 reads as infinity).
-        One from before permanent puts had a client: they are the node's own, which no client cancels."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
-        if "storer" not in columns:
-            self._db.execute("ALTER TABLE vals ADD COLUMN storer BLOB NOT NULL DEFAULT x''")
-        announce_columns = {row[1] for row in self._db.execute("PRAGMA table_info(announces)")}
-        if "until" not in announce_columns:
-            self._db.execute("ALTER TABLE announces ADD COLUMN until REAL NOT NULL DEFAULT 9e999")
-        if "client" not in announce_columns:
-            self._db.execute("ALTER TABLE announces ADD COLUMN client TEXT NOT NULL DEFAULT ''")
+    @property
+    def remote_bytes(self) -> int:
+        """Bytes held for others (every origin but this node)."""
+        return self._ledger.remote_bytes
 
     @property
     def rules_version(self) -> int:
@@ -180,12 +101,12 @@ class ValueStore:
         """Delete every value `keep` refuses (rules that changed since it was stored); returns how many."""
         doomed = [
             row
-            for row in self._db.execute(f"SELECT key, {_VALUE_COLUMNS}, origin, charge FROM vals").fetchall()
-            if not keep(row[0], _row_value(row[1:9]))
+            for row in self._db.execute(f"SELECT key, {VALUE_COLUMNS}, origin, charge FROM vals").fetchall()
+            if not keep(row[0], row_value(row[1:9]))
         ]
         for row in doomed:
             self._db.execute("DELETE FROM vals WHERE key=? AND owner=? AND vid=?", (row[0], row[1], row[2]))
-            self._account(row[9], -row[10], -1)
+            self._ledger.account(row[9], -row[10], -1)
         return len(doomed)
 
     # ---- writes -------------------------------------------------------------------------------
@@ -208,11 +129,11 @@ class ValueStore:
     def _put(self, key: bytes, value: Value, origin: str, ttl: float, sender: bytes, storer: bytes) -> Verdict:
         # One read serves the policy (the current version, who else holds this id) and the quotas.
         same_id = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS}, origin, charge, storer FROM vals INDEXED BY vals_id WHERE key=? AND vid=?",
-            (key, _sql_id(value.id)),
+            f"SELECT {VALUE_COLUMNS}, origin, charge, storer FROM vals INDEXED BY vals_id WHERE key=? AND vid=?",
+            (key, sql_id(value.id)),
         ).fetchall()
         mine = next((row for row in same_id if row[0] == value.owner), None)
-        current = _row_value(mine[:8]) if mine else None
+        current = row_value(mine[:8]) if mine else None
         verdict = judge_update(current, value, {row[0] for row in same_id})
         if not verdict.accepted:
             return verdict
@@ -225,7 +146,7 @@ class ValueStore:
                 return Verdict.HELD
             self._db.execute(
                 "UPDATE vals SET expires = MAX(expires, ?) WHERE key=? AND owner=? AND vid=?",
-                (expires, key, value.owner, _sql_id(value.id)),
+                (expires, key, value.owner, sql_id(value.id)),
             )
             return verdict
         if verdict is Verdict.NEW:
@@ -234,7 +155,7 @@ class ValueStore:
                 return refusal
         charge = value.size + ROW_OVERHEAD
         old = (mine[8], mine[9]) if mine else None
-        refusal = self._quota_refusal(origin, charge, old)
+        refusal = self._ledger.refusal(origin, charge, old)
         if refusal is not None:
             return refusal
         self._db.execute(
@@ -242,7 +163,7 @@ class ValueStore:
             (
                 key,
                 value.owner,
-                _sql_id(value.id),
+                sql_id(value.id),
                 value.seq,
                 value.type,
                 value.data,
@@ -257,8 +178,8 @@ class ValueStore:
             ),
         )
         if old:
-            self._account(old[0], -old[1], -1)
-        self._account(origin, charge, 1)
+            self._ledger.account(old[0], -old[1], -1)
+        self._ledger.account(origin, charge, 1)
         return verdict
 
     def _may_refresh(self, value: Value, origin: str, sender: bytes, storer: bytes) -> bool:
@@ -272,10 +193,7 @@ class ValueStore:
         """Whether a value new to this key must be refused: a version that expired here, put back by
         someone who may not refresh it; a full key (or its unsigned half); a key whose share for this
         origin is used up."""
-        tomb = self._db.execute(
-            "SELECT seq, storer FROM tombs WHERE key=? AND owner=? AND vid=? AND until > ?",
-            (key, value.owner, _sql_id(value.id), time.time()),
-        ).fetchone()
+        tomb = tomb_of(self._db, key, value.owner, sql_id(value.id), time.time())
         if tomb is not None and value.seq <= tomb[0] and not self._may_refresh(value, origin, sender, tomb[1]):
             return Verdict.REFUSE_EXPIRED
         stock = origin.startswith(STOCK_PREFIX)
@@ -293,77 +211,29 @@ class ValueStore:
             return Verdict.REFUSE_KEY_SHARE
         return None
 
-    def _account(self, origin: str, charge: int, count: int) -> None:
-        self._charges[origin] += charge
-        self._values[origin] += count
-        if origin != LOCAL_ORIGIN:
-            self.remote_bytes += charge
-        if origin.startswith(STOCK_PREFIX):
-            self.stock_bytes += charge
-        elif origin != LOCAL_ORIGIN:
-            tally(self._subnet_charges, subnet_of(origin), charge)
-        if not self._values[origin]:
-            del self._charges[origin], self._values[origin]  # origins come and go: keep only live ones
-
-    def _quota_refusal(self, origin: str, charge: int, old: tuple[str, int] | None) -> Verdict | None:
-        """Whether charging `charge` to `origin` (releasing the replaced row's charge) breaks a quota."""
-        old_origin, old_charge = old if old else ("", 0)
-        growth = charge - (old_charge if old_origin == origin else 0)
-        if origin == LOCAL_ORIGIN:
-            if self._charges[LOCAL_ORIGIN] + growth > self.quotas.max_local_bytes:
-                return Verdict.REFUSE_STORE_FULL
-            return None
-        released = old_charge if old and old_origin != LOCAL_ORIGIN else 0
-        if self.remote_bytes + charge - released > self.quotas.max_remote_bytes:
-            return Verdict.REFUSE_STORE_FULL
-        share = self.quotas.max_remote_bytes * self.quotas.peer_share
-        if origin.startswith(STOCK_PREFIX):
-            return Verdict.REFUSE_PEER_QUOTA if self.stock_bytes + growth > share else None
-        if self._charges[origin] + growth > share:
-            return Verdict.REFUSE_PEER_QUOTA
-        subnet_share = self.quotas.max_remote_bytes * max(self.quotas.subnet_share, self.quotas.peer_share)
-        if self._subnet_charges[subnet_of(origin)] + growth > subnet_share:
-            return Verdict.REFUSE_PEER_QUOTA
-        return None
-
     def expire(self, now: float | None = None) -> list[tuple[bytes, Value]]:
         """Remove and return every value whose time is up; each leaves a tombstone."""
         now = time.time() if now is None else now
         try:
             rows = self._db.execute(
-                f"SELECT key, {_VALUE_COLUMNS}, origin, charge, storer, expires - stored_at FROM vals "
+                f"SELECT key, {VALUE_COLUMNS}, origin, charge, storer, expires - stored_at FROM vals "
                 "WHERE expires <= ?",
                 (now,),
             ).fetchall()
             if rows:
                 self._db.execute("BEGIN")
                 self._db.execute("DELETE FROM vals WHERE expires <= ?", (now,))
-                self._bury(rows, now)
+                bury(self._db, rows, now, self.quotas.max_tombstones)
                 self._db.execute("COMMIT")
-            self._db.execute("DELETE FROM tombs WHERE until <= ?", (now,))
+            drop_ended(self._db, now)
         except sqlite3.OperationalError as error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._failed(error)
             return []
         for row in rows:
-            self._account(row[9], -row[10], -1)
-        return [(row[0], _row_value(row[1:9])) for row in rows]
-
-    def _bury(self, rows: list[tuple], now: float) -> None:
-        """Tombstones of expired values, each for as long as its value was held (a value stored
-        for a second leaves a tombstone for a second), within the type's lifetime and the cap."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO tombs VALUES (?,?,?,?,?,?)",
-            [(row[0], row[1], row[2], row[3], row[11], now + min(row[12], expiry_for(row[4]))) for row in rows],
-        )
-        excess = self._db.execute("SELECT COUNT(*) FROM tombs").fetchone()[0] - self.quotas.max_tombstones
-        if excess > 0:
-            self._db.execute(
-                "DELETE FROM tombs WHERE (key, owner, vid) IN "
-                "(SELECT key, owner, vid FROM tombs ORDER BY until LIMIT ?)",
-                (excess,),
-            )
+            self._ledger.account(row[9], -row[10], -1)
+        return [(row[0], row_value(row[1:9])) for row in rows]
 
     def _failed(self, error: sqlite3.OperationalError) -> Verdict:
         """A write the disk refused: said once at ERROR (a full disk would otherwise log every request)."""
@@ -398,131 +268,84 @@ class ValueStore:
         if limit < 0 or len(rows) < limit:
             rest = limit - len(rows) if limit >= 0 else -1
             rows += self._range(where, _UNSIGNED, params, rest, unsigned_offset)
-        return [_row_value(row) for row in rows]
+        return [row_value(row) for row in rows]
 
     def _range(self, where: str, owners: str, params: tuple, limit: int, offset: int) -> list:
         if offset == 0:  # nothing to skip: the primary key's own order gives the rows directly
-            query = f"SELECT {_VALUE_COLUMNS} FROM vals WHERE {where} AND {owners} ORDER BY owner, vid LIMIT ?"
+            query = f"SELECT {VALUE_COLUMNS} FROM vals WHERE {where} AND {owners} ORDER BY owner, vid LIMIT ?"
             return self._db.execute(query, (*params, limit)).fetchall()
         page = (
             f"SELECT key, owner, vid FROM vals INDEXED BY vals_order WHERE {where} AND {owners} "
             "ORDER BY owner, vid LIMIT ? OFFSET ?"
         )
-        query = f"SELECT {_VALUE_COLUMNS} FROM vals WHERE (key, owner, vid) IN ({page}) ORDER BY owner, vid"
+        query = f"SELECT {VALUE_COLUMNS} FROM vals WHERE (key, owner, vid) IN ({page}) ORDER BY owner, vid"
         return self._db.execute(query, (*params, limit, offset)).fetchall()
 
     def values_with_id(self, key: bytes, value_id: int, value_type: int | None = None) -> list[Value]:
         """The values under `key` with this id: at most one, as an id belongs to one owner per key."""
         where, params = _where(key, value_type)
-        query = f"SELECT {_VALUE_COLUMNS} FROM vals INDEXED BY vals_id WHERE {where} AND vid=?"
-        rows = self._db.execute(query, (*params, _sql_id(value_id)))
-        return [_row_value(row) for row in rows]
+        query = f"SELECT {VALUE_COLUMNS} FROM vals INDEXED BY vals_id WHERE {where} AND vid=?"
+        rows = self._db.execute(query, (*params, sql_id(value_id)))
+        return [row_value(row) for row in rows]
 
     def versions(self, key: bytes) -> dict[tuple[bytes, int], int]:
         """(owner, id) → seq of every value under `key`: what a replica compares to find gaps."""
         rows = self._db.execute("SELECT owner, vid, seq FROM vals WHERE key=?", (key,))
-        return {(owner, _py_id(vid)): seq for owner, vid, seq in rows}
+        return {(owner, py_id(vid)): seq for owner, vid, seq in rows}
 
     def get_one(self, key: bytes, owner: bytes, value_id: int) -> Value | None:
         row = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND owner=? AND vid=?", (key, owner, _sql_id(value_id))
+            f"SELECT {VALUE_COLUMNS} FROM vals WHERE key=? AND owner=? AND vid=?", (key, owner, sql_id(value_id))
         ).fetchone()
-        return _row_value(row) if row else None
+        return row_value(row) if row else None
 
     def storer_of(self, key: bytes, value: Value) -> bytes:
         """Who stored `value` here (empty for this node's own and stock peers' values): what a hand-off
         passes on, so that the same peer may keep refreshing the copy it lands on."""
         row = self._db.execute(
-            "SELECT storer FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
+            "SELECT storer FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, sql_id(value.id))
         ).fetchone()
         return row[0] if row else b""
 
     def remaining_ttl(self, key: bytes, value: Value) -> float:
         row = self._db.execute(
-            "SELECT expires FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, _sql_id(value.id))
+            "SELECT expires FROM vals WHERE key=? AND owner=? AND vid=?", (key, value.owner, sql_id(value.id))
         ).fetchone()
         return max(0.0, row[0] - time.time()) if row else 0.0
 
     def latest_unsigned(self, key: bytes) -> Value | None:
         row = self._db.execute(
-            f"SELECT {_VALUE_COLUMNS} FROM vals WHERE key=? AND owner=X'' ORDER BY stored_at DESC LIMIT 1", (key,)
+            f"SELECT {VALUE_COLUMNS} FROM vals WHERE key=? AND owner=X'' ORDER BY stored_at DESC LIMIT 1", (key,)
         ).fetchone()
-        return _row_value(row) if row else None
+        return row_value(row) if row else None
 
     def keys(self) -> list[bytes]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT key FROM vals")]
 
     def counts(self) -> dict[str, int]:
-        return {
-            "storage_values": sum(self._values.values()),
-            "storage_size": sum(self._charges.values()),
-            "local_storage_values": self._values[LOCAL_ORIGIN],
-            "local_storage_size": self._charges[LOCAL_ORIGIN],
-        }
+        return self._ledger.counts()
 
     # ---- permanent puts this node keeps alive -------------------------------------------------
 
     def add_announce(self, key: bytes, value: Value, until: float = math.inf, client: str = "") -> bool:
-        """Keep re-announcing `value` until the wall-clock time `until`, or longer if it was kept until
-        later already (a client putting the node's own value again must not make it lapse with the
-        client's); False if the disk refused to remember it. `client` is the proxy client whose put it
-        is (`proxy.clients.client_of`), empty for the node's own: a put stays the client's that made
-        it, unless the node makes it its own, so that no client takes over another's or the node's."""
-        wire = msgpack.packb(value.to_wire(), use_bin_type=True)
-        try:
-            self._db.execute(
-                "INSERT INTO announces VALUES (?,?,?,?,?,?) ON CONFLICT (key, owner, vid) "
-                "DO UPDATE SET value = excluded.value, until = MAX(until, excluded.until), "
-                "client = CASE WHEN excluded.client = '' THEN '' ELSE client END",
-                (key, value.owner, _sql_id(value.id), wire, until, client),
-            )
-        except sqlite3.OperationalError as error:
-            self._failed(error)
-            return False
-        return True
+        """See `Announces.add`."""
+        return self._announces.add(key, value, until, client)
 
     def announce_refusal(self, key: bytes, value: Value, client: str) -> Verdict | None:
-        """Whether `client` may not have one more permanent put (one it makes again is not one more)."""
-        now = time.time()
-        if not client or self._db.execute(
-            "SELECT 1 FROM announces WHERE key=? AND owner=? AND vid=? AND until > ?",
-            (key, value.owner, _sql_id(value.id), now),
-        ).fetchone():
-            return None
-        clients, mine = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(client = ?), 0) FROM announces WHERE client != '' AND until > ?",
-            (client, now),
-        ).fetchone()
-        if mine >= self.quotas.permanent_puts_per_client or clients >= self.quotas.permanent_puts_of_clients:
-            return Verdict.REFUSE_PERMANENT_PUTS
-        return None
+        """See `Announces.refusal`."""
+        return self._announces.refusal(key, value, client)
 
     def remove_announce(self, key: bytes, value_id: int, client: str | None = None) -> bool:
-        """Stop re-announcing the value with this id under `key` (only if it is `client`'s, if given)."""
-        where, args = _announce_where(key, client)
-        cursor = self._db.execute(f"DELETE FROM announces WHERE {where} AND vid=?", (*args, _sql_id(value_id)))
-        return cursor.rowcount > 0
+        """See `Announces.remove`."""
+        return self._announces.remove(key, value_id, client)
 
     def announces(self, key: bytes | None = None, client: str | None = None) -> list[tuple[bytes, Value]]:
-        """The permanent puts (under `key`, of `client`, if given) whose time has not run out."""
-        where, args = _announce_where(key, client)
-        query = f"SELECT key, value FROM announces WHERE {where} AND until > ?"
-        rows = self._db.execute(query, (*args, time.time())).fetchall()
-        return [(key, value_from_wire(msgpack.unpackb(blob, raw=False))) for key, blob in rows]
+        """See `Announces.listed`."""
+        return self._announces.listed(key, client)
 
     def drop_lapsed_announces(self) -> int:
-        """Forget the permanent puts nobody refreshed in time; returns how many."""
-        try:
-            return self._db.execute("DELETE FROM announces WHERE until <= ?", (time.time(),)).rowcount
-        except sqlite3.OperationalError as error:
-            self._failed(error)
-            return 0
-
-
-def _announce_where(key: bytes | None, client: str | None) -> tuple[str, tuple]:
-    """The condition on the permanent puts under `key` and of `client` (each if given), with its arguments."""
-    given = {column: arg for column, arg in (("key", key), ("client", client)) if arg is not None}
-    return " AND ".join([f"{column} = ?" for column in given] or ["1"]), tuple(given.values())
+        """See `Announces.drop_lapsed`."""
+        return self._announces.drop_lapsed()
 
 
 def _where(key: bytes, value_type: int | None) -> tuple[str, tuple]:
