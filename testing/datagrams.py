@@ -19,7 +19,7 @@ def watch_datagrams(nodes: Iterable[DhtNode]) -> Iterator[list[tuple[Address, by
     sent: list[tuple[Address, bytes]] = []
     transports = []
     for node in nodes:
-        transport = node.endpoint.transport
+        transport = node.transport
         assert transport is not None
         original = transport.sendto
 
