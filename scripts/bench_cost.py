@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_proxy import Network, drive, emit, rss_mib, run_loop, start_dhtmesh, stop
+from bench_proxy import Network, drive, report, rss_mib, run_loop, start_dhtmesh, stop
 
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
@@ -390,18 +390,15 @@ def main() -> int:
     args = parse_args()
     values, window, ops = (500, 3.0, 20) if args.quick else (max(0, args.values), IDLE_WINDOW, WIRE_OPS)
     doc: dict[str, Any] = {"bench": "cost", "values": values, "idle_window_s": window, "rows": [], "ratios": []}
-    status = 0
-    try:
+
+    def work() -> None:
         with sigterm_as_exit():
             measure_process(values, window, doc)
             run_loop(measure_wire(ops, doc), use_uvloop=False)  # uvloop transports' sendto cannot be wrapped
         doc["ratios"] = ratios(doc["rows"])
         print_tables(doc["rows"])
-    except BaseException as error:  # the JSON line must be printed whatever happened
-        doc["error"] = f"{type(error).__name__}: {error}"
-        log(f"error: {doc['error']}")
-        status = 1
-    return emit(doc, args.json, status)
+
+    return report("bench_cost", doc, args.json, work)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_proxy import Measure, emit, free_port, row, run_loop, spawn, stop, terminate_on_sigterm
+from bench_proxy import Measure, free_port, report, row, run_loop, spawn, stop, terminate_on_sigterm
 
 from dhtmesh.client import SyncClient
 from dhtmesh.client.farmers import signed_headers
@@ -393,19 +393,16 @@ def main() -> int:
     count = 20 if args.quick else max(1, args.farmers)
     terminate_on_sigterm()
     doc: dict[str, Any] = {"bench": "farmers", "farmers": count, "mesh": MESH_SIZE, "rows": [], "ratios": []}
-    status = 0
-    try:
+
+    def work() -> None:
         build = Path(args.build).resolve()
         build.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="bench_farmers-") as tmp:
             with dataserv(Path(tmp), build) as dataserv_url, dhtmesh_mesh(Path(tmp)) as dhtmesh_urls:
                 run_loop(bench(dataserv_url, dhtmesh_urls, node_id_at(dhtmesh_urls[0]), count, doc))
         print_table(doc["rows"])
-    except BaseException as error:  # the JSON line must be printed whatever happened
-        doc["error"] = f"{type(error).__name__}: {error}"
-        print(f"bench_farmers: error: {doc['error']}", file=sys.stderr)
-        status = 1
-    return emit(doc, args.json, status)
+
+    return report("bench_farmers", doc, args.json, work)
 
 
 if __name__ == "__main__":

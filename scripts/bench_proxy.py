@@ -406,16 +406,25 @@ def main() -> int:
     doc: dict[str, Any] = {"bench": "proxy", "requests": count, "concurrency": CONCURRENCY, "rows": [], "ratios": []}
     if dhtnode is None:
         doc["skipped"] = "dhtnode not installed"
-    status = 0
-    try:
+
+    def work() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_proxy-") as tmp, networks(Path(tmp), dhtnode) as nets:
             run_loop(bench(nets, count, doc))
         print_table(doc["rows"])
+
+    return report("bench_proxy", doc, args.json, work)
+
+
+def report(name: str, doc: dict[str, Any], json_path: str | None, work: Callable[[], None]) -> int:
+    """Run `work`, which fills `doc`, then `emit` the document whatever happened: a failure is recorded
+    in it (`error`), said on stderr, and makes the exit status 1."""
+    try:
+        work()
     except BaseException as error:  # the JSON line must be printed whatever happened
         doc["error"] = f"{type(error).__name__}: {error}"
-        print(f"bench_proxy: error: {doc['error']}", file=sys.stderr)
-        status = 1
-    return emit(doc, args.json, status)
+        print(f"{name}: error: {doc['error']}", file=sys.stderr)
+        return emit(doc, json_path, 1)
+    return emit(doc, json_path, 0)
 
 
 def emit(doc: dict[str, Any], json_path: str | None, status: int) -> int:
