@@ -32,7 +32,7 @@ from dhtmesh.node.admission import proof_message
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.storage.store import ValueStore
 from dhtmesh.node.values import Value, Verdict, new_value_id, sign_value
-from dhtmesh.node.wire.endpoint import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
+from dhtmesh.node.wire.fragments import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE
 from dhtmesh.testing import FAST, eventually, loopback_host, watch_datagrams
 
 Address = tuple[str, int]

@@ -36,7 +36,9 @@ from dhtmesh.node.routing.table import RoutingTable
 from dhtmesh.node.storage.store import ROW_OVERHEAD, Quotas
 from dhtmesh.node.values import InvalidValue, Value, new_value_id, sign_value
 from dhtmesh.node.wire import codec
-from dhtmesh.node.wire.endpoint import MAX_PIECES, PIECE_SIZE, REFLECTION_FACTOR, RpcRefused
+from dhtmesh.node.wire.endpoint import RpcRefused
+from dhtmesh.node.wire.fragments import MAX_PIECES, PIECE_SIZE
+from dhtmesh.node.wire.messages import REFLECTION_FACTOR
 from dhtmesh.node.wire.ratelimit import Address
 from dhtmesh.testing import FAST, eventually, loopback_host, start_node, watch_datagrams
 

@@ -13,14 +13,16 @@ from dhtmesh.node.rpcs.listen import Notification, SubscribeRequest
 from dhtmesh.node.rpcs.storing import Carried, StoreRequest, versions_from_wire
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.values.value import Value
+from dhtmesh.node.wire.answering import MAX_ANSWERING_PER_HOST
 from dhtmesh.node.wire.endpoint import Endpoint, Request, RpcRefused
 from dhtmesh.node.wire.ratelimit import Address
-from dhtmesh.testing import loopback_host
+from dhtmesh.testing import eventually, loopback_host
 
 
-async def open_endpoint(node_id: bytes, trusted: bool = True) -> Endpoint:
+async def open_endpoint(node_id: bytes, trusted: bool = True, host: str | None = None) -> Endpoint:
     endpoint = Endpoint(node_id, lambda nonce: [b"k", b"s"], Counters(), is_trusted=lambda address: trusted)
-    await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, local_addr=(loopback_host(), 0))
+    local = (host or loopback_host(), 0)
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, local_addr=local)
     return endpoint
 
 
@@ -49,13 +51,67 @@ async def slow_bug(request: Request) -> None:
 
 async def test_an_async_handler_is_answered_when_its_reply_is_ready(pair: tuple[Endpoint, Endpoint]) -> None:
     caller, server = pair
-    server.route("dm_echo", slow_echo)
+    ready = asyncio.Event()
+
+    async def waiting_echo(request: Request) -> dict:
+        await ready.wait()  # the loop serves other datagrams meanwhile
+        return {"echo": request.body.get("e")}
+
+    server.route("dm_echo", waiting_echo)
     server.route("dm_now", lambda request: "sync")
     address: Address = server.address
     slow = asyncio.create_task(caller.call(address, "dm_echo", {"e": 1}))
     assert (await caller.call(address, "dm_now", {})).payload == "sync"  # not held up by the slow one
     assert not slow.done()
+    ready.set()
     assert (await slow).payload == {"echo": 1}
+
+
+async def blocked(server: Endpoint, name: str) -> tuple[asyncio.Event, list[Request]]:
+    """Route `name` to a handler that records each request and answers once the event is set."""
+    release, served = asyncio.Event(), []
+
+    async def handler(request: Request) -> bool:
+        served.append(request)
+        await release.wait()
+        return True
+
+    server.route(name, handler)
+    return release, served
+
+
+async def test_a_retry_is_not_served_again_while_its_first_is_being_answered(pair: tuple[Endpoint, Endpoint]) -> None:
+    caller, server = pair
+    release, served = await blocked(server, "dm_slow")
+    message_id = b"m" * 20
+    for _ in range(3):  # a caller's retries carry the first attempt's message id
+        caller.send_request(server.address, "dm_slow", {}, message_id)
+    await eventually(lambda: server._counters.snapshot().get("retries_while_answering") == 2)
+    assert len(served) == 1
+    release.set()
+    await eventually(lambda: len(server._answering) == 0)
+    caller.send_request(server.address, "dm_slow", {}, message_id)  # answered: a new request again
+    await eventually(lambda: len(served) == 2)
+
+
+async def test_async_replies_in_the_works_are_bounded_per_host(pair: tuple[Endpoint, Endpoint]) -> None:
+    """Past the cap, the handler is not run at all: the asker is told busy, whatever port it uses."""
+    caller, server = pair
+    other_port = await open_endpoint(b"o" * 20, host=caller.address[0])  # the caller's host, another port
+    release, served = await blocked(server, "dm_slow")
+    try:
+        for index in range(MAX_ANSWERING_PER_HOST):
+            sender = caller if index % 2 else other_port
+            sender.send_request(server.address, "dm_slow", {}, index.to_bytes(20, "big"))
+        await eventually(lambda: len(served) == MAX_ANSWERING_PER_HOST)
+        with pytest.raises(RpcRefused, match="busy"):
+            await caller.call(server.address, "dm_slow", {})
+        assert len(served) == MAX_ANSWERING_PER_HOST and server._counters.snapshot()["busy_replies"] == 1
+        release.set()
+        assert (await caller.call(server.address, "dm_slow", {})).payload is True  # room again
+    finally:
+        release.set()
+        await other_port.close()
 
 
 async def test_an_async_handler_refuses_and_fails_as_a_sync_one(pair: tuple[Endpoint, Endpoint]) -> None:

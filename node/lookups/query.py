@@ -14,7 +14,7 @@ from dhtmesh.node.lookups.traverse import LookupStats, traverse
 from dhtmesh.node.lookups.values import StoreAlong, ValueCollector, collect_pages
 from dhtmesh.node.routing.contact import Contact, reachable_via
 from dhtmesh.node.routing.table import RoutingTable
-from dhtmesh.node.rpcs.find import FindRequest, call_find
+from dhtmesh.node.rpcs.find import FindReply, FindRequest, call_find
 from dhtmesh.node.trace import LookupDone, Tracer
 from dhtmesh.node.wire.endpoint import Endpoint, RpcFailure, RpcRefused, new_nonce
 
@@ -91,14 +91,15 @@ class Lookups:
         nonce = None if admission.is_proven(contact.address, contact.node_id) else new_nonce()
         request = requests[0] if nonce is not None else requests[1]
         try:
-            reply, raw = await call_find(self._endpoint, contact.address, request, nonce)
+            raw = await call_find(self._endpoint, contact.address, request, nonce)
         except RpcRefused:
             return None  # alive, but unwilling: not a contact to drop
         except RpcFailure:
             admission.forget(contact)
             return None
         if nonce is not None and not admission.accept_proof(contact, nonce, raw.proof):
-            return None
+            return None  # nothing it sent is read: not even decoded
+        reply = FindReply.from_wire(raw.payload, values=collector is not None)
         if nonce is None:
             self._table.add(contact)
         if store is not None:

@@ -120,7 +120,8 @@ async def collect_pages(
         if reply.more is None:
             return
         try:
-            reply, _ = await call_find(endpoint, contact.address, collector.wanted.request(key, reply.more))
+            raw = await call_find(endpoint, contact.address, collector.wanted.request(key, reply.more))
+            reply = FindReply.from_wire(raw.payload)
         except RpcFailure:
             return
 

@@ -38,3 +38,15 @@ def require_number(value: Any, name: str, low: float, high: float) -> float:
     if not (isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high):
         raise RpcRefused(f"{name} must be a number in [{low}, {high}]")
     return float(value)
+
+
+Ref = tuple[bytes, int, int]
+"""A value named by `(owner, id, seq)`: offered by reference in a find, or a key's version."""
+
+
+def ref_from_wire(item: Any) -> Ref | None:
+    """`[owner, id, seq]` as a peer sent it, or None if it is not one (a peer's garbage is left out)."""
+    if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes)):
+        return None
+    owner, value_id, seq = item
+    return (owner, value_id, seq) if isinstance(value_id, int) and isinstance(seq, int) else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dhtmesh.node.routing.contact import Contact, contact_from_wire
-from dhtmesh.node.rpcs.args import require_int, require_key
+from dhtmesh.node.rpcs.args import Ref, ref_from_wire, require_int, require_key
 from dhtmesh.node.rpcs.storing import Carried, accept_carried
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 from dhtmesh.node.wire.endpoint import UNPROVEN, Endpoint, Reply, Request, RpcFailure, RpcRefused
@@ -34,8 +34,6 @@ MAX_OFFSET = 1 << 32
 MAX_VALUE_ID = (1 << 64) - 1
 MAX_VALUE_TYPE = (1 << 16) - 1
 
-Ref = tuple[bytes, int, int]
-"""A value offered by reference: `(owner, id, seq)`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +44,16 @@ class FindRequest:
     value_id: int | None = None  # only this id (with `values`)
     value_type: int | None = None  # only this type (with `values`)
     carried: Carried | None = None  # a put's value, to be stored along
+    # A lookup asks every contact the same question: its wire form is made on the first call only.
+    _wire: dict | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_wire(self) -> dict:
+        """The request's wire form (the same dict each time: callers copy it before adding to it)."""
+        if self._wire is None:
+            object.__setattr__(self, "_wire", self._make_wire())
+        return self._wire  # type: ignore[return-value]
+
+    def _make_wire(self) -> dict:
         body: dict[str, Any] = {"t": self.target}
         if self.offset:
             body["p"] = self.offset
@@ -98,15 +104,17 @@ class FindReply:
         return reply
 
     @classmethod
-    def from_wire(cls, payload: Any) -> "FindReply":
-        """A peer's reply, whatever it sent: what is malformed is left out (flaw F7)."""
+    def from_wire(cls, payload: Any, values: bool = True) -> "FindReply":
+        """A peer's reply, whatever it sent: what is malformed is left out (flaw F7). Its values are
+        read only when `values` are wanted: what a peer sends unasked is not decoded."""
         payload = payload if isinstance(payload, dict) else {}
-        vals, refs, more, stored = payload.get("vals"), payload.get("refs"), payload.get("more"), payload.get("stored")
+        vals, refs = (payload.get("vals"), payload.get("refs")) if values else (None, None)
+        more, stored = payload.get("more"), payload.get("stored")
         # Every lookup reads one of these per contact asked: one pass each, nothing built for what is absent.
         return cls(
             [c for item in _listed(payload.get("nodes")) if (c := contact_from_wire(item))],
             [v for raw in _listed(vals) if (v := _value_or_none(raw)) is not None] if vals else [],
-            [r for ref in _listed(refs) if (r := _ref_or_none(ref)) is not None] if refs else [],
+            [r for ref in _listed(refs) if (r := ref_from_wire(ref)) is not None] if refs else [],
             more if type(more) is int and more > 0 else None,
             None if stored is None else stored is True,
             bool(vals or refs),
@@ -124,20 +132,11 @@ def _value_or_none(raw: Any) -> Value | None:
         return None
 
 
-def _ref_or_none(ref: Any) -> Ref | None:
-    if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], bytes)):
-        return None
-    owner, value_id, seq = ref
-    return (owner, value_id, seq) if isinstance(value_id, int) and isinstance(seq, int) else None
-
-
-async def call_find(
-    endpoint: Endpoint, address: Address, request: FindRequest, nonce: bytes | None = None
-) -> tuple[FindReply, Reply]:
+async def call_find(endpoint: Endpoint, address: Address, request: FindRequest, nonce: bytes | None = None) -> Reply:
     """Ask one node; a first contact (`nonce` given) gets a padded request, so that its answer may fill
-    a datagram. Returns the decoded reply and the raw one (its proof). Raises `RpcFailure`."""
-    reply = await endpoint.call(address, FIND, request.to_wire(), nonce=nonce, pad=nonce is not None)
-    return FindReply.from_wire(reply.payload), reply
+    a datagram. Returns the reply undecoded, so that a first contact's proof (`Reply.proof`) is checked
+    before anything it sent is read (`FindReply.from_wire`). Raises `RpcFailure`."""
+    return await endpoint.call(address, FIND, request.to_wire(), nonce=nonce, pad=nonce is not None)
 
 
 def serve_find(node: "DhtNode", request: Request) -> dict:

@@ -1,5 +1,6 @@
-"""dhtmesh's own RPCs between proven nodes, registered on a node's endpoint: each RPC's typed request
-and reply, its client call and its handler live side by side in one module of its group
+"""dhtmesh's own RPCs, registered on a node's endpoint (each handler says what it asks of a sender: a
+store, a fetch or a subscription wants one proven from its address, a find or a hello does not): each
+RPC's typed request and reply, its client call and its handler live side by side in one module of its group
 (`hello.py`, `find.py`: find and fetch, `storing.py`: store and versions, `listen.py`: sub, unsub and
 notify).
 

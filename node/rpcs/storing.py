@@ -13,7 +13,7 @@ address.
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dhtmesh.node.rpcs.args import KeyRequest, require_key, require_number
+from dhtmesh.node.rpcs.args import KeyRequest, ref_from_wire, require_key, require_number
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.types import MAX_TYPE_EXPIRY
 from dhtmesh.node.values.value import InvalidValue, Value, owner_ref, value_from_wire
@@ -133,11 +133,9 @@ def versions_from_wire(payload: Any) -> Versions | None:
     if not isinstance(payload, list):
         return None
     versions: Versions = {}
-    for item in payload:
-        if isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes):
-            owner, value_id, seq = item
-            if isinstance(value_id, int) and isinstance(seq, int):
-                versions[(owner_ref(owner), value_id)] = seq  # a peer of an older version names owners whole
+    for ref in filter(None, map(ref_from_wire, payload)):
+        owner, value_id, seq = ref
+        versions[(owner_ref(owner), value_id)] = seq  # a peer of an older version names owners whole
     return versions
 
 

@@ -7,7 +7,7 @@ Two kinds of RPC share one socket and one framing:
 * *dhtmesh* RPCs (`dm_*`) take `[sender_id, body_dict]` and answer an envelope (`messages.py`).
 
 No datagram this endpoint sends to a dhtmesh peer exceeds `MAX_DATAGRAM`: bigger messages move in
-pieces (`fragments.py`). A handler may be async: its reply goes out when it is ready. A call waits a
+pieces (`fragments.py`). A handler may be async: its reply goes out when it is ready (`answering.py`). A call waits a
 few measured round-trip times (`rtt.py`), then retries once and waits the full `timeout` before
 failing; at most `max_in_flight` calls are outstanding at a time.
 
@@ -22,22 +22,21 @@ no pending call matches, is handed to `stray_nonce`/`on_stray` (stateless identi
 """
 
 import asyncio
-import inspect
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.trace import RpcDone, RpcSent, Tracer
 from dhtmesh.node.wire import codec
-from dhtmesh.node.wire.errors import ProtocolViolation, RpcFailure, RpcRefused, RpcTimeout
-from dhtmesh.node.wire.fragments import MAX_PENDING_BYTES_PER_PEER, MAX_PIECES, PIECE_SIZE, TRANSFER_RPCS, Fragments
+from dhtmesh.node.wire.answering import Answering, Later
+from dhtmesh.node.wire.errors import RpcFailure, RpcRefused, RpcTimeout
+from dhtmesh.node.wire.fragments import TRANSFER_RPCS, Fragments
 from dhtmesh.node.wire.messages import (
     NONCE_SIZE,
     REFLECTION_FACTOR,
@@ -57,9 +56,8 @@ from dhtmesh.node.wire.messages import (
 from dhtmesh.node.wire.ratelimit import Address, RequestLimiter
 from dhtmesh.node.wire.rtt import RttEstimator
 
-# Re-exported: callers and tests name them from the endpoint they talk to.
-__all__ = ["MAX_PENDING_BYTES_PER_PEER", "MAX_PIECES", "PIECE_SIZE", "REFLECTION_FACTOR", "UNPROVEN", "Endpoint"]
-__all__ += ["ProtocolViolation", "Reply", "Request", "RpcFailure", "RpcRefused", "RpcTimeout", "new_nonce"]
+# Re-exported: the RPC modules name what they send, receive and raise from the endpoint they talk to.
+__all__ = ["NONCE_SIZE", "UNPROVEN", "Endpoint", "Reply", "Request", "RpcFailure", "RpcRefused", "new_nonce"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +105,7 @@ class Endpoint(asyncio.DatagramProtocol):
             "dm_done": self._serve_done,
             "dm_pull": self._fragments.serve_pull,
         }
-        self._serving = TaskSet(counters)  # async handlers still working on their reply
+        self._answering = Answering(counters, self._finish, self._answer)  # async handlers' replies
         self.transport: asyncio.DatagramTransport | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -140,7 +138,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     async def close(self) -> None:
         """Stop the async handlers still at work, then the socket."""
-        await self._serving.close()
+        await self._answering.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -203,10 +201,10 @@ class Endpoint(asyncio.DatagramProtocol):
             self._serve_plain(frame.message_id, address, name, args, room)
         elif name in self._mesh:
             reply = self._serve_mesh(address, name, args, proven, room)
-            if isinstance(reply, dict):
-                self._send(codec.RESPONSE, frame.message_id, reply, address)
-            else:  # an async handler's: sent when it is ready
-                self._serving.spawn(self._reply_later(frame.message_id, address, reply))
+            if isinstance(reply, Later):  # an async handler's: sent when it is ready
+                self._answering.answer(frame.message_id, reply)
+            else:
+                self._answer(frame.message_id, address, reply)
         # Unknown names get no answer, as rpcudp does.
 
     def _serve_plain(self, message_id: bytes, address: Address, name: str, args: list, room: float) -> None:
@@ -225,8 +223,9 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         self._transmit(datagram, address)
 
-    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | Awaitable[dict]:
-        """The envelope answering a `dm_*` request, or an awaitable of it when its handler is async."""
+    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | Later:
+        """The envelope answering a `dm_*` request, or, when its handler is async (an `async def`), the
+        work that will make it, not yet started."""
         if not isinstance(args, list) or len(args) != 2 or not is_node_id(args[0]) or not isinstance(args[1], dict):
             self._counters.add("malformed_requests")
             return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
@@ -235,24 +234,22 @@ class Endpoint(asyncio.DatagramProtocol):
             result = self._mesh[name](request)
         except Exception as error:
             return self._seal(request, self._refusal(name, error))
-        if inspect.isawaitable(result):
-            return self._finish(request, result)
+        if asyncio.iscoroutine(result):
+            return Later(request, result)
+        if isinstance(result, Later):  # a `dm_done` whose inner handler is async: its envelope, later
+            return Later(request, self._finish(result))
         return self._seal(request, {"ok": result})
 
-    async def _finish(self, request: Request, result: Awaitable[Any]) -> dict:
+    async def _finish(self, later: Later) -> dict:
         """An async handler's envelope, once its payload is ready (the inner reply of a `dm_done` too)."""
         try:
-            envelope: dict[str, Any] = {"ok": await result}
+            envelope: dict[str, Any] = {"ok": await later.work}
         except Exception as error:
-            envelope = self._refusal(request.name, error)
-        return self._seal(request, envelope)
+            envelope = self._refusal(later.request.name, error)
+        return self._seal(later.request, envelope)
 
-    async def _reply_later(self, message_id: bytes, address: Address, reply: Awaitable[dict]) -> None:
-        envelope = await reply
-        try:
-            self._send(codec.RESPONSE, message_id, envelope, address)
-        except RpcTimeout:
-            pass  # the socket closed while the handler worked: nobody to answer
+    def _answer(self, message_id: bytes, address: Address, envelope: dict) -> None:
+        self._send(codec.RESPONSE, message_id, envelope, address)
 
     def _refusal(self, name: str, error: Exception) -> dict:
         if isinstance(error, RpcRefused):
@@ -289,7 +286,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     # ---- serving the transfer RPCs ------------------------------------------------------------
 
-    def _serve_done(self, request: Request) -> dict | Awaitable[dict]:
+    def _serve_done(self, request: Request) -> dict | Later:
         inner = self._fragments.take_request(request)
         if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)):
             raise RpcRefused("transfer holds no request")

@@ -46,7 +46,7 @@ StrayNonce = Callable[[bytes, Address], bytes | None]
 OnStray = Callable[[Address, bytes, Any], None]
 """`(address, nonce, envelope)`: such a reply, decoded."""
 MeshHandler = Callable[[Request], Any]
-"""A `dm_*` RPC's handler: the reply's payload, or an awaitable of it (an async handler)."""
+"""A `dm_*` RPC's handler: the reply's payload, or a coroutine of it (an `async def` handler)."""
 Prover = Callable[[bytes], list]
 
 
