@@ -1,5 +1,8 @@
 """The proxy's routes as paths: every template the proxy's route tables are built from, and functions
-that fill them in, from which the client builds every request; a test holds the two to each other."""
+that fill them in, from which the client builds every request; a test holds the two to each other.
+Every field is escaped into one path segment, so that no text (`/`, `?`, `#`, `..`) changes the route."""
+
+from urllib.parse import quote
 
 from dhtmesh.api.keys import parse_key
 
@@ -36,14 +39,31 @@ TEMPLATES = (
 )  # fmt: skip
 
 
+def segment(field: object) -> str:
+    """`field` as one path segment, as it must reach the route: every character but letters, digits
+    and `_.-~` percent-escaped, and a segment of dots (`.`, `..`) too, which would otherwise be
+    resolved as a relative path (the client sends the path as it is built: `Transport`)."""
+    text = quote(str(field), safe="")
+    return text.replace(".", "%2E") if set(text) == {"."} else text
+
+
 def key_path(key: str | bytes, template: str = KEY, **fields: object) -> str:
     """`template` for a key (its other fields as given): 20 bytes as they are, a string hashed as
     OpenDHT clients hash it (`parse_key`: SHA-1 of the exact string, unless it is 40 hex), so that
     `?`, `#`, `/` or `..` in a key reach the node as part of it."""
     digest = key if isinstance(key, bytes) else parse_key(key)
-    return template.format(key=digest.hex(), **fields)
+    return template.format(key=digest.hex(), **_segments(fields))
 
 
 def farmer_path(template: str, node_id: bytes, **fields: object) -> str:
     """A farmer route's path for the farmer `node_id` (its other fields as given)."""
-    return template.format(nodeid=node_id.hex(), **fields)
+    return template.format(nodeid=node_id.hex(), **_segments(fields))
+
+
+def blob_path(blob_id: str) -> str:
+    """The path of the blob `blob_id` (64 hex, when it is one)."""
+    return BLOB.format(blob_id=segment(blob_id))
+
+
+def _segments(fields: dict[str, object]) -> dict[str, str]:
+    return {name: segment(field) for name, field in fields.items()}

@@ -18,8 +18,9 @@ class Stored:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> "Stored":
+        """Raises ValueError (`ValueJsonError` for the value) for an answer that is not a stored value."""
         fields = {name: item for name, item in document.items() if name != "replicas"}
-        return cls(value_from_json(fields), int(document.get("replicas", 0)), document)
+        return cls(value_from_json(fields), _count(document.get("replicas", 0), "replicas"), document)
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,11 @@ class Total:
     id: int
     total_TB: float  # dataserv's field name
     total_farmers: int
+
+
+def _count(raw: Any, name: str) -> int:
+    """A count as the proxy writes it (an integer; a decimal string is read too); ValueError otherwise."""
+    try:
+        return int(raw)
+    except (TypeError, ValueError, OverflowError) as error:  # None, "x", Infinity
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from error

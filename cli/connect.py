@@ -8,7 +8,7 @@ from typing import Any
 
 from dhtmesh.api.documents import json_line
 from dhtmesh.cli.errors import CliError
-from dhtmesh.client import Client, ClientError, Unreachable
+from dhtmesh.client import Client, ClientError, TimedOut, Unreachable
 
 
 def run_client(url: str, action: Callable[[Client], Awaitable[int]]) -> int:
@@ -20,6 +20,8 @@ def run_client(url: str, action: Callable[[Client], Awaitable[int]]) -> int:
 
     try:
         return asyncio.run(main())
+    except TimedOut as error:
+        raise CliError(f"the node's proxy did not answer in time: {error}") from error
     except Unreachable as error:
         raise CliError(f"cannot reach the node's proxy: {error}") from error
     except ClientError as error:  # an HTTP error reads `STATUS: the proxy's err`

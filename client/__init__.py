@@ -3,7 +3,17 @@ for every route, and `SyncClient`, the same on a loop of its own for scripts. Re
 built with the contract the proxy itself uses (`dhtmesh.api`); an HTTP error is one `ApiError`."""
 
 from dhtmesh.client.client import Client
-from dhtmesh.client.errors import ApiError, BadAnswer, ClientError, CutShort, NotRegistered, Unreachable
+from dhtmesh.client.errors import ApiError, BadAnswer, ClientError, CutShort, NotRegistered, TimedOut, Unreachable
 from dhtmesh.client.sync import SyncClient
 
-__all__ = ["ApiError", "BadAnswer", "Client", "ClientError", "CutShort", "NotRegistered", "SyncClient", "Unreachable"]
+__all__ = [
+    "ApiError",
+    "BadAnswer",
+    "Client",
+    "ClientError",
+    "CutShort",
+    "NotRegistered",
+    "SyncClient",
+    "TimedOut",
+    "Unreachable",
+]

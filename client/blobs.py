@@ -51,7 +51,9 @@ class BlobRoutes:
         if size is not None:
             headers["Content-Length"] = str(size)
         async with self.transport.response("POST", paths.BLOBS, data=body, headers=headers, timeout=BLOB_TIMEOUT) as r:
-            text = await r.text()
+            status, text = r.status, await r.text()
+        if status != 201:  # the proxy answers a stored blob with 201 Created, and nothing else
+            raise BadAnswer(f"{paths.BLOBS}: the node answered {status}, not 201 with the blob stored")
         try:
             return BlobStored(**json.loads(text))
         except (ValueError, TypeError) as error:
@@ -61,7 +63,7 @@ class BlobRoutes:
     async def open_blob(self, blob_id: str, byte_range: str | None = None) -> AsyncIterator[BlobDownload]:
         """The blob `blob_id` (64 hex), or the part `byte_range` (`bytes=START-END`) of it, opened."""
         headers = {"Range": byte_range} if byte_range else {}
-        path = paths.BLOB.format(blob_id=blob_id)
+        path = paths.blob_path(blob_id)
         async with self.transport.response("GET", path, headers=headers, timeout=BLOB_TIMEOUT) as response:
             yield BlobDownload(response)
 

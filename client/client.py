@@ -1,7 +1,6 @@
 """`Client`: the proxy's routes as typed async methods — the node, keys and values, push — with the
 farmer routes (`FarmerRoutes`) and blobs (`BlobRoutes`) mixed in from their own modules."""
 
-import json
 from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
@@ -12,17 +11,19 @@ from dhtmesh.api.value_json import ValueJsonError, value_from_json, value_to_jso
 from dhtmesh.client.blobs import BlobRoutes
 from dhtmesh.client.errors import BadAnswer
 from dhtmesh.client.farmers import FarmerRoutes
-from dhtmesh.client.transport import Transport
+from dhtmesh.client.transport import ANSWER_SECONDS, Transport, line_document
 from dhtmesh.node.values.value import Value
 
 Key = str | bytes  # a string is hashed as OpenDHT's clients hash it; 20 bytes are the key itself
 
 
 class Client(FarmerRoutes, BlobRoutes):
-    """A client of the proxy at `url` (`http://HOST:PORT`); open it with `async with Client(url) as c`."""
+    """A client of the proxy at `url` (`http://HOST:PORT`); open it with `async with Client(url) as c`.
+    `timeout`: the seconds a plain answer may take (a stream, a blob, has no limit), else `TimedOut`."""
 
-    def __init__(self, url: str) -> None:
-        self.transport = Transport(url)
+    def __init__(self, url: str, timeout: float = ANSWER_SECONDS) -> None:
+        self.transport = Transport(url, timeout)
+        self._node_id: bytes | None = None  # the node's id, once asked (`node_id`): it never changes
 
     async def __aenter__(self) -> "Client":
         self.transport.open()
@@ -89,8 +90,8 @@ class Client(FarmerRoutes, BlobRoutes):
         answer = await self.transport.document("POST", path, json=document | (extra or {}))
         try:
             return Stored.from_json(answer)
-        except ValueJsonError as error:
-            raise BadAnswer(f"{path}: the node's answer is not a value: {error}") from error
+        except ValueError as error:  # a ValueJsonError for the value, or a count that is not one
+            raise BadAnswer(f"{path}: the node's answer is not a stored value: {error}") from error
 
     # ---- push -----------------------------------------------------------------------------------
 
@@ -98,8 +99,9 @@ class Client(FarmerRoutes, BlobRoutes):
         """Push notifications of the key's changes to the device `token` (`client_id`, `platform`,
         `session_id`, `topic`; `refresh=True` renews); a renewal answers with the key's values."""
         body = {"key": token, **target}
-        text = await self.transport.text("SUBSCRIBE", paths.key_path(key), json=body)
-        return [document for document in _json_lines(text) if document]
+        path = paths.key_path(key)
+        text = await self.transport.text("SUBSCRIBE", path, json=body)
+        return [document for document in _json_lines(path, text) if document]
 
     async def unsubscribe(self, key: Key, token: str, **target: str) -> None:
         """Stop the push notifications of the key to the device `token`."""
@@ -113,5 +115,5 @@ def _value_of(document: dict[str, Any]) -> Value:
         raise BadAnswer(f"the node sent a value that does not parse: {error}") from error
 
 
-def _json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def _json_lines(path: str, text: str) -> list[dict[str, Any]]:
+    return [line_document(path, line) for line in text.splitlines() if line.strip()]

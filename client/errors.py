@@ -25,6 +25,10 @@ class Unreachable(ClientError):
     """No answer: the connection failed, or broke off (aiohttp's own error, as text)."""
 
 
+class TimedOut(Unreachable):
+    """No whole answer within the client's answer timeout (`Client(url, timeout=...)`)."""
+
+
 class BadAnswer(ClientError):
     """An answer that is not what the route promises (not JSON, or a record that does not check)."""
 

@@ -30,9 +30,10 @@ Change = Callable[[FarmerRecord, int], FarmerRecord | None]
 
 
 class FarmerRoutes:
-    """The `/api/*` routes; mixed into `Client`, which gives the transport."""
+    """The `/api/*` routes; mixed into `Client`, which gives the transport and the node id's cache."""
 
     transport: Transport
+    _node_id: bytes | None
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -41,11 +42,14 @@ class FarmerRoutes:
         return str((await self.transport.document("GET", paths.ADDRESS)).get("address"))
 
     async def node_id(self) -> bytes:
-        """The node's id: part of what a farmer signs."""
-        try:
-            return parse_node_id(await self.address())
-        except InvalidAddress as error:
-            raise BadAnswer(f"the node gave a bad address: {error}") from error
+        """The node's id: part of what a farmer signs. Asked once (`/api/address`), then kept: a node's
+        id does not change while it runs, and every signed change needs it."""
+        if self._node_id is None:
+            try:
+                self._node_id = parse_node_id(await self.address())
+            except InvalidAddress as error:
+                raise BadAnswer(f"the node gave a bad address: {error}") from error
+        return self._node_id
 
     async def online(self) -> str:
         """`/api/online`: dataserv's HTML lines of the farmers seen in the last 5 minutes."""

@@ -9,15 +9,16 @@ from typing import Any
 from dhtmesh.api.shapes import BlobStored, Stored, Total
 from dhtmesh.client.client import Client, Key
 from dhtmesh.client.farmers import Current
+from dhtmesh.client.transport import ANSWER_SECONDS
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.values.value import Value
 
 
 class SyncClient:
-    """`with SyncClient(url) as client:` — the same methods as `Client`, blocking."""
+    """`with SyncClient(url) as client:` — the same methods as `Client`, blocking (`timeout` as `Client`'s)."""
 
-    def __init__(self, url: str) -> None:
-        self.client = Client(url)
+    def __init__(self, url: str, timeout: float = ANSWER_SECONDS) -> None:
+        self.client = Client(url, timeout)
         self._runner = asyncio.Runner()
 
     def __enter__(self) -> "SyncClient":

@@ -7,19 +7,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from dhtmesh.client.errors import ApiError, BadAnswer, Unreachable
+from dhtmesh.client.errors import ApiError, BadAnswer, TimedOut, Unreachable
 
 # A stream (a listen, a blob) may stay quiet for as long as it likes; a plain answer may not.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
-ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=300)
+ANSWER_SECONDS = 300.0
 
 
 class Transport:
-    """The session (opened by `open`, closed by `close`) and the proxy's base URL (`http://HOST:PORT`)."""
+    """The session (opened by `open`, closed by `close`), the proxy's base URL (`http://HOST:PORT`), and
+    how long a plain answer may take, in seconds."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str, answer_seconds: float = ANSWER_SECONDS) -> None:
+        self.url = str(URL(url.rstrip("/")))  # normalized once: a path is added to it as it is
+        self.answer_timeout = aiohttp.ClientTimeout(total=answer_seconds)
         self._session: aiohttp.ClientSession | None = None
 
     def open(self) -> None:
@@ -38,7 +41,7 @@ class Transport:
 
     async def text(self, method: str, path: str, **options: Any) -> str:
         """The body of a successful answer, as text."""
-        async with self.response(method, path, timeout=ANSWER_TIMEOUT, **options) as response:
+        async with self.response(method, path, timeout=self.answer_timeout, **options) as response:
             return await response.text()
 
     async def json(self, method: str, path: str, **options: Any) -> Any:
@@ -60,12 +63,16 @@ class Transport:
     async def response(self, method: str, path: str, **options: Any) -> AsyncIterator[aiohttp.ClientResponse]:
         """The open response of a successful request (its status line and headers read); an error
         status is raised as an `ApiError`, a failed connection (then or while the body is read) as
-        `Unreachable`."""
+        `Unreachable`, a timeout as `TimedOut`. `path` is sent as it is (`encoded`): its fields are
+        escaped already (`api.paths`), a farmer signed exactly it, and `..` in it is no route."""
+        url = URL(self.url + path, encoded=True)
         try:
-            async with self.session.request(method, self.url + path, **options) as response:
+            async with self.session.request(method, url, **options) as response:
                 if response.status >= 400:
                     raise ApiError.from_body(response.status, await response.text())
                 yield response
+        except TimeoutError as error:  # aiohttp's own timeouts are ClientErrors too: caught here first
+            raise TimedOut(f"{method} {path}: timed out{f' ({error})' if str(error) else ''}") from error
         except aiohttp.ClientError as error:
             raise Unreachable(str(error)) from error
 
@@ -74,10 +81,11 @@ class Transport:
         async with self.response(method, path) as response:
             async for line in response.content:
                 if line.strip():
-                    yield _line_document(path, line)
+                    yield line_document(path, line)
 
 
-def _line_document(path: str, line: bytes) -> dict[str, Any]:
+def line_document(path: str, line: bytes | str) -> dict[str, Any]:
+    """One line of a JSON-lines answer of `path`, as the JSON object it must be (`BadAnswer` if not)."""
     try:
         document = json.loads(line)
     except ValueError as error:

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,11 +418,12 @@ def main() -> int:
 
 def report(name: str, doc: dict[str, Any], json_path: str | None, work: Callable[[], None]) -> int:
     """Run `work`, which fills `doc`, then `emit` the document whatever happened: a failure is recorded
-    in it (`error`), said on stderr, and makes the exit status 1."""
+    in it (`error`), said on stderr with its traceback, and makes the exit status 1."""
     try:
         work()
-    except BaseException as error:  # the JSON line must be printed whatever happened
+    except BaseException as error:  # the JSON line must be printed whatever happened, even on SIGTERM
         doc["error"] = f"{type(error).__name__}: {error}"
+        traceback.print_exc()  # where it failed, for whoever reads the log
         print(f"{name}: error: {doc['error']}", file=sys.stderr)
         return emit(doc, json_path, 1)
     return emit(doc, json_path, 0)

@@ -4,14 +4,15 @@ prints it), and short CLI commands (`run_cli`). Every process is started in a se
 stopped by its PID."""
 
 import os
-import select
+import queue
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dhtmesh.cli.paths import IDENTITY_FILE
 from dhtmesh.crypto import Identity
@@ -40,19 +41,31 @@ READY_TIMEOUT = 20.0
 def wait_ready(process: subprocess.Popen, timeout: float = READY_TIMEOUT) -> dict[str, str]:
     """The fields of the `ready node_id=... udp=... proxy=...` line a node prints (text, piped stdout)
     once it serves. A node that exits or stays silent for `timeout` s is killed, and AssertionError
-    says so with its stderr (if piped)."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 0.2)
-        if readable:
-            line = process.stdout.readline()
-            if line.startswith("ready "):
-                return dict(field.split("=", 1) for field in line.split()[1:])
-            if not line and process.poll() is not None:
-                break
+    says so with its stderr (if piped). The pipe is read by a thread with plain `readline`s (a `select`
+    on it would miss a line already in the text wrapper's buffer) up to the `ready` line and no further,
+    so what the node prints after it is left in `process.stdout` for the caller."""
+    stdout = process.stdout
+    assert stdout is not None
+    found: queue.Queue[dict[str, str] | None] = queue.Queue(maxsize=1)
+    reader = threading.Thread(target=lambda: found.put(_ready_fields(stdout)), daemon=True)
+    reader.start()
+    try:
+        fields = found.get(timeout=timeout)
+    except queue.Empty:
+        fields = None
+    if fields is not None:
+        return fields
     process.kill()
+    reader.join(timeout=5)  # the pipe ends with the process: the reader is gone before anyone reads on
     raise AssertionError(f"node did not become ready: {process.stderr.read() if process.stderr else ''}")
+
+
+def _ready_fields(stdout: IO[str]) -> dict[str, str] | None:
+    """The fields of the first `ready` line on `stdout`; None if the stream ends first."""
+    for line in iter(stdout.readline, ""):
+        if line.startswith("ready "):
+            return dict(field.split("=", 1) for field in line.split()[1:])
+    return None
 
 
 @dataclass

@@ -1,18 +1,20 @@
 """The typed client (`dhtmesh.client`) against a real node and its real proxy: every method, the
-paths it builds held to the proxy's own route table, HTTP errors as one `ApiError`, a refused
-connection as `Unreachable`, the listen stream, push, the farmer routes, blobs on real farmer
-processes, and the blocking `SyncClient` on a loop of its own."""
+paths it builds held to the proxy's own route table (every field one segment), HTTP errors as one
+`ApiError`, a refused connection as `Unreachable`, a silent one as `TimedOut` and a garbled answer as
+`BadAnswer` (from a tiny aiohttp server of the test's own), the listen stream, push, the farmer routes,
+blobs on real farmer processes, and the blocking `SyncClient` on a loop of its own."""
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aiohttp import web
 
 from dhtmesh.api import paths
 from dhtmesh.api.keys import parse_key
-from dhtmesh.client import ApiError, BadAnswer, Client, NotRegistered, SyncClient, Unreachable
+from dhtmesh.client import ApiError, BadAnswer, Client, ClientError, NotRegistered, SyncClient, TimedOut, Unreachable
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
@@ -29,6 +31,11 @@ def test_every_path_the_client_builds_is_a_route_of_the_proxy() -> None:
     assert set(paths.TEMPLATES) == served  # and every route's path is named in the contract
     assert paths.key_path("room?2") == f"/key/{parse_key('room?2').hex()}"
     assert paths.key_path(bytes(range(20)), paths.CANCEL, value_id=7) == f"/key/{bytes(range(20)).hex()}/7"
+    farmer = bytes(range(20))
+    escaped = paths.farmer_path(paths.REGISTER, farmer, payout_addr="a/b?c#d e")
+    assert escaped == f"/api/register/{farmer.hex()}/a%2Fb%3Fc%23d%20e"
+    assert paths.farmer_path(paths.HEIGHT, farmer, height="..") == f"/api/height/{farmer.hex()}/%2E%2E"
+    assert paths.blob_path("../x") == "/api/blob/..%2Fx" and paths.blob_path(".") == "/api/blob/%2E"
 
 
 async def test_node_info_stats_and_the_openapi_document(serve: Serve) -> None:
@@ -144,7 +151,10 @@ async def test_a_farmer_through_its_life(serve: Serve) -> None:
         with pytest.raises(ApiError) as twice:
             await client.register(farmer)
         assert twice.value.status == 409
+        before = (await client.stats())["totalRequests"]
         assert await client.ping(farmer) == "Ping accepted."
+        # The record, the ping and this count: the node id is asked once per client, not per change.
+        assert (await client.stats())["totalRequests"] == before + 3
         assert await client.set_height(farmer, 12) == "Height accepted."
         assert await client.set_bandwidth(farmer, 100, 200) == "Bandwidth accepted."
         with pytest.raises(ApiError) as too_high:
@@ -169,11 +179,82 @@ async def test_a_farmer_through_its_life(serve: Serve) -> None:
         assert node_address(farmer.node_id) in await client.online()
 
 
+async def test_a_payout_with_a_slash_a_question_mark_or_dots_reaches_the_register_route(serve: Serve) -> None:
+    _, url = await serve()
+    async with Client(url) as client:
+        for payout in ("1Bad/payout", "1Bad?payout=1", "1Bad#payout", ".."):
+            with pytest.raises(ApiError) as refused:  # not another route's 404 or 405
+                await client.register(Identity.generate(), payout)
+            assert refused.value.status == 400 and "Invalid payout address" in refused.value.message, payout
+
+
 async def test_an_answer_that_is_not_json_is_a_bad_answer(serve: Serve) -> None:
     _, url = await serve()
     async with Client(url) as client:
         with pytest.raises(BadAnswer):
             await client.transport.document("GET", paths.ONLINE)  # dataserv's HTML lines
+
+
+@contextlib.asynccontextmanager
+async def answering(*routes: web.RouteDef) -> AsyncIterator[str]:
+    """A tiny aiohttp server on 127.0.0.1 with `routes` (what no node would answer); yields its URL."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)  # a handler still waiting is not waited for
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def _garbage_line(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b'{"id": "1", "data": ""}\nnot JSON\n')
+    return response
+
+
+def _answer(response: web.Response) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        return response
+
+    return handler
+
+
+async def test_garbled_answers_are_bad_answers_never_a_raw_error() -> None:
+    blob = {"id": "ab" * 32, "size": 3, "chunks": 1}
+    garbage = [
+        web.get(paths.LISTEN, _garbage_line),
+        web.post(paths.KEY, _answer(web.json_response({"id": "1", "data": "", "replicas": "x"}))),
+        web.route("SUBSCRIBE", paths.KEY, _answer(web.Response(text='{"id": "1"}\nnot JSON\n'))),
+        web.post(paths.BLOBS, _answer(web.json_response(blob))),  # 200: a stored blob is answered with 201
+    ]
+    async with answering(*garbage) as url, Client(url) as client:
+        stream = client.listen("k")
+        async with contextlib.aclosing(stream):
+            assert (await anext(stream))["id"] == "1"
+            with pytest.raises(BadAnswer, match="not JSON"):
+                await anext(stream)
+        with pytest.raises(BadAnswer, match="replicas"):
+            await client.put("k", Value(1, b""))
+        with pytest.raises(BadAnswer, match="not JSON"):
+            await client.subscribe("k", "device-token")
+        with pytest.raises(BadAnswer, match="not 201"):
+            await client.put_blob(b"abc")
+
+
+async def test_a_node_that_never_answers_times_out_as_the_client_was_told() -> None:
+    async def silent(_: web.Request) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with answering(web.get(paths.NODE_INFO, silent)) as url, Client(url, timeout=0.3) as client:
+        with pytest.raises(TimedOut) as late:
+            await client.info()
+    assert isinstance(late.value, Unreachable) and isinstance(late.value, ClientError)
+    assert "GET /node/info: timed out" in str(late.value)
 
 
 def sync_round_trip(url: str) -> tuple[int, list[bytes], list[dict], dict]:
@@ -211,8 +292,10 @@ async def test_blobs_up_and_down(spawn: Callable[..., NodeProcess]) -> None:
             return len(await client.online_farmers()) == 3
 
         await eventually(all_online, within=30)
-        stored = await client.put_blob(_pieces(data, 100_000), len(data))
-        assert stored.size == len(data) and stored.chunks >= 1 and len(stored.id) == 64
+        stored = await client.put_blob(_pieces(data, 100_000), len(data))  # BadAnswer unless 201
+        assert stored.size == len(data) and stored.chunks >= 1 and len(bytes.fromhex(stored.id)) == 32
+        async with client.transport.response("POST", paths.BLOBS, data=b"raw") as created:
+            assert created.status == 201 and set(await created.json()) == {"id", "size", "chunks"}
         assert await reader.read_blob(stored.id) == data
         assert await reader.read_blob(stored.id, "bytes=10-19") == data[10:20]
         async with reader.open_blob(stored.id) as download:

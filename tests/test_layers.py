@@ -1,7 +1,7 @@
 """Layers only point down: a module imports from its own part or from the layers under it, never from
 one above (README, "Architecture"). Read from the sources themselves, so a new upward import fails here.
 
-    cli  →  proxy, client, bootstrap  →  api (the contract proxy and client share)
+    testing (the test kit)  →  cli  →  proxy, client, bootstrap  →  api (the contract proxy and client share)
          →  services (node/records, audits, blobs, transfer, services.py)
          →  the DHT core (the rest of node/)  →  crypto
 """
