@@ -12,7 +12,7 @@ from dhtmesh.proxy.app import ProxyServer
 from dhtmesh.testing.addresses import loopback_host
 
 # Short periods so that background duties (sweep, repair, hand-off) happen within a test.
-FAST = NodeConfig(rpc_timeout=0.2, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
+FAST = NodeConfig(rpc_timeout=0.25, sweep_interval=0.2, handoff_delay=0.05, subscription_ttl=6.0)
 
 
 async def start_node(
