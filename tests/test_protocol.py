@@ -106,7 +106,9 @@ async def test_async_replies_in_the_works_are_bounded_per_host(pair: tuple[Endpo
         await eventually(lambda: len(served) == MAX_ANSWERING_PER_HOST)
         with pytest.raises(RpcRefused, match="busy"):
             await caller.call(server.address, "dm_slow", {})
-        assert len(served) == MAX_ANSWERING_PER_HOST and server._counters.snapshot()["busy_replies"] == 1
+        with pytest.raises(RpcRefused, match="busy"):  # nor when the request came in pieces (dm_done)
+            await caller.call(server.address, "dm_slow", {"e": b"x" * 5000})
+        assert len(served) == MAX_ANSWERING_PER_HOST and server._counters.snapshot()["busy_replies"] == 2
         release.set()
         assert (await caller.call(server.address, "dm_slow", {})).payload is True  # room again
     finally:

@@ -30,6 +30,13 @@ class Later:
 
     request: Request
     work: Coroutine[Any, Any, Any]
+    inner: "Later | None" = None  # a `dm_done`'s: the request it carried, whose work `work` awaits
+
+    def drop(self) -> None:
+        """Close the work unstarted (and the inner request's), so that none of it ever runs."""
+        self.work.close()
+        if self.inner is not None:
+            self.inner.drop()
 
 
 Finish = Callable[[Later], Awaitable[dict]]
@@ -55,11 +62,11 @@ class Answering:
         address = later.request.address
         claim, host = (address, message_id), host_of(address[0])
         if claim in self._working:
-            later.work.close()
+            later.drop()
             self._counters.add("retries_while_answering")
             return
         if len(self._working) >= MAX_ANSWERING or self._per_host[host] >= MAX_ANSWERING_PER_HOST:
-            later.work.close()  # checked before the handler does any work
+            later.drop()  # checked before the handler does any work
             self._counters.add("busy_replies")
             self._send(message_id, address, {"err": BUSY})
             return

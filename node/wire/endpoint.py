@@ -237,7 +237,7 @@ class Endpoint(asyncio.DatagramProtocol):
         if asyncio.iscoroutine(result):
             return Later(request, result)
         if isinstance(result, Later):  # a `dm_done` whose inner handler is async: its envelope, later
-            return Later(request, self._finish(result))
+            return Later(request, self._finish(result), inner=result)
         return self._seal(request, {"ok": result})
 
     async def _finish(self, later: Later) -> dict:
