@@ -15,7 +15,7 @@ from typing import Any
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.wire.errors import RpcTimeout
-from dhtmesh.node.wire.messages import Request
+from dhtmesh.node.wire.messages import Request, Sealed
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Address
 
@@ -39,10 +39,10 @@ class Later:
             self.inner.drop()
 
 
-Finish = Callable[[Later], Awaitable[dict]]
-"""Await the work and make its envelope (sealed as every reply is)."""
-Send = Callable[[bytes, Address, dict], None]
-"""Send `envelope` as the reply to the request `message_id` from `address`."""
+Finish = Callable[[Later], Awaitable[Sealed]]
+"""Await the work and seal its envelope, as every reply is."""
+Send = Callable[[bytes, Address, Sealed], None]
+"""Send a sealed envelope as the reply to the request `message_id` from `address`."""
 
 
 class Answering:
@@ -68,7 +68,7 @@ class Answering:
         if len(self._working) >= MAX_ANSWERING or self._per_host[host] >= MAX_ANSWERING_PER_HOST:
             later.drop()  # checked before the handler does any work
             self._counters.add("busy_replies")
-            self._send(message_id, address, {"err": BUSY})
+            self._send(message_id, address, Sealed.of({"err": BUSY}))
             return
         self._working.add(claim)
         self._per_host[host] += 1
@@ -76,8 +76,8 @@ class Answering:
 
     async def _reply(self, claim: tuple[Address, bytes], host: str, later: Later) -> None:
         try:
-            envelope = await self._finish(later)
-            self._send(claim[1], claim[0], envelope)
+            sealed = await self._finish(later)
+            self._send(claim[1], claim[0], sealed)
         except RpcTimeout:
             pass  # the socket closed while the handler worked: nobody to answer
         finally:

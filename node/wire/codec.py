@@ -55,7 +55,12 @@ def unpack(raw: bytes) -> Any:
 
 
 def encode(kind: int, message_id: bytes, body: Any) -> bytes:
-    return bytes((kind,)) + message_id + pack(body)
+    return frame(kind, message_id, pack(body))
+
+
+def frame(kind: int, message_id: bytes, packed: bytes) -> bytes:
+    """A datagram of a body already in msgpack."""
+    return bytes((kind,)) + message_id + packed
 
 
 def decode(datagram: bytes) -> Frame:

@@ -47,6 +47,7 @@ from dhtmesh.node.wire.messages import (
     Prover,
     Reply,
     Request,
+    Sealed,
     StrayNonce,
     is_node_id,
     new_nonce,
@@ -223,12 +224,12 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         self._transmit(datagram, address)
 
-    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> dict | Later:
-        """The envelope answering a `dm_*` request, or, when its handler is async (an `async def`), the
-        work that will make it, not yet started."""
+    def _serve_mesh(self, address: Address, name: str, args: list, proven: bool, room: float) -> Sealed | Later:
+        """The sealed envelope answering a `dm_*` request, or, when its handler is async (an `async def`),
+        the work that will make it, not yet started."""
         if not isinstance(args, list) or len(args) != 2 or not is_node_id(args[0]) or not isinstance(args[1], dict):
             self._counters.add("malformed_requests")
-            return {"err": "malformed request: expected [sender_id(20 bytes), body(map)]"}
+            return Sealed.of({"err": "malformed request: expected [sender_id(20 bytes), body(map)]"})
         request = Request(address, name, args[0], args[1], proven, room - codec.HEADER_SIZE)
         try:
             result = self._mesh[name](request)
@@ -236,11 +237,15 @@ class Endpoint(asyncio.DatagramProtocol):
             return self._seal(request, self._refusal(name, error))
         if asyncio.iscoroutine(result):
             return Later(request, result)
-        if isinstance(result, Later):  # a `dm_done` whose inner handler is async: its envelope, later
-            return Later(request, self._finish(result), inner=result)
-        return self._seal(request, {"ok": result})
+        # A `dm_done`'s payload is the inner request's envelope: now, or later when its handler is async.
+        if isinstance(result, Later):
+            return Later(request, self._inner_envelope(result), inner=result)
+        return self._seal(request, {"ok": result.envelope if isinstance(result, Sealed) else result})
 
-    async def _finish(self, later: Later) -> dict:
+    async def _inner_envelope(self, later: Later) -> dict:
+        return (await self._finish(later)).envelope
+
+    async def _finish(self, later: Later) -> Sealed:
         """An async handler's envelope, once its payload is ready (the inner reply of a `dm_done` too)."""
         try:
             envelope: dict[str, Any] = {"ok": await later.work}
@@ -248,8 +253,8 @@ class Endpoint(asyncio.DatagramProtocol):
             envelope = self._refusal(later.request.name, error)
         return self._seal(later.request, envelope)
 
-    def _answer(self, message_id: bytes, address: Address, envelope: dict) -> None:
-        self._send(codec.RESPONSE, message_id, envelope, address)
+    def _answer(self, message_id: bytes, address: Address, sealed: Sealed) -> None:
+        self._send_datagram(codec.frame(codec.RESPONSE, message_id, sealed.encoded), address)
 
     def _refusal(self, name: str, error: Exception) -> dict:
         if isinstance(error, RpcRefused):
@@ -259,7 +264,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._counters.add("handler_errors")
         return {"err": "internal error"}
 
-    def _seal(self, request: Request, envelope: dict) -> dict:
+    def _seal(self, request: Request, envelope: dict) -> Sealed:
         """`envelope` with the proof its nonce asks for, fitted to what the asker may be sent."""
         nonce = request.body.get("n")
         proof = self._prove(nonce) if isinstance(nonce, bytes) and len(nonce) == NONCE_SIZE else None
@@ -267,26 +272,26 @@ class Endpoint(asyncio.DatagramProtocol):
             envelope["pf"] = proof
         return self._fit(envelope, request, proof)
 
-    def _fit(self, envelope: dict, request: Request, proof: list | None) -> dict:
-        """Return `envelope` if it fits a datagram (and the room an unproven address has), else hold it
-        for `dm_pull` and say so; an unproven address gets `UNPROVEN` instead of anything bigger."""
+    def _fit(self, envelope: dict, request: Request, proof: list | None) -> Sealed:
+        """`envelope` if it fits a datagram (and the room an unproven address has), else held for
+        `dm_pull` and said so; an unproven address gets `UNPROVEN` instead of anything bigger."""
         encoded = codec.pack(envelope)
         if len(encoded) <= min(request.room, codec.MAX_DATAGRAM - codec.HEADER_SIZE):
-            return envelope
+            return Sealed(envelope, encoded)
         if not request.proven:
             self._counters.add("unproven_replies_refused")
-            return {"err": UNPROVEN} | ({"pf": proof} if proof is not None else {})
+            return Sealed.of({"err": UNPROVEN} | ({"pf": proof} if proof is not None else {}))
         held = self._fragments.hold_reply(request.address, encoded)
         if held is None:
             self._counters.add("oversized_replies")
-            return {"err": "reply too large"}
+            return Sealed.of({"err": "reply too large"})
         if "err" in held:
             self._counters.add("transfers_refused")
-        return held
+        return Sealed.of(held)
 
     # ---- serving the transfer RPCs ------------------------------------------------------------
 
-    def _serve_done(self, request: Request) -> dict | Later:
+    def _serve_done(self, request: Request) -> Sealed | Later:
         inner = self._fragments.take_request(request)
         if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)):
             raise RpcRefused("transfer holds no request")
@@ -380,10 +385,9 @@ class Endpoint(asyncio.DatagramProtocol):
     def send_request(self, address: Address, name: str, body: dict, message_id: bytes) -> None:
         """Send a dhtmesh request no call waits for; its reply goes to `on_stray` if `stray_nonce`
         recognises its message id."""
-        self._send(codec.REQUEST, message_id, [name, [self.node_id, body]], address)
+        self._send_datagram(codec.encode(codec.REQUEST, message_id, [name, [self.node_id, body]]), address)
 
-    def _send(self, kind: int, message_id: bytes, body: Any, address: Address) -> bool:
-        datagram = codec.encode(kind, message_id, body)
+    def _send_datagram(self, datagram: bytes, address: Address) -> bool:
         if len(datagram) > codec.MAX_DATAGRAM:
             return False
         self._transmit(datagram, address)

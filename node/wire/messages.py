@@ -34,6 +34,18 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """A reply's envelope as it goes out, and its msgpack: encoded once, when it is measured to fit."""
+
+    envelope: dict
+    encoded: bytes
+
+    @classmethod
+    def of(cls, envelope: dict) -> "Sealed":
+        return cls(envelope, codec.pack(envelope))
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     payload: Any
     proof: Any = None
