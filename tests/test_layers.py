@@ -2,7 +2,7 @@
 one above (README, "Architecture"). Read from the sources themselves, so a new upward import fails here.
 
     testing (the test kit)  →  cli  →  proxy, client, bootstrap  →  api (the contract proxy and client share)
-         →  services (node/records, audits, blobs, transfer, services.py)
+         →  services (node/records, audits, blobs, jobs, transfer, services.py)
          →  the DHT core (the rest of node/)  →  crypto
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"records", "audits", "blobs", "transfer", "services"}
+SERVICES = {"records", "audits", "blobs", "jobs", "transfer", "services"}
 LEVELS = {
     "crypto": 0, "core": 1, "services": 2, "api": 3, "proxy": 4, "client": 4, "bootstrap": 4, "cli": 5, "testing": 6,
 }  # fmt: skip
