@@ -31,11 +31,25 @@ FARMER_AUDITS = "/api/farmer/{nodeid}/audits"
 FARMER_RECORD = "/api/farmer/{nodeid}/record"
 BLOBS = "/api/blob"
 BLOB = "/api/blob/{blob_id}"
+# dcp-rest's job routes (its shapes), under its prefix
+JOBS_PREFIX = "/api/v0"
+JOB_NEW = "/api/v0/job"
+JOB = "/api/v0/job/{job_id}"
+JOB_STATUS = "/api/v0/job/{job_id}/status"
+JOB_SLICES = "/api/v0/job/{job_id}/slices"
+JOB_RESULTS = "/api/v0/job/{job_id}/result"
+JOB_RESULT = "/api/v0/job/{job_id}/result/{slice_number}"
+JOB_LISTEN = "/api/v0/job/{job_id}/results/listen"
+JOB_CLOSE = "/api/v0/job/{job_id}/close"
+JOBS = "/api/v0/jobs"
+JOBS_COUNT = "/api/v0/jobs/count"
+ACCOUNTS = "/api/v0/accounts"
 
 TEMPLATES = (
     ROOT, NODE_INFO, NODE_STATS, OPENAPI, KEY, LISTEN, SIGN, ENCRYPT, CANCEL, KEY_OPTIONS, LEGACY_KEY,
     REGISTER_OWN, REGISTER, PING, HEIGHT, BANDWIDTH, ONLINE, ONLINE_JSON, TOTAL, ADDRESS, FARMER, FARMER_AUDITS,
-    FARMER_RECORD, BLOBS, BLOB,
+    FARMER_RECORD, BLOBS, BLOB, JOB_NEW, JOB, JOB_STATUS, JOB_SLICES, JOB_RESULTS, JOB_RESULT, JOB_LISTEN,
+    JOB_CLOSE, JOBS, JOBS_COUNT, ACCOUNTS,
 )  # fmt: skip
 
 
@@ -63,6 +77,11 @@ def farmer_path(template: str, node_id: bytes, **fields: object) -> str:
 def blob_path(blob_id: str) -> str:
     """The path of the blob `blob_id` (64 hex, when it is one)."""
     return BLOB.format(blob_id=segment(blob_id))
+
+
+def job_path(template: str, job_id: str, **fields: object) -> str:
+    """A job route's path for the job `job_id` (its other fields as given)."""
+    return template.format(job_id=segment(job_id), **_segments(fields))
 
 
 def _segments(fields: dict[str, object]) -> dict[str, str]:

@@ -5,7 +5,8 @@ A record kind (libp2p's namespaced validators, one per reserved value type) is a
 value type and expiry, how its data decodes (`pack`/`unpack`: a msgpack list led by the format), under
 which key it lives (`key_of`, or the shard of its `directory` for the id it names), the id it names
 (`id_of`: its value id derives from it and, unless the record proves itself, the key of that id must
-sign it), which version may follow which (`follows`),
+sign it, or the key of the id `signer_of` names: a job's records name the job and are signed by its
+owner), which version may follow which (`follows`),
 the signed time its life runs from (`anchor`: it lives `expiry` after that time at the latest, whatever
 anyone re-sends), whether anyone may keep it alive (`open_refresh`), and how many of its values one
 host may place under one key (`per_host`). The checks every hop applies come from the table of kinds
@@ -80,6 +81,7 @@ class RecordKind(Generic[R]):
     anchor: Callable[[R], int] | None = None  # the signed time it lives `expiry` after, at the latest
     open_refresh: bool = False
     per_host: int | None = None  # values of this kind one host may place under one key (None: the store's share)
+    signer_of: Callable[[R], bytes] | None = None  # whose key must sign, if not the named id's (a job's owner)
 
     def __post_init__(self) -> None:
         if (self.directory is None) == (self.key_of is None):
@@ -92,7 +94,8 @@ class RecordKind(Generic[R]):
             raise InvalidRecord(f"{self.name} is signed and in the clear")
         record = self.decode(value.data)
         named = self.id_of(record)
-        if self.signer is not None and node_id_from_public_key(value.owner) != named:
+        signer = named if self.signer_of is None else self.signer_of(record)
+        if self.signer is not None and node_id_from_public_key(value.owner) != signer:
             raise InvalidRecord(f"{self.name} must be signed by {self.signer}")
         if key != self.key_for(record) or value.id != value_id_of(named):
             raise InvalidRecord(f"{self.name} must be stored under its own key, under its own value id")

@@ -20,6 +20,7 @@ history where a witness of it remains.
 import time
 
 from dhtmesh.crypto import opendht
+from dhtmesh.node.jobs import records as jobs
 from dhtmesh.node.records import audit, blob, farmer, holding
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
@@ -27,7 +28,7 @@ from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.types import CERTIFICATE_TYPE, expiry_for, register_expiry
 from dhtmesh.node.values.value import InvalidValue, Value, certificate_public_key
 
-RULES_VERSION = 3  # 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id
+RULES_VERSION = 4  # 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id; 4: jobs
 
 
 def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
@@ -37,7 +38,7 @@ def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
     return {kind.type: kind for kind in kinds}
 
 
-KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND)
+KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS)
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 
