@@ -36,6 +36,7 @@ JOBS_PREFIX = "/api/v0"
 JOB_NEW = "/api/v0/job"
 JOB = "/api/v0/job/{job_id}"
 JOB_STATUS = "/api/v0/job/{job_id}/status"
+JOB_RECORD = "/api/v0/job/{job_id}/record"  # the job's latest signed value: what its owner's next change follows
 JOB_SLICES = "/api/v0/job/{job_id}/slices"
 JOB_RESULTS = "/api/v0/job/{job_id}/result"
 JOB_RESULT = "/api/v0/job/{job_id}/result/{slice_number}"
@@ -48,7 +49,7 @@ ACCOUNTS = "/api/v0/accounts"
 TEMPLATES = (
     ROOT, NODE_INFO, NODE_STATS, OPENAPI, KEY, LISTEN, SIGN, ENCRYPT, CANCEL, KEY_OPTIONS, LEGACY_KEY,
     REGISTER_OWN, REGISTER, PING, HEIGHT, BANDWIDTH, ONLINE, ONLINE_JSON, TOTAL, ADDRESS, FARMER, FARMER_AUDITS,
-    FARMER_RECORD, BLOBS, BLOB, JOB_NEW, JOB, JOB_STATUS, JOB_SLICES, JOB_RESULTS, JOB_RESULT, JOB_LISTEN,
+    FARMER_RECORD, BLOBS, BLOB, JOB_NEW, JOB, JOB_STATUS, JOB_RECORD, JOB_SLICES, JOB_RESULTS, JOB_RESULT, JOB_LISTEN,
     JOB_CLOSE, JOBS, JOBS_COUNT, ACCOUNTS,
 )  # fmt: skip
 

@@ -97,9 +97,14 @@ def decode_audit_log(data: bytes) -> AuditLog:
 
 # A log lives a day after its newest entry (its anchor), however often it is re-sent.
 KIND = RecordKind(
-    AUDIT_TYPE, AUDIT_EXPIRY, "an audit log", decode_audit_log, lambda log: log.auditor_id,
-    key_of=lambda log: audits_key(log.farmer_id), signer="its auditor",
-    anchor=lambda log: max(entry.time for entry in log.entries)
+    AUDIT_TYPE,
+    AUDIT_EXPIRY,
+    "an audit log",
+    decode_audit_log,
+    lambda log: log.auditor_id,
+    key_of=lambda log: audits_key(log.farmer_id),
+    signer="its auditor",
+    anchor=lambda log: max(entry.time for entry in log.entries),
 )
 
 

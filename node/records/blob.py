@@ -74,8 +74,13 @@ def decode_manifest(data: bytes) -> Manifest:
 
 # A manifest proves itself (its chunk list hashes to the blob id it names): anyone may keep it alive.
 KIND = RecordKind(
-    BLOB_MANIFEST_TYPE, BLOB_MANIFEST_EXPIRY, "a manifest", decode_manifest, lambda manifest: manifest.blob_id,
-    BLOBS, open_refresh=True
+    BLOB_MANIFEST_TYPE,
+    BLOB_MANIFEST_EXPIRY,
+    "a manifest",
+    decode_manifest,
+    lambda manifest: manifest.blob_id,
+    BLOBS,
+    open_refresh=True,
 )
 manifests_in = KIND.records_in
 

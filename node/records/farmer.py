@@ -105,8 +105,15 @@ def is_successor(current: FarmerRecord, incoming: FarmerRecord) -> bool:
 
 
 KIND = RecordKind(
-    FARMER_VALUE_TYPE, FARMER_RECORD_EXPIRY, "a farmer record", decode_farmer, lambda record: record.node_id,
-    FARMERS, signer="that farmer's own key", follows=is_successor, anchor=lambda record: record.last_seen
+    FARMER_VALUE_TYPE,
+    FARMER_RECORD_EXPIRY,
+    "a farmer record",
+    decode_farmer,
+    lambda record: record.node_id,
+    FARMERS,
+    signer="that farmer's own key",
+    follows=is_successor,
+    anchor=lambda record: record.last_seen,
 )
 
 

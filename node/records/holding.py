@@ -53,8 +53,14 @@ def decode_holding(data: bytes) -> Holding:
 # A chunk has a few holders, each putting its own holding: a host placing more than a few (`per_host`)
 # is making them up (throwaway keys), to fill the key so that no real holder can keep the chunk.
 KIND = RecordKind(
-    HOLDING_TYPE, 1 * DAY, "a holding", decode_holding, lambda holding: holding.holder_id,
-    key_of=lambda holding: chunk_key(holding.root), signer="its holder", per_host=8
+    HOLDING_TYPE,
+    1 * DAY,
+    "a holding",
+    decode_holding,
+    lambda holding: holding.holder_id,
+    key_of=lambda holding: chunk_key(holding.root),
+    signer="its holder",
+    per_host=8,
 )
 
 

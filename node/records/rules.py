@@ -20,8 +20,8 @@ history where a witness of it remains.
 import time
 
 from dhtmesh.crypto import opendht
-from dhtmesh.node.jobs import records as jobs
 from dhtmesh.node.records import audit, blob, farmer, holding
+from dhtmesh.node.records import job as jobs
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
 from dhtmesh.node.values.rules import ValueRules
