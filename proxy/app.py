@@ -35,6 +35,7 @@ from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import (
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
+    JOBS,
     BLOB_READER,
     ERRORS,
     FAILURE_LABELS,
@@ -49,6 +50,7 @@ from dhtmesh.proxy.route import (
     UPLOADER,
     served_paths,
 )
+from dhtmesh.proxy.job_auth import UNLOCKER, Unlocker
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
 
@@ -139,6 +141,8 @@ def create_app(
     app[UPLOADER] = services.uploader
     app[BLOB_READER] = services.reader
     app[BLOB_LIMIT] = blob_limit
+    app[JOBS] = services.jobs
+    app[UNLOCKER] = Unlocker()
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)
     for route in ROUTES:
