@@ -29,7 +29,6 @@ from dhtmesh.node.tasks import Loop, Supervisor
 from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
 
-
 DEFAULT_SLICE_MEMORY = 256  # MiB of V8 heap per sandbox
 DEFAULT_SLICE_MS = 30_000  # the longest a slice may run on this worker, whatever its job asks
 

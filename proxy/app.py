@@ -29,16 +29,17 @@ from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.errors import Refusal, answer, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
+from dhtmesh.proxy.job_auth import UNLOCKER, Unlocker
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import (
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
-    JOBS,
     BLOB_READER,
     ERRORS,
     FAILURE_LABELS,
+    JOBS,
     LISTEN_SLOTS,
     NODE,
     PUSH,
@@ -50,7 +51,6 @@ from dhtmesh.proxy.route import (
     UPLOADER,
     served_paths,
 )
-from dhtmesh.proxy.job_auth import UNLOCKER, Unlocker
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
 

@@ -90,7 +90,8 @@ async def caller(request: web.Request, body: bytes) -> Caller:
         if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
             raise TooManyRequests("too many signed requests; retry in a second")
         node = request.app[NODE]
-        key = verify_request(request.headers, request.method, request.raw_path, body, node.node_id, request.app[REPLAY_GUARD])
+        guard = request.app[REPLAY_GUARD]
+        key = verify_request(request.headers, request.method, request.raw_path, body, node.node_id, guard)
         return Caller(node_id_from_public_key(key), None)
     if scheme == "Basic" and 0 < len(credential) <= MAX_CREDENTIAL:
         identity = await request.app[UNLOCKER].unlock(credential.strip(), client_of(request))

@@ -29,6 +29,7 @@ from dhtmesh.proxy.responses import json_reply, open_stream
 from dhtmesh.proxy.route import JOBS, LISTEN_SLOTS, NODE, Route
 
 BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches: 4,096 batches of 48 KiB at most
+MAX_RANGES = 64
 MAX_SIGNED = 4097  # records in one change: a job and its batches
 _RANGE = re.compile(r"([0-9]{1,9})-([0-9]{1,9})")
 _JOB_ID = re.compile(r"(0x)?([0-9a-fA-F]{40})")
@@ -153,24 +154,25 @@ async def job_record(request: web.Request) -> web.Response:
     return json_reply(value_to_json(await request.app[JOBS].record(_job_id(request))))
 
 
-def _ranges(request: web.Request) -> list[int] | None:
-    """The slice numbers of every `range=m-n` (inclusive, 1-based); None for all."""
+def _ranges(request: web.Request) -> list[tuple[int, int]] | None:
+    """Every `range=m-n` (inclusive, 1-based); None for all slices."""
     texts = request.query.getall("range", [])
     if not texts:
         return None
-    numbers: set[int] = set()
+    if len(texts) > MAX_RANGES:
+        raise BadRequest(f"at most {MAX_RANGES} ranges")
+    ranges = []
     for text in texts:
         match = _RANGE.fullmatch(text)
         if match is None or not 1 <= int(match.group(1)) <= int(match.group(2)):
             raise BadRequest(f"a range is m-n, 1 <= m <= n: {text[:40]!r}")
-        first, last = int(match.group(1)), int(match.group(2))
-        numbers.update(range(first, min(last, first + 1_048_576) + 1))  # no job holds more slices
-    return sorted(numbers)
+        ranges.append((int(match.group(1)), int(match.group(2))))
+    return ranges
 
 
-def _results_json(view: JobView, numbers: list[int] | None) -> dict:
+def _results_json(view: JobView, ranges: list[tuple[int, int]] | None) -> dict:
     status = view.status()
-    results = [{"sliceNumber": n, "value": orjson.loads(value)} for n, value in view.values(numbers)]
+    results = [{"sliceNumber": n, "value": orjson.Fragment(value)} for n, value in view.values(ranges)]
     return {
         "totalSlices": status.total,
         "completedSlices": status.completed,
@@ -180,15 +182,16 @@ def _results_json(view: JobView, numbers: list[int] | None) -> dict:
 
 
 async def job_results(request: web.Request) -> web.Response:
-    numbers = _ranges(request)
-    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), numbers))
+    ranges = _ranges(request)
+    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), ranges))
 
 
 async def job_result(request: web.Request) -> web.Response:
     text = request.match_info["slice_number"]
     if not (text.isdigit() and len(text) <= 9 and int(text) >= 1):
         raise BadRequest("a slice number is a whole number from 1")
-    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), [int(text)]))
+    number = int(text)
+    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), [(number, number)]))
 
 
 async def listen_results(request: web.Request) -> web.StreamResponse:
@@ -271,5 +274,8 @@ JOB_ROUTES: list[Route] = [
         "GET", paths.JOBS_COUNT, count_jobs, "how many jobs the caller has",
         replies={200: "`{jobCount}`", 401: "missing or bad credential"}, headers=_AUTH,
     ),
-    Route("GET", paths.ACCOUNTS, accounts, "the identities this node holds", replies={200: "`[{name, address, balance}]`"}),
+    Route(
+        "GET", paths.ACCOUNTS, accounts, "the identities this node holds",
+        replies={200: "`[{name, address, balance}]`"},
+    ),
 ]  # fmt: skip

@@ -164,16 +164,6 @@ class JobView:
 
     # ---- what the results add up to -----------------------------------------------------------
 
-    def settled(self, number: int) -> Settled:
-        index = self._batch_of(number)
-        return Settled() if index is None else self.tallies[index].settled.get(number, Settled())
-
-    def _batch_of(self, number: int) -> int | None:
-        for index, tally in enumerate(self.tallies):
-            if number in tally.numbers():
-                return index
-        return None
-
     @property
     def finished(self) -> bool:
         return self.job.cancelled or (self.job.closed and all(tally.done for tally in self.tallies))
@@ -198,12 +188,19 @@ class JobView:
         active = 0 if status != "running" else total - completed - failed
         return JobStatus(status, total, active, completed, failed, cpu_ms / 1000, tuple(errors[-MAX_ERRORS_SHOWN:]))
 
-    def values(self, numbers: list[int] | None = None) -> list[tuple[int, bytes]]:
-        """The accepted values of the slices `numbers` (every slice if None), in order, completed only."""
-        if numbers is None:
-            numbers = [n for tally in self.tallies for n in tally.numbers()]
-        found = ((n, self.settled(n).value) for n in sorted(set(numbers)))
-        return [(n, value) for n, value in found if value is not None]
+    def values(self, ranges: list[tuple[int, int]] | None = None) -> list[tuple[int, bytes]]:
+        """The accepted values of the slices in `ranges` (inclusive; every slice if None), in order."""
+        found = []
+        for tally in self.tallies:
+            last = tally.first + tally.count - 1
+            if ranges is not None and not any(a <= last and tally.first <= b for a, b in ranges):
+                continue
+            for n in tally.numbers():
+                settled = tally.settled.get(n)
+                if settled is not None and settled.value is not None:
+                    if ranges is None or any(a <= n <= b for a, b in ranges):
+                        found.append((n, settled.value))
+        return found
 
     async def accepted(self) -> AsyncIterator[tuple[int, bytes]]:
         """Each slice's accepted value as it comes (those accepted already first); ends when the job is

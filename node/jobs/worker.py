@@ -60,6 +60,7 @@ class Worker:
         self._taken: set[tuple[bytes, int]] = set()  # batches this worker's slots are on now
         self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
         self._lease_seq: dict[tuple[bytes, int], int] = {}
+        self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
         book.on_cancel = pool.cancel
 
     async def run(self) -> None:
@@ -92,11 +93,14 @@ class Worker:
         now = time.time()
         self._skip = {batch: until for batch, until in self._skip.items() if until > now}
         me = self._identity.node_id
-        for job in await self._book.jobs():
-            if job.cancelled or not job.batches:
+        jobs = await self._book.jobs()
+        self._finished &= {job.job_id for job in jobs}
+        for job in jobs:
+            if job.cancelled or not job.batches or job.job_id in self._finished:
                 continue
             view = await self._book.view(job.job_id)
             if view is None or view.finished:
+                self._finished.add(job.job_id)
                 continue
             open_batches = [
                 index
