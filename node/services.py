@@ -20,6 +20,7 @@ from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.jobs.sandbox import SandboxPool
 from dhtmesh.node.jobs.service import Jobs
+from dhtmesh.node.jobs.standing import Standings
 from dhtmesh.node.jobs.worker import Worker
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer_events import MAX_PING
@@ -69,6 +70,7 @@ class Services:
         self.uploader = Uploader(self.placer)
         self.reader = BlobReader(self.placer)
         self.jobs = Jobs(node, SandboxPool(size=1))  # its sandbox only compiles work functions, at deploy
+        self.standings = Standings(node, self.jobs.book)
         self.worker: Worker | None = None
         self.sandboxes: SandboxPool | None = None
         if working is not None:

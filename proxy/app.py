@@ -47,6 +47,7 @@ from dhtmesh.proxy.route import (
     REPLAY_GUARD,
     REPUTATION,
     SIGNED_LIMITER,
+    STANDINGS,
     STATS,
     UPLOADER,
     served_paths,
@@ -142,6 +143,7 @@ def create_app(
     app[BLOB_READER] = services.reader
     app[BLOB_LIMIT] = blob_limit
     app[JOBS] = services.jobs
+    app[STANDINGS] = services.standings
     app[UNLOCKER] = Unlocker()
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)

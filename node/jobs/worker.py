@@ -9,7 +9,8 @@ fewer live leases than the batch needs are held by others; a worker that dies st
 lease lapses within `LEASE_SECONDS`, and the batch goes to others. Two workers that take one batch at
 the same instant only compute it twice: the votes count each worker once.
 
-A cancelled job's running slices are stopped at once (`SandboxPool.cancel`).
+A cancelled job's running slices are stopped at once (`SandboxPool.cancel`). Where this worker's value
+won a slice over another's, it reports the one it outvoted (`standing.Reporter`).
 """
 
 import asyncio
@@ -23,6 +24,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.errors import NodeError
 from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
+from dhtmesh.node.jobs.standing import Reporter
 from dhtmesh.node.jobs.view import JobBook, JobView
 from dhtmesh.node.records.job import (
     BATCH,
@@ -61,6 +63,7 @@ class Worker:
         self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
         self._lease_seq: dict[tuple[bytes, int], int] = {}
         self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
+        self._reporter = Reporter(node)
         book.on_cancel = pool.cancel
 
     async def run(self) -> None:
@@ -99,7 +102,10 @@ class Worker:
             if job.cancelled or not job.batches or job.job_id in self._finished:
                 continue
             view = await self._book.view(job.job_id)
-            if view is None or view.finished:
+            if view is None:
+                continue
+            await self._reporter.scan(view)
+            if view.finished:
                 self._finished.add(job.job_id)
                 continue
             open_batches = [
