@@ -1,8 +1,8 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
 limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings,
-the per-client cap on listen streams, the origins allowed to change state, the log of the proxy's own errors, and the routes'
-failure labels)."""
+the per-client cap on listen streams, the origins allowed to change state, the log of the proxy's own
+errors, and the routes' failure labels)."""
 
 import re
 from collections.abc import Awaitable, Callable
