@@ -1,6 +1,8 @@
-# Sourced by scripts/test and scripts/bench: a venv with dhtmesh and its test extras (which bring the
-# stock `kademlia` 2.2.3), Debian's `dhtnode` (OpenDHT's real proxy client and server) and `chromium`
-# (the real browser that loads the cross-origin attack page), installed when missing. Sets $venv.
+# Sourced by scripts/test and scripts/bench: a venv with dhtmesh, its test extras (which bring the
+# stock `kademlia` 2.2.3) and its bench extras (Dask's `distributed`, the jobs benchmark's anchor: a few
+# seconds more, and its test at toy size runs both sides), Debian's `dhtnode` (OpenDHT's real proxy
+# client and server) and `chromium` (the real browser that loads the cross-origin attack page),
+# installed when missing. Sets $venv.
 venv="${DHTMESH_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
@@ -14,5 +16,5 @@ if [ -n "$missing" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; the
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q ".[test]"
+"$venv/bin/python" -m pip install -q ".[test,bench]"
 export PATH="$PWD/$venv/bin:$PATH"

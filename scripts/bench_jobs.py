@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Jobs on the mesh vs Dask: the same slices through dhtmesh's worker nodes and through a Dask
+`LocalCluster`, side by side in one run (issue 16).
+
+What runs (everything on loopback; every process stopped by its PID at the end):
+
+* dhtmesh: `--workers` (4) `dhtmesh run --worker --sandboxes 1` processes and a fifth node without
+  `--worker`, all bootstrapped from that fifth one, each on a loopback address of its own. The owner
+  (a fresh identity) deploys each job through the fifth node with `dhtmesh.client.Client.deploy_job`,
+  closes it, follows its results with `listen_results` and then polls `job_status` every 10 ms until it
+  says `completed`.
+* Dask: `distributed.LocalCluster(n_workers=4, threads_per_worker=1, processes=True)` on 127.0.0.1 (no
+  dashboard), `client.map(f, data, pure=False)` then `client.gather`; the functions are the Python
+  equivalents of the JavaScript ones. Skipped, and said so in the JSON, when `distributed` is not
+  installed (`pip install '.[bench]'`; scripts/bench installs it).
+
+The two systems run one after the other, each alone on the machine; each is warmed up first with a
+small job that is not timed (the sandboxes start on first use, as Dask's workers import on theirs).
+
+Cases:
+* `trivial`: `--slices` (10,000) slices of `x => x * 2` over 0..N-1: slices/s from the deploy call
+  (Dask: `map`) until the job is `completed` (Dask: `gather` returned).
+* `cpu`: `--busy-slices` (200) CPU-bound slices of about `--busy-ms` (50) ms each: a loop of a fixed
+  number of steps, calibrated per engine before anything starts (V8 through mini-racer, CPython), so
+  that a slice is the same work however many processes share the cores. (A loop until `Date.now()`
+  passes a deadline would take 50 ms of wall time however little CPU it got, so with 4 sandboxes on 2
+  cores it would "compute" twice as fast as the cores allow.) Wall time against the ideal, the slices'
+  total CPU time / cores: efficiency = ideal / wall. The total is what each system reports (dhtmesh:
+  the status's `totalCPUTime`; Dask: its task stream's compute times), and, since both report time
+  spent inside the slice, which grows when processes share a core, also the calibrated one (slices x
+  one slice's CPU time on an idle core).
+* In both, the latency from the deploy call to the first result the client sees, and the tail: from
+  the last result the client sees until the job is `completed` (Dask has no job state: there it is
+  from the last future done until `gather` returned).
+
+Every result is checked (`2 * x`; `x` for the CPU-bound slices) on both sides; a missing or wrong one is
+an error and such a case gets no ratio.
+
+Output: a table, then, as the very last stdout line, one JSON document
+`{"bench": "jobs", "rows": [...], "ratios": [...]}` (ratios: dhtmesh / Dask).
+"""
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_common import percentile, rounded
+from bench_farmers import stop_all
+from bench_proxy import report, run_loop, spawn, terminate_on_sigterm
+
+from dhtmesh.client import Client, SyncClient
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import DHTMESH, wait_ready
+
+TRIVIAL_JS = "x => x * 2"
+# Fixed work, `n` steps (calibrated); the sum is used, so that V8 cannot drop the loop.
+BUSY_JS = "(x, n) => { let s = 0; for (let i = 0; i < n; i++) s = (s + i * x) % 1000003; return s >= 0 ? x : -1; }"
+WARM_UP_SLICES = 8
+FIRST_SLICE = 1  # dcp-rest numbers slices from 1
+FINISHED = {"completed", "failed", "cancelled"}
+STATUS_POLL = 0.01  # seconds between two status reads once every result is in
+JOB_TIMEOUT = 900.0  # seconds a job may take before the case fails
+ANSWER_TIMEOUT = 300.0  # seconds a plain answer may take: a 10,000-slice deploy is one request
+JOIN_TIMEOUT = 30.0
+CALLBACK_TIMEOUT = 30.0  # seconds Dask's callback thread may lag behind `gather`
+
+
+def double(x: int) -> int:
+    """`TRIVIAL_JS` in Python."""
+    return x * 2
+
+
+def busy(x: int, n: int) -> int:
+    """`BUSY_JS` in Python."""
+    s = 0
+    for i in range(n):
+        s = (s + i * x) % 1000003
+    return x if s >= 0 else -1
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    slices: int
+    js: str
+    python: Callable[..., int]
+    expect: Callable[[int], int]
+    steps: dict[str, int] = field(default_factory=dict)  # the loop's steps per engine ("js", "python")
+    slice_cpu_s: dict[str, float] = field(default_factory=dict)  # one slice on an idle core, per engine
+
+
+@dataclass
+class Timeline:
+    """What the client saw of one job, in seconds from the deploy call (Dask: `map`)."""
+
+    arrivals: list[float] = field(default_factory=list)  # each result as the client saw it
+    done: float = 0.0  # the job completed (Dask: `gather` returned)
+    cpu_s: float | None = None  # the slices' total time as the system reports it
+    errors: int = 0  # results missing or wrong
+    status: str = "completed"
+    watched_done: float | None = None  # Dask: the arrivals are a second pass's, which ended then
+
+
+# ---- calibration ------------------------------------------------------------------------------------
+
+
+def calibrated(run: Callable[[int], object], target_s: float) -> tuple[int, float]:
+    """The steps that make `run(steps)` take about `target_s` of CPU, and the median CPU time of five runs
+    of it (before any node or worker starts, so nothing else uses the core)."""
+    steps = 1000
+    while (spent := cpu_time_of(run, steps)) < target_s / 10:
+        steps *= 10
+    for _ in range(3):  # V8 compiles the loop better as it runs it: rescale on what it takes once warm
+        steps = max(1, round(steps * target_s / spent))
+        spent = percentile([cpu_time_of(run, steps) for _ in range(5)], 50) or target_s
+    return steps, spent
+
+
+def cpu_time_of(run: Callable[[int], object], steps: int) -> float:
+    began = time.process_time()
+    run(steps)
+    return time.process_time() - began
+
+
+def calibrate(case: Case, target_s: float) -> Case:
+    from py_mini_racer import MiniRacer  # the V8 the sandboxes run; a dependency of dhtmesh
+
+    context = MiniRacer()
+    context.eval(f"var work = {case.js};")
+    js_steps, js_s = calibrated(lambda steps: context.call("work", 1, steps), target_s)
+    py_steps, py_s = calibrated(lambda steps: case.python(1, steps), target_s)
+    return Case(
+        case.name, case.slices, case.js, case.python, case.expect, {"js": js_steps, "python": py_steps},
+        {"js": js_s, "python": py_s},
+    )  # fmt: skip
+
+
+# ---- dhtmesh ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def dhtmesh_mesh(tmp: Path, workers: int) -> Iterator[str]:
+    """A non-worker node and `workers` worker nodes bootstrapped from it; the non-worker's proxy URL."""
+    processes: list[subprocess.Popen] = []
+    try:
+        bootstrap: list[str] = []
+        urls: list[str] = []
+        for index in range(workers + 1):
+            # Each node on a loopback address of its own: nodes limit how many contacts share a host.
+            args = ["run", "-p", "0", "--bind", loopback_host(index + 1), "--proxyserver", "0"]
+            args += ["--persist", str(tmp / f"n{index}"), *bootstrap]
+            args += ["--worker", "--sandboxes", "1"] if index else []
+            process = spawn([*DHTMESH, *args], tmp / f"n{index}.log", stdout_pipe=True)
+            processes.append(process)
+            ready = wait_ready(process)
+            urls.append(ready["proxy"])
+            bootstrap = bootstrap or ["-b", ready["udp"]]
+        wait_joined(urls)
+        yield urls[0]
+    finally:
+        stop_all(processes)
+
+
+def wait_joined(urls: list[str]) -> None:
+    """Until every node knows every other one."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    for url in urls:
+        with SyncClient(url) as client:
+            while client.info()["ipv4"]["good"] < len(urls) - 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not join the mesh")
+                time.sleep(0.2)
+
+
+async def dhtmesh_job(client: Client, owner: Identity, case: Case) -> Timeline:
+    """Deploy and close the job, follow its results, then read its status until it is finished."""
+    args = [case.steps["js"]] if case.steps else []
+    timeline = Timeline()
+    results: dict[int, Any] = {}
+    async with asyncio.timeout(JOB_TIMEOUT):
+        began = time.perf_counter()
+        job_id = await client.deploy_job(owner, case.js, range(case.slices), args=args)
+        async with asyncio.TaskGroup() as group:
+            # Followed from the deploy on, so that the first result's time is when it could be seen.
+            following = group.create_task(follow(client, job_id, case.slices, results, timeline, began))
+            await client.close_job(owner, job_id)
+            await following
+        status = await client.job_status(job_id)
+        while status.get("status") not in FINISHED:
+            await asyncio.sleep(STATUS_POLL)
+            status = await client.job_status(job_id)
+        timeline.done = time.perf_counter() - began
+    timeline.status, timeline.cpu_s = status["status"], status.get("totalCPUTime")
+    if len(results) < case.slices:  # the stream ended early: read the rest, to check every one
+        answer = await client.job_results(job_id)
+        results |= {entry["sliceNumber"]: entry["value"] for entry in answer.get("results", [])}
+    expected = {index + FIRST_SLICE: case.expect(index) for index in range(case.slices)}
+    timeline.errors = sum(results.get(number) != value for number, value in expected.items())
+    return timeline
+
+
+async def follow(
+    client: Client, job_id: str, total: int, results: dict[int, Any], timeline: Timeline, began: float
+) -> None:
+    """Record each result as the listen stream brings it, until all are in or the stream ends."""
+    async for entry in client.listen_results(job_id):
+        if entry["sliceNumber"] not in results:
+            timeline.arrivals.append(time.perf_counter() - began)
+        results[entry["sliceNumber"]] = entry["value"]
+        if len(results) >= total:
+            return
+
+
+async def dhtmesh_cases(url: str, cases: list[Case]) -> list[Timeline]:
+    owner = Identity.generate()
+    async with Client(url, timeout=ANSWER_TIMEOUT) as client:
+        warm_up = Case("warm-up", WARM_UP_SLICES, TRIVIAL_JS, double, double)
+        if (await dhtmesh_job(client, owner, warm_up)).errors:
+            raise RuntimeError("the warm-up job's results are wrong")
+        return [await dhtmesh_job(client, owner, case) for case in cases]
+
+
+def run_dhtmesh(cases: list[Case], workers: int) -> list[Timeline]:
+    with tempfile.TemporaryDirectory(prefix="bench_jobs-") as tmp, dhtmesh_mesh(Path(tmp), workers) as url:
+        timelines: list[Timeline] = []
+
+        async def run() -> None:
+            timelines.extend(await dhtmesh_cases(url, cases))
+
+        run_loop(run())
+        return timelines
+
+
+# ---- Dask -------------------------------------------------------------------------------------------
+
+
+def dask_available() -> bool:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_dask(cases: list[Case], workers: int) -> list[Timeline]:
+    from distributed import Client as DaskClient
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    pids: list[int] = []
+    try:
+        with DaskClient(cluster) as client:
+            pids = list(client.run(os.getpid).values())
+            dask_job(client, Case("warm-up", WARM_UP_SLICES, TRIVIAL_JS, double, double))
+            return [dask_case(client, case) for case in cases]
+    finally:
+        cluster.close()
+        stop_pids(pids)
+
+
+def dask_case(client: Any, case: Case) -> Timeline:
+    """Two passes: a plain `map` and `gather`, timed; then the same work watched, for the latencies and
+    the CPU time. Watching costs Dask time (10,000 done callbacks took 13 % off its slices/s, measured),
+    which the first pass does not pay."""
+    timed = dask_job(client, case)
+    watched = dask_job(client, case, watch=True)
+    return Timeline(
+        watched.arrivals, timed.done, watched.cpu_s, timed.errors + watched.errors, watched_done=watched.done
+    )
+
+
+def dask_job(client: Any, case: Case, watch: bool = False) -> Timeline:
+    """`map` then `gather`. Watched: each future's completion is seen through a callback (run on Dask's
+    callback thread, so it is waited for after `gather`), and the compute times are read from the task
+    stream."""
+    from distributed import get_task_stream
+
+    timeline = Timeline()
+    kwargs = {"n": case.steps["python"]} if case.steps else {}
+    with get_task_stream(client) if watch else nullcontext() as stream:
+        began = time.perf_counter()
+        futures = client.map(case.python, range(case.slices), pure=False, **kwargs)
+        for future in futures if watch else ():
+            future.add_done_callback(lambda _: timeline.arrivals.append(time.perf_counter() - began))
+        values = client.gather(futures)
+        timeline.done = time.perf_counter() - began
+    deadline = time.monotonic() + CALLBACK_TIMEOUT
+    while watch and len(timeline.arrivals) < case.slices and time.monotonic() < deadline:
+        time.sleep(0.001)
+    timeline.arrivals.sort()  # the callbacks ran in no promised order
+    if stream is not None:
+        timeline.cpu_s = sum(
+            span["stop"] - span["start"]
+            for task in stream.data
+            for span in task["startstops"]
+            if span["action"] == "compute"
+        )
+    timeline.errors = sum(value != case.expect(index) for index, value in enumerate(values))
+    return timeline
+
+
+def stop_pids(pids: list[int]) -> None:
+    """Kill by PID any Dask worker process that `close` left behind."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+# ---- figures ----------------------------------------------------------------------------------------
+
+
+def row(case: Case, system: str, timeline: Timeline, cores: int) -> dict[str, Any]:
+    last = max(timeline.arrivals, default=None)
+    figures: dict[str, Any] = {
+        "case": case.name,
+        "system": system,
+        "slices": case.slices,
+        "status": timeline.status,
+        "errors": timeline.errors,
+        "seconds": rounded(timeline.done, 3),
+        "slices_per_s": rounded(case.slices / timeline.done if timeline.done else None, 1),
+        "first_result_s": rounded(min(timeline.arrivals, default=None), 3),
+        "half_results_s": rounded(percentile(timeline.arrivals, 50), 3),
+        "last_result_s": rounded(last, 3),
+        "tail_s": rounded(None if last is None else (timeline.watched_done or timeline.done) - last, 3),
+    }
+    if case.steps:
+        engine = "python" if system == "dask" else "js"
+        calibrated_s = case.slices * case.slice_cpu_s[engine]
+        figures |= {
+            "slice_cpu_ms": rounded(case.slice_cpu_s[engine] * 1000, 1),
+            "cpu_s": rounded(timeline.cpu_s, 3),
+            "ideal_s": rounded(timeline.cpu_s / cores if timeline.cpu_s else None, 3),
+            "efficiency": rounded(timeline.cpu_s / cores / timeline.done if timeline.cpu_s else None, 3),
+            "calibrated_ideal_s": rounded(calibrated_s / cores, 3),
+            "calibrated_efficiency": rounded(calibrated_s / cores / timeline.done, 3),
+        }
+    return figures
+
+
+RATIO_METRICS = (
+    "slices_per_s",
+    "first_result_s",
+    "tail_s",
+    "seconds",
+    "efficiency",
+    "calibrated_efficiency",
+)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["case"], r["system"]): r for r in rows}
+    result = []
+    for (case, system), mine in by.items():
+        anchor = by.get((case, "dask"))
+        if system != "dhtmesh" or anchor is None or mine["errors"] or anchor["errors"]:
+            continue
+        for metric in RATIO_METRICS:
+            if mine.get(metric) is not None and anchor.get(metric):
+                ratio = round(mine[metric] / anchor[metric], 3)
+                result.append(
+                    {"case": case, "metric": metric, "dhtmesh": mine[metric], "anchor": anchor[metric], "ratio": ratio}
+                )
+    return result
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = (
+        ("case", 8), ("system", 8), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
+        ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_s", 7), ("ideal_s", 8),
+        ("efficiency", 10), ("calibrated_ideal_s", 18), ("calibrated_efficiency", 21),
+    )  # fmt: skip
+    print(" ".join(f"{name:>{width}}" for name, width in columns))
+    for r in rows:
+        print(" ".join(f"{_cell(r.get(name)):>{width}}" for name, width in columns))
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices", type=int, default=10_000, help="trivial slices (default 10,000)")
+    parser.add_argument("--busy-slices", type=int, default=200, help="CPU-bound slices (default 200)")
+    parser.add_argument("--busy-ms", type=float, default=50.0, help="CPU time of one CPU-bound slice (default 50)")
+    parser.add_argument("--workers", type=int, default=4, help="worker nodes, and Dask workers (default 4)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 trivial and 40 CPU-bound slices")
+    parser.add_argument("--json", metavar="PATH", help="also write the JSON document to PATH")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    trivial, busy_slices = (1000, 40) if args.quick else (max(1, args.slices), max(1, args.busy_slices))
+    cores = os.cpu_count() or 1
+    doc: dict[str, Any] = {"bench": "jobs", "workers": args.workers, "cores": cores, "rows": [], "ratios": []}
+    with_dask = dask_available()
+    if not with_dask:
+        doc["skipped"] = "Dask: distributed is not installed (pip install '.[bench]')"
+    terminate_on_sigterm()
+
+    def work() -> None:
+        cases = [
+            Case("trivial", trivial, TRIVIAL_JS, double, double),
+            calibrate(Case("cpu", busy_slices, BUSY_JS, busy, lambda x: x), args.busy_ms / 1000),
+        ]
+        doc["busy_steps"] = cases[1].steps
+        systems = {"dhtmesh": run_dhtmesh} | ({"dask": run_dask} if with_dask else {})
+        for system, run in systems.items():
+            for case, timeline in zip(cases, run(cases, args.workers), strict=True):
+                doc["rows"].append(row(case, system, timeline, cores))
+                print(f"{case.name:<8} {system:<8} {doc['rows'][-1]}", flush=True)
+        doc["ratios"] = ratios(doc["rows"])
+        print_table(doc["rows"])
+        if any(r["errors"] or r["status"] != "completed" for r in doc["rows"]):
+            raise RuntimeError("some results were missing or wrong")
+
+    return report("bench_jobs", doc, args.json, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
