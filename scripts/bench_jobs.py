@@ -13,6 +13,9 @@ What runs (everything on loopback; every process stopped by its PID at the end):
   dashboard), `client.map(f, data, pure=False)` then `client.gather`; the functions are the Python
   equivalents of the JavaScript ones. Skipped, and said so in the JSON, when `distributed` is not
   installed (`pip install '.[bench]'`; scripts/bench installs it).
+* `dask-batched`: the same cluster, one task per batch of the batches a dhtmesh owner cuts the job into
+  (`node/jobs/owner.cut`: 40 of 250 for 10,000 slices), as a sandbox runs a batch in one call: how much
+  of the difference is the batching rather than the system.
 
 The two systems run one after the other, each alone on the machine; each is warmed up first with a
 small job that is not timed (the sandboxes start on first use, as Dask's workers import on theirs).
@@ -25,13 +28,14 @@ Cases:
   that a slice is the same work however many processes share the cores. (A loop until `Date.now()`
   passes a deadline would take 50 ms of wall time however little CPU it got, so with 4 sandboxes on 2
   cores it would "compute" twice as fast as the cores allow.) Wall time against the ideal, the slices'
-  total CPU time / cores: efficiency = ideal / wall. The total is what each system reports (dhtmesh:
-  the status's `totalCPUTime`; Dask: its task stream's compute times), and, since both report time
-  spent inside the slice, which grows when processes share a core, also the calibrated one (slices x
-  one slice's CPU time on an idle core).
+  total CPU time / cores: `efficiency` = ideal / wall. The total is what each system reports (dhtmesh:
+  the status's `totalCPUTime`; Dask: its task stream's compute times); both measure time spent inside
+  the slice, which grows when processes share a core, so `cal_efficiency` uses the calibrated total
+  instead (slices x one slice's CPU time on an idle core): 1.0 is every core busy with slices only.
 * In both, the latency from the deploy call to the first result the client sees, and the tail: from
   the last result the client sees until the job is `completed` (Dask has no job state: there it is
-  from the last future done until `gather` returned).
+  from the last future done until `gather` returned). Dask's are seen through done callbacks, which
+  slow it down, so they come from a second pass of the same work; its slices/s from the first, plain one.
 
 Every result is checked (`2 * x`; `x` for the CPU-bound slices) on both sides; a missing or wrong one is
 an error and such a case gets no ratio.
@@ -59,6 +63,8 @@ from bench_proxy import report, run_loop, spawn, terminate_on_sigterm
 
 from dhtmesh.client import Client, SyncClient
 from dhtmesh.crypto.identity import Identity
+from dhtmesh.node.jobs.owner import cut
+from dhtmesh.node.records.job import canonical
 from dhtmesh.node.wire.netgroup import loopback_host
 from dhtmesh.testing import DHTMESH, wait_ready
 
@@ -86,6 +92,11 @@ def busy(x: int, n: int) -> int:
     for i in range(n):
         s = (s + i * x) % 1000003
     return x if s >= 0 else -1
+
+
+def in_batch(function: Callable[..., int], data: list[int], **kwargs: int) -> list[int]:
+    """One Dask task over a whole batch, as a sandbox runs a batch in one call into V8."""
+    return [function(x, **kwargs) for x in data]
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,9 @@ def dask_available() -> bool:
     return True
 
 
-def run_dask(cases: list[Case], workers: int) -> list[Timeline]:
+def run_dask(cases: list[Case], workers: int) -> dict[str, list[Timeline]]:
+    """Each case as the brief has it, one task per slice ("dask"), then in the batches dhtmesh cuts the
+    job into, one task per batch ("dask-batched"): how much of the difference is the batching."""
     from distributed import Client as DaskClient
     from distributed import LocalCluster
 
@@ -264,24 +277,27 @@ def run_dask(cases: list[Case], workers: int) -> list[Timeline]:
         with DaskClient(cluster) as client:
             pids = list(client.run(os.getpid).values())
             dask_job(client, Case("warm-up", WARM_UP_SLICES, TRIVIAL_JS, double, double))
-            return [dask_case(client, case) for case in cases]
+            return {
+                "dask": [dask_case(client, case, batched=False) for case in cases],
+                "dask-batched": [dask_case(client, case, batched=True) for case in cases],
+            }
     finally:
         cluster.close()
         stop_pids(pids)
 
 
-def dask_case(client: Any, case: Case) -> Timeline:
+def dask_case(client: Any, case: Case, batched: bool) -> Timeline:
     """Two passes: a plain `map` and `gather`, timed; then the same work watched, for the latencies and
     the CPU time. Watching costs Dask time (10,000 done callbacks took 13 % off its slices/s, measured),
     which the first pass does not pay."""
-    timed = dask_job(client, case)
-    watched = dask_job(client, case, watch=True)
+    timed = dask_job(client, case, batched)
+    watched = dask_job(client, case, batched, watch=True)
     return Timeline(
         watched.arrivals, timed.done, watched.cpu_s, timed.errors + watched.errors, watched_done=watched.done
     )
 
 
-def dask_job(client: Any, case: Case, watch: bool = False) -> Timeline:
+def dask_job(client: Any, case: Case, batched: bool = False, watch: bool = False) -> Timeline:
     """`map` then `gather`. Watched: each future's completion is seen through a callback (run on Dask's
     callback thread, so it is waited for after `gather`), and the compute times are read from the task
     stream."""
@@ -289,13 +305,18 @@ def dask_job(client: Any, case: Case, watch: bool = False) -> Timeline:
 
     timeline = Timeline()
     kwargs = {"n": case.steps["python"]} if case.steps else {}
+    batches = dhtmesh_batches(case.slices) if batched else [[x] for x in range(case.slices)]
     with get_task_stream(client) if watch else nullcontext() as stream:
         began = time.perf_counter()
-        futures = client.map(case.python, range(case.slices), pure=False, **kwargs)
-        for future in futures if watch else ():
-            future.add_done_callback(lambda _: timeline.arrivals.append(time.perf_counter() - began))
-        values = client.gather(futures)
+        if batched:
+            futures = client.map(in_batch, [case.python] * len(batches), batches, pure=False, **kwargs)
+        else:
+            futures = client.map(case.python, range(case.slices), pure=False, **kwargs)
+        for future, batch in zip(futures if watch else (), batches, strict=False):
+            future.add_done_callback(arrived(timeline, began, len(batch)))
+        gathered = client.gather(futures)
         timeline.done = time.perf_counter() - began
+    values = [value for batch in gathered for value in batch] if batched else gathered
     deadline = time.monotonic() + CALLBACK_TIMEOUT
     while watch and len(timeline.arrivals) < case.slices and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -309,6 +330,18 @@ def dask_job(client: Any, case: Case, watch: bool = False) -> Timeline:
         )
     timeline.errors = sum(value != case.expect(index) for index, value in enumerate(values))
     return timeline
+
+
+def arrived(timeline: Timeline, began: float, results: int) -> Callable[[object], None]:
+    """A done callback: `results` results arrived now."""
+    return lambda _: timeline.arrivals.extend([time.perf_counter() - began] * results)
+
+
+def dhtmesh_batches(slices: int) -> list[list[int]]:
+    """The data 0..slices-1 in the batches a dhtmesh owner cuts them into."""
+    sizes = [len(batch) for batch in cut([canonical(x) for x in range(slices)])]
+    starts = [sum(sizes[:index]) for index in range(len(sizes))]
+    return [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
 
 
 def stop_pids(pids: list[int]) -> None:
@@ -337,15 +370,15 @@ def row(case: Case, system: str, timeline: Timeline, cores: int) -> dict[str, An
         "tail_s": rounded(None if last is None else (timeline.watched_done or timeline.done) - last, 3),
     }
     if case.steps:
-        engine = "python" if system == "dask" else "js"
+        engine = "js" if system == "dhtmesh" else "python"
         calibrated_s = case.slices * case.slice_cpu_s[engine]
         figures |= {
             "slice_cpu_ms": rounded(case.slice_cpu_s[engine] * 1000, 1),
             "cpu_s": rounded(timeline.cpu_s, 3),
             "ideal_s": rounded(timeline.cpu_s / cores if timeline.cpu_s else None, 3),
             "efficiency": rounded(timeline.cpu_s / cores / timeline.done if timeline.cpu_s else None, 3),
-            "calibrated_ideal_s": rounded(calibrated_s / cores, 3),
-            "calibrated_efficiency": rounded(calibrated_s / cores / timeline.done, 3),
+            "cal_ideal_s": rounded(calibrated_s / cores, 3),
+            "cal_efficiency": rounded(calibrated_s / cores / timeline.done, 3),
         }
     return figures
 
@@ -356,31 +389,39 @@ RATIO_METRICS = (
     "tail_s",
     "seconds",
     "efficiency",
-    "calibrated_efficiency",
+    "cal_efficiency",
 )
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """dhtmesh / Dask per case and metric; against the batched Dask too, as case "CASE vs batched"."""
     by = {(r["case"], r["system"]): r for r in rows}
     result = []
     for (case, system), mine in by.items():
-        anchor = by.get((case, "dask"))
-        if system != "dhtmesh" or anchor is None or mine["errors"] or anchor["errors"]:
-            continue
-        for metric in RATIO_METRICS:
-            if mine.get(metric) is not None and anchor.get(metric):
-                ratio = round(mine[metric] / anchor[metric], 3)
-                result.append(
-                    {"case": case, "metric": metric, "dhtmesh": mine[metric], "anchor": anchor[metric], "ratio": ratio}
-                )
+        for anchor_system, name in (("dask", case), ("dask-batched", f"{case} vs batched")):
+            anchor = by.get((case, anchor_system))
+            if system != "dhtmesh" or anchor is None or mine["errors"] or anchor["errors"]:
+                continue
+            for metric in RATIO_METRICS:
+                if mine.get(metric) is not None and anchor.get(metric):
+                    ratio = round(mine[metric] / anchor[metric], 3)
+                    result.append(
+                        {
+                            "case": name,
+                            "metric": metric,
+                            "dhtmesh": mine[metric],
+                            "anchor": anchor[metric],
+                            "ratio": ratio,
+                        }
+                    )
     return result
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = (
-        ("case", 8), ("system", 8), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
+        ("case", 8), ("system", 12), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
         ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_s", 7), ("ideal_s", 8),
-        ("efficiency", 10), ("calibrated_ideal_s", 18), ("calibrated_efficiency", 21),
+        ("efficiency", 10), ("cal_ideal_s", 11), ("cal_efficiency", 14),
     )  # fmt: skip
     print(" ".join(f"{name:>{width}}" for name, width in columns))
     for r in rows:
@@ -421,11 +462,11 @@ def main() -> int:
             calibrate(Case("cpu", busy_slices, BUSY_JS, busy, lambda x: x), args.busy_ms / 1000),
         ]
         doc["busy_steps"] = cases[1].steps
-        systems = {"dhtmesh": run_dhtmesh} | ({"dask": run_dask} if with_dask else {})
-        for system, run in systems.items():
-            for case, timeline in zip(cases, run(cases, args.workers), strict=True):
+        runs = {"dhtmesh": run_dhtmesh(cases, args.workers)} | (run_dask(cases, args.workers) if with_dask else {})
+        for system, timelines in runs.items():
+            for case, timeline in zip(cases, timelines, strict=True):
                 doc["rows"].append(row(case, system, timeline, cores))
-                print(f"{case.name:<8} {system:<8} {doc['rows'][-1]}", flush=True)
+                print(f"{case.name:<8} {system:<12} {doc['rows'][-1]}", flush=True)
         doc["ratios"] = ratios(doc["rows"])
         print_table(doc["rows"])
         if any(r["errors"] or r["status"] != "completed" for r in doc["rows"]):
