@@ -1,7 +1,6 @@
 """The jobs benchmark (`scripts/bench_jobs.py`) runs end to end at a toy size: two worker nodes and a
-non-worker, then Dask's `LocalCluster` (a task per slice, then per batch), every result checked by the script
-itself. Correctness only: no
-figure is judged.
+non-worker, then Dask's `LocalCluster` (a task per slice, then one per batch), every result checked by
+the script itself. Correctness only: no figure is judged.
 
 Dask comes with the `bench` extra, which scripts/test installs (scripts/env.sh). In a venv without it
 the dhtmesh side runs alone, the benchmark's JSON says so, and this test warns; under CI it fails."""
