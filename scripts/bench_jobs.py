@@ -32,6 +32,10 @@ Cases:
   the status's `totalCPUTime`; Dask: its task stream's compute times); both measure time spent inside
   the slice, which grows when processes share a core, so `cal_efficiency` uses the calibrated total
   instead (slices x one slice's CPU time on an idle core): 1.0 is every core busy with slices only.
+* In all, the CPU time every process of the run used during the (timed) job, per slice: the client's
+  and the nodes' with their sandboxes, or the client's with Dask's scheduler (the same process) and its
+  workers; read from /proc for this process and every process under it, so the other work of the
+  machine is not in it.
 * In both, the latency from the deploy call to the first result the client sees, and the tail: from
   the last result the client sees until the job is `completed` (Dask has no job state: there it is
   from the last future done until `gather` returned). Dask's are seen through done callbacks, which
@@ -120,6 +124,25 @@ class Timeline:
     errors: int = 0  # results missing or wrong
     status: str = "completed"
     watched_done: float | None = None  # Dask: the arrivals are a second pass's, which ended then
+    cpu_used_s: float = 0.0  # CPU time of this process and every process under it during the job
+
+
+def tree_cpu_s() -> float:
+    """The CPU time (user + system) so far of this process and every live process under it: the
+    client, and the nodes with their sandboxes, or Dask's scheduler and workers."""
+    parents: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command, which may hold spaces
+            pid = int(stat.parent.name)
+            parents[pid], spent[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(spent.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- calibration ------------------------------------------------------------------------------------
@@ -198,6 +221,7 @@ async def dhtmesh_job(client: Client, owner: Identity, case: Case) -> Timeline:
     args = [case.steps["js"]] if case.steps else []
     timeline = Timeline()
     results: dict[int, Any] = {}
+    cpu_before = tree_cpu_s()
     async with asyncio.timeout(JOB_TIMEOUT):
         began = time.perf_counter()
         job_id = await client.deploy_job(owner, case.js, range(case.slices), args=args)
@@ -211,6 +235,7 @@ async def dhtmesh_job(client: Client, owner: Identity, case: Case) -> Timeline:
             await asyncio.sleep(STATUS_POLL)
             status = await client.job_status(job_id)
         timeline.done = time.perf_counter() - began
+    timeline.cpu_used_s = tree_cpu_s() - cpu_before
     timeline.status, timeline.cpu_s = status["status"], status.get("totalCPUTime")
     if len(results) < case.slices:  # the stream ended early: read the rest, to check every one
         answer = await client.job_results(job_id)
@@ -293,7 +318,12 @@ def dask_case(client: Any, case: Case, batched: bool) -> Timeline:
     timed = dask_job(client, case, batched)
     watched = dask_job(client, case, batched, watch=True)
     return Timeline(
-        watched.arrivals, timed.done, watched.cpu_s, timed.errors + watched.errors, watched_done=watched.done
+        watched.arrivals,
+        timed.done,
+        watched.cpu_s,
+        timed.errors + watched.errors,
+        watched_done=watched.done,
+        cpu_used_s=timed.cpu_used_s,
     )
 
 
@@ -306,6 +336,7 @@ def dask_job(client: Any, case: Case, batched: bool = False, watch: bool = False
     timeline = Timeline()
     kwargs = {"n": case.steps["python"]} if case.steps else {}
     batches = dhtmesh_batches(case.slices) if batched else [[x] for x in range(case.slices)]
+    cpu_before = tree_cpu_s()
     with get_task_stream(client) if watch else nullcontext() as stream:
         began = time.perf_counter()
         if batched:
@@ -316,6 +347,7 @@ def dask_job(client: Any, case: Case, batched: bool = False, watch: bool = False
             future.add_done_callback(arrived(timeline, began, len(batch)))
         gathered = client.gather(futures)
         timeline.done = time.perf_counter() - began
+    timeline.cpu_used_s = tree_cpu_s() - cpu_before
     values = [value for batch in gathered for value in batch] if batched else gathered
     deadline = time.monotonic() + CALLBACK_TIMEOUT
     while watch and len(timeline.arrivals) < case.slices and time.monotonic() < deadline:
@@ -368,6 +400,8 @@ def row(case: Case, system: str, timeline: Timeline, cores: int) -> dict[str, An
         "half_results_s": rounded(percentile(timeline.arrivals, 50), 3),
         "last_result_s": rounded(last, 3),
         "tail_s": rounded(None if last is None else (timeline.watched_done or timeline.done) - last, 3),
+        "cpu_used_s": rounded(timeline.cpu_used_s, 2),
+        "cpu_ms_per_slice": rounded(timeline.cpu_used_s * 1000 / case.slices, 3),
     }
     if case.steps:
         engine = "js" if system == "dhtmesh" else "python"
@@ -390,6 +424,7 @@ RATIO_METRICS = (
     "seconds",
     "efficiency",
     "cal_efficiency",
+    "cpu_ms_per_slice",
 )
 
 
@@ -420,7 +455,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = (
         ("case", 8), ("system", 12), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
-        ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_s", 7), ("ideal_s", 8),
+        ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_ms_per_slice", 16), ("cpu_s", 7),
+        ("ideal_s", 8),
         ("efficiency", 10), ("cal_ideal_s", 11), ("cal_efficiency", 14),
     )  # fmt: skip
     print(" ".join(f"{name:>{width}}" for name, width in columns))
