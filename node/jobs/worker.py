@@ -129,6 +129,7 @@ class Worker:
             numbers = [n for n, wanted in wants.items() if me not in wanted.excluded]
             batch = await self._batch(view, index)
             data = [orjson.loads(batch.data[n - tally.first]) for n in numbers]
+            self._node.counters.add("jobs.slices_started", len(numbers))
             async with asyncio.TaskGroup() as group:  # the lease is renewed for as long as the slices run
                 renewing = group.create_task(self._renew(view.job_id, index), name="job_lease_renewal")
                 try:
