@@ -4,6 +4,7 @@ answers for results, throws, non-JSON, big results, runaway time and memory, a k
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def sandbox_pids() -> set[int]:
         if int(parent) == os.getpid() and b"sandbox_child" in command:
             found.add(int(entry.name))
     return found
+
+
+def open_files(pid: int) -> set[str]:
+    """What the process's file descriptors point to (`socket:[INODE]` for a socket)."""
+    return {os.readlink(link) for link in Path(f"/proc/{pid}/fd").iterdir()}
 
 
 def values(outcomes: list[SliceOutcome]) -> list:
@@ -127,6 +133,30 @@ async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(
     tamper = "x => { Array.prototype.map = () => 'owned'; JSON.stringify = () => '1'; return [1].map((v) => v); }"
     assert values(await pool.run(b"tamper", tamper, [], [0], 1000)) == [[1]]
     assert values(await pool.run(b"victim", "x => [x].map((v) => v + 1)", [], [1], 1000)) == [[2]]
+
+
+async def test_code_that_assigns_over_a_frozen_builtin_still_works(pool: SandboxPool) -> None:
+    # The "override mistake": with frozen prototypes, these assignments would fail without taming.
+    subclass = "x => { class E extends Error { constructor(m) { super(m); this.name = 'E'; } }; return `${new E(x)}`; }"
+    own = "x => { function A() {} A.prototype.toString = () => 'A!'; return String(new A()); }"
+    assert values(await pool.run(b"subclass", subclass, [], ["m"], 1000)) == ["E: m"]
+    assert values(await pool.run(b"own", own, [], [0], 1000)) == ["A!"]
+
+
+async def test_a_callback_left_running_by_a_sync_slice_costs_only_its_batch(pool: SandboxPool) -> None:
+    stray = "x => { Promise.resolve().then(() => { while (true); }); return x; }"
+    outcomes = await pool.run(b"stray", stray, [], [0, 1], 1000)
+    assert all(outcome.error.startswith("ESANDBOX") for outcome in outcomes)
+    assert values(await pool.run(b"next", "x => x", [], [1], 1000)) == [1]
+
+
+async def test_a_child_does_not_inherit_the_nodes_sockets(pool: SandboxPool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        mine = f"socket:[{os.fstat(udp.fileno()).st_ino}]"
+        await pool.run(b"fds", "x => x", [], [0], 1000)
+        [pid] = sandbox_pids()
+        assert mine not in open_files(pid)
 
 
 async def test_a_killed_child_gives_esandbox_and_the_next_run_works(pool: SandboxPool) -> None:

@@ -37,12 +37,14 @@ HEADER = struct.Struct(">I")
 RUNNER = r"""
 (() => {
   'use strict';
-  const TOKEN = %(token)s, CACHE = %(cache)d, MAX_JS = %(max_js)d;
+  const TOKEN = %(token)s, CACHE = %(cache)d, MAX_JS = %(max_js)d, MAX_MESSAGE = 1000;
   const fns = new Map();
   const indirectEval = eval;
   let batch = null;
   const describe = (e) => {
-    try { return (e instanceof Error) ? `${e.name}: ${e.message}` : String(e); } catch { return 'unprintable error'; }
+    let text;
+    try { text = (e instanceof Error) ? `${e.name}: ${e.message}` : String(e); } catch { text = 'unprintable error'; }
+    return text.length > MAX_MESSAGE ? text.slice(0, MAX_MESSAGE) + '...' : text;
   };
   const encode = (value, ms) => {
     let text;
@@ -135,6 +137,34 @@ LOCKDOWN = r"""
   globalThis.clearTimeout = (id) => { live.delete(id); };
   globalThis.__timer_manager = undefined;
   globalThis.progress = () => true;  // DCP's progress(): a no-op here
+  // Frozen prototypes would make `this.name = ...` in an Error subclass, or `A.prototype.toString = ...`,
+  // fail (the "override mistake"): these few properties become accessors whose setter defines the property
+  // on the object assigned to, as SES does.
+  const later = [];
+  const tame = (proto, keys) => {
+    for (const key of keys) {
+      const d = Reflect.getOwnPropertyDescriptor(proto, key);
+      if (d === undefined || !('value' in d) || !d.configurable) continue;
+      const value = d.value;
+      later.push(value);  // frozen after every prototype is tamed: freezing one freezes its chain
+      Object.defineProperty(proto, key, {
+        get() { return value; },
+        set(replacement) {
+          if (this === proto) throw new TypeError(`Cannot assign to read only property '${String(key)}'`);
+          Object.defineProperty(this, key, {value: replacement, writable: true, enumerable: true, configurable: true});
+        },
+        enumerable: d.enumerable, configurable: false,
+      });
+    }
+  };
+  tame(Object.prototype, ['constructor', 'toString', 'valueOf', 'toLocaleString', 'hasOwnProperty']);
+  tame(Function.prototype, ['constructor', 'toString']);
+  tame(Array.prototype, ['constructor', 'toString']);
+  tame(Promise.prototype, ['constructor']);
+  for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, AggregateError]) {
+    tame(E.prototype, ['constructor', 'name', 'message', 'toString']);
+  }
+  later.forEach(harden);
   harden(globalThis);
   return '';
 })()
