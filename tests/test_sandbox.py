@@ -96,6 +96,15 @@ async def test_a_memory_bomb_is_enomem_and_the_pool_goes_on(pool: SandboxPool) -
     assert values(await pool.run(b"after", "x => x + 1", [], [1], 1000)) == [2]
 
 
+async def test_buffers_outside_the_heap_are_bounded_too(pool: SandboxPool) -> None:
+    buffers = "x => { const a = []; while (true) a.push(new Uint8Array(1e8)); }"
+    wasm = "x => { const m = new WebAssembly.Memory({initial: 1, maximum: 65536}); while (true) m.grow(1000); }"
+    outcomes = await pool.run(b"buffers", buffers, [], [0], 5000) + await pool.run(b"wasm", wasm, [], [0], 5000)
+    assert [outcome.error.split(":")[0] for outcome in outcomes] == ["ENOMEM", "EUNCAUGHT"]
+    assert "grow" in outcomes[1].error
+    assert values(await pool.run(b"after", "x => x + 1", [], [1], 1000)) == [2]
+
+
 async def test_a_throw_is_uncaught_with_its_message(pool: SandboxPool) -> None:
     [outcome] = await pool.run(b"throw", "x => { throw new RangeError('no ' + x); }", [], [5], 1000)
     assert outcome.value is None and outcome.error == "EUNCAUGHT: RangeError: no 5"
@@ -130,6 +139,9 @@ async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(
     [outcome] = await pool.run(b"globals", function, [], [0], 1000)
     assert orjson.loads(outcome.value) == ["undefined"] * len(names)
     assert values(await pool.run(b"progress", "x => progress()", [], [0], 1000)) == [True]
+    # The runner's source, which any function can read, does not hold the token its callers must give.
+    steal = "x => { try { return __dm(String(__dm).match(/[0-9a-f]{32}/)[0], 'take'); } catch (e) { return e.name; } }"
+    assert values(await pool.run(b"steal", steal, [], [0], 1000)) == ["TypeError"]
     tamper = "x => { Array.prototype.map = () => 'owned'; JSON.stringify = () => '1'; return [1].map((v) => v); }"
     assert values(await pool.run(b"tamper", tamper, [], [0], 1000)) == [[1]]
     assert values(await pool.run(b"victim", "x => [x].map((v) => v + 1)", [], [1], 1000)) == [[2]]

@@ -9,12 +9,14 @@ times out, runs out of memory or returns a promise takes the slower paths.
 """
 
 import os
+import resource
 import secrets
 import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
@@ -29,15 +31,22 @@ CHECK_TIMEOUT = 1.0  # s a function text may take to evaluate to a function
 # still runs would otherwise be charged to the next batch, another job's maybe.
 IDLE_TIMEOUT = 1.0
 HEADER = struct.Struct(">I")
+# ArrayBuffers (typed arrays, WebAssembly memories) live outside V8's heap, so the heap limit misses them:
+# the process's data size is capped instead, this much above what it uses once V8 is up (and over
+# `memory_mib` twice: heap and buffers), and V8 throws this when a buffer does not fit.
+HEADROOM = 256 * 1024 * 1024
+BUFFER_FAILED = "RangeError: Array buffer allocation failed"
 
-# The runner: every call into V8 is `__dm(TOKEN, op, ...)`. The token is drawn per context and only appears
-# in the source of our own calls, so a work function (or a timer it left behind) cannot drive the runner.
-# State lives in the closure. Outcomes: [0, json, ms] a result, [1, message, ms] a throw, [2, message, ms]
+# The runner: every call into V8 is `__dm(TOKEN, op, ...)`. The token is drawn per context, given by the
+# first call (so that it is not in the runner's source, which any function can read with toString) and
+# then only in the source of our own calls: a work function, or a timer it left behind, cannot drive the
+# runner. State lives in the closure. Outcomes: [0, json, ms] a result, [1, message, ms] a throw, [2, message, ms]
 # not JSON, [3, "", ms] too big already in V8.
 RUNNER = r"""
 (() => {
   'use strict';
-  const TOKEN = %(token)s, CACHE = %(cache)d, MAX_JS = %(max_js)d, MAX_MESSAGE = 1000;
+  const CACHE = %(cache)d, MAX_JS = %(max_js)d, MAX_MESSAGE = 1000;
+  let TOKEN;
   const fns = new Map();
   const indirectEval = eval;
   let batch = null;
@@ -98,6 +107,7 @@ RUNNER = r"""
     idle: () => '',
   };
   return (token, op, ...rest) => {
+    if (TOKEN === undefined) TOKEN = token;
     if (token !== TOKEN) throw new Error('not the runner\'s caller');
     return ops[op](...rest);
   };
@@ -195,19 +205,20 @@ class Context:
     def __init__(self, memory_mib: int) -> None:
         self.memory_mib = memory_mib
         self._token = ""
-        self._racer = self._open()
+        self._open()
 
-    def _open(self) -> MiniRacer:
+    def _open(self) -> None:
         racer = MiniRacer()
         racer.set_hard_memory_limit(self.memory_mib * 1024 * 1024)
         self._token = secrets.token_hex(16)
-        script = RUNNER % {"token": orjson.dumps(self._token).decode(), "cache": CACHE_SIZE, "max_js": 4 * MAX_RESULT}
+        script = RUNNER % {"cache": CACHE_SIZE, "max_js": 4 * MAX_RESULT}
         racer.eval(f"globalThis.__dm = {script}; {LOCKDOWN}")
-        return racer
+        self._racer = racer
+        self.call("idle", timeout=IDLE_TIMEOUT)  # the first call: it sets the token
 
     def renew(self) -> None:
         self._racer.close()
-        self._racer = self._open()
+        self._open()
 
     def call(self, op: str, *args: Any, timeout: float) -> Any:
         """The runner's `op`. An eval, not a JS function call: only an eval's timeout still works while the
@@ -245,6 +256,8 @@ def outcome_of(raw: list) -> Outcome:
     kind, text, ms = raw
     if kind == 0:
         return canonical(text, ms)
+    if kind == 1 and text.startswith(BUFFER_FAILED):
+        return Outcome(None, f"ENOMEM: {text}", ms)
     if kind == 1:
         return Outcome(None, f"EUNCAUGHT: {text}", ms)
     if kind == 2:
@@ -295,7 +308,10 @@ class Batch:
         try:
             state = self._context.call("start", self._job, self._args, rest, timeout=self._timeout)
             while True:
-                self._settle() if state == "async" else self._collect()
+                if state == "async":
+                    self._settle()
+                else:
+                    self._collect()
                 if state == "done":
                     return
                 started, call_from = time.monotonic(), len(self._outcomes)
@@ -354,8 +370,10 @@ class Batch:
     def _retry_alone(self) -> None:
         started = time.monotonic()
         try:
-            state = self._context.call("go", 1, timeout=self._timeout)
-            self._settle() if state == "async" else self._collect()
+            if self._context.call("go", 1, timeout=self._timeout) == "async":
+                self._settle()
+            else:
+                self._collect()
         except JSTimeoutException:
             self._collect()
             self._give_up(f"ESLICETOOSLOW: slice ran over {self._timeout * 1000:.0f} ms")
@@ -395,6 +413,7 @@ def write_frame(stream: BinaryIO, message: dict) -> None:
 
 def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
     context = Context(memory_mib)
+    cap_data_size(memory_mib)
 
     def send(outcomes: list[Outcome], bye: bool) -> None:
         write_frame(replies, {"o": [outcome.wire() for outcome in outcomes], "bye": bye})
@@ -410,6 +429,18 @@ def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
             write_frame(replies, {"compile": str(error)})
         except Stuck:
             return
+
+
+def cap_data_size(memory_mib: int) -> None:
+    """Caps the process's data segment (RLIMIT_DATA) above what it uses now; Linux only (/proc)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return
+    used_kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmData:")), None)
+    if used_kib is not None:
+        cap = used_kib * 1024 + 2 * memory_mib * 1024 * 1024 + HEADROOM
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
 def main() -> None:
