@@ -59,6 +59,12 @@ async def test_a_batch_gives_each_datum_its_result_in_order(pool: SandboxPool) -
     assert values(await pool.run(b"affine", "(x, a, b) => x * a + b", [10, 3], [0, 1, 2], 1000)) == [3, 13, 23]
 
 
+async def test_compiled_functions_are_cached_by_job_and_source(pool: SandboxPool) -> None:
+    for n in range(20):  # more jobs than the cache holds
+        assert values(await pool.run(bytes([n]), f"x => x + {n}", [], [1], 1000)) == [1 + n]
+    assert values(await pool.run(bytes([0]), "x => x - 1", [], [1], 1000)) == [0]  # same job, new text
+
+
 async def test_results_are_canonical_json(pool: SandboxPool) -> None:
     [outcome] = await pool.run(b"obj", "x => ({b: x, a: [1, {d: 2, c: 3}]})", [], [7], 1000)
     assert outcome.value == b'{"a":[1,{"c":3,"d":2}],"b":7}'
