@@ -82,6 +82,19 @@ async def test_an_infinite_loop_is_too_slow_and_the_other_slices_stand(pool: San
     assert outcomes[1].error.startswith("ESLICETOOSLOW")
 
 
+async def test_a_slice_has_its_whole_limit_even_when_its_batch_runs_over(pool: SandboxPool) -> None:
+    # 300 ms a slice, 500 ms the limit: the batch's call times out in the second slice, which runs again alone.
+    function = "x => { const t = Date.now(); while (Date.now() - t < 300); return x; }"
+    assert values(await pool.run(b"slowish", function, [], [0, 1, 2], 500)) == [0, 1, 2]
+
+
+async def test_timers_of_a_batch_end_with_it(pool: SandboxPool) -> None:
+    leave = "x => { setTimeout(() => { while (true); }, 100); return x; }"
+    assert values(await pool.run(b"leave", leave, [], [0], 1000)) == [0]
+    await asyncio.sleep(0.3)  # past the timer's delay
+    assert values(await pool.run(b"later", "x => x + 1", [], [1, 2], 1000)) == [2, 3]
+
+
 async def test_a_promise_that_never_settles_or_a_callback_that_never_ends_is_too_slow(pool: SandboxPool) -> None:
     never = "async (x) => { if (x === 1) await new Promise(() => {}); return x; }"
     assert [str(v)[:13] for v in values(await pool.run(b"never", never, [], [0, 1, 2], 300))] == [
@@ -140,7 +153,7 @@ async def test_check_compiles_without_running_and_gives_v8s_message(pool: Sandbo
 
 
 async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(pool: SandboxPool) -> None:
-    names = ["require", "fetch", "process", "XMLHttpRequest", "WebSocket", "importScripts"]
+    names = ["require", "fetch", "process", "XMLHttpRequest", "WebSocket", "importScripts", "FinalizationRegistry"]
     function = f"() => {orjson.dumps(names).decode()}.map((name) => typeof globalThis[name])"
     [outcome] = await pool.run(b"globals", function, [], [0], 1000)
     assert orjson.loads(outcome.value) == ["undefined"] * len(names)

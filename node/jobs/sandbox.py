@@ -206,7 +206,8 @@ class SandboxPool:
         progress (the rest then gets ESANDBOX)."""
         child = await self._acquire(run)
         before = len(run.outcomes)
-        guard = 2 * timeout_ms / 1000 + GRACE  # a slice may run twice: in its batch, then alone
+        # Between two frames a child may load the data, run a segment, then its slowest slice again alone.
+        guard = 3 * timeout_ms / 1000 + GRACE
         try:
             await child.send(request)
             while len(run.outcomes) < count:

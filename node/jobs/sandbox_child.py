@@ -30,6 +30,7 @@ CHECK_TIMEOUT = 1.0  # s a function text may take to evaluate to a function
 # After a batch, the context must answer this fast: a promise or timer callback the batch left behind that
 # still runs would otherwise be charged to the next batch, another job's maybe.
 IDLE_TIMEOUT = 1.0
+RAN_ENOUGH = 0.9  # of its time limit: a slice that ran this long before its call timed out is too slow
 HEADER = struct.Struct(">I")
 # ArrayBuffers (typed arrays, WebAssembly memories) live outside V8's heap, so the heap limit misses them:
 # the process's data size is capped instead, this much above what it uses once V8 is up (and over
@@ -50,6 +51,19 @@ RUNNER = r"""
   const fns = new Map();
   const indirectEval = eval;
   let batch = null;
+  // mini-racer's setTimeout keeps its state on a global object a work function could rewrite: these keep
+  // theirs here (and a delay of 0 does not throw: waitAsync then answers synchronously). A batch's timers
+  // that have not fired when it ends never do: they would run in the next batch's time, another job's.
+  const waitAsync = Atomics.waitAsync, live = new Set();
+  let next = 1;
+  globalThis.setTimeout = (fn, delay, ...args) => {
+    const id = next++, wait = waitAsync(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(0, +delay || 0));
+    live.add(id);
+    (wait.async ? wait.value : Promise.resolve()).then(() => { if (live.delete(id)) fn(...args); });
+    return id;
+  };
+  globalThis.clearTimeout = (id) => { live.delete(id); };
+  globalThis.__timer_manager = undefined;
   const describe = (e) => {
     let text;
     try { text = (e instanceof Error) ? `${e.name}: ${e.message}` : String(e); } catch { text = 'unprintable error'; }
@@ -76,7 +90,7 @@ RUNNER = r"""
   const go = (limit) => {
     const b = batch;
     for (const end = Math.min(b.data.length, b.at + limit); b.at < end; b.at++) {
-      const started = Date.now();
+      const started = b.began = Date.now();
       let result;
       try {
         result = b.fn(b.data[b.at], ...b.args);
@@ -97,14 +111,15 @@ RUNNER = r"""
   const ops = {
     compile,
     start: (key, args, data) => {
-      batch = {fn: fns.get(key).fn, args: JSON.parse(args), data: JSON.parse(data), at: 0, out: [], pending: -1};
-      return go(Infinity);
+      batch = {fn: fns.get(key).fn, args: JSON.parse(args), data: JSON.parse(data), at: 0, out: [], pending: -1,
+               began: null};
+      return '';
     },
     go: (limit) => go(limit),
     // Gives up on the slice running (a timeout, a promise never settled): the caller records its outcome.
     skip: () => { batch.pending = -1; batch.at++; return ''; },
-    take: () => { const out = batch.out; batch.out = []; return JSON.stringify([batch.at, batch.pending, out]); },
-    idle: () => '',
+    take: () => { const out = batch.out; batch.out = []; return JSON.stringify([batch.pending, batch.began, out]); },
+    idle: () => { live.clear(); return ''; },
   };
   return (token, op, ...rest) => {
     if (TOKEN === undefined) TOKEN = token;
@@ -134,19 +149,11 @@ LOCKDOWN = r"""
       }
     }
   };
-  // mini-racer's setTimeout keeps its state on a global object a work function could rewrite: these
-  // keep theirs in a closure (and a delay of 0 does not throw: waitAsync then answers synchronously).
-  const waitAsync = Atomics.waitAsync, live = new Set();
-  let next = 1;
-  globalThis.setTimeout = (fn, delay, ...args) => {
-    const id = next++, wait = waitAsync(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(0, +delay || 0));
-    live.add(id);
-    (wait.async ? wait.value : Promise.resolve()).then(() => { if (live.delete(id)) fn(...args); });
-    return id;
-  };
-  globalThis.clearTimeout = (id) => { live.delete(id); };
-  globalThis.__timer_manager = undefined;
   globalThis.progress = () => true;  // DCP's progress(): a no-op here
+  // Ways to have code run later, outside any call of ours and so outside every time limit, other than
+  // the runner's setTimeout (whose timers end with their batch).
+  delete Atomics.waitAsync;
+  delete globalThis.FinalizationRegistry;
   // Frozen prototypes would make `this.name = ...` in an Error subclass, or `A.prototype.toString = ...`,
   // fail (the "override mistake"): these few properties become accessors whose setter defines the property
   // on the object assigned to, as SES does.
@@ -286,6 +293,7 @@ class Batch:
         self._timeout: float = request["timeout_ms"] / 1000
         self._outcomes: list[Outcome] = []
         self._sent = 0
+        self._began: float | None = None  # when the slice running began, by the runner's clock (ms, epoch)
 
     def run(self) -> None:
         """Raises CompileFailed, or Stuck after sending what is known."""
@@ -304,9 +312,9 @@ class Batch:
         self._context.compile(self._job, self._function)
         rest = orjson.dumps(self._data[len(self._outcomes) :]).decode()
         started = time.monotonic()
-        call_from = len(self._outcomes)
+        self._quick("start", self._job, self._args, rest, timeout=IDLE_TIMEOUT + self._timeout)  # parses the data
         try:
-            state = self._context.call("start", self._job, self._args, rest, timeout=self._timeout)
+            state = self._context.call("go", 1e9, timeout=self._timeout)
             while True:
                 if state == "async":
                     self._settle()
@@ -314,31 +322,39 @@ class Batch:
                     self._collect()
                 if state == "done":
                     return
-                started, call_from = time.monotonic(), len(self._outcomes)
+                started = time.monotonic()
                 state = self._context.call("go", 1e9, timeout=self._timeout)
         except JSTimeoutException:
             self._collect()
-            if len(self._outcomes) == call_from:  # the slice had the whole time to itself
+            if self._ran_its_time():
                 self._give_up(f"ESLICETOOSLOW: slice ran over {self._timeout * 1000:.0f} ms")
             else:
                 self._retry_alone()
         except JSOOMException:
             self._out_of_memory(started)
 
-    def _quick(self, op: str) -> Any:
-        """A call that only reads or sets the runner's state: if it times out, a callback left behind by
-        some slice runs on, and only ending this process stops it."""
+    def _quick(self, op: str, *args: Any, timeout: float = IDLE_TIMEOUT) -> Any:
+        """A call that runs no work function: if it times out, a callback left behind by some slice runs
+        on, and only ending this process stops it."""
         try:
-            return self._context.call(op, timeout=IDLE_TIMEOUT)
+            return self._context.call(op, *args, timeout=timeout)
         except JSTimeoutException:
             self._flush(bye=True)
             raise Stuck from None
 
     def _collect(self, taken: str | None = None) -> int:
         """Takes the outcomes the runner holds; the index of the slice whose promise is awaited, else -1."""
-        _, pending, raw = orjson.loads(taken if taken is not None else self._quick("take"))
+        pending, self._began, raw = orjson.loads(taken if taken is not None else self._quick("take"))
         self._outcomes.extend(outcome_of(item) for item in raw)
         return pending
+
+    def _ran_its_time(self) -> bool:
+        """Whether the slice running when a call timed out had (nearly) the whole limit to itself; if not
+        (slices before it in the call, or a callback of an earlier batch that delayed the call), it gets
+        one more try alone."""
+        if self._began is None:  # the call was held up before its first slice
+            return False
+        return time.time() * 1000 - self._began >= RAN_ENOUGH * self._timeout * 1000
 
     def _settle(self) -> None:
         """Waits for the promise the slice returned, polling the context (timers and callbacks run between
