@@ -150,6 +150,9 @@ async def test_check_compiles_without_running_and_gives_v8s_message(pool: Sandbo
         await pool.check("42")
     with pytest.raises(CompileError, match="in time"):
         await pool.check("(function () { while (true); })()")
+    with pytest.raises(CompileError, match="leaves code running"):
+        await pool.check("(Promise.resolve().then(() => { while (true); }), (x) => x)")
+    assert values(await pool.run(b"next", "x => x", [], [1], 1000)) == [1]
 
 
 async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(pool: SandboxPool) -> None:

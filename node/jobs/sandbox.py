@@ -9,9 +9,9 @@ wall-clock guard, past which the process is killed. `cancel(job)` kills the proc
 The protocol, over each child's stdin and stdout, is length-prefixed (4 bytes, big-endian) msgpack frames:
   to the child   {"op": "check", "function"} | {"op": "run", "job", "function", "args", "data", "timeout_ms"}
                  (`args` and `data` as JSON bytes)
-  from it        {"ok": true} | {"compile": message} | {"o": [[value, error, ms], ...], "bye": bool}
+  from it        {"ok": true} | {"compile": message, "bye"?: bool} | {"o": [[value, error, ms], ...], "bye": bool}
 A run's outcomes come in order, in as many frames as the child likes; `bye` says the child ends after this
-frame, and the slices it did not report are sent again to a new child if it made progress.
+frame (the slices of a run it did not report are sent again to a new child if it made progress).
 """
 
 import asyncio
@@ -176,7 +176,10 @@ class SandboxPool:
         except BaseException:
             await self._retire(child)
             raise
-        self._release(child)
+        if answer.get("bye"):
+            await self._retire(child)
+        else:
+            self._release(child)
         return answer
 
     async def run(self, job: bytes, function: str, args: list, data: list, timeout_ms: int) -> list[SliceOutcome]:

@@ -245,6 +245,14 @@ class Context:
         if message:
             raise CompileFailed(message)
 
+    def settled(self) -> bool:
+        """Whether the context answers: not when a callback left by the code it last ran runs on."""
+        try:
+            self.call("idle", timeout=IDLE_TIMEOUT)
+        except JSTimeoutException:
+            return False
+        return True
+
     def out_of_memory(self) -> bool:
         return self._racer.was_hard_memory_limit_reached()
 
@@ -438,6 +446,9 @@ def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
         try:
             if request["op"] == "check":
                 context.compile("check", request["function"])
+                if not context.settled():
+                    write_frame(replies, {"compile": "work function leaves code running once evaluated", "bye": True})
+                    return
                 write_frame(replies, {"ok": True})
             else:
                 Batch(context, send, request).run()
