@@ -492,6 +492,7 @@ def main() -> int:
     terminate_on_sigterm()
 
     def work() -> None:
+        doc["load_before"] = [round(load, 2) for load in os.getloadavg()]  # other work shows in the figures
         cases = [
             Case("trivial", trivial, TRIVIAL_JS, double, double),
             calibrate(Case("cpu", busy_slices, BUSY_JS, busy, lambda x: x), args.busy_ms / 1000),
@@ -503,7 +504,9 @@ def main() -> int:
                 doc["rows"].append(row(case, system, timeline, cores))
                 print(f"{case.name:<8} {system:<12} {doc['rows'][-1]}", flush=True)
         doc["ratios"] = ratios(doc["rows"])
+        doc["load_after"] = [round(load, 2) for load in os.getloadavg()]
         print_table(doc["rows"])
+        print(f"load average (1, 5, 15 min): {doc['load_before']} before, {doc['load_after']} after")
         if any(r["errors"] or r["status"] != "completed" for r in doc["rows"]):
             raise RuntimeError("some results were missing or wrong")
 
