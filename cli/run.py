@@ -28,7 +28,7 @@ from dhtmesh.node.records.blob import MAX_CHUNKS
 from dhtmesh.node.records.farmer import HEIGHT_LIMIT
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.rules import RECORD_RULES
-from dhtmesh.node.services import Farming, Services
+from dhtmesh.node.services import DEFAULT_SLICE_MEMORY, DEFAULT_SLICE_MS, Farming, Services, Working
 from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.transfer.binding import BindError, start_with_stream_socket
 from dhtmesh.node.transfer.port_limits import connection_cap
@@ -96,6 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    worker = parser.add_argument_group("jobs", "compute slices of the mesh's jobs in sandboxes")
+    worker.add_argument("--worker", action="store_true", help="take slices of open jobs and compute them")
+    worker.add_argument("--sandboxes", type=int, default=1, metavar="N", help="slices batches computed at once")
+    worker.add_argument(
+        "--slice-memory", type=int, default=DEFAULT_SLICE_MEMORY, metavar="MIB", help="V8 heap limit per sandbox"
+    )
+    worker.add_argument(
+        "--slice-time", type=int, default=DEFAULT_SLICE_MS, metavar="MS", help="longest a slice may run here"
+    )
+
+
 def command(args: argparse.Namespace) -> int:
     for name in ("port", "proxyserver"):
         if not 0 <= getattr(args, name) < 65536:
@@ -103,6 +114,7 @@ def command(args: argparse.Namespace) -> int:
     if not 0 < args.blob_limit <= MAX_CHUNKS * 4:
         raise CliError(f"--blob-limit must be between 1 and {MAX_CHUNKS * 4} MiB (what a manifest can list)")
     _check_farming(args)
+    _check_working(args)
     args.allow_origin = _allowed_origins(args.allow_origin)
     data_dir = Path(args.persist) if args.persist else default_data_dir()
     try:
@@ -174,6 +186,13 @@ def _allowed_origins(texts: list[str]) -> frozenset[str]:
         raise CliError(f"--allow-origin: {error}") from error
 
 
+def _check_working(args: argparse.Namespace) -> None:
+    if not args.worker and (args.sandboxes != 1 or args.slice_memory != DEFAULT_SLICE_MEMORY):
+        raise CliError("--sandboxes and --slice-memory need --worker")
+    if not (1 <= args.sandboxes <= 64 and 16 <= args.slice_memory <= 16384 and 1 <= args.slice_time <= 3_600_000):
+        raise CliError("--sandboxes is 1 to 64, --slice-memory 16 to 16384 MiB, --slice-time 1 to 3600000 ms")
+
+
 def _check_farming(args: argparse.Namespace) -> None:
     if not args.farmer and (args.payout or args.height is not None):
         raise CliError("--payout and --height need --farmer")
@@ -214,7 +233,8 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
             stream_socket.close()  # the chunk store could not open: no service takes the socket
         await node.stop()
         raise
-    services = Services(node, farming)
+    working = Working(args.sandboxes, args.slice_memory, args.slice_time) if args.worker else None
+    services = Services(node, farming, working)
     blob_limit = args.blob_limit * 1024 * 1024
     proxy = ProxyServer(
         node, args.proxy_addr, args.proxyserver, args.pushserver, blob_limit, args.allow_origin, services=services

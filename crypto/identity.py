@@ -93,15 +93,34 @@ def load_identity(path: Path, password: str | None = None) -> Identity:
         raise IdentityError(f"identity file {path} does not exist") from error
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise IdentityError(f"identity file {path} is unreadable: {error}") from error
+    return _identity_in(document, password, f"identity file {path}")
+
+
+def identity_from_text(text: str, password: str | None) -> Identity:
+    """The identity an identity file's text holds (a credential that carries it, as dcp-rest's Basic
+    auth carries a keystore). Its Argon2id costs may be no higher than the ones this package writes, so
+    that a stranger's document cannot make the unlocking node spend more memory or time."""
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise IdentityError("the identity is not JSON") from error
+    if isinstance(document, dict) and "sealed_seed" in document:
+        ops, memory = document.get("opslimit"), document.get("memlimit")
+        if not (type(ops) is int and type(memory) is int and 0 < ops <= KDF_OPSLIMIT and 0 < memory <= KDF_MEMLIMIT):
+            raise IdentityError("the identity's key derivation costs more than this node allows")
+    return _identity_in(document, password, "the identity")
+
+
+def _identity_in(document: object, password: str | None, where: str) -> Identity:
     if not isinstance(document, dict) or document.get("kind") != "ed25519":
-        raise IdentityError(f"identity file {path} is not a dhtmesh Ed25519 identity")
+        raise IdentityError(f"{where} is not a dhtmesh Ed25519 identity")
     try:
         seed = _seed_from(document, password)
         return Identity.from_seed(seed)
     except IdentityError as error:
-        raise IdentityError(f"identity file {path}: {error}") from error
+        raise IdentityError(f"{where}: {error}") from error
     except (KeyError, TypeError, ValueError, OverflowError, CryptoError) as error:
-        raise IdentityError(f"identity file {path} is corrupt: {error}") from error
+        raise IdentityError(f"{where} is corrupt: {error}") from error
 
 
 def is_password_protected(path: Path) -> bool:

@@ -3,8 +3,9 @@ stopped in order, its long-lived loops run by one `Supervisor` (named, logged, c
 
 `dhtmesh run`, the proxy (`create_app`), the tests and the benchmarks build a node's services here and
 nowhere else, so a node has one registry (16 directory listeners, not one set per user of it) and one
-placer, reader and uploader. A farmer's part (its chunk store, service, keeper, agent and auditor) is
-added by `Farming`.
+placer, reader and uploader, and one book of jobs. A farmer's part (its chunk store, service, keeper,
+agent and auditor) is added by `Farming`; a worker's (its sandboxes and the loop that takes slices), by
+`Working`.
 """
 
 import socket
@@ -17,6 +18,10 @@ from dhtmesh.node.blobs.holder import DEFAULT_PENDING_TIMEOUT, ChunkKeeper
 from dhtmesh.node.blobs.placement import Placer
 from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.jobs.sandbox import SandboxPool
+from dhtmesh.node.jobs.service import Jobs
+from dhtmesh.node.jobs.standing import Standings
+from dhtmesh.node.jobs.worker import Worker
 from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.registry import FarmerRegistry
@@ -24,6 +29,18 @@ from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.tasks import Loop, Supervisor
 from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
+
+DEFAULT_SLICE_MEMORY = 256  # MiB of V8 heap per sandbox
+DEFAULT_SLICE_MS = 30_000  # the longest a slice may run on this worker, whatever its job asks
+
+
+@dataclass(frozen=True)
+class Working:
+    """What makes a node a worker: how many sandboxes compute slices at once, and their limits."""
+
+    sandboxes: int = 1
+    slice_memory_mib: int = DEFAULT_SLICE_MEMORY
+    max_slice_ms: int = DEFAULT_SLICE_MS
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,7 @@ class Services:
     """A node's services. `start` opens the farmer's chunk port; `run` starts the background loops (once
     the node may announce itself); `stop` ends them all, loops first, then the services they use."""
 
-    def __init__(self, node: DhtNode, farming: Farming | None = None) -> None:
+    def __init__(self, node: DhtNode, farming: Farming | None = None, working: Working | None = None) -> None:
         self.node = node
         self.loops = Supervisor(node.counters)
         self.registry = FarmerRegistry(node)
@@ -52,6 +69,13 @@ class Services:
         self.placer = Placer(node, self.registry, ChunkClient(node.identity))
         self.uploader = Uploader(self.placer)
         self.reader = BlobReader(self.placer)
+        self.jobs = Jobs(node, SandboxPool(size=1))  # its sandbox only compiles work functions, at deploy
+        self.standings = Standings(node, self.jobs.book)
+        self.worker: Worker | None = None
+        self.sandboxes: SandboxPool | None = None
+        if working is not None:
+            self.sandboxes = SandboxPool(working.sandboxes, working.slice_memory_mib, working.max_slice_ms)
+            self.worker = Worker(node, self.jobs.book, self.sandboxes, working.sandboxes)
         self.farming = farming
         self.chunks: ChunkService | None = None
         self.keeper: ChunkKeeper | None = None
@@ -75,6 +99,8 @@ class Services:
         """Start the farmer's loops, and the caller's `extra` ones (name, loop), under the supervisor."""
         for name, loop in extra:
             self.loops.start(name, loop)
+        if self.worker is not None:
+            self.loops.start("job_worker", self.worker.run)
         if self.farming is None or self.keeper is None:
             return
         farming = self.farming
@@ -86,6 +112,9 @@ class Services:
 
     async def stop(self) -> None:
         await self.loops.close()
+        if self.sandboxes is not None:
+            await self.sandboxes.close()
+        await self.jobs.close()
         await self.uploader.close()
         await self.registry.close()
         if self.chunks is not None:

@@ -29,6 +29,7 @@ from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
 from dhtmesh.proxy.errors import Refusal, answer, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
+from dhtmesh.proxy.job_auth import UNLOCKER, Unlocker
 from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import json_reply
@@ -38,6 +39,7 @@ from dhtmesh.proxy.route import (
     BLOB_READER,
     ERRORS,
     FAILURE_LABELS,
+    JOBS,
     LISTEN_SLOTS,
     NODE,
     PUSH,
@@ -45,6 +47,7 @@ from dhtmesh.proxy.route import (
     REPLAY_GUARD,
     REPUTATION,
     SIGNED_LIMITER,
+    STANDINGS,
     STATS,
     UPLOADER,
     served_paths,
@@ -139,6 +142,9 @@ def create_app(
     app[UPLOADER] = services.uploader
     app[BLOB_READER] = services.reader
     app[BLOB_LIMIT] = blob_limit
+    app[JOBS] = services.jobs
+    app[STANDINGS] = services.standings
+    app[UNLOCKER] = Unlocker()
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)
     for route in ROUTES:

@@ -24,6 +24,9 @@ from dhtmesh.node.blobs.download import ChunkUnavailable
 from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
 from dhtmesh.node.dht import ListenRefused, PutRefused
 from dhtmesh.node.errors import NodeError, ServiceError
+from dhtmesh.node.jobs.owner import BadJob, JobClosed
+from dhtmesh.node.jobs.sandbox import SandboxError
+from dhtmesh.node.jobs.service import NotOwner, UnknownJob
 from dhtmesh.node.records.farmer_events import HeightOverLimit
 from dhtmesh.node.records.registry import AlreadyRegistered, RegistryError, UnknownFarmer
 from dhtmesh.node.values.policy import Verdict
@@ -120,6 +123,11 @@ TABLE: dict[type[BaseException], Refusal] = {
     BlobTooLarge: Refusal(413),
     PlacementFailed: Refusal(503, lambda error: f"not stored: {error}"),
     ChunkUnavailable: Refusal(503, lambda error: f"unavailable: {error}"),
+    BadJob: Refusal(400),
+    JobClosed: Refusal(409),
+    UnknownJob: Refusal(404),
+    NotOwner: Refusal(403),
+    SandboxError: Refusal(503, lambda error: f"sandbox: {error}"),
 }
 
 

@@ -32,7 +32,7 @@ from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
 from dhtmesh.proxy.responses import json_reply
-from dhtmesh.proxy.route import JSON, NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, Route
+from dhtmesh.proxy.route import JSON, NODE, REGISTRY, REPLAY_GUARD, REPUTATION, SIGNED_LIMITER, STANDINGS, Route
 
 TERABYTE = 1024**4
 TOTAL_PERIOD_MINUTES = 30  # dataserv's /api/total "id": the half-hour it was computed in
@@ -207,7 +207,9 @@ async def farmer(request: web.Request) -> web.Response:
     found = await registry.find(node_id)
     if found is None:
         raise NotFound("Farmer not found.")
-    return json_reply(farmer_json(found[1], registry.now(), await request.app[REPUTATION].of(node_id)))
+    document = farmer_json(found[1], registry.now(), await request.app[REPUTATION].of(node_id))
+    document["jobs"] = (await request.app[STANDINGS].of(node_id)).to_json()  # as a worker: slices outvoted
+    return json_reply(document)
 
 
 async def farmer_audits(request: web.Request) -> web.Response:

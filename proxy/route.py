@@ -1,8 +1,8 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
-limit of signed requests, the blob uploader, reader and size limit, the per-client cap on listen
-streams, the origins allowed to change state, the log of the proxy's own errors, and the routes'
-failure labels)."""
+limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings,
+the per-client cap on listen streams, the origins allowed to change state, the log of the proxy's own
+errors, and the routes' failure labels)."""
 
 import re
 from collections.abc import Awaitable, Callable
@@ -15,6 +15,8 @@ from dhtmesh.node.audits.book import ReputationBook
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.jobs.service import Jobs
+from dhtmesh.node.jobs.standing import Standings
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
 from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
@@ -31,6 +33,8 @@ REPUTATION = web.AppKey("reputation", ReputationBook)
 UPLOADER = web.AppKey("uploader", Uploader)
 BLOB_READER = web.AppKey("blob_reader", BlobReader)
 BLOB_LIMIT = web.AppKey("blob_limit", int)
+JOBS = web.AppKey("jobs", Jobs)
+STANDINGS = web.AppKey("standings", Standings)
 LISTEN_SLOTS = web.AppKey("listen_slots", Slots)
 ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)
 ERRORS = web.AppKey("errors", ErrorLog)

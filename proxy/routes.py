@@ -17,6 +17,7 @@ from dhtmesh.proxy.blob_routes import BLOB_ROUTES
 from dhtmesh.proxy.clients import client_of, client_slot
 from dhtmesh.proxy.errors import BadRequest, NotEnabled, NotFound
 from dhtmesh.proxy.farmer_routes import FARMER_ROUTES
+from dhtmesh.proxy.job_routes import JOB_ROUTES
 from dhtmesh.proxy.keys import path_key
 from dhtmesh.proxy.openapi import document
 from dhtmesh.proxy.push import PushTarget
@@ -261,6 +262,7 @@ ROUTES: list[Route] = [
     Route("UNSUBSCRIBE", paths.KEY, unsubscribe, "stop push notifications", _PUSH, _UNSUBSCRIBE_REPLIES, media=None),
     *FARMER_ROUTES,
     *BLOB_ROUTES,
+    *JOB_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", paths.LEGACY_KEY, get_values, "legacy: the key's values", streams=True),
     Route("POST", paths.LEGACY_KEY, put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),

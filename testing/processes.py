@@ -104,12 +104,15 @@ class ProcessGroup:
         self._started: list[subprocess.Popen] = []
         self._hosts: dict[str, str] = {}
 
-    def launch(self, name: str, *extra: str, open_files: tuple[int, int] | None = None) -> NodeProcess:
-        """`open_files`: the process's (soft, hard) limit on open files, as a machine might set them."""
+    def launch(
+        self, name: str, *extra: str, open_files: tuple[int, int] | None = None, program: list[str] = DHTMESH
+    ) -> NodeProcess:
+        """`open_files`: the process's (soft, hard) limit on open files, as a machine might set them;
+        `program`: what takes `dhtmesh`'s arguments (a hostile variant of it: `testing.liar`)."""
         data_dir = self.root / name
         host = self._hosts.setdefault(name, loopback_host())
         args = ["run", "-p", "0", "--bind", host, "--proxyserver", "0", "--persist", str(data_dir), *extra]
-        command = [*_WITH_OPEN_FILES, *map(str, open_files), *DHTMESH] if open_files else DHTMESH
+        command = [*_WITH_OPEN_FILES, *map(str, open_files), *program] if open_files else program
         process = subprocess.Popen(
             [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )

@@ -44,6 +44,10 @@ class BadJob(ServiceError):
     """A request body that is not a job, or slices that do not fit one."""
 
 
+class JobClosed(BadJob):
+    """A change to a job that is closed (or cancelled): no more slices."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deploy:
     spec: JobSpec
@@ -160,7 +164,7 @@ def add_slices(owner: Identity, current: Value, slices: list[bytes], now: int | 
     now = int(time.time()) if now is None else now
     job = decode_job(current.data)
     if job.finished_adding:
-        raise BadJob("the job is closed: no more slices")
+        raise JobClosed("the job is closed: no more slices")
     batches = cut(slices)
     _check_room(job, batches)
     start = len(job.batches)

@@ -30,13 +30,20 @@ async def read_directory(node: DhtNode, directory: ShardedDirectory) -> list[Val
 class LiveView(Generic[R]):
     """Every live record of `kind` in its directory, by the id each names, as this node follows them."""
 
-    def __init__(self, node: DhtNode, kind: RecordKind[R], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        node: DhtNode,
+        kind: RecordKind[R],
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[R], None] | None = None,
+    ) -> None:
         if kind.directory is None:
             raise ValueError(f"{kind.name} does not live in a directory")
         self._node = node
         self._kind = kind
         self._directory = kind.directory
         self._clock = clock
+        self._on_change = on_change  # told of each newer record the view takes (a job's followers)
         self._view: dict[bytes, tuple[int, R]] = {}  # id -> (seq, record)
         self._listeners: list[Listener] = []
         self._loops = Supervisor(node.counters)
@@ -74,11 +81,16 @@ class LiveView(Generic[R]):
             del self._view[record_id]  # past its life, even if no expiry notice reached the view (lost, refused)
         return [record for _, record in self._view.values()]
 
-    async def find(self, record_id: bytes) -> R | None:
-        """The live record named by `record_id`, if the view has it."""
+    async def found(self, record_id: bytes) -> tuple[int, R] | None:
+        """The live record named by `record_id` with its seq, if the view has it."""
         await self.open()
         known = self._view.get(record_id)
-        return known[1] if known is not None and self._alive(known[1]) else None
+        return known if known is not None and self._alive(known[1]) else None
+
+    async def find(self, record_id: bytes) -> R | None:
+        """The live record named by `record_id`, if the view has it."""
+        known = await self.found(record_id)
+        return None if known is None else known[1]
 
     def _alive(self, record: R) -> bool:
         until = self._kind.lives_until(record)
@@ -109,6 +121,8 @@ class LiveView(Generic[R]):
         known = self._view.get(record_id := self._kind.id_of(record))
         if known is None or value.seq > known[0]:
             self._view[record_id] = (value.seq, record)
+            if self._on_change is not None:
+                self._on_change(record)
 
     def _forget(self, value: Value) -> None:
         record = self._record_in(value)

@@ -20,7 +20,7 @@ history where a witness of it remains.
 import time
 
 from dhtmesh.crypto import opendht
-from dhtmesh.node.records import audit, blob, farmer, holding
+from dhtmesh.node.records import audit, blob, farmer, holding, outvote
 from dhtmesh.node.records import job as jobs
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
@@ -38,7 +38,7 @@ def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
     return {kind.type: kind for kind in kinds}
 
 
-KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS)
+KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS, outvote.KIND)
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 

@@ -1,0 +1,109 @@
+"""A worker's standing in jobs: the slices on which its result lost to the majority.
+
+A worker in a slice's majority reports each worker it outvoted (`Reporter`: one signed outvote log per
+outvoted worker, its latest reports). A reader (`Standings`) takes no report on trust: it checks the
+newest `MAX_CHECKED` of a worker's reported slices against the job's signed results, read from the
+mesh, and counts those where the worker's own signed value lost to a strict majority.
+"""
+
+import asyncio
+import bisect
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.jobs.view import JobBook, JobView
+from dhtmesh.node.jobs.votes import gather, settle
+from dhtmesh.node.records.job import RESULT, RESULT_TYPE, results_key
+from dhtmesh.node.records.outvote import KIND, MAX_ENTRIES, OUTVOTE_TYPE, Outvote, OutvoteLog, outvotes_key
+
+MAX_CHECKED = 16
+MAX_LOGS_KEPT = 256  # outvoted workers a reporter keeps its log of
+MAX_LOOKED_AT = 65536  # slices a reporter remembers having looked at (then it forgets the oldest)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    outvoted: int  # reported slices the results prove it lost
+    reported: int  # distinct slices reported
+    checked: int  # of which were checked (the newest)
+
+    def to_json(self) -> dict:
+        return {"outvoted": self.outvoted, "reported": self.reported, "checked": self.checked}
+
+
+class Reporter:
+    """A worker's reports of the workers it outvoted."""
+
+    def __init__(self, node: DhtNode) -> None:
+        self._node = node
+        self._identity: Identity = node.identity
+        self._logs: OrderedDict[bytes, tuple[int, list[Outvote]]] = OrderedDict()  # worker -> (seq, entries)
+        self._reported: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # (job, slice) looked at already
+
+    async def scan(self, view: JobView) -> None:
+        """Report every worker outvoted on a slice of the job where this worker's value won."""
+        if view.job.spec.redundancy == 1:
+            return  # one result per slice: nobody is outvoted
+        me = self._identity.node_id
+        fresh: dict[bytes, list[Outvote]] = {}
+        now = int(time.time())
+        for tally in view.tallies:
+            for number, settled in tally.settled.items():
+                if not settled.outvoted or (view.job_id, number) in self._reported:
+                    continue
+                if tally.votes[number].values.get(me) != settled.value:
+                    continue  # only a worker in the majority reports
+                self._reported[(view.job_id, number)] = None
+                if len(self._reported) > MAX_LOOKED_AT:
+                    self._reported.popitem(last=False)
+                for loser in settled.outvoted:
+                    fresh.setdefault(loser, []).append(Outvote(view.job_id, number, now))
+        await asyncio.gather(*(self._report(loser, entries) for loser, entries in fresh.items()))
+
+    async def _report(self, worker: bytes, entries: list[Outvote]) -> None:
+        seq, known = self._logs.pop(worker, (-1, []))
+        known = (known + entries)[-MAX_ENTRIES:]
+        self._logs[worker] = (seq + 1, known)
+        while len(self._logs) > MAX_LOGS_KEPT:
+            self._logs.popitem(last=False)
+        log = OutvoteLog(self._identity.node_id, worker, tuple(known))
+        await self._node.put(outvotes_key(worker), KIND.sign(self._identity, log, seq + 1))
+        self._node.counters.add("jobs.outvotes_reported", len(entries))
+
+
+class Standings:
+    """Workers' standings, read and checked."""
+
+    def __init__(self, node: DhtNode, book: JobBook) -> None:
+        self._node = node
+        self._book = book
+
+    async def of(self, worker: bytes) -> Standing:
+        values = await self._node.get(outvotes_key(worker), value_type=OUTVOTE_TYPE)
+        logs = [log for log in KIND.records_in(values) if log.worker_id == worker]
+        newest: dict[tuple[bytes, int], int] = {}
+        for log in logs:
+            for entry in log.entries:
+                key = (entry.job_id, entry.number)
+                newest[key] = max(newest.get(key, 0), entry.time)
+        latest = sorted(newest, key=lambda key: -newest[key])[:MAX_CHECKED]
+        proven = await asyncio.gather(*(self._lost(worker, job_id, number) for job_id, number in latest))
+        return Standing(sum(proven), len(newest), len(latest))
+
+    async def _lost(self, worker: bytes, job_id: bytes, number: int) -> bool:
+        """Whether the job's signed results show `worker`'s value for the slice outvoted."""
+        found = await self._book.job(job_id)
+        if found is None:
+            return False
+        job = found[1]
+        firsts = job.firsts()
+        index = bisect.bisect_right(firsts, number) - 1
+        if index < 0 or number >= firsts[index] + job.batches[index]:
+            return False
+        values = await self._node.get(results_key(job_id, index), value_type=RESULT_TYPE)
+        records = [r for r in RESULT.records_in(values) if r.job_id == job_id and r.index == index]
+        votes = gather(records, firsts[index], job.batches[index]).get(number)
+        return votes is not None and worker in settle(job.spec, votes).outvoted

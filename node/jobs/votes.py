@@ -1,0 +1,92 @@
+"""How the results of a batch add up (a pure function of the job's spec and the result records).
+
+Each slice is settled by its workers' results, BOINC's way: a value is accepted once a strict majority of
+the job's redundancy r agree on it (canonical JSON, byte for byte); with no majority among the results
+in, more workers are asked, up to `cap` of them; an error (a throw, a timeout, out of memory) is an
+attempt that failed, and a slice whose errors exceed the job's retries has failed. A worker whose value
+lost to the accepted one is outvoted.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dhtmesh.node.records.job import JobSpec, ResultRecord
+
+RETRY_GRACE = 5.0  # seconds before a worker may retry a slice it failed itself (others get it first)
+
+
+def needed(redundancy: int) -> int:
+    """Agreeing values that accept a result: a strict majority of the redundancy."""
+    return redundancy // 2 + 1
+
+
+def cap(redundancy: int) -> int:
+    """Workers a slice is given to, at most, while they disagree."""
+    return 1 if redundancy == 1 else 2 * redundancy + 1
+
+
+@dataclass(slots=True)
+class SliceVotes:
+    values: dict[bytes, bytes] = field(default_factory=dict)  # worker -> its value
+    errors: list[tuple[bytes, int, str]] = field(default_factory=list)  # (worker, time, error)
+    cpu_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A slice's state: its accepted value, or why it failed, or neither yet."""
+
+    value: bytes | None = None
+    failure: str | None = None
+    outvoted: tuple[bytes, ...] = ()  # workers whose value lost
+
+    @property
+    def done(self) -> bool:
+        return self.value is not None or self.failure is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """What an unsettled slice still needs: how many more workers at once, and who may not give it."""
+
+    more: int
+    excluded: frozenset[bytes]  # workers that gave a value, or failed it within the retry grace
+
+
+def gather(records: list[ResultRecord], first: int, count: int) -> dict[int, SliceVotes]:
+    """Every worker's outcome of each slice of a batch (its first slice and count), its latest if it
+    gave several."""
+    votes: dict[int, SliceVotes] = {}
+    for record in sorted(records, key=lambda r: (r.time, r.round)):
+        for entry in record.entries:
+            if not first <= entry.number < first + count:
+                continue  # a worker's claim about another batch's slices: not this batch's
+            slot = votes.setdefault(entry.number, SliceVotes())
+            slot.cpu_ms += entry.cpu_ms
+            if entry.value is not None:
+                slot.values[record.worker_id] = entry.value
+            else:
+                slot.errors.append((record.worker_id, record.time, entry.error or ""))
+    return votes
+
+
+def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
+    counts = Counter(votes.values.values())
+    if counts:
+        value, agreeing = counts.most_common(1)[0]
+        if agreeing >= needed(spec.redundancy):
+            return Settled(value=value, outvoted=tuple(w for w, v in votes.values.items() if v != value))
+    if len(votes.errors) > spec.max_retries:
+        return Settled(failure=votes.errors[-1][2])
+    if len(votes.values) >= cap(spec.redundancy):
+        return Settled(failure=f"ENOMAJORITY: {len(votes.values)} workers gave {len(counts)} different values")
+    return Settled()
+
+
+def want(spec: JobSpec, votes: SliceVotes, now: float) -> Want:
+    """What an unsettled slice needs."""
+    best = max(Counter(votes.values.values()).values(), default=0)
+    given = len(votes.values)
+    more = max(1, spec.redundancy - given) if given < spec.redundancy else max(1, needed(spec.redundancy) - best)
+    recent = {worker for worker, at, _ in votes.errors if now - at < RETRY_GRACE}
+    return Want(more, frozenset(votes.values) | recent)

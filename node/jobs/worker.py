@@ -1,0 +1,219 @@
+"""A worker node's part in jobs: it takes batches of open jobs' slices, computes them in its sandboxes
+and publishes the results, signed.
+
+Each of its `slots` (one per sandbox) repeats: choose a batch that still needs this worker (a slice
+with no accepted value, that this worker has not answered, or failed itself more than `RETRY_GRACE`
+ago), lease it, fetch its data, run what it needs in a sandbox while renewing the lease, publish the
+outcome as one result record (more if it is big), and give the lease back. A lease is taken only while
+fewer live leases than the batch needs are held by others; a worker that dies stops renewing, its
+lease lapses within `LEASE_SECONDS`, and the batch goes to others. Two workers that take one batch at
+the same instant only compute it twice: the votes count each worker once.
+
+A cancelled job's running slices are stopped at once (`SandboxPool.cancel`). Where this worker's value
+won a slice over another's, it reports the one it outvoted (`standing.Reporter`).
+"""
+
+import asyncio
+import logging
+import random
+import time
+
+import orjson
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.errors import NodeError
+from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
+from dhtmesh.node.jobs.standing import Reporter
+from dhtmesh.node.jobs.view import JobBook, JobView
+from dhtmesh.node.records.job import (
+    BATCH,
+    BATCH_TYPE,
+    LEASE,
+    LEASE_TYPE,
+    MAX_RESULT_BYTES,
+    RESULT,
+    BatchRecord,
+    LeaseRecord,
+    ResultRecord,
+    SliceResult,
+    batch_key,
+    lease_key,
+)
+from dhtmesh.node.records.kind import InvalidRecord
+from dhtmesh.node.values.value import InvalidValue
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 10.0
+IDLE_WAIT = 1.0  # seconds an idle slot waits for a change before looking again
+BUSY_SKIP = 2.0  # seconds a batch whose leases are all held by others is left alone
+SEQ_EPOCH_MS = 1_767_225_600_000
+NEAREST = 8  # a slot picks among the first unsettled batches it may take, at random: first results soonest
+
+
+class Worker:
+    def __init__(self, node: DhtNode, book: JobBook, pool: SandboxPool, slots: int) -> None:
+        self._node = node
+        self._identity: Identity = node.identity
+        self._book = book
+        self._pool = pool
+        self._slots = slots
+        self._taken: set[tuple[bytes, int]] = set()  # batches this worker's slots are on now
+        self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
+        self._lease_seq: dict[tuple[bytes, int], int] = {}
+        self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
+        self._reporter = Reporter(node)
+        book.on_cancel = pool.cancel
+
+    async def run(self) -> None:
+        """The worker's slots, until cancelled."""
+        async with asyncio.TaskGroup() as slots:
+            for number in range(self._slots):
+                slots.create_task(self._slot(), name=f"job_slot_{number}")
+
+    async def _slot(self) -> None:
+        while True:
+            choice = await self._choose()
+            if choice is None:
+                await self._book.changed(within=IDLE_WAIT)
+                continue
+            view, index = choice
+            self._taken.add((view.job_id, index))
+            try:
+                await self._work(view, index)
+            except Cancelled:
+                self._node.counters.add("jobs.batches_cancelled")
+            except (NodeError, InvalidValue) as error:  # a put refused, a batch not found or unreadable
+                self._node.counters.add("jobs.batches_failed")
+                log.warning("batch %d of job %s: %s", index, view.job_id.hex(), error)
+                self._skip[(view.job_id, index)] = time.time() + BUSY_SKIP
+            finally:
+                self._taken.discard((view.job_id, index))
+
+    async def _choose(self) -> tuple[JobView, int] | None:
+        """A batch of an open job that needs this worker, or None."""
+        now = time.time()
+        self._skip = {batch: until for batch, until in self._skip.items() if until > now}
+        me = self._identity.node_id
+        jobs = await self._book.jobs()
+        self._finished &= {job.job_id for job in jobs}
+        for job in jobs:
+            if job.cancelled or not job.batches or job.job_id in self._finished:
+                continue
+            view = await self._book.view(job.job_id)
+            if view is None:
+                continue
+            await self._reporter.scan(view)
+            if view.finished:
+                self._finished.add(job.job_id)
+                continue
+            open_batches = [
+                index
+                for index, tally in enumerate(view.tallies)
+                if (job.job_id, index) not in self._taken
+                and (job.job_id, index) not in self._skip
+                and any(me not in wanted.excluded for wanted in tally.wants(view.job, now).values())
+            ]
+            if open_batches:
+                return view, random.choice(open_batches[:NEAREST])
+        return None
+
+    async def _work(self, view: JobView, index: int) -> None:
+        job, tally = view.job, view.tallies[index]
+        wants = tally.wants(job, time.time())
+        if not await self._lease(view, index, max((w.more for w in wants.values()), default=0)):
+            return
+        try:
+            me = self._identity.node_id
+            numbers = [n for n, wanted in wants.items() if me not in wanted.excluded]
+            batch = await self._batch(view, index)
+            data = [orjson.loads(batch.data[n - tally.first]) for n in numbers]
+            self._node.counters.add("jobs.slices_started", len(numbers))
+            async with asyncio.TaskGroup() as group:  # the lease is renewed for as long as the slices run
+                renewing = group.create_task(self._renew(view.job_id, index), name="job_lease_renewal")
+                try:
+                    outcomes = await self._pool.run(
+                        job.job_id, job.spec.function, orjson.loads(job.spec.args), data, job.spec.slice_timeout_ms
+                    )
+                finally:
+                    renewing.cancel()
+            await self._publish(view, index, numbers, outcomes)
+            self._node.counters.add("jobs.slices_computed", len(numbers))
+        finally:
+            await self._put_lease(view.job_id, index, 0.0)  # given back: the batch may go on elsewhere
+            self._lease_seq.pop((view.job_id, index), None)
+
+    async def _lease(self, view: JobView, index: int, wanted: int) -> bool:
+        """Take a lease on the batch if fewer live leases than `wanted` are held by others."""
+        now = time.time()
+        values = await self._node.get(lease_key(view.job_id, index), value_type=LEASE_TYPE)
+        others = [
+            lease
+            for lease in LEASE.records_in(values)
+            if lease.worker_id != self._identity.node_id and lease.job_id == view.job_id and lease.live(now)
+        ]
+        if len(others) >= wanted:
+            soonest = min(lease.until for lease in others) / 1000
+            self._skip[(view.job_id, index)] = min(soonest, now + BUSY_SKIP)
+            return False
+        await self._put_lease(view.job_id, index, LEASE_SECONDS)
+        return True
+
+    async def _put_lease(self, job_id: bytes, index: int, seconds: float) -> None:
+        now = int(time.time() * 1000)
+        # Centiseconds since 2026: higher than any seq this worker gave the lease before, even after a
+        # restart, as long as its lease could still be held (it is 32 bits: 497 days).
+        seq = max(self._lease_seq.get((job_id, index), -1) + 1, (now - SEQ_EPOCH_MS) // 10)
+        self._lease_seq[(job_id, index)] = seq
+        lease = LeaseRecord(self._identity.node_id, job_id, index, now, now + max(1, int(seconds * 1000)))
+        await self._node.put(lease_key(job_id, index), LEASE.sign(self._identity, lease, seq))
+
+    async def _renew(self, job_id: bytes, index: int) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            await self._put_lease(job_id, index, LEASE_SECONDS)
+
+    async def _batch(self, view: JobView, index: int) -> BatchRecord:
+        """The batch's data, as its owner signed it (another signer's value under its key is ignored)."""
+        for value in await self._node.get(batch_key(view.job_id, index), value_type=BATCH_TYPE):
+            batch = BATCH.decode(value.data)
+            if batch.owner_id == view.job.owner_id and batch.job_id == view.job_id and batch.index == index:
+                if len(batch.data) == view.tallies[index].count:
+                    return batch
+        raise InvalidRecord(f"batch {index} of job {view.job_id.hex()} is not in the mesh")
+
+    async def _publish(self, view: JobView, index: int, numbers: list[int], outcomes: list[SliceOutcome]) -> None:
+        """The outcomes as result records (as many as their size needs), put and learnt at once."""
+        entries = [_entry(number, outcome) for number, outcome in zip(numbers, outcomes, strict=True)]
+        first_round = view.tallies[index].rounds_of(self._identity.node_id)
+        now = int(time.time())
+        records = [
+            ResultRecord(self._identity.node_id, view.job_id, index, first_round + offset, now, tuple(part))
+            for offset, part in enumerate(_parts(entries))
+        ]
+        values = [RESULT.sign(self._identity, record, 0) for record in records]
+        for value in values:
+            view.learn(value)
+        await asyncio.gather(*(self._node.put(RESULT.key_for(r), v) for r, v in zip(records, values, strict=True)))
+
+
+def _entry(number: int, outcome: SliceOutcome) -> SliceResult:
+    cpu_ms = max(0, int(outcome.cpu_ms))
+    if outcome.value is not None:
+        return SliceResult(number, outcome.value, None, cpu_ms)
+    return SliceResult(number, None, (outcome.error or "ESANDBOX: no outcome")[:512], cpu_ms)
+
+
+def _parts(entries: list[SliceResult]) -> list[list[SliceResult]]:
+    """The entries in parts of at most `MAX_RESULT_BYTES` each (a value's room)."""
+    parts: list[list[SliceResult]] = [[]]
+    used = 0
+    for entry in entries:
+        size = len(entry.value or b"") + len(entry.error or "") + 16
+        if parts[-1] and used + size > MAX_RESULT_BYTES:
+            parts.append([])
+            used = 0
+        parts[-1].append(entry)
+        used += size
+    return parts

@@ -1,0 +1,176 @@
+"""The sandbox pool (node/jobs/sandbox.py): work functions run in real sandbox processes, and what a batch
+answers for results, throws, non-JSON, big results, runaway time and memory, a killed process, a cancel."""
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from dhtmesh.node.jobs.sandbox import Cancelled, CompileError, SandboxPool, SliceOutcome
+from dhtmesh.testing import eventually
+
+pytestmark = pytest.mark.process
+
+SPIN = "x => { const t = Date.now(); while (Date.now() - t < 50); return x; }"  # 50 ms of work a slice
+
+
+def sandbox_pids() -> set[int]:
+    """The PIDs of this process's sandbox children, read from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == os.getpid() and b"sandbox_child" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def values(outcomes: list[SliceOutcome]) -> list:
+    return [orjson.loads(outcome.value) if outcome.value is not None else outcome.error for outcome in outcomes]
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[SandboxPool]:
+    sandbox = SandboxPool(size=1, memory_mib=64, max_slice_ms=5_000)
+    yield sandbox
+    await sandbox.close()
+
+
+async def test_a_batch_gives_each_datum_its_result_in_order(pool: SandboxPool) -> None:
+    outcomes = await pool.run(b"double", "x => x * 2", [], list(range(1000)), 1000)
+    assert values(outcomes) == [x * 2 for x in range(1000)]
+    assert all(outcome.error is None and outcome.cpu_ms >= 0 for outcome in outcomes)
+    assert values(await pool.run(b"affine", "(x, a, b) => x * a + b", [10, 3], [0, 1, 2], 1000)) == [3, 13, 23]
+
+
+async def test_results_are_canonical_json(pool: SandboxPool) -> None:
+    [outcome] = await pool.run(b"obj", "x => ({b: x, a: [1, {d: 2, c: 3}]})", [], [7], 1000)
+    assert outcome.value == b'{"a":[1,{"c":3,"d":2}],"b":7}'
+
+
+async def test_an_async_function_is_awaited(pool: SandboxPool) -> None:
+    function = "async (x) => { await new Promise((done) => setTimeout(done, 5)); return x + 1; }"
+    assert values(await pool.run(b"async", function, [], [1, 2, 3], 1000)) == [2, 3, 4]
+
+
+async def test_an_infinite_loop_is_too_slow_and_the_other_slices_stand(pool: SandboxPool) -> None:
+    function = "x => { if (x === 1) while (true); return x; }"
+    outcomes = await pool.run(b"loop", function, [], [0, 1, 2], 300)
+    assert values(outcomes)[0] == 0 and values(outcomes)[2] == 2
+    assert outcomes[1].error.startswith("ESLICETOOSLOW")
+
+
+async def test_a_promise_that_never_settles_or_a_callback_that_never_ends_is_too_slow(pool: SandboxPool) -> None:
+    never = "async (x) => { if (x === 1) await new Promise(() => {}); return x; }"
+    assert [str(v)[:13] for v in values(await pool.run(b"never", never, [], [0, 1, 2], 300))] == [
+        "0", "ESLICETOOSLOW", "2"
+    ]  # fmt: skip
+    # After an await no V8 timeout applies: the child ends, and the rest of the batch goes to a new one.
+    runaway = "async (x) => { await null; if (x === 1) while (true); return x; }"
+    outcomes = await pool.run(b"runaway", runaway, [], [0, 1, 2], 300)
+    assert values(outcomes)[0] == 0 and values(outcomes)[2] == 2
+    assert outcomes[1].error.startswith("ESLICETOOSLOW")
+
+
+async def test_a_memory_bomb_is_enomem_and_the_pool_goes_on(pool: SandboxPool) -> None:
+    bomb = "x => { if (x === 1) { const a = []; while (true) a.push(new Array(1e6).fill(1)); } return x; }"
+    outcomes = await pool.run(b"bomb", bomb, [], [0, 1, 2], 5000)
+    assert values(outcomes)[0] == 0 and values(outcomes)[2] == 2
+    assert outcomes[1].error.startswith("ENOMEM")
+    assert values(await pool.run(b"after", "x => x + 1", [], [1], 1000)) == [2]
+
+
+async def test_a_throw_is_uncaught_with_its_message(pool: SandboxPool) -> None:
+    [outcome] = await pool.run(b"throw", "x => { throw new RangeError('no ' + x); }", [], [5], 1000)
+    assert outcome.value is None and outcome.error == "EUNCAUGHT: RangeError: no 5"
+
+
+async def test_results_json_cannot_carry_are_enotjson(pool: SandboxPool) -> None:
+    function = "x => [undefined, () => 1, 10n, (() => { const a = {}; a.self = a; return a; })()][x]"
+    outcomes = await pool.run(b"notjson", function, [], [0, 1, 2, 3], 1000)
+    assert all(outcome.value is None and outcome.error.startswith("ENOTJSON") for outcome in outcomes)
+
+
+async def test_a_big_result_is_eresultsize(pool: SandboxPool) -> None:
+    outcomes = await pool.run(b"big", "n => 'x'.repeat(n)", [], [32 * 1024 - 2, 32 * 1024, 10**6], 1000)
+    assert outcomes[0].value is not None
+    assert [outcome.error.split(":")[0] for outcome in outcomes[1:]] == ["ERESULTSIZE", "ERESULTSIZE"]
+
+
+async def test_check_compiles_without_running_and_gives_v8s_message(pool: SandboxPool) -> None:
+    await pool.check("(x) => x")
+    await pool.check("async function (x) { while (true); }")  # never called
+    with pytest.raises(CompileError, match="SyntaxError: Unexpected token"):
+        await pool.check("(x) => {")
+    with pytest.raises(CompileError, match="not a function"):
+        await pool.check("42")
+    with pytest.raises(CompileError, match="in time"):
+        await pool.check("(function () { while (true); })()")
+
+
+async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(pool: SandboxPool) -> None:
+    names = ["require", "fetch", "process", "XMLHttpRequest", "WebSocket", "importScripts"]
+    function = f"() => {orjson.dumps(names).decode()}.map((name) => typeof globalThis[name])"
+    [outcome] = await pool.run(b"globals", function, [], [0], 1000)
+    assert orjson.loads(outcome.value) == ["undefined"] * len(names)
+    assert values(await pool.run(b"progress", "x => progress()", [], [0], 1000)) == [True]
+    tamper = "x => { Array.prototype.map = () => 'owned'; JSON.stringify = () => '1'; return [1].map((v) => v); }"
+    assert values(await pool.run(b"tamper", tamper, [], [0], 1000)) == [[1]]
+    assert values(await pool.run(b"victim", "x => [x].map((v) => v + 1)", [], [1], 1000)) == [[2]]
+
+
+async def test_a_killed_child_gives_esandbox_and_the_next_run_works(pool: SandboxPool) -> None:
+    running = asyncio.ensure_future(pool.run(b"slow", SPIN, [], list(range(100)), 1000))
+    await eventually(lambda: sandbox_pids(), within=10)
+    await asyncio.sleep(0.2)  # into the batch
+    for pid in sandbox_pids():
+        os.kill(pid, signal.SIGKILL)
+    outcomes = await running
+    assert len(outcomes) == 100 and all(outcome.error.startswith("ESANDBOX") for outcome in outcomes)
+    assert values(await pool.run(b"next", "x => x", [], [1], 1000)) == [1]
+
+
+async def test_cancel_stops_a_running_batch(pool: SandboxPool) -> None:
+    running = asyncio.ensure_future(pool.run(b"forever", "x => { while (true); }", [], [0, 1], 5000))
+    waiting = asyncio.ensure_future(pool.run(b"forever", "x => x", [], [0], 5000))  # queued behind it
+    await eventually(lambda: sandbox_pids(), within=10)
+    await asyncio.sleep(0.2)
+    pool.cancel(b"forever")
+    for task in (running, waiting):
+        with pytest.raises(Cancelled):
+            await asyncio.wait_for(task, 5)
+    assert values(await pool.run(b"other", "x => x", [], [3], 1000)) == [3]
+
+
+async def test_close_leaves_no_child_process() -> None:
+    sandbox = SandboxPool(size=2)
+    await asyncio.gather(*(sandbox.run(bytes([n]), "x => x", [], [n], 1000) for n in range(4)))
+    assert len(sandbox_pids()) == 2
+    await sandbox.close()
+    assert sandbox_pids() == set()
+
+
+async def test_the_event_loop_ticks_while_a_slow_batch_runs(pool: SandboxPool) -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(tick())
+    outcomes = await pool.run(b"spin", SPIN, [], list(range(10)), 1000)
+    ticking.cancel()
+    assert values(outcomes) == list(range(10))
+    assert ticks >= 10  # the batch took 0.5 s of V8 at least
