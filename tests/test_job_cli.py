@@ -2,20 +2,24 @@
 `dhtmesh run` processes on loopback, through their real proxies. The owner's records are built and
 signed on the client's side and carried in signed requests; the node only checks and stores them.
 
-One mesh of two nodes, with no worker, serves the module: a job stays running, so what its owner does
+One mesh of two nodes, with no worker, serves most tests: a job stays running, so what its owner does
 to it (close, cancel, add slices) is what its status shows. Every command runs with `$XDG_DATA_HOME`
-set to the mesh's root, where the first node's data directory is the default one, as in test_cli.
+set to the mesh's root, where the first node's data directory is the default one, as in test_cli. The
+last test has a mesh of its own, with a worker, and waits for a job to be computed.
 """
 
 import asyncio
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from dhtmesh.api import paths
 from dhtmesh.client import BadJob, Client
 from dhtmesh.node.records.job import decode_job
 from dhtmesh.testing import NodeProcess, ProcessGroup, eventually, run_cli
@@ -33,8 +37,9 @@ class Mesh:
     seed: NodeProcess  # its data directory is the default one: $XDG_DATA_HOME/dhtmesh
     other: NodeProcess
 
-    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return run_cli(*args, timeout=timeout, env={"XDG_DATA_HOME": str(self.group.root), "DHTMESH_URL": ""})
+    def cli(self, *args: str, timeout: float = 30.0, **env: str) -> subprocess.CompletedProcess:
+        env = {"XDG_DATA_HOME": str(self.group.root), "DHTMESH_URL": ""} | env
+        return run_cli(*args, timeout=timeout, env=env)
 
 
 async def joined(url: str) -> bool:
@@ -42,16 +47,26 @@ async def joined(url: str) -> bool:
         return (await client.info())["ipv4"]["good"] >= 1
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    group = ProcessGroup(tmp_path_factory.mktemp("job-mesh"))
+def two_nodes(root: Path, *other_options: str) -> Iterator[Mesh]:
+    group = ProcessGroup(root)
     try:
         seed = group.launch("dhtmesh")
-        other = group.launch("other", "-b", seed.udp)
+        other = group.launch("other", "-b", seed.udp, *other_options)
         asyncio.run(eventually(lambda: joined(other.url)))
         yield Mesh(group, seed, other)
     finally:
         group.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    yield from two_nodes(tmp_path_factory.mktemp("job-mesh"))
+
+
+@pytest.fixture
+def working_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    """Two nodes, the second a worker."""
+    yield from two_nodes(tmp_path / "working-mesh", "--worker")
 
 
 def submitted(result: subprocess.CompletedProcess) -> str:
@@ -145,3 +160,51 @@ def test_list_shows_the_signer_its_own_jobs_only(mesh: Mesh, tmp_path: Path) -> 
     submit = ("job", "submit", "--url", mesh.other.url, *owner)
     job_id = submitted(mesh.cli(*submit, "--function", DOUBLE, "--slices", "[]"))
     assert [job["jobId"] for job in document(mesh.cli("job", "list", "--url", mesh.seed.url, *owner))] == [job_id]
+
+
+async def basic_deploy(url: str, credential: str, body: dict) -> str:
+    """A job deployed as dcp-rest's clients deploy one: the identity file and its password, which the
+    node unlocks to sign the job's records itself."""
+    headers = {"Authorization": f"Basic {base64.b64encode(credential.encode()).decode()}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + paths.JOB_NEW, json=body, headers=headers) as response,
+    ):
+        assert response.status == 201, await response.text()
+        return (await response.json())["jobId"]
+
+
+def test_an_identity_owns_the_same_jobs_by_either_credential(mesh: Mesh, tmp_path: Path) -> None:
+    path = tmp_path / "owner.json"
+    new_identity(path, DHTMESH_PASSWORD="hunter2")
+    body = {"work": {"function": DOUBLE}, "slices": [1, 2]}
+    job_id = asyncio.run(basic_deploy(mesh.seed.url, f"{path.read_text()}:hunter2", body))
+    owner = ("-i", str(path))
+    listed = mesh.cli("job", "list", "--url", mesh.other.url, *owner, DHTMESH_PASSWORD="hunter2")
+    assert [job["jobId"] for job in document(listed)] == [job_id]
+    closed = mesh.cli("job", "close", "--url", mesh.seed.url, job_id, *owner, DHTMESH_PASSWORD="hunter2")
+    assert document(closed)["closed"] is True
+
+
+async def read_back(url: str, job_id: str) -> tuple[dict, list[dict]]:
+    """One slice's result, and the listen stream of a finished job (which ends)."""
+    async with Client(url) as client:
+        return await client.job_result(job_id, 20), [line async for line in client.listen_results(job_id)]
+
+
+def test_submit_waits_for_a_worker_to_compute_the_job(working_mesh: Mesh) -> None:
+    mesh = working_mesh
+    job = ("--function", DOUBLE, "--slices", json.dumps(list(range(20))))
+    waited = mesh.cli("job", "submit", "--url", mesh.seed.url, *job, "--wait", timeout=120)
+    job_id = submitted(waited)
+    status = json.loads(waited.stdout.splitlines()[1])
+    assert (status["status"], status["completedSlices"], status["totalSlices"]) == ("completed", 20, 20), status
+    assert waited.stderr == ""  # no bar: stderr is no terminal
+
+    results = document(mesh.cli("job", "results", "--url", mesh.other.url, job_id))
+    assert [(r["sliceNumber"], r["value"]) for r in results["results"]] == [(n, 2 * (n - 1)) for n in range(1, 21)]
+    some = document(mesh.cli("job", "results", "--url", mesh.seed.url, job_id, "--range", "3-4"))
+    assert [r["value"] for r in some["results"]] == [4, 6]
+    one, listened = asyncio.run(read_back(mesh.seed.url, job_id))
+    assert one["results"] == [{"sliceNumber": 20, "value": 38}]
+    assert sorted(line["sliceNumber"] for line in listened) == list(range(1, 21))
