@@ -96,6 +96,15 @@ def load_identity(path: Path, password: str | None = None) -> Identity:
     return _identity_in(document, password, f"identity file {path}")
 
 
+def is_sealed(text: str) -> bool:
+    """Whether an identity document's seed is sealed by a password (unlocking it costs Argon2id)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and "sealed_seed" in document
+
+
 def identity_from_text(text: str, password: str | None) -> Identity:
     """The identity an identity file's text holds (a credential that carries it, as dcp-rest's Basic
     auth carries a keystore). Its Argon2id costs may be no higher than the ones this package writes, so

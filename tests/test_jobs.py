@@ -23,6 +23,7 @@ from dhtmesh.testing.waiting import eventually
 pytestmark = pytest.mark.process
 
 WORKERS = 4
+WORKER = ("--worker", "--slice-memory", "64")  # a memory bomb reaches the limit soon
 LIAR = [sys.executable, "-m", "dhtmesh.testing.liar"]
 API = "/api/v0"
 DOUBLE = "x => x * 2"
@@ -41,8 +42,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("job-mesh")
     group = ProcessGroup(root)
     try:
-        first = group.launch("w0", "--worker")
-        workers = [first] + [group.launch(f"w{i}", "-b", first.udp, "--worker") for i in range(1, WORKERS)]
+        first = group.launch("w0", *WORKER)
+        workers = [first] + [group.launch(f"w{i}", "-b", first.udp, *WORKER) for i in range(1, WORKERS)]
         gateway = group.launch("gateway", "-b", first.udp)
         yield Mesh(group, workers, gateway, root)
     finally:
@@ -112,7 +113,7 @@ async def test_slices_added_after_deploy_run_and_ranges_return_exactly_what_is_a
     assert (await finished(mesh.gateway.url, job_id))["status"] == "completed"
     some = await results(mesh.gateway.url, job_id, "?range=2-3&range=5-9")
     assert [(r["sliceNumber"], r["value"]) for r in some["results"]] == [(2, 102), (3, 103), (5, 105)]
-    one = await results(mesh.gateway.url, job_id + "/4")
+    one = await results(mesh.gateway.url, job_id, "/4")
     assert one["results"] == [{"sliceNumber": 4, "value": 104}] and one["totalSlices"] == 5
     status, closed = await call(mesh.gateway.url, "POST", f"/job/{job_id}/slices", {"sliceData": [6]}, auth)
     assert status == 409 and "closed" in closed["err"]
@@ -177,14 +178,17 @@ async def test_a_loop_a_memory_bomb_a_throw_and_a_non_json_result_each_fail_thei
 async def test_a_cancelled_job_stops_its_running_slices(mesh: Mesh) -> None:
     auth = basic(Identity.generate(), mesh.root)
     spin = "x => { while (true) {} }"
+    before = [await counters(worker) for worker in mesh.workers]
     job_id = await deploy(
         mesh.gateway.url, auth, {"work": {"function": spin}, "slices": [1], "sliceTimeoutMs": 600_000}
     )
 
-    async def running() -> bool:
-        return any((await counters(worker)).get("jobs.slices_started", 0) for worker in mesh.workers)
 
-    before = [await counters(worker) for worker in mesh.workers]
+    async def running() -> bool:
+        now = [await counters(worker) for worker in mesh.workers]
+        started = "jobs.slices_started"
+        return any(n.get(started, 0) > b.get(started, 0) for n, b in zip(now, before, strict=True))
+
     await eventually(running, within=20)
     status, _ = await call(mesh.gateway.url, "DELETE", f"/job/{job_id}", {"reason": "enough"}, auth)
     assert status == 204
@@ -247,7 +251,7 @@ async def test_a_worker_killed_mid_job_loses_no_slice(mesh: Mesh) -> None:
     assert status["status"] == "completed"
     document = await results(mesh.gateway.url, job_id)
     assert [(r["sliceNumber"], r["value"]) for r in document["results"]] == [(n, n) for n in range(1, 301)]
-    mesh.workers[-1] = mesh.group.launch(f"w{WORKERS - 1}", "-b", mesh.workers[0].udp, "--worker")
+    mesh.workers[-1] = mesh.group.launch(f"w{WORKERS - 1}", "-b", mesh.workers[0].udp, *WORKER)
 
 
 async def test_the_deploying_node_killed_the_job_finishes_and_is_read_through_another(

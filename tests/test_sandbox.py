@@ -4,6 +4,7 @@ answers for results, throws, non-JSON, big results, runaway time and memory, a k
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def sandbox_pids() -> set[int]:
     return found
 
 
+def open_files(pid: int) -> set[str]:
+    """What the process's file descriptors point to (`socket:[INODE]` for a socket)."""
+    return {os.readlink(link) for link in Path(f"/proc/{pid}/fd").iterdir()}
+
+
 def values(outcomes: list[SliceOutcome]) -> list:
     return [orjson.loads(outcome.value) if outcome.value is not None else outcome.error for outcome in outcomes]
 
@@ -51,6 +57,12 @@ async def test_a_batch_gives_each_datum_its_result_in_order(pool: SandboxPool) -
     assert values(outcomes) == [x * 2 for x in range(1000)]
     assert all(outcome.error is None and outcome.cpu_ms >= 0 for outcome in outcomes)
     assert values(await pool.run(b"affine", "(x, a, b) => x * a + b", [10, 3], [0, 1, 2], 1000)) == [3, 13, 23]
+
+
+async def test_compiled_functions_are_cached_by_job_and_source(pool: SandboxPool) -> None:
+    for n in range(20):  # more jobs than the cache holds
+        assert values(await pool.run(bytes([n]), f"x => x + {n}", [], [1], 1000)) == [1 + n]
+    assert values(await pool.run(bytes([0]), "x => x - 1", [], [1], 1000)) == [0]  # same job, new text
 
 
 async def test_results_are_canonical_json(pool: SandboxPool) -> None:
@@ -70,6 +82,19 @@ async def test_an_infinite_loop_is_too_slow_and_the_other_slices_stand(pool: San
     assert outcomes[1].error.startswith("ESLICETOOSLOW")
 
 
+async def test_a_slice_has_its_whole_limit_even_when_its_batch_runs_over(pool: SandboxPool) -> None:
+    # 300 ms a slice, 500 ms the limit: the batch's call times out in the second slice, which runs again alone.
+    function = "x => { const t = Date.now(); while (Date.now() - t < 300); return x; }"
+    assert values(await pool.run(b"slowish", function, [], [0, 1, 2], 500)) == [0, 1, 2]
+
+
+async def test_timers_of_a_batch_end_with_it(pool: SandboxPool) -> None:
+    leave = "x => { setTimeout(() => { while (true); }, 100); return x; }"
+    assert values(await pool.run(b"leave", leave, [], [0], 1000)) == [0]
+    await asyncio.sleep(0.3)  # past the timer's delay
+    assert values(await pool.run(b"later", "x => x + 1", [], [1, 2], 1000)) == [2, 3]
+
+
 async def test_a_promise_that_never_settles_or_a_callback_that_never_ends_is_too_slow(pool: SandboxPool) -> None:
     never = "async (x) => { if (x === 1) await new Promise(() => {}); return x; }"
     assert [str(v)[:13] for v in values(await pool.run(b"never", never, [], [0, 1, 2], 300))] == [
@@ -87,6 +112,15 @@ async def test_a_memory_bomb_is_enomem_and_the_pool_goes_on(pool: SandboxPool) -
     outcomes = await pool.run(b"bomb", bomb, [], [0, 1, 2], 5000)
     assert values(outcomes)[0] == 0 and values(outcomes)[2] == 2
     assert outcomes[1].error.startswith("ENOMEM")
+    assert values(await pool.run(b"after", "x => x + 1", [], [1], 1000)) == [2]
+
+
+async def test_buffers_outside_the_heap_are_bounded_too(pool: SandboxPool) -> None:
+    buffers = "x => { const a = []; while (true) a.push(new Uint8Array(1e8)); }"
+    wasm = "x => { const m = new WebAssembly.Memory({initial: 1, maximum: 65536}); while (true) m.grow(1000); }"
+    outcomes = await pool.run(b"buffers", buffers, [], [0], 5000) + await pool.run(b"wasm", wasm, [], [0], 5000)
+    assert [outcome.error.split(":")[0] for outcome in outcomes] == ["ENOMEM", "EUNCAUGHT"]
+    assert "grow" in outcomes[1].error
     assert values(await pool.run(b"after", "x => x + 1", [], [1], 1000)) == [2]
 
 
@@ -116,17 +150,47 @@ async def test_check_compiles_without_running_and_gives_v8s_message(pool: Sandbo
         await pool.check("42")
     with pytest.raises(CompileError, match="in time"):
         await pool.check("(function () { while (true); })()")
+    with pytest.raises(CompileError, match="leaves code running"):
+        await pool.check("(Promise.resolve().then(() => { while (true); }), (x) => x)")
+    assert values(await pool.run(b"next", "x => x", [], [1], 1000)) == [1]
 
 
 async def test_a_work_function_has_no_io_globals_and_cannot_change_the_builtins(pool: SandboxPool) -> None:
-    names = ["require", "fetch", "process", "XMLHttpRequest", "WebSocket", "importScripts"]
+    names = ["require", "fetch", "process", "XMLHttpRequest", "WebSocket", "importScripts", "FinalizationRegistry"]
     function = f"() => {orjson.dumps(names).decode()}.map((name) => typeof globalThis[name])"
     [outcome] = await pool.run(b"globals", function, [], [0], 1000)
     assert orjson.loads(outcome.value) == ["undefined"] * len(names)
     assert values(await pool.run(b"progress", "x => progress()", [], [0], 1000)) == [True]
+    # The runner's source, which any function can read, does not hold the token its callers must give.
+    steal = "x => { try { return __dm(String(__dm).match(/[0-9a-f]{32}/)[0], 'take'); } catch (e) { return e.name; } }"
+    assert values(await pool.run(b"steal", steal, [], [0], 1000)) == ["TypeError"]
     tamper = "x => { Array.prototype.map = () => 'owned'; JSON.stringify = () => '1'; return [1].map((v) => v); }"
     assert values(await pool.run(b"tamper", tamper, [], [0], 1000)) == [[1]]
     assert values(await pool.run(b"victim", "x => [x].map((v) => v + 1)", [], [1], 1000)) == [[2]]
+
+
+async def test_code_that_assigns_over_a_frozen_builtin_still_works(pool: SandboxPool) -> None:
+    # The "override mistake": with frozen prototypes, these assignments would fail without taming.
+    subclass = "x => { class E extends Error { constructor(m) { super(m); this.name = 'E'; } }; return `${new E(x)}`; }"
+    own = "x => { function A() {} A.prototype.toString = () => 'A!'; return String(new A()); }"
+    assert values(await pool.run(b"subclass", subclass, [], ["m"], 1000)) == ["E: m"]
+    assert values(await pool.run(b"own", own, [], [0], 1000)) == ["A!"]
+
+
+async def test_a_callback_left_running_by_a_sync_slice_costs_only_its_batch(pool: SandboxPool) -> None:
+    stray = "x => { Promise.resolve().then(() => { while (true); }); return x; }"
+    outcomes = await pool.run(b"stray", stray, [], [0, 1], 1000)
+    assert all(outcome.error.startswith("ESANDBOX") for outcome in outcomes)
+    assert values(await pool.run(b"next", "x => x", [], [1], 1000)) == [1]
+
+
+async def test_a_child_does_not_inherit_the_nodes_sockets(pool: SandboxPool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        mine = f"socket:[{os.fstat(udp.fileno()).st_ino}]"
+        await pool.run(b"fds", "x => x", [], [0], 1000)
+        [pid] = sandbox_pids()
+        assert mine not in open_files(pid)
 
 
 async def test_a_killed_child_gives_esandbox_and_the_next_run_works(pool: SandboxPool) -> None:

@@ -9,9 +9,9 @@ wall-clock guard, past which the process is killed. `cancel(job)` kills the proc
 The protocol, over each child's stdin and stdout, is length-prefixed (4 bytes, big-endian) msgpack frames:
   to the child   {"op": "check", "function"} | {"op": "run", "job", "function", "args", "data", "timeout_ms"}
                  (`args` and `data` as JSON bytes)
-  from it        {"ok": true} | {"compile": message} | {"o": [[value, error, ms], ...], "bye": bool}
+  from it        {"ok": true} | {"compile": message, "bye"?: bool} | {"o": [[value, error, ms], ...], "bye": bool}
 A run's outcomes come in order, in as many frames as the child likes; `bye` says the child ends after this
-frame, and the slices it did not report are sent again to a new child if it made progress.
+frame (the slices of a run it did not report are sent again to a new child if it made progress).
 """
 
 import asyncio
@@ -158,7 +158,15 @@ class SandboxPool:
     async def check(self, function: str) -> None:
         """Compiles `function` in a sandbox without calling it; raises CompileError with V8's message."""
         run = _Run(job=b"")
-        child = await self._acquire(run)
+        try:
+            child = await self._acquire(run)
+            answer = await self._check(child, function)
+        finally:
+            self._runs.discard(run)
+        if "compile" in answer:
+            raise CompileError(answer["compile"])
+
+    async def _check(self, child: _Child, function: str) -> dict:
         try:
             await child.send({"op": "check", "function": function})
             answer = await child.receive(CHECK_TIMEOUT + GRACE)
@@ -168,26 +176,27 @@ class SandboxPool:
         except BaseException:
             await self._retire(child)
             raise
-        finally:
-            self._runs.discard(run)
-        self._release(child)
-        if "compile" in answer:
-            raise CompileError(answer["compile"])
+        if answer.get("bye"):
+            await self._retire(child)
+        else:
+            self._release(child)
+        return answer
 
     async def run(self, job: bytes, function: str, args: list, data: list, timeout_ms: int) -> list[SliceOutcome]:
         """One outcome per datum, in order. Raises CompileError, Cancelled, or SandboxError if the pool is
         closed or `args` or `data` are not JSON."""
         timeout_ms = max(1, min(timeout_ms, self._max_slice_ms))
         try:
-            encoded_args = orjson.dumps(args)
-            orjson.dumps(data)
+            encoded_args, encoded_data = orjson.dumps(args), orjson.dumps(data)
         except TypeError as error:
             raise SandboxError(f"args or data are not JSON: {error}") from None
         run = _Run(job=job)
         try:
             while len(run.outcomes) < len(data):
+                if run.outcomes:  # a child ended after some of the batch: the rest goes to a new one
+                    encoded_data = orjson.dumps(data[len(run.outcomes) :])
                 request = {"op": "run", "job": job, "function": function, "args": encoded_args}
-                request |= {"data": orjson.dumps(data[len(run.outcomes) :]), "timeout_ms": timeout_ms}
+                request |= {"data": encoded_data, "timeout_ms": timeout_ms}
                 if not await self._batch(run, request, len(data), timeout_ms):
                     lost = SliceOutcome(None, "ESANDBOX: the sandbox process was lost", 0.0)
                     run.outcomes += [lost] * (len(data) - len(run.outcomes))
@@ -200,7 +209,8 @@ class SandboxPool:
         progress (the rest then gets ESANDBOX)."""
         child = await self._acquire(run)
         before = len(run.outcomes)
-        guard = 2 * timeout_ms / 1000 + GRACE  # a slice may run twice: in its batch, then alone
+        # Between two frames a child may load the data, run a segment, then its slowest slice again alone.
+        guard = 3 * timeout_ms / 1000 + GRACE
         try:
             await child.send(request)
             while len(run.outcomes) < count:
@@ -247,7 +257,7 @@ class SandboxPool:
         if slot is None or not slot.alive:
             slot = await self._spawn(slot)
         run.child = slot
-        if run.cancelled:
+        if run.cancelled:  # while its process started
             await self._retire(slot)
             raise Cancelled("the job was cancelled")
         return slot
@@ -257,6 +267,9 @@ class SandboxPool:
             await self._stop(dead)
         try:
             child = await _Child.start(self._memory_mib)
+        except OSError as error:
+            self._release(None)
+            raise SandboxError(f"cannot start a sandbox process: {error}") from error
         except BaseException:
             self._release(None)
             raise

@@ -9,12 +9,14 @@ times out, runs out of memory or returns a promise takes the slower paths.
 """
 
 import os
+import resource
 import secrets
 import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
@@ -28,21 +30,44 @@ CHECK_TIMEOUT = 1.0  # s a function text may take to evaluate to a function
 # After a batch, the context must answer this fast: a promise or timer callback the batch left behind that
 # still runs would otherwise be charged to the next batch, another job's maybe.
 IDLE_TIMEOUT = 1.0
+RAN_ENOUGH = 0.9  # of its time limit: a slice that ran this long before its call timed out is too slow
 HEADER = struct.Struct(">I")
+# ArrayBuffers (typed arrays, WebAssembly memories) live outside V8's heap, so the heap limit misses them:
+# the process's data size is capped instead, this much above what it uses once V8 is up (and over
+# `memory_mib` twice: heap and buffers), and V8 throws this when a buffer does not fit.
+HEADROOM = 256 * 1024 * 1024
+BUFFER_FAILED = "RangeError: Array buffer allocation failed"
 
-# The runner: every call into V8 is `__dm(TOKEN, op, ...)`. The token is drawn per context and only appears
-# in the source of our own calls, so a work function (or a timer it left behind) cannot drive the runner.
-# State lives in the closure. Outcomes: [0, json, ms] a result, [1, message, ms] a throw, [2, message, ms]
+# The runner: every call into V8 is `__dm(TOKEN, op, ...)`. The token is drawn per context, given by the
+# first call (so that it is not in the runner's source, which any function can read with toString) and
+# then only in the source of our own calls: a work function, or a timer it left behind, cannot drive the
+# runner. State lives in the closure. Outcomes: [0, json, ms] a result, [1, message, ms] a throw, [2, message, ms]
 # not JSON, [3, "", ms] too big already in V8.
 RUNNER = r"""
 (() => {
   'use strict';
-  const TOKEN = %(token)s, CACHE = %(cache)d, MAX_JS = %(max_js)d;
+  const CACHE = %(cache)d, MAX_JS = %(max_js)d, MAX_MESSAGE = 1000;
+  let TOKEN;
   const fns = new Map();
   const indirectEval = eval;
   let batch = null;
+  // mini-racer's setTimeout keeps its state on a global object a work function could rewrite: these keep
+  // theirs here (and a delay of 0 does not throw: waitAsync then answers synchronously). A batch's timers
+  // that have not fired when it ends never do: they would run in the next batch's time, another job's.
+  const waitAsync = Atomics.waitAsync, live = new Set();
+  let next = 1;
+  globalThis.setTimeout = (fn, delay, ...args) => {
+    const id = next++, wait = waitAsync(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(0, +delay || 0));
+    live.add(id);
+    (wait.async ? wait.value : Promise.resolve()).then(() => { if (live.delete(id)) fn(...args); });
+    return id;
+  };
+  globalThis.clearTimeout = (id) => { live.delete(id); };
+  globalThis.__timer_manager = undefined;
   const describe = (e) => {
-    try { return (e instanceof Error) ? `${e.name}: ${e.message}` : String(e); } catch { return 'unprintable error'; }
+    let text;
+    try { text = (e instanceof Error) ? `${e.name}: ${e.message}` : String(e); } catch { text = 'unprintable error'; }
+    return text.length > MAX_MESSAGE ? text.slice(0, MAX_MESSAGE) + '...' : text;
   };
   const encode = (value, ms) => {
     let text;
@@ -65,7 +90,7 @@ RUNNER = r"""
   const go = (limit) => {
     const b = batch;
     for (const end = Math.min(b.data.length, b.at + limit); b.at < end; b.at++) {
-      const started = Date.now();
+      const started = b.began = Date.now();
       let result;
       try {
         result = b.fn(b.data[b.at], ...b.args);
@@ -86,16 +111,18 @@ RUNNER = r"""
   const ops = {
     compile,
     start: (key, args, data) => {
-      batch = {fn: fns.get(key).fn, args: JSON.parse(args), data: JSON.parse(data), at: 0, out: [], pending: -1};
-      return go(Infinity);
+      batch = {fn: fns.get(key).fn, args: JSON.parse(args), data: JSON.parse(data), at: 0, out: [], pending: -1,
+               began: null};
+      return '';
     },
     go: (limit) => go(limit),
     // Gives up on the slice running (a timeout, a promise never settled): the caller records its outcome.
     skip: () => { batch.pending = -1; batch.at++; return ''; },
-    take: () => { const out = batch.out; batch.out = []; return JSON.stringify([batch.at, batch.pending, out]); },
-    idle: () => '',
+    take: () => { const out = batch.out; batch.out = []; return JSON.stringify([batch.pending, batch.began, out]); },
+    idle: () => { live.clear(); return ''; },
   };
   return (token, op, ...rest) => {
+    if (TOKEN === undefined) TOKEN = token;
     if (token !== TOKEN) throw new Error('not the runner\'s caller');
     return ops[op](...rest);
   };
@@ -122,19 +149,39 @@ LOCKDOWN = r"""
       }
     }
   };
-  // mini-racer's setTimeout keeps its state on a global object a work function could rewrite: these
-  // keep theirs in a closure (and a delay of 0 does not throw: waitAsync then answers synchronously).
-  const waitAsync = Atomics.waitAsync, live = new Set();
-  let next = 1;
-  globalThis.setTimeout = (fn, delay, ...args) => {
-    const id = next++, wait = waitAsync(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.max(0, +delay || 0));
-    live.add(id);
-    (wait.async ? wait.value : Promise.resolve()).then(() => { if (live.delete(id)) fn(...args); });
-    return id;
-  };
-  globalThis.clearTimeout = (id) => { live.delete(id); };
-  globalThis.__timer_manager = undefined;
   globalThis.progress = () => true;  // DCP's progress(): a no-op here
+  // Ways to have code run later, outside any call of ours and so outside every time limit, other than
+  // the runner's setTimeout (whose timers end with their batch).
+  delete Atomics.waitAsync;
+  delete globalThis.FinalizationRegistry;
+  // Frozen prototypes would make `this.name = ...` in an Error subclass, or `A.prototype.toString = ...`,
+  // fail (the "override mistake"): these few properties become accessors whose setter defines the property
+  // on the object assigned to, as SES does.
+  const later = [];
+  const tame = (proto, keys) => {
+    for (const key of keys) {
+      const d = Reflect.getOwnPropertyDescriptor(proto, key);
+      if (d === undefined || !('value' in d) || !d.configurable) continue;
+      const value = d.value;
+      later.push(value);  // frozen after every prototype is tamed: freezing one freezes its chain
+      Object.defineProperty(proto, key, {
+        get() { return value; },
+        set(replacement) {
+          if (this === proto) throw new TypeError(`Cannot assign to read only property '${String(key)}'`);
+          Object.defineProperty(this, key, {value: replacement, writable: true, enumerable: true, configurable: true});
+        },
+        enumerable: d.enumerable, configurable: false,
+      });
+    }
+  };
+  tame(Object.prototype, ['constructor', 'toString', 'valueOf', 'toLocaleString', 'hasOwnProperty']);
+  tame(Function.prototype, ['constructor', 'toString']);
+  tame(Array.prototype, ['constructor', 'toString']);
+  tame(Promise.prototype, ['constructor']);
+  for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, AggregateError]) {
+    tame(E.prototype, ['constructor', 'name', 'message', 'toString']);
+  }
+  later.forEach(harden);
   harden(globalThis);
   return '';
 })()
@@ -165,19 +212,20 @@ class Context:
     def __init__(self, memory_mib: int) -> None:
         self.memory_mib = memory_mib
         self._token = ""
-        self._racer = self._open()
+        self._open()
 
-    def _open(self) -> MiniRacer:
+    def _open(self) -> None:
         racer = MiniRacer()
         racer.set_hard_memory_limit(self.memory_mib * 1024 * 1024)
         self._token = secrets.token_hex(16)
-        script = RUNNER % {"token": orjson.dumps(self._token).decode(), "cache": CACHE_SIZE, "max_js": 4 * MAX_RESULT}
+        script = RUNNER % {"cache": CACHE_SIZE, "max_js": 4 * MAX_RESULT}
         racer.eval(f"globalThis.__dm = {script}; {LOCKDOWN}")
-        return racer
+        self._racer = racer
+        self.call("idle", timeout=IDLE_TIMEOUT)  # the first call: it sets the token
 
     def renew(self) -> None:
         self._racer.close()
-        self._racer = self._open()
+        self._open()
 
     def call(self, op: str, *args: Any, timeout: float) -> Any:
         """The runner's `op`. An eval, not a JS function call: only an eval's timeout still works while the
@@ -197,6 +245,14 @@ class Context:
         if message:
             raise CompileFailed(message)
 
+    def settled(self) -> bool:
+        """Whether the context answers: not when a callback left by the code it last ran runs on."""
+        try:
+            self.call("idle", timeout=IDLE_TIMEOUT)
+        except JSTimeoutException:
+            return False
+        return True
+
     def out_of_memory(self) -> bool:
         return self._racer.was_hard_memory_limit_reached()
 
@@ -215,6 +271,8 @@ def outcome_of(raw: list) -> Outcome:
     kind, text, ms = raw
     if kind == 0:
         return canonical(text, ms)
+    if kind == 1 and text.startswith(BUFFER_FAILED):
+        return Outcome(None, f"ENOMEM: {text}", ms)
     if kind == 1:
         return Outcome(None, f"EUNCAUGHT: {text}", ms)
     if kind == 2:
@@ -243,6 +301,7 @@ class Batch:
         self._timeout: float = request["timeout_ms"] / 1000
         self._outcomes: list[Outcome] = []
         self._sent = 0
+        self._began: float | None = None  # when the slice running began, by the runner's clock (ms, epoch)
 
     def run(self) -> None:
         """Raises CompileFailed, or Stuck after sending what is known."""
@@ -261,38 +320,49 @@ class Batch:
         self._context.compile(self._job, self._function)
         rest = orjson.dumps(self._data[len(self._outcomes) :]).decode()
         started = time.monotonic()
-        call_from = len(self._outcomes)
+        self._quick("start", self._job, self._args, rest, timeout=IDLE_TIMEOUT + self._timeout)  # parses the data
         try:
-            state = self._context.call("start", self._job, self._args, rest, timeout=self._timeout)
+            state = self._context.call("go", 1e9, timeout=self._timeout)
             while True:
-                self._settle() if state == "async" else self._collect()
+                if state == "async":
+                    self._settle()
+                else:
+                    self._collect()
                 if state == "done":
                     return
-                started, call_from = time.monotonic(), len(self._outcomes)
+                started = time.monotonic()
                 state = self._context.call("go", 1e9, timeout=self._timeout)
         except JSTimeoutException:
             self._collect()
-            if len(self._outcomes) == call_from:  # the slice had the whole time to itself
+            if self._ran_its_time():
                 self._give_up(f"ESLICETOOSLOW: slice ran over {self._timeout * 1000:.0f} ms")
             else:
                 self._retry_alone()
         except JSOOMException:
             self._out_of_memory(started)
 
-    def _quick(self, op: str) -> Any:
-        """A call that only reads or sets the runner's state: if it times out, a callback left behind by
-        some slice runs on, and only ending this process stops it."""
+    def _quick(self, op: str, *args: Any, timeout: float = IDLE_TIMEOUT) -> Any:
+        """A call that runs no work function: if it times out, a callback left behind by some slice runs
+        on, and only ending this process stops it."""
         try:
-            return self._context.call(op, timeout=IDLE_TIMEOUT)
+            return self._context.call(op, *args, timeout=timeout)
         except JSTimeoutException:
             self._flush(bye=True)
             raise Stuck from None
 
     def _collect(self, taken: str | None = None) -> int:
         """Takes the outcomes the runner holds; the index of the slice whose promise is awaited, else -1."""
-        _, pending, raw = orjson.loads(taken if taken is not None else self._quick("take"))
+        pending, self._began, raw = orjson.loads(taken if taken is not None else self._quick("take"))
         self._outcomes.extend(outcome_of(item) for item in raw)
         return pending
+
+    def _ran_its_time(self) -> bool:
+        """Whether the slice running when a call timed out had (nearly) the whole limit to itself; if not
+        (slices before it in the call, or a callback of an earlier batch that delayed the call), it gets
+        one more try alone."""
+        if self._began is None:  # the call was held up before its first slice
+            return False
+        return time.time() * 1000 - self._began >= RAN_ENOUGH * self._timeout * 1000
 
     def _settle(self) -> None:
         """Waits for the promise the slice returned, polling the context (timers and callbacks run between
@@ -324,8 +394,10 @@ class Batch:
     def _retry_alone(self) -> None:
         started = time.monotonic()
         try:
-            state = self._context.call("go", 1, timeout=self._timeout)
-            self._settle() if state == "async" else self._collect()
+            if self._context.call("go", 1, timeout=self._timeout) == "async":
+                self._settle()
+            else:
+                self._collect()
         except JSTimeoutException:
             self._collect()
             self._give_up(f"ESLICETOOSLOW: slice ran over {self._timeout * 1000:.0f} ms")
@@ -365,6 +437,7 @@ def write_frame(stream: BinaryIO, message: dict) -> None:
 
 def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
     context = Context(memory_mib)
+    cap_data_size(memory_mib)
 
     def send(outcomes: list[Outcome], bye: bool) -> None:
         write_frame(replies, {"o": [outcome.wire() for outcome in outcomes], "bye": bye})
@@ -373,6 +446,9 @@ def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
         try:
             if request["op"] == "check":
                 context.compile("check", request["function"])
+                if not context.settled():
+                    write_frame(replies, {"compile": "work function leaves code running once evaluated", "bye": True})
+                    return
                 write_frame(replies, {"ok": True})
             else:
                 Batch(context, send, request).run()
@@ -380,6 +456,18 @@ def serve(requests: BinaryIO, replies: BinaryIO, memory_mib: int) -> None:
             write_frame(replies, {"compile": str(error)})
         except Stuck:
             return
+
+
+def cap_data_size(memory_mib: int) -> None:
+    """Caps the process's data segment (RLIMIT_DATA) above what it uses now; Linux only (/proc)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return
+    used_kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmData:")), None)
+    if used_kib is not None:
+        cap = used_kib * 1024 + 2 * memory_mib * 1024 * 1024 + HEADROOM
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
 def main() -> None:

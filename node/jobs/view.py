@@ -140,19 +140,20 @@ class JobView:
         if self.tallies[record.index].add(RESULT.id_of(record), record, self.job):
             self._notify()
 
-    async def update(self, job: JobRecord) -> None:
-        """The job's newer record: more batches (followed), closed or cancelled."""
+    def take(self, job: JobRecord) -> bool:
+        """The job's newer record (more batches, closed, cancelled); whether it has result keys to follow."""
         if job.job_id != self.job_id or len(job.batches) < len(self.tallies):
-            return
-        self.tallies += [
-            BatchTally(first, count)
-            for first, count in list(zip(job.firsts(), job.batches, strict=True))[len(self.tallies) :]
-        ]
+            return False
+        firsts = job.firsts()
+        for index in range(len(self.tallies), len(job.batches)):
+            self.tallies.append(BatchTally(firsts[index], job.batches[index]))
         self.job = job
-        if self._read:
-            async with self._opened:
-                await self._follow_new_keys()
         self._notify()
+        return self._read
+
+    async def follow_new_keys(self) -> None:
+        async with self._opened:
+            await self._follow_new_keys()
 
     def _notify(self) -> None:
         self._change.set()
@@ -269,8 +270,8 @@ class JobBook:
         if job.cancelled and self.on_cancel is not None:
             self.on_cancel(job.job_id)
         view = self._followed.get(job.job_id)
-        if view is not None:
-            self._updates.spawn(view.update(job))
+        if view is not None and view.take(job):
+            self._updates.spawn(view.follow_new_keys())
         self._change.set()
         self._change = asyncio.Event()
 

@@ -130,19 +130,30 @@ class Worker:
             batch = await self._batch(view, index)
             data = [orjson.loads(batch.data[n - tally.first]) for n in numbers]
             self._node.counters.add("jobs.slices_started", len(numbers))
-            async with asyncio.TaskGroup() as group:  # the lease is renewed for as long as the slices run
-                renewing = group.create_task(self._renew(view.job_id, index), name="job_lease_renewal")
-                try:
-                    outcomes = await self._pool.run(
-                        job.job_id, job.spec.function, orjson.loads(job.spec.args), data, job.spec.slice_timeout_ms
-                    )
-                finally:
-                    renewing.cancel()
+            # Renewed for as long as the slices run; cancelled and awaited below, whatever the run does (a
+            # TaskGroup would wrap a `Cancelled` from the run in an ExceptionGroup).
+            renewing = asyncio.create_task(self._renew(view.job_id, index), name="job_lease_renewal")
+            try:
+                outcomes = await self._pool.run(
+                    job.job_id, job.spec.function, orjson.loads(job.spec.args), data, job.spec.slice_timeout_ms
+                )
+            finally:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
             await self._publish(view, index, numbers, outcomes)
             self._node.counters.add("jobs.slices_computed", len(numbers))
         finally:
-            await self._put_lease(view.job_id, index, 0.0)  # given back: the batch may go on elsewhere
-            self._lease_seq.pop((view.job_id, index), None)
+            await self._give_back(view.job_id, index)
+
+    async def _give_back(self, job_id: bytes, index: int) -> None:
+        """End the lease now, so the batch may go on elsewhere (if this fails, it lapses by itself)."""
+        try:
+            await self._put_lease(job_id, index, 0.0)
+        except (NodeError, InvalidValue) as error:
+            self._node.counters.add("jobs.leases_not_given_back")
+            log.info("lease on batch %d of job %s lapses instead: %s", index, job_id.hex(), error)
+        finally:
+            self._lease_seq.pop((job_id, index), None)
 
     async def _lease(self, view: JobView, index: int, wanted: int) -> bool:
         """Take a lease on the batch if fewer live leases than `wanted` are held by others."""
@@ -172,7 +183,11 @@ class Worker:
     async def _renew(self, job_id: bytes, index: int) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
-            await self._put_lease(job_id, index, LEASE_SECONDS)
+            try:
+                await self._put_lease(job_id, index, LEASE_SECONDS)
+            except (NodeError, InvalidValue) as error:  # the next renewal may pass; else it lapses, harmlessly
+                self._node.counters.add("jobs.lease_renewals_failed")
+                log.info("lease on batch %d of job %s not renewed: %s", index, job_id.hex(), error)
 
     async def _batch(self, view: JobView, index: int) -> BatchRecord:
         """The batch's data, as its owner signed it (another signer's value under its key is ignored)."""

@@ -287,8 +287,7 @@ def decode_lease(data: bytes) -> LeaseRecord:
 LEASE = RecordKind(
     LEASE_TYPE, LEASE_MAX, "a lease", decode_lease,
     lambda lease: lease_record_id(lease.worker_id, lease.job_id, lease.index),
-    key_of=lambda lease: lease_key(lease.job_id, lease.index), signer="its worker",
-    follows=lambda current, incoming: incoming.until >= current.until,
+    key_of=lambda lease: lease_key(lease.job_id, lease.index), signer="its worker",  # any next one: renewed, given back
     anchor=lambda lease: lease.until // 1000 + 1 - int(LEASE_MAX), signer_of=lambda lease: lease.worker_id,
 )  # fmt: skip
 
