@@ -108,7 +108,7 @@ class JobRoutes:
         try:
             value = value_from_json(orjson.loads(text))
             job = decode_job(value.data) if value.type == JOB_TYPE else None
-            if job is None or job.job_id.hex() != job_id.lower():
+            if job is None or job.job_id.hex() != job_id.lower().removeprefix("0x"):
                 raise BadAnswer(f"the node gave a record that is not job {job_id}'s")
             check_value(JOBS.key_for(job.job_id), value)
         except (orjson.JSONDecodeError, ValueJsonError, InvalidValue) as error:
