@@ -11,6 +11,8 @@ last test has a mesh of its own, with a worker, and waits for a job to be comput
 import asyncio
 import base64
 import json
+import os
+import pty
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import pytest
 from dhtmesh.api import paths
 from dhtmesh.client import BadJob, Client
 from dhtmesh.node.records.job import decode_job
-from dhtmesh.testing import NodeProcess, ProcessGroup, eventually, run_cli
+from dhtmesh.testing import DHTMESH, NodeProcess, ProcessGroup, eventually, run_cli
 
 from support import assert_one_line_error, new_identity
 
@@ -186,6 +188,26 @@ def test_an_identity_owns_the_same_jobs_by_either_credential(mesh: Mesh, tmp_pat
     assert document(closed)["closed"] is True
 
 
+def on_a_terminal(*args: str) -> tuple[str, str]:
+    """`dhtmesh ARGS` run with its stderr on a terminal (a pseudo-terminal's): what it printed on
+    stdout, and on the terminal."""
+    terminal, stderr = pty.openpty()
+    try:
+        ran = subprocess.run([*DHTMESH, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120)
+    finally:
+        os.close(stderr)
+    shown = b""
+    try:
+        while piece := os.read(terminal, 4096):
+            shown += piece
+    except OSError:  # EIO: the terminal's other side is closed and all it held was read
+        pass
+    finally:
+        os.close(terminal)
+    assert ran.returncode == 0, shown
+    return ran.stdout, shown.decode()
+
+
 async def read_back(url: str, job_id: str) -> tuple[dict, list[dict]]:
     """One slice's result, and the listen stream of a finished job (which ends)."""
     async with Client(url) as client:
@@ -208,3 +230,9 @@ def test_submit_waits_for_a_worker_to_compute_the_job(working_mesh: Mesh) -> Non
     one, listened = asyncio.run(read_back(mesh.seed.url, job_id))
     assert one["results"] == [{"sliceNumber": 20, "value": 38}]
     assert sorted(line["sliceNumber"] for line in listened) == list(range(1, 21))
+
+    # On a terminal, the completed slices are a bar, ended with a newline before the status is printed.
+    own = ("--persist", str(mesh.seed.data_dir))
+    printed, shown = on_a_terminal("job", "submit", "--url", mesh.seed.url, *own, *job, "--wait")
+    assert json.loads(printed.splitlines()[1])["status"] == "completed"
+    assert shown.startswith("\r[") and shown.endswith(f"\r[{'#' * 30}] 20/20\r\n"), repr(shown)
