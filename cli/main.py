@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable
 
 from dhtmesh import __version__
-from dhtmesh.cli import blob, client, farmer, identity, logs, run
+from dhtmesh.cli import blob, client, farmer, identity, job, logs, run
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.url import add_url, proxy_url
 
@@ -122,6 +122,13 @@ def build_parser() -> Parser:
         "With a progress bar on stderr (-q: none).",
         blob.add_arguments,
         blob.command,
+    )
+    command(
+        "job",
+        "deploy and follow jobs computed by the mesh's workers",
+        "dcp-rest's jobs: a JavaScript work function over slices of JSON data, signed by the job's owner.",
+        job.add_arguments,
+        job.command,
     )
     command(
         "identity",

@@ -1,5 +1,5 @@
 """`Client`: the proxy's routes as typed async methods — the node, keys and values, push — with the
-farmer routes (`FarmerRoutes`) and blobs (`BlobRoutes`) mixed in from their own modules."""
+farmer routes (`FarmerRoutes`), blobs (`BlobRoutes`) and jobs (`JobRoutes`) mixed in from their own modules."""
 
 from collections.abc import AsyncGenerator
 from types import TracebackType
@@ -11,13 +11,14 @@ from dhtmesh.api.value_json import ValueJsonError, value_from_json, value_to_jso
 from dhtmesh.client.blobs import BlobRoutes
 from dhtmesh.client.errors import BadAnswer
 from dhtmesh.client.farmers import FarmerRoutes
+from dhtmesh.client.jobs import JobRoutes
 from dhtmesh.client.transport import ANSWER_SECONDS, Transport, line_document
 from dhtmesh.node.values.value import Value
 
 Key = str | bytes  # a string is hashed as OpenDHT's clients hash it; 20 bytes are the key itself
 
 
-class Client(FarmerRoutes, BlobRoutes):
+class Client(FarmerRoutes, BlobRoutes, JobRoutes):
     """A client of the proxy at `url` (`http://HOST:PORT`); open it with `async with Client(url) as c`.
     `timeout`: the seconds a plain answer may take (a stream, a blob, has no limit), else `TimedOut`."""
 

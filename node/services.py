@@ -100,7 +100,8 @@ class Services:
         for name, loop in extra:
             self.loops.start(name, loop)
         if self.worker is not None:
-            self.loops.start("job_worker", self.worker.run)
+            for slot in range(self.worker.slots):
+                self.loops.start("job_slot", self.worker.slot, str(slot))
         if self.farming is None or self.keeper is None:
             return
         farming = self.farming
@@ -112,6 +113,8 @@ class Services:
 
     async def stop(self) -> None:
         await self.loops.close()
+        if self.worker is not None:
+            await self.worker.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
         await self.jobs.close()

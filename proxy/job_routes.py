@@ -268,7 +268,7 @@ JOB_ROUTES: list[Route] = [
     ),
     Route(
         "GET", paths.JOBS, list_jobs, "the caller's jobs (the newest 32), with their status",
-        replies={200: "a list of statuses", 401: "missing or bad credential"}, headers=_AUTH,
+        replies={200: "a list of statuses", 401: "missing or bad credential"}, headers=_AUTH, json_type="array",
     ),
     Route(
         "GET", paths.JOBS_COUNT, count_jobs, "how many jobs the caller has",
@@ -276,6 +276,6 @@ JOB_ROUTES: list[Route] = [
     ),
     Route(
         "GET", paths.ACCOUNTS, accounts, "the identities this node holds",
-        replies={200: "`[{name, address, balance}]`"},
+        replies={200: "`[{name, address, balance}]`"}, json_type="array",
     ),
 ]  # fmt: skip

@@ -37,6 +37,11 @@ PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
         "a blob's id: 64 lowercase hex characters (the Merkle root over its chunks)",
         {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     ),
+    "job_id": (
+        "a job's id: 40 hex characters (0x before them is taken too)",
+        {"type": "string", "pattern": "^(0x)?[0-9a-fA-F]{40}$"},
+    ),
+    "slice_number": ("a slice's number, from 1", {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}),
 }
 STANDARD_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 JSON = "application/json"
@@ -57,6 +62,7 @@ class RouteLike(Protocol):
     media: str | None
     body_media: str
     headers: dict[str, str]
+    json_type: str
 
 
 def document(routes: Iterable[RouteLike]) -> dict[str, Any]:
@@ -115,7 +121,7 @@ def _content(route: RouteLike, status: int) -> dict[str, Any]:
         return {}
     if route.streams:
         return {"content": {route.media: {}}}  # one JSON document per line: no single schema fits
-    schema = {"type": "object"} if route.media == JSON else {"type": "string"}
+    schema = {"type": route.json_type} if route.media == JSON else {"type": "string"}
     return {"content": {route.media: {"schema": schema}}}
 
 

@@ -60,6 +60,7 @@ class Route:
     body_media: str = JSON  # the type of the request body, when there is one
     headers: dict[str, str] = field(default_factory=dict)  # request headers it reads: name, meaning
     failure: str | None = None  # dataserv's label before a refusal's text ("Ping Failed"), see errors.py
+    json_type: str = "object"  # what a successful JSON reply is (dcp-rest's lists: "array")
 
 
 def served_paths(path: str) -> tuple[str, ...]:

@@ -22,11 +22,30 @@ from aiohttp import web
 
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
-from dhtmesh.node.records import RESERVED_TYPES
+from dhtmesh.node.records import RESERVED_TYPES, outvote
 from dhtmesh.node.records.audit import AUDIT_TYPE, AuditEntry, AuditLog, Outcome, audits_key
 from dhtmesh.node.records.blob import BLOB_MANIFEST_TYPE, Manifest, blob_key, blob_value_id
 from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_key, farmer_value_id
 from dhtmesh.node.records.holding import HOLDING_TYPE, Holding, chunk_key
+from dhtmesh.node.records.job import (
+    BATCH,
+    BATCH_TYPE,
+    JOB,
+    JOB_TYPE,
+    LEASE,
+    LEASE_TYPE,
+    RESULT,
+    RESULT_TYPE,
+    BatchRecord,
+    JobRecord,
+    JobSpec,
+    LeaseRecord,
+    ResultRecord,
+    SliceResult,
+    job_id_of,
+)
+from dhtmesh.node.records.kind import value_id_of
+from dhtmesh.node.records.outvote import OUTVOTE_TYPE, Outvote, OutvoteLog
 from dhtmesh.proxy.app import LISTENS_PER_CLIENT
 from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
 from dhtmesh.testing import NodeProcess
@@ -53,15 +72,28 @@ async def values_under(session: aiohttp.ClientSession, url: str, key_path: str) 
 
 def records_for(node_id: bytes) -> dict[int, tuple[bytes, int, bytes]]:
     """A well-formed record of every reserved type that the node's own key would make valid: its farmer
-    record, a holding of a chunk it lacks, an audit log failing another farmer, a manifest. Each as
-    (key, value id, data)."""
+    record, a holding of a chunk it lacks, an audit log failing another farmer, a manifest, a job of
+    its own with a batch, a lease and a forged result, an outvote of another worker. Each as (key, value
+    id, data)."""
     now = int(time.time())
     root, blob_id, victim = os.urandom(32), os.urandom(32), os.urandom(20)
     entry = AuditEntry(root, blob_id, 1000, os.urandom(16), (0,), Outcome.FAILED, now)
     manifest = Manifest((root,), (1000,))
     own_id = farmer_value_id(node_id)
     farmer = FarmerRecord(node_id, node_address(node_id), now, now)
+    spec = JobSpec("x => x", b"[]")
+    nonce = os.urandom(16)
+    job = JobRecord(job_id_of(node_id, nonce), node_id, nonce, now, spec, (1,), updated=now)
+    batch = BatchRecord(job.job_id, node_id, 0, now, (b"1",))
+    lease = LeaseRecord(node_id, job.job_id, 0, now * 1000, now * 1000 + 5000)
+    result = ResultRecord(node_id, job.job_id, 0, 0, now, (SliceResult(1, b"99", None, 1),))
+    outvoted = OutvoteLog(node_id, victim, (Outvote(job.job_id, 1, now),))
     return {
+        JOB_TYPE: (JOB.key_for(job), value_id_of(job.job_id), job.encode()),
+        BATCH_TYPE: (BATCH.key_for(batch), value_id_of(BATCH.id_of(batch)), batch.encode()),
+        LEASE_TYPE: (LEASE.key_for(lease), value_id_of(LEASE.id_of(lease)), lease.encode()),
+        RESULT_TYPE: (RESULT.key_for(result), value_id_of(RESULT.id_of(result)), result.encode()),
+        OUTVOTE_TYPE: (outvote.KIND.key_for(outvoted), own_id, outvoted.encode()),
         FARMER_VALUE_TYPE: (farmer_key(node_id), own_id, farmer.encode()),
         HOLDING_TYPE: (chunk_key(root), own_id, Holding(node_id, root, 1000, blob_id, now).encode()),
         AUDIT_TYPE: (audits_key(victim), own_id, AuditLog(node_id, victim, (entry,)).encode()),

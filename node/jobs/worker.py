@@ -41,6 +41,7 @@ from dhtmesh.node.records.job import (
     lease_key,
 )
 from dhtmesh.node.records.kind import InvalidRecord
+from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,18 @@ class Worker:
         self._lease_seq: dict[tuple[bytes, int], int] = {}
         self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
         self._reporter = Reporter(node)
+        self._renewals = TaskSet(node.counters)
         book.on_cancel = pool.cancel
 
-    async def run(self) -> None:
-        """The worker's slots, until cancelled."""
-        async with asyncio.TaskGroup() as slots:
-            for number in range(self._slots):
-                slots.create_task(self._slot(), name=f"job_slot_{number}")
+    @property
+    def slots(self) -> int:
+        return self._slots
 
-    async def _slot(self) -> None:
+    async def close(self) -> None:
+        await self._renewals.close()
+
+    async def slot(self) -> None:
+        """One slot's loop (the node's supervisor runs one per sandbox), until cancelled."""
         while True:
             choice = await self._choose()
             if choice is None:
@@ -132,7 +136,7 @@ class Worker:
             self._node.counters.add("jobs.slices_started", len(numbers))
             # Renewed for as long as the slices run; cancelled and awaited below, whatever the run does (a
             # TaskGroup would wrap a `Cancelled` from the run in an ExceptionGroup).
-            renewing = asyncio.create_task(self._renew(view.job_id, index), name="job_lease_renewal")
+            renewing = self._renewals.spawn(self._renew(view.job_id, index))
             try:
                 outcomes = await self._pool.run(
                     job.job_id, job.spec.function, orjson.loads(job.spec.args), data, job.spec.slice_timeout_ms
