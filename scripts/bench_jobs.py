@@ -37,7 +37,8 @@ Cases:
 * In all, the CPU time every process of the run used during the (timed) job, per slice: the client's
   and the nodes' with their sandboxes, or the client's with Dask's scheduler (the same process) and its
   workers; read from /proc for this process and every process under it, so the other work of the
-  machine is not in it.
+  machine is not in it. That other work is measured too (`others_cpu_s`: the machine's busy time
+  meanwhile, less ours): wall times of a case it took CPU from are not to be compared.
 * In both, the latency from the deploy call to the first result the client sees, and the tail: from
   the last result the client sees until the job is `completed` (Dask has no job state: there it is
   from the last future done until `gather` returned). Dask's are seen through done callbacks, which
@@ -127,6 +128,30 @@ class Timeline:
     status: str = "completed"
     watched_done: float | None = None  # Dask: the arrivals are a second pass's, which ended then
     cpu_used_s: float = 0.0  # CPU time of this process and every process under it during the job
+    others_cpu_s: float = 0.0  # CPU time the rest of the machine used meanwhile: how noisy the figures are
+
+    def measured(self, before: "CpuSnapshot") -> None:
+        now = CpuSnapshot.now()
+        self.cpu_used_s = now.ours - before.ours
+        self.others_cpu_s = max(0.0, now.machine - before.machine - self.cpu_used_s)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    ours: float  # `tree_cpu_s()`
+    machine: float  # every core's busy time (/proc/stat), everyone's
+
+    @classmethod
+    def now(cls) -> "CpuSnapshot":
+        return cls(tree_cpu_s(), machine_busy_s())
+
+
+def machine_busy_s() -> float:
+    """The time every core of the machine has spent busy (not idle nor waiting on I/O) since boot."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    guest = sum(ticks[8:10])  # already counted in user and nice
+    return (sum(ticks) - idle - iowait - guest) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s() -> float:
@@ -220,7 +245,7 @@ async def dhtmesh_job(client: Client, owner: Identity, case: Case) -> Timeline:
     args = [case.steps["js"]] if case.steps else []
     timeline = Timeline()
     results: dict[int, Any] = {}
-    cpu_before = tree_cpu_s()
+    before = CpuSnapshot.now()
     async with asyncio.timeout(JOB_TIMEOUT):
         began = time.perf_counter()
         job_id = await client.deploy_job(owner, case.js, range(case.slices), args=args)
@@ -234,7 +259,7 @@ async def dhtmesh_job(client: Client, owner: Identity, case: Case) -> Timeline:
             await asyncio.sleep(STATUS_POLL)
             status = await client.job_status(job_id)
         timeline.done = time.perf_counter() - began
-    timeline.cpu_used_s = tree_cpu_s() - cpu_before
+    timeline.measured(before)
     timeline.status, timeline.cpu_s = status["status"], status.get("totalCPUTime")
     if len(results) < case.slices:  # the stream ended early: read the rest, to check every one
         answer = await client.job_results(job_id)
@@ -323,6 +348,7 @@ def dask_case(client: Any, case: Case, batched: bool) -> Timeline:
         timed.errors + watched.errors,
         watched_done=watched.done,
         cpu_used_s=timed.cpu_used_s,
+        others_cpu_s=timed.others_cpu_s,
     )
 
 
@@ -335,7 +361,7 @@ def dask_job(client: Any, case: Case, batched: bool = False, watch: bool = False
     timeline = Timeline()
     kwargs = {"n": case.steps["python"]} if case.steps else {}
     batches = dhtmesh_batches(case.slices) if batched else [[x] for x in range(case.slices)]
-    cpu_before = tree_cpu_s()
+    before = CpuSnapshot.now()
     with get_task_stream(client) if watch else nullcontext() as stream:
         began = time.perf_counter()
         if batched:
@@ -346,7 +372,7 @@ def dask_job(client: Any, case: Case, batched: bool = False, watch: bool = False
             future.add_done_callback(arrived(timeline, began, len(batch)))
         gathered = client.gather(futures)
         timeline.done = time.perf_counter() - began
-    timeline.cpu_used_s = tree_cpu_s() - cpu_before
+    timeline.measured(before)
     values = [value for batch in gathered for value in batch] if batched else gathered
     deadline = time.monotonic() + CALLBACK_TIMEOUT
     while watch and len(timeline.arrivals) < case.slices and time.monotonic() < deadline:
@@ -401,6 +427,7 @@ def row(case: Case, system: str, timeline: Timeline, cores: int) -> dict[str, An
         "tail_s": rounded(None if last is None else (timeline.watched_done or timeline.done) - last, 3),
         "cpu_used_s": rounded(timeline.cpu_used_s, 2),
         "cpu_ms_per_slice": rounded(timeline.cpu_used_s * 1000 / case.slices, 3),
+        "others_cpu_s": rounded(timeline.others_cpu_s, 2),
     }
     if case.steps:
         engine = "js" if system == "dhtmesh" else "python"
@@ -456,7 +483,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ("case", 8), ("system", 12), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
         ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_ms_per_slice", 16), ("cpu_s", 7),
         ("ideal_s", 8),
-        ("efficiency", 10), ("cal_ideal_s", 11), ("cal_efficiency", 14),
+        ("efficiency", 10), ("cal_ideal_s", 11), ("cal_efficiency", 14), ("others_cpu_s", 12),
     )  # fmt: skip
     print(" ".join(f"{name:>{width}}" for name, width in columns))
     for r in rows:
@@ -492,7 +519,6 @@ def main() -> int:
     terminate_on_sigterm()
 
     def work() -> None:
-        doc["load_before"] = [round(load, 2) for load in os.getloadavg()]  # other work shows in the figures
         cases = [
             Case("trivial", trivial, TRIVIAL_JS, double, double),
             calibrate(Case("cpu", busy_slices, BUSY_JS, busy, lambda x: x), args.busy_ms / 1000),
@@ -504,9 +530,7 @@ def main() -> int:
                 doc["rows"].append(row(case, system, timeline, cores))
                 print(f"{case.name:<8} {system:<12} {doc['rows'][-1]}", flush=True)
         doc["ratios"] = ratios(doc["rows"])
-        doc["load_after"] = [round(load, 2) for load in os.getloadavg()]
         print_table(doc["rows"])
-        print(f"load average (1, 5, 15 min): {doc['load_before']} before, {doc['load_after']} after")
         if any(r["errors"] or r["status"] != "completed" for r in doc["rows"]):
             raise RuntimeError("some results were missing or wrong")
 
