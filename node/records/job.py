@@ -7,7 +7,9 @@
   seq that keeps everything but the batches (only appended to) and the flags (only ever raised).
 - A **batch** of slices (signed by the owner, one key per batch): the slices' data, as canonical JSON.
 - A **lease** (signed by a worker, one key per batch): the worker is computing the batch until `until`
-  (ms), renewed while it works; it is gone when it lapses, so a dead worker's batches go to others.
+  (ms), renewed while it works; it is gone when it lapses, so a dead worker's batches go to others. It
+  says since when the worker holds the batch, so that a worker renewing forever without results is
+  seen for what it is (`worker`: a lease held past what the batch could take is ignored).
 - A **result** (signed by the worker, one key per `RESULTS_PER_KEY` batches, so that a reader follows a
   job of 10,000 slices through a handful of keys): the outcome of each slice the worker ran.
 
@@ -255,8 +257,8 @@ class LeaseRecord:
     worker_id: bytes
     job_id: bytes
     index: int
-    since: int  # ms
-    until: int  # ms: the lease is gone after it
+    since: int  # ms: when the worker took the batch (kept as it renews)
+    until: int  # ms: the lease is gone after it, unless renewed
 
     def encode(self) -> bytes:
         return pack(self.worker_id, self.job_id, self.index, self.since, self.until)
@@ -279,8 +281,8 @@ def decode_lease(data: bytes) -> LeaseRecord:
         raise InvalidRecord("worker and job ids are 20 bytes")
     index = _count(index, 0, MAX_BATCHES - 1, "a batch's index")
     since = _time(since, "a lease's start", 1000)
-    if not (type(until) is int and since < until <= since + LEASE_MAX * 1000):
-        raise InvalidRecord(f"a lease ends after it starts, within {LEASE_MAX:.0f} s")
+    if not (type(until) is int and since < until <= (time.time() + LEASE_MAX + CLOCK_SKEW) * 1000):
+        raise InvalidRecord(f"a lease ends after it starts, within {LEASE_MAX:.0f} s from now")
     return LeaseRecord(worker_id, job_id, index, since, until)
 
 
