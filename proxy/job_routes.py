@@ -158,6 +158,7 @@ def _status_json(job: JobRecord, status: JobStatus) -> dict:
         "totalCPUTime": round(status.cpu_seconds, 3),
         "closed": job.closed,
         "redundancy": job.spec.redundancy,
+        "private": job.spec.private,
         "public": orjson.loads(job.spec.public),
         "errors": [{"sliceNumber": e.number, "error": e.error, "worker": e.worker.hex()} for e in status.errors],
     }

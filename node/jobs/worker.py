@@ -24,6 +24,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.errors import NodeError
 from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
+from dhtmesh.node.jobs.sealing import sealed_value
 from dhtmesh.node.jobs.standing import Reporter
 from dhtmesh.node.jobs.view import JobBook, JobView
 from dhtmesh.node.records.job import (
@@ -34,6 +35,7 @@ from dhtmesh.node.records.job import (
     MAX_RESULT_BYTES,
     RESULT,
     BatchRecord,
+    JobRecord,
     LeaseRecord,
     ResultRecord,
     SliceResult,
@@ -211,6 +213,8 @@ class Worker:
     async def _publish(self, view: JobView, index: int, numbers: list[int], outcomes: list[SliceOutcome]) -> None:
         """The outcomes as result records (as many as their size needs), put and learnt at once."""
         entries = [_entry(number, outcome) for number, outcome in zip(numbers, outcomes, strict=True)]
+        if view.job.spec.private:
+            entries = [_sealed(view.job, entry) for entry in entries]
         first_round = view.tallies[index].rounds_of(self._identity.node_id)
         now = int(time.time())
         records = [
@@ -234,6 +238,12 @@ def _entry(number: int, outcome: SliceOutcome) -> SliceResult:
     if outcome.value is not None:
         return SliceResult(number, outcome.value, None, cpu_ms)
     return SliceResult(number, None, (outcome.error or "ESANDBOX: no outcome")[:512], cpu_ms)
+
+
+def _sealed(job: JobRecord, entry: SliceResult) -> SliceResult:
+    if entry.value is None:
+        return entry
+    return SliceResult(entry.number, sealed_value(job, entry.number, entry.value), None, entry.cpu_ms)
 
 
 def _parts(entries: list[SliceResult]) -> list[list[SliceResult]]:

@@ -23,7 +23,7 @@ from itertools import accumulate
 
 import orjson
 
-from dhtmesh.crypto.keys import NODE_ID_SIZE
+from dhtmesh.crypto.keys import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_from_public_key
 from dhtmesh.node.records.keys import ShardedDirectory, reserved_key
 from dhtmesh.node.records.kind import CLOCK_SKEW, InvalidRecord, RecordKind, pack, unpack, well_sized
 from dhtmesh.node.values.types import DAY
@@ -142,11 +142,12 @@ class JobRecord:
     cancelled: bool = False
     reason: str = ""
     updated: int = 0  # the time of its last change: it lives a day after it
+    owner_key: bytes = b""  # the owner's public key: private results are sealed to it
 
     def encode(self) -> bytes:
         return pack(
             self.job_id, self.owner_id, self.nonce, self.created, self.spec.to_wire(), list(self.batches),
-            self.closed, self.cancelled, self.reason, self.updated,
+            self.closed, self.cancelled, self.reason, self.updated, self.owner_key,
         )  # fmt: skip
 
     @property
@@ -163,11 +164,13 @@ class JobRecord:
 
 
 def decode_job(data: bytes) -> JobRecord:
-    job_id, owner_id, nonce, created, spec, batches, closed, cancelled, reason, updated = unpack(data, "job", 10)
-    if not well_sized(((job_id, JOB_ID_SIZE), (owner_id, NODE_ID_SIZE), (nonce, NONCE_SIZE))):
-        raise InvalidRecord("job and owner ids are 20 bytes, the nonce 16")
-    if job_id != job_id_of(owner_id, nonce):
-        raise InvalidRecord("a job's id is its owner's")
+    fields = unpack(data, "job", 11)
+    job_id, owner_id, nonce, created, spec, batches, closed, cancelled, reason, updated, owner_key = fields
+    sizes = ((job_id, JOB_ID_SIZE), (owner_id, NODE_ID_SIZE), (nonce, NONCE_SIZE), (owner_key, PUBLIC_KEY_SIZE))
+    if not well_sized(sizes):
+        raise InvalidRecord("job and owner ids are 20 bytes, the nonce 16, the owner's key 32")
+    if job_id != job_id_of(owner_id, nonce) or node_id_from_public_key(owner_key) != owner_id:
+        raise InvalidRecord("a job's id and key are its owner's")
     well_formed = (
         isinstance(batches, list)
         and len(batches) <= MAX_BATCHES
@@ -182,7 +185,10 @@ def decode_job(data: bytes) -> JobRecord:
     created, updated = _time(created, "created"), _time(updated, "updated")
     if updated < created:
         raise InvalidRecord("a job is updated after it is created")
-    return JobRecord(job_id, owner_id, nonce, created, _spec(spec), tuple(batches), closed, cancelled, reason, updated)
+    spec = _spec(spec)
+    return JobRecord(
+        job_id, owner_id, nonce, created, spec, tuple(batches), closed, cancelled, reason, updated, owner_key
+    )
 
 
 def job_follows(current: JobRecord, incoming: JobRecord) -> bool:
