@@ -157,6 +157,7 @@ def _status_json(job: JobRecord, status: JobStatus) -> dict:
         "failedSlices": status.failed,
         "totalCPUTime": round(status.cpu_seconds, 3),
         "closed": job.closed,
+        "reason": job.reason,
         "redundancy": job.spec.redundancy,
         "private": job.spec.private,
         "public": orjson.loads(job.spec.public),

@@ -163,24 +163,37 @@ class Worker:
             self._held.pop((job_id, index), None)
 
     async def _lease(self, view: JobView, index: int, wanted: int) -> bool:
-        """Take a lease on the batch if fewer live leases than `wanted` are held by others."""
+        """Take a lease on the batch if fewer live leases than `wanted` are held by others; then look
+        again, and give it back if workers that took it first (by start time, then id) hold enough:
+        of two workers that took a batch at one instant, one computes it."""
+        batch = (view.job_id, index)
+        others = await self._others(view, index)
+        if len(others) < wanted:
+            await self._put_lease(view.job_id, index, LEASE_SECONDS)
+            mine = (self._held[batch][1], self._identity.node_id)
+            others = [lease for lease in await self._others(view, index) if (lease.since, lease.worker_id) < mine]
+            if len(others) < wanted:
+                return True
+            await self._give_back(view.job_id, index)
+        soonest = min(lease.until for lease in others) / 1000
+        self._skip[batch] = min(soonest, time.time() + BUSY_SKIP)
+        return False
+
+    async def _others(self, view: JobView, index: int) -> list[LeaseRecord]:
+        """The live leases other workers hold on the batch (one held past what the batch could take is
+        not counted: a squatter renewing without results)."""
         now = time.time()
         values = await self._node.get(lease_key(view.job_id, index), value_type=LEASE_TYPE)
         hold = max_hold(view.job.spec.slice_timeout_ms, view.tallies[index].count)
-        others = [
+        return [
             lease
             for lease in LEASE.records_in(values)
             if lease.worker_id != self._identity.node_id
             and lease.job_id == view.job_id
+            and lease.index == index
             and lease.live(now)
-            and now * 1000 - lease.since <= hold * 1000  # else a squatter renewing without results
+            and now * 1000 - lease.since <= hold * 1000
         ]
-        if len(others) >= wanted:
-            soonest = min(lease.until for lease in others) / 1000
-            self._skip[(view.job_id, index)] = min(soonest, now + BUSY_SKIP)
-            return False
-        await self._put_lease(view.job_id, index, LEASE_SECONDS)
-        return True
 
     async def _put_lease(self, job_id: bytes, index: int, seconds: float) -> None:
         now = int(time.time() * 1000)
