@@ -18,7 +18,7 @@ from dhtmesh.cli.connect import as_text, run_client, write
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.paths import IDENTITY_FILE, default_data_dir, read_identity
 from dhtmesh.cli.url import add_url
-from dhtmesh.client import BadJob, Client, SliceRange
+from dhtmesh.client import BadJob, Client, SliceRange, opened
 from dhtmesh.crypto.identity import Identity
 
 FINISHED = "completed"
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit.add_argument("--args", metavar="JSON", default="[]", help="the function's arguments after the datum")
     submit.add_argument("--redundancy", type=int, default=1, metavar="R", help="workers that compute each slice")
     submit.add_argument("--slice-timeout", type=int, metavar="MS", help="a slice's time limit, in ms")
+    submit.add_argument("--private", action="store_true", help="results sealed to the owner (see the README)")
     submit.add_argument(
         "--wait",
         action="store_true",
@@ -50,10 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "exit code 1 unless it completed",
     )
     action("status", "a job's status, as JSON", False)
-    results = action("results", "a job's results, as JSON", False)
+    results = action("results", "a job's results, as JSON (a private job's opened with the owner's key)", False)
     results.add_argument(
         "--range", action="append", dest="ranges", metavar="M-N", help="only slices M to N (repeatable)"
     )
+    _add_owner(results)
     cancel = action("cancel", "cancel a job: workers stop its slices", True)
     cancel.add_argument("--reason", default="", help="why, as the job's status says it")
     action("close", "close a job: it has all its slices", True)
@@ -78,7 +80,7 @@ def command(args: argparse.Namespace) -> int:
         return run_client(args.url, lambda client: _submit(client, args, job))
     if args.action == "results":
         ranges = [_range(text) for text in args.ranges or ()]
-        return run_client(args.url, lambda client: _show(client.job_results(args.job_id, ranges)))
+        return run_client(args.url, lambda client: _results(client, args, ranges))
     if args.action == "status":
         return run_client(args.url, lambda client: _show(client.job_status(args.job_id)))
     return run_client(args.url, lambda client: _owned(client, args))
@@ -86,6 +88,14 @@ def command(args: argparse.Namespace) -> int:
 
 async def _show(answer: Awaitable[Any]) -> int:
     return write(as_text(await answer))
+
+
+async def _results(client: Client, args: argparse.Namespace, ranges: list[SliceRange]) -> int:
+    """The results; a private job's opened with its owner's key."""
+    document = await client.job_results(args.job_id, ranges)
+    if (await client.job_status(args.job_id)).get("private"):
+        document = opened(await owner_identity(client, args), args.job_id, document)
+    return write(as_text(document))
 
 
 async def _owned(client: Client, args: argparse.Namespace) -> int:
@@ -113,6 +123,7 @@ def _submission(args: argparse.Namespace) -> dict[str, Any]:
         "args": arguments,
         "redundancy": args.redundancy,
         "slice_timeout_ms": args.slice_timeout,
+        "private": args.private,
     }
 
 

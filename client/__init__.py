@@ -5,7 +5,7 @@ owner-side records are built and signed here: `BadJob` when they cannot be, befo
 
 from dhtmesh.client.client import Client
 from dhtmesh.client.errors import ApiError, BadAnswer, ClientError, CutShort, NotRegistered, TimedOut, Unreachable
-from dhtmesh.client.jobs import BadJob, SliceRange
+from dhtmesh.client.jobs import BadJob, SliceRange, opened
 from dhtmesh.client.sync import SyncClient
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "SyncClient",
     "TimedOut",
     "Unreachable",
+    "opened",
 ]

@@ -13,10 +13,12 @@ from dhtmesh.api import paths
 from dhtmesh.api.value_json import ValueJsonError, value_from_json, value_to_json
 from dhtmesh.client.errors import BadAnswer
 from dhtmesh.client.transport import Transport
+from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.jobs import owner as job_owner
 from dhtmesh.node.jobs.owner import BadJob
+from dhtmesh.node.jobs.sealing import open_value
 from dhtmesh.node.records.job import JOB_TYPE, JOBS, decode_job
 from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.values.value import InvalidValue, Value
@@ -170,3 +172,16 @@ def _json(path: str, text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise BadAnswer(f"{path}: the node's answer is not JSON") from error
+
+
+def opened(owner: Identity, job_id: str, document: dict[str, Any]) -> dict[str, Any]:
+    """A private job's results (`job_results`' shape) with each sealed value opened with the owner's key;
+    raises `BadAnswer` for a value the owner cannot open, or that is not the one the workers agreed on."""
+    results = []
+    for result in document.get("results", []):
+        try:
+            value = open_value(owner, bytes.fromhex(job_id), result["sliceNumber"], result["value"])
+        except (ValueError, KeyError, TypeError, CryptoError) as error:
+            raise BadAnswer(f"slice {result.get('sliceNumber')}: cannot open its sealed value: {error}") from error
+        results.append({**result, "value": value})
+    return {**document, "results": results}

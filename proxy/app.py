@@ -39,6 +39,7 @@ from dhtmesh.proxy.route import (
     BLOB_READER,
     ERRORS,
     FAILURE_LABELS,
+    JOB_CHANGES,
     JOBS,
     LISTEN_SLOTS,
     NODE,
@@ -57,6 +58,8 @@ from dhtmesh.proxy.stats import RequestStats
 
 log = logging.getLogger(__name__)
 
+JOB_CHANGES_IN_ALL = 8  # job requests read at once (each body up to 16 MiB)
+JOB_CHANGES_PER_CLIENT = 2
 MAX_BODY = 256 * 1024  # a 64 KiB value in base64 plus its fields, with room to spare
 # A listen stream is a listener here and, per key, a subscription on the key's replicas. A client
 # (an app) listens to a handful of keys; 32 leaves room for several while one address cannot make
@@ -144,6 +147,7 @@ def create_app(
     app[BLOB_LIMIT] = blob_limit
     app[JOBS] = services.jobs
     app[STANDINGS] = services.standings
+    app[JOB_CHANGES] = Slots("job changes", JOB_CHANGES_IN_ALL, JOB_CHANGES_PER_CLIENT)
     app[UNLOCKER] = Unlocker()
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)

@@ -8,7 +8,8 @@ Basic credential unlocked.
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import orjson
 from aiohttp import web
@@ -26,7 +27,7 @@ from dhtmesh.proxy.clients import client_slot
 from dhtmesh.proxy.errors import BadRequest, TooLarge
 from dhtmesh.proxy.job_auth import Caller, caller
 from dhtmesh.proxy.responses import json_reply, open_stream
-from dhtmesh.proxy.route import JOBS, LISTEN_SLOTS, NODE, Route
+from dhtmesh.proxy.route import JOB_CHANGES, JOBS, LISTEN_SLOTS, NODE, Route
 
 BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches: 4,096 batches of 48 KiB at most
 MAX_RANGES = 64
@@ -78,47 +79,67 @@ async def _records(jobs: Jobs, who: Caller, document: dict, job_id: bytes | None
     return [value_from_json(item) for item in signed]
 
 
-async def _change(request: web.Request) -> tuple[Jobs, Caller, dict]:
-    raw = await _body(request)
-    who = await caller(request, raw)
-    return request.app[JOBS], who, _document(raw)
+@asynccontextmanager
+async def _change(request: web.Request) -> AsyncIterator[tuple[Jobs, Caller, dict]]:
+    """A change's body read, its caller proven, in one of the bounded slots for changes (a body may be
+    16 MiB: a few at a time per address, and in all)."""
+    with client_slot(request.app[JOB_CHANGES], request, "http_job_changes_refused"):
+        raw = await _body(request)
+        who = await caller(request, raw)
+        yield request.app[JOBS], who, _document(raw)
 
 
 # ---- changes ------------------------------------------------------------------------------------
 
 
 async def deploy(request: web.Request) -> web.Response:
-    jobs, who, document = await _change(request)
-    values = await _records(jobs, who, document, None, lambda me, _: owner.deploy(me, owner.parse_deploy(document)))
-    job_id = await jobs.deploy(who.owner_id, values)
+    async with _change(request) as (jobs, who, document):
+
+        def sign(me: Identity, _: Value | None) -> list[Value]:
+            return owner.deploy(me, owner.parse_deploy(document))
+
+        job_id = await jobs.deploy(who.owner_id, await _records(jobs, who, document, None, sign))
     return json_reply({"jobId": job_id.hex()}, status=201)
 
 
 async def add_slices(request: web.Request) -> web.Response:
-    jobs, who, document = await _change(request)
     job_id = _job_id(request)
-    slices = owner.parse_slices(document) if who.identity is not None else []
-    values = await _records(jobs, who, document, job_id, lambda me, current: owner.add_slices(me, current, slices))
-    added, total = await jobs.add_slices(who.owner_id, job_id, values)
+    async with _change(request) as (jobs, who, document):
+        slices = owner.parse_slices(document) if who.identity is not None else []
+
+        def sign(me: Identity, current: Value | None) -> list[Value]:
+            assert current is not None  # a change to a job: its latest record
+            return owner.add_slices(me, current, slices)
+
+        added, total = await jobs.add_slices(who.owner_id, job_id, await _records(jobs, who, document, job_id, sign))
     return json_reply({"added": added, "totalSlices": total}, status=201)
 
 
 async def close_job(request: web.Request) -> web.Response:
-    jobs, who, document = await _change(request)
     job_id = _job_id(request)
-    values = await _records(jobs, who, document, job_id, lambda me, current: [owner.closed(me, current)])
-    await jobs.close_job(who.owner_id, job_id, values)
-    return json_reply(_status_document(await jobs.view(job_id)))
+    async with _change(request) as (jobs, who, document):
+
+        def sign(me: Identity, current: Value | None) -> list[Value]:
+            assert current is not None
+            return [owner.closed(me, current)]
+
+        values = await _records(jobs, who, document, job_id, sign)
+        await jobs.close_job(who.owner_id, job_id, values)
+    return json_reply(_status_document(await request.app[JOBS].view(job_id)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    jobs, who, document = await _change(request)
     job_id = _job_id(request)
-    reason = document.get("reason", "")
-    if not isinstance(reason, str):
-        raise BadRequest("reason is text")
-    values = await _records(jobs, who, document, job_id, lambda me, current: [owner.cancelled(me, current, reason)])
-    await jobs.cancel(who.owner_id, job_id, values)
+    async with _change(request) as (jobs, who, document):
+        reason = document.get("reason", "")
+        if not isinstance(reason, str):
+            raise BadRequest("reason is text")
+
+        def sign(me: Identity, current: Value | None) -> list[Value]:
+            assert current is not None
+            return [owner.cancelled(me, current, reason)]
+
+        await jobs.cancel(who.owner_id, job_id, await _records(jobs, who, document, job_id, sign))
     return web.Response(status=204)
 
 
@@ -136,7 +157,9 @@ def _status_json(job: JobRecord, status: JobStatus) -> dict:
         "failedSlices": status.failed,
         "totalCPUTime": round(status.cpu_seconds, 3),
         "closed": job.closed,
+        "reason": job.reason,
         "redundancy": job.spec.redundancy,
+        "private": job.spec.private,
         "public": orjson.loads(job.spec.public),
         "errors": [{"sliceNumber": e.number, "error": e.error, "worker": e.worker.hex()} for e in status.errors],
     }

@@ -2,6 +2,7 @@
 by who they name, a job's next version keeping what it was deployed with), the owner's side (dcp-rest
 bodies, batches), and how results add up to a slice's value (votes)."""
 
+import time
 from dataclasses import replace
 
 import orjson
@@ -115,7 +116,7 @@ def test_leases_and_results_are_checked_at_every_hop() -> None:
     lease = LeaseRecord(worker.node_id, job_id, 0, 1_000_000, 1_010_000)
     check(LEASE.sign(worker, lease, 1))
     with pytest.raises(InvalidRecord, match="within"):
-        check(LEASE.sign(worker, replace(lease, until=lease.since + 10**9), 1))
+        check(LEASE.sign(worker, replace(lease, until=int((time.time() + 3600) * 1000)), 1))
     result = ResultRecord(worker.node_id, job_id, 0, 0, 1_000, (SliceResult(1, b"2", None, 3),))
     check(RESULT.sign(worker, result, 0))
     with pytest.raises(InvalidRecord, match="JSON"):

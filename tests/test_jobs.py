@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dhtmesh.client import BadAnswer, opened
 from dhtmesh.crypto.identity import Identity, save_identity
 from dhtmesh.testing import NodeProcess, ProcessGroup
 from dhtmesh.testing.waiting import eventually
@@ -183,7 +184,6 @@ async def test_a_cancelled_job_stops_its_running_slices(mesh: Mesh) -> None:
         mesh.gateway.url, auth, {"work": {"function": spin}, "slices": [1], "sliceTimeoutMs": 600_000}
     )
 
-
     async def running() -> bool:
         now = [await counters(worker) for worker in mesh.workers]
         started = "jobs.slices_started"
@@ -316,3 +316,19 @@ async def test_a_liar_is_outvoted_with_redundancy_3_and_its_standing_shows_it(tm
                 assert (await response.json())["jobs"]["outvoted"] == 0
     finally:
         group.stop()
+
+
+async def test_a_private_job_results_are_sealed_to_its_owner_and_voted_on_by_digest(mesh: Mesh) -> None:
+    owner = Identity.generate()
+    auth = basic(owner, mesh.root)
+    body = {"work": {"function": "x => ({square: x * x})"}, "slices": list(range(12)), "private": True, "redundancy": 2}
+    job_id = await deploy(mesh.gateway.url, auth, body)
+    await call(mesh.gateway.url, "POST", f"/job/{job_id}/close", None, auth)
+    status = await finished(mesh.gateway.url, job_id)
+    assert status["status"] == "completed" and status["private"]
+    document = await results(mesh.workers[1].url, job_id)
+    assert all(set(r["value"]) == {"digest", "sealed"} for r in document["results"])  # nothing in the clear
+    values = [r["value"] for r in opened(owner, job_id, document)["results"]]
+    assert values == [{"square": n * n} for n in range(12)]
+    with pytest.raises(BadAnswer):
+        opened(Identity.generate(), job_id, document)  # anyone else's key opens nothing

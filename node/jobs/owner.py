@@ -151,7 +151,8 @@ def deploy(owner: Identity, request: Deploy, now: int | None = None) -> list[Val
     now = int(time.time()) if now is None else now
     nonce = os.urandom(NONCE_SIZE)
     batches = cut(request.slices)
-    job = JobRecord(job_id_of(owner.node_id, nonce), owner.node_id, nonce, now, request.spec, (), updated=now)
+    job_id = job_id_of(owner.node_id, nonce)
+    job = JobRecord(job_id, owner.node_id, nonce, now, request.spec, (), updated=now, owner_key=owner.public_key)
     _check_room(job, batches)
     job = replace(job, batches=tuple(map(len, batches)))
     _reencoded(job)

@@ -1,15 +1,16 @@
 """How the results of a batch add up (a pure function of the job's spec and the result records).
 
-Each slice is settled by its workers' results, BOINC's way: a value is accepted once a strict majority of
-the job's redundancy r agree on it (canonical JSON, byte for byte); with no majority among the results
-in, more workers are asked, up to `cap` of them; an error (a throw, a timeout, out of memory) is an
-attempt that failed, and a slice whose errors exceed the job's retries has failed. A worker whose value
-lost to the accepted one is outvoted.
+Each slice is settled by its workers' results, BOINC's way: a value is accepted once a strict majority
+of the job's redundancy r agree on it (canonical JSON, byte for byte; for a private job, its digest);
+with no majority among the results in, more workers are asked, up to `cap` of them; an error (a throw,
+a timeout, out of memory) is an attempt that failed, and a slice whose errors exceed the job's retries
+has failed. A worker whose value lost to the accepted one is outvoted.
 """
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dhtmesh.node.jobs.sealing import ballot
 from dhtmesh.node.records.job import JobSpec, ResultRecord
 
 RETRY_GRACE = 5.0  # seconds before a worker may retry a slice it failed itself (others get it first)
@@ -71,11 +72,13 @@ def gather(records: list[ResultRecord], first: int, count: int) -> dict[int, Sli
 
 
 def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
-    counts = Counter(votes.values.values())
+    ballots = {worker: ballot(spec.private, value) for worker, value in votes.values.items()}
+    counts = Counter(ballots.values())
     if counts:
-        value, agreeing = counts.most_common(1)[0]
+        winner, agreeing = counts.most_common(1)[0]
         if agreeing >= needed(spec.redundancy):
-            return Settled(value=value, outvoted=tuple(w for w, v in votes.values.items() if v != value))
+            value = next(votes.values[w] for w, b in ballots.items() if b == winner)
+            return Settled(value=value, outvoted=tuple(w for w, b in ballots.items() if b != winner))
     if len(votes.errors) > spec.max_retries:
         return Settled(failure=votes.errors[-1][2])
     if len(votes.values) >= cap(spec.redundancy):
@@ -85,7 +88,7 @@ def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
 
 def want(spec: JobSpec, votes: SliceVotes, now: float) -> Want:
     """What an unsettled slice needs."""
-    best = max(Counter(votes.values.values()).values(), default=0)
+    best = max(Counter(ballot(spec.private, value) for value in votes.values.values()).values(), default=0)
     given = len(votes.values)
     more = max(1, spec.redundancy - given) if given < spec.redundancy else max(1, needed(spec.redundancy) - best)
     recent = {worker for worker, at, _ in votes.errors if now - at < RETRY_GRACE}

@@ -24,6 +24,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.errors import NodeError
 from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
+from dhtmesh.node.jobs.sealing import sealed_value
 from dhtmesh.node.jobs.standing import Reporter
 from dhtmesh.node.jobs.view import JobBook, JobView
 from dhtmesh.node.records.job import (
@@ -34,6 +35,7 @@ from dhtmesh.node.records.job import (
     MAX_RESULT_BYTES,
     RESULT,
     BatchRecord,
+    JobRecord,
     LeaseRecord,
     ResultRecord,
     SliceResult,
@@ -62,7 +64,7 @@ class Worker:
         self._slots = slots
         self._taken: set[tuple[bytes, int]] = set()  # batches this worker's slots are on now
         self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
-        self._lease_seq: dict[tuple[bytes, int], int] = {}
+        self._held: dict[tuple[bytes, int], tuple[int, int]] = {}  # batch -> (last seq, since) of this lease
         self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
         self._reporter = Reporter(node)
         self._renewals = TaskSet(node.counters)
@@ -102,6 +104,7 @@ class Worker:
         me = self._identity.node_id
         jobs = await self._book.jobs()
         self._finished &= {job.job_id for job in jobs}
+        random.shuffle(jobs)  # every open job gets its share of workers, whoever deployed many
         for job in jobs:
             if job.cancelled or not job.batches or job.job_id in self._finished:
                 continue
@@ -157,31 +160,49 @@ class Worker:
             self._node.counters.add("jobs.leases_not_given_back")
             log.info("lease on batch %d of job %s lapses instead: %s", index, job_id.hex(), error)
         finally:
-            self._lease_seq.pop((job_id, index), None)
+            self._held.pop((job_id, index), None)
 
     async def _lease(self, view: JobView, index: int, wanted: int) -> bool:
-        """Take a lease on the batch if fewer live leases than `wanted` are held by others."""
+        """Take a lease on the batch if fewer live leases than `wanted` are held by others; then look
+        again, and give it back if workers that took it first (by start time, then id) hold enough:
+        of two workers that took a batch at one instant, one computes it."""
+        batch = (view.job_id, index)
+        others = await self._others(view, index)
+        if len(others) < wanted:
+            await self._put_lease(view.job_id, index, LEASE_SECONDS)
+            mine = (self._held[batch][1], self._identity.node_id)
+            others = [lease for lease in await self._others(view, index) if (lease.since, lease.worker_id) < mine]
+            if len(others) < wanted:
+                return True
+            await self._give_back(view.job_id, index)
+        soonest = min(lease.until for lease in others) / 1000
+        self._skip[batch] = min(soonest, time.time() + BUSY_SKIP)
+        return False
+
+    async def _others(self, view: JobView, index: int) -> list[LeaseRecord]:
+        """The live leases other workers hold on the batch (one held past what the batch could take is
+        not counted: a squatter renewing without results)."""
         now = time.time()
         values = await self._node.get(lease_key(view.job_id, index), value_type=LEASE_TYPE)
-        others = [
+        hold = max_hold(view.job.spec.slice_timeout_ms, view.tallies[index].count)
+        return [
             lease
             for lease in LEASE.records_in(values)
-            if lease.worker_id != self._identity.node_id and lease.job_id == view.job_id and lease.live(now)
+            if lease.worker_id != self._identity.node_id
+            and lease.job_id == view.job_id
+            and lease.index == index
+            and lease.live(now)
+            and now * 1000 - lease.since <= hold * 1000
         ]
-        if len(others) >= wanted:
-            soonest = min(lease.until for lease in others) / 1000
-            self._skip[(view.job_id, index)] = min(soonest, now + BUSY_SKIP)
-            return False
-        await self._put_lease(view.job_id, index, LEASE_SECONDS)
-        return True
 
     async def _put_lease(self, job_id: bytes, index: int, seconds: float) -> None:
         now = int(time.time() * 1000)
+        last, since = self._held.get((job_id, index), (-1, now))
         # Centiseconds since 2026: higher than any seq this worker gave the lease before, even after a
         # restart, as long as its lease could still be held (it is 32 bits: 497 days).
-        seq = max(self._lease_seq.get((job_id, index), -1) + 1, (now - SEQ_EPOCH_MS) // 10)
-        self._lease_seq[(job_id, index)] = seq
-        lease = LeaseRecord(self._identity.node_id, job_id, index, now, now + max(1, int(seconds * 1000)))
+        seq = max(last + 1, (now - SEQ_EPOCH_MS) // 10)
+        self._held[(job_id, index)] = (seq, since)
+        lease = LeaseRecord(self._identity.node_id, job_id, index, since, max(since + 1, now + int(seconds * 1000)))
         await self._node.put(lease_key(job_id, index), LEASE.sign(self._identity, lease, seq))
 
     async def _renew(self, job_id: bytes, index: int) -> None:
@@ -205,6 +226,8 @@ class Worker:
     async def _publish(self, view: JobView, index: int, numbers: list[int], outcomes: list[SliceOutcome]) -> None:
         """The outcomes as result records (as many as their size needs), put and learnt at once."""
         entries = [_entry(number, outcome) for number, outcome in zip(numbers, outcomes, strict=True)]
+        if view.job.spec.private:
+            entries = [_sealed(view.job, entry) for entry in entries]
         first_round = view.tallies[index].rounds_of(self._identity.node_id)
         now = int(time.time())
         records = [
@@ -217,11 +240,23 @@ class Worker:
         await asyncio.gather(*(self._node.put(RESULT.key_for(r), v) for r, v in zip(records, values, strict=True)))
 
 
+def max_hold(slice_timeout_ms: int, count: int) -> float:
+    """Seconds a worker may hold a batch: each of its slices run to its limit twice (a retry alone), and
+    a margin. A lease held longer is ignored: its worker renews without ever giving results."""
+    return 2 * count * slice_timeout_ms / 1000 + 30
+
+
 def _entry(number: int, outcome: SliceOutcome) -> SliceResult:
     cpu_ms = max(0, int(outcome.cpu_ms))
     if outcome.value is not None:
         return SliceResult(number, outcome.value, None, cpu_ms)
     return SliceResult(number, None, (outcome.error or "ESANDBOX: no outcome")[:512], cpu_ms)
+
+
+def _sealed(job: JobRecord, entry: SliceResult) -> SliceResult:
+    if entry.value is None:
+        return entry
+    return SliceResult(entry.number, sealed_value(job, entry.number, entry.value), None, entry.cpu_ms)
 
 
 def _parts(entries: list[SliceResult]) -> list[list[SliceResult]]:

@@ -7,7 +7,9 @@
   seq that keeps everything but the batches (only appended to) and the flags (only ever raised).
 - A **batch** of slices (signed by the owner, one key per batch): the slices' data, as canonical JSON.
 - A **lease** (signed by a worker, one key per batch): the worker is computing the batch until `until`
-  (ms), renewed while it works; it is gone when it lapses, so a dead worker's batches go to others.
+  (ms), renewed while it works; it is gone when it lapses, so a dead worker's batches go to others. It
+  says since when the worker holds the batch, so that a worker renewing forever without results is
+  seen for what it is (`worker`: a lease held past what the batch could take is ignored).
 - A **result** (signed by the worker, one key per `RESULTS_PER_KEY` batches, so that a reader follows a
   job of 10,000 slices through a handful of keys): the outcome of each slice the worker ran.
 
@@ -21,7 +23,7 @@ from itertools import accumulate
 
 import orjson
 
-from dhtmesh.crypto.keys import NODE_ID_SIZE
+from dhtmesh.crypto.keys import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_from_public_key
 from dhtmesh.node.records.keys import ShardedDirectory, reserved_key
 from dhtmesh.node.records.kind import CLOCK_SKEW, InvalidRecord, RecordKind, pack, unpack, well_sized
 from dhtmesh.node.values.types import DAY
@@ -140,11 +142,12 @@ class JobRecord:
     cancelled: bool = False
     reason: str = ""
     updated: int = 0  # the time of its last change: it lives a day after it
+    owner_key: bytes = b""  # the owner's public key: private results are sealed to it
 
     def encode(self) -> bytes:
         return pack(
             self.job_id, self.owner_id, self.nonce, self.created, self.spec.to_wire(), list(self.batches),
-            self.closed, self.cancelled, self.reason, self.updated,
+            self.closed, self.cancelled, self.reason, self.updated, self.owner_key,
         )  # fmt: skip
 
     @property
@@ -161,11 +164,13 @@ class JobRecord:
 
 
 def decode_job(data: bytes) -> JobRecord:
-    job_id, owner_id, nonce, created, spec, batches, closed, cancelled, reason, updated = unpack(data, "job", 10)
-    if not well_sized(((job_id, JOB_ID_SIZE), (owner_id, NODE_ID_SIZE), (nonce, NONCE_SIZE))):
-        raise InvalidRecord("job and owner ids are 20 bytes, the nonce 16")
-    if job_id != job_id_of(owner_id, nonce):
-        raise InvalidRecord("a job's id is its owner's")
+    fields = unpack(data, "job", 11)
+    job_id, owner_id, nonce, created, spec, batches, closed, cancelled, reason, updated, owner_key = fields
+    sizes = ((job_id, JOB_ID_SIZE), (owner_id, NODE_ID_SIZE), (nonce, NONCE_SIZE), (owner_key, PUBLIC_KEY_SIZE))
+    if not well_sized(sizes):
+        raise InvalidRecord("job and owner ids are 20 bytes, the nonce 16, the owner's key 32")
+    if job_id != job_id_of(owner_id, nonce) or node_id_from_public_key(owner_key) != owner_id:
+        raise InvalidRecord("a job's id and key are its owner's")
     well_formed = (
         isinstance(batches, list)
         and len(batches) <= MAX_BATCHES
@@ -180,7 +185,10 @@ def decode_job(data: bytes) -> JobRecord:
     created, updated = _time(created, "created"), _time(updated, "updated")
     if updated < created:
         raise InvalidRecord("a job is updated after it is created")
-    return JobRecord(job_id, owner_id, nonce, created, _spec(spec), tuple(batches), closed, cancelled, reason, updated)
+    spec = _spec(spec)
+    return JobRecord(
+        job_id, owner_id, nonce, created, spec, tuple(batches), closed, cancelled, reason, updated, owner_key
+    )
 
 
 def job_follows(current: JobRecord, incoming: JobRecord) -> bool:
@@ -255,8 +263,8 @@ class LeaseRecord:
     worker_id: bytes
     job_id: bytes
     index: int
-    since: int  # ms
-    until: int  # ms: the lease is gone after it
+    since: int  # ms: when the worker took the batch (kept as it renews)
+    until: int  # ms: the lease is gone after it, unless renewed
 
     def encode(self) -> bytes:
         return pack(self.worker_id, self.job_id, self.index, self.since, self.until)
@@ -279,8 +287,8 @@ def decode_lease(data: bytes) -> LeaseRecord:
         raise InvalidRecord("worker and job ids are 20 bytes")
     index = _count(index, 0, MAX_BATCHES - 1, "a batch's index")
     since = _time(since, "a lease's start", 1000)
-    if not (type(until) is int and since < until <= since + LEASE_MAX * 1000):
-        raise InvalidRecord(f"a lease ends after it starts, within {LEASE_MAX:.0f} s")
+    if not (type(until) is int and since < until <= (time.time() + LEASE_MAX + CLOCK_SKEW) * 1000):
+        raise InvalidRecord(f"a lease ends after it starts, within {LEASE_MAX:.0f} s from now")
     return LeaseRecord(worker_id, job_id, index, since, until)
 
 
