@@ -17,8 +17,10 @@ What runs (everything on loopback; every process stopped by its PID at the end):
   (`node/jobs/owner.cut`: 40 of 250 for 10,000 slices), as a sandbox runs a batch in one call: how much
   of the difference is the batching rather than the system.
 
-The two systems run one after the other, each alone on the machine; each is warmed up first with a
-small job that is not timed (the sandboxes start on first use, as Dask's workers import on theirs).
+The two systems run one after the other, each alone: an idle Dask cluster uses 13 % of a core (its
+heartbeats and profiler; an idle mesh 0.4 %, measured), which would fall on dhtmesh's figures if both
+were up together. Each is warmed up first with a small job that is not timed (the sandboxes start on
+first use, as Dask's workers import on theirs).
 
 Cases:
 * `trivial`: `--slices` (10,000) slices of `x => x * 2` over 0..N-1: slices/s from the deploy call
@@ -78,7 +80,6 @@ from dhtmesh.testing import DHTMESH, wait_ready
 TRIVIAL_JS = "x => x * 2"
 # Fixed work, `n` steps (calibrated); the sum is used, so that V8 cannot drop the loop.
 BUSY_JS = "(x, n) => { let s = 0; for (let i = 0; i < n; i++) s = (s + i * x) % 1000003; return s >= 0 ? x : -1; }"
-WARM_UP_SLICES = 8
 FIRST_SLICE = 1  # dcp-rest numbers slices from 1
 FINISHED = {"completed", "failed", "cancelled"}
 STATUS_POLL = 0.01  # seconds between two status reads once every result is in
@@ -115,6 +116,9 @@ class Case:
     expect: Callable[[int], int]
     steps: dict[str, int] = field(default_factory=dict)  # the loop's steps per engine ("js", "python")
     slice_cpu_s: dict[str, float] = field(default_factory=dict)  # one slice on an idle core, per engine
+
+
+WARM_UP = Case("warm-up", 8, TRIVIAL_JS, double, double)
 
 
 @dataclass
@@ -281,24 +285,16 @@ async def follow(
             return
 
 
-async def dhtmesh_cases(url: str, cases: list[Case]) -> list[Timeline]:
-    owner = Identity.generate()
-    async with Client(url, timeout=ANSWER_TIMEOUT) as client:
-        warm_up = Case("warm-up", WARM_UP_SLICES, TRIVIAL_JS, double, double)
-        if (await dhtmesh_job(client, owner, warm_up)).errors:
-            raise RuntimeError("the warm-up job's results are wrong")
-        return [await dhtmesh_job(client, owner, case) for case in cases]
+def run_dhtmesh(url: str, owner: Identity, case: Case) -> Timeline:
+    """One job through the node at `url`, on an event loop of its own (Dask's client runs on its own)."""
+    timelines: list[Timeline] = []
 
+    async def run() -> None:
+        async with Client(url, timeout=ANSWER_TIMEOUT) as client:
+            timelines.append(await dhtmesh_job(client, owner, case))
 
-def run_dhtmesh(cases: list[Case], workers: int) -> list[Timeline]:
-    with tempfile.TemporaryDirectory(prefix="bench_jobs-") as tmp, dhtmesh_mesh(Path(tmp), workers) as url:
-        timelines: list[Timeline] = []
-
-        async def run() -> None:
-            timelines.extend(await dhtmesh_cases(url, cases))
-
-        run_loop(run())
-        return timelines
+    run_loop(run())
+    return timelines[0]
 
 
 # ---- Dask -------------------------------------------------------------------------------------------
@@ -312,9 +308,9 @@ def dask_available() -> bool:
     return True
 
 
-def run_dask(cases: list[Case], workers: int) -> dict[str, list[Timeline]]:
-    """Each case as the brief has it, one task per slice ("dask"), then in the batches dhtmesh cuts the
-    job into, one task per batch ("dask-batched"): how much of the difference is the batching."""
+@contextmanager
+def dask_cluster(workers: int) -> Iterator[Any]:
+    """A client of a `LocalCluster` of `workers` worker processes (one thread each) on 127.0.0.1."""
     from distributed import Client as DaskClient
     from distributed import LocalCluster
 
@@ -325,20 +321,18 @@ def run_dask(cases: list[Case], workers: int) -> dict[str, list[Timeline]]:
     try:
         with DaskClient(cluster) as client:
             pids = list(client.run(os.getpid).values())
-            dask_job(client, Case("warm-up", WARM_UP_SLICES, TRIVIAL_JS, double, double))
-            return {
-                "dask": [dask_case(client, case, batched=False) for case in cases],
-                "dask-batched": [dask_case(client, case, batched=True) for case in cases],
-            }
+            yield client
     finally:
         cluster.close()
         stop_pids(pids)
 
 
 def dask_case(client: Any, case: Case, batched: bool) -> Timeline:
-    """Two passes: a plain `map` and `gather`, timed; then the same work watched, for the latencies and
-    the CPU time. Watching costs Dask time (10,000 done callbacks took 13 % off its slices/s, measured),
-    which the first pass does not pay."""
+    """The case as the brief has it, one task per slice, or `batched`: one task per batch of those a
+    dhtmesh owner cuts the job into, to tell how much of the difference is the batching. Two passes: a
+    plain `map` and `gather`, timed; then the same work watched, for the latencies and the CPU time.
+    Watching costs Dask time (10,000 done callbacks took 13 % off its slices/s, measured), which the
+    first pass does not pay."""
     timed = dask_job(client, case, batched)
     watched = dask_job(client, case, batched, watch=True)
     return Timeline(
@@ -497,6 +491,30 @@ def _cell(value: object) -> str:
 # ---- the run ----------------------------------------------------------------------------------------
 
 
+Record = Callable[[Case, str, Timeline], None]
+"""Takes a case's timeline on a system as soon as it is measured."""
+
+
+def dhtmesh_runs(cases: list[Case], workers: int, record: Record) -> None:
+    """Each case on a mesh of `workers` worker nodes, after a warm-up job."""
+    with tempfile.TemporaryDirectory(prefix="bench_jobs-") as tmp, dhtmesh_mesh(Path(tmp), workers) as url:
+        owner = Identity.generate()
+        if run_dhtmesh(url, owner, WARM_UP).errors:
+            raise RuntimeError("the warm-up job's results are wrong")
+        for case in cases:
+            record(case, "dhtmesh", run_dhtmesh(url, owner, case))
+
+
+def dask_runs(cases: list[Case], workers: int, record: Record) -> None:
+    """Each case on a cluster of `workers` Dask workers, a task per slice then per batch, after a warm-up."""
+    with dask_cluster(workers) as client:
+        if dask_job(client, WARM_UP).errors:
+            raise RuntimeError("the warm-up job's results are wrong")
+        for case in cases:
+            record(case, "dask", dask_case(client, case, batched=False))
+            record(case, "dask-batched", dask_case(client, case, batched=True))
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=10_000, help="trivial slices (default 10,000)")
@@ -524,11 +542,14 @@ def main() -> int:
             calibrate(Case("cpu", busy_slices, BUSY_JS, busy, lambda x: x), args.busy_ms / 1000),
         ]
         doc["busy_steps"] = cases[1].steps
-        runs = {"dhtmesh": run_dhtmesh(cases, args.workers)} | (run_dask(cases, args.workers) if with_dask else {})
-        for system, timelines in runs.items():
-            for case, timeline in zip(cases, timelines, strict=True):
-                doc["rows"].append(row(case, system, timeline, cores))
-                print(f"{case.name:<8} {system:<12} {doc['rows'][-1]}", flush=True)
+
+        def record(case: Case, system: str, timeline: Timeline) -> None:
+            doc["rows"].append(row(case, system, timeline, cores))
+            print(f"{case.name:<8} {system:<12} {doc['rows'][-1]}", flush=True)
+
+        dhtmesh_runs(cases, args.workers, record)
+        if with_dask:
+            dask_runs(cases, args.workers, record)
         doc["ratios"] = ratios(doc["rows"])
         print_table(doc["rows"])
         if any(r["errors"] or r["status"] != "completed" for r in doc["rows"]):
