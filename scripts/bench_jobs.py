@@ -40,7 +40,9 @@ Cases:
   and the nodes' with their sandboxes, or the client's with Dask's scheduler (the same process) and its
   workers; read from /proc for this process and every process under it, so the other work of the
   machine is not in it. That other work is measured too (`others_cpu_s`: the machine's busy time
-  meanwhile, less ours): wall times of a case it took CPU from are not to be compared.
+  meanwhile, less ours): wall times of a case it took CPU from are not to be compared. For dhtmesh, also
+  the slices its workers started (`started`, from their counters): a slice computed twice (two workers
+  that took a batch at once, a lease that lapsed) counts twice.
 * In both, the latency from the deploy call to the first result the client sees, and the tail: from
   the last result the client sees until the job is `completed` (Dask has no job state: there it is
   from the last future done until `gather` returned). Dask's are seen through done callbacks, which
@@ -78,9 +80,12 @@ from dhtmesh.node.wire.netgroup import loopback_host
 from dhtmesh.testing import DHTMESH, wait_ready
 
 TRIVIAL_JS = "x => x * 2"
-# Fixed work, `n` steps (calibrated); the sum is used, so that V8 cannot drop the loop.
-BUSY_JS = "(x, n) => { let s = 0; for (let i = 0; i < n; i++) s = (s + i * x) % 1000003; return s >= 0 ? x : -1; }"
+# Fixed work, `n` steps (calibrated), the same for every datum: with `i * x` in the loop, products past
+# 2^31 made V8 leave integer arithmetic and take 1.3-7x longer for some data (measured). The sum is
+# used, so that V8 cannot drop the loop.
+BUSY_JS = "(x, n) => { let s = 0; for (let i = 0; i < n; i++) s = (s + i) % 1000003; return s >= 0 ? x : -1; }"
 FIRST_SLICE = 1  # dcp-rest numbers slices from 1
+STARTED = "jobs.slices_started"  # a worker's counter, in /node/info
 FINISHED = {"completed", "failed", "cancelled"}
 STATUS_POLL = 0.01  # seconds between two status reads once every result is in
 JOB_TIMEOUT = 900.0  # seconds a job may take before the case fails
@@ -98,7 +103,7 @@ def busy(x: int, n: int) -> int:
     """`BUSY_JS` in Python."""
     s = 0
     for i in range(n):
-        s = (s + i * x) % 1000003
+        s = (s + i) % 1000003
     return x if s >= 0 else -1
 
 
@@ -133,6 +138,7 @@ class Timeline:
     watched_done: float | None = None  # Dask: the arrivals are a second pass's, which ended then
     cpu_used_s: float = 0.0  # CPU time of this process and every process under it during the job
     others_cpu_s: float = 0.0  # CPU time the rest of the machine used meanwhile: how noisy the figures are
+    started: int | None = None  # dhtmesh: slices the workers started, a slice computed twice counted twice
 
     def measured(self, before: "CpuSnapshot") -> None:
         now = CpuSnapshot.now()
@@ -211,8 +217,9 @@ def calibrate(case: Case, target_s: float) -> Case:
 
 
 @contextmanager
-def dhtmesh_mesh(tmp: Path, workers: int) -> Iterator[str]:
-    """A non-worker node and `workers` worker nodes bootstrapped from it; the non-worker's proxy URL."""
+def dhtmesh_mesh(tmp: Path, workers: int) -> Iterator[list[str]]:
+    """A non-worker node and `workers` worker nodes bootstrapped from it; their proxy URLs, the
+    non-worker's first."""
     processes: list[subprocess.Popen] = []
     try:
         bootstrap: list[str] = []
@@ -228,7 +235,7 @@ def dhtmesh_mesh(tmp: Path, workers: int) -> Iterator[str]:
             urls.append(ready["proxy"])
             bootstrap = bootstrap or ["-b", ready["udp"]]
         wait_joined(urls)
-        yield urls[0]
+        yield urls
     finally:
         stop_all(processes)
 
@@ -285,16 +292,28 @@ async def follow(
             return
 
 
-def run_dhtmesh(url: str, owner: Identity, case: Case) -> Timeline:
-    """One job through the node at `url`, on an event loop of its own (Dask's client runs on its own)."""
+def run_dhtmesh(urls: list[str], owner: Identity, case: Case) -> Timeline:
+    """One job through the first node of `urls`, on an event loop of its own; with the slices the
+    others (the workers) started meanwhile, which counts a slice computed twice twice."""
     timelines: list[Timeline] = []
 
     async def run() -> None:
-        async with Client(url, timeout=ANSWER_TIMEOUT) as client:
+        async with Client(urls[0], timeout=ANSWER_TIMEOUT) as client:
+            before = await slices_started(urls[1:])
             timelines.append(await dhtmesh_job(client, owner, case))
+            timelines[0].started = await slices_started(urls[1:]) - before
 
     run_loop(run())
     return timelines[0]
+
+
+async def slices_started(workers: list[str]) -> int:
+    """How many slices the workers have started so far, by their counters."""
+    total = 0
+    for url in workers:
+        async with Client(url) as client:
+            total += (await client.info())["counters"].get(STARTED, 0)
+    return total
 
 
 # ---- Dask -------------------------------------------------------------------------------------------
@@ -422,6 +441,7 @@ def row(case: Case, system: str, timeline: Timeline, cores: int) -> dict[str, An
         "cpu_used_s": rounded(timeline.cpu_used_s, 2),
         "cpu_ms_per_slice": rounded(timeline.cpu_used_s * 1000 / case.slices, 3),
         "others_cpu_s": rounded(timeline.others_cpu_s, 2),
+        "started": timeline.started,
     }
     if case.steps:
         engine = "js" if system == "dhtmesh" else "python"
@@ -474,10 +494,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = (
-        ("case", 8), ("system", 12), ("slices", 7), ("errors", 6), ("seconds", 8), ("slices_per_s", 12),
-        ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7), ("cpu_ms_per_slice", 16), ("cpu_s", 7),
-        ("ideal_s", 8),
-        ("efficiency", 10), ("cal_ideal_s", 11), ("cal_efficiency", 14), ("others_cpu_s", 12),
+        ("case", 8), ("system", 12), ("slices", 7), ("started", 7), ("errors", 6), ("seconds", 8),
+        ("slices_per_s", 12), ("first_result_s", 14), ("last_result_s", 13), ("tail_s", 7),
+        ("cpu_ms_per_slice", 16), ("cpu_s", 7), ("ideal_s", 8), ("efficiency", 10), ("cal_ideal_s", 11),
+        ("cal_efficiency", 14), ("others_cpu_s", 12),
     )  # fmt: skip
     print(" ".join(f"{name:>{width}}" for name, width in columns))
     for r in rows:
@@ -497,12 +517,12 @@ Record = Callable[[Case, str, Timeline], None]
 
 def dhtmesh_runs(cases: list[Case], workers: int, record: Record) -> None:
     """Each case on a mesh of `workers` worker nodes, after a warm-up job."""
-    with tempfile.TemporaryDirectory(prefix="bench_jobs-") as tmp, dhtmesh_mesh(Path(tmp), workers) as url:
+    with tempfile.TemporaryDirectory(prefix="bench_jobs-") as tmp, dhtmesh_mesh(Path(tmp), workers) as urls:
         owner = Identity.generate()
-        if run_dhtmesh(url, owner, WARM_UP).errors:
+        if run_dhtmesh(urls, owner, WARM_UP).errors:
             raise RuntimeError("the warm-up job's results are wrong")
         for case in cases:
-            record(case, "dhtmesh", run_dhtmesh(url, owner, case))
+            record(case, "dhtmesh", run_dhtmesh(urls, owner, case))
 
 
 def dask_runs(cases: list[Case], workers: int, record: Record) -> None:
