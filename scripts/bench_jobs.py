@@ -14,13 +14,13 @@ What runs (everything on loopback; every process stopped by its PID at the end):
   equivalents of the JavaScript ones. Skipped, and said so in the JSON, when `distributed` is not
   installed (`pip install '.[bench]'`; scripts/bench installs it).
 * `dask-batched`: the same cluster, one task per batch of the batches a dhtmesh owner cuts the job into
-  (`node/jobs/owner.cut`: 40 of 250 for 10,000 slices), as a sandbox runs a batch in one call: how much
+  (`node/jobs/owner.cut`, about 64 of them), as a sandbox runs a batch in one call: how much
   of the difference is the batching rather than the system.
 
 The two systems run one after the other, each alone: an idle Dask cluster uses 13 % of a core (its
 heartbeats and profiler; an idle mesh 0.4 %, measured), which would fall on dhtmesh's figures if both
-were up together. Each is warmed up first with a small job that is not timed (the sandboxes start on
-first use, as Dask's workers import on theirs).
+were up together. Each is warmed up first with a small job that is not timed (first connections,
+imports, compiles).
 
 Cases:
 * `trivial`: `--slices` (10,000) slices of `x => x * 2` over 0..N-1: slices/s from the deploy call
@@ -35,7 +35,7 @@ Cases:
   the slice, which grows when processes share a core, so `cal_efficiency` uses the calibrated total
   instead (slices x one slice's CPU time on an idle core): 1.0 is every core busy with slices only.
   The calibration times V8 once it has optimized the loop; a sandbox runs a new job's function slower
-  until V8 has (its first batch of 7 took ~77 ms a slice instead of 50, measured), which dhtmesh pays.
+  until V8 has (its first slices took up to 62 ms instead of 50, measured alone), which dhtmesh pays.
 * In all, the CPU time every process of the run used during the (timed) job, per slice: the client's
   and the nodes' with their sandboxes, or the client's with Dask's scheduler (the same process) and its
   workers; read from /proc for this process and every process under it, so the other work of the
