@@ -26,7 +26,7 @@ from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.clients import client_slot
 from dhtmesh.proxy.errors import BadRequest, TooLarge
 from dhtmesh.proxy.job_auth import Caller, caller
-from dhtmesh.proxy.responses import json_reply, open_stream
+from dhtmesh.proxy.responses import json_object, json_reply, open_stream
 from dhtmesh.proxy.route import JOB_CHANGES, JOBS, LISTEN_SLOTS, NODE, Route
 
 BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches: 4,096 batches of 48 KiB at most
@@ -44,18 +44,6 @@ async def _body(request: web.Request) -> bytes:
     if len(raw) > BODY_LIMIT:
         raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
     return raw
-
-
-def _document(raw: bytes) -> dict:
-    if not raw.strip():
-        return {}
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest("the body is not JSON") from error
-    if not isinstance(document, dict):
-        raise BadRequest("the body is a JSON object")
-    return document
 
 
 def _job_id(request: web.Request) -> bytes:
@@ -86,7 +74,7 @@ async def _change(request: web.Request) -> AsyncIterator[tuple[Jobs, Caller, dic
     with client_slot(request.app[JOB_CHANGES], request, "http_job_changes_refused"):
         raw = await _body(request)
         who = await caller(request, raw)
-        yield request.app[JOBS], who, _document(raw)
+        yield request.app[JOBS], who, json_object(raw, empty={})
 
 
 # ---- changes ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ sandbox process, never in the node's), and then puts them, batches before the jo
 """
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.dht import DhtNode
@@ -111,21 +112,21 @@ class Jobs:
         await self._put(change)
         return change.job.total_slices - current.total_slices, change.job.total_slices
 
-    async def close_job(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> JobRecord:
-        seq, current = await self._owned(owner_id, job_id)
-        change = _read(values, owner_id)
-        self._check_follows(seq, current, change)
-        if change.batches or change.job.batches != current.batches or not change.job.closed:
-            raise BadJob("closing a job changes nothing but its closed flag")
-        await self._put(change)
-        return change.job
+    async def close_job(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> None:
+        await self._raise_flag(owner_id, job_id, values, lambda job: job.closed, "closed")
 
     async def cancel(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> None:
+        await self._raise_flag(owner_id, job_id, values, lambda job: job.cancelled, "cancelled")
+
+    async def _raise_flag(
+        self, owner_id: bytes, job_id: bytes, values: list[Value], raised: Callable[[JobRecord], bool], flag: str
+    ) -> None:
+        """Put the job's next version if it changes nothing but raising `flag` (and a cancel's reason)."""
         seq, current = await self._owned(owner_id, job_id)
         change = _read(values, owner_id)
         self._check_follows(seq, current, change)
-        if change.batches or change.job.batches != current.batches or not change.job.cancelled:
-            raise BadJob("cancelling a job changes nothing but its cancelled flag and reason")
+        if change.batches or change.job.batches != current.batches or not raised(change.job):
+            raise BadJob(f"this change of a job changes nothing but its {flag} flag")
         await self._put(change)
 
     async def owned_record(self, owner_id: bytes, job_id: bytes) -> Value:
