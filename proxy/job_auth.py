@@ -93,11 +93,11 @@ def _unlock(document: str, password: str) -> Identity:
 
 async def caller(request: web.Request, body: bytes) -> Caller:
     """The proven caller of a request whose body is `body`; raises `RequestAuthError` (401)."""
+    if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
+        raise TooManyRequests("too many authenticated requests; retry in a second")
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
     if scheme == "Ed25519":
-        if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
-            raise TooManyRequests("too many signed requests; retry in a second")
         node = request.app[NODE]
         guard = request.app[REPLAY_GUARD]
         key = verify_request(request.headers, request.method, request.raw_path, body, node.node_id, guard)

@@ -40,10 +40,13 @@ async def _body(request: web.Request) -> bytes:
     """The body, up to `BODY_LIMIT` (a job's bodies are larger than the proxy's other routes take)."""
     if request.content_length is not None and request.content_length > BODY_LIMIT:
         raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
-    raw = await request.content.read(BODY_LIMIT + 1)
-    if len(raw) > BODY_LIMIT:
-        raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
-    return raw
+    pieces, size = [], 0
+    async for piece in request.content.iter_any():  # a read returns what has arrived: read to the end
+        size += len(piece)
+        if size > BODY_LIMIT:
+            raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _job_id(request: web.Request) -> bytes:

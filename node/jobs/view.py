@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.jobs.votes import Settled, SliceVotes, Want, gather, settle, want
+from dhtmesh.node.jobs.votes import Settled, SliceVotes, Want, count_in, settle, want
 from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.directory import LiveView
 from dhtmesh.node.records.job import JOB, RESULT, RESULT_TYPE, RESULTS_PER_KEY, JobRecord, ResultRecord, results_key
@@ -58,8 +58,8 @@ class BatchTally:
         if record_id in self.records:
             return False
         self.records[record_id] = record
-        self.votes = gather(list(self.records.values()), self.first, self.count)
-        self.settled = {number: settle(job.spec, votes) for number, votes in self.votes.items()}
+        for number in count_in(self.votes, record, self.first, self.count):
+            self.settled[number] = settle(job.spec, self.votes[number])
         return True
 
     def numbers(self) -> range:
