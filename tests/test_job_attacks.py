@@ -23,7 +23,6 @@ from dhtmesh.node.jobs.sandbox import SandboxPool
 from dhtmesh.node.jobs.view import JobView
 from dhtmesh.node.records.job import (
     BATCH,
-    JOB,
     JOBS,
     LEASE,
     RESULT,
@@ -277,7 +276,7 @@ def plain_basic(identity: Identity) -> dict[str, str]:
 
 @pytest.mark.unit
 async def test_a_web_pages_post_cannot_deploy_cancel_or_close_a_job(serve) -> None:
-    node, url = await serve()
+    _node, url = await serve()
     auth = plain_basic(Identity.generate())
     page = {"Origin": "https://evil.example", **auth}
     body = {"work": {"function": "x => x"}, "slices": [1]}
@@ -297,7 +296,7 @@ async def test_a_web_pages_post_cannot_deploy_cancel_or_close_a_job(serve) -> No
 
 @pytest.mark.unit
 async def test_garbage_ranges_and_costly_argon2_credentials_get_4xx_never_work(serve) -> None:
-    node, url = await serve()
+    _node, url = await serve()
     auth = plain_basic(Identity.generate())
     async with aiohttp.ClientSession() as session:
         async with session.post(
@@ -311,8 +310,9 @@ async def test_garbage_ranges_and_costly_argon2_credentials_get_4xx_never_work(s
         async with session.get(url + API + f"/job/{job_id}/result?range=1-999999999") as response:
             assert response.status == 200 and (await response.json())["results"] == []
         # An identity document asking for Argon2id costs above this node's own is refused before any work.
-        costly = {"version": 1, "kind": "ed25519", "kdf": "argon2id", "opslimit": 1 << 30, "memlimit": 1 << 40,
-                  "salt": base64.b64encode(b"s" * 16).decode(), "sealed_seed": base64.b64encode(b"x" * 72).decode()}  # fmt: skip
+        salt, sealed = base64.b64encode(b"s" * 16).decode(), base64.b64encode(b"x" * 72).decode()
+        costly = {"version": 1, "kind": "ed25519", "kdf": "argon2id", "salt": salt, "sealed_seed": sealed}
+        costly |= {"opslimit": 1 << 30, "memlimit": 1 << 40}
         token = base64.b64encode(f"{json.dumps(costly)}:pw".encode()).decode()
         started = time.monotonic()
         for _ in range(8):
@@ -328,7 +328,7 @@ async def test_garbage_ranges_and_costly_argon2_credentials_get_4xx_never_work(s
     "proxy/job_auth.py caller() looks at the Authorization header: an anonymous client holds 16 MiB per request",
 )
 async def test_a_job_request_without_a_credential_is_refused_before_its_body_is_read(serve) -> None:
-    node, url = await serve()
+    _node, url = await serve()
     host, port = url.split("//")[1].split(":")
     for path in (f"{API}/job", f"{API}/jobs"):
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -352,7 +352,7 @@ async def test_a_job_request_without_a_credential_is_refused_before_its_body_is_
     "no limiter (proxy/job_auth.py Unlocker.unlock): one host's slow-to-evaluate functions delay every deploy",
 )
 async def test_one_hosts_slow_deploys_do_not_hold_up_another_hosts_deploy(serve) -> None:
-    node, url = await serve()
+    _node, url = await serve()
     slow = {"work": {"function": "(() => { for (;;) {} })()"}, "slices": [1]}  # evaluating it loops: 1 s each
     finished: list[str] = []
 
