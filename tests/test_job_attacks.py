@@ -227,7 +227,7 @@ async def test_a_throwaway_key_squatting_every_lease_does_not_stop_honest_worker
         assert (await job_mesh.hostile.put(LEASE.key_for(lease), LEASE.sign(mallory, lease, 1))).replicas > 0
     worker = await job_mesh.worker(job_mesh.nodes[1])
     view = await view_of(worker, job)
-    await eventually(lambda: view.status().completed == job.total_slices, within=12, every=0.2)
+    await eventually(lambda: view.status().completed == job.total_slices, within=8, every=0.2)
 
 
 @pytest.mark.process
@@ -244,7 +244,7 @@ async def test_one_owners_long_job_does_not_starve_another_owners_job(job_mesh: 
     await eventually(lambda: worker.node.counters.get("jobs.slices_started") > 0, within=10)
     small, _ = await put_job(job_mesh.nodes[2], alice, {"work": {"function": "x => x + 1"}, "slices": [1]})
     view = await view_of(worker, small)
-    await eventually(lambda: view.status().completed == 1, within=12, every=0.2)
+    await eventually(lambda: view.status().completed == 1, within=8, every=0.2)
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ async def test_one_hosts_slow_deploys_do_not_hold_up_another_hosts_deploy(serve)
             return response.status
 
     async with aiohttp.ClientSession() as session:
-        attacks = [asyncio.create_task(attack(session)) for _ in range(8)]
+        attacks = [asyncio.create_task(attack(session)) for _ in range(5)]
         await asyncio.sleep(0.2)  # the attacker's requests are in before the honest one
         honest = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
         async with honest:
@@ -457,3 +457,50 @@ async def test_many_result_records_for_one_batch_do_not_block_a_reading_node(job
     finally:
         ticker.cancel()
     assert longest < 2.0, longest  # the node's loop answered meanwhile (today: blocked for seconds)
+
+
+@pytest.mark.unit
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: proxy/job_routes.py deploy/add_slices have no per-client limit for Basic callers (plain identity "
+    "documents cost nothing; SIGNED_LIMITER, 200/s, only meets Ed25519 ones): one host makes the node store and "
+    "replicate 16 MiB per request, from as many throwaway keys as it likes",
+)
+async def test_one_hosts_flood_of_big_deploys_is_limited(serve) -> None:
+    _node, url = await serve()
+    slices = ["x" * 20_000]  # kept small here: bigger bodies meet the partial read below
+
+    async def deploy(session: aiohttp.ClientSession) -> int:
+        body = {"work": {"function": "x => x.length"}, "slices": slices}
+        async with session.post(url + API + "/job", json=body, headers=plain_basic(Identity.generate())) as response:
+            return response.status
+
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(*(deploy(session) for _ in range(16)))
+    assert set(statuses) <= {201, 429} and 429 in statuses, statuses
+
+
+@pytest.mark.unit
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: proxy/job_routes.py _body reads request.content.read(BODY_LIMIT + 1), which returns what is "
+    "buffered, not the whole body: a job body that arrives in two pieces is cut and refused ('not JSON', or a "
+    "signed request's signature fails)",
+)
+async def test_a_job_body_that_arrives_in_two_pieces_is_read_whole(serve) -> None:
+    _node, url = await serve()
+    host, port = url.split("//")[1].split(":")
+    body = orjson.dumps({"work": {"function": "x => x"}, "slices": [1, 2, 3]})
+    head = f"POST {API}/job HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    auth = plain_basic(Identity.generate())["Authorization"]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"{head}Authorization: {auth}\r\nConnection: close\r\n\r\n".encode() + body[:20])
+        await writer.drain()
+        await asyncio.sleep(0.3)  # a slow network: the rest comes a little later
+        writer.write(body[20:])
+        await writer.drain()
+        status = (await asyncio.wait_for(reader.readline(), 10)).split()[1]
+    finally:
+        writer.close()
+    assert status == b"201"
