@@ -21,6 +21,7 @@ from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.jobs import owner
 from dhtmesh.node.jobs.sandbox import SandboxPool
+from dhtmesh.node.jobs.standing import MAX_CHECKED
 from dhtmesh.node.jobs.view import JobView
 from dhtmesh.node.records.job import (
     BATCH,
@@ -42,6 +43,8 @@ from dhtmesh.node.records.job import (
     results_key,
 )
 from dhtmesh.node.records.kind import FORMAT, value_id_of
+from dhtmesh.node.records.outvote import KIND as OUTVOTE
+from dhtmesh.node.records.outvote import Outvote, OutvoteLog, outvotes_key
 from dhtmesh.node.records.rules import RECORD_RULES
 from dhtmesh.node.routing.contact import Contact
 from dhtmesh.node.services import Services, Working
@@ -504,3 +507,30 @@ async def test_a_job_body_that_arrives_in_two_pieces_is_read_whole(serve) -> Non
     finally:
         writer.close()
     assert status == b"201"
+
+
+@pytest.mark.unit
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: node/jobs/standing.py Standings.of checks only the MAX_CHECKED newest reported slices, and any "
+    "key may report (times up to CLOCK_SKEW ahead): a liar's throwaway reporter lists 16 made-up slices newer "
+    "than its real outvotes, and its standing reads 0",
+)
+async def test_a_liar_cannot_bury_its_proven_outvotes_under_made_up_reports(job_mesh: JobMesh) -> None:
+    alice, honest, second, liar, accomplice = (Identity.generate() for _ in range(5))
+    body = {"work": {"function": "x => x * 2"}, "slices": [1], "redundancy": 3}
+    job, _ = await put_job(job_mesh.nodes[0], alice, body)
+    for worker, value in ((honest, b"2"), (second, b"2"), (liar, b"666")):
+        await job_mesh.nodes[1].put(
+            results_key(job.job_id, 0), result(worker, job, 0, [SliceResult(1, value, None, 1)])
+        )
+    now = int(time.time())
+    report = OutvoteLog(honest.node_id, liar.node_id, (Outvote(job.job_id, 1, now),))
+    await job_mesh.nodes[1].put(outvotes_key(liar.node_id), OUTVOTE.sign(honest, report, 0))
+    reader = job_mesh.reader(job_mesh.nodes[3])
+    await view_of(reader, job)
+    assert (await reader.standings.of(liar.node_id)).outvoted == 1  # proven by the job's signed results
+    made_up = tuple(Outvote(os.urandom(20), 1, now + 30) for _ in range(MAX_CHECKED))
+    cover = OutvoteLog(accomplice.node_id, liar.node_id, made_up)
+    assert (await job_mesh.hostile.put(outvotes_key(liar.node_id), OUTVOTE.sign(accomplice, cover, 0))).replicas > 0
+    assert (await reader.standings.of(liar.node_id)).outvoted == 1
