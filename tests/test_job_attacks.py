@@ -534,3 +534,22 @@ async def test_a_liar_cannot_bury_its_proven_outvotes_under_made_up_reports(job_
     cover = OutvoteLog(accomplice.node_id, liar.node_id, made_up)
     assert (await job_mesh.hostile.put(outvotes_key(liar.node_id), OUTVOTE.sign(accomplice, cover, 0))).replicas > 0
     assert (await reader.standings.of(liar.node_id)).outvoted == 1
+
+
+@pytest.mark.unit
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE (Sybil, by design today): node/jobs/votes.py settle counts signers, and keys are free: two "
+    "throwaway keys from one host agree on a made-up value and it is a redundancy-3 job's accepted result",
+)
+async def test_two_throwaway_keys_from_one_host_do_not_decide_a_redundant_slice(job_mesh: JobMesh) -> None:
+    alice = Identity.generate()
+    job, _ = await put_job(
+        job_mesh.nodes[0], alice, {"work": {"function": "x => x * 2"}, "slices": [1], "redundancy": 3}
+    )
+    for sybil in (Identity.generate(), Identity.generate()):
+        made_up = result(sybil, job, 0, [SliceResult(1, b"666", None, 1)])
+        assert (await job_mesh.hostile.put(results_key(job.job_id, 0), made_up)).replicas > 0
+    reader = job_mesh.reader(job_mesh.nodes[3])
+    view = await view_of(reader, job)
+    assert view.values() != [(1, b"666")]
