@@ -230,7 +230,7 @@ async def test_a_throwaway_key_squatting_every_lease_does_not_stop_honest_worker
         assert (await job_mesh.hostile.put(LEASE.key_for(lease), LEASE.sign(mallory, lease, 1))).replicas > 0
     worker = await job_mesh.worker(job_mesh.nodes[1])
     view = await view_of(worker, job)
-    await eventually(lambda: view.status().completed == job.total_slices, within=8, every=0.2)
+    await eventually(lambda: view.status().completed == job.total_slices, within=6, every=0.2)
 
 
 @pytest.mark.process
@@ -247,7 +247,7 @@ async def test_one_owners_long_job_does_not_starve_another_owners_job(job_mesh: 
     await eventually(lambda: worker.node.counters.get("jobs.slices_started") > 0, within=10)
     small, _ = await put_job(job_mesh.nodes[2], alice, {"work": {"function": "x => x + 1"}, "slices": [1]})
     view = await view_of(worker, small)
-    await eventually(lambda: view.status().completed == 1, within=8, every=0.2)
+    await eventually(lambda: view.status().completed == 1, within=6, every=0.2)
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ async def test_many_result_records_for_one_batch_do_not_block_a_reading_node(job
         await eventually(lambda: len(view.tallies[0].records) == 96, within=30)
     finally:
         ticker.cancel()
-    assert longest < 2.0, longest  # the node's loop answered meanwhile (today: blocked for seconds)
+    assert longest < 1.0, longest  # the node's loop answered meanwhile (today: blocked for seconds)
 
 
 @pytest.mark.unit
