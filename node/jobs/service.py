@@ -164,18 +164,21 @@ class Jobs:
             raise UnknownJob(f"no job {job_id.hex()} in the mesh")
         return max(mine, key=lambda value: value.seq)
 
-    async def view(self, job_id: bytes) -> JobView:
-        view = await self.book.view(job_id)
+    async def view(self, job_id: bytes, admit: Callable[[int], bool] | None = None) -> JobView:
+        """The job's view; opening one (following its result keys) only as far as `admit` allows."""
+        view = await self.book.view(job_id, admit)
         if view is None:
             raise UnknownJob(f"no job {job_id.hex()} in the mesh")
         return view
 
-    async def jobs_of(self, owner_id: bytes) -> list[tuple[JobRecord, JobStatus]]:
+    async def jobs_of(
+        self, owner_id: bytes, admit: Callable[[int], bool] | None = None
+    ) -> list[tuple[JobRecord, JobStatus]]:
         """The owner's jobs (newest first, at most `MAX_LISTED`), each with its state."""
         mine = sorted(
             (job for job in await self.book.jobs() if job.owner_id == owner_id), key=lambda job: -job.created
         )[:MAX_LISTED]
-        views = await asyncio.gather(*(self.view(job.job_id) for job in mine))
+        views = await asyncio.gather(*(self.view(job.job_id, admit) for job in mine))
         return [(view.job, view.status()) for view in views]
 
     async def count_of(self, owner_id: bytes) -> int:

@@ -56,25 +56,26 @@ class Want:
     excluded: frozenset[bytes]  # workers that gave a value, or failed it within the retry grace
 
 
-def gather(records: list[ResultRecord], first: int, count: int) -> dict[int, SliceVotes]:
+def gather(records: list[ResultRecord], first: int, count: int, limit_ms: int) -> dict[int, SliceVotes]:
     """Every worker's outcome of each slice of a batch (its first slice and count), its latest if it
     gave several."""
     votes: dict[int, SliceVotes] = {}
     for record in records:
-        count_in(votes, record, first, count)
+        count_in(votes, record, first, count, limit_ms)
     return votes
 
 
-def count_in(votes: dict[int, SliceVotes], record: ResultRecord, first: int, count: int) -> set[int]:
+def count_in(votes: dict[int, SliceVotes], record: ResultRecord, first: int, count: int, limit_ms: int) -> set[int]:
     """Add one result record to a batch's votes (in any order: a worker's latest value by its own time
-    and round stands); the slices it touched. Each record costs its own entries only."""
+    and round stands); the slices it touched. Each record costs its own entries only; the time it
+    claims for a slice counts up to the slice's limit (`limit_ms`), whatever it says."""
     touched = set()
     stamp = (record.time, record.round)
     for entry in record.entries:
         if not first <= entry.number < first + count:
             continue  # a worker's claim about another batch's slices: not this batch's
         slot = votes.setdefault(entry.number, SliceVotes())
-        slot.cpu_ms += entry.cpu_ms
+        slot.cpu_ms += min(entry.cpu_ms, limit_ms)
         touched.add(entry.number)
         if entry.value is None:
             slot.errors.append((record.worker_id, record.time, entry.error or ""))
