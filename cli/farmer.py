@@ -11,11 +11,9 @@ signed request. The node only checks and stores it, so it never needs (or gets) 
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
-from dhtmesh.cli.connect import as_text, run_client, write
+from dhtmesh.cli.connect import acting_identity, as_text, run_client, write
 from dhtmesh.cli.errors import CliError
-from dhtmesh.cli.paths import IDENTITY_FILE, default_data_dir, read_identity
 from dhtmesh.cli.url import add_url
 from dhtmesh.client import Client, NotRegistered
 from dhtmesh.crypto.addresses import InvalidAddress, address_payload, parse_node_id
@@ -80,10 +78,10 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
     if args.action == "total":
         return write(as_text(asdict(await client.total())))
     if args.action in ("show", "audits"):
-        farmer_id = _farmer_id(args.id) if args.id else (await farmer_identity(client, args)).node_id
+        farmer_id = _farmer_id(args.id) if args.id else (await acting_identity(client, args, "the farmer")).node_id
         shown = await (client.farmer_audits(farmer_id) if args.action == "audits" else client.farmer(farmer_id))
         return write(as_text(shown))
-    return await _change(client, await farmer_identity(client, args), args)
+    return await _change(client, await acting_identity(client, args, "the farmer"), args)
 
 
 def _farmer_id(text: str) -> bytes:
@@ -91,27 +89,6 @@ def _farmer_id(text: str) -> bytes:
         return parse_node_id(text)
     except InvalidAddress as error:
         raise CliError(f"--id: {error}") from error
-
-
-async def farmer_identity(client: Client, args: argparse.Namespace) -> Identity:
-    """`-i`'s identity; else the node's own, read from its data directory, once the node at `--url`
-    proves to be the one that identity belongs to (a farmer command never makes a new farmer)."""
-    if args.identity:
-        return read_identity(Path(args.identity))
-    path = (Path(args.persist) if args.persist else default_data_dir()) / IDENTITY_FILE
-    if not path.exists():
-        raise CliError(
-            f"no node identity at {path}: give the farmer's identity with -i FILE (`dhtmesh identity new -i FILE`"
-            " makes one), or the node's data directory with --persist DIR"
-        )
-    identity = read_identity(path)
-    node_id = await client.node_id()
-    if identity.node_id != node_id:
-        raise CliError(
-            f"{path} is node {identity.node_id.hex()}, not the node at {args.url} ({node_id.hex()}):"
-            " give the farmer's identity with -i FILE, or that node's data directory with --persist DIR"
-        )
-    return identity
 
 
 async def _change(client: Client, farmer: Identity, args: argparse.Namespace) -> int:

@@ -14,12 +14,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from dhtmesh.cli.connect import as_text, run_client, write
+from dhtmesh.cli.connect import acting_identity, as_text, run_client, write
 from dhtmesh.cli.errors import CliError
-from dhtmesh.cli.paths import IDENTITY_FILE, default_data_dir, read_identity
 from dhtmesh.cli.url import add_url
 from dhtmesh.client import BadJob, Client, SliceRange, opened
-from dhtmesh.crypto.identity import Identity
 
 FINISHED = "completed"
 BAR_WIDTH = 30
@@ -94,12 +92,12 @@ async def _results(client: Client, args: argparse.Namespace, ranges: list[SliceR
     """The results; a private job's opened with its owner's key."""
     document = await client.job_results(args.job_id, ranges)
     if (await client.job_status(args.job_id)).get("private"):
-        document = opened(await owner_identity(client, args), args.job_id, document)
+        document = opened(await acting_identity(client, args, "the job owner"), args.job_id, document)
     return write(as_text(document))
 
 
 async def _owned(client: Client, args: argparse.Namespace) -> int:
-    owner = await owner_identity(client, args)
+    owner = await acting_identity(client, args, "the job owner")
     if args.action == "list":
         return write(as_text(await client.jobs(owner)))
     if args.action == "close":
@@ -157,7 +155,7 @@ def _json_argument(name: str, text: str) -> Any:
 
 
 async def _submit(client: Client, args: argparse.Namespace, job: dict[str, Any]) -> int:
-    owner = await owner_identity(client, args)
+    owner = await acting_identity(client, args, "the job owner")
     try:
         job_id = await client.deploy_job(owner, **job)
     except BadJob as error:
@@ -223,24 +221,3 @@ def _range(text: str) -> SliceRange:
     if not 1 <= numbers[0] <= numbers[1]:
         raise CliError(f"--range {text}: give slice numbers M-N, from 1, M at most N")
     return numbers
-
-
-async def owner_identity(client: Client, args: argparse.Namespace) -> Identity:
-    """`-i`'s identity; else the node's own, read from its data directory, once the node at `--url`
-    proves to be the one that identity belongs to (a job command never makes a new key)."""
-    if args.identity:
-        return read_identity(Path(args.identity))
-    path = (Path(args.persist) if args.persist else default_data_dir()) / IDENTITY_FILE
-    if not path.exists():
-        raise CliError(
-            f"no node identity at {path}: give the job owner's identity with -i FILE (`dhtmesh identity new -i FILE`"
-            " makes one), or the node's data directory with --persist DIR"
-        )
-    identity = read_identity(path)
-    node_id = await client.node_id()
-    if identity.node_id != node_id:
-        raise CliError(
-            f"{path} is node {identity.node_id.hex()}, not the node at {args.url} ({node_id.hex()}):"
-            " give the job owner's identity with -i FILE, or that node's data directory with --persist DIR"
-        )
-    return identity

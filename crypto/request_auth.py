@@ -111,7 +111,7 @@ def verify_request(
     date, authorization = headers.get("Date"), headers.get("Authorization")
     if not date or not authorization:
         raise RequestAuthError("missing Date or Authorization header")
-    public_key, nonce, signature = _parse_authorization(authorization)
+    public_key, nonce, signature = parse_authorization(authorization)
     try:
         signed_at = parsedate_to_datetime(date).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError) as error:
@@ -128,7 +128,8 @@ def verify_request(
     return public_key
 
 
-def _parse_authorization(value: str) -> tuple[bytes, bytes, bytes]:
+def parse_authorization(value: str) -> tuple[bytes, bytes, bytes]:
+    """The public key, nonce and signature of an `Authorization` header; raises `RequestAuthError`."""
     parts = value.split()
     if len(parts) != 4 or parts[0] != SCHEME:
         raise RequestAuthError(f"Authorization must be '{SCHEME} <public key hex> <nonce hex> <signature base64>'")

@@ -99,7 +99,8 @@ class Services:
         """Start the farmer's loops, and the caller's `extra` ones (name, loop), under the supervisor."""
         for name, loop in extra:
             self.loops.start(name, loop)
-        if self.worker is not None:
+        if self.worker is not None and self.sandboxes is not None:
+            self.loops.start("sandbox_warm", self.sandboxes.warm)  # ends once its processes are up
             for slot in range(self.worker.slots):
                 self.loops.start("job_slot", self.worker.slot, str(slot))
         if self.farming is None or self.keeper is None:

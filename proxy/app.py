@@ -25,7 +25,7 @@ from dhtmesh.node.blobs.upload import DEFAULT_BLOB_LIMIT
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.services import Services
 from dhtmesh.node.stats import ErrorLog
-from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
+from dhtmesh.node.wire.ratelimit import Buckets, RequestLimiter, Slots
 from dhtmesh.proxy.errors import Refusal, answer, refusal_of
 from dhtmesh.proxy.failures import BAD_REQUESTS, INTERNAL_ERRORS, ServerLogger, parser_refusal
 from dhtmesh.proxy.farmer_routes import SIGNED_REQUESTS_PER_CLIENT, SIGNED_REQUESTS_TOTAL
@@ -39,6 +39,7 @@ from dhtmesh.proxy.route import (
     BLOB_READER,
     ERRORS,
     FAILURE_LABELS,
+    FOLLOW_BUDGET,
     JOB_CHANGES,
     JOBS,
     LISTEN_SLOTS,
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 JOB_CHANGES_IN_ALL = 8  # job requests read at once (each body up to 16 MiB)
 JOB_CHANGES_PER_CLIENT = 2
+FOLLOWED_KEYS_PER_CLIENT = 48.0  # result keys per second a client's reads may make the node follow (a job: <= 32)
 MAX_BODY = 256 * 1024  # a 64 KiB value in base64 plus its fields, with room to spare
 # A listen stream is a listener here and, per key, a subscription on the key's replicas. A client
 # (an app) listens to a handful of keys; 32 leaves room for several while one address cannot make
@@ -148,6 +150,7 @@ def create_app(
     app[JOBS] = services.jobs
     app[STANDINGS] = services.standings
     app[JOB_CHANGES] = Slots("job changes", JOB_CHANGES_IN_ALL, JOB_CHANGES_PER_CLIENT)
+    app[FOLLOW_BUDGET] = Buckets(FOLLOWED_KEYS_PER_CLIENT, FOLLOWED_KEYS_PER_CLIENT)
     app[UNLOCKER] = Unlocker()
     app[FAILURE_LABELS] = {route.handler: route.failure for route in ROUTES if route.failure}
     app.on_response_prepare.append(_allow_any_origin)

@@ -27,6 +27,7 @@ from dhtmesh.node.errors import NodeError, ServiceError
 from dhtmesh.node.jobs.owner import BadJob, JobClosed
 from dhtmesh.node.jobs.sandbox import SandboxError
 from dhtmesh.node.jobs.service import NotOwner, UnknownJob
+from dhtmesh.node.jobs.view import TooManyFollowed
 from dhtmesh.node.records.farmer_events import HeightOverLimit
 from dhtmesh.node.records.registry import AlreadyRegistered, RegistryError, UnknownFarmer
 from dhtmesh.node.values.policy import Verdict
@@ -128,6 +129,7 @@ TABLE: dict[type[BaseException], Refusal] = {
     UnknownJob: Refusal(404),
     NotOwner: Refusal(403),
     SandboxError: Refusal(503, lambda error: f"sandbox: {error}"),
+    TooManyFollowed: Refusal(429, counter="http_job_reads_refused"),
 }
 
 

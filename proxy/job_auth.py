@@ -18,13 +18,14 @@ import binascii
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from dhtmesh.crypto.identity import Identity, IdentityError, identity_from_text, is_sealed
 from dhtmesh.crypto.keys import node_id_from_public_key
-from dhtmesh.crypto.request_auth import RequestAuthError, verify_request
+from dhtmesh.crypto.request_auth import RequestAuthError, parse_authorization, verify_request
 from dhtmesh.node.wire.ratelimit import RequestLimiter
 from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.errors import TooManyRequests
@@ -91,18 +92,28 @@ def _unlock(document: str, password: str) -> Identity:
         raise RequestAuthError(f"invalid identity or password: {error}") from error
 
 
-async def caller(request: web.Request, body: bytes) -> Caller:
-    """The proven caller of a request whose body is `body`; raises `RequestAuthError` (401)."""
+Proof = Callable[[bytes], Caller]
+"""What proves the caller once the body is read (an Ed25519 signature covers it)."""
+
+
+async def caller(request: web.Request) -> Proof:
+    """Check the request's credential before its body is read: a Basic identity is unlocked, an Ed25519
+    header parsed; raises `RequestAuthError` (401) for a missing or bad one. The proof it gives checks
+    the signature over the body, once read."""
+    if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
+        raise TooManyRequests("too many authenticated requests; retry in a second")
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
     if scheme == "Ed25519":
-        if not request.app[SIGNED_LIMITER].allow_host(client_of(request)):
-            raise TooManyRequests("too many signed requests; retry in a second")
-        node = request.app[NODE]
-        guard = request.app[REPLAY_GUARD]
-        key = verify_request(request.headers, request.method, request.raw_path, body, node.node_id, guard)
-        return Caller(node_id_from_public_key(key), None)
+        parse_authorization(header)  # a malformed one is refused before the body is waited for
+        node, guard = request.app[NODE], request.app[REPLAY_GUARD]
+
+        def signed(body: bytes) -> Caller:
+            key = verify_request(request.headers, request.method, request.raw_path, body, node.node_id, guard)
+            return Caller(node_id_from_public_key(key), None)
+
+        return signed
     if scheme == "Basic" and 0 < len(credential) <= MAX_CREDENTIAL:
         identity = await request.app[UNLOCKER].unlock(credential.strip(), client_of(request))
-        return Caller(identity.node_id, identity)
+        return lambda _body: Caller(identity.node_id, identity)
     raise RequestAuthError("Authentication method not provided: use 'Ed25519 ...' (a signed request) or 'Basic ...'")

@@ -7,8 +7,9 @@ documents) when the request is signed with the owner's key, or signed by this no
 Basic credential unlocked.
 """
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import orjson
@@ -23,13 +24,14 @@ from dhtmesh.node.jobs.service import Jobs
 from dhtmesh.node.jobs.view import JobStatus, JobView
 from dhtmesh.node.records.job import JOB_ID_SIZE, JobRecord
 from dhtmesh.node.values.value import Value
-from dhtmesh.proxy.clients import client_slot
+from dhtmesh.proxy.clients import client_of, client_slot
 from dhtmesh.proxy.errors import BadRequest, TooLarge
 from dhtmesh.proxy.job_auth import Caller, caller
-from dhtmesh.proxy.responses import json_reply, open_stream
-from dhtmesh.proxy.route import JOB_CHANGES, JOBS, LISTEN_SLOTS, NODE, Route
+from dhtmesh.proxy.responses import json_object, json_reply, open_stream
+from dhtmesh.proxy.route import FOLLOW_BUDGET, JOB_CHANGES, JOBS, LISTEN_SLOTS, NODE, Route
 
 BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches: 4,096 batches of 48 KiB at most
+BODY_SECONDS = 60
 MAX_RANGES = 64
 MAX_SIGNED = 4097  # records in one change: a job and its batches
 _RANGE = re.compile(r"([0-9]{1,9})-([0-9]{1,9})")
@@ -40,22 +42,17 @@ async def _body(request: web.Request) -> bytes:
     """The body, up to `BODY_LIMIT` (a job's bodies are larger than the proxy's other routes take)."""
     if request.content_length is not None and request.content_length > BODY_LIMIT:
         raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
-    raw = await request.content.read(BODY_LIMIT + 1)
-    if len(raw) > BODY_LIMIT:
-        raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
-    return raw
-
-
-def _document(raw: bytes) -> dict:
-    if not raw.strip():
-        return {}
+    pieces, size = [], 0
     try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest("the body is not JSON") from error
-    if not isinstance(document, dict):
-        raise BadRequest("the body is a JSON object")
-    return document
+        async with asyncio.timeout(BODY_SECONDS):
+            async for piece in request.content.iter_any():  # a read returns what has arrived: read to the end
+                size += len(piece)
+                if size > BODY_LIMIT:
+                    raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
+                pieces.append(piece)
+    except TimeoutError as error:
+        raise BadRequest(f"the body did not arrive within {BODY_SECONDS} s") from error
+    return b"".join(pieces)
 
 
 def _job_id(request: web.Request) -> bytes:
@@ -84,9 +81,9 @@ async def _change(request: web.Request) -> AsyncIterator[tuple[Jobs, Caller, dic
     """A change's body read, its caller proven, in one of the bounded slots for changes (a body may be
     16 MiB: a few at a time per address, and in all)."""
     with client_slot(request.app[JOB_CHANGES], request, "http_job_changes_refused"):
+        prove = await caller(request)  # before the body: a stranger's request waits for nothing
         raw = await _body(request)
-        who = await caller(request, raw)
-        yield request.app[JOBS], who, _document(raw)
+        yield request.app[JOBS], prove(raw), json_object(raw, empty={})
 
 
 # ---- changes ------------------------------------------------------------------------------------
@@ -125,7 +122,7 @@ async def close_job(request: web.Request) -> web.Response:
 
         values = await _records(jobs, who, document, job_id, sign)
         await jobs.close_job(who.owner_id, job_id, values)
-    return json_reply(_status_document(await request.app[JOBS].view(job_id)))
+    return json_reply(_status_document(await _view(request, job_id)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -165,12 +162,23 @@ def _status_json(job: JobRecord, status: JobStatus) -> dict:
     }
 
 
+def _view(request: web.Request, job_id: bytes) -> Awaitable[JobView]:
+    """The job's view; a new one only within the caller's budget of result keys to follow (a job
+    listing many batches costs a reading node one lookup and one subscription per key)."""
+    return request.app[JOBS].view(job_id, _admit(request))
+
+
+def _admit(request: web.Request) -> Callable[[int], bool]:
+    client = client_of(request)
+    return lambda keys: request.app[FOLLOW_BUDGET].take(client, keys)
+
+
 def _status_document(view: JobView) -> dict:
     return _status_json(view.job, view.status())
 
 
 async def job_status(request: web.Request) -> web.Response:
-    return json_reply(_status_document(await request.app[JOBS].view(_job_id(request))))
+    return json_reply(_status_document(await _view(request, _job_id(request))))
 
 
 async def job_record(request: web.Request) -> web.Response:
@@ -206,7 +214,7 @@ def _results_json(view: JobView, ranges: list[tuple[int, int]] | None) -> dict:
 
 async def job_results(request: web.Request) -> web.Response:
     ranges = _ranges(request)
-    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), ranges))
+    return json_reply(_results_json(await _view(request, _job_id(request)), ranges))
 
 
 async def job_result(request: web.Request) -> web.Response:
@@ -214,11 +222,11 @@ async def job_result(request: web.Request) -> web.Response:
     if not (text.isdigit() and len(text) <= 9 and int(text) >= 1):
         raise BadRequest("a slice number is a whole number from 1")
     number = int(text)
-    return json_reply(_results_json(await request.app[JOBS].view(_job_id(request)), [(number, number)]))
+    return json_reply(_results_json(await _view(request, _job_id(request)), [(number, number)]))
 
 
 async def listen_results(request: web.Request) -> web.StreamResponse:
-    view = await request.app[JOBS].view(_job_id(request))
+    view = await _view(request, _job_id(request))
     with client_slot(request.app[LISTEN_SLOTS], request, "http_listens_refused"):
         response = await open_stream(request)
         async for number, value in view.accepted():
@@ -228,13 +236,15 @@ async def listen_results(request: web.Request) -> web.StreamResponse:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    who = await caller(request, await _body(request))
-    listed = await request.app[JOBS].jobs_of(who.owner_id)
+    prove = await caller(request)
+    who = prove(await _body(request))
+    listed = await request.app[JOBS].jobs_of(who.owner_id, _admit(request))
     return json_reply([_status_json(job, status) for job, status in listed])
 
 
 async def count_jobs(request: web.Request) -> web.Response:
-    who = await caller(request, await _body(request))
+    prove = await caller(request)
+    who = prove(await _body(request))
     return json_reply({"jobCount": await request.app[JOBS].count_of(who.owner_id)})
 
 

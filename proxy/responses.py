@@ -25,8 +25,14 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def json_body(request: web.Request) -> dict:
-    raw = await request.read()
+    return json_object(await request.read())
+
+
+def json_object(raw: bytes, empty: dict | None = None) -> dict:
+    """A body's JSON object; an empty body is `empty` where a route allows one (else a refusal)."""
     if not raw.strip():
+        if empty is not None:
+            return empty
         raise BadRequest("Missing parameters")
     try:
         document = orjson.loads(raw)

@@ -19,7 +19,7 @@ from dhtmesh.node.jobs.service import Jobs
 from dhtmesh.node.jobs.standing import Standings
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
-from dhtmesh.node.wire.ratelimit import RequestLimiter, Slots
+from dhtmesh.node.wire.ratelimit import Buckets, RequestLimiter, Slots
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
 
@@ -36,6 +36,7 @@ BLOB_LIMIT = web.AppKey("blob_limit", int)
 JOBS = web.AppKey("jobs", Jobs)
 STANDINGS = web.AppKey("standings", Standings)
 JOB_CHANGES = web.AppKey("job_changes", Slots)
+FOLLOW_BUDGET = web.AppKey("follow_budget", Buckets)  # result keys a client may make the node follow, per second
 LISTEN_SLOTS = web.AppKey("listen_slots", Slots)
 ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)
 ERRORS = web.AppKey("errors", ErrorLog)

@@ -98,7 +98,7 @@ def test_dcp_rest_bodies_are_read_or_refused_with_a_reason() -> None:
 
 def test_slices_are_cut_into_batches_that_spread_and_fit_a_value() -> None:
     assert [len(b) for b in owner.cut([b"1"] * 10)] == [1] * 10
-    assert len(owner.cut([b"1"] * 10_000)) == 40  # 250 each
+    assert len(owner.cut([b"1"] * 10_000)) == 64  # 157 each
     big = [b'"' + b"x" * 20_000 + b'"'] * 5
     assert all(sum(map(len, batch)) <= MAX_BATCH_BYTES for batch in owner.cut(big))
 
@@ -134,20 +134,22 @@ def _result(worker: bytes, number: int, value: bytes | None, error: str | None =
 def test_a_strict_majority_accepts_a_value_and_the_minority_is_outvoted() -> None:
     spec = JobSpec("f", b"[]", redundancy=3)
     a, b, c = b"a" * 20, b"b" * 20, b"c" * 20
-    votes = gather([_result(a, 1, b"2"), _result(b, 1, b"3")], 1, 1)[1]
+    votes = gather([_result(a, 1, b"2"), _result(b, 1, b"3")], 1, 1, 30_000)[1]
     assert settle(spec, votes) == Settled() and want(spec, votes, 0).more == 1  # one more worker breaks the tie
-    votes = gather([_result(a, 1, b"2"), _result(b, 1, b"3"), _result(c, 1, b"2")], 1, 1)[1]
+    votes = gather([_result(a, 1, b"2"), _result(b, 1, b"3"), _result(c, 1, b"2")], 1, 1, 30_000)[1]
     assert settle(spec, votes) == Settled(value=b"2", outvoted=(b,))
-    assert gather([_result(a, 7, b"2")], 1, 1) == {}  # a claim about a slice outside the batch
+    assert gather([_result(a, 7, b"2")], 1, 1, 30_000) == {}  # a claim about a slice outside the batch
 
 
 def test_errors_past_the_retries_fail_a_slice_and_the_worker_that_failed_waits_its_turn() -> None:
     spec = JobSpec("f", b"[]", max_retries=1)
     a, b = b"a" * 20, b"b" * 20
-    once = gather([_result(a, 1, None, "EUNCAUGHT: boom", at=100)], 1, 1)[1]
+    once = gather([_result(a, 1, None, "EUNCAUGHT: boom", at=100)], 1, 1, 30_000)[1]
     assert settle(spec, once) == Settled() and a in want(spec, once, 101).excluded
     assert a not in want(spec, once, 200).excluded  # after the grace, even a lone worker may retry
-    twice = gather([_result(a, 1, None, "EUNCAUGHT: boom"), _result(b, 1, None, "ESLICETOOSLOW: 30 s")], 1, 1)[1]
+    twice = gather([_result(a, 1, None, "EUNCAUGHT: boom"), _result(b, 1, None, "ESLICETOOSLOW: 30 s")], 1, 1, 30_000)[
+        1
+    ]
     assert settle(spec, twice).failure == "ESLICETOOSLOW: 30 s"
 
 

@@ -224,6 +224,18 @@ async def test_close_leaves_no_child_process() -> None:
     assert sandbox_pids() == set()
 
 
+async def test_a_warmed_pool_has_its_processes_up_before_any_batch() -> None:
+    sandbox = SandboxPool(size=2)
+    try:
+        await sandbox.warm()
+        started = sandbox_pids()
+        assert len(started) == 2 and sandbox.busy == 0
+        await asyncio.gather(*(sandbox.run(bytes([n]), "x => -x", [], [n], 1000) for n in range(2)))
+        assert sandbox_pids() == started  # the batches ran in them, no process started on demand
+    finally:
+        await sandbox.close()
+
+
 async def test_the_event_loop_ticks_while_a_slow_batch_runs(pool: SandboxPool) -> None:
     ticks = 0
 

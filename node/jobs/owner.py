@@ -35,7 +35,7 @@ from dhtmesh.node.records.job import (
 from dhtmesh.node.records.kind import InvalidRecord
 from dhtmesh.node.values.value import Value
 
-SPREAD = 32  # batches a job's slices are cut into (at most `BATCH_SLICES` each): enough for every worker
+SPREAD = 64  # batches a job is cut into (at most `BATCH_SLICES` each): one for every worker, and a short tail
 BATCH_SLICES = 250
 RUNTIMES = {"map-basic", "javascript"}  # dcp-rest's default worktime; both run the JavaScript function
 

@@ -155,6 +155,18 @@ class SandboxPool:
         """How many processes run a batch or a check now."""
         return self._size - len(self._idle)
 
+    async def warm(self) -> None:
+        """Start every idle slot's process now, so that a worker's first batches wait for none (a slot
+        whose process cannot start starts one when next needed)."""
+        empty = self._idle.count(None)
+        self._idle = [slot for slot in self._idle if slot is not None]
+        for _ in range(empty):
+            try:
+                child = await self._spawn(None)  # gives its slot back, empty, if it fails
+            except SandboxError:
+                continue
+            self._release(child)
+
     async def check(self, function: str) -> None:
         """Compiles `function` in a sandbox without calling it; raises CompileError with V8's message."""
         run = _Run(job=b"")

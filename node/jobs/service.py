@@ -8,6 +8,7 @@ sandbox process, never in the node's), and then puts them, batches before the jo
 """
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.dht import DhtNode
@@ -111,21 +112,21 @@ class Jobs:
         await self._put(change)
         return change.job.total_slices - current.total_slices, change.job.total_slices
 
-    async def close_job(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> JobRecord:
-        seq, current = await self._owned(owner_id, job_id)
-        change = _read(values, owner_id)
-        self._check_follows(seq, current, change)
-        if change.batches or change.job.batches != current.batches or not change.job.closed:
-            raise BadJob("closing a job changes nothing but its closed flag")
-        await self._put(change)
-        return change.job
+    async def close_job(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> None:
+        await self._raise_flag(owner_id, job_id, values, lambda job: job.closed, "closed")
 
     async def cancel(self, owner_id: bytes, job_id: bytes, values: list[Value]) -> None:
+        await self._raise_flag(owner_id, job_id, values, lambda job: job.cancelled, "cancelled")
+
+    async def _raise_flag(
+        self, owner_id: bytes, job_id: bytes, values: list[Value], raised: Callable[[JobRecord], bool], flag: str
+    ) -> None:
+        """Put the job's next version if it changes nothing but raising `flag` (and a cancel's reason)."""
         seq, current = await self._owned(owner_id, job_id)
         change = _read(values, owner_id)
         self._check_follows(seq, current, change)
-        if change.batches or change.job.batches != current.batches or not change.job.cancelled:
-            raise BadJob("cancelling a job changes nothing but its cancelled flag and reason")
+        if change.batches or change.job.batches != current.batches or not raised(change.job):
+            raise BadJob(f"this change of a job changes nothing but its {flag} flag")
         await self._put(change)
 
     async def owned_record(self, owner_id: bytes, job_id: bytes) -> Value:
@@ -163,18 +164,21 @@ class Jobs:
             raise UnknownJob(f"no job {job_id.hex()} in the mesh")
         return max(mine, key=lambda value: value.seq)
 
-    async def view(self, job_id: bytes) -> JobView:
-        view = await self.book.view(job_id)
+    async def view(self, job_id: bytes, admit: Callable[[int], bool] | None = None) -> JobView:
+        """The job's view; opening one (following its result keys) only as far as `admit` allows."""
+        view = await self.book.view(job_id, admit)
         if view is None:
             raise UnknownJob(f"no job {job_id.hex()} in the mesh")
         return view
 
-    async def jobs_of(self, owner_id: bytes) -> list[tuple[JobRecord, JobStatus]]:
+    async def jobs_of(
+        self, owner_id: bytes, admit: Callable[[int], bool] | None = None
+    ) -> list[tuple[JobRecord, JobStatus]]:
         """The owner's jobs (newest first, at most `MAX_LISTED`), each with its state."""
         mine = sorted(
             (job for job in await self.book.jobs() if job.owner_id == owner_id), key=lambda job: -job.created
         )[:MAX_LISTED]
-        views = await asyncio.gather(*(self.view(job.job_id) for job in mine))
+        views = await asyncio.gather(*(self.view(job.job_id, admit) for job in mine))
         return [(view.job, view.status()) for view in views]
 
     async def count_of(self, owner_id: bytes) -> int:

@@ -1,13 +1,15 @@
 """A worker's standing in jobs: the slices on which its result lost to the majority.
 
 A worker in a slice's majority reports each worker it outvoted (`Reporter`: one signed outvote log per
-outvoted worker, its latest reports). A reader (`Standings`) takes no report on trust: it checks the
-newest `MAX_CHECKED` of a worker's reported slices against the job's signed results, read from the
-mesh, and counts those where the worker's own signed value lost to a strict majority.
+outvoted worker, its latest reports). A reader (`Standings`) takes no report on trust: it checks up to
+`MAX_CHECKED` of a worker's reported slices (each reporter's newest first, reporters in random order,
+none dated ahead of the reader's clock) against the job's signed results, read from the mesh, and
+counts those where the worker's own signed value lost to a strict majority.
 """
 
 import asyncio
 import bisect
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -74,6 +76,19 @@ class Reporter:
         self._node.counters.add("jobs.outvotes_reported", len(entries))
 
 
+def _to_check(reported: dict[bytes, list[tuple[bytes, int]]]) -> list[tuple[bytes, int]]:
+    """At most `MAX_CHECKED` reports: each reporter's newest first, reporters in random order, so that
+    one reporter's many made-up reports cannot bury another's proven one."""
+    queues = list(reported.values())
+    random.shuffle(queues)
+    chosen: list[tuple[bytes, int]] = []
+    for depth in range(MAX_ENTRIES):
+        for reports in queues:
+            if depth < len(reports) and reports[depth] not in chosen and len(chosen) < MAX_CHECKED:
+                chosen.append(reports[depth])
+    return chosen
+
+
 class Standings:
     """Workers' standings, read and checked."""
 
@@ -83,15 +98,16 @@ class Standings:
 
     async def of(self, worker: bytes) -> Standing:
         values = await self._node.get(outvotes_key(worker), value_type=OUTVOTE_TYPE)
-        logs = [log for log in KIND.records_in(values) if log.worker_id == worker]
-        newest: dict[tuple[bytes, int], int] = {}
-        for log in logs:
-            for entry in log.entries:
-                key = (entry.job_id, entry.number)
-                newest[key] = max(newest.get(key, 0), entry.time)
-        latest = sorted(newest, key=lambda key: -newest[key])[:MAX_CHECKED]
-        proven = await asyncio.gather(*(self._lost(worker, job_id, number) for job_id, number in latest))
-        return Standing(sum(proven), len(newest), len(latest))
+        now = int(time.time())
+        reported: dict[bytes, list[tuple[bytes, int]]] = {}  # reporter -> its reports, newest first
+        for log in KIND.records_in(values):
+            if log.worker_id == worker:
+                entries = sorted((e for e in log.entries if e.time <= now), key=lambda e: -e.time)
+                reported[log.reporter_id] = [(entry.job_id, entry.number) for entry in entries]
+        distinct = {report for reports in reported.values() for report in reports}
+        checked = _to_check(reported)
+        proven = await asyncio.gather(*(self._lost(worker, job_id, number) for job_id, number in checked))
+        return Standing(sum(proven), len(distinct), len(checked))
 
     async def _lost(self, worker: bytes, job_id: bytes, number: int) -> bool:
         """Whether the job's signed results show `worker`'s value for the slice outvoted."""
@@ -105,5 +121,5 @@ class Standings:
             return False
         values = await self._node.get(results_key(job_id, index), value_type=RESULT_TYPE)
         records = [r for r in RESULT.records_in(values) if r.job_id == job_id and r.index == index]
-        votes = gather(records, firsts[index], job.batches[index]).get(number)
+        votes = gather(records, firsts[index], job.batches[index], job.spec.slice_timeout_ms).get(number)
         return votes is not None and worker in settle(job.spec, votes).outvoted

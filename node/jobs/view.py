@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.jobs.votes import Settled, SliceVotes, Want, gather, settle, want
+from dhtmesh.node.errors import ServiceError
+from dhtmesh.node.jobs.votes import Settled, SliceVotes, Want, count_in, settle, want
 from dhtmesh.node.listeners import Listener
 from dhtmesh.node.records.directory import LiveView
 from dhtmesh.node.records.job import JOB, RESULT, RESULT_TYPE, RESULTS_PER_KEY, JobRecord, ResultRecord, results_key
@@ -23,6 +24,17 @@ from dhtmesh.node.tasks import Supervisor, TaskSet
 from dhtmesh.node.values.value import Value
 
 MAX_FOLLOWED = 64
+
+
+class TooManyFollowed(ServiceError):
+    """A caller asked for more jobs' results than its budget of keys to follow allows."""
+
+
+def result_keys(job: JobRecord) -> int:
+    """How many keys following the job's results takes."""
+    return -(-len(job.batches) // RESULTS_PER_KEY)
+
+
 MAX_ERRORS_SHOWN = 100
 
 
@@ -53,13 +65,19 @@ class BatchTally:
         self.records: dict[bytes, ResultRecord] = {}  # by record id: a result seen twice counts once
         self.votes: dict[int, SliceVotes] = {}
         self.settled: dict[int, Settled] = {}
+        self.outcomes = 0  # slice outcomes counted, and the time they took: a slice's average time
+        self.cpu_ms = 0
 
     def add(self, record_id: bytes, record: ResultRecord, job: JobRecord) -> bool:
         if record_id in self.records:
             return False
         self.records[record_id] = record
-        self.votes = gather(list(self.records.values()), self.first, self.count)
-        self.settled = {number: settle(job.spec, votes) for number, votes in self.votes.items()}
+        limit = job.spec.slice_timeout_ms
+        touched = count_in(self.votes, record, self.first, self.count, limit)
+        for number in touched:
+            self.settled[number] = settle(job.spec, self.votes[number])
+        self.outcomes += len(touched)
+        self.cpu_ms += sum(min(e.cpu_ms, limit) for e in record.entries if e.number in touched)
         return True
 
     def numbers(self) -> range:
@@ -76,6 +94,16 @@ class BatchTally:
             for n in self.numbers()
             if not self.settled.get(n, Settled()).done
         }
+
+    def needs(self, job: JobRecord, worker: bytes, now: float) -> bool:
+        """Whether a slice of the batch still needs `worker` (stops at the first that does: a batch
+        nobody answered yet costs one look)."""
+        for n in self.numbers():
+            settled = self.settled.get(n)
+            if settled is None or not settled.done:
+                if worker not in want(job.spec, self.votes.get(n, SliceVotes()), now).excluded:
+                    return True
+        return False
 
     def rounds_of(self, worker: bytes) -> int:
         return sum(record.worker_id == worker for record in self.records.values())
@@ -165,6 +193,11 @@ class JobView:
 
     # ---- what the results add up to -----------------------------------------------------------
 
+    def slice_seconds(self) -> float:
+        """The time a slice of this job has taken, on average, by the outcomes in so far (0: none yet)."""
+        outcomes = sum(tally.outcomes for tally in self.tallies)
+        return sum(tally.cpu_ms for tally in self.tallies) / outcomes / 1000 if outcomes else 0.0
+
     @property
     def finished(self) -> bool:
         return self.job.cancelled or (self.job.closed and all(tally.done for tally in self.tallies))
@@ -190,17 +223,17 @@ class JobView:
         return JobStatus(status, total, active, completed, failed, cpu_ms / 1000, tuple(errors[-MAX_ERRORS_SHOWN:]))
 
     def values(self, ranges: list[tuple[int, int]] | None = None) -> list[tuple[int, bytes]]:
-        """The accepted values of the slices in `ranges` (inclusive; every slice if None), in order."""
+        """The accepted values of the slices in `ranges` (inclusive; every slice if None), in order: a
+        walk over what was settled, never over every number a job lists."""
         found = []
         for tally in self.tallies:
             last = tally.first + tally.count - 1
-            if ranges is not None and not any(a <= last and tally.first <= b for a, b in ranges):
+            if not tally.settled or (ranges is not None and not any(a <= last and tally.first <= b for a, b in ranges)):
                 continue
-            for n in tally.numbers():
-                settled = tally.settled.get(n)
-                if settled is not None and settled.value is not None:
-                    if ranges is None or any(a <= n <= b for a, b in ranges):
-                        found.append((n, settled.value))
+            for n in sorted(tally.settled):
+                value = tally.settled[n].value
+                if value is not None and (ranges is None or any(a <= n <= b for a, b in ranges)):
+                    found.append((n, value))
         return found
 
     async def accepted(self) -> AsyncIterator[tuple[int, bytes]]:
@@ -246,8 +279,9 @@ class JobBook:
         """A job value this node put: in the view at once, before the directory's replicas echo it."""
         self._directory.learn(value)
 
-    async def view(self, job_id: bytes) -> JobView | None:
-        """The job's results, followed (opened on first use)."""
+    async def view(self, job_id: bytes, admit: Callable[[int], bool] | None = None) -> JobView | None:
+        """The job's results, followed (opened on first use, if `admit` allows following as many keys:
+        else `TooManyFollowed`)."""
         view = self._followed.get(job_id)
         if view is None:
             found = await self.job(job_id)
@@ -255,6 +289,8 @@ class JobBook:
                 return None
             view = self._followed.get(job_id)  # another caller may have opened it meanwhile
             if view is None:
+                if admit is not None and not admit(result_keys(found[1])):
+                    raise TooManyFollowed("too many jobs' results asked for from this address; retry in a second")
                 view = self._followed[job_id] = JobView(self._node, found[1])
                 await self._evict()
                 await view.open()

@@ -3,8 +3,9 @@
 Each slice is settled by its workers' results, BOINC's way: a value is accepted once a strict majority
 of the job's redundancy r agree on it (canonical JSON, byte for byte; for a private job, its digest);
 with no majority among the results in, more workers are asked, up to `cap` of them; an error (a throw,
-a timeout, out of memory) is an attempt that failed, and a slice whose errors exceed the job's retries
-has failed. A worker whose value lost to the accepted one is outvoted.
+a timeout, out of memory) is an attempt that failed, and a slice whose errors exceed the job's retries,
+seen by as many workers as accept a value, has failed (one worker cannot fail a redundant slice
+alone). A worker whose value lost to the accepted one is outvoted.
 """
 
 from collections import Counter
@@ -28,9 +29,10 @@ def cap(redundancy: int) -> int:
 
 @dataclass(slots=True)
 class SliceVotes:
-    values: dict[bytes, bytes] = field(default_factory=dict)  # worker -> its value
+    values: dict[bytes, bytes] = field(default_factory=dict)  # worker -> its latest value
     errors: list[tuple[bytes, int, str]] = field(default_factory=list)  # (worker, time, error)
     cpu_ms: int = 0
+    stamps: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # worker -> (time, round) of its value
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +56,33 @@ class Want:
     excluded: frozenset[bytes]  # workers that gave a value, or failed it within the retry grace
 
 
-def gather(records: list[ResultRecord], first: int, count: int) -> dict[int, SliceVotes]:
+def gather(records: list[ResultRecord], first: int, count: int, limit_ms: int) -> dict[int, SliceVotes]:
     """Every worker's outcome of each slice of a batch (its first slice and count), its latest if it
     gave several."""
     votes: dict[int, SliceVotes] = {}
-    for record in sorted(records, key=lambda r: (r.time, r.round)):
-        for entry in record.entries:
-            if not first <= entry.number < first + count:
-                continue  # a worker's claim about another batch's slices: not this batch's
-            slot = votes.setdefault(entry.number, SliceVotes())
-            slot.cpu_ms += entry.cpu_ms
-            if entry.value is not None:
-                slot.values[record.worker_id] = entry.value
-            else:
-                slot.errors.append((record.worker_id, record.time, entry.error or ""))
+    for record in records:
+        count_in(votes, record, first, count, limit_ms)
     return votes
+
+
+def count_in(votes: dict[int, SliceVotes], record: ResultRecord, first: int, count: int, limit_ms: int) -> set[int]:
+    """Add one result record to a batch's votes (in any order: a worker's latest value by its own time
+    and round stands); the slices it touched. Each record costs its own entries only; the time it
+    claims for a slice counts up to the slice's limit (`limit_ms`), whatever it says."""
+    touched = set()
+    stamp = (record.time, record.round)
+    for entry in record.entries:
+        if not first <= entry.number < first + count:
+            continue  # a worker's claim about another batch's slices: not this batch's
+        slot = votes.setdefault(entry.number, SliceVotes())
+        slot.cpu_ms += min(entry.cpu_ms, limit_ms)
+        touched.add(entry.number)
+        if entry.value is None:
+            slot.errors.append((record.worker_id, record.time, entry.error or ""))
+        elif stamp >= slot.stamps.get(record.worker_id, (-1, -1)):
+            slot.values[record.worker_id] = entry.value
+            slot.stamps[record.worker_id] = stamp
+    return touched
 
 
 def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
@@ -79,8 +93,9 @@ def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
         if agreeing >= needed(spec.redundancy):
             value = next(votes.values[w] for w, b in ballots.items() if b == winner)
             return Settled(value=value, outvoted=tuple(w for w, b in ballots.items() if b != winner))
-    if len(votes.errors) > spec.max_retries:
-        return Settled(failure=votes.errors[-1][2])
+    failing = {worker for worker, _, _ in votes.errors}
+    if len(votes.errors) > spec.max_retries and len(failing) >= needed(spec.redundancy):
+        return Settled(failure=votes.errors[-1][2])  # a majority's worth of workers saw it fail, not one alone
     if len(votes.values) >= cap(spec.redundancy):
         return Settled(failure=f"ENOMAJORITY: {len(votes.values)} workers gave {len(counts)} different values")
     return Settled()

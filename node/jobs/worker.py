@@ -22,7 +22,7 @@ import orjson
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.errors import NodeError
+from dhtmesh.node.errors import NodeError, ServiceError
 from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
 from dhtmesh.node.jobs.sealing import sealed_value
 from dhtmesh.node.jobs.standing import Reporter
@@ -42,7 +42,6 @@ from dhtmesh.node.records.job import (
     batch_key,
     lease_key,
 )
-from dhtmesh.node.records.kind import InvalidRecord
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.value import InvalidValue
 
@@ -50,9 +49,15 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 10.0
 IDLE_WAIT = 1.0  # seconds an idle slot waits for a change before looking again
-BUSY_SKIP = 2.0  # seconds a batch whose leases are all held by others is left alone
+BUSY_SKIP = 2.0
+MISSING_SKIP = 30.0  # seconds a job with a missing batch is left alone
+MIN_HOLD = 4.0  # seconds a batch whose leases are all held by others is left alone
 SEQ_EPOCH_MS = 1_767_225_600_000
 NEAREST = 8  # a slot picks among the first unsettled batches it may take, at random: first results soonest
+
+
+class MissingBatch(ServiceError):
+    """A batch the job lists that the mesh does not hold (its owner puts batches before the job)."""
 
 
 class Worker:
@@ -66,6 +71,7 @@ class Worker:
         self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
         self._held: dict[tuple[bytes, int], tuple[int, int]] = {}  # batch -> (last seq, since) of this lease
         self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
+        self._skip_jobs: dict[bytes, float] = {}  # jobs whose batches are missing -> until when left alone
         self._reporter = Reporter(node)
         self._renewals = TaskSet(node.counters)
         book.on_cancel = pool.cancel
@@ -90,7 +96,11 @@ class Worker:
                 await self._work(view, index)
             except Cancelled:
                 self._node.counters.add("jobs.batches_cancelled")
-            except (NodeError, InvalidValue) as error:  # a put refused, a batch not found or unreadable
+            except MissingBatch as error:  # a job listing batches its owner never put: a broken or hostile one
+                self._node.counters.add("jobs.batches_missing")
+                log.info("%s", error)
+                self._skip_jobs[view.job_id] = time.time() + MISSING_SKIP
+            except (NodeError, InvalidValue) as error:  # a put refused, a batch unreadable
                 self._node.counters.add("jobs.batches_failed")
                 log.warning("batch %d of job %s: %s", index, view.job_id.hex(), error)
                 self._skip[(view.job_id, index)] = time.time() + BUSY_SKIP
@@ -101,12 +111,13 @@ class Worker:
         """A batch of an open job that needs this worker, or None."""
         now = time.time()
         self._skip = {batch: until for batch, until in self._skip.items() if until > now}
+        self._skip_jobs = {job: until for job, until in self._skip_jobs.items() if until > now}
         me = self._identity.node_id
         jobs = await self._book.jobs()
         self._finished &= {job.job_id for job in jobs}
         random.shuffle(jobs)  # every open job gets its share of workers, whoever deployed many
         for job in jobs:
-            if job.cancelled or not job.batches or job.job_id in self._finished:
+            if job.cancelled or not job.batches or job.job_id in self._finished or job.job_id in self._skip_jobs:
                 continue
             view = await self._book.view(job.job_id)
             if view is None:
@@ -120,7 +131,7 @@ class Worker:
                 for index, tally in enumerate(view.tallies)
                 if (job.job_id, index) not in self._taken
                 and (job.job_id, index) not in self._skip
-                and any(me not in wanted.excluded for wanted in tally.wants(view.job, now).values())
+                and tally.needs(view.job, me, now)
             ]
             if open_batches:
                 return view, random.choice(open_batches[:NEAREST])
@@ -184,7 +195,7 @@ class Worker:
         not counted: a squatter renewing without results)."""
         now = time.time()
         values = await self._node.get(lease_key(view.job_id, index), value_type=LEASE_TYPE)
-        hold = max_hold(view.job.spec.slice_timeout_ms, view.tallies[index].count)
+        hold = max_hold(view.slice_seconds(), view.tallies[index].count)
         return [
             lease
             for lease in LEASE.records_in(values)
@@ -221,7 +232,7 @@ class Worker:
             if batch.owner_id == view.job.owner_id and batch.job_id == view.job_id and batch.index == index:
                 if len(batch.data) == view.tallies[index].count:
                     return batch
-        raise InvalidRecord(f"batch {index} of job {view.job_id.hex()} is not in the mesh")
+        raise MissingBatch(f"batch {index} of job {view.job_id.hex()} is not in the mesh")
 
     async def _publish(self, view: JobView, index: int, numbers: list[int], outcomes: list[SliceOutcome]) -> None:
         """The outcomes as result records (as many as their size needs), put and learnt at once."""
@@ -240,10 +251,12 @@ class Worker:
         await asyncio.gather(*(self._node.put(RESULT.key_for(r), v) for r, v in zip(records, values, strict=True)))
 
 
-def max_hold(slice_timeout_ms: int, count: int) -> float:
-    """Seconds a worker may hold a batch: each of its slices run to its limit twice (a retry alone), and
-    a margin. A lease held longer is ignored: its worker renews without ever giving results."""
-    return 2 * count * slice_timeout_ms / 1000 + 30
+def max_hold(slice_seconds: float, count: int) -> float:
+    """Seconds a lease on a batch of `count` slices is honoured from its start: twice what the batch
+    should take, by the job's own results so far, and at least `MIN_HOLD`. Past it the batch is taken
+    anyway (the work counts once): a worker that renews without results, or a key that leased every
+    batch and computes nothing, holds a job up that long at most."""
+    return max(MIN_HOLD, 2 * slice_seconds * count + 1)
 
 
 def _entry(number: int, outcome: SliceOutcome) -> SliceResult:

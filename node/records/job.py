@@ -36,10 +36,10 @@ JOB_EXPIRY = 1 * DAY  # after the job's last change, and after a batch's or resu
 LEASE_MAX = 300.0  # seconds: no lease runs longer without a renewal
 NONCE_SIZE = 16
 JOB_ID_SIZE = 20
-MAX_FUNCTION = 24 * 1024  # with args, public and 4,096 batch sizes, one value of at most 64 KiB
+MAX_FUNCTION = 32 * 1024  # with args, public and 1,024 batch sizes, one value of at most 64 KiB
 MAX_ARGS = 8 * 1024
 MAX_PUBLIC = 2 * 1024
-MAX_BATCHES = 4096
+MAX_BATCHES = 1024  # a reader follows a job's results through MAX_BATCHES / RESULTS_PER_KEY keys
 MAX_BATCH_SLICES = 1024
 MAX_BATCH_BYTES = 48 * 1024  # a batch's data: with its fields and signature, one value of at most 64 KiB
 MAX_RESULT_BYTES = 56 * 1024  # the entries of one result record; more go in another round
@@ -47,7 +47,7 @@ MAX_REDUNDANCY = 9
 MAX_RETRIES = 16
 MAX_SLICE_MS = 3_600_000
 MAX_REASON = 512
-RESULTS_PER_KEY = 16
+RESULTS_PER_KEY = 32
 
 JOBS = ShardedDirectory(JOB_TYPE, b"dhtmesh/jobs/")
 _JOB_ID_DOMAIN = b"dhtmesh/job/v1"
@@ -354,10 +354,12 @@ def decode_result(data: bytes) -> ResultRecord:
     index = _count(index, 0, MAX_BATCHES - 1, "a batch's index")
     if not (isinstance(entries, list) and 0 < len(entries) <= MAX_BATCH_SLICES):
         raise InvalidRecord(f"a result holds 1 to {MAX_BATCH_SLICES} slices")
+    checked = tuple(_entry(raw) for raw in entries)
+    if len({entry.number for entry in checked}) != len(checked):
+        raise InvalidRecord("a result gives each slice once")  # one outcome is one attempt
     return ResultRecord(
-        worker_id, job_id, index, _count(round_, 0, 1 << 20, "a round"), _time(at, "a result's time"),
-        tuple(_entry(raw) for raw in entries),
-    )  # fmt: skip
+        worker_id, job_id, index, _count(round_, 0, 1 << 20, "a round"), _time(at, "a result's time"), checked
+    )
 
 
 RESULT = RecordKind(

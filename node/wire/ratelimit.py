@@ -24,12 +24,12 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self.tokens = self.burst
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: float = 1.0) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1.0:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1.0
+        self.tokens -= cost
         return True
 
 
@@ -59,8 +59,8 @@ class Buckets:
                 bucket.rate = bucket.burst = rate
         return bucket
 
-    def take(self, key: str | bytes) -> bool:
-        return self.bucket(key).take(time.monotonic())
+    def take(self, key: str | bytes, cost: float = 1.0) -> bool:
+        return self.bucket(key).take(time.monotonic(), cost)
 
 
 class RequestLimiter:
