@@ -22,7 +22,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.jobs import owner
 from dhtmesh.node.jobs.service import Jobs
 from dhtmesh.node.jobs.view import JobStatus, JobView
-from dhtmesh.node.records.job import JOB_ID_SIZE, JobRecord
+from dhtmesh.node.records.job import JOB_ID_SIZE, MAX_BATCHES, JobRecord
 from dhtmesh.node.values.value import Value
 from dhtmesh.proxy.clients import client_of, client_slot
 from dhtmesh.proxy.errors import BadRequest, TooLarge
@@ -30,25 +30,26 @@ from dhtmesh.proxy.job_auth import Caller, caller
 from dhtmesh.proxy.responses import json_object, json_reply, open_stream
 from dhtmesh.proxy.route import FOLLOW_BUDGET, JOB_CHANGES, JOBS, LISTEN_SLOTS, NODE, Route
 
-BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches: 4,096 batches of 48 KiB at most
+BODY_LIMIT = 16 * 1024 * 1024  # a job's slices and their signed batches (a deploy of more: then add slices)
+READ_BODY_LIMIT = 4096  # a signed read carries no body: it is not waited for at a change's size
 BODY_SECONDS = 60
 MAX_RANGES = 64
-MAX_SIGNED = 4097  # records in one change: a job and its batches
+MAX_SIGNED = MAX_BATCHES + 1  # records in one change: a job and its batches
 _RANGE = re.compile(r"([0-9]{1,9})-([0-9]{1,9})")
 _JOB_ID = re.compile(r"(0x)?([0-9a-fA-F]{40})")
 
 
-async def _body(request: web.Request) -> bytes:
-    """The body, up to `BODY_LIMIT` (a job's bodies are larger than the proxy's other routes take)."""
-    if request.content_length is not None and request.content_length > BODY_LIMIT:
-        raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
+async def _body(request: web.Request, limit: int = BODY_LIMIT) -> bytes:
+    """The body, up to `limit` (a job's bodies are larger than the proxy's other routes take)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"this job request is at most {limit} bytes")
     pieces, size = [], 0
     try:
         async with asyncio.timeout(BODY_SECONDS):
             async for piece in request.content.iter_any():  # a read returns what has arrived: read to the end
                 size += len(piece)
-                if size > BODY_LIMIT:
-                    raise TooLarge(f"a job request is at most {BODY_LIMIT} bytes")
+                if size > limit:
+                    raise TooLarge(f"this job request is at most {limit} bytes")
                 pieces.append(piece)
     except TimeoutError as error:
         raise BadRequest(f"the body did not arrive within {BODY_SECONDS} s") from error
@@ -237,14 +238,14 @@ async def listen_results(request: web.Request) -> web.StreamResponse:
 
 async def list_jobs(request: web.Request) -> web.Response:
     prove = await caller(request)
-    who = prove(await _body(request))
+    who = prove(await _body(request, READ_BODY_LIMIT))
     listed = await request.app[JOBS].jobs_of(who.owner_id, _admit(request))
     return json_reply([_status_json(job, status) for job, status in listed])
 
 
 async def count_jobs(request: web.Request) -> web.Response:
     prove = await caller(request)
-    who = prove(await _body(request))
+    who = prove(await _body(request, READ_BODY_LIMIT))
     return json_reply({"jobCount": await request.app[JOBS].count_of(who.owner_id)})
 
 

@@ -20,9 +20,11 @@ import pytest
 from dhtmesh.crypto import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.jobs import owner
-from dhtmesh.node.jobs.sandbox import SandboxPool
+from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool
+from dhtmesh.node.jobs.sealing import open_value, sealed_value
 from dhtmesh.node.jobs.standing import MAX_CHECKED
 from dhtmesh.node.jobs.view import JobView
+from dhtmesh.node.jobs.votes import SliceVotes, settle
 from dhtmesh.node.records.job import (
     BATCH,
     JOB,
@@ -33,6 +35,7 @@ from dhtmesh.node.records.job import (
     NONCE_SIZE,
     RESULT,
     RESULT_TYPE,
+    BatchRecord,
     JobRecord,
     JobSpec,
     LeaseRecord,
@@ -42,7 +45,7 @@ from dhtmesh.node.records.job import (
     job_id_of,
     results_key,
 )
-from dhtmesh.node.records.kind import FORMAT, value_id_of
+from dhtmesh.node.records.kind import FORMAT, SEQ_EPOCH, next_seq, value_id_of
 from dhtmesh.node.records.outvote import KIND as OUTVOTE
 from dhtmesh.node.records.outvote import Outvote, OutvoteLog, outvotes_key
 from dhtmesh.node.records.rules import RECORD_RULES
@@ -522,3 +525,103 @@ async def test_reading_the_results_of_a_job_listing_millions_of_slices_costs_lit
     finally:
         await proxy.stop()
     assert spent < 0.5, spent  # ten reads of no result at all (today: ~1.5 s of the node's loop)
+
+
+# ---- found in review -------------------------------------------------------------------------------
+
+
+@pytest.mark.process
+async def test_a_squatter_re_signing_its_leases_with_a_fresh_start_does_not_stop_honest_workers(
+    job_mesh: JobMesh,
+) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    job, _ = await put_job(job_mesh.nodes[0], alice, {"work": {"function": "x => x * 2"}, "slices": list(range(4))})
+
+    async def squat() -> None:
+        seq = 1
+        while True:  # a fresh `since` every second: the lease's own word on its age
+            now = int(time.time() * 1000)
+            for index in range(len(job.batches)):
+                lease = LeaseRecord(mallory.node_id, job.job_id, index, now, now + 300_000)
+                await job_mesh.hostile.put(LEASE.key_for(lease), LEASE.sign(mallory, lease, seq))
+            seq += 1
+            await asyncio.sleep(1.0)
+
+    squatting = asyncio.create_task(squat())
+    try:
+        await asyncio.sleep(0.5)
+        worker = await job_mesh.worker(job_mesh.nodes[1])
+        view = await view_of(worker, job)
+        await eventually(lambda: view.status().completed == job.total_slices, within=10, every=0.2)
+    finally:
+        squatting.cancel()
+        await asyncio.gather(squatting, return_exceptions=True)
+
+
+@pytest.mark.process
+async def test_a_job_whose_function_does_not_compile_put_past_the_deploy_check_does_not_crash_a_worker(
+    job_mesh: JobMesh,
+) -> None:
+    alice = Identity.generate()
+    bad = phantom(alice, (1,), JobSpec("x => x +", b"[]"))
+    batch = BatchRecord(bad.job_id, alice.node_id, 0, int(time.time()), (b"1",))
+    await job_mesh.nodes[0].put(BATCH.key_for(batch), BATCH.sign(alice, batch, 0))
+    await job_mesh.nodes[0].put(JOBS.key_for(bad.job_id), JOB.sign(alice, bad, 0))
+    worker = await job_mesh.worker(job_mesh.nodes[1])
+    await eventually(lambda: worker.node.counters.get("jobs.broken_functions") >= 1, within=10)
+    good, _ = await put_job(job_mesh.nodes[0], alice, {"work": {"function": "x => x + 1"}, "slices": [1, 2]})
+    view = await view_of(worker, good)
+    await eventually(lambda: view.status().completed == 2, within=10, every=0.2)  # the worker goes on
+    assert worker.node.counters.get("loop_failed.job_slot") == 0
+    assert worker.node.counters.get("jobs.broken_functions") == 1  # left alone, not retried in a loop
+
+
+@pytest.mark.unit
+async def test_concurrent_readers_of_a_job_each_get_it_once_its_results_are_read(job_mesh: JobMesh) -> None:
+    alice, worker = Identity.generate(), Identity.generate()
+    job, value = await put_job(job_mesh.nodes[0], alice, {"work": {"function": "x => x"}, "slices": [1, 2]})
+    await job_mesh.nodes[0].put(JOBS.key_for(job.job_id), owner.closed(alice, value))
+    for index, first in enumerate(job.firsts()):
+        done = [SliceResult(first, b"7", None, 1)]
+        await job_mesh.nodes[0].put(results_key(job.job_id, index), result(worker, job, index, done))
+    reader = job_mesh.reader(job_mesh.nodes[3])
+    await eventually(lambda: reader.jobs.book.job(job.job_id), within=10)
+    views = await asyncio.gather(*(reader.jobs.view(job.job_id) for _ in range(4)))
+    assert [view.status().status for view in views] == ["completed"] * 4
+
+
+@pytest.mark.unit
+async def test_a_signed_read_is_not_waited_for_at_a_changes_body_size(serve) -> None:
+    _node, url = await serve()
+    async with aiohttp.ClientSession() as session:
+        headers = {**plain_basic(Identity.generate()), "Content-Length": str(10**6)}
+        async with session.get(url + API + "/jobs", data=b"x" * 10**6, headers=headers) as response:
+            assert response.status == 413
+
+
+@pytest.mark.process
+async def test_a_run_of_a_job_cancelled_before_it_reached_the_pool_stops_at_once() -> None:
+    pool = SandboxPool(size=1, memory_mib=64)
+    try:
+        pool.cancel(b"j" * 20)
+        with pytest.raises(Cancelled):
+            await pool.run(b"j" * 20, "x => { while (true) {} }", [], [1], 600_000)
+    finally:
+        await pool.close()
+
+
+def test_a_private_slice_stays_openable_when_one_agreeing_worker_sealed_garbage() -> None:
+    alice = Identity.generate()
+    job = phantom(alice, (1,), JobSpec("x => x", b"[]", redundancy=3, private=True))
+    honest = sealed_value(job, 1, b"42")
+    garbage = orjson.loads(honest) | {"sealed": base64.b64encode(b"\0" * 80).decode()}
+    votes = SliceVotes(values={b"a" * 20: orjson.dumps(garbage), b"b" * 20: honest})
+    accepted = settle(job.spec, votes).value
+    assert accepted is not None
+    assert open_value(alice, job.job_id, 1, orjson.loads(accepted)) == 42
+
+
+def test_lease_and_report_seqs_fit_32_bits_for_years() -> None:
+    assert next_seq(-1, now=time.time()) < next_seq(-1, now=time.time() + 1)
+    assert next_seq(-1, now=2_150_000_000) < 2**32  # 2038
+    assert next_seq(10**6, now=SEQ_EPOCH) == 10**6 + 1

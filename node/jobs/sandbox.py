@@ -17,7 +17,7 @@ frame (the slices of a run it did not report are sent again to a new child if it
 import asyncio
 import struct
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import msgpack
@@ -32,6 +32,7 @@ MAX_FRAME = 64 * 1024 * 1024
 # machine) before it is taken for hung and killed.
 GRACE = 10.0
 CHECK_TIMEOUT = 1.0  # the child's own limit on evaluating a function text
+CANCELLED_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class SandboxPool:
         self._waiters: deque[asyncio.Future] = deque()
         self._runs: set[_Run] = set()
         self._children: set[_Child] = set()
+        self._cancelled: OrderedDict[bytes, None] = OrderedDict()  # jobs cancelled lately
         self._closed = False
 
     @property
@@ -202,6 +204,8 @@ class SandboxPool:
             encoded_args, encoded_data = orjson.dumps(args), orjson.dumps(data)
         except TypeError as error:
             raise SandboxError(f"args or data are not JSON: {error}") from None
+        if job in self._cancelled:
+            raise Cancelled("the job was cancelled")
         run = _Run(job=job)
         try:
             while len(run.outcomes) < len(data):
@@ -310,7 +314,12 @@ class SandboxPool:
         self._children.discard(child)
 
     def cancel(self, job: bytes) -> None:
-        """Stops every run of `job` now: their processes are killed, and their `run()` raises Cancelled."""
+        """Stops every run of `job` now: their processes are killed, and their `run()` raises Cancelled;
+        a run of it that starts later raises Cancelled at once (the job is remembered, among the last
+        `CANCELLED_KEPT`)."""
+        self._cancelled[job] = None
+        if len(self._cancelled) > CANCELLED_KEPT:
+            self._cancelled.popitem(last=False)
         for run in list(self._runs):
             if run.job == job:
                 run.cancel()

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.sealed import open_sealed, seal_to
 from dhtmesh.node.records.job import JobRecord, canonical
@@ -39,12 +40,27 @@ def ballot(private: bool, value: bytes) -> bytes:
     return digest.encode() if isinstance(digest, str) else value
 
 
+def merged(values: list[bytes]) -> bytes:
+    """The accepted value of a private slice: the digest its workers agreed on, and each one's box (a
+    worker may seal anything beside the right digest: the owner opens the first box that matches)."""
+    documents = [orjson.loads(value) for value in values]  # checked JSON; they agree on their digest
+    boxes = [d["sealed"] for d in documents if isinstance(d, dict) and isinstance(d.get("sealed"), str)]
+    if not boxes:
+        return values[0]  # not sealed values at all (workers agreeing on something else): as they are
+    return canonical({"digest": documents[0].get("digest"), "sealed": boxes})
+
+
 def open_value(owner: Identity, job_id: bytes, number: int, document: Any) -> Any:
-    """The owner's view of a private slice's value; raises ValueError if it is not the value its digest
-    (the one the workers agreed on) names."""
-    if not (isinstance(document, dict) and isinstance(document.get("sealed"), str)):
+    """The owner's view of a private slice's value: the first of its boxes that opens to the value its
+    digest (the one the workers agreed on) names; raises ValueError if none does."""
+    boxes = document.get("sealed") if isinstance(document, dict) else None
+    if not (isinstance(boxes, list) and all(isinstance(box, str) for box in boxes)):
         raise ValueError("not a sealed value")
-    value = open_sealed(owner, base64.b64decode(document["sealed"], validate=True))
-    if digest_of(job_id, number, value) != document.get("digest"):
-        raise ValueError("the sealed value is not the one the workers agreed on")
-    return orjson.loads(value)
+    for box in boxes:
+        try:
+            value = open_sealed(owner, base64.b64decode(box, validate=True))
+        except (CryptoError, ValueError):
+            continue
+        if digest_of(job_id, number, value) == document.get("digest"):
+            return orjson.loads(value)
+    raise ValueError("no box opens to the value the workers agreed on")

@@ -9,6 +9,7 @@ counts those where the worker's own signed value lost to a strict majority.
 
 import asyncio
 import bisect
+import logging
 import random
 import time
 from collections import OrderedDict
@@ -16,10 +17,15 @@ from dataclasses import dataclass
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.errors import NodeError
 from dhtmesh.node.jobs.view import JobBook, JobView
 from dhtmesh.node.jobs.votes import gather, settle
 from dhtmesh.node.records.job import RESULT, RESULT_TYPE, results_key
+from dhtmesh.node.records.kind import next_seq
 from dhtmesh.node.records.outvote import KIND, MAX_ENTRIES, OUTVOTE_TYPE, Outvote, OutvoteLog, outvotes_key
+from dhtmesh.node.values.value import InvalidValue
+
+logger = logging.getLogger(__name__)
 
 MAX_CHECKED = 16
 MAX_LOGS_KEPT = 256  # outvoted workers a reporter keeps its log of
@@ -44,6 +50,7 @@ class Reporter:
         self._identity: Identity = node.identity
         self._logs: OrderedDict[bytes, tuple[int, list[Outvote]]] = OrderedDict()  # worker -> (seq, entries)
         self._reported: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # (job, slice) looked at already
+        self._scanned: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # batch -> its tally's records then
 
     async def scan(self, view: JobView) -> None:
         """Report every worker outvoted on a slice of the job where this worker's value won."""
@@ -52,7 +59,12 @@ class Reporter:
         me = self._identity.node_id
         fresh: dict[bytes, list[Outvote]] = {}
         now = int(time.time())
-        for tally in view.tallies:
+        for index, tally in enumerate(view.tallies):
+            if self._scanned.get((view.job_id, index)) == len(tally.records):
+                continue  # nothing new in this batch since it was looked at
+            self._scanned[(view.job_id, index)] = len(tally.records)
+            if len(self._scanned) > MAX_LOOKED_AT:
+                self._scanned.popitem(last=False)
             for number, settled in tally.settled.items():
                 if not settled.outvoted or (view.job_id, number) in self._reported:
                     continue
@@ -66,13 +78,19 @@ class Reporter:
         await asyncio.gather(*(self._report(loser, entries) for loser, entries in fresh.items()))
 
     async def _report(self, worker: bytes, entries: list[Outvote]) -> None:
-        seq, known = self._logs.pop(worker, (-1, []))
+        last, known = self._logs.pop(worker, (-1, []))
         known = (known + entries)[-MAX_ENTRIES:]
-        self._logs[worker] = (seq + 1, known)
+        seq = next_seq(last)  # from the clock too: after a restart, above what replicas still hold
+        self._logs[worker] = (seq, known)
         while len(self._logs) > MAX_LOGS_KEPT:
             self._logs.popitem(last=False)
         log = OutvoteLog(self._identity.node_id, worker, tuple(known))
-        await self._node.put(outvotes_key(worker), KIND.sign(self._identity, log, seq + 1))
+        try:
+            await self._node.put(outvotes_key(worker), KIND.sign(self._identity, log, seq))
+        except (NodeError, InvalidValue) as error:  # reported again with the next outvote of that worker
+            self._node.counters.add("jobs.outvote_reports_failed")
+            logger.info("outvote report on %s not stored: %s", worker.hex(), error)
+            return
         self._node.counters.add("jobs.outvotes_reported", len(entries))
 
 

@@ -65,7 +65,8 @@ class BatchTally:
         self.records: dict[bytes, ResultRecord] = {}  # by record id: a result seen twice counts once
         self.votes: dict[int, SliceVotes] = {}
         self.settled: dict[int, Settled] = {}
-        self.outcomes = 0  # slice outcomes counted, and the time they took: a slice's average time
+        self.finished = 0  # slices settled (accepted or failed)
+        self.outcomes = 0  # values counted, and the time they took: a slice's average time
         self.cpu_ms = 0
 
     def add(self, record_id: bytes, record: ResultRecord, job: JobRecord) -> bool:
@@ -75,9 +76,12 @@ class BatchTally:
         limit = job.spec.slice_timeout_ms
         touched = count_in(self.votes, record, self.first, self.count, limit)
         for number in touched:
-            self.settled[number] = settle(job.spec, self.votes[number])
-        self.outcomes += len(touched)
-        self.cpu_ms += sum(min(e.cpu_ms, limit) for e in record.entries if e.number in touched)
+            before = self.settled.get(number)
+            self.settled[number] = settled = settle(job.spec, self.votes[number])
+            self.finished += settled.done - (before is not None and before.done)
+        valued = [e for e in record.entries if e.number in touched and e.value is not None]  # errors may lie
+        self.outcomes += len(valued)
+        self.cpu_ms += sum(min(e.cpu_ms, limit) for e in valued)
         return True
 
     def numbers(self) -> range:
@@ -85,7 +89,7 @@ class BatchTally:
 
     @property
     def done(self) -> bool:
-        return all(self.settled.get(n, Settled()).done for n in self.numbers())
+        return self.finished == self.count
 
     def wants(self, job: JobRecord, now: float) -> dict[int, Want]:
         """What each unsettled slice of the batch still needs."""
@@ -97,7 +101,9 @@ class BatchTally:
 
     def needs(self, job: JobRecord, worker: bytes, now: float) -> bool:
         """Whether a slice of the batch still needs `worker` (stops at the first that does: a batch
-        nobody answered yet costs one look)."""
+        nobody answered yet costs one look, a settled one none)."""
+        if self.done:
+            return False
         for n in self.numbers():
             settled = self.settled.get(n)
             if settled is None or not settled.done:
@@ -121,6 +127,8 @@ class JobView:
         self._change = asyncio.Event()  # set, and replaced, at each change: waiters hold the one they saw
         self._opened = asyncio.Lock()
         self._read = False
+        self._closed = False
+        self.users = 0  # result streams reading it now: it is not evicted while one does
 
     @property
     def job_id(self) -> bytes:
@@ -133,12 +141,15 @@ class JobView:
             self._read = True
 
     async def close(self) -> None:
+        self._closed = True  # a key following that was under way stops short of listening
         for listener in self._listeners.values():
             listener.close()
         self._listeners.clear()
         await self._loops.close()
 
     async def _follow_new_keys(self) -> None:
+        if self._closed:
+            return
         keys = [results_key(self.job_id, index) for index in range(0, len(self.tallies), RESULTS_PER_KEY)]
         fresh = [key for key in keys if key not in self._listeners]
         for key in fresh:
@@ -240,14 +251,18 @@ class JobView:
         """Each slice's accepted value as it comes (those accepted already first); ends when the job is
         finished."""
         sent: set[int] = set()
-        while True:
-            fresh = [(n, value) for n, value in self.values() if n not in sent]
-            for n, value in fresh:
-                sent.add(n)
-                yield n, value
-            if self.finished:
-                return
-            await self.changed(within=1.0)
+        self.users += 1
+        try:
+            while True:
+                fresh = [(n, value) for n, value in self.values() if n not in sent]
+                for n, value in fresh:
+                    sent.add(n)
+                    yield n, value
+                if self.finished:
+                    return
+                await self.changed(within=1.0)
+        finally:
+            self.users -= 1
 
 
 class JobBook:
@@ -258,6 +273,7 @@ class JobBook:
         self._followed: OrderedDict[bytes, JobView] = OrderedDict()
         self._directory = LiveView(node, JOB, clock, on_change=self._job_changed)
         self._updates = TaskSet(node.counters)
+        self._opening: dict[bytes, asyncio.Task] = {}  # views being opened: their callers await these
         self._change = asyncio.Event()
         self.on_cancel: Callable[[bytes], None] | None = None  # the worker's: stop a cancelled job's slices
 
@@ -281,7 +297,8 @@ class JobBook:
 
     async def view(self, job_id: bytes, admit: Callable[[int], bool] | None = None) -> JobView | None:
         """The job's results, followed (opened on first use, if `admit` allows following as many keys:
-        else `TooManyFollowed`)."""
+        else `TooManyFollowed`). Every caller gets it once it is open: the first caller's opening runs
+        on its own, so a caller that gives up (a client gone) cannot leave it half open."""
         view = self._followed.get(job_id)
         if view is None:
             found = await self.job(job_id)
@@ -292,15 +309,32 @@ class JobBook:
                 if admit is not None and not admit(result_keys(found[1])):
                     raise TooManyFollowed("too many jobs' results asked for from this address; retry in a second")
                 view = self._followed[job_id] = JobView(self._node, found[1])
+                self._opening[job_id] = self._updates.spawn(view.open())
                 await self._evict()
-                await view.open()
-        self._followed.move_to_end(job_id)
+        opening = self._opening.get(job_id)
+        if opening is not None:
+            try:
+                await asyncio.shield(opening)
+            except Exception:
+                await self._forget(job_id, view)  # a later caller opens it anew
+                raise
+            finally:
+                if opening.done():
+                    self._opening.pop(job_id, None)
+        if job_id in self._followed:
+            self._followed.move_to_end(job_id)
         return view
 
+    async def _forget(self, job_id: bytes, view: JobView) -> None:
+        if self._followed.get(job_id) is view:
+            del self._followed[job_id]
+            await view.close()
+
     async def _evict(self) -> None:
-        while len(self._followed) > MAX_FOLLOWED:
-            _, oldest = self._followed.popitem(last=False)
-            await oldest.close()
+        """Close the least recently asked views past `MAX_FOLLOWED`, but none a stream is reading."""
+        idle = [job_id for job_id, view in self._followed.items() if not view.users]
+        for job_id in idle[: max(0, len(self._followed) - MAX_FOLLOWED)]:
+            await self._forget(job_id, self._followed[job_id])
 
     def _job_changed(self, job: JobRecord) -> None:
         if job.cancelled and self.on_cancel is not None:

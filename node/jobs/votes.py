@@ -11,7 +11,7 @@ alone). A worker whose value lost to the accepted one is outvoted.
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dhtmesh.node.jobs.sealing import ballot
+from dhtmesh.node.jobs.sealing import ballot, merged
 from dhtmesh.node.records.job import JobSpec, ResultRecord
 
 RETRY_GRACE = 5.0  # seconds before a worker may retry a slice it failed itself (others get it first)
@@ -91,7 +91,10 @@ def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
     if counts:
         winner, agreeing = counts.most_common(1)[0]
         if agreeing >= needed(spec.redundancy):
-            value = next(votes.values[w] for w, b in ballots.items() if b == winner)
+            agreeing = sorted(w for w, b in ballots.items() if b == winner)
+            value = votes.values[agreeing[0]]
+            if spec.private:  # every agreeing worker's box: one with a bad box cannot make the value unopenable
+                value = merged([votes.values[w] for w in agreeing])
             return Settled(value=value, outvoted=tuple(w for w, b in ballots.items() if b != winner))
     failing = {worker for worker, _, _ in votes.errors}
     if len(votes.errors) > spec.max_retries and len(failing) >= needed(spec.redundancy):
@@ -107,4 +110,6 @@ def want(spec: JobSpec, votes: SliceVotes, now: float) -> Want:
     given = len(votes.values)
     more = max(1, spec.redundancy - given) if given < spec.redundancy else max(1, needed(spec.redundancy) - best)
     recent = {worker for worker, at, _ in votes.errors if now - at < RETRY_GRACE}
-    return Want(more, frozenset(votes.values) | recent)
+    tries = Counter(worker for worker, _, _ in votes.errors)
+    spent = {worker for worker, count in tries.items() if count > spec.max_retries}  # its own retries used up
+    return Want(more, frozenset(votes.values) | recent | spent)

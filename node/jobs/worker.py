@@ -4,10 +4,10 @@ and publishes the results, signed.
 Each of its `slots` (one per sandbox) repeats: choose a batch that still needs this worker (a slice
 with no accepted value, that this worker has not answered, or failed itself more than `RETRY_GRACE`
 ago), lease it, fetch its data, run what it needs in a sandbox while renewing the lease, publish the
-outcome as one result record (more if it is big), and give the lease back. A lease is taken only while
-fewer live leases than the batch needs are held by others; a worker that dies stops renewing, its
-lease lapses within `LEASE_SECONDS`, and the batch goes to others. Two workers that take one batch at
-the same instant only compute it twice: the votes count each worker once.
+outcome as one result record (more if it is big), and give the lease back (`leases`: a worker that
+dies stops renewing, its lease lapses, and the batch goes to others). A batch computed twice counts
+once: the votes count each worker once. A job whose batches are missing, or whose function does not
+compile (put past the deploy's check), is left alone for a while, not retried in a loop.
 
 A cancelled job's running slices are stopped at once (`SandboxPool.cancel`). Where this worker's value
 won a slice over another's, it reports the one it outvoted (`standing.Reporter`).
@@ -23,36 +23,31 @@ import orjson
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.errors import NodeError, ServiceError
-from dhtmesh.node.jobs.sandbox import Cancelled, SandboxPool, SliceOutcome
+from dhtmesh.node.jobs.leases import Leases
+from dhtmesh.node.jobs.sandbox import Cancelled, CompileError, SandboxError, SandboxPool, SliceOutcome
 from dhtmesh.node.jobs.sealing import sealed_value
 from dhtmesh.node.jobs.standing import Reporter
 from dhtmesh.node.jobs.view import JobBook, JobView
 from dhtmesh.node.records.job import (
     BATCH,
     BATCH_TYPE,
-    LEASE,
-    LEASE_TYPE,
     MAX_RESULT_BYTES,
     RESULT,
     BatchRecord,
     JobRecord,
-    LeaseRecord,
     ResultRecord,
     SliceResult,
     batch_key,
-    lease_key,
 )
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.values.value import InvalidValue
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 10.0
 IDLE_WAIT = 1.0  # seconds an idle slot waits for a change before looking again
-BUSY_SKIP = 2.0
+BUSY_SKIP = 2.0  # seconds a batch whose leases are all held by others is left alone
 MISSING_SKIP = 30.0  # seconds a job with a missing batch is left alone
-MIN_HOLD = 4.0  # seconds a batch whose leases are all held by others is left alone
-SEQ_EPOCH_MS = 1_767_225_600_000
+BROKEN_SKIP = 3600.0  # seconds a job whose function does not compile is left alone
 NEAREST = 8  # a slot picks among the first unsettled batches it may take, at random: first results soonest
 
 
@@ -69,9 +64,10 @@ class Worker:
         self._slots = slots
         self._taken: set[tuple[bytes, int]] = set()  # batches this worker's slots are on now
         self._skip: dict[tuple[bytes, int], float] = {}  # batch -> until when others hold it
-        self._held: dict[tuple[bytes, int], tuple[int, int]] = {}  # batch -> (last seq, since) of this lease
+        self._leases = Leases(node)
         self._finished: set[bytes] = set()  # jobs done: not looked at again (the book follows only so many)
         self._skip_jobs: dict[bytes, float] = {}  # jobs whose batches are missing -> until when left alone
+        self._settled_open: dict[bytes, int] = {}  # open jobs with every slice settled -> their batches then
         self._reporter = Reporter(node)
         self._renewals = TaskSet(node.counters)
         book.on_cancel = pool.cancel
@@ -100,7 +96,11 @@ class Worker:
                 self._node.counters.add("jobs.batches_missing")
                 log.info("%s", error)
                 self._skip_jobs[view.job_id] = time.time() + MISSING_SKIP
-            except (NodeError, InvalidValue) as error:  # a put refused, a batch unreadable
+            except CompileError as error:  # put straight into the DHT, past the deploy's check: never runs
+                self._node.counters.add("jobs.broken_functions")
+                log.info("job %s: its work function does not compile: %s", view.job_id.hex(), error)
+                self._skip_jobs[view.job_id] = time.time() + BROKEN_SKIP
+            except (NodeError, InvalidValue, SandboxError) as error:  # a put refused, a batch unreadable
                 self._node.counters.add("jobs.batches_failed")
                 log.warning("batch %d of job %s: %s", index, view.job_id.hex(), error)
                 self._skip[(view.job_id, index)] = time.time() + BUSY_SKIP
@@ -114,11 +114,15 @@ class Worker:
         self._skip_jobs = {job: until for job, until in self._skip_jobs.items() if until > now}
         me = self._identity.node_id
         jobs = await self._book.jobs()
-        self._finished &= {job.job_id for job in jobs}
+        live = {job.job_id for job in jobs}
+        self._finished &= live
+        self._settled_open = {job: batches for job, batches in self._settled_open.items() if job in live}
         random.shuffle(jobs)  # every open job gets its share of workers, whoever deployed many
         for job in jobs:
             if job.cancelled or not job.batches or job.job_id in self._finished or job.job_id in self._skip_jobs:
                 continue
+            if self._settled_open.get(job.job_id) == len(job.batches):
+                continue  # every slice settled, the job still open: nothing until it gets more
             view = await self._book.view(job.job_id)
             if view is None:
                 continue
@@ -135,12 +139,16 @@ class Worker:
             ]
             if open_batches:
                 return view, random.choice(open_batches[:NEAREST])
+            if all(tally.done for tally in view.tallies):
+                self._settled_open[job.job_id] = len(job.batches)
         return None
 
     async def _work(self, view: JobView, index: int) -> None:
         job, tally = view.job, view.tallies[index]
         wants = tally.wants(job, time.time())
-        if not await self._lease(view, index, max((w.more for w in wants.values()), default=0)):
+        busy_until = await self._leases.take(view, index, max((w.more for w in wants.values()), default=0))
+        if busy_until is not None:
+            self._skip[(view.job_id, index)] = min(busy_until, time.time() + BUSY_SKIP)
             return
         try:
             me = self._identity.node_id
@@ -150,8 +158,10 @@ class Worker:
             self._node.counters.add("jobs.slices_started", len(numbers))
             # Renewed for as long as the slices run; cancelled and awaited below, whatever the run does (a
             # TaskGroup would wrap a `Cancelled` from the run in an ExceptionGroup).
-            renewing = self._renewals.spawn(self._renew(view.job_id, index))
+            renewing = self._renewals.spawn(self._leases.renew(view.job_id, index))
             try:
+                if view.job.cancelled:  # a cancel seen while the batch was leased and fetched
+                    raise Cancelled("the job was cancelled")
                 outcomes = await self._pool.run(
                     job.job_id, job.spec.function, orjson.loads(job.spec.args), data, job.spec.slice_timeout_ms
                 )
@@ -161,69 +171,7 @@ class Worker:
             await self._publish(view, index, numbers, outcomes)
             self._node.counters.add("jobs.slices_computed", len(numbers))
         finally:
-            await self._give_back(view.job_id, index)
-
-    async def _give_back(self, job_id: bytes, index: int) -> None:
-        """End the lease now, so the batch may go on elsewhere (if this fails, it lapses by itself)."""
-        try:
-            await self._put_lease(job_id, index, 0.0)
-        except (NodeError, InvalidValue) as error:
-            self._node.counters.add("jobs.leases_not_given_back")
-            log.info("lease on batch %d of job %s lapses instead: %s", index, job_id.hex(), error)
-        finally:
-            self._held.pop((job_id, index), None)
-
-    async def _lease(self, view: JobView, index: int, wanted: int) -> bool:
-        """Take a lease on the batch if fewer live leases than `wanted` are held by others; then look
-        again, and give it back if workers that took it first (by start time, then id) hold enough:
-        of two workers that took a batch at one instant, one computes it."""
-        batch = (view.job_id, index)
-        others = await self._others(view, index)
-        if len(others) < wanted:
-            await self._put_lease(view.job_id, index, LEASE_SECONDS)
-            mine = (self._held[batch][1], self._identity.node_id)
-            others = [lease for lease in await self._others(view, index) if (lease.since, lease.worker_id) < mine]
-            if len(others) < wanted:
-                return True
-            await self._give_back(view.job_id, index)
-        soonest = min(lease.until for lease in others) / 1000
-        self._skip[batch] = min(soonest, time.time() + BUSY_SKIP)
-        return False
-
-    async def _others(self, view: JobView, index: int) -> list[LeaseRecord]:
-        """The live leases other workers hold on the batch (one held past what the batch could take is
-        not counted: a squatter renewing without results)."""
-        now = time.time()
-        values = await self._node.get(lease_key(view.job_id, index), value_type=LEASE_TYPE)
-        hold = max_hold(view.slice_seconds(), view.tallies[index].count)
-        return [
-            lease
-            for lease in LEASE.records_in(values)
-            if lease.worker_id != self._identity.node_id
-            and lease.job_id == view.job_id
-            and lease.index == index
-            and lease.live(now)
-            and now * 1000 - lease.since <= hold * 1000
-        ]
-
-    async def _put_lease(self, job_id: bytes, index: int, seconds: float) -> None:
-        now = int(time.time() * 1000)
-        last, since = self._held.get((job_id, index), (-1, now))
-        # Centiseconds since 2026: higher than any seq this worker gave the lease before, even after a
-        # restart, as long as its lease could still be held (it is 32 bits: 497 days).
-        seq = max(last + 1, (now - SEQ_EPOCH_MS) // 10)
-        self._held[(job_id, index)] = (seq, since)
-        lease = LeaseRecord(self._identity.node_id, job_id, index, since, max(since + 1, now + int(seconds * 1000)))
-        await self._node.put(lease_key(job_id, index), LEASE.sign(self._identity, lease, seq))
-
-    async def _renew(self, job_id: bytes, index: int) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            try:
-                await self._put_lease(job_id, index, LEASE_SECONDS)
-            except (NodeError, InvalidValue) as error:  # the next renewal may pass; else it lapses, harmlessly
-                self._node.counters.add("jobs.lease_renewals_failed")
-                log.info("lease on batch %d of job %s not renewed: %s", index, job_id.hex(), error)
+            await self._leases.give_back(view.job_id, index)
 
     async def _batch(self, view: JobView, index: int) -> BatchRecord:
         """The batch's data, as its owner signed it (another signer's value under its key is ignored)."""
@@ -249,14 +197,6 @@ class Worker:
         for value in values:
             view.learn(value)
         await asyncio.gather(*(self._node.put(RESULT.key_for(r), v) for r, v in zip(records, values, strict=True)))
-
-
-def max_hold(slice_seconds: float, count: int) -> float:
-    """Seconds a lease on a batch of `count` slices is honoured from its start: twice what the batch
-    should take, by the job's own results so far, and at least `MIN_HOLD`. Past it the batch is taken
-    anyway (the work counts once): a worker that renews without results, or a key that leased every
-    batch and computes nothing, holds a job up that long at most."""
-    return max(MIN_HOLD, 2 * slice_seconds * count + 1)
 
 
 def _entry(number: int, outcome: SliceOutcome) -> SliceResult:

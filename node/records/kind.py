@@ -14,6 +14,7 @@ host may place under one key (`per_host`). The checks every hop applies come fro
 in that table.
 """
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -59,6 +60,15 @@ def unpack(data: bytes, noun: str, count: int) -> list:
 def well_sized(fields: Sequence[tuple[object, int]]) -> bool:
     """Whether every `(field, size)` is a bytes field of that size."""
     return all(isinstance(field, bytes) and len(field) == size for field, size in fields)
+
+
+SEQ_EPOCH = 1_767_225_600  # 2026-01-01: seqs count tenths of a second from it, in 32 bits until 2039
+
+
+def next_seq(last: int, now: float | None = None) -> int:
+    """A signer's next seq for a record it changes often: after `last`, and from its clock, so that it is
+    higher than any it gave before a restart (when its last one is forgotten)."""
+    return max(last + 1, int(((time.time() if now is None else now) - SEQ_EPOCH) * 10))
 
 
 def value_id_of(record_id: bytes) -> int:
