@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.process
 SPIN = "x => { const t = Date.now(); while (Date.now() - t < 50); return x; }"  # 50 ms of work a slice
 
 
-def sandbox_pids() -> set[int]:
-    """The PIDs of this process's sandbox children, read from /proc."""
-    found = set()
+def sandboxes() -> dict[int, int]:
+    """Every sandbox process on the machine, by PID: its parent's PID (read from /proc)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -30,10 +31,17 @@ def sandbox_pids() -> set[int]:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(parent) == os.getpid() and b"sandbox_child" in command:
-            found.add(int(entry.name))
+        if b"sandbox_child" in command:
+            found[int(entry.name)] = int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+            )
     return found
+
+
+def sandbox_pids(parent: int | None = None) -> set[int]:
+    """The PIDs of the sandbox children of `parent` (this process by default)."""
+    parent = os.getpid() if parent is None else parent
+    return {pid for pid, of in sandboxes().items() if of == parent}
 
 
 def open_files(pid: int) -> set[str]:
@@ -250,3 +258,28 @@ async def test_the_event_loop_ticks_while_a_slow_batch_runs(pool: SandboxPool) -
     ticking.cancel()
     assert values(outcomes) == list(range(10))
     assert ticks >= 10  # the batch took 0.5 s of V8 at least
+
+
+async def test_a_sandbox_dies_with_the_node_that_started_it(tmp_path: Path) -> None:
+    """A node killed by SIGKILL leaves no sandbox behind, even one spinning in a runaway slice."""
+    program = (
+        "import asyncio, sys\n"
+        "from dhtmesh.node.jobs.sandbox import SandboxPool\n"
+        "async def main():\n"
+        "    pool = SandboxPool(size=1, memory_mib=64)\n"
+        "    print('running', flush=True)\n"
+        "    await pool.run(b'j' * 20, 'x => { while (true) {} }', [], [1], 600_000)\n"
+        "asyncio.run(main())\n"
+    )
+    node = await asyncio.create_subprocess_exec(sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert node.stdout is not None and await node.stdout.readline() == b"running\n"
+        await eventually(lambda: sandbox_pids(node.pid), within=10)
+        children = sandbox_pids(node.pid)
+        node.kill()
+        await node.wait()
+        await eventually(lambda: not (children & set(sandboxes())), within=10)
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()

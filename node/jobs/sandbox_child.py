@@ -8,9 +8,12 @@ functions compute) and which has no I/O at all. A whole batch runs in one call i
 times out, runs out of memory or returns a promise takes the slower paths.
 """
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import secrets
+import signal
 import struct
 import sys
 import time
@@ -32,6 +35,7 @@ CHECK_TIMEOUT = 1.0  # s a function text may take to evaluate to a function
 IDLE_TIMEOUT = 1.0
 RAN_ENOUGH = 0.9  # of its time limit: a slice that ran this long before its call timed out is too slow
 HEADER = struct.Struct(">I")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # ArrayBuffers (typed arrays, WebAssembly memories) live outside V8's heap, so the heap limit misses them:
 # the process's data size is capped instead, this much above what it uses once V8 is up (and over
 # `memory_mib` twice: heap and buffers), and V8 throws this when a buffer does not fit.
@@ -470,7 +474,21 @@ def cap_data_size(memory_mib: int) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
+def _die_with_parent() -> None:
+    """Be killed when the node that started this process dies, even by SIGKILL (Linux's parent-death
+    signal), so that no sandbox outlives its node, running a runaway slice for nobody."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the closed stdin ends this process once it is between batches
+    if os.getppid() != parent:
+        os._exit(0)  # the node died before the signal was set
+
+
 def main() -> None:
+    _die_with_parent()
     # The frames go out on a copy of stdout; fd 1 itself points to /dev/null so that nothing else written
     # there (V8, a library) can break a frame.
     replies = os.fdopen(os.dup(1), "wb")
