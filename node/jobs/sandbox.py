@@ -15,6 +15,7 @@ frame (the slices of a run it did not report are sent again to a new child if it
 """
 
 import asyncio
+import os
 import struct
 import sys
 from collections import OrderedDict, deque
@@ -73,6 +74,7 @@ class _Child:
             "-m",
             CHILD_MODULE,
             str(memory_mib),
+            str(os.getpid()),  # the child dies with this process: it checks that it is still its parent
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

@@ -9,7 +9,6 @@ times out, runs out of memory or returns a promise takes the slower paths.
 """
 
 import ctypes
-import ctypes.util
 import os
 import resource
 import secrets
@@ -474,21 +473,20 @@ def cap_data_size(memory_mib: int) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
 
-def _die_with_parent() -> None:
-    """Be killed when the node that started this process dies, even by SIGKILL (Linux's parent-death
-    signal), so that no sandbox outlives its node, running a runaway slice for nobody."""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the node that started this process (`parent`) dies, even by SIGKILL (Linux's
+    parent-death signal), so that no sandbox outlives its node, running a runaway slice for nobody."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return  # not Linux: the closed stdin ends this process once it is between batches
     if os.getppid() != parent:
-        os._exit(0)  # the node died before the signal was set
+        os._exit(0)  # the node died before the signal was set (it started this one with its pid)
 
 
 def main() -> None:
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[2]))
     # The frames go out on a copy of stdout; fd 1 itself points to /dev/null so that nothing else written
     # there (V8, a library) can break a frame.
     replies = os.fdopen(os.dup(1), "wb")
