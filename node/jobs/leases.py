@@ -46,18 +46,17 @@ class Leases:
         self._seen: OrderedDict[tuple[bytes, bytes, int], float] = OrderedDict()  # (worker, batch) -> first seen
 
     async def take(self, view: JobView, index: int, wanted: int) -> float | None:
-        """Lease the batch if fewer than `wanted` honoured leases are held by others, then look again and
-        give it back if workers that took it first (by start, then id) hold enough: of two workers that
-        took a batch at one instant, one computes it. None if taken; else when a lease in the way lapses
-        or stops being honoured."""
-        others = await self.others(view, index)
+        """Lease the batch, unless workers that took it first (by start, then id) hold `wanted` honoured
+        leases on it already (then give it back): of two workers that took a batch at one instant, one
+        computes it. None if taken; else when a lease in the way lapses or stops being honoured."""
+        # Put first, then look: one put and one get a batch (a batch is rarely contended; when it is, the
+        # lease is given back at the cost of one more put).
+        await self.put(view.job_id, index, LEASE_SECONDS)
+        mine = (self._held[(view.job_id, index)][1], self._identity.node_id)
+        others = [lease for lease in await self.others(view, index) if (lease.since, lease.worker_id) < mine]
         if len(others) < wanted:
-            await self.put(view.job_id, index, LEASE_SECONDS)
-            mine = (self._held[(view.job_id, index)][1], self._identity.node_id)
-            others = [lease for lease in await self.others(view, index) if (lease.since, lease.worker_id) < mine]
-            if len(others) < wanted:
-                return None
-            await self.give_back(view.job_id, index)
+            return None
+        await self.give_back(view.job_id, index)
         hold = self._hold(view, index)
         return min(min(lease.until / 1000, self._first_seen(lease, time.time()) + hold) for lease in others)
 
@@ -110,6 +109,10 @@ class Leases:
             except (NodeError, InvalidValue) as error:  # the next renewal may pass; else it lapses, harmlessly
                 self._node.counters.add("jobs.lease_renewals_failed")
                 log.info("lease on batch %d of job %s not renewed: %s", index, job_id.hex(), error)
+
+    def drop(self, job_id: bytes, index: int) -> None:
+        """Forget the lease without giving it back (the batch is settled: nobody needs it; it lapses)."""
+        self._held.pop((job_id, index), None)
 
     async def give_back(self, job_id: bytes, index: int) -> None:
         """End the lease now, so the batch may go on elsewhere (if this fails, it lapses by itself)."""

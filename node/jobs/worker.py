@@ -171,7 +171,10 @@ class Worker:
             await self._publish(view, index, numbers, outcomes)
             self._node.counters.add("jobs.slices_computed", len(numbers))
         finally:
-            await self._leases.give_back(view.job_id, index)
+            if tally.done:
+                self._leases.drop(view.job_id, index)  # settled: nobody needs the batch; the lease lapses
+            else:
+                await self._leases.give_back(view.job_id, index)
 
     async def _batch(self, view: JobView, index: int) -> BatchRecord:
         """The batch's data, as its owner signed it (another signer's value under its key is ignored)."""
