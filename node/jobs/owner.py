@@ -35,7 +35,10 @@ from dhtmesh.node.records.job import (
 from dhtmesh.node.records.kind import InvalidRecord
 from dhtmesh.node.values.value import Value
 
-SPREAD = 64  # batches a job is cut into (at most `BATCH_SLICES` each): one for every worker, and a short tail
+# Batches a job is cut into (at most `BATCH_SLICES` each): enough for every worker, few enough that a
+# batch's DHT work stays small beside its slices (measured: 64 cost 6 points of efficiency on 200
+# CPU-bound slices, 84 % against 90 %).
+SPREAD = 32
 BATCH_SLICES = 250
 RUNTIMES = {"map-basic", "javascript"}  # dcp-rest's default worktime; both run the JavaScript function
 
