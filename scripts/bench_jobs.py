@@ -14,7 +14,7 @@ What runs (everything on loopback; every process stopped by its PID at the end):
   equivalents of the JavaScript ones. Skipped, and said so in the JSON, when `distributed` is not
   installed (`pip install '.[bench]'`; scripts/bench installs it).
 * `dask-batched`: the same cluster, one task per batch of the batches a dhtmesh owner cuts the job into
-  (`node/jobs/owner.cut`, about 64 of them), as a sandbox runs a batch in one call: how much
+  (`node/jobs/owner.cut`, about 32 of them), as a sandbox runs a batch in one call: how much
   of the difference is the batching rather than the system.
 
 The two systems run one after the other, each alone: an idle Dask cluster uses 13 % of a core (its
