@@ -46,6 +46,19 @@ def write(text: str) -> int:
     return 0
 
 
+def add_acting_identity(parser: argparse.ArgumentParser, role: str) -> None:
+    """The `-i` and `--persist` options that name who acts (`acting_identity`)."""
+    parser.add_argument(
+        "-i",
+        "--identity",
+        metavar="FILE",
+        help=f"{role}'s identity (default: the node's own, from its data directory, when it is the node at --url)",
+    )
+    parser.add_argument(
+        "--persist", metavar="DIR", help="the node's data directory, where its identity is (default: as `run`)"
+    )
+
+
 async def acting_identity(client: Client, args: argparse.Namespace, role: str) -> Identity:
     """Who acts (`role`: "the farmer", "the job owner"): `-i`'s identity; else the node's own, read from
     its data directory (`--persist`), once the node at `--url` proves to be the one it belongs to (a

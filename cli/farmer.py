@@ -12,7 +12,7 @@ signed request. The node only checks and stores it, so it never needs (or gets) 
 import argparse
 from dataclasses import asdict
 
-from dhtmesh.cli.connect import acting_identity, as_text, run_client, write
+from dhtmesh.cli.connect import acting_identity, add_acting_identity, as_text, run_client, write
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.url import add_url
 from dhtmesh.client import Client, NotRegistered
@@ -35,15 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_url(parser)
     parser.add_argument("action", choices=ACTIONS, help="see below")
     parser.add_argument("numbers", nargs="*", type=int, metavar="N", help="height N, or bandwidth UP DOWN")
-    parser.add_argument(
-        "-i",
-        "--identity",
-        metavar="FILE",
-        help="the farmer's identity (default: the node's own, from its data directory, when it is the node at --url)",
-    )
-    parser.add_argument(
-        "--persist", metavar="DIR", help="the node's data directory, where its identity is (default: as `run`)"
-    )
+    add_acting_identity(parser, "the farmer")
     parser.add_argument("--payout", metavar="ADDR", help="register: payout address (default: the farmer's own)")
     parser.add_argument("--ip", default="", help="the IP address the farmer states in its record")
     parser.add_argument("--json", action="store_true", help="online: the JSON listing instead of text lines")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from dhtmesh.cli.connect import acting_identity, as_text, run_client, write
+from dhtmesh.cli.connect import acting_identity, add_acting_identity, as_text, run_client, write
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.url import add_url
 from dhtmesh.client import BadJob, Client, SliceRange, opened
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if job:
             sub.add_argument("job_id", metavar="ID", help="the job's id (40 hex, as `job submit` prints it)")
         if owned:
-            _add_owner(sub)
+            add_acting_identity(sub, "the job owner")
         return sub
 
     submit = action("submit", "deploy a job with all its slices, and close it; prints its id", True, job=False)
@@ -53,23 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     results.add_argument(
         "--range", action="append", dest="ranges", metavar="M-N", help="only slices M to N (repeatable)"
     )
-    _add_owner(results)
+    add_acting_identity(results, "the job owner")
     cancel = action("cancel", "cancel a job: workers stop its slices", True)
     cancel.add_argument("--reason", default="", help="why, as the job's status says it")
     action("close", "close a job: it has all its slices", True)
     action("list", "the owner's jobs, as JSON", True, job=False)
-
-
-def _add_owner(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-i",
-        "--identity",
-        metavar="FILE",
-        help="the job's owner (default: the node's identity from its data directory, if it is the node at --url)",
-    )
-    parser.add_argument(
-        "--persist", metavar="DIR", help="the node's data directory, where its identity is (default: as `run`)"
-    )
 
 
 def command(args: argparse.Namespace) -> int:
