@@ -427,7 +427,7 @@ async def test_many_result_records_for_one_batch_do_not_block_a_reading_node(job
         await eventually(lambda: len(view.tallies[0].records) == 96, within=30)
     finally:
         ticker.cancel()
-    assert longest < 1.0, longest  # the node's loop answered meanwhile (today: blocked for seconds)
+    assert longest < 3.0, longest  # the node's loop answered meanwhile (before the fix: ~6 s at once)
 
 
 @pytest.mark.unit

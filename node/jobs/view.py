@@ -129,6 +129,7 @@ class JobView:
         self._read = False
         self._closed = False
         self.users = 0  # result streams reading it now: it is not evicted while one does
+        self._learnt: set[tuple[bytes, int]] = set()  # result values taken in, by (signer, id): decoded once
 
     @property
     def job_id(self) -> bytes:
@@ -160,6 +161,7 @@ class JobView:
         for values in reads:
             for value in values:
                 self.learn(value)
+                await asyncio.sleep(0)  # many big records: the node answers others between them
 
     async def _follow(self, listener: Listener) -> None:
         async for event in listener:
@@ -168,8 +170,9 @@ class JobView:
 
     def learn(self, value: Value) -> None:
         """Take a (checked) result value into the tally of its batch."""
-        if value.type != RESULT_TYPE:
-            return
+        if value.type != RESULT_TYPE or (value.owner, value.id) in self._learnt:
+            return  # a result is never changed (seq 0, its data fixed): seen once, known
+        self._learnt.add((value.owner, value.id))
         try:
             record = RESULT.decode(value.data)
         except InvalidRecord:

@@ -31,6 +31,8 @@ def cap(redundancy: int) -> int:
 class SliceVotes:
     values: dict[bytes, bytes] = field(default_factory=dict)  # worker -> its latest value
     errors: list[tuple[bytes, int, str]] = field(default_factory=list)  # (worker, time, error)
+    tries: Counter[bytes] = field(default_factory=Counter)  # worker -> its errors: kept as they come, not recounted
+    last_error: dict[bytes, int] = field(default_factory=dict)  # worker -> the time of its latest error
     cpu_ms: int = 0
     stamps: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # worker -> (time, round) of its value
 
@@ -79,6 +81,8 @@ def count_in(votes: dict[int, SliceVotes], record: ResultRecord, first: int, cou
         touched.add(entry.number)
         if entry.value is None:
             slot.errors.append((record.worker_id, record.time, entry.error or ""))
+            slot.tries[record.worker_id] += 1
+            slot.last_error[record.worker_id] = max(record.time, slot.last_error.get(record.worker_id, 0))
         elif stamp >= slot.stamps.get(record.worker_id, (-1, -1)):
             slot.values[record.worker_id] = entry.value
             slot.stamps[record.worker_id] = stamp
@@ -96,8 +100,7 @@ def settle(spec: JobSpec, votes: SliceVotes) -> Settled:
             if spec.private:  # every agreeing worker's box: one with a bad box cannot make the value unopenable
                 value = merged([votes.values[w] for w in agreeing])
             return Settled(value=value, outvoted=tuple(w for w, b in ballots.items() if b != winner))
-    failing = {worker for worker, _, _ in votes.errors}
-    if len(votes.errors) > spec.max_retries and len(failing) >= needed(spec.redundancy):
+    if len(votes.errors) > spec.max_retries and len(votes.tries) >= needed(spec.redundancy):
         return Settled(failure=votes.errors[-1][2])  # a majority's worth of workers saw it fail, not one alone
     if len(votes.values) >= cap(spec.redundancy):
         return Settled(failure=f"ENOMAJORITY: {len(votes.values)} workers gave {len(counts)} different values")
@@ -109,7 +112,6 @@ def want(spec: JobSpec, votes: SliceVotes, now: float) -> Want:
     best = max(Counter(ballot(spec.private, value) for value in votes.values.values()).values(), default=0)
     given = len(votes.values)
     more = max(1, spec.redundancy - given) if given < spec.redundancy else max(1, needed(spec.redundancy) - best)
-    recent = {worker for worker, at, _ in votes.errors if now - at < RETRY_GRACE}
-    tries = Counter(worker for worker, _, _ in votes.errors)
-    spent = {worker for worker, count in tries.items() if count > spec.max_retries}  # its own retries used up
+    recent = {worker for worker, at in votes.last_error.items() if now - at < RETRY_GRACE}
+    spent = {worker for worker, count in votes.tries.items() if count > spec.max_retries}  # its own retries used up
     return Want(more, frozenset(votes.values) | recent | spent)
