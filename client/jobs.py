@@ -28,6 +28,9 @@ __all__ = ["BadJob", "JobRoutes", "SliceRange"]
 SliceRange = tuple[int, int]  # first and last slice number, both included (dcp-rest's `range=m-n`)
 
 
+PART_BYTES = 4 * 1024 * 1024  # slice data a request carries: signed, in base64 JSON, well under 16 MiB
+
+
 class JobRoutes:
     """The `/api/v0` routes; mixed into `Client`, which gives the transport and the node's id (what a
     signed request is addressed to). A body that is no job raises `BadJob` before anything is sent."""
@@ -48,31 +51,32 @@ class JobRoutes:
         max_retries: int | None = None,
         public: dict[str, Any] | None = None,
         private: bool = False,
+        part_bytes: int = PART_BYTES,
     ) -> str:
         """Deploy a job of `function` (JavaScript text) over `slices` (JSON data), owned by `owner`: its
-        id (40 hex). The job stays open for more slices (`add_slices`) until closed (`close_job`)."""
-        body: dict[str, Any] = {
-            "work": {"function": function},
-            "slices": list(slices),
-            "args": list(args),
-            "redundancy": redundancy,
-            "private": private,
-        }
+        id (40 hex). The job stays open for more slices (`add_slices`) until closed (`close_job`). Slices
+        of more than `part_bytes` of JSON go in several requests: the deploy, then additions."""
+        body: dict[str, Any] = {"work": {"function": function}, "args": list(args), "redundancy": redundancy}
         optional = {"sliceTimeoutMs": slice_timeout_ms, "maxRetries": max_retries, "public": public}
-        body |= {name: given for name, given in optional.items() if given is not None}
-        signed = job_owner.deploy(owner, job_owner.parse_deploy(body))
-        answer = await self._signed_document(owner, "POST", paths.JOB_NEW, body, signed)
+        body |= {name: given for name, given in optional.items() if given is not None} | {"private": private}
+        first, *rest = _parts(job_owner.parse_deploy(body | {"slices": list(slices)}), part_bytes)
+        # The signed records are the request: dcp-rest's `slices` would only carry the data twice.
+        answer = await self._signed_document(owner, "POST", paths.JOB_NEW, body, job_owner.deploy(owner, first))
         job_id = answer.get("jobId")
         if not (isinstance(job_id, str) and len(job_id) == 40):
             raise BadAnswer(f"{paths.JOB_NEW}: the node's answer names no job id: {answer}")
+        for part in rest:
+            await self._add_data(owner, job_id, part.slices)
         return job_id
 
     async def add_slices(self, owner: Identity, job_id: str, slices: Sequence[object]) -> dict[str, Any]:
         """Add `slices` (JSON data) to the open job: `{added, totalSlices}`."""
-        body = {"sliceData": list(slices)}
-        data = job_owner.parse_slices(body)
+        return await self._add_data(owner, job_id, job_owner.parse_slices({"sliceData": list(slices)}))
+
+    async def _add_data(self, owner: Identity, job_id: str, data: list[bytes]) -> dict[str, Any]:
         signed = job_owner.add_slices(owner, await self.job_record(job_id), data)
-        return await self._signed_document(owner, "POST", paths.job_path(paths.JOB_SLICES, job_id), body, signed)
+        path = paths.job_path(paths.JOB_SLICES, job_id)
+        return await self._signed_document(owner, "POST", path, {}, signed)
 
     async def close_job(self, owner: Identity, job_id: str) -> dict[str, Any]:
         """Say the job has all its slices (it completes once they are done): `{jobId, status}`."""
@@ -185,3 +189,16 @@ def opened(owner: Identity, job_id: str, document: dict[str, Any]) -> dict[str, 
             raise BadAnswer(f"slice {result.get('sliceNumber')}: cannot open its sealed value: {error}") from error
         results.append({**result, "value": value})
     return {**document, "results": results}
+
+
+def _parts(request: job_owner.Deploy, part_bytes: int) -> list[job_owner.Deploy]:
+    """The deploy's slices in parts of at most `part_bytes` of JSON each (at least one part)."""
+    parts: list[list[bytes]] = [[]]
+    used = 0
+    for datum in request.slices:
+        if parts[-1] and used + len(datum) > part_bytes:
+            parts.append([])
+            used = 0
+        parts[-1].append(datum)
+        used += len(datum)
+    return [job_owner.Deploy(request.spec, part) for part in parts]

@@ -23,6 +23,7 @@ import pytest
 
 from dhtmesh.api import paths
 from dhtmesh.client import BadJob, Client
+from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.records.job import decode_job
 from dhtmesh.testing import DHTMESH, NodeProcess, ProcessGroup, eventually, run_cli
 
@@ -129,6 +130,16 @@ async def test_the_owner_adds_slices_to_an_open_job_then_closes_it(mesh: Mesh) -
         assert job_id in [job["jobId"] for job in await client.jobs(owner)]
         assert await client.job_count(owner) == len(await client.jobs(owner))
         assert isinstance(await client.accounts(), list)
+
+
+async def test_a_deploy_bigger_than_a_request_goes_in_parts(mesh: Mesh) -> None:
+    owner = Identity.generate()
+    data = [{"n": n, "pad": "x" * 40} for n in range(30)]
+    async with Client(mesh.other.url) as client:
+        job_id = await client.deploy_job(owner, DOUBLE, data, part_bytes=200)  # 3 slices (~62 bytes) a request
+        value = await client.job_record(job_id)
+        assert decode_job(value.data).total_slices == 30
+        assert value.seq == 9  # the deploy, then 9 additions, each the job's next version
 
 
 def test_only_the_owner_changes_a_job(mesh: Mesh, tmp_path: Path) -> None:
