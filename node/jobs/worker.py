@@ -153,6 +153,8 @@ class Worker:
         try:
             me = self._identity.node_id
             numbers = [n for n, wanted in wants.items() if me not in wanted.excluded]
+            if not numbers:
+                return  # settled, or answered by this worker, since it was chosen
             batch = await self._batch(view, index)
             data = [orjson.loads(batch.data[n - tally.first]) for n in numbers]
             self._node.counters.add("jobs.slices_started", len(numbers))
