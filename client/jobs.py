@@ -193,12 +193,5 @@ def opened(owner: Identity, job_id: str, document: dict[str, Any]) -> dict[str, 
 
 def _parts(request: job_owner.Deploy, part_bytes: int) -> list[job_owner.Deploy]:
     """The deploy's slices in parts of at most `part_bytes` of JSON each (at least one part)."""
-    parts: list[list[bytes]] = [[]]
-    used = 0
-    for datum in request.slices:
-        if parts[-1] and used + len(datum) > part_bytes:
-            parts.append([])
-            used = 0
-        parts[-1].append(datum)
-        used += len(datum)
+    parts = job_owner.packed(request.slices, len, part_bytes) or [[]]
     return [job_owner.Deploy(request.spec, part) for part in parts]

@@ -11,7 +11,9 @@ a job spreads over many workers (about `SPREAD` batches) and a batch is one DHT 
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import orjson
 
@@ -40,6 +42,7 @@ from dhtmesh.node.values.value import Value
 # CPU-bound slices, 84 % against 90 %).
 SPREAD = 32
 BATCH_SLICES = 250
+T = TypeVar("T")
 RUNTIMES = {"map-basic", "javascript"}  # dcp-rest's default worktime; both run the JavaScript function
 
 
@@ -125,15 +128,22 @@ def cut(slices: list[bytes]) -> list[list[bytes]]:
     """The slices in batches: about `SPREAD` of them, each at most `BATCH_SLICES` slices and one value's
     bytes."""
     size = max(1, min(BATCH_SLICES, MAX_BATCH_SLICES, math.ceil(len(slices) / SPREAD)))
-    batches: list[list[bytes]] = []
+    return packed(slices, len, MAX_BATCH_BYTES, size)
+
+
+def packed(items: Iterable[T], weight: Callable[[T], int], limit: int, count: int | None = None) -> list[list[T]]:
+    """`items`, in order, in parts of at most `limit` by `weight` and `count` items (if given): what one
+    value or one request can carry. An item heavier than `limit` is alone in its part; no items, no part."""
+    parts: list[list[T]] = []
     used = 0
-    for datum in slices:
-        if not batches or len(batches[-1]) >= size or used + len(datum) > MAX_BATCH_BYTES:
-            batches.append([])
+    for item in items:
+        heavy = weight(item)
+        if not parts or used + heavy > limit or (count is not None and len(parts[-1]) >= count):
+            parts.append([])
             used = 0
-        batches[-1].append(datum)
-        used += len(datum)
-    return batches
+        parts[-1].append(item)
+        used += heavy
+    return parts
 
 
 def _batches(owner: Identity, job: JobRecord, start: int, batches: list[list[bytes]], now: int) -> list[Value]:

@@ -10,7 +10,7 @@ recently asked is dropped), so that asking about many jobs costs bounded memory 
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from dhtmesh.node.dht import DhtNode
@@ -91,25 +91,21 @@ class BatchTally:
     def done(self) -> bool:
         return self.finished == self.count
 
+    def _open(self, job: JobRecord, now: float) -> Iterator[tuple[int, Want]]:
+        """Each unsettled slice and what it still needs, lazily (a settled batch costs no look)."""
+        if self.done:
+            return
+        for n in self.numbers():
+            if not self.settled.get(n, Settled()).done:
+                yield n, want(job.spec, self.votes.get(n, SliceVotes()), now)
+
     def wants(self, job: JobRecord, now: float) -> dict[int, Want]:
         """What each unsettled slice of the batch still needs."""
-        return {
-            n: want(job.spec, self.votes.get(n, SliceVotes()), now)
-            for n in self.numbers()
-            if not self.settled.get(n, Settled()).done
-        }
+        return dict(self._open(job, now))
 
     def needs(self, job: JobRecord, worker: bytes, now: float) -> bool:
-        """Whether a slice of the batch still needs `worker` (stops at the first that does: a batch
-        nobody answered yet costs one look, a settled one none)."""
-        if self.done:
-            return False
-        for n in self.numbers():
-            settled = self.settled.get(n)
-            if settled is None or not settled.done:
-                if worker not in want(job.spec, self.votes.get(n, SliceVotes()), now).excluded:
-                    return True
-        return False
+        """Whether a slice of the batch still needs `worker` (stops at the first that does)."""
+        return any(worker not in wanted.excluded for _, wanted in self._open(job, now))
 
     def rounds_of(self, worker: bytes) -> int:
         return sum(record.worker_id == worker for record in self.records.values())

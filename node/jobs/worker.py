@@ -24,6 +24,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.errors import NodeError, ServiceError
 from dhtmesh.node.jobs.leases import Leases
+from dhtmesh.node.jobs.owner import packed
 from dhtmesh.node.jobs.sandbox import Cancelled, CompileError, SandboxError, SandboxPool, SliceOutcome
 from dhtmesh.node.jobs.sealing import sealed_value
 from dhtmesh.node.jobs.standing import Reporter
@@ -196,7 +197,7 @@ class Worker:
         now = int(time.time())
         records = [
             ResultRecord(self._identity.node_id, view.job_id, index, first_round + offset, now, tuple(part))
-            for offset, part in enumerate(_parts(entries))
+            for offset, part in enumerate(packed(entries, _weight, MAX_RESULT_BYTES))
         ]
         values = [RESULT.sign(self._identity, record, 0) for record in records]
         for value in values:
@@ -217,15 +218,6 @@ def _sealed(job: JobRecord, entry: SliceResult) -> SliceResult:
     return SliceResult(entry.number, sealed_value(job, entry.number, entry.value), None, entry.cpu_ms)
 
 
-def _parts(entries: list[SliceResult]) -> list[list[SliceResult]]:
-    """The entries in parts of at most `MAX_RESULT_BYTES` each (a value's room)."""
-    parts: list[list[SliceResult]] = [[]]
-    used = 0
-    for entry in entries:
-        size = len(entry.value or b"") + len(entry.error or "") + 16
-        if parts[-1] and used + size > MAX_RESULT_BYTES:
-            parts.append([])
-            used = 0
-        parts[-1].append(entry)
-        used += size
-    return parts
+def _weight(entry: SliceResult) -> int:
+    """About what an entry takes of a result record (its value or error, and its fields)."""
+    return len(entry.value or b"") + len(entry.error or "") + 16
