@@ -209,6 +209,11 @@ def test_proxy_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
         (["--allow-origin", "null"], "--allow-origin"),
         (["--allow-origin", "localhost:3000"], "--allow-origin"),
         (["--allow-origin", "http://example.com/path"], "--allow-origin"),
+        (["--sandboxes", "2"], "need --worker"),
+        (["--worker", "--sandboxes", "0"], "--sandboxes is 1 to 64"),
+        (["--worker", "--sandboxes", "65"], "--sandboxes is 1 to 64"),
+        (["--worker", "--slice-memory", "8"], "--slice-memory 16 to 16384"),
+        (["--worker", "--slice-time", "0"], "--slice-time 1 to 3600000"),
     ],
 )
 def test_bad_run_flags_give_one_clear_line(tmp_path: Path, flags: list[str], expected: str) -> None:
