@@ -45,12 +45,21 @@ JOB_CLOSE = "/api/v0/job/{job_id}/close"
 JOBS = "/api/v0/jobs"
 JOBS_COUNT = "/api/v0/jobs/count"
 ACCOUNTS = "/api/v0/accounts"
+# ptg-api-server's routes (its shapes), at the root as it serves them; mesh-wide users under /api/v0
+TOKEN = "/token"
+PTG_PING = "/ping"
+STREAMS = "/streams"
+STREAM = "/streams/{sid}"
+DATA = "/data/{sid}"
+DATA_PUSH = "/data/{sid}/push"
+DATA_PULL = "/data/{sid}/pull"
+USER = "/api/v0/users/{name}"
 
 TEMPLATES = (
     ROOT, NODE_INFO, NODE_STATS, OPENAPI, KEY, LISTEN, SIGN, ENCRYPT, CANCEL, KEY_OPTIONS, LEGACY_KEY,
     REGISTER_OWN, REGISTER, PING, HEIGHT, BANDWIDTH, ONLINE, ONLINE_JSON, TOTAL, ADDRESS, FARMER, FARMER_AUDITS,
     FARMER_RECORD, BLOBS, BLOB, JOB_NEW, JOB, JOB_STATUS, JOB_RECORD, JOB_SLICES, JOB_RESULTS, JOB_RESULT, JOB_LISTEN,
-    JOB_CLOSE, JOBS, JOBS_COUNT, ACCOUNTS,
+    JOB_CLOSE, JOBS, JOBS_COUNT, ACCOUNTS, TOKEN, PTG_PING, STREAMS, STREAM, DATA, DATA_PUSH, DATA_PULL, USER,
 )  # fmt: skip
 
 

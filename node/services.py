@@ -11,6 +11,7 @@ agent and auditor) is added by `Farming`; a worker's (its sandboxes and the loop
 import socket
 from dataclasses import dataclass
 
+from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.audits.auditor import DEFAULT_AUDIT_PERIOD, Auditor
 from dhtmesh.node.audits.book import ReputationBook
 from dhtmesh.node.blobs.download import BlobReader
@@ -26,6 +27,7 @@ from dhtmesh.node.records.agent import FarmerAgent
 from dhtmesh.node.records.farmer_events import MAX_PING
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.storage.chunks import ChunkStore
+from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.tasks import Loop, Supervisor
 from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
@@ -71,6 +73,8 @@ class Services:
         self.reader = BlobReader(self.placer)
         self.jobs = Jobs(node, SandboxPool(size=1))  # its sandbox only compiles work functions, at deploy
         self.standings = Standings(node, self.jobs.book)
+        self.accounts = Accounts(node)
+        self.streams = Streams(node, self.accounts)
         self.worker: Worker | None = None
         self.sandboxes: SandboxPool | None = None
         if working is not None:
@@ -118,6 +122,8 @@ class Services:
             await self.worker.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
+        await self.streams.close()
+        await self.accounts.close()
         await self.jobs.close()
         await self.uploader.close()
         await self.registry.close()

@@ -34,6 +34,7 @@ from dhtmesh.proxy.origins import origin_policy
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.responses import json_reply
 from dhtmesh.proxy.route import (
+    ACCOUNTS,
     ALLOWED_ORIGINS,
     BLOB_LIMIT,
     BLOB_READER,
@@ -51,6 +52,7 @@ from dhtmesh.proxy.route import (
     SIGNED_LIMITER,
     STANDINGS,
     STATS,
+    STREAMS,
     UPLOADER,
     served_paths,
 )
@@ -148,6 +150,8 @@ def create_app(
     app[BLOB_READER] = services.reader
     app[BLOB_LIMIT] = blob_limit
     app[JOBS] = services.jobs
+    app[ACCOUNTS] = services.accounts
+    app[STREAMS] = services.streams
     app[STANDINGS] = services.standings
     app[JOB_CHANGES] = Slots("job changes", JOB_CHANGES_IN_ALL, JOB_CHANGES_PER_CLIENT)
     app[FOLLOW_BUDGET] = Buckets(FOLLOWED_KEYS_PER_CLIENT, FOLLOWED_KEYS_PER_CLIENT)

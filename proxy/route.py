@@ -1,6 +1,6 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
-limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings,
+limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings, the accounts and data streams,
 the per-client cap on listen streams, the origins allowed to change state, the log of the proxy's own
 errors, and the routes' failure labels)."""
 
@@ -15,10 +15,12 @@ from dhtmesh.node.audits.book import ReputationBook
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.jobs.service import Jobs
 from dhtmesh.node.jobs.standing import Standings
 from dhtmesh.node.records.registry import FarmerRegistry
 from dhtmesh.node.stats import ErrorLog
+from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.wire.ratelimit import Buckets, RequestLimiter, Slots
 from dhtmesh.proxy.push import PushRelay
 from dhtmesh.proxy.stats import RequestStats
@@ -36,6 +38,8 @@ BLOB_LIMIT = web.AppKey("blob_limit", int)
 JOBS = web.AppKey("jobs", Jobs)
 STANDINGS = web.AppKey("standings", Standings)
 JOB_CHANGES = web.AppKey("job_changes", Slots)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+STREAMS = web.AppKey("streams", Streams)
 FOLLOW_BUDGET = web.AppKey("follow_budget", Buckets)  # result keys a client may make the node follow, per second
 LISTEN_SLOTS = web.AppKey("listen_slots", Slots)
 ALLOWED_ORIGINS = web.AppKey("allowed_origins", frozenset)

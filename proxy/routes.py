@@ -23,6 +23,8 @@ from dhtmesh.proxy.openapi import document
 from dhtmesh.proxy.push import PushTarget
 from dhtmesh.proxy.responses import JSON_HEADERS, json_body, json_reply, open_stream
 from dhtmesh.proxy.route import LISTEN_SLOTS, NODE, PUSH, STATS, Route
+from dhtmesh.proxy.stream_routes import STREAM_ROUTES
+from dhtmesh.proxy.token_routes import TOKEN_ROUTES
 
 PERMANENT_PUT_LIFE = 24 * 3600.0  # OpenDHT's proxy::OP_TIMEOUT
 
@@ -263,6 +265,9 @@ ROUTES: list[Route] = [
     *FARMER_ROUTES,
     *BLOB_ROUTES,
     *JOB_ROUTES,
+    # ptg-api-server's paths (/token, /ping, /streams, /data) before the legacy /{key} that would take them.
+    *TOKEN_ROUTES,
+    *STREAM_ROUTES,
     # Legacy OpenDHT 1.x paths without the /key prefix.
     Route("GET", paths.LEGACY_KEY, get_values, "legacy: the key's values", streams=True),
     Route("POST", paths.LEGACY_KEY, put_value, "legacy: put a value", _VALUE, _PUT_REPLIES),

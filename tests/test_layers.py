@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"records", "audits", "blobs", "jobs", "transfer", "services"}
+SERVICES = {"records", "accounts", "audits", "blobs", "jobs", "streams", "transfer", "services"}
 LEVELS = {
     "crypto": 0, "core": 1, "services": 2, "api": 3, "proxy": 4, "client": 4, "bootstrap": 4, "cli": 5, "testing": 6,
 }  # fmt: skip
