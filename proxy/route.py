@@ -1,8 +1,8 @@
 """What every route module shares: the `Route` table entry and the application's keys (the node, the
 push relay, the request counters, the farmer registry and reputations, the replay guard and rate
-limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings, the accounts and data streams,
-the per-client cap on listen streams, the origins allowed to change state, the log of the proxy's own
-errors, and the routes' failure labels)."""
+limit of signed requests, the blob uploader, reader and size limit, the jobs and workers' standings,
+the accounts and data streams, the per-client cap on listen streams, the origins allowed to change
+state, the log of the proxy's own errors, and the routes' failure labels)."""
 
 import re
 from collections.abc import Awaitable, Callable
@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dhtmesh.crypto.request_auth import ReplayGuard
+from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.audits.book import ReputationBook
 from dhtmesh.node.blobs.download import BlobReader
 from dhtmesh.node.blobs.upload import Uploader
 from dhtmesh.node.dht import DhtNode
-from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.jobs.service import Jobs
 from dhtmesh.node.jobs.standing import Standings
 from dhtmesh.node.records.registry import FarmerRegistry
