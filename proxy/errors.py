@@ -30,6 +30,7 @@ from dhtmesh.node.jobs.service import NotOwner, UnknownJob
 from dhtmesh.node.jobs.view import TooManyFollowed
 from dhtmesh.node.records.farmer_events import HeightOverLimit
 from dhtmesh.node.records.registry import AlreadyRegistered, RegistryError, UnknownFarmer
+from dhtmesh.node.streams.errors import BadStreamRequest, EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.value import InvalidValue
 from dhtmesh.node.wire.ratelimit import Full
@@ -130,6 +131,11 @@ TABLE: dict[type[BaseException], Refusal] = {
     NotOwner: Refusal(403),
     SandboxError: Refusal(503, lambda error: f"sandbox: {error}"),
     TooManyFollowed: Refusal(429, counter="http_job_reads_refused"),
+    StreamError: Refusal(400),
+    UnknownStream: Refusal(404),
+    BadStreamRequest: Refusal(400),
+    EntryTooLarge: Refusal(413),
+    StreamUnavailable: Refusal(503, lambda error: f"stream unavailable: {error}"),
 }
 
 
