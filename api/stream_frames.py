@@ -73,8 +73,9 @@ def parse_sids(text: str, allow_all: bool = False) -> list[str]:
 
 
 def check_sid(sid: object) -> str:
-    if not isinstance(sid, str) or not sid or len(sid) > MAX_SID or sid == ALL:
-        raise FrameError(f"a stream name is 1 to {MAX_SID} characters, not {str(sid)[:40]!r}")
+    """A stream's name: 1 to MAX_SID characters, no `+` (it joins several) and not `*` (every stream)."""
+    if not isinstance(sid, str) or not 1 <= len(sid) <= MAX_SID or "+" in sid or sid == ALL:
+        raise FrameError(f"a stream name is 1 to {MAX_SID} characters, no '+' and not '*': {str(sid)[:40]!r}")
     return sid
 
 

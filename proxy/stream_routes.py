@@ -188,8 +188,7 @@ async def _part_bytes(part: BodyPartReader, room: int) -> bytes:
 def _part_stream(part: BodyPartReader, sids: Sequence[str]) -> str:
     if len(sids) == 1 and sids[0] != ALL:
         return sids[0]
-    named = part.filename or part.name or ""
-    sid = query_field(check_sid, named.rsplit("/", 1)[-1] if ALL in sids else named)
+    sid = query_field(check_sid, part.filename or part.name or "")
     if ALL not in sids and sid not in sids:
         raise BadRequest(f"part {sid[:40]!r} names no stream of the route")
     return sid
@@ -231,14 +230,14 @@ def _offsets_text(offsets: list[list]) -> str:
 # ---- the table ----------------------------------------------------------------------------------
 
 _AUTH = {"Authorization": "`Bearer <token>` (or the query's `token`, or the `authorization` cookie)"}
-_DENIED = {401: "missing, bad or expired token"}
+_DENIED = {401: "missing, bad or expired token", 429: "too many new tokens checked for this address"}
 _STREAM = {400: "bad stream name", 404: "no such stream", **_DENIED, 503: "the stream's homes are out of reach"}
 _SOCKET = {
     101: "switching to the WebSocket",
     400: "bad query, or not an Upgrade request",
     **_DENIED,
     403: "a web page of an origin not allowed",
-    429: "too many data sockets from this address",
+    429: "too many data sockets (or new tokens checked) for this address",
 }
 
 STREAM_ROUTES: list[Route] = [

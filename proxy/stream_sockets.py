@@ -191,6 +191,8 @@ def _binary(message: object) -> bytes:
 
 async def _append(state: _Push, entries: Sequence[PushEntry]) -> list[str]:
     """One append per stream of the batch (concurrently); the new ids in the batch's order."""
+    if len(state.sids) == 1 and ALL not in state.sids:  # one stream: the batch as it is
+        return await state.streams.append(state.token, state.sids[0], [(entry.data, entry.id) for entry in entries])
     groups = by_stream(entries)
     appended = await asyncio.gather(
         *(
@@ -295,9 +297,6 @@ async def pull(request: web.Request) -> web.StreamResponse:
                 await asyncio.wait((listener, sender), return_when=asyncio.FIRST_COMPLETED)
                 listener.cancel()
                 sender.cancel()
-        except* FrameError as errors:
-            first = errors.exceptions[0]
-            await _refuse(request, socket, first.code, str(first))  # type: ignore[attr-defined]
         except* (StreamError, AccountError) as errors:
             first = errors.exceptions[0]
             await _refuse(request, socket, _close_code(first), str(first))  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from dhtmesh.api.stream_frames import (
     PushEntry,
     by_stream,
     check_entry,
+    check_sid,
     close_reason,
     frames,
     pack_entries,
@@ -126,6 +127,7 @@ def test_stream_lists_ids_and_cursors() -> None:
     assert parse_sids("*", allow_all=True) == ["*"]
     assert code_of(parse_sids, "*") == INVALID
     assert code_of(parse_sids, "a++b") == INVALID
+    assert code_of(check_sid, "a+b") == INVALID  # `+` joins streams: no name holds one
     assert code_of(parse_sids, "+".join(f"s{i}" for i in range(MAX_STREAMS + 1))) == POLICY
     assert parse_id("1700000000000") == "1700000000000-0"
     assert parse_id(1700000000000) == "1700000000000-0"
