@@ -207,13 +207,15 @@ def unpack_entries(offsets: object, payload: bytes) -> list[tuple[str, str, byte
     """What `pack_entries` packed (a client's side of a pull frame pair)."""
     if not isinstance(offsets, list):
         raise FrameError("an entry list is [[sid, id, start], ...]")
+    if not offsets:
+        return []
     starts = []
     for item in offsets:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], int)):
             raise FrameError("an entry list is [[sid, id, start], ...]")
         starts.append(item[2])
     ends = [*starts[1:], len(payload)]
-    if any(end < start for start, end in zip(starts, ends, strict=True)) or (starts and starts[0] != 0):
+    if any(end < start for start, end in zip(starts, ends, strict=True)) or starts[0] != 0:
         raise FrameError("start offsets begin at 0 and never go back")
     return [(sid, entry_id, payload[start:end]) for (sid, entry_id, start), end in zip(offsets, ends, strict=True)]
 

@@ -202,9 +202,10 @@ async def get_data(request: web.Request) -> web.Response:
     last = request.query.get("last_entry_id", "*")
     if last == "*":
         found = await asyncio.gather(*(streams.latest(token, sid, count) for sid in sids))
-        entries = [entry for entries in found for entry in entries]
-    else:
-        entries = await streams.read(token, query_field(parse_cursors, last, sids), count)
+    else:  # one read per stream: a read of several may return once one of them has entries
+        cursors = query_field(parse_cursors, last, sids)
+        found = await asyncio.gather(*(streams.read(token, {sid: cursor}, count) for sid, cursor in cursors.items()))
+    entries = [entry for entries in found for entry in entries]
     offsets, payload = pack_entries(_bounded(entries))
     return web.Response(body=payload, headers={"Content-Type": OCTETS, "entry-offset": _offsets_text(offsets)})
 

@@ -111,6 +111,7 @@ def test_pull_frames_unpack_with_ptgctl() -> None:
     assert ptgctl.util.unpack_entries(offsets, payload) == entries
     assert unpack_entries(offsets, payload) == entries
     assert pack_entries([]) == ([], b"")
+    assert unpack_entries([], b"") == []  # an unknown stream's GET /data
     with pytest.raises(FrameError):
         unpack_entries([["a", "1-0", 2]], b"abc")
 
