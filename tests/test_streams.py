@@ -310,3 +310,45 @@ async def test_a_foreign_page_can_neither_open_a_data_socket_nor_read_with_the_c
             # A browser shows a cross-origin answer to the page only if it allows credentials: it never does.
             assert "Access-Control-Allow-Credentials" not in response.headers
             assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_every_bound_is_a_clear_refusal_before_any_work(mesh: Mesh) -> None:
+    url, auth = mesh.a.url, _bearer(mesh.token)
+    many = "+".join(f"s{i}" for i in range(17))
+    refused = [
+        ("/data/s", {"count": "1001"}),
+        ("/data/s", {"last_entry_id": "not-an-id"}),
+        ("/data/a+b", {"last_entry_id": "1-0+2-0+3-0"}),
+        (f"/data/{many}", {}),
+        ("/data/s/pull", {}),  # a WebSocket route asked without an Upgrade
+        ("/streams/a+b", {}),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for path, params in refused:
+            async with session.get(url + path, params=params, headers=auth) as response:
+                assert response.status == 400, (path, params, await response.text())
+        for path, params in [
+            ("/data/a+b/pull", {"group": "g"}),
+            ("/data/s/pull", {"timeout": "0"}),
+            ("/data/s/pull", {"ack_wait": "forever"}),
+            ("/data/a+b/push", {"batch": "false"}),
+            ("/data/*/pull", {}),
+        ]:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as bad:
+                await session.ws_connect(url + path, params=params, headers=auth)
+            assert bad.value.status == 400, (path, params)
+        held = [await session.ws_connect(f"{url}/data/held/pull", headers=auth) for _ in range(16)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as full:
+            await session.ws_connect(f"{url}/data/held/pull", headers=auth)
+        assert full.value.status == 429  # sockets per client host
+        for socket in held:
+            await socket.close()
+
+        async def slot_free_again() -> bool:  # once the node's handler of a closed socket returned
+            try:
+                await (await session.ws_connect(f"{url}/data/held/pull", headers=auth)).close()
+            except aiohttp.WSServerHandshakeError:
+                return False
+            return True
+
+        await eventually(slot_free_again, within=WITHIN)
