@@ -51,9 +51,9 @@ from dhtmesh.node.streams.errors import BadStreamRequest, EntryTooLarge, StreamE
 from dhtmesh.node.streams.service import Entry, Streams
 from dhtmesh.node.wire.ratelimit import Slots
 from dhtmesh.proxy.clients import client_slot
-from dhtmesh.proxy.errors import BadRequest, Forbidden
-from dhtmesh.proxy.origins import REFUSED
-from dhtmesh.proxy.route import ALLOWED_ORIGINS, NODE, STREAMS
+from dhtmesh.proxy.errors import BadRequest
+from dhtmesh.proxy.origins import refuse_foreign
+from dhtmesh.proxy.route import NODE, STREAMS
 from dhtmesh.proxy.token_routes import authenticated, token_of
 
 STREAM_SOCKETS = web.AppKey("stream_sockets", Slots)  # data sockets held at once, per client host and in all
@@ -82,14 +82,7 @@ def sockets_slots() -> Slots:
 async def _admitted(request: web.Request) -> str:
     """The caller's token, once it is valid and the page (if any) may use it; refusals are HTTP errors."""
     await authenticated(request)
-    allowed = request.app[ALLOWED_ORIGINS]
-    foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
-    if foreign:
-        raise Forbidden(
-            f"a web page of origin {foreign[0]!r} may not open a data socket (its operator can allow it "
-            "with --allow-origin)",
-            REFUSED,
-        )
+    refuse_foreign(request, "open a data socket: the browser would send it the user's cookie")
     token = token_of(request)
     assert token is not None  # authenticated() refused a request without one
     return token
