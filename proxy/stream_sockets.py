@@ -350,13 +350,25 @@ async def _resolve_new_only(state: _Pull) -> None:
 async def _next_batch(state: _Pull) -> list[Entry]:
     wait = state.timeout if state.timeout is not None else WAIT
     if state.group is not None:
-        return await state.streams.group_read(
-            state.token, state.sids[0], state.group, state.consumer, state.count, wait, state.ack_wait
-        )
+        return await _group_batch(state, state.group, wait)
     entries = await state.streams.read(state.token, dict(state.cursors), state.count, wait)
     if not state.latest or not entries:
         return entries
     return await _newest(state, {entry.sid for entry in entries})
+
+
+async def _group_batch(state: _Pull, group: str, wait: float) -> list[Entry]:
+    """The group's next entries for this consumer, waiting up to `wait` s; asked again at least every
+    `ack_wait` s, since a blocked read wakes for new entries, not for an unacked one falling due."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        step = max(min(state.ack_wait, deadline - loop.time()), 0.0)
+        entries = await state.streams.group_read(
+            state.token, state.sids[0], group, state.consumer, state.count, step, state.ack_wait
+        )
+        if entries or loop.time() >= deadline:
+            return entries
 
 
 async def _newest(state: _Pull, sids: set[str]) -> list[Entry]:
