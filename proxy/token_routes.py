@@ -12,14 +12,14 @@ the password-derived key: the password never reaches a node.
 from aiohttp import web
 
 from dhtmesh.api import paths
-from dhtmesh.api.value_json import value_from_json
+from dhtmesh.api.value_json import value_from_json, value_to_json
 from dhtmesh.node.accounts.errors import BadLogin, BadToken
 from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.accounts.tokens import MAX_LIFETIME
 from dhtmesh.node.records.account import account_key
 from dhtmesh.node.wire.ratelimit import Buckets
 from dhtmesh.proxy.clients import client_of
-from dhtmesh.proxy.errors import BadRequest, TooLarge, TooManyRequests
+from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
 from dhtmesh.proxy.responses import json_body, json_reply
 from dhtmesh.proxy.route import ACCOUNTS, Route
 
@@ -92,12 +92,21 @@ async def ping(request: web.Request) -> web.Response:
 
 async def put_user(request: web.Request) -> web.Response:
     accounts: Accounts = request.app[ACCOUNTS]
-    _take(accounts.limits.creations, request, "account creations")
     if request.content_length is not None and request.content_length > BODY_LIMIT:
         raise TooLarge(f"an account record is at most {BODY_LIMIT} bytes")
+    _take(accounts.limits.creations, request, "account creations")
     name = request.match_info["name"]
     record = await accounts.create(name, value_from_json(await json_body(request)))
     return json_reply({"name": record.name, "public_key": record.public_key.hex(), "key": account_key(name).hex()}, 201)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    accounts: Accounts = request.app[ACCOUNTS]
+    _take(accounts.limits.lookups, request, "account lookups")
+    signed = await accounts.record(request.match_info["name"])
+    if signed is None:
+        raise NotFound("no such user")
+    return json_reply(value_to_json(signed))
 
 
 _AUTH_ERRORS = {401: "unknown user or wrong password", 429: "too many logins, or too many at once"}
@@ -117,5 +126,9 @@ TOKEN_ROUTES: list[Route] = [
         "value JSON of the account record",
         {201: "`{name, public_key, key}`", 400: "no valid account record", 409: "the name is another key's",
          413: "body too large", 429: "too many account creations"},
+    ),
+    Route(
+        "GET", paths.USER, get_user, "an account's signed record (public: name, key, salt, Argon2id limits)",
+        replies={200: "value JSON", 404: "no such user", 429: "too many lookups"},
     ),
 ]  # fmt: skip

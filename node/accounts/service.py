@@ -120,6 +120,12 @@ class Accounts:
         self._accounts.put(name, record, self._clock() + ACCOUNT_TTL)
         return record
 
+    async def record(self, name: str) -> Value | None:
+        """The account's signed record as the mesh holds it (public: name, key, salt, limits), if there is
+        exactly one claim to the name: what a client derives its key against to publish it again."""
+        claims = await self._claims(name) if valid_name(name) else []
+        return claims[0][0] if len({record for _, record in claims}) == 1 else None
+
     async def _claims(self, name: str) -> list[tuple[Value, AccountRecord]]:
         key = account_key(name)
         return find_account(await self.node.get(key, value_id_of(key), ACCOUNT_TYPE), name)
