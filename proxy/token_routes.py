@@ -10,6 +10,7 @@ the password-derived key: the password never reaches a node.
 """
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from dhtmesh.api import paths
 from dhtmesh.api.value_json import value_from_json, value_to_json
@@ -65,7 +66,7 @@ async def login(request: web.Request) -> web.Response:
     lifetime = _lifetime(request)
     if request.content_length is not None and request.content_length > FORM_LIMIT:
         raise TooLarge(f"a login form is at most {FORM_LIMIT} bytes")
-    form = await request.post()
+    form = await _form(request)
     username, password = form.get("username"), form.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise BadLogin("Incorrect username or password")
@@ -74,6 +75,13 @@ async def login(request: web.Request) -> web.Response:
     max_age = COOKIE_MAX_AGE if lifetime is None else int(lifetime)
     reply.set_cookie(COOKIE, f"Bearer {issued.token}", max_age=max_age, path="/", httponly=True, samesite="lax")
     return reply
+
+
+async def _form(request: web.Request) -> MultiDictProxy:
+    try:
+        return await request.post()
+    except ValueError as error:  # aiohttp: a multipart body without its boundary, or cut short
+        raise BadRequest(f"a login is a form of username and password ({error})") from error
 
 
 def _lifetime(request: web.Request) -> float | None:
@@ -116,7 +124,8 @@ TOKEN_ROUTES: list[Route] = [
         "POST", paths.TOKEN, login,
         "log in (ptg-api-server's OAuth2 password form): a JWT, also set as the `authorization` cookie; "
         "`exp` (query): seconds it lasts, at most 2591940",
-        "form `username`, `password`", {200: "`{access_token, token_type}`", 400: "bad exp", **_AUTH_ERRORS},
+        "form `username`, `password`",
+        {200: "`{access_token, token_type}`", 400: "bad exp, or no form", 413: "form too large", **_AUTH_ERRORS},
         body_media="application/x-www-form-urlencoded",
     ),
     Route("GET", paths.PTG_PING, ping, "liveness (ptg-api-server's): `true`", json_type="boolean"),
