@@ -255,6 +255,18 @@ async def test_verify_checks_once_then_answers_from_its_cache(mesh: Mesh, node_c
     assert node_c.accounts.known(token) and await node_c.accounts.verify(token) == "alice"
     with pytest.raises(BadToken, match="over 8192 bytes"):
         await node_c.accounts.verify(token + "A" * 8192)  # refused before it is decoded
+    for text in ("", "é.é.é", "\udc80.a.b", token[:-1] + "\udc80"):
+        with pytest.raises(BadToken):
+            await node_c.accounts.verify(text)
+
+
+async def test_an_unknown_user_costs_one_lookup_per_minute_not_one_per_token(node_c: NodeC) -> None:
+    stranger = Identity.generate()
+    gets = node_c.node.counters.get("gets")
+    for _ in range(3):
+        with pytest.raises(BadToken, match="unknown user"):
+            await node_c.accounts.verify(minted(stranger, sub="ghost"))
+    assert node_c.node.counters.get("gets") == gets + 1
 
 
 async def test_an_expired_token_is_refused(mesh: Mesh, node_c: NodeC) -> None:

@@ -14,6 +14,7 @@ whichever claim a lookup happens to see.
 """
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,14 @@ class Issued:
     expires: float  # unix seconds
 
 
+@dataclass(frozen=True, slots=True)
+class Looked:
+    """What a lookup found for a name: its account, or None (cached too: an unknown name costs one
+    lookup per `ACCOUNT_TTL`, not one per request)."""
+
+    record: AccountRecord | None
+
+
 @dataclass
 class HostLimits:
     """What one client host may cost, per second with a burst: logins (an Argon2id each), tokens not yet
@@ -67,19 +76,19 @@ class Accounts:
         self.node = node
         self.limits = HostLimits()
         self._clock = clock
-        self._accounts: Expiring[str, AccountRecord | None] = Expiring(MAX_ACCOUNTS, clock)
-        self._tokens: Expiring[str, str] = Expiring(MAX_TOKENS, clock)
+        self._accounts: Expiring[str, Looked] = Expiring(MAX_ACCOUNTS, clock)
+        self._tokens: Expiring[bytes, str] = Expiring(MAX_TOKENS, clock)  # by the token's hash: tokens are long
         self._derivations = Slots("password derivations", DERIVATIONS, DERIVATIONS)
 
     # ---- tokens ---------------------------------------------------------------------------------
 
     def known(self, token: str) -> bool:
         """Whether `token` was verified on this node and has not expired: `verify` then costs nothing."""
-        return token in self._tokens
+        return _digest(token) in self._tokens
 
     async def verify(self, token: str) -> str:
         """The user `token` is for; raises `BadToken` with the reason."""
-        name = self._tokens.get(token)
+        name = self._tokens.get(_digest(token))
         if name is not None:
             return name
         name = claimed(token)
@@ -87,7 +96,7 @@ class Accounts:
         if record is None:
             raise BadToken("unknown user")
         claims = verified(token, record.public_key, self._clock())
-        self._tokens.put(token, name, claims.exp)
+        self._tokens.put(_digest(token), name, claims.exp)
         return name
 
     async def issue(self, name: str, password: str, lifetime: float | None = None) -> Issued:
@@ -102,7 +111,7 @@ class Accounts:
             self.node.counters.add("logins_refused")
             raise BadLogin(LOGIN_FAILED)
         token, expires = mint(identity, name, self._clock(), MAX_LIFETIME if lifetime is None else lifetime)
-        self._tokens.put(token, name, expires)
+        self._tokens.put(_digest(token), name, expires)
         self.node.counters.add("logins")
         return Issued(token, expires)
 
@@ -111,13 +120,14 @@ class Accounts:
     async def account(self, name: str) -> AccountRecord | None:
         """The account of `name` as the mesh holds it (cached `ACCOUNT_TTL` seconds); None if there is
         none, or if its replicas hold more than one key's claim."""
-        if name in self._accounts:
-            return self._accounts.get(name)
+        cached = self._accounts.get(name)
+        if cached is not None:
+            return cached.record
         records = {record for _, record in await self._claims(name)}
         if len(records) > 1:
             self.node.counters.add("accounts_contested")
         record = records.pop() if len(records) == 1 else None
-        self._accounts.put(name, record, self._clock() + ACCOUNT_TTL)
+        self._accounts.put(name, Looked(record), self._clock() + ACCOUNT_TTL)
         return record
 
     async def record(self, name: str) -> Value | None:
@@ -149,6 +159,10 @@ class Accounts:
 
     async def close(self) -> None:
         return None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()  # a query may carry any text
 
 
 def _checked(name: str, signed: Value) -> AccountRecord:

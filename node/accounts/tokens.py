@@ -46,6 +46,8 @@ def claimed(token: str) -> str:
     """The user a token claims to be for, read without trusting it; raises `BadToken`."""
     if len(token) > MAX_TOKEN_BYTES:
         raise BadToken(f"the token is over {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():  # a JWT is base64url and dots; PyJWT would fail to encode a lone surrogate
+        raise BadToken("a token is ASCII")
     try:
         algorithm = jwt.get_unverified_header(token).get("alg")
         sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
