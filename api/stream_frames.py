@@ -22,7 +22,7 @@ import orjson
 MAX_STREAMS = 16  # streams one request names (`a+b+...`)
 MAX_COUNT = 1000  # entries per stream one read returns
 MAX_ENTRY = 1024 * 1024  # Streams.MAX_ENTRY: an entry over it is refused before any work
-MAX_BATCH_ENTRIES = 10_000  # entries in one push batch
+MAX_BATCH_ENTRIES = 1000  # entries in one push batch or POST (the log appends at most 1,000 at once)
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # ptgctl's websockets `max_size` (2**24): no frame we send is larger
 MAX_SID = 256  # characters in a stream name (Streams checks the rest)
 ALL = "*"  # ptg's "every stream": a push batch names each entry's stream

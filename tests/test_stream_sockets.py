@@ -9,6 +9,7 @@ import pytest
 
 from dhtmesh.api.stream_frames import (
     INVALID,
+    MAX_BATCH_ENTRIES,
     MAX_COUNT,
     MAX_ENTRY,
     MAX_STREAMS,
@@ -90,7 +91,7 @@ def test_readmes_start_offsets_are_refused_not_an_entry_dropped() -> None:
         ('[["s", "not-an-id", 3]]', INVALID),
         ('[["s", "12-x", 3]]', INVALID),
         ('[["", 3]]', INVALID),
-        (str(list(range(1, 10_002))), TOO_BIG),
+        (str(list(range(1, MAX_BATCH_ENTRIES + 2))), TOO_BIG),
     ],
 )
 def test_bad_headers_earn_their_close_code(header: str, code: int) -> None:
