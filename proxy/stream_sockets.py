@@ -66,9 +66,10 @@ MAX_TIMEOUT_MS = 300_000
 DEFAULT_ACK_WAIT = 30.0
 MAX_ACK_WAIT = 3600.0
 GROUP_WINDOW = 8  # frame pairs a consumer-group socket has unacknowledged at most
-BAD_FRAMES = "stream_bad_frames"
-T = TypeVar("T")
+BAD_FRAMES = "stream_bad_frames"  # sockets closed for a frame that breaks the framing
+SOCKET_REFUSALS = "stream_socket_refusals"  # sockets closed for a refusal of the streams service
 REFUSED_SOCKETS = "http_stream_sockets_refused"
+T = TypeVar("T")
 
 
 def sockets_slots() -> Slots:
@@ -104,9 +105,14 @@ async def _open(request: web.Request) -> web.WebSocketResponse:
     return socket
 
 
-async def _refuse(request: web.Request, socket: web.WebSocketResponse, code: int, reason: str) -> None:
-    request.app[NODE].counters.add(BAD_FRAMES)
-    await socket.close(code=code, message=close_reason(reason).encode())
+async def _refuse(request: web.Request, socket: web.WebSocketResponse, error: Exception) -> None:
+    """Close the socket over `error` (a bad frame, or the service's refusal), with its code and reason."""
+    if isinstance(error, FrameError):
+        code, counter = error.code, BAD_FRAMES
+    else:
+        code, counter = _close_code(error), SOCKET_REFUSALS
+    request.app[NODE].counters.add(counter)
+    await socket.close(code=code, message=close_reason(str(error)).encode())
 
 
 def _close_code(error: Exception) -> int:
@@ -146,10 +152,8 @@ async def push(request: web.Request) -> web.StreamResponse:
             await _push_frames(socket, state)
         except ConnectionError:
             pass  # the client went: what it was acknowledged stays, a batch it was not is its to send again
-        except FrameError as error:
-            await _refuse(request, socket, error.code, str(error))
-        except (StreamError, AccountError) as error:
-            await _refuse(request, socket, _close_code(error), str(error))
+        except (FrameError, StreamError, AccountError) as error:
+            await _refuse(request, socket, error)
         return socket
 
 
@@ -291,8 +295,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                 listener.cancel()
                 sender.cancel()
         except* (StreamError, AccountError) as errors:
-            first = errors.exceptions[0]
-            await _refuse(request, socket, _close_code(first), str(first))  # type: ignore[arg-type]
+            await _refuse(request, socket, errors.exceptions[0])  # type: ignore[arg-type]
         return socket
 
 
