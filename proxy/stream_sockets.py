@@ -285,6 +285,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     token = await _admitted(request)
     state = _pull_state(request, token)
     with client_slot(request.app[STREAM_SOCKETS], request, REFUSED_SOCKETS):
+        await _resolve_new_only(state)  # before the handshake: `$` is what comes after the socket opened
         socket = await _open(request)
         window = _Window(1 if state.ack else GROUP_WINDOW if state.group else 0)
         try:
@@ -312,7 +313,6 @@ async def _client_messages(socket: web.WebSocketResponse, state: _Pull, window: 
 
 async def _deliver(socket: web.WebSocketResponse, state: _Pull, window: _Window) -> None:
     """Frame pairs until the client goes, or (with `timeout`) one wait finds nothing: then close 1000."""
-    await _resolve_new_only(state)
     try:
         await _frame_pairs(socket, state, window)
     except ConnectionError:
@@ -343,7 +343,8 @@ async def _frame_pairs(socket: web.WebSocketResponse, state: _Pull, window: _Win
 
 async def _resolve_new_only(state: _Pull) -> None:
     """`$` becomes each stream's last id now, so that reads after an empty wait miss nothing appended
-    between two reads (ptg uses the clock, which skews between nodes)."""
+    between two reads (ptg uses the clock, which skews between nodes). A stream with no entries (or not
+    found yet from this node) is read from its start: a duplicate rather than a loss."""
     for sid, cursor in state.cursors.items():
         if cursor == "$":
             last = await state.streams.latest(state.token, sid, 1)

@@ -203,6 +203,7 @@ async def test_dollar_is_only_what_comes_next_and_a_timeout_ends_the_socket(
 ) -> None:
     a, b = clients
     await a.post("fresh", [b"old"])
+    await eventually_value(lambda: _entries(b, "fresh", "0", 1))  # B finds the stream: `$` is after "old"
     async with b.pull("fresh", last_entry_id="$") as puller:
         await a.post("fresh", [b"new"])
         assert payloads(await drain(puller, 1)) == [b"new"]
