@@ -282,10 +282,18 @@ async def test_tokens_bad_expired_or_missing_are_refused_before_any_work(mesh: M
     short = StreamClient(mesh.a.url)
     async with aiohttp.ClientSession() as session:
         async with session.post(
-            f"{mesh.a.url}/token", params={"exp": "1"}, data={"username": USER, "password": PASSWORD}
+            f"{mesh.a.url}/token", params={"exp": "2"}, data={"username": USER, "password": PASSWORD}
         ) as response:
             expiring = (await response.json())["access_token"]
-        await asyncio.sleep(2.5)
+        async with session.ws_connect(
+            f"{mesh.a.url}/data/expiring/push", params={"ack": "true"}, headers=_bearer(expiring)
+        ) as socket:
+            await socket.send_bytes(b"while valid")
+            assert await socket.receive_str()
+            await asyncio.sleep(3)
+            await socket.send_bytes(b"once expired")  # the token is checked again on every append
+            closed = await socket.receive()
+            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1008, closed
         for headers in ({}, _bearer("garbage"), _bearer(mesh.token + "x"), _bearer(expiring)):
             for path in ("/streams", "/streams/s", "/data/s?last_entry_id=0"):
                 async with session.get(mesh.a.url + path, headers=headers) as response:
