@@ -161,6 +161,9 @@ async def test_several_streams_at_once_and_get_data_with_entry_offsets(
     assert await b.get("m1+m2", "*", 1) == [("m1", ids[2], b"three"), ("m2", ids[1], b"two")]
     assert await b.get("m1+m2", f"{ids[0]}+0", 10) == [("m1", ids[2], b"three"), ("m2", ids[1], b"two")]
     assert await b.get("no-such-stream", "0", 10) == []
+    async with a.push("*", batch=True, ack=True) as pusher:  # ptg's every-stream socket: each entry names its own
+        [star] = await pusher.send([b"starred"], sids=["m3"]) or []
+    assert await eventually_value(lambda: _entries(b, "m3", "0", 1)) == [("m3", star, b"starred")]
     async with (
         aiohttp.ClientSession() as session,
         session.get(
