@@ -140,7 +140,10 @@ def parse_push_header(text: str, sids: Sequence[str]) -> list[tuple[str, str | N
         raise FrameError("a batch header is a non-empty list of end offsets")
     if len(header) > MAX_BATCH_ENTRIES:
         raise FrameError(f"at most {MAX_BATCH_ENTRIES} entries in a batch", TOO_BIG)
-    return [_header_item(item, sids) for item in header]
+    items = [_header_item(item, sids) for item in header]
+    if len({sid for sid, _, _ in items}) > MAX_STREAMS:  # one append each, at once: `*` names any
+        raise FrameError(f"a batch is for at most {MAX_STREAMS} streams", POLICY)
+    return items
 
 
 def _header_item(item: object, sids: Sequence[str]) -> tuple[str, str | None, int]:

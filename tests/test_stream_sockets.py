@@ -69,6 +69,8 @@ def test_every_stream_takes_any_named_stream_and_never_a_bare_offset_list() -> N
     assert parse_push_header('[["x", 1], ["y", 2]]', ["*"]) == [("x", None, 1), ("y", None, 2)]
     assert code_of(parse_push_header, "[1, 2]", ["*"]) == POLICY
     assert code_of(parse_push_header, "[1, 2]", ["a", "b"]) == POLICY
+    too_many = json.dumps([[f"s{i}", i + 1] for i in range(MAX_STREAMS + 1)])
+    assert code_of(parse_push_header, too_many, ["*"]) == POLICY  # each stream is an append at once
 
 
 def test_readmes_start_offsets_are_refused_not_an_entry_dropped() -> None:
