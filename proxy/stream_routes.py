@@ -21,6 +21,7 @@ from dhtmesh.api.stream_frames import (
     MAX_BATCH_ENTRIES,
     MAX_ENTRY,
     MAX_FRAME_BYTES,
+    MAX_STREAMS,
     check_sid,
     pack_entries,
     parse_count,
@@ -144,6 +145,8 @@ async def post_data(request: web.Request) -> web.Response:
     positions: dict[str, list[int]] = {}
     for index, (sid, _) in enumerate(parts):
         positions.setdefault(sid, []).append(index)
+    if len(positions) > MAX_STREAMS:  # one append each, at once: `*` names any
+        raise BadRequest(f"a POST is for at most {MAX_STREAMS} streams")
     appended = await asyncio.gather(
         *(streams.append(token, sid, [(parts[i][1], None) for i in where]) for sid, where in positions.items())
     )
