@@ -5,7 +5,10 @@ no CORS preflight) to a proxy on 127.0.0.1, and the browser labels it with the p
 request that can change state — every method but GET, HEAD and OPTIONS, and the dataserv routes that
 change a farmer over GET — is refused (403) when it carries an `Origin` that is not allowed with
 `--allow-origin`. Native clients (curl, `dhtnode`, the CLI) send no `Origin` and are not affected; GET
-reads stay open to every page, as OpenDHT serves them (`Access-Control-Allow-Origin: *`).
+reads stay open to every page, as OpenDHT serves them (`Access-Control-Allow-Origin: *`, never with
+credentials, so a browser keeps an answer to a cookie-carrying read from the page). The data WebSockets
+apply the same check to their handshake (`refuse_foreign`): a browser sends the `authorization` cookie to
+a socket any page opens, and the same-origin policy does not cover WebSockets.
 """
 
 import re
