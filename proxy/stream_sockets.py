@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from dhtmesh.api.stream_frames import (
     ALL,
@@ -180,10 +180,10 @@ async def _next_entries(socket: web.WebSocketResponse, state: _Push) -> list[Pus
     return split_batch(header, _binary(data))
 
 
-def _binary(message: object) -> bytes:
-    if getattr(message, "type", None) != WSMsgType.BINARY:
+def _binary(message: WSMessage) -> bytes:
+    if message.type != WSMsgType.BINARY:
         raise FrameError("entries are binary frames", UNSUPPORTED)
-    return message.data  # type: ignore[attr-defined]
+    return message.data
 
 
 async def _append(state: _Push, entries: Sequence[PushEntry]) -> list[str]:
