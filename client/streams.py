@@ -116,7 +116,8 @@ def _closed(socket: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage)
 
 
 class StreamClient:
-    """ptg's data-stream API of the node at `url` (`http://HOST:PORT`), with `token` or after `login`."""
+    """ptg's data-stream API of the node at `url` (`http://HOST:PORT`), with `token` or after `login`.
+    Made on a running loop (its aiohttp session is); `close` it when done."""
 
     def __init__(self, url: str, token: str | None = None) -> None:
         self.token = token
