@@ -20,7 +20,7 @@ A home that promised a term refuses appends of older terms, so a deposed primary
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dhtmesh.node.records.stream import StreamRecord
@@ -59,6 +59,7 @@ class _Leading:
 
     term: int
     lagging: set[bytes]
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once the first sync with the homes ended
 
 
 def _rows_wire(rows: list[Row]) -> list[list]:
@@ -150,6 +151,7 @@ class Homes:
         state = self._state(record)
         leading = self._leading.get(record.sid)
         if leading is not None and leading.term == state.term:
+            await leading.ready.wait()
             return state
         known = self._primary.get(record.sid)
         if known is not None and known[0] == state.term and record.homes[known[1]][0] not in down:
@@ -160,6 +162,10 @@ class Homes:
             if home[0] not in down:
                 raise NotPrimary(self._index(record, home[0]), state.term)  # an earlier home may serve
         await self._claim(record, state)
+        leading = self._leading.get(record.sid)
+        if leading is None:
+            raise NotPrimary(None, state.term)
+        await leading.ready.wait()
         return state
 
     async def _claim(self, record: StreamRecord, state: State) -> None:
@@ -190,6 +196,7 @@ class Homes:
                 self._tasks.spawn(self._keep_syncing(record, state, home, leading))
         if 1 + sum(synced) > len(record.homes) // 2:
             self._commit(state, state.last)
+        leading.ready.set()
 
     async def _take_best(self, record: StreamRecord, state: State, promised: list[tuple[tuple, dict]]) -> None:
         """Catch up with the promiser holding the most: its entries and, if newer, its state."""
