@@ -139,9 +139,11 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     assert record is not None
     with pytest.raises(StreamError):
         await old.homes.append(record, [], [(b"from the deposed primary", None)])
-    assert homes[1].node.counters.get("stream_replica_stale_terms") + homes[2].node.counters.get(
-        "stream_replica_stale_terms"
-    ) >= 1
+    assert (
+        homes[1].node.counters.get("stream_replica_stale_terms")
+        + homes[2].node.counters.get("stream_replica_stale_terms")
+        >= 1
+    )
     after = await reader.streams.read(TOKEN, {"log": "0"}, 1000)
     assert b"from the deposed primary" not in {e.data for e in after}
     more = await writer.streams.append(TOKEN, "log", [(b"after", None)])
@@ -160,7 +162,8 @@ async def test_replica_ops_from_a_node_that_is_not_a_home_or_not_authenticated_a
     homes, others = await homes_of(mesh, "guarded")
     stranger = others[0].streams.links
     append = {"sid": "guarded", "term": 99, "prev": [0, 0, 0], "rows": [[1, 0, 99, b"forged"]], "commit": [1, 0]}
-    answer = await stranger.request(tuple(homes[1].streams.book._known["guarded"].homes[1]), "r.append", append)  # noqa: SLF001
+    home = (homes[1].node.node_id, *homes[1].node.address[:2])
+    answer = await stranger.request(home, "r.append", append)
     assert answer["err"] == "bad" and "homes only" in answer["msg"]
     assert homes[1].node.counters.get("stream_replica_not_home") >= 1
 

@@ -179,7 +179,9 @@ class Homes:
             answers = await asyncio.gather(
                 *(self._ask(home, "r.promise", {"sid": record.sid, "term": term}) for home in others)
             )
-            promised = [(home, answer) for home, answer in zip(others, answers) if answer and "ok" in answer]
+            promised = [
+                (home, answer) for home, answer in zip(others, answers, strict=True) if answer and "ok" in answer
+            ]
             if 1 + len(promised) <= len(record.homes) // 2:
                 self._counters.add("stream_claims_failed")
                 raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes answered")
@@ -191,7 +193,7 @@ class Homes:
             self._primary[record.sid] = (term, self._index(record, self.node_id) or 0)
             self._counters.add("stream_claims")
         synced = await asyncio.gather(*(self._sync_once(record, state, home, leading) for home in others))
-        for home, ok in zip(others, synced):
+        for home, ok in zip(others, synced, strict=True):
             if not ok:
                 self._tasks.spawn(self._keep_syncing(record, state, home, leading))
         if 1 + sum(synced) > len(record.homes) // 2:
@@ -371,7 +373,8 @@ class Homes:
         first = self.log.first(record.sid)
         last = self.log.latest(record.sid, 1, state.commit)
         return {
-            "length": state.length, "bytes": state.bytes, "first": _row_wire(first), "last": _row_wire(last[0] if last else None),
+            "length": state.length, "bytes": state.bytes, "first": _row_wire(first),
+            "last": _row_wire(last[0] if last else None),
             "last_generated_id": [*state.last], "entries_added": state.added, "max_deleted_id": [*state.max_deleted],
             "groups": self.groups.count(record.sid), "meta": state.meta,
         }  # fmt: skip

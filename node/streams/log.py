@@ -51,9 +51,7 @@ class State:
 
     @classmethod
     def from_blob(cls, sid: str, blob: bytes) -> "State":
-        meta, term, last, last_term, commit, added, max_deleted, length, size, deleted, version = orjson.loads(
-            blob
-        )
+        meta, term, last, last_term, commit, added, max_deleted, length, size, deleted, version = orjson.loads(blob)
         return cls(sid, meta, term, tuple(last), last_term, tuple(commit), added, tuple(max_deleted),
                    length, size, deleted, version)  # fmt: skip
 

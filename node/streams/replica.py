@@ -13,6 +13,7 @@ connection keeps serving.
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -112,7 +113,7 @@ class ReplicaService:
                 continue
             handler = self._replica_ops.get(op)
             if handler is not None:
-                writer.write(answer(rid, await self._run(lambda: handler(peer, body))))
+                writer.write(answer(rid, await self._run(functools.partial(handler, peer, body))))
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
                 tasks.spawn(self._user(op, rid, body, writer, in_flight))
@@ -124,7 +125,7 @@ class ReplicaService:
         self, op: str, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, in_flight: asyncio.Semaphore
     ) -> None:
         try:
-            result = await self._run(lambda: self._user_op(op, body))
+            result = await self._run(functools.partial(self._user_op, op, body))
             with contextlib.suppress(OSError):
                 writer.write(answer(rid, result))
         finally:

@@ -112,7 +112,7 @@ class Streams:
 
         sids = await self.book.names()
         alive = await asyncio.gather(*(live(sid) for sid in sids))
-        return [sid for sid, ok in zip(sids, alive) if ok]
+        return [sid for sid, ok in zip(sids, alive, strict=True) if ok]
 
     async def info(self, token: str, sid: str) -> StreamInfo:
         await self._verify(token)
@@ -152,7 +152,13 @@ class Streams:
         record = await self.book.create(check_sid(sid))
         return await self._call(token, sid, "s.append", {"entries": [list(entry) for entry in batch]}, record)
 
-    async def read(self, token: str, cursors: dict[str, str], count: int, timeout: float = 0.0) -> list[Entry]:
+    async def read(
+        self,
+        token: str,
+        cursors: dict[str, str],
+        count: int,
+        timeout: float = 0.0,  # noqa: ASYNC109 (the interface's: a read waits up to it for entries)
+    ) -> list[Entry]:
         await self._verify(token)
         count, wait = _count(count), min(max(float(timeout), 0.0), MAX_WAIT)
         starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
@@ -190,7 +196,14 @@ class Streams:
         return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in rows]
 
     async def group_read(
-        self, token: str, sid: str, group: str, consumer: str, count: int, timeout: float, ack_wait: float = 30.0
+        self,
+        token: str,
+        sid: str,
+        group: str,
+        consumer: str,
+        count: int,
+        timeout: float,  # noqa: ASYNC109 (the interface's, as `read`'s)
+        ack_wait: float = 30.0,
     ) -> list[Entry]:
         await self._verify(token)
         args = {"group": group, "consumer": consumer, "count": _count(count), "ack_wait": float(ack_wait),
