@@ -189,7 +189,7 @@ async def test_a_bad_frame_is_answered_with_an_error_and_counted(mesh: list[Serv
     header, _ = await read_frame(reader)
     assert "header is at most" in header["err"]
     writer.close()
-    assert mesh[1].node.counters.get("port_bad_frames") == 1
+    assert mesh[1].node.counters.get("chunk_port_bad_frames") == 1
 
     reader, writer = await _connect(mesh[1])  # after a good hello, a body that is not msgpack
     auth = sign_request(Identity.generate(), HELLO_METHOD, HELLO_PATH, b"", mesh[1].node.node_id)

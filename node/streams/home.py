@@ -235,27 +235,25 @@ class Homes:
                 rows.append((last, state.term, data))
             prev = [*state.last, state.last_term]
             self.log.append(state, rows)
-            sends = [
-                self._replicate(record, state, home, prev, rows, leading)
-                for home in record.homes
-                if home[0] != self.node_id
-            ]
-            pending = [asyncio.ensure_future(send) for send in sends]
-        await self._majority(record, pending)
+            args = {"sid": record.sid, "term": leading.term, "prev": prev, "rows": _rows_wire(rows),
+                    "commit": [*state.commit]}  # fmt: skip
+            votes = _Votes(len(record.homes))
+            for home in record.homes:
+                if home[0] == self.node_id:
+                    continue
+                if home[0] in leading.lagging:
+                    votes.count(False)  # it is being brought up to date from the log, this batch included
+                    continue
+                sent = await self._send(home, "r.append", args)
+                self._tasks.spawn(self._replicated(record, state, home, leading, sent, votes))
+        await self._majority(record, votes)
         self._commit(state, rows[-1][0])
         return [row[0] for row in rows]
 
-    async def _majority(self, record: StreamRecord, pending: list[asyncio.Future]) -> None:
-        needed = len(record.homes) // 2  # besides this node
-        acked = 0
-        for done in asyncio.as_completed(pending):
-            if await done:
-                acked += 1
-                if acked >= needed:
-                    break
-        if acked < needed:
+    async def _majority(self, record: StreamRecord, votes: "_Votes") -> None:
+        if not await votes.majority():
             self._counters.add("stream_appends_unavailable")
-            raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes holds the entries")
+            raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes holds the change")
 
     def _commit(self, state: State, upto: Id) -> None:
         if upto > state.commit:
@@ -263,28 +261,21 @@ class Homes:
             self.log.save(state)
             self._tasks.spawn(_notify(self._condition(state.sid)))
 
-    async def _replicate(
-        self, record: StreamRecord, state: State, home: tuple, prev: list, rows: list[Row], leading: _Leading
-    ) -> bool:
-        if home[0] in leading.lagging:
-            return False  # its resync runs; it takes this batch from the log then
-        args = {
-            "sid": record.sid,
-            "term": leading.term,
-            "prev": prev,
-            "rows": _rows_wire(rows),
-            "commit": [*state.commit],
-        }
-        answer = await self._ask(home, "r.append", args)
-        if answer is not None and "ok" in answer:
-            return True
+    async def _replicated(
+        self, record: StreamRecord, state: State, home: tuple, leading: _Leading, sent: Awaitable[dict] | None,
+        votes: "_Votes",
+    ) -> None:  # fmt: skip
+        """Count a home's answer to a batch; a home that did not take it is brought up to date."""
+        answer = await self._answer(sent)
+        ok = answer is not None and "ok" in answer
+        votes.count(ok)
+        if ok:
+            return
         if answer is not None and answer.get("err") == "stale":
             self._step_down(record.sid, answer.get("term", 0))
-            return False
-        if home[0] not in leading.lagging:
+        elif home[0] not in leading.lagging:
             leading.lagging.add(home[0])
             self._tasks.spawn(self._keep_syncing(record, state, home, leading))
-        return False
 
     async def _keep_syncing(self, record: StreamRecord, state: State, home: tuple, leading: _Leading) -> None:
         """Bring a lagging home up to this primary's log, retrying while this node leads."""
@@ -310,8 +301,8 @@ class Homes:
                 caught_up = not rows or rows[-1][0] == state.last
                 if caught_up:
                     leading.lagging.discard(home[0])  # the next batch is sent after this one
-                sent = asyncio.ensure_future(self._ask(home, "r.append", args))
-            answer = await sent
+                sent = await self._send(home, "r.append", args)
+            answer = await self._answer(sent)
             if answer is None or "ok" not in answer:
                 leading.lagging.add(home[0])
                 return False
@@ -329,8 +320,22 @@ class Homes:
         self._counters.add("stream_primary_deposed")
 
     async def _ask(self, home: tuple, op: str, args: dict) -> dict | None:
+        return await self._answer(await self._send(home, op, args))
+
+    async def _send(self, home: tuple, op: str, args: dict) -> Awaitable[dict] | None:
+        """Send a request to another home now (in order with this node's others to it)."""
         try:
-            return await self._links.request(tuple(home), op, args, REPLICA_TIMEOUT)
+            return await self._links.send(tuple(home), op, args, REPLICA_TIMEOUT)
+        except LinkDown:
+            self._counters.add("stream_replica_unreachable")
+            return None
+
+    async def _answer(self, sent: Awaitable[dict] | None) -> dict | None:
+        """The answer to a request `_send` sent, or None if the home could not be reached."""
+        if sent is None:
+            return None
+        try:
+            return await sent
         except LinkDown:
             self._counters.add("stream_replica_unreachable")
             return None
@@ -419,9 +424,10 @@ class Homes:
             self.log.save(state)
             args = self._state_wire(state, [group] if group else None)
             others = [home for home in record.homes if home[0] != self.node_id]
-            pending = [asyncio.ensure_future(self._ask(home, "r.state", args)) for home in others]
-        sends = [asyncio.ensure_future(_ok(p)) for p in pending]
-        await self._majority(record, sends)
+            votes = _Votes(len(record.homes))
+            for home in others:
+                self._tasks.spawn(_voted(self._answer(await self._send(home, "r.state", args)), votes))
+        await self._majority(record, votes)
 
     def _state_wire(self, state: State, groups: list[str] | None) -> dict:
         blobs = self.groups.of(state.sid)
@@ -590,9 +596,33 @@ def _row_wire(row: Row | None) -> list | None:
     return None if row is None else [row[0][0], row[0][1], row[2]]
 
 
-async def _ok(answer: Awaitable[dict | None]) -> bool:
+class _Votes:
+    """The homes that hold a change, this one first: a majority is reached, or can no longer be."""
+
+    def __init__(self, homes: int) -> None:
+        self._homes = homes
+        self._yes = 1  # this node's own copy
+        self._answered = 1
+        self._decided = asyncio.Event()
+        self._check()
+
+    def count(self, yes: bool) -> None:
+        self._yes += yes
+        self._answered += 1
+        self._check()
+
+    def _check(self) -> None:
+        if self._yes > self._homes // 2 or self._answered >= self._homes:
+            self._decided.set()
+
+    async def majority(self) -> bool:
+        await self._decided.wait()
+        return self._yes > self._homes // 2
+
+
+async def _voted(answer: Awaitable[dict | None], votes: _Votes) -> None:
     result = await answer
-    return result is not None and "ok" in result
+    votes.count(result is not None and "ok" in result)
 
 
 async def _notify(condition: asyncio.Condition) -> None:

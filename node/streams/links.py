@@ -9,6 +9,7 @@ fails fails every request waiting on it (`LinkDown`) and is opened again by the 
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Awaitable
 from typing import Any
 
 from dhtmesh.crypto.identity import Identity
@@ -36,12 +37,22 @@ class _Link:
         self._writer: asyncio.StreamWriter | None = None
         self._opening = asyncio.Lock()
 
-    async def request(self, op: str, args: dict[str, Any], within: float) -> dict[str, Any]:
-        writer = await self._open()
-        rid = next(self._ids)
-        answered = self._waiting[rid] = asyncio.get_running_loop().create_future()
+    async def send(self, op: str, args: dict[str, Any], within: float) -> Awaitable[dict[str, Any]]:
+        """Send the request now (requests sent one after another reach the peer in that order) and
+        return what awaits its answer."""
         try:
+            writer = await self._open()
+            rid = next(self._ids)
+            answered = self._waiting[rid] = asyncio.get_running_loop().create_future()
             writer.write(request(op, rid, args))
+        except OSError as error:
+            raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: {error}") from error
+        return self._answer(op, rid, answered, writer, within)
+
+    async def _answer(
+        self, op: str, rid: int, answered: asyncio.Future, writer: asyncio.StreamWriter, within: float
+    ) -> dict[str, Any]:
+        try:
             async with asyncio.timeout(within):
                 await writer.drain()
                 return await answered
@@ -100,10 +111,14 @@ class Links:
 
     async def request(self, peer: Peer, op: str, args: dict[str, Any], within: float = 5.0) -> dict[str, Any]:
         """The peer's answer body (`ok` or `err`); raises LinkDown."""
+        return await (await self.send(peer, op, args, within))
+
+    async def send(self, peer: Peer, op: str, args: dict[str, Any], within: float = 5.0) -> Awaitable[dict[str, Any]]:
+        """Send a request now; returns what awaits its answer (which raises LinkDown)."""
         link = self._links.get(peer)
         if link is None:
             link = self._links[peer] = _Link(self._identity, peer, self._tasks)
-        return await link.request(op, args, within)
+        return await link.send(op, args, within)
 
     def drop(self, peer: Peer) -> None:
         """Close the connection to `peer` (a test's way of cutting it; the next request opens another)."""

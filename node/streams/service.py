@@ -31,6 +31,7 @@ from dhtmesh.node.streams.records import StreamBook
 from dhtmesh.node.streams.replica import ReplicaService, error_kind
 from dhtmesh.node.streams.retention import checked_meta
 from dhtmesh.node.streams.wire import MAX_ENTRY
+from dhtmesh.node.tasks import TaskSet
 
 MAX_COUNT = 10_000  # entries one read returns per stream
 MAX_WAIT = 300.0  # seconds a read may block
@@ -89,6 +90,7 @@ class Streams:
         self.homes = Homes(node.node_id, StreamLog(path), self.links, self.book.find, self._verify, node.counters)
         self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
         self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
+        self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
 
     async def _verify(self, token: object) -> str:
         if not isinstance(token, str):
@@ -162,9 +164,7 @@ class Streams:
         await self._verify(token)
         count, wait = _count(count), min(max(float(timeout), 0.0), MAX_WAIT)
         starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
-        reads = {
-            sid: asyncio.ensure_future(self._read(token, sid, after, count, wait)) for sid, after in starts.items()
-        }
+        reads = {sid: self._tasks.spawn(self._read(token, sid, after, count, wait)) for sid, after in starts.items()}
         try:
             pending = set(reads.values())
             while pending:
@@ -217,6 +217,7 @@ class Streams:
         return await self._call(token, check_sid(sid), "s.gack", {"group": group, "ids": parsed})
 
     async def close(self) -> None:
+        await self._tasks.close()
         await self.links.close()
         await self.homes.close()
 

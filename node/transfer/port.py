@@ -4,6 +4,10 @@ It accepts a connection within the per-host and total connection caps (`port_lim
 frame's header (bounded, within `HEADER_TIMEOUT`) and hands the connection to the service that op
 belongs to: the chunk service ("put", "keep", "get", "prove"; a farmer's only) or the streams' replica
 service ("s.*" and "r.*"). Anything else is answered with an error, counted, and closed.
+
+Its refusals keep the counter names of the chunk port it grew out of (`chunk_port_refused`,
+`chunk_port_header_timeouts`, `chunk_port_connections_over_..._cap`, `chunk_port_bad_frames`): what
+operators and tests watch did not change when the streams came to share it.
 """
 
 import asyncio
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT, ChunkService
+from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT, REFUSED, ChunkService
 from dhtmesh.node.transfer.framing import FramingError, frame, read_header
 from dhtmesh.node.transfer.port_limits import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS
 from dhtmesh.node.wire.netgroup import host_of
@@ -70,9 +74,9 @@ class Port:
                 elif isinstance(op, str) and op.startswith(("s.", "r.")):
                     await self._streams(header, reader, writer, host)
                 else:
-                    self._refuse(writer, "port_unknown_ops", "this node serves no such op")
+                    self._refuse(writer, "chunk_port_unknown_ops", "this node serves no such op")
         except Full as full:
-            self._refuse(writer, f"port_connections_over_{full.scope}_cap", str(full))
+            self._refuse(writer, f"chunk_port_connections_over_{full.scope}_cap", str(full))
         except _NoHeader as error:
             self._refuse(writer, error.counter, str(error))
         finally:
@@ -83,12 +87,12 @@ class Port:
             async with asyncio.timeout(HEADER_TIMEOUT):
                 return await read_header(reader)
         except TimeoutError as error:
-            raise _NoHeader(f"no request within {HEADER_TIMEOUT:g} s", "port_header_timeouts") from error
+            raise _NoHeader(f"no request within {HEADER_TIMEOUT:g} s", "chunk_port_header_timeouts") from error
         except FramingError as error:
-            raise _NoHeader(str(error), "port_bad_frames") from error
+            raise _NoHeader(str(error), "chunk_port_bad_frames") from error
 
     def _refuse(self, writer: asyncio.StreamWriter, counter: str, reason: str) -> None:
-        self._counters.add("port_refused")
+        self._counters.add(REFUSED)
         self._counters.add(counter)
         with contextlib.suppress(OSError):
             writer.write(frame({"err": reason}))
