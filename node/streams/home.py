@@ -36,12 +36,14 @@ from dhtmesh.node.tasks import TaskSet
 
 REPLICA_TIMEOUT = 3.0  # seconds a home waits for another's answer before counting it unreachable
 RESYNC_ROWS = 1000
+TRIM_PERIOD = 5.0  # seconds between retention passes over every stream
 RETRY_SYNC = 1.0  # seconds between attempts to bring a lagging home up to date
 MAX_WAITING_READERS = 1024
 MAX_STREAMS = 10_000  # streams one node is a home of
 
 Verifier = Callable[[str], Awaitable[str]]
 FindRecord = Callable[[str], Awaitable[StreamRecord | None]]
+KeepRecord = Callable[[str], Awaitable[None]]
 
 
 class NotPrimary(Exception):
@@ -93,6 +95,7 @@ class Homes:
         log: StreamLog,
         links: Links,
         find_record: FindRecord,
+        keep_record: KeepRecord,
         verify: Verifier,
         counters: Counters,
     ) -> None:
@@ -101,6 +104,7 @@ class Homes:
         self.groups = Groups(log.db)
         self._links = links
         self._find_record = find_record
+        self._keep_record = keep_record  # a home re-announces its streams' records
         self._verify = verify
         self._counters = counters
         self._leading: dict[str, _Leading] = {}
@@ -135,6 +139,8 @@ class Homes:
         if self.log.state(record.sid) is None and len(self.log.sids()) >= MAX_STREAMS:
             self._counters.add("stream_quota_refused")
             raise StreamUnavailable("this node holds as many streams as it may")
+        if self.log.state(record.sid) is None:
+            self._tasks.spawn(self._keep_record(record.sid))
         return self.log.ensure(record.sid)
 
     def _lock(self, sid: str) -> asyncio.Lock:
@@ -510,6 +516,16 @@ class Homes:
 
         await self._set_state(record, state, change, group=group)
         return acked
+
+    async def trim_periodically(self) -> None:
+        """Apply every stream's retention now and then (by age, entries expire without appends)."""
+        while True:
+            await asyncio.sleep(TRIM_PERIOD)
+            for sid in self.log.sids():
+                state = self.log.state(sid)
+                if state is not None and not state.deleted and state.meta.get("max_age") is not None:
+                    async with self._lock(sid):
+                        self.log.trim(state)
 
     # ---- the follower ------------------------------------------------------------------------
 

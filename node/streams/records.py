@@ -12,12 +12,12 @@ grinding node ids near its key, as for any DHT key).
 
 import time
 
-from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.dht import DhtNode, PutRefused
 from dhtmesh.node.records.directory import read_directory
 from dhtmesh.node.records.kind import InvalidRecord, value_id_of
 from dhtmesh.node.records.stream import KIND, MAX_HOMES, STREAMS, StreamRecord, decode_stream, stream_id
 from dhtmesh.node.routing.contact import distance
-from dhtmesh.node.values.value import Value
+from dhtmesh.node.values.value import InvalidValue, Value
 
 Home = tuple[bytes, str, int]
 
@@ -25,23 +25,36 @@ Home = tuple[bytes, str, int]
 class StreamBook:
     def __init__(self, node: DhtNode) -> None:
         self._node = node
-        self._known: dict[str, StreamRecord] = {}  # checked records: a stream's homes never change
+        self._known: dict[str, tuple[StreamRecord, Value]] = {}  # checked: a stream's homes never change
 
     async def find(self, sid: str) -> StreamRecord | None:
         known = self._known.get(sid)
         if known is not None:
-            return known
+            return known[0]
         key = STREAMS.key_for(stream_id(sid))
         values = await self._node.get(key, value_id_of(stream_id(sid)), KIND.type)
-        records = sorted(
-            (record for record in _records(values) if record.sid == sid), key=lambda r: (r.created, r.creator)
+        found = sorted(
+            ((record, value) for record, value in _records(values) if record.sid == sid),
+            key=lambda pair: (pair[0].created, pair[0].creator),
         )
-        for record in records:
+        for record, value in found:
             if await self._plausible(record):
-                self._known[sid] = record
+                self._known[sid] = (record, value)
                 return record
             self._node.counters.add("stream_records_implausible")
         return None
+
+    async def keep(self, sid: str) -> None:
+        """Keep announcing the stream's record from this node (one of its homes), so that it outlives
+        the node that made it."""
+        known = self._known.get(sid)
+        if known is None:
+            return
+        record, value = known
+        try:
+            await self._node.put(KIND.key_for(record), value, permanent=True)
+        except (PutRefused, InvalidValue):
+            self._node.counters.add("stream_records_not_kept")
 
     async def create(self, sid: str) -> StreamRecord:
         """The stream's record, made and announced if the mesh has none."""
@@ -56,7 +69,7 @@ class StreamBook:
         return await self.find(sid) or record
 
     async def names(self) -> list[str]:
-        return sorted({record.sid for record in _records(await read_directory(self._node, STREAMS))})
+        return sorted({record.sid for record, _ in _records(await read_directory(self._node, STREAMS))})
 
     async def _closest(self, sid: str) -> list[Home]:
         target = stream_id(sid)
@@ -72,13 +85,13 @@ class StreamBook:
         return all(distance(home[0], target) <= farthest for home in record.homes)
 
 
-def _records(values: list[Value]) -> list[StreamRecord]:
+def _records(values: list[Value]) -> list[tuple[StreamRecord, Value]]:
     records = []
     for value in values:
         if value.type != KIND.type:
             continue
         try:
-            records.append(decode_stream(value.data))
+            records.append((decode_stream(value.data), value))
         except InvalidRecord:
             continue  # values were checked on arrival; guards against a rule change between versions
     return records

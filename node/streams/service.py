@@ -87,7 +87,9 @@ class Streams:
         self.book = StreamBook(node)
         self.links = Links(node.identity, node.counters)
         path = node.data_dir / "streams.sqlite3" if node.data_dir else None
-        self.homes = Homes(node.node_id, StreamLog(path), self.links, self.book.find, self._verify, node.counters)
+        self.homes = Homes(
+            node.node_id, StreamLog(path), self.links, self.book.find, self.book.keep, self._verify, node.counters
+        )
         self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
         self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
         self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
