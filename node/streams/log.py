@@ -5,7 +5,8 @@ SQLite in WAL mode with synchronous=NORMAL: a committed transaction survives the
 `executemany`), never one per entry. Per stream the log keeps its state (`State`: last id and term,
 commit id, counts, meta, the term it promised), cached in memory and written with each change.
 Retention (`retention.Retention`, from the meta) is applied within each append's transaction and by
-`trim`, called periodically.
+`trim`, called periodically. Entries are in a rowid table (its key an index beside it): rows of a KiB
+or more made a WITHOUT ROWID table's inserts three times slower.
 """
 
 import sqlite3
@@ -20,7 +21,7 @@ from dhtmesh.node.streams.retention import retention_of
 Row = tuple[Id, int, bytes]  # (id, term, data) as replicated
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (sid TEXT, ms INTEGER, seq INTEGER, term INTEGER, data BLOB,
-    PRIMARY KEY (sid, ms, seq)) WITHOUT ROWID;
+    PRIMARY KEY (sid, ms, seq));
 CREATE TABLE IF NOT EXISTS streams (sid TEXT PRIMARY KEY, state BLOB);
 CREATE TABLE IF NOT EXISTS groups (sid TEXT, name TEXT, state BLOB, PRIMARY KEY (sid, name)) WITHOUT ROWID;
 """
