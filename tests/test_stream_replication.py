@@ -99,6 +99,27 @@ async def test_a_stream_made_through_one_node_is_written_through_another_and_rea
         assert home.streams.homes.log.state("chat").length == 3  # type: ignore[union-attr]
 
 
+async def test_readers_waiting_on_one_node_share_one_feed_and_a_reader_moving_between_nodes_resumes(
+    mesh: list[Services],
+) -> None:
+    await mesh[0].streams.create(TOKEN, "feed", {})
+    readers = [mesh[3].streams.read(TOKEN, {"feed": "$"}, 10, timeout=10.0) for _ in range(10)]
+    waiting = asyncio.gather(*readers)
+    await asyncio.sleep(0.3)
+    written = await mesh[1].streams.append(TOKEN, "feed", [(b"one", None), (b"two", None)])
+    assert all([e.id for e in got] == written for got in await waiting)
+    assert len(mesh[3].streams.feeds) == 1
+    cursor, seen = "0", []
+    for turn in range(6):  # the reader moves from node to node, its last id as its cursor
+        await mesh[turn % 2 + 1].streams.append(TOKEN, "feed", [(b"%d" % turn, None)])
+        got = await mesh[turn % NODES].streams.read(TOKEN, {"feed": cursor}, 2, timeout=5.0)
+        seen += [e.id for e in got]
+        cursor = got[-1].id
+    rest = await mesh[4].streams.read(TOKEN, {"feed": cursor}, 100)
+    everything = await mesh[2].streams.read(TOKEN, {"feed": "0"}, 100)
+    assert seen + [e.id for e in rest] == [e.id for e in everything]
+
+
 async def test_entries_appended_through_two_nodes_at_once_have_strictly_increasing_ids(mesh: list[Services]) -> None:
     async def write(streams: Streams, tag: bytes) -> list[str]:
         written = []

@@ -110,7 +110,7 @@ class Homes:
         self._leading: dict[str, _Leading] = {}
         self._primary: dict[str, tuple[int, int]] = {}  # sid -> (term, home index) as last heard
         self._locks: dict[str, asyncio.Lock] = {}
-        self._committed: dict[str, asyncio.Condition] = {}
+        self._committed: dict[str, asyncio.Event] = {}  # set (and replaced) at each commit: readers wake at once
         self._waiting = 0
         self._tasks = TaskSet(counters)
 
@@ -146,8 +146,8 @@ class Homes:
     def _lock(self, sid: str) -> asyncio.Lock:
         return self._locks.setdefault(sid, asyncio.Lock())
 
-    def _condition(self, sid: str) -> asyncio.Condition:
-        return self._committed.setdefault(sid, asyncio.Condition())
+    def _commit_event(self, sid: str) -> asyncio.Event:
+        return self._committed.setdefault(sid, asyncio.Event())
 
     # ---- the primary -------------------------------------------------------------------------
 
@@ -265,7 +265,9 @@ class Homes:
         if upto > state.commit:
             state.commit = upto
             self.log.save(state)
-            self._tasks.spawn(_notify(self._condition(state.sid)))
+            event = self._committed.pop(state.sid, None)
+            if event is not None:
+                event.set()
 
     async def _replicated(
         self, record: StreamRecord, state: State, home: tuple, leading: _Leading, sent: Awaitable[dict] | None,
@@ -363,11 +365,10 @@ class Homes:
             return cursor, []
         self._waiting += 1
         try:
-            condition = self._condition(record.sid)
-            async with condition:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await condition.wait_for(lambda: state.commit > cursor)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while state.commit <= cursor and not state.deleted:
+                        await self._commit_event(record.sid).wait()
         finally:
             self._waiting -= 1
         rows = self.log.rows_after(record.sid, cursor, count, state.commit)
@@ -639,11 +640,6 @@ class _Votes:
 async def _voted(answer: Awaitable[dict | None], votes: _Votes) -> None:
     result = await answer
     votes.count(result is not None and "ok" in result)
-
-
-async def _notify(condition: asyncio.Condition) -> None:
-    async with condition:
-        condition.notify_all()
 
 
 def check_batch(entries: list[tuple[bytes, str | None]]) -> None:

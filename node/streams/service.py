@@ -24,6 +24,7 @@ from dhtmesh.node.streams.errors import (
     StreamUnavailable,
     UnknownStream,
 )
+from dhtmesh.node.streams.feeds import Feeds
 from dhtmesh.node.streams.home import REPLICA_TIMEOUT, Homes, NotPrimary, check_batch
 from dhtmesh.node.streams.links import LinkDown, Links
 from dhtmesh.node.streams.log import Row, StreamLog
@@ -93,6 +94,7 @@ class Streams:
         self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
         self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
         self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
+        self.feeds = Feeds(self._fetch, node.counters)
 
     async def _verify(self, token: object) -> str:
         if not isinstance(token, str):
@@ -180,14 +182,22 @@ class Streams:
         return [entry for task in reads.values() if task.done() and not task.cancelled() for entry in task.result()]
 
     async def _read(self, token: str, sid: str, after: str | list, count: int, wait: float) -> list[Entry]:
-        record = await self.book.find(sid)
-        if record is None:
+        if await self.book.find(sid) is None:
             return []  # unknown streams: no entries
         try:
-            found = await self._call(token, sid, "s.read", {"after": after, "count": count, "wait": wait}, record)
+            rows = await self.feeds.read(token, sid, after, count, wait) if wait > 0 else None
+            if rows is None:
+                _, rows = await self._fetch(token, sid, after, count, wait)
         except UnknownStream:
             return []
-        return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in found["rows"]]
+        return [Entry(sid, ids.text(entry_id), data) for entry_id, data in rows]
+
+    async def _fetch(
+        self, token: str, sid: str, after: str | list, count: int, wait: float
+    ) -> tuple[ids.Id, list[tuple[ids.Id, bytes]]]:
+        """Committed entries above `after` from the stream's primary, and the cursor after them."""
+        found = await self._call(token, sid, "s.read", {"after": after, "count": count, "wait": wait})
+        return tuple(found["cursor"]), [((ms, seq), data) for ms, seq, data in found["rows"]]  # type: ignore[return-value]
 
     async def latest(self, token: str, sid: str, count: int) -> list[Entry]:
         await self._verify(token)
@@ -219,6 +229,7 @@ class Streams:
         return await self._call(token, check_sid(sid), "s.gack", {"group": group, "ids": parsed})
 
     async def close(self) -> None:
+        await self.feeds.close()
         await self._tasks.close()
         await self.links.close()
         await self.homes.close()
