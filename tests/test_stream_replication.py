@@ -17,6 +17,7 @@ from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.services import Services
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import StreamError
+from dhtmesh.node.streams.home import NotPrimary
 from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame
 from dhtmesh.node.transfer.framing import frame
@@ -158,7 +159,7 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     old = homes[0].streams  # back, still taking itself for the primary of its term
     record = await old.book.find("log")
     assert record is not None
-    with pytest.raises(StreamError):
+    with pytest.raises(NotPrimary):  # the other homes promised a later term: it learns it is deposed
         await old.homes.append(record, [], [(b"from the deposed primary", None)])
     assert (
         homes[1].node.counters.get("stream_replica_stale_terms")

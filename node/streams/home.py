@@ -252,7 +252,11 @@ class Homes:
                     continue
                 sent = await self._send(home, "r.append", args)
                 self._tasks.spawn(self._replicated(record, state, home, leading, sent, votes))
-        await self._majority(record, votes)
+        if not await votes.majority():
+            self._counters.add("stream_appends_unavailable")
+            if self._leading.get(record.sid) is not leading:
+                raise NotPrimary(None, state.term)  # deposed meanwhile: the writer tries the other homes
+            raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes holds the entries")
         self._commit(state, rows[-1][0])
         return [row[0] for row in rows]
 

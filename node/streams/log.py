@@ -10,6 +10,7 @@ or more made a WITHOUT ROWID table's inserts three times slower.
 """
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dhtmesh.node.streams.ids import MAX_PART, ZERO, Id, now_ms
 from dhtmesh.node.streams.retention import retention_of
 
 Row = tuple[Id, int, bytes]  # (id, term, data) as replicated
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of entries' data in one answer or replica message (wire.MAX_BODY is above)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (sid TEXT, ms INTEGER, seq INTEGER, term INTEGER, data BLOB,
     PRIMARY KEY (sid, ms, seq));
@@ -139,14 +141,15 @@ class StreamLog:
             self.save(state)
 
     def rows_after(self, sid: str, after: Id, count: int, upto: Id | None = None) -> list[Row]:
-        """At most `count` entries above `after` (up to `upto`), with their terms, in id order."""
+        """At most `count` entries above `after` (up to `upto`), with their terms, in id order, and at most
+        `MAX_ANSWER_BYTES` of data (one entry at least): what one answer carries."""
         upper = upto if upto is not None else (MAX_PART, MAX_PART)
         cursor = self._db.execute(
             "SELECT ms, seq, term, data FROM entries WHERE sid = ? AND (ms, seq) > (?, ?) AND (ms, seq) <= (?, ?)"
             " ORDER BY ms, seq LIMIT ?",
             (sid, *after, *upper, count),
         )
-        return [((ms, seq), term, data) for ms, seq, term, data in cursor]
+        return _bounded(((ms, seq), term, data) for ms, seq, term, data in cursor)
 
     def latest(self, sid: str, count: int, upto: Id) -> list[Row]:
         cursor = self._db.execute(
@@ -154,7 +157,7 @@ class StreamLog:
             " ORDER BY ms DESC, seq DESC LIMIT ?",
             (sid, *upto, count),
         )
-        return [((ms, seq), term, data) for ms, seq, term, data in cursor][::-1]
+        return _bounded(((ms, seq), term, data) for ms, seq, term, data in cursor)[::-1]
 
     def term_at(self, sid: str, entry_id: Id) -> int | None:
         """The term of the entry `entry_id` (0 for the id before every entry), if the log holds it."""
@@ -232,6 +235,18 @@ class StreamLog:
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
+
+
+def _bounded(rows: Iterator[Row]) -> list[Row]:
+    """The rows up to `MAX_ANSWER_BYTES` of data (the first one whatever its size)."""
+    taken: list[Row] = []
+    size = 0
+    for row in rows:
+        size += len(row[2])
+        if taken and size > MAX_ANSWER_BYTES:
+            break
+        taken.append(row)
+    return taken
 
 
 class _Transaction:
