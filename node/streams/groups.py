@@ -16,7 +16,7 @@ import orjson
 from dhtmesh.node.streams.errors import BadStreamRequest
 from dhtmesh.node.streams.ids import ZERO, Id
 
-MAX_PENDING = 10_000
+MAX_PENDING = 2_000  # per group: 64 groups' state (~50 bytes a pending entry) fit one replica message
 MAX_GROUPS = 64  # per stream
 MAX_NAME = 200
 

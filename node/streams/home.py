@@ -26,7 +26,7 @@ from typing import Any
 from dhtmesh.node.records.stream import StreamRecord
 from dhtmesh.node.stats import Counters
 from dhtmesh.node.streams.errors import BadStreamRequest, EntryTooLarge, StreamUnavailable, UnknownStream
-from dhtmesh.node.streams.groups import Groups, check_name, now
+from dhtmesh.node.streams.groups import MAX_PENDING, Groups, check_name, now
 from dhtmesh.node.streams.ids import Id, next_id, now_ms
 from dhtmesh.node.streams.links import LinkDown, Links
 from dhtmesh.node.streams.log import Row, State, StreamLog
@@ -318,8 +318,8 @@ class Homes:
             if answer is None or "ok" not in answer:
                 leading.lagging.add(home[0])
                 return False
-            if caught_up:
-                return True
+            if caught_up:  # and its meta and groups, which it may have missed while away
+                return await self._ask(home, "r.state", self._state_wire(state, None)) is not None
             start = rows[-1][0]
         return False
 
@@ -496,7 +496,7 @@ class Homes:
             chosen.extend(
                 row for entry_id in due for row in self.log.rows_after(record.sid, _before(entry_id), 1, entry_id)
             )
-            room = min(count - len(chosen), max(0, 10_000 - len(entry.pending)))
+            room = min(count - len(chosen), max(0, MAX_PENDING - len(entry.pending)))
             fresh = self.log.rows_after(record.sid, entry.cursor, room, state.commit) if room > 0 else []
             if fresh:
                 entry.cursor = fresh[-1][0]
