@@ -22,6 +22,7 @@ from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame
 from dhtmesh.node.transfer.framing import frame
 from dhtmesh.testing.meshes import Mesh
+from dhtmesh.testing.waiting import eventually
 
 pytestmark = pytest.mark.unit
 TOKEN = "alice's token"
@@ -170,6 +171,33 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     assert b"from the deposed primary" not in {e.data for e in after}
     more = await writer.streams.append(TOKEN, "log", [(b"after", None)])
     assert ids.parse(more[0]) > ids.parse(after[-1].id)
+
+
+async def test_a_home_that_was_away_catches_up_and_groups_survive_the_primary(mesh: list[Services]) -> None:
+    await mesh[0].streams.create(TOKEN, "away", {"max_len": 500})
+    homes, (writer, reader) = await homes_of(mesh, "away")
+    await writer.streams.append(TOKEN, "away", [(b"before", None)])
+    follower = homes[2]
+    await follower.port.stop()  # away: its port closed, its connections cut
+    await follower.streams.links.close()
+    written = []
+    for i in range(20):
+        written += await writer.streams.append(TOKEN, "away", [(b"%d" % i, None)] * 10)
+    delivered = await reader.streams.group_read(TOKEN, "away", "g", "c1", 5, 0)
+    host, port = follower.node.address[:2]
+    await follower.port.start(host, port)  # back
+    written += await writer.streams.append(TOKEN, "away", [(b"after", None)])
+    state = follower.streams.homes.log.state("away")
+    assert state is not None
+    await eventually(lambda: state.length == 202 and state.last == ids.parse(written[-1]))
+    assert state.meta == {"max_len": 500}
+
+    await cut_off(homes[0])  # the primary goes: the group's state was on a majority of homes
+    redelivered = await reader.streams.group_read(TOKEN, "away", "g", "c2", 5, 0, ack_wait=0.0)
+    assert [e.id for e in redelivered] == [e.id for e in delivered]  # at least once, across the failover
+    assert await reader.streams.group_ack(TOKEN, "away", "g", [e.id for e in redelivered]) == 5
+    fresh = await reader.streams.group_read(TOKEN, "away", "g", "c2", 5, 0)
+    assert [e.id for e in fresh] == written[4:9]
 
 
 async def _connect(services: Services) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
