@@ -30,6 +30,7 @@ from dhtmesh.node.streams.groups import MAX_PENDING, Groups, check_name, now
 from dhtmesh.node.streams.ids import Id, next_id, now_ms
 from dhtmesh.node.streams.links import LinkDown, Links
 from dhtmesh.node.streams.log import Row, State, StreamLog
+from dhtmesh.node.streams.records import StreamBook
 from dhtmesh.node.streams.retention import checked_meta
 from dhtmesh.node.streams.wire import MAX_BATCH, MAX_BATCH_BYTES, MAX_ENTRY
 from dhtmesh.node.tasks import TaskSet
@@ -42,8 +43,6 @@ MAX_WAITING_READERS = 1024
 MAX_STREAMS = 10_000  # streams one node is a home of
 
 Verifier = Callable[[str], Awaitable[str]]
-FindRecord = Callable[[str], Awaitable[StreamRecord | None]]
-KeepRecord = Callable[[str], Awaitable[None]]
 
 
 class NotPrimary(Exception):
@@ -94,8 +93,7 @@ class Homes:
         node_id: bytes,
         log: StreamLog,
         links: Links,
-        find_record: FindRecord,
-        keep_record: KeepRecord,
+        book: StreamBook,
         verify: Verifier,
         counters: Counters,
     ) -> None:
@@ -103,8 +101,7 @@ class Homes:
         self.log = log
         self.groups = Groups(log.db)
         self._links = links
-        self._find_record = find_record
-        self._keep_record = keep_record  # a home re-announces its streams' records
+        self._book = book
         self._verify = verify
         self._counters = counters
         self._leading: dict[str, _Leading] = {}
@@ -116,8 +113,10 @@ class Homes:
 
     # ---- the stream's homes ------------------------------------------------------------------
 
-    async def record(self, sid: str) -> StreamRecord:
-        record = await self._find_record(sid)
+    async def record(self, sid: str, carried: object = None) -> StreamRecord:
+        """The stream's record, from the DHT, else the signed one the request `carried` (just made, it
+        may not have reached every replica of its key yet)."""
+        record = await self._book.find(sid, carried)
         if record is None:
             raise UnknownStream(f"no stream {sid!r}")
         return record
@@ -125,10 +124,10 @@ class Homes:
     def _index(self, record: StreamRecord, node_id: bytes) -> int | None:
         return next((i for i, home in enumerate(record.homes) if home[0] == node_id), None)
 
-    async def home_of(self, sid: str, caller: bytes) -> tuple[StreamRecord, int]:
+    async def home_of(self, sid: str, caller: bytes, carried: object = None) -> tuple[StreamRecord, int]:
         """The stream's record and the caller's index among its homes, if this node and the caller are
         both homes of it; raises BadStreamRequest otherwise."""
-        record = await self.record(sid)
+        record = await self.record(sid, carried)
         index = self._index(record, caller)
         if index is None or self._index(record, self.node_id) is None:
             self._counters.add("stream_replica_not_home")
@@ -140,7 +139,7 @@ class Homes:
             self._counters.add("stream_quota_refused")
             raise StreamUnavailable("this node holds as many streams as it may")
         if self.log.state(record.sid) is None:
-            self._tasks.spawn(self._keep_record(record.sid))
+            self._tasks.spawn(self._book.keep(record.sid))  # a home re-announces its streams' records
         return self.log.ensure(record.sid)
 
     def _lock(self, sid: str) -> asyncio.Lock:
@@ -183,7 +182,12 @@ class Homes:
             term = state.term
             others = [home for home in record.homes if home[0] != self.node_id]
             answers = await asyncio.gather(
-                *(self._ask(home, "r.promise", {"sid": record.sid, "term": term}) for home in others)
+                *(
+                    self._ask(
+                        home, "r.promise", {"sid": record.sid, "term": term, "record": self._book.wire(record.sid)}
+                    )
+                    for home in others
+                )
             )
             promised = [
                 (home, answer) for home, answer in zip(others, answers, strict=True) if answer and "ok" in answer
@@ -535,7 +539,7 @@ class Homes:
     # ---- the follower ------------------------------------------------------------------------
 
     async def on_promise(self, caller: bytes, args: dict) -> dict:
-        record, _ = await self.home_of(args["sid"], caller)
+        record, _ = await self.home_of(args["sid"], caller, args.get("record"))
         state = self._state(record)
         term = args.get("term")
         if not (type(term) is int and term > state.term):

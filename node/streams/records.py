@@ -15,9 +15,10 @@ import time
 from dhtmesh.node.dht import DhtNode, PutRefused
 from dhtmesh.node.records.directory import read_directory
 from dhtmesh.node.records.kind import InvalidRecord, value_id_of
+from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.records.stream import KIND, MAX_HOMES, STREAMS, StreamRecord, decode_stream, stream_id
 from dhtmesh.node.routing.contact import distance
-from dhtmesh.node.values.value import InvalidValue, Value
+from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 
 Home = tuple[bytes, str, int]
 
@@ -27,12 +28,16 @@ class StreamBook:
         self._node = node
         self._known: dict[str, tuple[StreamRecord, Value]] = {}  # checked: a stream's homes never change
 
-    async def find(self, sid: str) -> StreamRecord | None:
+    async def find(self, sid: str, carried: object = None) -> StreamRecord | None:
+        """The stream's record (checked), from the DHT, else the signed value a request `carried` (in
+        `Value.to_wire` form: a record just made may not have reached every replica of its key yet)."""
         known = self._known.get(sid)
         if known is not None:
             return known[0]
         key = STREAMS.key_for(stream_id(sid))
         values = await self._node.get(key, value_id_of(stream_id(sid)), KIND.type)
+        if not values and carried is not None:
+            values = _carried(key, carried)
         found = sorted(
             ((record, value) for record, value in _records(values) if record.sid == sid),
             key=lambda pair: (pair[0].created, pair[0].creator),
@@ -43,6 +48,11 @@ class StreamBook:
                 return record
             self._node.counters.add("stream_records_implausible")
         return None
+
+    def wire(self, sid: str) -> list | None:
+        """The stream's signed record, as a request carries it to a home."""
+        known = self._known.get(sid)
+        return None if known is None else known[1].to_wire()
 
     async def keep(self, sid: str) -> None:
         """Keep announcing the stream's record from this node (one of its homes), so that it outlives
@@ -83,6 +93,16 @@ class StreamBook:
         closest = await self._closest(record.sid)
         farthest = max(distance(home[0], target) for home in closest)
         return all(distance(home[0], target) <= farthest for home in record.homes)
+
+
+def _carried(key: bytes, carried: object) -> list[Value]:
+    """The carried value, if it is a valid record under `key` (checked as any value reaching a node)."""
+    try:
+        value = value_from_wire(carried)
+        check_value(key, value)
+    except InvalidValue:
+        return []
+    return [value]
 
 
 def _records(values: list[Value]) -> list[tuple[StreamRecord, Value]]:

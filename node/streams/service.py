@@ -88,9 +88,7 @@ class Streams:
         self.book = StreamBook(node)
         self.links = Links(node.identity, node.counters)
         path = node.data_dir / "streams.sqlite3" if node.data_dir else None
-        self.homes = Homes(
-            node.node_id, StreamLog(path), self.links, self.book.find, self.book.keep, self._verify, node.counters
-        )
+        self.homes = Homes(node.node_id, StreamLog(path), self.links, self.book, self._verify, node.counters)
         self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
         self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
         self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
@@ -253,7 +251,7 @@ class Streams:
         timeout = REPLICA_TIMEOUT + float(args.get("wait", 0.0))
         for _ in range(2 * len(homes) + 1):
             home = homes[index]
-            body = {**args, "sid": sid, "token": token, "down": down}
+            body = {**args, "sid": sid, "token": token, "down": down, "record": self.book.wire(sid)}
             if home[0] == self.node.node_id:
                 reply = await self.serve(op, body)
             else:
@@ -285,7 +283,7 @@ class Streams:
         except Exception as error:  # the accounts' BadToken: the forwarding node's user is not ours
             return {"err": "unavailable", "msg": f"a home refused the token: {error}"}
         try:
-            record = await self.homes.record(check_sid(args["sid"]))
+            record = await self.homes.record(check_sid(args["sid"]), args.get("record"))
             down = [node_id for node_id in args.get("down", []) if isinstance(node_id, bytes)][:8]
             return {"ok": await self._op(op, record, down, args)}
         except NotPrimary as refusal:
