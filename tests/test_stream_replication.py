@@ -1,4 +1,5 @@
-"""Streams replicated across a mesh of five in-process nodes (real UDP and TCP sockets, real SQLite): a
+"""Streams replicated across a mesh of five in-process nodes (real UDP and TCP sockets, real SQLite; the
+in-process tests are `unit`, the last one starts a `dhtmesh run` process): a
 stream made through one node, written through another, read through a third; appends through two nodes
 at once; a home cut off mid-stream (its sockets closed, no goodbye) loses no acknowledged entry and the
 stream goes on once another home takes over; the old primary, back, commits nothing; replica ops from
@@ -6,7 +7,7 @@ nodes that are not the stream's homes, or not authenticated, and bad frames are 
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgpack
@@ -15,16 +16,18 @@ import pytest
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.services import Services
+from dhtmesh.node.stats import Counters
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import StreamError
 from dhtmesh.node.streams.home import NotPrimary
+from dhtmesh.node.streams.links import Links
 from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame
 from dhtmesh.node.transfer.framing import frame
+from dhtmesh.testing import NodeProcess
 from dhtmesh.testing.meshes import Mesh
 from dhtmesh.testing.waiting import eventually
 
-pytestmark = pytest.mark.unit
 TOKEN = "alice's token"
 NODES = 5
 
@@ -252,3 +255,19 @@ async def test_a_bad_frame_is_answered_with_an_error_and_counted(mesh: list[Serv
     writer.close()
     assert mesh[1].node.counters.get("stream_port_bad_frames") == 1
     assert await mesh[1].streams.append(TOKEN, "still", [(b"serving", None)])  # and the node serves on
+
+
+@pytest.mark.process
+async def test_a_dhtmesh_run_node_serves_stream_replicas_on_its_udp_port_number(
+    spawn: Callable[..., NodeProcess],
+) -> None:
+    """Every node listens on TCP at its UDP port (not only farmers), so a stream's home is reached from
+    its contact alone; a stranger's replica op is answered with a refusal."""
+    node = spawn("plain")
+    host, port = node.address
+    links = Links(Identity.generate(), Counters())
+    try:
+        answer = await links.request((bytes.fromhex(node.node_id), host, port), "r.position", {"sid": "nothing"})
+    finally:
+        await links.close()
+    assert answer["err"] in ("unknown", "bad")
