@@ -9,6 +9,7 @@ down, which may then claim the stream (`home.Homes`). The node remembers which h
 """
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from dhtmesh.node.tasks import TaskSet
 
 MAX_COUNT = 10_000  # entries one read returns per stream
 MAX_WAIT = 300.0  # seconds a read may block
+MAX_ACK_WAIT = 86_400.0  # seconds a group's entry may stay unacked before it is delivered again
 MAX_NAMES_CHECKED = 32  # streams whose liveness `names` asks at once
 _ERRORS: dict[str, type[StreamError]] = {
     "unknown": UnknownStream,
@@ -164,7 +166,7 @@ class Streams:
         timeout: float = 0.0,  # noqa: ASYNC109 (the interface's: a read waits up to it for entries)
     ) -> list[Entry]:
         await self._verify(token)
-        count, wait = _count(count), min(max(float(timeout), 0.0), MAX_WAIT)
+        count, wait = _count(count), _seconds(timeout, MAX_WAIT)
         starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
         reads = {sid: self._tasks.spawn(self._read(token, sid, after, count, wait)) for sid, after in starts.items()}
         try:
@@ -216,8 +218,13 @@ class Streams:
         ack_wait: float = 30.0,
     ) -> list[Entry]:
         await self._verify(token)
-        args = {"group": group, "consumer": consumer, "count": _count(count), "ack_wait": float(ack_wait),
-                "wait": min(max(float(timeout), 0.0), MAX_WAIT)}  # fmt: skip
+        args = {
+            "group": group,
+            "consumer": consumer,
+            "count": _count(count),
+            "ack_wait": _seconds(ack_wait, MAX_ACK_WAIT),
+            "wait": _seconds(timeout, MAX_WAIT),
+        }
         rows = await self._call(token, check_sid(sid), "s.gread", args)
         return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in rows]
 
@@ -299,7 +306,9 @@ class Streams:
             return [ids.text(entry_id) for entry_id in await homes.append(record, down, entries)]
         if op == "s.read":
             after = args["after"] if args["after"] == "$" else list(args["after"])
-            cursor, rows = await homes.read(record, down, after, _count(args["count"]), float(args["wait"]))
+            cursor, rows = await homes.read(
+                record, down, after, _count(args["count"]), _seconds(args["wait"], MAX_WAIT)
+            )
             return {"cursor": [*cursor], "rows": _rows(rows)}
         if op == "s.latest":
             return _rows(await homes.latest(record, down, _count(args["count"])))
@@ -314,13 +323,21 @@ class Streams:
             return await homes.live(record, down)
         if op == "s.gread":
             rows = await homes.group_read(
-                record, down, args["group"], args["consumer"], _count(args["count"]), float(args["wait"]),
-                float(args["ack_wait"]),
+                record, down, args["group"], args["consumer"], _count(args["count"]), _seconds(args["wait"], MAX_WAIT),
+                _seconds(args["ack_wait"], MAX_ACK_WAIT),
             )  # fmt: skip
             return _rows(rows)
         if op == "s.gack":
-            return await homes.group_ack(record, down, args["group"], [(ms, seq) for ms, seq in args["ids"]])
+            acked = [ids.parse(f"{ms}-{seq}") for ms, seq in args["ids"][:MAX_COUNT]]
+            return await homes.group_ack(record, down, args["group"], acked)
         raise BadStreamRequest(f"unknown op {op!r}")
+
+
+def _seconds(raw: object, limit: float) -> float:
+    """A time span from a caller: a number from 0 to `limit` (anything else is 0)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return 0.0
+    return min(max(float(raw), 0.0), limit)
 
 
 def _valid(index: object, homes: tuple, down: list[bytes]) -> bool:
