@@ -10,7 +10,7 @@ down, which may then claim the stream (`home.Homes`). The node remembers which h
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,18 +168,28 @@ class Streams:
         await self._verify(token)
         count, wait = _count(count), _seconds(timeout, MAX_WAIT)
         starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
-        reads = {sid: self._tasks.spawn(self._read(token, sid, after, count, wait)) for sid, after in starts.items()}
+        if len(starts) == 1:
+            ((sid, after),) = starts.items()
+            return await self._read(token, sid, after, count, wait)
+        reads = [
+            self._tasks.spawn(_outcome(self._read(token, sid, after, count, wait))) for sid, after in starts.items()
+        ]
         try:
-            pending = set(reads.values())
+            pending = set(reads)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(task.result() for task in done):
+                if any(task.result()[0] for task in done):
                     break
         finally:
-            for task in reads.values():
+            for task in reads:
                 task.cancel()
-            await asyncio.gather(*reads.values(), return_exceptions=True)
-        return [entry for task in reads.values() if task.done() and not task.cancelled() for entry in task.result()]
+            await asyncio.gather(*reads, return_exceptions=True)
+        outcomes = [task.result() for task in reads if task.done() and not task.cancelled()]
+        entries = [entry for found, _ in outcomes for entry in found]
+        failure = next((error for _, error in outcomes if error is not None), None)
+        if not entries and failure is not None:
+            raise failure
+        return entries
 
     async def _read(self, token: str, sid: str, after: str | list, count: int, wait: float) -> list[Entry]:
         if await self.book.find(sid) is None:
@@ -331,6 +341,14 @@ class Streams:
             acked = [ids.parse(f"{ms}-{seq}") for ms, seq in args["ids"][:MAX_COUNT]]
             return await homes.group_ack(record, down, args["group"], acked)
         raise BadStreamRequest(f"unknown op {op!r}")
+
+
+async def _outcome(reading: Awaitable[list[Entry]]) -> tuple[list[Entry], StreamError | None]:
+    """A read's entries, or its refusal as a value (a task of the task set that raises is logged as a bug)."""
+    try:
+        return await reading, None
+    except StreamError as error:
+        return [], error
 
 
 def _seconds(raw: object, limit: float) -> float:
