@@ -147,3 +147,14 @@ async def test_meta_is_merged_or_replaced_and_checked(streams: Streams) -> None:
             await streams.create(TOKEN, "m", bad)
     await streams.delete(TOKEN, "m")
     assert "m" not in await streams.names(TOKEN)
+
+
+async def test_a_read_of_several_streams_returns_once_one_has_entries(streams: Streams) -> None:
+    await streams.create(TOKEN, "quiet", {})
+    await streams.create(TOKEN, "busy", {})
+    cursors = {"quiet": "$", "busy": "$", "unknown": "0"}
+    waiting = asyncio.ensure_future(streams.read(TOKEN, cursors, 10, timeout=10.0))
+    await asyncio.sleep(0.2)
+    (written,) = await streams.append(TOKEN, "busy", [(b"news", None)])
+    assert [(e.sid, e.id, e.data) for e in await waiting] == [("busy", written, b"news")]
+    assert await streams.read(TOKEN, {"quiet": "$", "unknown": "0"}, 10, timeout=0.2) == []

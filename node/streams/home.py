@@ -654,6 +654,10 @@ def check_batch(entries: list[tuple[bytes, str | None]]) -> None:
     """A batch of entries within the bounds; raises EntryTooLarge or BadStreamRequest."""
     if not entries:
         raise BadStreamRequest("a batch has at least one entry")
+    if not all(
+        isinstance(data, bytes) and (explicit is None or isinstance(explicit, str)) for data, explicit in entries
+    ):
+        raise BadStreamRequest("an entry is bytes, with an id or none")
     if len(entries) > MAX_BATCH:
         raise EntryTooLarge(f"a batch has at most {MAX_BATCH} entries")
     if any(len(data) > MAX_ENTRY for data, _ in entries):

@@ -9,7 +9,8 @@ down, which may then claim the stream (`home.Homes`). The node remembers which h
 """
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from dhtmesh.node.tasks import TaskSet
 
 MAX_COUNT = 10_000  # entries one read returns per stream
 MAX_WAIT = 300.0  # seconds a read may block
+MAX_ACK_WAIT = 86_400.0  # seconds a group's entry may stay unacked before it is delivered again
 MAX_NAMES_CHECKED = 32  # streams whose liveness `names` asks at once
 _ERRORS: dict[str, type[StreamError]] = {
     "unknown": UnknownStream,
@@ -164,20 +166,30 @@ class Streams:
         timeout: float = 0.0,  # noqa: ASYNC109 (the interface's: a read waits up to it for entries)
     ) -> list[Entry]:
         await self._verify(token)
-        count, wait = _count(count), min(max(float(timeout), 0.0), MAX_WAIT)
+        count, wait = _count(count), _seconds(timeout, MAX_WAIT)
         starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
-        reads = {sid: self._tasks.spawn(self._read(token, sid, after, count, wait)) for sid, after in starts.items()}
+        if len(starts) == 1:
+            ((sid, after),) = starts.items()
+            return await self._read(token, sid, after, count, wait)
+        reads = [
+            self._tasks.spawn(_outcome(self._read(token, sid, after, count, wait))) for sid, after in starts.items()
+        ]
         try:
-            pending = set(reads.values())
+            pending = set(reads)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(task.result() for task in done):
+                if any(task.result()[0] for task in done):
                     break
         finally:
-            for task in reads.values():
+            for task in reads:
                 task.cancel()
-            await asyncio.gather(*reads.values(), return_exceptions=True)
-        return [entry for task in reads.values() if task.done() and not task.cancelled() for entry in task.result()]
+            await asyncio.gather(*reads, return_exceptions=True)
+        outcomes = [task.result() for task in reads if task.done() and not task.cancelled()]
+        entries = [entry for found, _ in outcomes for entry in found]
+        failure = next((error for _, error in outcomes if error is not None), None)
+        if not entries and failure is not None:
+            raise failure
+        return entries
 
     async def _read(self, token: str, sid: str, after: str | list, count: int, wait: float) -> list[Entry]:
         if await self.book.find(sid) is None:
@@ -216,8 +228,13 @@ class Streams:
         ack_wait: float = 30.0,
     ) -> list[Entry]:
         await self._verify(token)
-        args = {"group": group, "consumer": consumer, "count": _count(count), "ack_wait": float(ack_wait),
-                "wait": min(max(float(timeout), 0.0), MAX_WAIT)}  # fmt: skip
+        args = {
+            "group": group,
+            "consumer": consumer,
+            "count": _count(count),
+            "ack_wait": _seconds(ack_wait, MAX_ACK_WAIT),
+            "wait": _seconds(timeout, MAX_WAIT),
+        }
         rows = await self._call(token, check_sid(sid), "s.gread", args)
         return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in rows]
 
@@ -299,7 +316,9 @@ class Streams:
             return [ids.text(entry_id) for entry_id in await homes.append(record, down, entries)]
         if op == "s.read":
             after = args["after"] if args["after"] == "$" else list(args["after"])
-            cursor, rows = await homes.read(record, down, after, _count(args["count"]), float(args["wait"]))
+            cursor, rows = await homes.read(
+                record, down, after, _count(args["count"]), _seconds(args["wait"], MAX_WAIT)
+            )
             return {"cursor": [*cursor], "rows": _rows(rows)}
         if op == "s.latest":
             return _rows(await homes.latest(record, down, _count(args["count"])))
@@ -314,13 +333,29 @@ class Streams:
             return await homes.live(record, down)
         if op == "s.gread":
             rows = await homes.group_read(
-                record, down, args["group"], args["consumer"], _count(args["count"]), float(args["wait"]),
-                float(args["ack_wait"]),
+                record, down, args["group"], args["consumer"], _count(args["count"]), _seconds(args["wait"], MAX_WAIT),
+                _seconds(args["ack_wait"], MAX_ACK_WAIT),
             )  # fmt: skip
             return _rows(rows)
         if op == "s.gack":
-            return await homes.group_ack(record, down, args["group"], [(ms, seq) for ms, seq in args["ids"]])
+            acked = [ids.parse(f"{ms}-{seq}") for ms, seq in args["ids"][:MAX_COUNT]]
+            return await homes.group_ack(record, down, args["group"], acked)
         raise BadStreamRequest(f"unknown op {op!r}")
+
+
+async def _outcome(reading: Awaitable[list[Entry]]) -> tuple[list[Entry], StreamError | None]:
+    """A read's entries, or its refusal as a value (a task of the task set that raises is logged as a bug)."""
+    try:
+        return await reading, None
+    except StreamError as error:
+        return [], error
+
+
+def _seconds(raw: object, limit: float) -> float:
+    """A time span from a caller: a number from 0 to `limit` (anything else is 0)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return 0.0
+    return min(max(float(raw), 0.0), limit)
 
 
 def _valid(index: object, homes: tuple, down: list[bytes]) -> bool:
