@@ -175,6 +175,14 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     more = await writer.streams.append(TOKEN, "log", [(b"after", None)])
     assert ids.parse(more[0]) > ids.parse(after[-1].id)
 
+    host, port = homes[0].node.address[:2]
+    await homes[0].port.start(host, port)  # its port back: the new primary brings it up to date
+    state = old.homes.log.state("log")
+    assert state is not None
+    await eventually(lambda: state.last == ids.parse(more[0]))
+    held = [row[2] for row in old.homes.log.rows_after("log", ids.ZERO, 1000)]
+    assert b"from the deposed primary" not in held and len(held) == len(after) + 1
+
 
 async def test_a_home_that_was_away_catches_up_and_groups_survive_the_primary(mesh: list[Services]) -> None:
     await mesh[0].streams.create(TOKEN, "away", {"max_len": 500})
