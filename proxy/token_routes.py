@@ -70,7 +70,7 @@ async def authenticated(request: web.Request) -> str:
 
 
 def _refuse_foreign_pages(request: web.Request) -> None:
-    allowed = request.app[ALLOWED_ORIGINS]
+    allowed = request.app.get(ALLOWED_ORIGINS, frozenset())  # an app that allows none: every page is foreign
     foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
     if foreign:
         raise Forbidden(

@@ -13,10 +13,12 @@ set per node. An account created through the node is re-announced by it as its c
 put, within the node's quotas.
 
 A name whose replicas hold records of more than one key (two claims that raced onto different
-replicas, or a hostile node answering with its own) is counted as `accounts_contested` and treated as
-unknown, unless this node has seen the name held by one key only (it pins that key, `PIN_TTL`): no
-login can then be taken over by whichever claim a lookup happens to see, and a hostile claim does not
-lock a name out of the nodes that knew it.
+replicas, or a hostile node answering with its own) is counted as `accounts_contested`. The key this
+node saw holding the name alone before wins (it pins it, `PIN_TTL`); else the claim held by more
+replicas than all the others together (replicas keep the first claim they hear of, so the real one is
+held by the many, a hostile node's by itself: the honest majority of a key's replicas the DHT rests on
+anyway); else the name is treated as unknown. No login can then be taken over by whichever claim a
+lookup happens to see, and a hostile node's claim locks nobody out.
 """
 
 import asyncio
@@ -71,6 +73,15 @@ class Looked:
     lookup per `ACCOUNT_TTL`, not one per request)."""
 
     record: AccountRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An account record for a name, as a lookup found it: its signed value and how many replicas hold it."""
+
+    value: Value
+    record: AccountRecord
+    holders: int
 
 
 @dataclass
@@ -136,38 +147,43 @@ class Accounts:
 
     async def account(self, name: str) -> AccountRecord | None:
         """The account of `name` as the mesh holds it (cached `ACCOUNT_TTL` seconds); None if there is
-        none, or if its replicas hold more than one key's claim."""
+        none, or if its replicas' claims leave it undecided (`_chosen`)."""
         cached = self._accounts.get(name)
         if cached is not None:
             return cached.record
-        record = self._chosen(name, {record for _, record in await self._claims(name)})
+        record = self._chosen(name, await self._claims(name))
         self._accounts.put(name, Looked(record), self._clock() + ACCOUNT_TTL)
         return record
 
-    def _chosen(self, name: str, records: set[AccountRecord]) -> AccountRecord | None:
-        """The one claim to `name`; of several, the one whose key this node pinned, else none."""
-        if len(records) == 1:
-            record = next(iter(records))
-            self._pins.put(name, record.public_key, self._clock() + PIN_TTL)
-            return record
-        if len(records) > 1:
-            self.node.counters.add("accounts_contested")
-            pinned = self._pins.get(name)
-            return next((record for record in records if record.public_key == pinned), None)
+    def _chosen(self, name: str, claims: list[Claim]) -> AccountRecord | None:
+        """The one claim to `name`; of several, the one whose key this node pinned, else the one held by
+        a majority of the replicas that hold any, else none."""
+        if len(claims) == 1:
+            self._pins.put(name, claims[0].record.public_key, self._clock() + PIN_TTL)
+            return claims[0].record
+        if not claims:
+            return None
+        self.node.counters.add("accounts_contested")
+        pinned = self._pins.get(name)
+        ranked = sorted(claims, key=lambda claim: (claim.record.public_key != pinned, -claim.holders))
+        if ranked[0].record.public_key == pinned or ranked[0].holders > sum(claim.holders for claim in ranked[1:]):
+            return ranked[0].record
         return None
 
     async def record(self, name: str) -> Value | None:
         """The account's signed record as the mesh holds it (public: name, key, salt, limits), if there is
-        exactly one claim to the name: what a client derives its key against to publish it again."""
+        one claim to the name that stands (`_chosen`): what a client derives its key against to publish it again."""
         claims = await self._claims(name) if valid_name(name) else []
-        chosen = self._chosen(name, {record for _, record in claims})
-        return next((value for value, record in claims if record == chosen), None)
+        chosen = self._chosen(name, claims)
+        return next((claim.value for claim in claims if claim.record == chosen), None)
 
-    async def _claims(self, name: str) -> list[tuple[Value, AccountRecord]]:
+    async def _claims(self, name: str) -> list[Claim]:
+        """The claims to `name` the mesh holds: one per key (replicas merge values by owner)."""
         if not self._lookups.take(time.monotonic()):
             raise Full("account lookups", "total")
         key = account_key(name)
-        return find_account(await self.node.get(key, value_id_of(key), ACCOUNT_TYPE), name)
+        held = await self.node.get_held(key, value_id_of(key), ACCOUNT_TYPE)
+        return [Claim(value, record, holders) for value, holders in held for _, record in find_account([value], name)]
 
     async def create(self, name: str, signed: Value, client: str) -> AccountRecord:
         """Publish the account `signed` states (signed by its own key), and keep announcing it as a
@@ -175,7 +191,9 @@ class Accounts:
         again re-publishes it. Raises `BadAccount`, `AccountExists` if another key holds the name, or
         `PutRefused` (no quota left)."""
         record = _checked(name, signed)
-        if any(held.public_key != record.public_key for _, held in await self._claims(name)):
+        claims = await self._claims(name)
+        held = self._chosen(name, claims)
+        if any(claim.record.public_key != record.public_key for claim in claims) and held != record:
             raise AccountExists(f"the name {name} is taken")
         try:
             await self.node.put(account_key(name), signed, permanent=True, client=client)
