@@ -460,6 +460,9 @@ async def test_the_password_is_in_no_log_at_vv_nor_in_any_answer(mesh: Mesh, tmp
             async with session.post(f"{loud.url}/token?exp=nope", data=form) as r:
                 answers.append((r.status, await r.text()))
         assert all(PASSWORD[3:] not in answer for _, answer in answers), answers
+        for url in (loud.url, "http://127.0.0.1:9"):  # a name held with another password; a node not there
+            added = run_cli("user", "add", "--url", url, "alice", env={"DHTMESH_PASSWORD": PASSWORD + "y"})
+            assert added.returncode != 0 and PASSWORD[3:] not in added.stdout + added.stderr, added.stderr
         os.kill(loud.pid, signal.SIGTERM)  # the log is read once the node has written all of it
         loud.process.wait(timeout=30)
         log = loud.process.stdout.read() + loud.process.stderr.read()
