@@ -52,17 +52,21 @@ def origin_policy(routes: list[Route]) -> Handler:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _changes_state(request, unsafe_gets):
-            allowed = request.app[ALLOWED_ORIGINS]
-            foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
-            if foreign:
-                raise Forbidden(
-                    f"a web page of origin {foreign[0]!r} may not change state through this node "
-                    "(its operator can allow it with --allow-origin)",
-                    REFUSED,
-                )
+            refuse_foreign_pages(request, "change state through this node")
         return await handler(request)
 
     return middleware  # type: ignore[return-value]
+
+
+def refuse_foreign_pages(request: web.Request, what: str) -> None:
+    """Raise `Forbidden` (403) if a web page of an origin not allowed made the request: it may not `what`."""
+    allowed = request.app.get(ALLOWED_ORIGINS, frozenset())  # an app that allows none: every page is foreign
+    foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
+    if foreign:
+        raise Forbidden(
+            f"a web page of origin {foreign[0]!r} may not {what} (its operator can allow it with --allow-origin)",
+            REFUSED,
+        )
 
 
 def _changes_state(request: web.Request, unsafe_gets: frozenset[str]) -> bool:

@@ -25,10 +25,10 @@ from dhtmesh.node.accounts.tokens import MAX_LIFETIME
 from dhtmesh.node.records.account import account_key
 from dhtmesh.node.wire.ratelimit import Buckets
 from dhtmesh.proxy.clients import client_of
-from dhtmesh.proxy.errors import BadRequest, Forbidden, NotFound, TooLarge, TooManyRequests
-from dhtmesh.proxy.origins import REFUSED
+from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
+from dhtmesh.proxy.origins import refuse_foreign_pages
 from dhtmesh.proxy.responses import json_body, json_reply
-from dhtmesh.proxy.route import ACCOUNTS, ALLOWED_ORIGINS, Route
+from dhtmesh.proxy.route import ACCOUNTS, Route
 
 COOKIE = "authorization"
 COOKIE_MAX_AGE = 60 * (43200 - 1)  # ptg's cookie: 2,591,940 s, and the cap on a login's `exp`
@@ -62,22 +62,11 @@ async def authenticated(request: web.Request) -> str:
     if token is None:
         raise BadToken("Not authenticated")
     if from_cookie:
-        _refuse_foreign_pages(request)
+        refuse_foreign_pages(request, "use this node's login cookie")
     accounts = request.app[ACCOUNTS]
     if not accounts.known(token):
         _take(accounts.limits.lookups, request, "token checks")
     return await accounts.verify(token)
-
-
-def _refuse_foreign_pages(request: web.Request) -> None:
-    allowed = request.app.get(ALLOWED_ORIGINS, frozenset())  # an app that allows none: every page is foreign
-    foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
-    if foreign:
-        raise Forbidden(
-            f"a web page of origin {foreign[0]!r} may not use this node's login cookie "
-            "(its operator can allow it with --allow-origin)",
-            REFUSED,
-        )
 
 
 def _take(buckets: Buckets, request: web.Request, what: str) -> None:
