@@ -18,7 +18,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -52,12 +52,15 @@ from dhtmesh.proxy.failures import INTERNAL_ERRORS
 from dhtmesh.proxy.route import ACCOUNTS, ALLOWED_ORIGINS, ERRORS, FAILURE_LABELS, NODE, STATS
 from dhtmesh.proxy.stats import RequestStats
 from dhtmesh.proxy.token_routes import authenticated
-from dhtmesh.testing import NodeProcess, ProcessGroup, eventually, run_cli, start_node
+from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
 
 from support import from_address
 
 pytestmark = pytest.mark.process
 
+# In-process nodes answer processes on a loaded machine: a second per call, not FAST's quarter, so that
+# no replica's answer is missed (a lookup that misses some counts the claims wrong).
+PATIENT = replace(FAST, rpc_timeout=1.0)
 PASSWORD = "pw-" + secrets.token_hex(12)  # random: finding it in a node's log or files is a leak
 FOREIGN = "http://evil.example"
 
@@ -67,6 +70,7 @@ class Mesh:
     group: ProcessGroup
     a: NodeProcess
     b: NodeProcess
+    c: NodeProcess
 
 
 async def joined(url: str) -> bool:
@@ -80,10 +84,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         a = group.launch("a")
         b = group.launch("b", "-b", a.udp)
+        c = group.launch("c", "-b", a.udp)  # three replicas of alice's record: one slow answer still outvotes a claim
         asyncio.run(eventually(lambda: joined(b.url)))
+        asyncio.run(eventually(lambda: joined(c.url)))
         added = run_cli("user", "add", "--url", a.url, "alice", env={"DHTMESH_PASSWORD": PASSWORD, "DHTMESH_URL": ""})
         assert added.returncode == 0, added.stderr
-        yield Mesh(group, a, b)
+        yield Mesh(group, a, b, c)
     finally:
         group.stop()
 
@@ -138,7 +144,7 @@ async def verifiers(mesh: Mesh) -> AsyncIterator[list[Verifier]]:
     made: list[tuple[web.AppRunner, Verifier]] = []
 
     async def make() -> Verifier:
-        node = await start_node()
+        node = await start_node(PATIENT)
         clock = Clock()
         accounts = Accounts(node, clock)
         app = web.Application(middlewares=[json_errors])
@@ -273,24 +279,34 @@ async def test_forged_tokens_beyond_the_basic_ones_are_refused(mesh: Mesh, verif
 async def hostile_claim(mesh: Mesh, name: str) -> tuple[DhtNode, Identity]:
     """A node of the attacker's, holding its own claim to `name` (made before it heard of the real one),
     joined to the mesh: it answers every lookup of the name with it."""
-    node = await start_node()
+    node = await start_node(PATIENT)
     record, value = new_account(name, "attackers-password", os.urandom(16), int(time.time()))
     assert node.store_locally(account_key(name), value).accepted
     await node.join([mesh.a.address])
     return node, identity_for(record, "attackers-password")
 
 
+def publish_alice(url: str) -> None:
+    """`dhtmesh user add alice` again through `url`: that node holds the record, and the replicas it reaches."""
+    again = run_cli("user", "add", "--url", url, "alice", env={"DHTMESH_PASSWORD": PASSWORD, "DHTMESH_URL": ""})
+    assert again.returncode == 0, again.stderr
+
+
 async def test_a_hostile_claim_takes_no_name_over_nor_locks_it_out(mesh: Mesh, verifiers) -> None:
+    """Alice's record on the mesh's nodes (a, b, c and `knew`); the attacker's node joins with its own
+    claim, and pushes it to nodes that do not hold alice's yet (`fresh` may be one): most still hold hers."""
     knew = await verifiers()
     assert await asked(knew.url, params={"token": await token_of(mesh.b.url)}) == (200, {"user": "alice"})
+    publish_alice(mesh.c.url)
+    await eventually(lambda: knew.node.held(account_key("alice")))
     hostile, attacker = await hostile_claim(mesh, "alice")
     try:
-        fresh = await verifiers()  # new to the name: it sides with the replicas (a, b) against the hostile one
+        fresh = await verifiers()  # new to the name: it sides with the replicas (a, b, c) against the hostile one
         knew.clock.ahead = ACCOUNT_TTL + 1  # the account looked up again: now contested too
         for verifier in (knew, fresh):
             token = await token_of(mesh.b.url)
             assert await asked(verifier.url, params={"token": token}) == (200, {"user": "alice"})
-            assert verifier.node.counters.get("accounts_contested") == 1
+            assert verifier.node.counters.get("accounts_contested") >= 1
             issued = await verifier.accounts.issue("alice", PASSWORD)
             assert await verifier.accounts.verify(issued.token) == "alice"
             with pytest.raises(BadToken):
@@ -299,22 +315,23 @@ async def test_a_hostile_claim_takes_no_name_over_nor_locks_it_out(mesh: Mesh, v
                 await verifier.accounts.issue("alice", "attackers-password")
         record = await fresh.accounts.record("alice")
         assert record is not None and decode_account(record.data).public_key != attacker.public_key
-        await fresh.accounts.create("alice", record, "127.0.0.1")  # publishing it again is not refused
+        publish_alice(mesh.c.url)  # publishing it again (through a node that holds it) is not refused
     finally:
         await hostile.stop()
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a node new to a name sides with the majority of the replicas that answer: an attacker running most "
-    "of a name's replicas (Sybil nodes near its key, each in a subnet of its own) takes the name there; nodes "
-    "that knew the name keep its key (pinned), and the routing tables' per-subnet limits make many such "
-    "nodes costly, but nothing in the accounts can tell them apart",
+    reason="a node new to a name sides with the majority of the replicas that answer: an attacker holding most "
+    "of a name's replicas (Sybil nodes near its key, each in a subnet of its own, or new nodes its node pushed "
+    "its claim to before they heard of the real one) takes the name there; nodes that knew the name keep its "
+    "key (pinned), and the routing tables' per-subnet limits make many such nodes costly, but nothing in the "
+    "accounts can tell them apart",
 )
 async def test_a_hostile_majority_of_replicas_takes_no_name_over(mesh: Mesh, verifiers) -> None:
     first, attacker = await hostile_claim(mesh, "alice")
     (held,) = first.held(account_key("alice"))
-    others = [await start_node() for _ in range(5)]
+    others = [await start_node(PATIENT) for _ in range(5)]
     try:
         for node in others:
             assert node.store_locally(account_key("alice"), held).accepted
@@ -356,7 +373,7 @@ async def test_accounts_created_are_the_client_hosts_permanent_puts_within_the_n
     """Every account created through a node is re-announced by it: a creation is its client host's
     permanent put, within the node's quotas (per host and in all), not one of the node's own, which
     nothing bounds."""
-    node = await start_node()
+    node = await start_node(PATIENT)
     accounts = Accounts(node)
     try:
         _, document = account_value("first", "first-password")
