@@ -205,7 +205,9 @@ async def test_exp_sets_the_tokens_and_cookies_life_capped_as_ptg_caps_it(mesh: 
 
 
 @pytest.mark.parametrize(
-    ("name", "password"), [("alice", "wrong"), ("nobody", PASSWORD), ("", ""), ("a b", "x"), ("x" * 65, "x")]
+    ("name", "password"),
+    [("alice", "wrong"), ("nobody", PASSWORD), ("", ""), ("a b", "x"), ("x" * 65, "x")],
+    ids=["wrong-password", "unknown-user", "empty", "bad-name", "long-name"],  # the same in every xdist worker
 )
 async def test_a_wrong_password_or_unknown_user_is_401_bearer(mesh: Mesh, name: str, password: str) -> None:
     response = await login(mesh.b.url, name, password)
