@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""Data streams on the mesh vs Redis streams: the same 1 KiB entries through dhtmesh's streams API
+(pushed through one node, pulled through another) and through a Redis server's streams (what
+ptg-api-server stores in), side by side in one run (issue 17).
+
+What runs (everything on loopback; every process stopped by its PID at the end, even on failure):
+
+* Redis: Debian's `redis-server --port N --bind 127.0.0.1 --save '' --appendonly no` (nothing written
+  to disk), driven with redis-py's asyncio client: one connection produces (`XADD`, in pipelines of
+  `--batch` entries), another consumes (`XREAD BLOCK COUNT --batch` from id `0`).
+* dhtmesh: `--nodes` (4) `dhtmesh run` processes, each on a loopback address of its own, bootstrapped
+  from the first. A user is added through the first (`dhtmesh user add`, the password in
+  `DHTMESH_PASSWORD`) and logs in (`POST /token`); each case's stream is created (`PUT /streams/{sid}`)
+  and its three homes read back from its info. Entries are pushed through node A (`WS /data/{sid}/push`,
+  `batch=true`: a JSON frame of end offsets, then the entries' bytes) and pulled through node B
+  (`WS /data/{sid}/pull?last_entry_id=0&count=--batch`). A is a node that is not one of the stream's
+  homes when there is one (so every entry is forwarded to the homes), B another node, a home or not;
+  each row says which. With 4 nodes and 3 homes at most one node is no home.
+
+Both sides are driven by this one process (on uvloop), with the same code: only the two adapters
+(`Sender`, `Receiver`) differ. Each entry is 1 KiB: its sequence number and, in the latency case, its
+send time (`perf_counter_ns`), then fixed random bytes. Each system is warmed up first (connections,
+the stream's homes), not timed.
+
+Cases:
+* `throughput`: `--entries` (100,000) entries in batches of `--batch` (100); entries/s end to end, from
+  the first send to the last entry received. Every entry must arrive exactly once and in order
+  (`lost`, `duplicates`, `out_of_order`): a case with any of them gets no ratio.
+* `latency`: one entry per send (Redis: one `XADD`; dhtmesh: one binary push frame, `batch=false`) at
+  `--rate` (1,000) entries/s for `--seconds` (5) s, paced against the clock; the consumer reads with
+  `COUNT`/`count` LATENCY_COUNT. Send-to-receive latency p50, p99, max in ms (`bench_common.percentile`).
+
+Also per row: the CPU time each process used during the case (this client, redis-server, each node),
+which says what limits throughput on this 2-core machine. ptg-api-server itself cannot run here;
+the issue's measured figure for it (~2,900 entries/s end to end, driven by ptgctl) is quoted in a row
+marked `quoted`, not measured.
+
+Output: a table and the targets (dhtmesh: >= 20,000 entries/s; latency p50 < 2 ms, p99 < 20 ms) with
+whether they were met, then, as the very last stdout line, one JSON document
+`{"bench": "streams", "rows": [...], "ratios": [...], "targets": [...]}` (ratios: dhtmesh / Redis).
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from bench_common import percentile, rounded
+from bench_farmers import stop_all
+from bench_jobs import wait_joined
+from bench_proxy import free_port, report, run_loop, spawn, terminate_on_sigterm
+
+from dhtmesh.client.streams import StreamClient
+from dhtmesh.node.wire.netgroup import loopback_host
+from dhtmesh.testing import DHTMESH, run_cli, wait_ready
+
+HOST = "127.0.0.1"
+ENTRY_BYTES = 1024
+HEADER = struct.Struct("!QQ")  # sequence number, send time in perf_counter_ns (0: not timed)
+FILL = random.Random(17).randbytes(ENTRY_BYTES - HEADER.size)  # incompressible, the same every run
+USER, PASSWORD = "bench", "bench-streams-password"
+LATENCY_COUNT = 10  # how many entries a latency consumer takes per read
+WARM_UP_ENTRIES = 500
+READ_WAIT = 2.0  # seconds a consumer waits for entries before it checks whether the producer is done
+CASE_TIMEOUT = 300.0  # seconds a case may take
+REDIS_READY_TIMEOUT = 20.0
+TARGETS = (  # issue 17's, for dhtmesh: (case, metric, bound, whether above it is good)
+    ("throughput", "entries_per_s", 20_000, True),
+    ("latency", "p50_ms", 2.0, False),
+    ("latency", "p99_ms", 20.0, False),
+)
+PTG_QUOTED = {
+    "case": "throughput",
+    "system": "ptg (quoted)",
+    "entries_per_s": 2900,
+    "quoted": "issue 17: ptg-api-server on Redis, driven by ptgctl, measured on this machine class; not run here",
+}
+
+
+def entry(seq: int, sent_ns: int = 0) -> bytes:
+    return HEADER.pack(seq, sent_ns) + FILL
+
+
+# ---- the two systems behind one pair of interfaces --------------------------------------------------
+
+
+class Sender(Protocol):
+    async def send(self, entries: list[bytes]) -> None: ...
+
+
+class Receiver(Protocol):
+    async def recv(self) -> list[bytes]:
+        """The next entries' payloads, in order; [] when none came within READ_WAIT."""
+        ...
+
+
+@dataclass
+class RedisSender:
+    client: aioredis.Redis
+    key: str
+
+    async def send(self, entries: list[bytes]) -> None:
+        if len(entries) == 1:
+            await self.client.xadd(self.key, {"d": entries[0]})
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for payload in entries:
+            pipe.xadd(self.key, {"d": payload})
+        await pipe.execute()
+
+
+@dataclass
+class RedisReceiver:
+    client: aioredis.Redis
+    key: str
+    count: int
+    last: bytes | str = "0"
+
+    async def recv(self) -> list[bytes]:
+        reply = await self.client.xread({self.key: self.last}, count=self.count, block=int(READ_WAIT * 1000))
+        items = [item for _, stream in _streams(reply) for item in stream]
+        if items:
+            self.last = items[-1][0]
+        return [fields[b"d"] for _, fields in items]
+
+
+def _streams(reply: Any) -> list:
+    """XREAD's reply as [(key, [(id, fields), ...])] whether the connection speaks RESP2 or RESP3."""
+    return list(reply.items()) if isinstance(reply, dict) else list(reply or [])
+
+
+@dataclass
+class MeshSender:
+    pusher: Any  # client.streams' Pusher
+
+    async def send(self, entries: list[bytes]) -> None:
+        await self.pusher.send(entries)
+
+
+@dataclass
+class MeshReceiver:
+    puller: Any  # client.streams' Puller
+
+    async def recv(self) -> list[bytes]:
+        try:
+            async with asyncio.timeout(READ_WAIT):
+                items = await self.puller.recv()
+        except TimeoutError:
+            return []
+        return [data for _, _, data in items]
+
+
+# ---- the two cases, the same for both systems ---------------------------------------------------------
+
+
+@dataclass
+class Flow:
+    """What one case sent and what its consumer saw."""
+
+    expected: int
+    seqs: list[int] = field(default_factory=list)  # in arrival order
+    latencies_ms: list[float] = field(default_factory=list)
+    began_ns: int = 0
+    last_ns: int = 0  # the last entry received
+
+    @property
+    def seconds(self) -> float:
+        return max(self.last_ns - self.began_ns, 1) / 1e9
+
+    def faults(self) -> dict[str, int]:
+        distinct = set(self.seqs)
+        return {
+            "received": len(self.seqs),
+            "lost": len(set(range(self.expected)) - distinct),
+            "duplicates": len(self.seqs) - len(distinct),
+            "out_of_order": sum(later <= earlier for earlier, later in itertools.pairwise(self.seqs)),
+        }
+
+
+async def consume(receiver: Receiver, flow: Flow, producing: asyncio.Task) -> None:
+    """Until every entry arrived, or the producer is done and nothing more comes."""
+    while len(flow.seqs) < flow.expected:
+        payloads = await receiver.recv()
+        now = time.perf_counter_ns()
+        if not payloads and producing.done():
+            return
+        for payload in payloads:
+            seq, sent_ns = HEADER.unpack_from(payload)
+            flow.seqs.append(seq)
+            if sent_ns:
+                flow.latencies_ms.append((now - sent_ns) / 1e6)
+        flow.last_ns = now if payloads else flow.last_ns
+
+
+async def run_flow(sender: Sender, receiver: Receiver, expected: int, produce: Callable[[], Awaitable[None]]) -> Flow:
+    flow = Flow(expected)
+    async with asyncio.timeout(CASE_TIMEOUT), asyncio.TaskGroup() as group:
+        flow.began_ns = time.perf_counter_ns()
+        producing = group.create_task(produce())
+        group.create_task(consume(receiver, flow, producing))
+    return flow
+
+
+async def throughput(sender: Sender, receiver: Receiver, entries: int, batch: int) -> Flow:
+    async def produce() -> None:
+        for start in range(0, entries, batch):
+            await sender.send([entry(seq) for seq in range(start, min(start + batch, entries))])
+
+    return await run_flow(sender, receiver, entries, produce)
+
+
+async def latency(sender: Sender, receiver: Receiver, rate: float, entries: int) -> Flow:
+    async def produce() -> None:
+        start = time.perf_counter()
+        for seq in range(entries):
+            delay = start + seq / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await sender.send([entry(seq, time.perf_counter_ns())])
+
+    return await run_flow(sender, receiver, entries, produce)
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    name: str
+    pid: int
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """The CPU time each of some processes (and this client) used between `__init__` and `spent`."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+        self.before = {proc.name: cpu_s(proc.pid) for proc in procs} | {"client": time.process_time()}
+
+    def spent(self) -> dict[str, float]:
+        after = {proc.name: cpu_s(proc.pid) for proc in self.procs} | {"client": time.process_time()}
+        return {name: round(after[name] - self.before[name], 2) for name in after}
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[tuple[int, Proc]]:
+    """A redis-server on a free loopback port, with nothing written to disk; its port."""
+    port = free_port(socket.SOCK_STREAM)
+    args = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(tmp)]
+    process = spawn(args, tmp / "redis.log")
+    try:
+        wait_redis(port)
+        yield port, Proc("redis", process.pid)
+    finally:
+        stop_all([process])
+
+
+def wait_redis(port: int) -> None:
+    deadline = time.monotonic() + REDIS_READY_TIMEOUT
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not become ready")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class MeshNode:
+    name: str
+    url: str
+    node_id: str
+    pid: int
+
+
+@contextmanager
+def dhtmesh_mesh(tmp: Path, size: int) -> Iterator[list[MeshNode]]:
+    """`size` nodes, each on a loopback address of its own (nodes limit contacts per host), joined."""
+    processes: list[subprocess.Popen] = []
+    try:
+        nodes: list[MeshNode] = []
+        bootstrap: list[str] = []
+        for index in range(size):
+            args = ["run", "-p", "0", "--bind", loopback_host(index + 1), "--proxyserver", "0"]
+            args += ["--persist", str(tmp / f"n{index}"), *bootstrap]
+            process = spawn([*DHTMESH, *args], tmp / f"n{index}.log", stdout_pipe=True)
+            processes.append(process)
+            ready = wait_ready(process)
+            nodes.append(MeshNode(f"n{index}", ready["proxy"], ready["node_id"], process.pid))
+            bootstrap = bootstrap or ["-b", ready["udp"]]
+        wait_joined([node.url for node in nodes])
+        yield nodes
+    finally:
+        stop_all(processes)
+
+
+def add_user(url: str) -> None:
+    added = run_cli("user", "add", USER, "--url", url, env={"DHTMESH_PASSWORD": PASSWORD})
+    if added.returncode != 0:
+        raise RuntimeError(f"dhtmesh user add failed: {added.stderr.strip()}")
+
+
+# ---- each system's run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    entries: int
+    batch: int
+    rate: float
+    seconds: float
+
+    @property
+    def latency_entries(self) -> int:
+        return max(1, round(self.rate * self.seconds))
+
+
+Record = Callable[[str, str, Flow, dict[str, Any]], None]
+"""Takes a case's flow on a system, with its details, as soon as it is measured."""
+
+
+async def redis_runs(port: int, server: Proc, sizes: Sizes, record: Record) -> None:
+    async with AsyncExitStack() as stack:
+        producer = await stack.enter_async_context(aioredis.Redis(host=HOST, port=port))
+        consumer = await stack.enter_async_context(aioredis.Redis(host=HOST, port=port))
+        await producer.ping()
+        await consumer.ping()
+
+        def pair(key: str, count: int) -> tuple[Sender, Receiver]:
+            return RedisSender(producer, key), RedisReceiver(consumer, key, count)
+
+        await throughput(*pair("warm-up", sizes.batch), WARM_UP_ENTRIES, sizes.batch)
+        meter = CpuMeter([server])
+        flow = await throughput(*pair("throughput", sizes.batch), sizes.entries, sizes.batch)
+        record("throughput", "redis", flow, {"cpu_s": meter.spent()})
+        meter = CpuMeter([server])
+        flow = await latency(*pair("latency", LATENCY_COUNT), sizes.rate, sizes.latency_entries)
+        record("latency", "redis", flow, {"cpu_s": meter.spent()})
+
+
+@asynccontextmanager
+async def mesh_pair(
+    nodes: list[MeshNode], token: str, sid: str, batch: bool, count: int
+) -> AsyncIterator[tuple[Sender, Receiver, dict[str, Any]]]:
+    """A fresh stream `sid`, a pusher through a node that is not one of its homes (when there is one) and
+    a puller from its start through another node; and which nodes those are."""
+    async with AsyncExitStack() as stack:
+        admin = await stack.enter_async_context(_client(nodes[0].url, token))
+        await admin.put_stream(sid, {"max_len": 10_000_000})  # no retention trims an entry before it is read
+        homes = list((await admin.stream(sid)).get("homes") or [])
+        push_node, pull_node = pick_nodes(nodes, homes)
+        pushing = await stack.enter_async_context(_client(push_node.url, token))
+        pulling = await stack.enter_async_context(_client(pull_node.url, token))
+        puller = await stack.enter_async_context(pulling.pull(sid, last_entry_id="0", count=count))
+        pusher = await stack.enter_async_context(pushing.push(sid, batch=batch))
+        names = {node.node_id: node.name for node in nodes}
+        where = {"push": push_node.name, "pull": pull_node.name, "homes": [names.get(h, h) for h in homes]}
+        yield MeshSender(pusher), MeshReceiver(puller), where
+
+
+@asynccontextmanager
+async def _client(url: str, token: str) -> AsyncIterator[StreamClient]:
+    client = StreamClient(url, token)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def pick_nodes(nodes: list[MeshNode], homes: list[str]) -> tuple[MeshNode, MeshNode]:
+    """Push through a node that is no home of the stream if there is one; pull through another, preferring
+    a second such node."""
+    ordered = sorted(nodes, key=lambda node: node.node_id in homes)  # non-homes first, else in order
+    return ordered[0], ordered[1]
+
+
+async def mesh_runs(nodes: list[MeshNode], sizes: Sizes, record: Record) -> None:
+    login = StreamClient(nodes[0].url)
+    try:
+        token = await login.login(USER, PASSWORD)
+    finally:
+        await login.close()
+    procs = [Proc(node.name, node.pid) for node in nodes]
+    async with mesh_pair(nodes, token, "bench-warm-up", True, sizes.batch) as (sender, receiver, _):
+        await throughput(sender, receiver, WARM_UP_ENTRIES, sizes.batch)
+    async with mesh_pair(nodes, token, "bench-throughput", True, sizes.batch) as (sender, receiver, where):
+        meter = CpuMeter(procs)
+        flow = await throughput(sender, receiver, sizes.entries, sizes.batch)
+        record("throughput", "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
+    async with mesh_pair(nodes, token, "bench-latency", False, LATENCY_COUNT) as (sender, receiver, where):
+        meter = CpuMeter(procs)
+        flow = await latency(sender, receiver, sizes.rate, sizes.latency_entries)
+        record("latency", "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+
+
+def row(case: str, system: str, flow: Flow, sizes: Sizes, detail: dict[str, Any]) -> dict[str, Any]:
+    figures: dict[str, Any] = {"case": case, "system": system, "sent": flow.expected, **flow.faults()}
+    if case == "throughput":
+        figures |= {
+            "batch": sizes.batch,
+            "seconds": rounded(flow.seconds, 3),
+            "entries_per_s": rounded(len(flow.seqs) / flow.seconds, 1),
+            "mib_per_s": rounded(len(flow.seqs) * ENTRY_BYTES / flow.seconds / 2**20, 1),
+        }
+    else:
+        figures |= {
+            "rate": sizes.rate,
+            "p50_ms": rounded(percentile(flow.latencies_ms, 50), 3),
+            "p99_ms": rounded(percentile(flow.latencies_ms, 99), 3),
+            "max_ms": rounded(max(flow.latencies_ms, default=None), 3),
+        }
+    return figures | detail
+
+
+def clean(figures: dict[str, Any]) -> bool:
+    return not (figures.get("lost") or figures.get("duplicates") or figures.get("out_of_order"))
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """dhtmesh / Redis per case and metric (cases with nothing lost, duplicated or reordered); and the
+    throughput against ptg-api-server's quoted figure, as case "throughput vs ptg (quoted)"."""
+    by = {(r["case"], r["system"]): r for r in rows}
+    result = []
+    for case, metrics, anchor_system, name in (
+        ("throughput", ("entries_per_s",), "redis", "throughput"),
+        ("latency", ("p50_ms", "p99_ms"), "redis", "latency 1000/s"),
+        ("throughput", ("entries_per_s",), PTG_QUOTED["system"], "throughput vs ptg (quoted)"),
+    ):
+        mine, anchor = by.get((case, "dhtmesh")), by.get((case, anchor_system))
+        if mine is None or anchor is None or not clean(mine) or not clean(anchor):
+            continue
+        for metric in metrics:
+            if mine.get(metric) is not None and anchor.get(metric):
+                ratio = round(mine[metric] / anchor[metric], 3)
+                result.append(
+                    {"case": name, "metric": metric, "dhtmesh": mine[metric], "anchor": anchor[metric], "ratio": ratio}
+                )
+    return result
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["case"], r["system"]): r for r in rows}
+    result = []
+    for case, metric, bound, above in TARGETS:
+        mine = by.get((case, "dhtmesh"), {})
+        value = mine.get(metric)
+        met = value is not None and clean(mine) and (value >= bound if above else value < bound)
+        result.append(
+            {
+                "case": case,
+                "metric": metric,
+                "target": f"{'>=' if above else '<'} {bound:g}",
+                "dhtmesh": value,
+                "met": met,
+            }
+        )
+    return result
+
+
+def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
+    columns = (
+        ("case", 10), ("system", 12), ("sent", 7), ("received", 8), ("lost", 5), ("duplicates", 10),
+        ("out_of_order", 12), ("seconds", 8), ("entries_per_s", 13), ("mib_per_s", 9), ("p50_ms", 8),
+        ("p99_ms", 8), ("max_ms", 8),
+    )  # fmt: skip
+    print(" ".join(f"{name:>{width}}" for name, width in columns))
+    for r in rows:
+        print(" ".join(f"{_cell(r.get(name)):>{width}}" for name, width in columns))
+    for r in rows:
+        if "nodes" in r or "cpu_s" in r:
+            print(f"{r['case']:<10} {r['system']:<8} nodes {r.get('nodes', '-')} cpu_s {r.get('cpu_s', '-')}")
+    print(f"quoted, not measured: {PTG_QUOTED['quoted']}")
+    for goal in goals:
+        verdict = "met" if goal["met"] else "NOT met"
+        print(f"target {goal['case']} {goal['metric']} {goal['target']}: dhtmesh {_cell(goal['dhtmesh'])} {verdict}")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=100_000, help="throughput entries (default 100,000)")
+    parser.add_argument("--batch", type=int, default=100, help="entries per push and per pull (default 100)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency case: entries/s (default 1,000)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="latency case: how long (default 5)")
+    parser.add_argument("--nodes", type=int, default=4, help="dhtmesh nodes (default 4, at least 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 entries, 2 s of latency")
+    parser.add_argument("--json", metavar="PATH", help="also write the JSON document to PATH")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    entries, seconds = (10_000, 2.0) if args.quick else (max(1, args.entries), max(0.1, args.seconds))
+    sizes = Sizes(entries, max(1, args.batch), max(1.0, args.rate), seconds)
+    doc: dict[str, Any] = {
+        "bench": "streams",
+        "entry_bytes": ENTRY_BYTES,
+        "nodes": max(2, args.nodes),
+        "sizes": vars(sizes),
+        "rows": [],
+        "ratios": [],
+    }
+    terminate_on_sigterm()
+
+    def record(case: str, system: str, flow: Flow, detail: dict[str, Any]) -> None:
+        doc["rows"].append(row(case, system, flow, sizes, detail))
+        print(f"{case:<10} {system:<8} {doc['rows'][-1]}", flush=True)
+
+    def work() -> None:
+        with tempfile.TemporaryDirectory(prefix="bench_streams-") as tmp:
+            with redis_server(Path(tmp)) as (port, server):
+                run_loop(redis_runs(port, server, sizes, record))
+            with dhtmesh_mesh(Path(tmp), doc["nodes"]) as nodes:
+                run_loop(mesh_runs(nodes, sizes, record))
+        doc["rows"].append(dict(PTG_QUOTED))
+        doc["ratios"], doc["targets"] = ratios(doc["rows"]), targets(doc["rows"])
+        print_table(doc["rows"], doc["targets"])
+        if not all(clean(r) for r in doc["rows"]):
+            raise RuntimeError("entries were lost, duplicated or reordered")
+
+    return report("bench_streams", doc, args.json, work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
