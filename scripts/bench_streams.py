@@ -43,20 +43,23 @@ whether they were met, then, as the very last stdout line, one JSON document
 import argparse
 import asyncio
 import itertools
+import multiprocessing
 import os
 import random
+import resource
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
 import redis.asyncio as aioredis
 from bench_common import percentile, rounded
 from bench_farmers import stop_all
@@ -77,6 +80,8 @@ WARM_UP_ENTRIES = 500
 READ_WAIT = 2.0  # seconds a consumer waits for entries before it checks whether the producer is done
 CASE_TIMEOUT = 300.0  # seconds a case may take
 REDIS_READY_TIMEOUT = 20.0
+PRODUCER_READY_TIMEOUT = 60.0  # seconds a producer process may take to start and connect
+PRODUCER_STOP_TIMEOUT = 30.0
 TARGETS = (  # issue 17's, for dhtmesh: (case, metric, bound, whether above it is good)
     ("throughput", "entries_per_s", 20_000, True),
     ("latency", "p50_ms", 2.0, False),
@@ -109,17 +114,21 @@ class Receiver(Protocol):
 
 @dataclass
 class RedisSender:
-    client: aioredis.Redis
+    """redis-py's blocking client: the producer has a process of its own, where nothing else waits on its
+    loop, and the blocking client packs commands with hiredis (the asyncio one in Python: 3x the CPU time
+    per entry, measured)."""
+
+    client: redis.Redis
     key: str
 
     async def send(self, entries: list[bytes]) -> None:
         if len(entries) == 1:
-            await self.client.xadd(self.key, {"d": entries[0]})
+            self.client.xadd(self.key, {"d": entries[0]})
             return
         pipe = self.client.pipeline(transaction=False)
         for payload in entries:
             pipe.xadd(self.key, {"d": payload})
-        await pipe.execute()
+        pipe.execute()
 
 
 @dataclass
@@ -190,12 +199,12 @@ class Flow:
         }
 
 
-async def consume(receiver: Receiver, flow: Flow, producing: asyncio.Task) -> None:
-    """Until every entry arrived, or the producer is done and nothing more comes."""
+async def consume(receiver: Receiver, flow: Flow, produced: Callable[[], bool]) -> None:
+    """Until every entry arrived, or the producer is done (`produced()`) and nothing more comes."""
     while len(flow.seqs) < flow.expected:
         payloads = await receiver.recv()
         now = time.perf_counter_ns()
-        if not payloads and producing.done():
+        if not payloads and produced():
             return
         for payload in payloads:
             seq, sent_ns = HEADER.unpack_from(payload)
@@ -205,33 +214,98 @@ async def consume(receiver: Receiver, flow: Flow, producing: asyncio.Task) -> No
         flow.last_ns = now if payloads else flow.last_ns
 
 
-async def run_flow(sender: Sender, receiver: Receiver, expected: int, produce: Callable[[], Awaitable[None]]) -> Flow:
-    flow = Flow(expected)
-    async with asyncio.timeout(CASE_TIMEOUT), asyncio.TaskGroup() as group:
-        flow.began_ns = time.perf_counter_ns()
-        producing = group.create_task(produce())
-        group.create_task(consume(receiver, flow, producing))
-    return flow
+@dataclass(frozen=True)
+class Target:
+    """Where a producer sends, as another process can connect to it."""
+
+    system: str  # "redis" or "dhtmesh"
+    address: str  # redis: its port; dhtmesh: the URL of the node pushed through
+    key: str  # the stream
+    token: str = ""
 
 
-async def throughput(sender: Sender, receiver: Receiver, entries: int, batch: int) -> Flow:
-    async def produce() -> None:
-        for start in range(0, entries, batch):
-            await sender.send([entry(seq) for seq in range(start, min(start + batch, entries))])
+@dataclass(frozen=True)
+class Plan:
+    """What a producer sends: `entries` in sends of `batch`, as fast as it can or paced at `rate` entries/s
+    against the clock (then each entry carries its send time); `batched`: dhtmesh's push in batch mode."""
 
-    return await run_flow(sender, receiver, entries, produce)
+    entries: int
+    batch: int
+    batched: bool
+    rate: float | None = None
 
 
-async def latency(sender: Sender, receiver: Receiver, rate: float, entries: int) -> Flow:
-    async def produce() -> None:
-        start = time.perf_counter()
-        for seq in range(entries):
-            delay = start + seq / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await sender.send([entry(seq, time.perf_counter_ns())])
+@asynccontextmanager
+async def sender_to(target: Target, batched: bool) -> AsyncIterator[Sender]:
+    if target.system == "redis":
+        with redis.Redis(host=HOST, port=int(target.address)) as client:
+            client.ping()
+            yield RedisSender(client, target.key)
+        return
+    async with _client(target.address, target.token) as client, client.push(target.key, batch=batched) as pusher:
+        yield MeshSender(pusher)
 
-    return await run_flow(sender, receiver, entries, produce)
+
+async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
+    """The producer in a process of its own, started and connected before the clock starts; the consumer
+    here. (One process for both halved Redis' figure: redis-py's per-command work took the consumer's
+    time, measured.)"""
+    context = multiprocessing.get_context("spawn")
+    ready, go, began = context.Event(), context.Event(), context.Queue()
+    producer = context.Process(target=produce, args=(target, plan, ready, go, began), daemon=True)
+    producer.start()
+    try:
+        if not await asyncio.to_thread(started, ready, producer):
+            raise RuntimeError(f"the {target.system} producer did not connect (exit {producer.exitcode})")
+        flow = Flow(plan.entries)
+        go.set()
+        async with asyncio.timeout(CASE_TIMEOUT):
+            await consume(receiver, flow, lambda: producer.exitcode is not None)
+        await asyncio.to_thread(producer.join, PRODUCER_STOP_TIMEOUT)
+        if producer.exitcode != 0:
+            raise RuntimeError(f"the {target.system} producer failed (exit {producer.exitcode})")
+        flow.began_ns = began.get(timeout=PRODUCER_STOP_TIMEOUT)
+        return flow
+    finally:
+        if producer.is_alive():
+            producer.kill()  # our own child, by its PID
+        producer.join()
+
+
+def started(ready: Any, producer: Any) -> bool:
+    """Whether the producer process said it is connected before it exited or PRODUCER_READY_TIMEOUT passed."""
+    deadline = time.monotonic() + PRODUCER_READY_TIMEOUT
+    while not ready.wait(0.1):
+        if producer.exitcode is not None or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def produce(target: Target, plan: Plan, ready: Any, go: Any, began: Any) -> None:
+    """The producer process: connect, say so, wait for the go, send as `plan` says; then put the time of the
+    first send (perf_counter: CLOCK_MONOTONIC, one clock for every process of the machine)."""
+
+    async def run() -> None:
+        async with sender_to(target, plan.batched) as sender:
+            ready.set()
+            if not await asyncio.to_thread(go.wait, PRODUCER_READY_TIMEOUT):
+                raise RuntimeError("no go")
+            first = time.perf_counter_ns()
+            for start in range(0, plan.entries, plan.batch):
+                await pace(first, start, plan.rate)
+                sent_ns = time.perf_counter_ns() if plan.rate else 0
+                await sender.send([entry(seq, sent_ns) for seq in range(start, min(start + plan.batch, plan.entries))])
+            began.put(first)
+
+    run_loop(run())
+
+
+async def pace(first_ns: int, index: int, rate: float | None) -> None:
+    """Until entry `index` is due, at `rate` entries/s from `first_ns` (at once when there is no rate)."""
+    if rate:
+        delay = (first_ns + index * 1e9 / rate - time.perf_counter_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 # ---- processes ----------------------------------------------------------------------------------------
@@ -250,15 +324,20 @@ def cpu_s(pid: int) -> float:
 
 
 class CpuMeter:
-    """The CPU time each of some processes (and this client) used between `__init__` and `spent`."""
+    """The CPU time each of some processes used between `__init__` and `spent`; with this client ("client")
+    and the producer processes it started and joined meanwhile ("producer")."""
 
     def __init__(self, procs: list[Proc]) -> None:
         self.procs = procs
-        self.before = {proc.name: cpu_s(proc.pid) for proc in procs} | {"client": time.process_time()}
+        self.before = self._now()
+
+    def _now(self) -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the joined ones: the producers
+        own = {"client": time.process_time(), "producer": children.ru_utime + children.ru_stime}
+        return {proc.name: cpu_s(proc.pid) for proc in self.procs} | own
 
     def spent(self) -> dict[str, float]:
-        after = {proc.name: cpu_s(proc.pid) for proc in self.procs} | {"client": time.process_time()}
-        return {name: round(after[name] - self.before[name], 2) for name in after}
+        return {name: round(value - self.before[name], 2) for name, value in self._now().items()}
 
 
 @contextmanager
@@ -345,46 +424,44 @@ Record = Callable[[str, str, Flow, dict[str, Any]], None]
 
 
 async def redis_runs(port: int, server: Proc, sizes: Sizes, record: Record) -> None:
-    async with AsyncExitStack() as stack:
-        producer = await stack.enter_async_context(aioredis.Redis(host=HOST, port=port))
-        consumer = await stack.enter_async_context(aioredis.Redis(host=HOST, port=port))
-        await producer.ping()
+    async with aioredis.Redis(host=HOST, port=port) as consumer:
         await consumer.ping()
+        for case, plan, count in cases(sizes):
+            meter = CpuMeter([server])
+            flow = await run_case(Target("redis", str(port), case), RedisReceiver(consumer, case, count), plan)
+            if case != "warm-up":
+                record(case, "redis", flow, {"cpu_s": meter.spent()})
 
-        def pair(key: str, count: int) -> tuple[Sender, Receiver]:
-            return RedisSender(producer, key), RedisReceiver(consumer, key, count)
 
-        await throughput(*pair("warm-up", sizes.batch), WARM_UP_ENTRIES, sizes.batch)
-        meter = CpuMeter([server])
-        flow = await throughput(*pair("throughput", sizes.batch), sizes.entries, sizes.batch)
-        record("throughput", "redis", flow, {"cpu_s": meter.spent()})
-        meter = CpuMeter([server])
-        flow = await latency(*pair("latency", LATENCY_COUNT), sizes.rate, sizes.latency_entries)
-        record("latency", "redis", flow, {"cpu_s": meter.spent()})
+def cases(sizes: Sizes) -> list[tuple[str, Plan, int]]:
+    """Each case: its name, what the producer sends, how many entries the consumer takes per read."""
+    return [
+        ("warm-up", Plan(WARM_UP_ENTRIES, sizes.batch, batched=True), sizes.batch),
+        ("throughput", Plan(sizes.entries, sizes.batch, batched=True), sizes.batch),
+        ("latency", Plan(sizes.latency_entries, 1, batched=False, rate=sizes.rate), LATENCY_COUNT),
+    ]
 
 
 @asynccontextmanager
-async def mesh_pair(
-    nodes: list[MeshNode], token: str, sid: str, batch: bool, count: int
-) -> AsyncIterator[tuple[Sender, Receiver, dict[str, Any]]]:
-    """A fresh stream `sid`, a pusher through a node that is not one of its homes (when there is one) and
+async def mesh_stream(
+    nodes: list[MeshNode], token: str, sid: str, count: int
+) -> AsyncIterator[tuple[Target, Receiver, dict[str, Any]]]:
+    """A fresh stream `sid`; where to push to it: a node that is not one of its homes (when there is one);
     a puller from its start through another node; and which nodes those are."""
     async with AsyncExitStack() as stack:
         admin = await stack.enter_async_context(_client(nodes[0].url, token))
         await admin.put_stream(sid, {"max_len": 10_000_000})  # no retention trims an entry before it is read
         homes = list((await admin.stream(sid)).get("homes") or [])
         push_node, pull_node = pick_nodes(nodes, homes)
-        pushing = await stack.enter_async_context(_client(push_node.url, token))
         pulling = await stack.enter_async_context(_client(pull_node.url, token))
         puller = await stack.enter_async_context(pulling.pull(sid, last_entry_id="0", count=count))
-        pusher = await stack.enter_async_context(pushing.push(sid, batch=batch))
         names = {node.node_id: node.name for node in nodes}
         where = {"push": push_node.name, "pull": pull_node.name, "homes": [names.get(h, h) for h in homes]}
-        yield MeshSender(pusher), MeshReceiver(puller), where
+        yield Target("dhtmesh", push_node.url, sid, token), MeshReceiver(puller), where
 
 
 @asynccontextmanager
-async def _client(url: str, token: str) -> AsyncIterator[StreamClient]:
+async def _client(url: str, token: str | None = None) -> AsyncIterator[StreamClient]:
     client = StreamClient(url, token)
     try:
         yield client
@@ -400,22 +477,15 @@ def pick_nodes(nodes: list[MeshNode], homes: list[str]) -> tuple[MeshNode, MeshN
 
 
 async def mesh_runs(nodes: list[MeshNode], sizes: Sizes, record: Record) -> None:
-    login = StreamClient(nodes[0].url)
-    try:
+    async with _client(nodes[0].url) as login:
         token = await login.login(USER, PASSWORD)
-    finally:
-        await login.close()
     procs = [Proc(node.name, node.pid) for node in nodes]
-    async with mesh_pair(nodes, token, "bench-warm-up", True, sizes.batch) as (sender, receiver, _):
-        await throughput(sender, receiver, WARM_UP_ENTRIES, sizes.batch)
-    async with mesh_pair(nodes, token, "bench-throughput", True, sizes.batch) as (sender, receiver, where):
-        meter = CpuMeter(procs)
-        flow = await throughput(sender, receiver, sizes.entries, sizes.batch)
-        record("throughput", "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
-    async with mesh_pair(nodes, token, "bench-latency", False, LATENCY_COUNT) as (sender, receiver, where):
-        meter = CpuMeter(procs)
-        flow = await latency(sender, receiver, sizes.rate, sizes.latency_entries)
-        record("latency", "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
+    for case, plan, count in cases(sizes):
+        async with mesh_stream(nodes, token, f"bench-{case}", count) as (target, receiver, where):
+            meter = CpuMeter(procs)
+            flow = await run_case(target, receiver, plan)
+            if case != "warm-up":
+                record(case, "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
 
 
 # ---- figures -----------------------------------------------------------------------------------------
