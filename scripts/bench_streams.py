@@ -6,8 +6,9 @@ ptg-api-server stores in), side by side in one run (issue 17).
 What runs (everything on loopback; every process stopped by its PID at the end, even on failure):
 
 * Redis: Debian's `redis-server --port N --bind 127.0.0.1 --save '' --appendonly no` (nothing written
-  to disk), driven with redis-py's asyncio client: one connection produces (`XADD`, in pipelines of
-  `--batch` entries), another consumes (`XREAD BLOCK COUNT --batch` from id `0`).
+  to disk), driven with redis-py: the producer `XADD`s in pipelines of `--batch` entries (blocking
+  client, whose commands hiredis packs), the consumer `XREAD BLOCK COUNT --batch`s from id `0`
+  (asyncio client).
 * dhtmesh: `--nodes` (4) `dhtmesh run` processes, each on a loopback address of its own, bootstrapped
   from the first. A user is added through the first (`dhtmesh user add`, the password in
   `DHTMESH_PASSWORD`) and logs in (`POST /token`); each case's stream is created (`PUT /streams/{sid}`)
@@ -17,20 +18,21 @@ What runs (everything on loopback; every process stopped by its PID at the end, 
   homes when there is one (so every entry is forwarded to the homes), B another node, a home or not;
   each row says which. With 4 nodes and 3 homes at most one node is no home.
 
-Both sides are driven by this one process (on uvloop), with the same code: only the two adapters
-(`Sender`, `Receiver`) differ. Each entry is 1 KiB: its sequence number and, in the latency case, its
-send time (`perf_counter_ns`), then fixed random bytes. Each system is warmed up first (connections,
-the stream's homes), not timed.
+Both sides run the same code, only the adapters (`Sender`, `Receiver`) differ: the consumer in this
+process (on uvloop), the producer in a process of its own, started and connected before the clock
+starts (in one process, redis-py's per-command work took the consumer's time). Each entry is 1 KiB:
+its sequence number and, in the latency case, its send time (`perf_counter_ns`: CLOCK_MONOTONIC, one
+clock for every process), then fixed random bytes. Each system gets a warm-up case first, not timed.
 
 Cases:
-* `throughput`: `--entries` (100,000) entries in batches of `--batch` (100); entries/s end to end, from
+* `throughput`: `--entries` (100,000) entries in sends of `--batch` (100); entries/s end to end, from
   the first send to the last entry received. Every entry must arrive exactly once and in order
   (`lost`, `duplicates`, `out_of_order`): a case with any of them gets no ratio.
 * `latency`: one entry per send (Redis: one `XADD`; dhtmesh: one binary push frame, `batch=false`) at
   `--rate` (1,000) entries/s for `--seconds` (5) s, paced against the clock; the consumer reads with
   `COUNT`/`count` LATENCY_COUNT. Send-to-receive latency p50, p99, max in ms (`bench_common.percentile`).
 
-Also per row: the CPU time each process used during the case (this client, redis-server, each node),
+Also per row: the CPU time each process used during the case (consumer, producer, redis-server, nodes),
 which says what limits throughput on this 2-core machine. ptg-api-server itself cannot run here;
 the issue's measured figure for it (~2,900 entries/s end to end, driven by ptgctl) is quoted in a row
 marked `quoted`, not measured.
@@ -46,7 +48,6 @@ import itertools
 import multiprocessing
 import os
 import random
-import resource
 import socket
 import struct
 import subprocess
@@ -182,8 +183,9 @@ class Flow:
     expected: int
     seqs: list[int] = field(default_factory=list)  # in arrival order
     latencies_ms: list[float] = field(default_factory=list)
-    began_ns: int = 0
+    began_ns: int = 0  # the first send
     last_ns: int = 0  # the last entry received
+    producer_cpu_s: float = 0.0  # the producer process's CPU time from the first send to the last
 
     @property
     def seconds(self) -> float:
@@ -251,8 +253,8 @@ async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
     here. (One process for both halved Redis' figure: redis-py's per-command work took the consumer's
     time, measured.)"""
     context = multiprocessing.get_context("spawn")
-    ready, go, began = context.Event(), context.Event(), context.Queue()
-    producer = context.Process(target=produce, args=(target, plan, ready, go, began), daemon=True)
+    ready, go, done = context.Event(), context.Event(), context.Queue()
+    producer = context.Process(target=produce, args=(target, plan, ready, go, done), daemon=True)
     producer.start()
     try:
         if not await asyncio.to_thread(started, ready, producer):
@@ -264,7 +266,7 @@ async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
         await asyncio.to_thread(producer.join, PRODUCER_STOP_TIMEOUT)
         if producer.exitcode != 0:
             raise RuntimeError(f"the {target.system} producer failed (exit {producer.exitcode})")
-        flow.began_ns = began.get(timeout=PRODUCER_STOP_TIMEOUT)
+        flow.began_ns, flow.producer_cpu_s = done.get(timeout=PRODUCER_STOP_TIMEOUT)
         return flow
     finally:
         if producer.is_alive():
@@ -281,21 +283,22 @@ def started(ready: Any, producer: Any) -> bool:
     return True
 
 
-def produce(target: Target, plan: Plan, ready: Any, go: Any, began: Any) -> None:
+def produce(target: Target, plan: Plan, ready: Any, go: Any, done: Any) -> None:
     """The producer process: connect, say so, wait for the go, send as `plan` says; then put the time of the
-    first send (perf_counter: CLOCK_MONOTONIC, one clock for every process of the machine)."""
+    first send (perf_counter: CLOCK_MONOTONIC, one clock for every process of the machine) and the CPU time
+    the sending took."""
 
     async def run() -> None:
         async with sender_to(target, plan.batched) as sender:
             ready.set()
             if not await asyncio.to_thread(go.wait, PRODUCER_READY_TIMEOUT):
                 raise RuntimeError("no go")
-            first = time.perf_counter_ns()
+            first, cpu = time.perf_counter_ns(), time.process_time()
             for start in range(0, plan.entries, plan.batch):
                 await pace(first, start, plan.rate)
                 sent_ns = time.perf_counter_ns() if plan.rate else 0
                 await sender.send([entry(seq, sent_ns) for seq in range(start, min(start + plan.batch, plan.entries))])
-            began.put(first)
+            done.put((first, time.process_time() - cpu))
 
     run_loop(run())
 
@@ -324,20 +327,19 @@ def cpu_s(pid: int) -> float:
 
 
 class CpuMeter:
-    """The CPU time each of some processes used between `__init__` and `spent`; with this client ("client")
-    and the producer processes it started and joined meanwhile ("producer")."""
+    """The CPU time each of some processes, and this one ("consumer"), used between `__init__` and `spent`."""
 
     def __init__(self, procs: list[Proc]) -> None:
         self.procs = procs
         self.before = self._now()
 
     def _now(self) -> dict[str, float]:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the joined ones: the producers
-        own = {"client": time.process_time(), "producer": children.ru_utime + children.ru_stime}
-        return {proc.name: cpu_s(proc.pid) for proc in self.procs} | own
+        return {proc.name: cpu_s(proc.pid) for proc in self.procs} | {"consumer": time.process_time()}
 
-    def spent(self) -> dict[str, float]:
-        return {name: round(value - self.before[name], 2) for name, value in self._now().items()}
+    def spent(self, flow: Flow) -> dict[str, float]:
+        """With the producer's, as `flow` has it."""
+        spent = {name: value - self.before[name] for name, value in self._now().items()}
+        return {name: round(value, 2) for name, value in (spent | {"producer": flow.producer_cpu_s}).items()}
 
 
 @contextmanager
@@ -430,7 +432,7 @@ async def redis_runs(port: int, server: Proc, sizes: Sizes, record: Record) -> N
             meter = CpuMeter([server])
             flow = await run_case(Target("redis", str(port), case), RedisReceiver(consumer, case, count), plan)
             if case != "warm-up":
-                record(case, "redis", flow, {"cpu_s": meter.spent()})
+                record(case, "redis", flow, {"cpu_s": meter.spent(flow)})
 
 
 def cases(sizes: Sizes) -> list[tuple[str, Plan, int]]:
@@ -485,7 +487,7 @@ async def mesh_runs(nodes: list[MeshNode], sizes: Sizes, record: Record) -> None
             meter = CpuMeter(procs)
             flow = await run_case(target, receiver, plan)
             if case != "warm-up":
-                record(case, "dhtmesh", flow, {"cpu_s": meter.spent(), "nodes": where})
+                record(case, "dhtmesh", flow, {"cpu_s": meter.spent(flow), "nodes": where})
 
 
 # ---- figures -----------------------------------------------------------------------------------------
