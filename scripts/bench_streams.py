@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,15 +162,26 @@ class MeshSender:
 
 @dataclass
 class MeshReceiver:
+    """A puller's entries. A `recv` still waiting after READ_WAIT is kept for the next call, not cancelled:
+    cancelled between its two frames, it would leave the socket half a frame pair on."""
+
     puller: Any  # client.streams' Puller
+    waiting: asyncio.Task | None = None
 
     async def recv(self) -> list[bytes]:
-        try:
-            async with asyncio.timeout(READ_WAIT):
-                items = await self.puller.recv()
-        except TimeoutError:
+        if self.waiting is None:
+            self.waiting = asyncio.ensure_future(self.puller.recv())
+        done, _ = await asyncio.wait({self.waiting}, timeout=READ_WAIT)
+        if not done:
             return []
-        return [data for _, _, data in items]
+        task, self.waiting = self.waiting, None
+        return [data for _, _, data in task.result()]
+
+    async def close(self) -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
+            with suppress(asyncio.CancelledError):
+                await self.waiting
 
 
 # ---- the two cases, the same for both systems ---------------------------------------------------------
@@ -457,9 +468,11 @@ async def mesh_stream(
         push_node, pull_node = pick_nodes(nodes, homes)
         pulling = await stack.enter_async_context(_client(pull_node.url, token))
         puller = await stack.enter_async_context(pulling.pull(sid, last_entry_id="0", count=count))
+        receiver = MeshReceiver(puller)
+        stack.push_async_callback(receiver.close)
         names = {node.node_id: node.name for node in nodes}
         where = {"push": push_node.name, "pull": pull_node.name, "homes": [names.get(h, h) for h in homes]}
-        yield Target("dhtmesh", push_node.url, sid, token), MeshReceiver(puller), where
+        yield Target("dhtmesh", push_node.url, sid, token), receiver, where
 
 
 @asynccontextmanager
