@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable
 
 from dhtmesh import __version__
-from dhtmesh.cli import blob, client, farmer, identity, job, logs, run
+from dhtmesh.cli import blob, client, farmer, identity, job, logs, run, user
 from dhtmesh.cli.errors import CliError
 from dhtmesh.cli.url import add_url, proxy_url
 
@@ -129,6 +129,13 @@ def build_parser() -> Parser:
         "dcp-rest's jobs: a JavaScript work function over slices of JSON data, signed by the job's owner.",
         job.add_arguments,
         job.command,
+    )
+    command(
+        "user",
+        "create a mesh-wide account for the streams API",
+        "Its key is derived from the password here (Argon2id); the node gets only the signed record.",
+        user.add_arguments,
+        user.command,
     )
     command(
         "identity",

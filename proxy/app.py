@@ -99,7 +99,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         _count_refusal(request, error, refusal)
         label = request.app[FAILURE_LABELS].get(request.match_info.handler)
         status, text = answer(error, refusal, label)
-        return json_reply({"err": text}, status)
+        reply = json_reply({"err": text}, status)
+        reply.headers.extend(refusal.headers)
+        return reply
 
 
 def _count_refusal(request: web.Request, error: Exception, refusal: Refusal) -> None:

@@ -20,6 +20,7 @@ from dhtmesh.api.value_json import ValueJsonError
 from dhtmesh.crypto.addresses import InvalidAddress
 from dhtmesh.crypto.errors import CryptoError
 from dhtmesh.crypto.request_auth import RequestAuthError
+from dhtmesh.node.accounts.errors import AccountError, AccountExists, BadAccount, BadLogin, BadToken
 from dhtmesh.node.blobs.download import ChunkUnavailable
 from dhtmesh.node.blobs.upload import BlobTooLarge, PlacementFailed
 from dhtmesh.node.dht import ListenRefused, PutRefused
@@ -81,6 +82,7 @@ class Refusal:
     text: Callable[[BaseException], str] = str
     counter: str | None = None
     labelled: bool = True  # preceded by the route's dataserv failure label, if it has one
+    headers: tuple[tuple[str, str], ...] = ()  # sent with the answer (a 401's `WWW-Authenticate`)
 
 
 # The node's disk, not the value or a quota: another node may take the value (see the module docstring).
@@ -91,6 +93,8 @@ def _store_status(error: BaseException) -> int:
     assert isinstance(error, PutRefused)
     return _STORE_STATUS.get(error.verdict, 409)
 
+
+_BEARER = (("WWW-Authenticate", "Bearer"),)  # RFC 6750 §3, as ptg answers a refused token
 
 TABLE: dict[type[BaseException], Refusal] = {
     # The proxy's own refusals.
@@ -130,6 +134,11 @@ TABLE: dict[type[BaseException], Refusal] = {
     NotOwner: Refusal(403),
     SandboxError: Refusal(503, lambda error: f"sandbox: {error}"),
     TooManyFollowed: Refusal(429, counter="http_job_reads_refused"),
+    AccountError: Refusal(503),
+    BadLogin: Refusal(401, counter="http_logins_refused", headers=_BEARER),
+    BadToken: Refusal(401, counter="http_tokens_refused", headers=_BEARER),
+    AccountExists: Refusal(409),
+    BadAccount: Refusal(400),
 }
 
 

@@ -37,6 +37,10 @@ PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
         "a blob's id: 64 lowercase hex characters (the Merkle root over its chunks)",
         {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     ),
+    "name": (
+        "an account name: 1 to 64 of A-Z a-z 0-9 . _ @ -",
+        {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
+    ),
     "job_id": (
         "a job's id: 40 hex characters (0x before them is taken too)",
         {"type": "string", "pattern": "^(0x)?[0-9a-fA-F]{40}$"},

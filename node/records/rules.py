@@ -20,7 +20,7 @@ history where a witness of it remains.
 import time
 
 from dhtmesh.crypto import opendht
-from dhtmesh.node.records import audit, blob, farmer, holding, outvote
+from dhtmesh.node.records import account, audit, blob, farmer, holding, outvote
 from dhtmesh.node.records import job as jobs
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
@@ -28,7 +28,9 @@ from dhtmesh.node.values.rules import ValueRules
 from dhtmesh.node.values.types import CERTIFICATE_TYPE, expiry_for, register_expiry
 from dhtmesh.node.values.value import InvalidValue, Value, certificate_public_key
 
-RULES_VERSION = 4  # 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id; 4: jobs
+# 2: reserved keys (a record's key changed), anchored expiry; 3: certificates under their id; 4: jobs;
+# 5: accounts and streams
+RULES_VERSION = 5
 
 
 def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
@@ -38,7 +40,7 @@ def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
     return {kind.type: kind for kind in kinds}
 
 
-KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS, outvote.KIND)
+KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS, outvote.KIND, account.KIND)
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 
