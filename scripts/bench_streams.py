@@ -67,6 +67,7 @@ from bench_farmers import stop_all
 from bench_jobs import wait_joined
 from bench_proxy import free_port, report, run_loop, spawn, terminate_on_sigterm
 
+from dhtmesh.client import ApiError
 from dhtmesh.client.streams import StreamClient
 from dhtmesh.node.wire.netgroup import loopback_host
 from dhtmesh.testing import DHTMESH, run_cli, wait_ready
@@ -83,6 +84,7 @@ CASE_TIMEOUT = 300.0  # seconds a case may take
 REDIS_READY_TIMEOUT = 20.0
 PRODUCER_READY_TIMEOUT = 60.0  # seconds a producer process may take to start and connect
 PRODUCER_STOP_TIMEOUT = 30.0
+LOGIN_TIMEOUT = 30.0  # seconds a new account may take to be found from another node
 TARGETS = (  # issue 17's, for dhtmesh: (case, metric, bound, whether above it is good)
     ("throughput", "entries_per_s", 20_000, True),
     ("latency", "p50_ms", 2.0, False),
@@ -484,6 +486,19 @@ async def _client(url: str, token: str | None = None) -> AsyncIterator[StreamCli
         await client.close()
 
 
+async def login(url: str) -> str:
+    """A token for the bench's user through the node at `url`, once the account's record is found there."""
+    deadline = time.monotonic() + LOGIN_TIMEOUT
+    async with _client(url) as client:
+        while True:
+            try:
+                return await client.login(USER, PASSWORD)
+            except ApiError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
+
+
 def pick_nodes(nodes: list[MeshNode], homes: list[str]) -> tuple[MeshNode, MeshNode]:
     """Push through a node that is no home of the stream if there is one; pull through another, preferring
     a second such node."""
@@ -492,8 +507,7 @@ def pick_nodes(nodes: list[MeshNode], homes: list[str]) -> tuple[MeshNode, MeshN
 
 
 async def mesh_runs(nodes: list[MeshNode], sizes: Sizes, record: Record) -> None:
-    async with _client(nodes[0].url) as login:
-        token = await login.login(USER, PASSWORD)
+    token = await login(nodes[-1].url)  # another node than the account was added through
     procs = [Proc(node.name, node.pid) for node in nodes]
     for case, plan, count in cases(sizes):
         async with mesh_stream(nodes, token, f"bench-{case}", count) as (target, receiver, where):
@@ -630,6 +644,7 @@ def main() -> int:
             with redis_server(Path(tmp)) as (port, server):
                 run_loop(redis_runs(port, server, sizes, record))
             with dhtmesh_mesh(Path(tmp), doc["nodes"]) as nodes:
+                add_user(nodes[0].url)
                 run_loop(mesh_runs(nodes, sizes, record))
         doc["rows"].append(dict(PTG_QUOTED))
         doc["ratios"], doc["targets"] = ratios(doc["rows"]), targets(doc["rows"])
