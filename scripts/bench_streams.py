@@ -64,7 +64,7 @@ import redis
 import redis.asyncio as aioredis
 from bench_common import percentile, rounded
 from bench_farmers import stop_all
-from bench_jobs import wait_joined
+from bench_jobs import machine_busy_s, wait_joined
 from bench_proxy import free_port, report, run_loop, spawn, terminate_on_sigterm
 
 from dhtmesh.client import ApiError
@@ -199,6 +199,7 @@ class Flow:
     began_ns: int = 0  # the first send
     last_ns: int = 0  # the last entry received
     producer_cpu_s: float = 0.0  # the producer process's CPU time from the first send to the last
+    cpu_s: dict[str, float] = field(default_factory=dict)  # `CpuMeter.spent`
 
     @property
     def seconds(self) -> float:
@@ -212,6 +213,40 @@ class Flow:
             "duplicates": len(self.seqs) - len(distinct),
             "out_of_order": sum(later <= earlier for earlier, later in itertools.pairwise(self.seqs)),
         }
+
+
+@dataclass(frozen=True)
+class Proc:
+    name: str
+    pid: int
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """The CPU time each of some processes, this one ("consumer") and the producer used between `__init__`
+    and `spent`; and what the rest of the machine used meanwhile ("others": other work on the machine,
+    which the figures of a run that shared it with much of it are not to be compared with)."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+        self.before = self._now()
+
+    def _now(self) -> dict[str, float]:
+        own = {"consumer": time.process_time(), "machine": machine_busy_s()}
+        return {proc.name: cpu_s(proc.pid) for proc in self.procs} | own
+
+    def spent(self, flow: Flow) -> dict[str, float]:
+        """With the producer's, as `flow` has it."""
+        spent = {name: value - self.before[name] for name, value in self._now().items()}
+        spent["producer"] = flow.producer_cpu_s
+        machine = spent.pop("machine")
+        spent["others"] = max(0.0, machine - sum(spent.values()))
+        return {name: round(value, 2) for name, value in spent.items()}
 
 
 async def consume(receiver: Receiver, flow: Flow, produced: Callable[[], bool]) -> None:
@@ -261,10 +296,10 @@ async def sender_to(target: Target, batched: bool) -> AsyncIterator[Sender]:
         yield MeshSender(pusher)
 
 
-async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
+async def run_case(target: Target, receiver: Receiver, plan: Plan, procs: list[Proc]) -> Flow:
     """The producer in a process of its own, started and connected before the clock starts; the consumer
     here. (One process for both halved Redis' figure: redis-py's per-command work took the consumer's
-    time, measured.)"""
+    time, measured.) The CPU time of `procs` and the rest is metered from the go to the producer's end."""
     context = multiprocessing.get_context("spawn")
     ready, go, done = context.Event(), context.Event(), context.Queue()
     producer = context.Process(target=produce, args=(target, plan, ready, go, done), daemon=True)
@@ -273,6 +308,7 @@ async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
         if not await asyncio.to_thread(started, ready, producer):
             raise RuntimeError(f"the {target.system} producer did not connect (exit {producer.exitcode})")
         flow = Flow(plan.entries)
+        meter = CpuMeter(procs)
         go.set()
         async with asyncio.timeout(CASE_TIMEOUT):
             await consume(receiver, flow, lambda: producer.exitcode is not None)
@@ -280,6 +316,7 @@ async def run_case(target: Target, receiver: Receiver, plan: Plan) -> Flow:
         if producer.exitcode != 0:
             raise RuntimeError(f"the {target.system} producer failed (exit {producer.exitcode})")
         flow.began_ns, flow.producer_cpu_s = done.get(timeout=PRODUCER_STOP_TIMEOUT)
+        flow.cpu_s = meter.spent(flow)
         return flow
     finally:
         if producer.is_alive():
@@ -325,34 +362,6 @@ async def pace(first_ns: int, index: int, rate: float | None) -> None:
 
 
 # ---- processes ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Proc:
-    name: str
-    pid: int
-
-
-def cpu_s(pid: int) -> float:
-    """The CPU time (user + system) process `pid` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """The CPU time each of some processes, and this one ("consumer"), used between `__init__` and `spent`."""
-
-    def __init__(self, procs: list[Proc]) -> None:
-        self.procs = procs
-        self.before = self._now()
-
-    def _now(self) -> dict[str, float]:
-        return {proc.name: cpu_s(proc.pid) for proc in self.procs} | {"consumer": time.process_time()}
-
-    def spent(self, flow: Flow) -> dict[str, float]:
-        """With the producer's, as `flow` has it."""
-        spent = {name: value - self.before[name] for name, value in self._now().items()}
-        return {name: round(value, 2) for name, value in (spent | {"producer": flow.producer_cpu_s}).items()}
 
 
 @contextmanager
@@ -442,10 +451,11 @@ async def redis_runs(port: int, server: Proc, sizes: Sizes, record: Record) -> N
     async with aioredis.Redis(host=HOST, port=port) as consumer:
         await consumer.ping()
         for case, plan, count in cases(sizes):
-            meter = CpuMeter([server])
-            flow = await run_case(Target("redis", str(port), case), RedisReceiver(consumer, case, count), plan)
+            flow = await run_case(
+                Target("redis", str(port), case), RedisReceiver(consumer, case, count), plan, [server]
+            )
             if case != "warm-up":
-                record(case, "redis", flow, {"cpu_s": meter.spent(flow)})
+                record(case, "redis", flow, {"cpu_s": flow.cpu_s})
 
 
 def cases(sizes: Sizes) -> list[tuple[str, Plan, int]]:
@@ -511,10 +521,9 @@ async def mesh_runs(nodes: list[MeshNode], sizes: Sizes, record: Record) -> None
     procs = [Proc(node.name, node.pid) for node in nodes]
     for case, plan, count in cases(sizes):
         async with mesh_stream(nodes, token, f"bench-{case}", count) as (target, receiver, where):
-            meter = CpuMeter(procs)
-            flow = await run_case(target, receiver, plan)
+            flow = await run_case(target, receiver, plan, procs)
             if case != "warm-up":
-                record(case, "dhtmesh", flow, {"cpu_s": meter.spent(flow), "nodes": where})
+                record(case, "dhtmesh", flow, {"cpu_s": flow.cpu_s, "nodes": where})
 
 
 # ---- figures -----------------------------------------------------------------------------------------
