@@ -79,7 +79,8 @@ FILL = random.Random(17).randbytes(ENTRY_BYTES - HEADER.size)  # incompressible,
 USER, PASSWORD = "bench", "bench-streams-password"
 LATENCY_COUNT = 10  # how many entries a latency consumer takes per read
 WARM_UP_ENTRIES = 500
-READ_WAIT = 2.0  # seconds a consumer waits for entries before it checks whether the producer is done
+READ_WAIT = 1.0  # seconds a consumer waits for entries before it checks whether the producer is done
+QUIET = 10.0  # seconds without an entry, once the producer is done, after which none is expected
 CASE_TIMEOUT = 300.0  # seconds a case may take
 REDIS_READY_TIMEOUT = 20.0
 PRODUCER_READY_TIMEOUT = 60.0  # seconds a producer process may take to start and connect
@@ -250,11 +251,14 @@ class CpuMeter:
 
 
 async def consume(receiver: Receiver, flow: Flow, produced: Callable[[], bool]) -> None:
-    """Until every entry arrived, or the producer is done (`produced()`) and nothing more comes."""
+    """Until every entry arrived, or the producer is done (`produced()`) and nothing more came for QUIET s."""
+    quiet_since = time.monotonic()
     while len(flow.seqs) < flow.expected:
         payloads = await receiver.recv()
         now = time.perf_counter_ns()
-        if not payloads and produced():
+        if payloads:
+            quiet_since = time.monotonic()
+        elif produced() and time.monotonic() - quiet_since > QUIET:
             return
         for payload in payloads:
             seq, sent_ns = HEADER.unpack_from(payload)
@@ -296,32 +300,48 @@ async def sender_to(target: Target, batched: bool) -> AsyncIterator[Sender]:
         yield MeshSender(pusher)
 
 
+@dataclass(frozen=True)
+class Signals:
+    """Between this process and a producer process."""
+
+    ready: Any  # set by the producer: connected
+    go: Any  # set here: start sending
+    sent: Any  # set by the producer: every send returned (then `report` holds its figures)
+    finish: Any  # set here: everything arrived (or never will); the producer may hang up
+    report: Any  # a queue: (the first send's perf_counter_ns, the CPU time the sending took)
+
+    @classmethod
+    def new(cls, context: Any) -> "Signals":
+        return cls(context.Event(), context.Event(), context.Event(), context.Event(), context.Queue())
+
+
 async def run_case(target: Target, receiver: Receiver, plan: Plan, procs: list[Proc]) -> Flow:
     """The producer in a process of its own, started and connected before the clock starts; the consumer
     here. (One process for both halved Redis' figure: redis-py's per-command work took the consumer's
-    time, measured.) The CPU time of `procs` and the rest is metered from the go to the producer's end."""
+    time, measured.) The CPU time of `procs` and the rest is metered from the go until all arrived."""
     context = multiprocessing.get_context("spawn")
-    ready, go, done = context.Event(), context.Event(), context.Queue()
-    producer = context.Process(target=produce, args=(target, plan, ready, go, done), daemon=True)
+    signals = Signals.new(context)
+    producer = context.Process(target=produce, args=(target, plan, signals), daemon=True)
     producer.start()
     try:
-        if not await asyncio.to_thread(started, ready, producer):
+        if not await asyncio.to_thread(started, signals.ready, producer):
             raise RuntimeError(f"the {target.system} producer did not connect (exit {producer.exitcode})")
         flow = Flow(plan.entries)
         meter = CpuMeter(procs)
-        go.set()
+        signals.go.set()
         async with asyncio.timeout(CASE_TIMEOUT):
-            await consume(receiver, flow, lambda: producer.exitcode is not None)
-        await asyncio.to_thread(producer.join, PRODUCER_STOP_TIMEOUT)
-        if producer.exitcode != 0:
+            await consume(receiver, flow, lambda: signals.sent.is_set() or producer.exitcode is not None)
+        if not await asyncio.to_thread(signals.sent.wait, PRODUCER_STOP_TIMEOUT):  # its last send may return late
             raise RuntimeError(f"the {target.system} producer failed (exit {producer.exitcode})")
-        flow.began_ns, flow.producer_cpu_s = done.get(timeout=PRODUCER_STOP_TIMEOUT)
+        flow.began_ns, flow.producer_cpu_s = signals.report.get(timeout=PRODUCER_STOP_TIMEOUT)
         flow.cpu_s = meter.spent(flow)
         return flow
     finally:
+        signals.finish.set()
+        await asyncio.to_thread(producer.join, PRODUCER_STOP_TIMEOUT)
         if producer.is_alive():
             producer.kill()  # our own child, by its PID
-        producer.join()
+            producer.join()
 
 
 def started(ready: Any, producer: Any) -> bool:
@@ -333,22 +353,24 @@ def started(ready: Any, producer: Any) -> bool:
     return True
 
 
-def produce(target: Target, plan: Plan, ready: Any, go: Any, done: Any) -> None:
-    """The producer process: connect, say so, wait for the go, send as `plan` says; then put the time of the
-    first send (perf_counter: CLOCK_MONOTONIC, one clock for every process of the machine) and the CPU time
-    the sending took."""
+def produce(target: Target, plan: Plan, signals: Signals) -> None:
+    """The producer process: connect, say so, wait for the go, send as `plan` says, report; then keep the
+    connection until told to finish (a push socket closed early would cut off what the node has not read
+    yet, without acks: not the system's loss)."""
 
     async def run() -> None:
         async with sender_to(target, plan.batched) as sender:
-            ready.set()
-            if not await asyncio.to_thread(go.wait, PRODUCER_READY_TIMEOUT):
+            signals.ready.set()
+            if not await asyncio.to_thread(signals.go.wait, PRODUCER_READY_TIMEOUT):
                 raise RuntimeError("no go")
             first, cpu = time.perf_counter_ns(), time.process_time()
             for start in range(0, plan.entries, plan.batch):
                 await pace(first, start, plan.rate)
                 sent_ns = time.perf_counter_ns() if plan.rate else 0
                 await sender.send([entry(seq, sent_ns) for seq in range(start, min(start + plan.batch, plan.entries))])
-            done.put((first, time.process_time() - cpu))
+            signals.report.put((first, time.process_time() - cpu))
+            signals.sent.set()
+            await asyncio.to_thread(signals.finish.wait, CASE_TIMEOUT)
 
     run_loop(run())
 
