@@ -229,8 +229,7 @@ async def _serve(node: DhtNode, args: argparse.Namespace, bootstrap: list, data_
     try:
         farming = _farming(args, data_dir, descriptors) if args.farmer else None
     except CliError:
-        if stream_socket is not None:
-            stream_socket.close()  # the chunk store could not open: no service takes the socket
+        stream_socket.close()  # the chunk store could not open: no service takes the socket
         await node.stop()
         raise
     working = Working(args.sandboxes, args.slice_memory, args.slice_time) if args.worker else None
@@ -272,12 +271,9 @@ def _farming(args: argparse.Namespace, data_dir: Path, descriptors: int) -> Farm
     )
 
 
-async def _bind(node: DhtNode, args: argparse.Namespace) -> socket.socket | None:
-    """Start the node's UDP socket and, for a farmer, the TCP socket its streams listen on, at the
-    same address and port (`start_with_stream_socket`)."""
-    if not args.farmer:
-        await _start(node.start(args.bind, args.port), args.bind, args.port, "UDP")
-        return None
+async def _bind(node: DhtNode, args: argparse.Namespace) -> socket.socket:
+    """Start the node's UDP socket and the TCP socket its port listens on (the streams' replicas, a
+    farmer's chunks), at the same address and port (`start_with_stream_socket`)."""
     try:
         return await start_with_stream_socket(node, args.bind, args.port)
     except BindError as error:

@@ -8,6 +8,7 @@ agent and auditor) is added by `Farming`; a worker's (its sandboxes and the loop
 `Working`.
 """
 
+import logging
 import socket
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.tasks import Loop, Supervisor
 from dhtmesh.node.transfer.chunk_client import ChunkClient
 from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
+from dhtmesh.node.transfer.port import Port
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SLICE_MEMORY = 256  # MiB of V8 heap per sandbox
 DEFAULT_SLICE_MS = 30_000  # the longest a slice may run on this worker, whatever its job asks
@@ -93,16 +97,31 @@ class Services:
                 counters=node.counters,
                 max_connections=farming.max_connections,
             )
+        self.port = Port(
+            node.counters,
+            self.streams.replica.serve,
+            self.chunks,
+            farming.max_connections if farming is not None else MAX_CONNECTIONS,
+        )
 
     async def start(self, stream_socket: socket.socket | None = None) -> None:
-        """Serve the farmer's chunk streams on the bound `stream_socket` (or a free port of the node's host)."""
-        if self.chunks is not None:
-            await self.chunks.start(self.node.address[0], 0, sock=stream_socket)
+        """Serve the node's TCP port (the streams' replicas, and a farmer's chunks) on the bound
+        `stream_socket`, else on the node's host and UDP port (a free one if that is taken)."""
+        if stream_socket is not None:
+            await self.port.start(sock=stream_socket)
+            return
+        host, port = self.node.address[:2]
+        try:
+            await self.port.start(host, port)
+        except OSError:
+            log.warning("TCP port %s on %s is taken: the node's streams listen on a free port", port, host)
+            await self.port.start(host, 0)
 
     def run(self, *extra: tuple[str, Loop]) -> None:
         """Start the farmer's loops, and the caller's `extra` ones (name, loop), under the supervisor."""
         for name, loop in extra:
             self.loops.start(name, loop)
+        self.loops.start("stream_retention", self.streams.homes.trim_periodically)
         if self.worker is not None and self.sandboxes is not None:
             self.loops.start("sandbox_warm", self.sandboxes.warm)  # ends once its processes are up
             for slot in range(self.worker.slots):
@@ -122,11 +141,11 @@ class Services:
             await self.worker.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
+        await self.port.stop()  # first: no peer's request may reach a stopped service
         await self.streams.close()
         await self.accounts.close()
         await self.jobs.close()
         await self.uploader.close()
         await self.registry.close()
         if self.chunks is not None:
-            await self.chunks.stop()
             self.chunks.chunks.close()

@@ -143,6 +143,7 @@ def create_app(
     app[STATS] = RequestStats()
     if services is None:
         services = Services(node)
+        app.on_startup.append(lambda _: services.start())  # its TCP port: the streams' homes reach it there
         app.on_cleanup.append(lambda _: services.stop())
     app[REGISTRY] = services.registry
     app[REPUTATION] = services.reputation

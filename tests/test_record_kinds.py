@@ -45,7 +45,7 @@ NOTE = RecordKind(
 
 
 def test_the_table_gives_every_kind_its_reserved_type_and_expiry() -> None:
-    assert RESERVED_TYPES == frozenset(KINDS) and len(KINDS) == 10
+    assert RESERVED_TYPES == frozenset(KINDS) and len(KINDS) == 11
     for kind in KINDS.values():
         assert expiry_for(kind.type) == kind.expiry <= MAX_TYPE_EXPIRY
     by_name = {kind.name: kind for kind in KINDS.values()}

@@ -20,7 +20,7 @@ history where a witness of it remains.
 import time
 
 from dhtmesh.crypto import opendht
-from dhtmesh.node.records import account, audit, blob, farmer, holding, outvote
+from dhtmesh.node.records import account, audit, blob, farmer, holding, outvote, stream
 from dhtmesh.node.records import job as jobs
 from dhtmesh.node.records.keys import reserved_type
 from dhtmesh.node.records.kind import InvalidRecord, RecordKind
@@ -40,7 +40,7 @@ def _table(*kinds: RecordKind) -> dict[int, RecordKind]:
     return {kind.type: kind for kind in kinds}
 
 
-KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS, outvote.KIND, account.KIND)
+KINDS = _table(farmer.KIND, blob.KIND, holding.KIND, audit.KIND, *jobs.KINDS, outvote.KIND, account.KIND, stream.KIND)
 RESERVED_TYPES = frozenset(KINDS)
 """Value types only the node's own services sign: never signed for a caller (`DhtNode.put_signed`)."""
 

@@ -1,13 +1,376 @@
-"""`Streams`: the mesh's data streams as a node's service (skeleton: filled in by issue 17's work)."""
+"""`Streams`: the mesh's data streams as a node's service (the interface the routes use).
+
+A call is checked here (the token, by `accounts.verify`; the sid, ids, meta and sizes), then sent to
+the stream's primary: this node's own `Homes` if it is the one, else over a link to it with the
+user's token, which the primary verifies again (so no node acts for a user without the user's token).
+The primary is the first reachable home in the stream's record; a home that is not the primary says
+which home to try (`NotPrimary`), and a home that cannot be reached is named to the next one tried as
+down, which may then claim the stream (`home.Homes`). The node remembers which home answered.
+"""
+
+import asyncio
+import math
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from dhtmesh.node.accounts.service import Accounts
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.records.stream import MAX_SID, StreamRecord
+from dhtmesh.node.streams import ids
+from dhtmesh.node.streams.errors import (
+    BadStreamRequest,
+    EntryTooLarge,
+    StreamError,
+    StreamUnavailable,
+    UnknownStream,
+)
+from dhtmesh.node.streams.feeds import Feeds
+from dhtmesh.node.streams.home import REPLICA_TIMEOUT, Homes, NotPrimary, check_batch
+from dhtmesh.node.streams.links import LinkDown, Links
+from dhtmesh.node.streams.log import Row, StreamLog
+from dhtmesh.node.streams.records import StreamBook
+from dhtmesh.node.streams.replica import ReplicaService, error_kind
+from dhtmesh.node.streams.retention import checked_meta
+from dhtmesh.node.streams.wire import MAX_ENTRY
+from dhtmesh.node.tasks import TaskSet
+
+MAX_COUNT = 10_000  # entries one read returns per stream
+MAX_WAIT = 300.0  # seconds a read may block
+MAX_ACK_WAIT = 86_400.0  # seconds a group's entry may stay unacked before it is delivered again
+MAX_NAMES_CHECKED = 32  # streams whose liveness `names` asks at once
+_ERRORS: dict[str, type[StreamError]] = {
+    "unknown": UnknownStream,
+    "large": EntryTooLarge,
+    "unavailable": StreamUnavailable,
+    "bad": BadStreamRequest,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    sid: str
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    sid: str
+    length: int
+    bytes: int
+    first: Entry | None
+    last: Entry | None
+    last_generated_id: str
+    entries_added: int
+    max_deleted_id: str
+    groups: int
+    meta: dict
+    homes: list[str]
+
+
+def check_sid(sid: object) -> str:
+    if not (isinstance(sid, str) and 0 < len(sid.encode()) <= MAX_SID and sid.isprintable()):
+        raise BadStreamRequest(f"a stream id is 1 to {MAX_SID} bytes of printable text")
+    return sid
+
+
+def _count(count: object) -> int:
+    if not (type(count) is int and 0 < count):
+        raise BadStreamRequest("count must be a whole number above 0")
+    return min(count, MAX_COUNT)
 
 
 class Streams:
+    MAX_ENTRY = MAX_ENTRY
+
     def __init__(self, node: DhtNode, accounts: Accounts) -> None:
         self.node = node
         self.accounts = accounts
+        self.book = StreamBook(node)
+        self.links = Links(node.identity, node.counters)
+        path = node.data_dir / "streams.sqlite3" if node.data_dir else None
+        self.homes = Homes(node.node_id, StreamLog(path), self.links, self.book, self._verify, node.counters)
+        self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
+        self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
+        self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
+        self.feeds = Feeds(self._fetch, node.counters)
+
+    async def _verify(self, token: object) -> str:
+        if not isinstance(token, str):
+            raise BadStreamRequest("a token is text")
+        return await self.accounts.verify(token)  # type: ignore[attr-defined]
+
+    # ---- the interface -----------------------------------------------------------------------
+
+    async def names(self, token: str) -> list[str]:
+        await self._verify(token)
+        limit = asyncio.Semaphore(MAX_NAMES_CHECKED)
+
+        async def live(sid: str) -> bool:
+            async with limit:
+                try:
+                    return bool(await self._call(token, sid, "s.live", {}))
+                except UnknownStream:
+                    return False
+                except StreamError:
+                    return True  # unreachable now: listed, as its record lives
+
+        sids = await self.book.names()
+        alive = await asyncio.gather(*(live(sid) for sid in sids))
+        return [sid for sid, ok in zip(sids, alive, strict=True) if ok]
+
+    async def info(self, token: str, sid: str) -> StreamInfo:
+        await self._verify(token)
+        record = await self._record(check_sid(sid))
+        found = await self._call(token, sid, "s.info", {}, record)
+        return StreamInfo(
+            sid,
+            found["length"],
+            found["bytes"],
+            _entry(sid, found["first"]),
+            _entry(sid, found["last"]),
+            ids.text(tuple(found["last_generated_id"])),
+            found["entries_added"],
+            ids.text(tuple(found["max_deleted_id"])),
+            found["groups"],
+            found["meta"],
+            [home[0].hex() for home in record.homes],
+        )
+
+    async def create(self, token: str, sid: str, meta: dict, override: bool = False) -> dict:
+        await self._verify(token)
+        checked_meta(meta)
+        record = await self.book.create(check_sid(sid))
+        return await self._call(token, sid, "s.meta", {"meta": meta, "override": bool(override)}, record)
+
+    async def delete(self, token: str, sid: str) -> None:
+        await self._verify(token)
+        await self._call(token, check_sid(sid), "s.delete", {})
+
+    async def append(self, token: str, sid: str, entries: Sequence[tuple[bytes, str | None]]) -> list[str]:
+        await self._verify(token)
+        batch = [(bytes(data), explicit) for data, explicit in entries]
+        check_batch(batch)
+        for _, explicit in batch:
+            if explicit is not None:
+                ids.parse(explicit)
+        record = await self.book.create(check_sid(sid))
+        return await self._call(token, sid, "s.append", {"entries": [list(entry) for entry in batch]}, record)
+
+    async def read(
+        self,
+        token: str,
+        cursors: dict[str, str],
+        count: int,
+        timeout: float = 0.0,  # noqa: ASYNC109 (the interface's: a read waits up to it for entries)
+    ) -> list[Entry]:
+        await self._verify(token)
+        count, wait = _count(count), _seconds(timeout, MAX_WAIT)
+        starts = {check_sid(sid): _cursor(cursor) for sid, cursor in cursors.items()}
+        if len(starts) == 1:
+            ((sid, after),) = starts.items()
+            return await self._read(token, sid, after, count, wait)
+        reads = [
+            self._tasks.spawn(_outcome(self._read(token, sid, after, count, wait))) for sid, after in starts.items()
+        ]
+        try:
+            pending = set(reads)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if any(task.result()[0] for task in done):
+                    break
+        finally:
+            for task in reads:
+                task.cancel()
+            await asyncio.gather(*reads, return_exceptions=True)
+        outcomes = [task.result() for task in reads if task.done() and not task.cancelled()]
+        entries = [entry for found, _ in outcomes for entry in found]
+        failure = next((error for _, error in outcomes if error is not None), None)
+        if not entries and failure is not None:
+            raise failure
+        return entries
+
+    async def _read(self, token: str, sid: str, after: str | list, count: int, wait: float) -> list[Entry]:
+        if await self.book.find(sid) is None:
+            return []  # unknown streams: no entries
+        try:
+            rows = await self.feeds.read(token, sid, after, count, wait) if wait > 0 else None
+            if rows is None:
+                _, rows = await self._fetch(token, sid, after, count, wait)
+        except UnknownStream:
+            return []
+        return [Entry(sid, ids.text(entry_id), data) for entry_id, data in rows]
+
+    async def _fetch(
+        self, token: str, sid: str, after: str | list, count: int, wait: float
+    ) -> tuple[ids.Id, list[tuple[ids.Id, bytes]]]:
+        """Committed entries above `after` from the stream's primary, and the cursor after them."""
+        found = await self._call(token, sid, "s.read", {"after": after, "count": count, "wait": wait})
+        return tuple(found["cursor"]), [((ms, seq), data) for ms, seq, data in found["rows"]]  # type: ignore[return-value]
+
+    async def latest(self, token: str, sid: str, count: int) -> list[Entry]:
+        await self._verify(token)
+        record = await self.book.find(check_sid(sid))
+        if record is None:
+            return []
+        rows = await self._call(token, sid, "s.latest", {"count": _count(count)}, record)
+        return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in rows]
+
+    async def group_read(
+        self,
+        token: str,
+        sid: str,
+        group: str,
+        consumer: str,
+        count: int,
+        timeout: float,  # noqa: ASYNC109 (the interface's, as `read`'s)
+        ack_wait: float = 30.0,
+    ) -> list[Entry]:
+        await self._verify(token)
+        args = {
+            "group": group,
+            "consumer": consumer,
+            "count": _count(count),
+            "ack_wait": _seconds(ack_wait, MAX_ACK_WAIT),
+            "wait": _seconds(timeout, MAX_WAIT),
+        }
+        rows = await self._call(token, check_sid(sid), "s.gread", args)
+        return [Entry(sid, ids.text((ms, seq)), data) for ms, seq, data in rows]
+
+    async def group_ack(self, token: str, sid: str, group: str, entry_ids: list[str]) -> int:
+        await self._verify(token)
+        parsed = [list(ids.parse(entry_id)) for entry_id in entry_ids[:MAX_COUNT]]
+        return await self._call(token, check_sid(sid), "s.gack", {"group": group, "ids": parsed})
 
     async def close(self) -> None:
-        return None
+        await self.feeds.close()
+        await self._tasks.close()
+        await self.links.close()
+        await self.homes.close()
+
+    # ---- to the primary ----------------------------------------------------------------------
+
+    async def _record(self, sid: str) -> StreamRecord:
+        record = await self.book.find(sid)
+        if record is None:
+            raise UnknownStream(f"no stream {sid!r}")
+        return record
+
+    async def _call(
+        self, token: str, sid: str, op: str, args: dict[str, Any], record: StreamRecord | None = None
+    ) -> Any:
+        """The primary's answer to `op`, found by trying the stream's homes (see the module's docstring)."""
+        record = record or await self._record(sid)
+        homes = record.homes
+        down: list[bytes] = []
+        index = self._primary.get(sid, 0)
+        timeout = REPLICA_TIMEOUT + float(args.get("wait", 0.0))
+        for _ in range(2 * len(homes) + 1):
+            home = homes[index]
+            body = {**args, "sid": sid, "token": token, "down": down, "record": self.book.wire(sid)}
+            if home[0] == self.node.node_id:
+                reply = await self.serve(op, body)
+            else:
+                try:
+                    reply = await self.links.request(home, op, body, timeout)
+                except LinkDown:
+                    reply = {"err": "down"}
+            if "ok" in reply:
+                self._primary[sid] = index
+                return reply["ok"]
+            if reply.get("err") == "not_primary" and _valid(reply.get("primary"), homes, down):
+                index = reply["primary"]
+                continue
+            if reply.get("err") not in ("down", "not_primary"):
+                raise _ERRORS.get(reply.get("err"), StreamUnavailable)(reply.get("msg", "refused"))
+            if home[0] not in down:
+                down.append(home[0])
+            index = next((i for i, other in enumerate(homes) if other[0] not in down), -1)
+            if index < 0:
+                break
+        raise StreamUnavailable(f"no home of stream {sid!r} serves it now")
+
+    async def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A user op on this node as a home (from this node, or forwarded by another with the token)."""
+        try:
+            await self._verify(args["token"])
+        except StreamError:
+            raise
+        except Exception as error:  # the accounts' BadToken: the forwarding node's user is not ours
+            return {"err": "unavailable", "msg": f"a home refused the token: {error}"}
+        try:
+            record = await self.homes.record(check_sid(args["sid"]), args.get("record"))
+            down = [node_id for node_id in args.get("down", []) if isinstance(node_id, bytes)][:8]
+            return {"ok": await self._op(op, record, down, args)}
+        except NotPrimary as refusal:
+            return {"err": "not_primary", "primary": refusal.primary, "term": refusal.term}
+        except StreamError as error:
+            return {"err": error_kind(error), "msg": str(error)}
+
+    async def _op(self, op: str, record: StreamRecord, down: list[bytes], args: dict[str, Any]) -> Any:
+        homes = self.homes
+        if op == "s.append":
+            entries = [(data, explicit) for data, explicit in args["entries"]]
+            check_batch(entries)
+            return [ids.text(entry_id) for entry_id in await homes.append(record, down, entries)]
+        if op == "s.read":
+            after = args["after"] if args["after"] == "$" else list(args["after"])
+            cursor, rows = await homes.read(
+                record, down, after, _count(args["count"]), _seconds(args["wait"], MAX_WAIT)
+            )
+            return {"cursor": [*cursor], "rows": _rows(rows)}
+        if op == "s.latest":
+            return _rows(await homes.latest(record, down, _count(args["count"])))
+        if op == "s.info":
+            return await homes.info(record, down)
+        if op == "s.meta":
+            return await homes.set_meta(record, down, checked_meta(args["meta"]), bool(args["override"]))
+        if op == "s.delete":
+            await homes.delete(record, down)
+            return True
+        if op == "s.live":
+            return await homes.live(record, down)
+        if op == "s.gread":
+            rows = await homes.group_read(
+                record, down, args["group"], args["consumer"], _count(args["count"]), _seconds(args["wait"], MAX_WAIT),
+                _seconds(args["ack_wait"], MAX_ACK_WAIT),
+            )  # fmt: skip
+            return _rows(rows)
+        if op == "s.gack":
+            acked = [ids.parse(f"{ms}-{seq}") for ms, seq in args["ids"][:MAX_COUNT]]
+            return await homes.group_ack(record, down, args["group"], acked)
+        raise BadStreamRequest(f"unknown op {op!r}")
+
+
+async def _outcome(reading: Awaitable[list[Entry]]) -> tuple[list[Entry], StreamError | None]:
+    """A read's entries, or its refusal as a value (a task of the task set that raises is logged as a bug)."""
+    try:
+        return await reading, None
+    except StreamError as error:
+        return [], error
+
+
+def _seconds(raw: object, limit: float) -> float:
+    """A time span from a caller: a number from 0 to `limit` (anything else is 0)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return 0.0
+    return min(max(float(raw), 0.0), limit)
+
+
+def _valid(index: object, homes: tuple, down: list[bytes]) -> bool:
+    return type(index) is int and 0 <= index < len(homes) and homes[index][0] not in down
+
+
+def _cursor(cursor: str) -> str | list:
+    if cursor == "$":
+        return "$"
+    return list(ids.ZERO if cursor in ("0", "-") else ids.parse(cursor))
+
+
+def _rows(rows: list[Row]) -> list[list]:
+    return [[ms, seq, data] for (ms, seq), _, data in rows]
+
+
+def _entry(sid: str, row: list | None) -> Entry | None:
+    return None if row is None else Entry(sid, ids.text((row[0], row[1])), row[2])

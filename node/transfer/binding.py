@@ -1,5 +1,6 @@
-"""Binding a farming node's two sockets on one address and port: the node's UDP socket and the TCP
-socket its streams (chunks) listen on, so that a contact is enough to reach both. With port 0 the TCP
+"""Binding a node's two sockets on one address and port: the node's UDP socket and the TCP socket its
+port listens on (`port.Port`: the streams' replicas, a farmer's chunks), so that a contact is enough to
+reach both. With port 0 the TCP
 socket takes a free port first and the UDP socket the same one, retried when that UDP port is taken
 (UDP and TCP ports are separate spaces: a free TCP port says nothing of the UDP one)."""
 

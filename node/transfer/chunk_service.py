@@ -171,12 +171,18 @@ class ChunkService:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.serve(reader, writer)
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: dict[str, Any] | None = None
+    ) -> None:
+        """Serve one connection; `header`: its first request's, if the node's port read it already."""
         group = host_of(str((writer.get_extra_info("peername") or ("",))[0]))
         with contextlib.ExitStack() as held:  # the slots this connection holds, freed when it ends
             connection = _Connection(reader, writer, group, held)
             try:
                 connection.take(self._connections)
-                reply, body = await self._request(connection)
+                reply, body = await self._request(connection, header)
             except Refused as refusal:
                 self.counters.add(REFUSED)
                 if refusal.counter:
@@ -187,12 +193,12 @@ class ChunkService:
                 reply, body = {"err": "internal error"}, b""
             await _send(writer, reply, body)
 
-    async def _request(self, connection: "_Connection") -> tuple[dict, bytes]:
+    async def _request(self, connection: "_Connection", header: dict[str, Any] | None) -> tuple[dict, bytes]:
         try:
             async with asyncio.timeout(STREAM_TIMEOUT):
                 if not self._requests.allow_host(connection.group):
                     raise Refused(TOO_MANY_REQUESTS, "chunk_port_rate_limited")
-                return await self._answer(await _header(connection.reader), connection)
+                return await self._answer(header or await _header(connection.reader), connection)
         except FramingError as error:
             raise Refused(str(error), "chunk_port_bad_frames") from error
         except TimeoutError as error:

@@ -1,0 +1,117 @@
+"""`StreamBook`: a node's use of stream records (`records.stream`): finding a stream's record, making
+one (choosing its homes: the nodes closest to the stream's id, this one included if it is), listing
+every stream on the mesh (the directory's 16 shards), and keeping the records of this node's streams
+announced.
+
+Two nodes making one stream at once each sign a record; every node takes the same one (the earliest
+made, then the lowest creator id), so they agree on its homes. A record is used only if its homes are
+plausibly the stream's: each one no farther from the stream's id than the farthest of the nodes this
+node's own lookup finds closest to it (so a node cannot send a stream to homes of its choosing without
+grinding node ids near its key, as for any DHT key).
+"""
+
+import time
+
+from dhtmesh.node.dht import DhtNode, PutRefused
+from dhtmesh.node.records.directory import read_directory
+from dhtmesh.node.records.kind import InvalidRecord, value_id_of
+from dhtmesh.node.records.rules import check_value
+from dhtmesh.node.records.stream import KIND, MAX_HOMES, STREAMS, StreamRecord, decode_stream, stream_id
+from dhtmesh.node.routing.contact import distance
+from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
+
+Home = tuple[bytes, str, int]
+
+
+class StreamBook:
+    def __init__(self, node: DhtNode) -> None:
+        self._node = node
+        self._known: dict[str, tuple[StreamRecord, Value]] = {}  # checked: a stream's homes never change
+
+    async def find(self, sid: str, carried: object = None) -> StreamRecord | None:
+        """The stream's record (checked), from the DHT, else the signed value a request `carried` (in
+        `Value.to_wire` form: a record just made may not have reached every replica of its key yet)."""
+        known = self._known.get(sid)
+        if known is not None:
+            return known[0]
+        key = STREAMS.key_for(stream_id(sid))
+        values = await self._node.get(key, value_id_of(stream_id(sid)), KIND.type)
+        if not values and carried is not None:
+            values = _carried(key, carried)
+        found = sorted(
+            ((record, value) for record, value in _records(values) if record.sid == sid),
+            key=lambda pair: (pair[0].created, pair[0].creator),
+        )
+        for record, value in found:
+            if await self._plausible(record):
+                self._known[sid] = (record, value)
+                return record
+            self._node.counters.add("stream_records_implausible")
+        return None
+
+    def wire(self, sid: str) -> list | None:
+        """The stream's signed record, as a request carries it to a home."""
+        known = self._known.get(sid)
+        return None if known is None else known[1].to_wire()
+
+    async def keep(self, sid: str) -> None:
+        """Keep announcing the stream's record from this node (one of its homes), so that it outlives
+        the node that made it."""
+        known = self._known.get(sid)
+        if known is None:
+            return
+        record, value = known
+        try:
+            await self._node.put(KIND.key_for(record), value, permanent=True)
+        except (PutRefused, InvalidValue):
+            self._node.counters.add("stream_records_not_kept")
+
+    async def create(self, sid: str) -> StreamRecord:
+        """The stream's record, made and announced if the mesh has none."""
+        found = await self.find(sid)
+        if found is not None:
+            return found
+        closest = await self._closest(sid)
+        homes = tuple((c_id, host, port) for c_id, host, port in closest[:MAX_HOMES])
+        record = StreamRecord(sid, self._node.node_id, homes, int(time.time()))
+        value = KIND.sign(self._node.identity, record, 1)
+        await self._node.put(KIND.key_for(record), value, permanent=True)
+        return await self.find(sid) or record
+
+    async def names(self) -> list[str]:
+        return sorted({record.sid for record, _ in _records(await read_directory(self._node, STREAMS))})
+
+    async def _closest(self, sid: str) -> list[Home]:
+        target = stream_id(sid)
+        contacts = await self._node.lookup(target)
+        me = (self._node.node_id, *self._node.address[:2])
+        nodes = {c.node_id: (c.node_id, c.host, c.port) for c in contacts} | {me[0]: me}
+        return sorted(nodes.values(), key=lambda home: distance(home[0], target))
+
+    async def _plausible(self, record: StreamRecord) -> bool:
+        target = stream_id(record.sid)
+        closest = await self._closest(record.sid)
+        farthest = max(distance(home[0], target) for home in closest)
+        return all(distance(home[0], target) <= farthest for home in record.homes)
+
+
+def _carried(key: bytes, carried: object) -> list[Value]:
+    """The carried value, if it is a valid record under `key` (checked as any value reaching a node)."""
+    try:
+        value = value_from_wire(carried)
+        check_value(key, value)
+    except InvalidValue:
+        return []
+    return [value]
+
+
+def _records(values: list[Value]) -> list[tuple[StreamRecord, Value]]:
+    records = []
+    for value in values:
+        if value.type != KIND.type:
+            continue
+        try:
+            records.append((decode_stream(value.data), value))
+        except InvalidRecord:
+            continue  # values were checked on arrival; guards against a rule change between versions
+    return records

@@ -1,0 +1,161 @@
+"""`ReplicaService`: the streams' side of a node's TCP port (`transfer.port.Port` hands it every
+connection whose first frame is a streams op).
+
+A connection starts with a signed hello (`links`): the peer's node id, signed for this node, fresh and
+never seen before (`crypto.request_auth`); anything else is refused and the connection closed. Then
+requests are pipelined: the replica ops ("r.*": a primary's appends and state, a claimer's promises
+and fetches), only from the stream's homes (`Homes.home_of`), are answered in arrival order, so that a
+primary's batches are taken in the order it sent them; user ops ("s.*": appends, reads, meta...
+forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection.
+Bad frames are answered with an error and counted; a malformed request gets an error and the
+connection keeps serving.
+"""
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.keys import node_id_from_public_key
+from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
+from dhtmesh.node.stats import Counters, ErrorLog
+from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
+from dhtmesh.node.streams.home import Homes
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_body_of, read_frame
+from dhtmesh.node.tasks import TaskSet
+from dhtmesh.node.transfer.framing import FramingError
+from dhtmesh.node.wire.ratelimit import RequestLimiter
+
+MAX_IN_FLIGHT = 256  # user requests one connection may have waiting (long reads included)
+IDLE_TIMEOUT = 300.0  # seconds a connection may stay silent
+UserOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ReplicaService:
+    def __init__(self, identity: Identity, homes: Homes, user_op: UserOp, counters: Counters) -> None:
+        self._identity = identity
+        self._homes = homes
+        self._user_op = user_op
+        self._counters = counters
+        self._errors = ErrorLog(counters, "stream_port_internal_errors")
+        self._guard = ReplayGuard()
+        self._requests = RequestLimiter(total_rate=50_000.0, per_peer_rate=20_000.0)
+        self._replica_ops: dict[str, Callable[[bytes, dict], Awaitable[dict]]] = {
+            "r.append": homes.on_append,
+            "r.state": homes.on_state,
+            "r.promise": homes.on_promise,
+            "r.position": homes.on_position,
+            "r.fetch": homes.on_fetch,
+        }
+
+    async def serve(
+        self, header: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str
+    ) -> None:
+        """Serve one connection whose first header (`header`) the port read."""
+        tasks = TaskSet(self._counters)
+        try:
+            peer = self._hello(header, await read_body_of(reader, header))
+            writer.write(answer(0, {"ok": True}))
+            await self._requests_of(peer, reader, writer, host, tasks)
+        except _Refused as refusal:
+            self._refuse(refusal.counter)
+            writer.write(
+                answer(
+                    header.get("rid", 0) if isinstance(header.get("rid"), int) else 0,
+                    {"err": "bad", "msg": str(refusal)},
+                )
+            )
+        except FramingError as error:
+            self._refuse("stream_port_bad_frames")
+            with contextlib.suppress(OSError):
+                writer.write(answer(0, {"err": "bad", "msg": str(error)}))
+        finally:
+            await tasks.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await writer.drain()
+            writer.close()
+
+    def _hello(self, header: dict[str, Any], body: dict[str, Any]) -> bytes:
+        auth = header.get("auth")
+        if header.get("op") != HELLO:
+            raise _Refused("a connection starts with a signed hello", "stream_port_no_hello")
+        if not (isinstance(auth, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in auth.items())):
+            raise _Refused("auth must be a map of the signed request's headers", "stream_port_bad_signatures")
+        try:
+            key = verify_request(auth, HELLO_METHOD, HELLO_PATH, b"", self._identity.node_id, self._guard)
+        except RequestAuthError as error:
+            raise _Refused(f"bad signature: {error}", "stream_port_bad_signatures") from error
+        return node_id_from_public_key(key)
+
+    async def _requests_of(
+        self, peer: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, tasks: TaskSet
+    ) -> None:
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        while True:
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    header, body = await read_frame(reader)
+            except FramingError as error:
+                if not isinstance(error.__cause__, asyncio.IncompleteReadError) or error.__cause__.partial:
+                    raise
+                return  # the peer closed the connection between frames
+            rid, op = header.get("rid"), header.get("op")
+            if not isinstance(rid, int) or not isinstance(op, str):
+                self._refuse("stream_port_bad_requests")
+                writer.write(answer(0, {"err": "bad", "msg": "a request has an op and an integer rid"}))
+                continue
+            if not self._requests.allow_host(host):
+                self._refuse("stream_port_rate_limited")
+                writer.write(answer(rid, {"err": "unavailable", "msg": "too many requests"}))
+                continue
+            handler = self._replica_ops.get(op)
+            if handler is not None:
+                writer.write(answer(rid, await self._run(functools.partial(handler, peer, body))))
+            elif op.startswith("s.") and op != HELLO:
+                await in_flight.acquire()
+                tasks.spawn(self._user(op, rid, body, writer, in_flight))
+            else:
+                self._refuse("stream_port_unknown_ops")
+                writer.write(answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"}))
+
+    async def _user(
+        self, op: str, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, in_flight: asyncio.Semaphore
+    ) -> None:
+        try:
+            result = await self._run(functools.partial(self._user_op, op, body))
+            with contextlib.suppress(OSError):
+                writer.write(answer(rid, result))
+        finally:
+            in_flight.release()
+
+    async def _run(self, call: Callable[[], Awaitable[dict]]) -> dict:
+        """The call's answer; a refusal or our own failure as an error answer, counted."""
+        try:
+            return await call()
+        except (StreamError, KeyError, TypeError, ValueError) as error:  # a malformed or refused request
+            self._refuse("stream_port_refused")
+            return {"err": error_kind(error), "msg": str(error)}
+        except Exception as error:
+            self._errors.internal(error, "the streams port")
+            return {"err": "unavailable", "msg": "internal error"}
+
+    def _refuse(self, counter: str) -> None:
+        self._counters.add("stream_port_refusals")
+        self._counters.add(counter)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.counter = counter
+
+
+def error_kind(error: Exception) -> str:
+    """The wire name of an error (the forwarding node raises the same class from it)."""
+    for kind, name in ((UnknownStream, "unknown"), (EntryTooLarge, "large"), (StreamUnavailable, "unavailable")):
+        if isinstance(error, kind):
+            return name
+    return "bad"

@@ -1,0 +1,281 @@
+"""Streams replicated across a mesh of five in-process nodes (real UDP and TCP sockets, real SQLite; the
+in-process tests are `unit`, the last one starts a `dhtmesh run` process): a
+stream made through one node, written through another, read through a third; appends through two nodes
+at once; a home cut off mid-stream (its sockets closed, no goodbye) loses no acknowledged entry and the
+stream goes on once another home takes over; the old primary, back, commits nothing; replica ops from
+nodes that are not the stream's homes, or not authenticated, and bad frames are refused and counted."""
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from dhtmesh.crypto.identity import Identity
+from dhtmesh.crypto.request_auth import sign_request
+from dhtmesh.node.services import Services
+from dhtmesh.node.stats import Counters
+from dhtmesh.node.streams import ids
+from dhtmesh.node.streams.errors import StreamError
+from dhtmesh.node.streams.home import NotPrimary
+from dhtmesh.node.streams.links import Links
+from dhtmesh.node.streams.service import Streams
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame
+from dhtmesh.node.transfer.framing import frame
+from dhtmesh.testing import NodeProcess
+from dhtmesh.testing.meshes import Mesh
+from dhtmesh.testing.waiting import eventually
+
+TOKEN = "alice's token"
+NODES = 5
+
+
+class Tokens:
+    """A verifier that accepts the tokens it was given (the accounts service's `verify`, for streams)."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens
+
+    async def verify(self, token: str) -> str:
+        if token not in self.tokens:
+            raise PermissionError("unknown token")
+        return self.tokens[token]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[list[Services]]:
+    nodes = Mesh(tmp_path)
+    started: list[Services] = []
+    try:
+        for node in await nodes.grow(NODES, persist=True):
+            services = Services(node)
+            services.streams.accounts = Tokens({TOKEN: "alice"})  # type: ignore[assignment]
+            started.append(services)
+            await services.start()
+        yield started
+    finally:
+        for services in started:
+            await services.stop()
+        await nodes.stop()
+
+
+async def homes_of(mesh: list[Services], sid: str) -> tuple[list[Services], list[Services]]:
+    """The stream's homes (primary first) and the other nodes."""
+    record = await mesh[0].streams.book.find(sid)
+    assert record is not None
+    by_id = {services.node.node_id: services for services in mesh}
+    homes = [by_id[home[0]] for home in record.homes]
+    return homes, [services for services in mesh if services not in homes]
+
+
+async def cut_off(services: Services) -> None:
+    """The node's sockets closed without a goodbye, as when its process is killed."""
+    await services.port.stop()
+    await services.streams.links.close()
+    if services.node.transport is not None:
+        services.node.transport.close()
+
+
+async def test_a_stream_made_through_one_node_is_written_through_another_and_read_through_a_third(
+    mesh: list[Services],
+) -> None:
+    assert await mesh[0].streams.create(TOKEN, "chat", {"max_len": 1000}) == {"max_len": 1000}
+    homes, _ = await homes_of(mesh, "chat")
+    assert len(homes) == 3
+    written = await mesh[1].streams.append(TOKEN, "chat", [(b"hello", None), (b"world", None)])
+    read = await mesh[3].streams.read(TOKEN, {"chat": "0"}, 10)
+    assert [(e.id, e.data) for e in read] == list(zip(written, [b"hello", b"world"], strict=True))
+    assert await mesh[3].streams.read(TOKEN, {"chat": written[-1]}, 10) == []  # resumes after its last id
+    waiting = asyncio.ensure_future(mesh[3].streams.read(TOKEN, {"chat": "$"}, 10, timeout=10.0))
+    await asyncio.sleep(0.2)
+    (later,) = await mesh[4].streams.append(TOKEN, "chat", [(b"later", None)])
+    assert [(e.id, e.data) for e in await waiting] == [(later, b"later")]
+    assert await mesh[2].streams.read(TOKEN, {"chat": "$"}, 10, timeout=0.2) == []
+    info = await mesh[2].streams.info(TOKEN, "chat")
+    assert (info.length, info.last_generated_id, info.meta) == (3, later, {"max_len": 1000})
+    assert info.homes == [home.node.node_id.hex() for home in homes]
+    assert await mesh[4].streams.names(TOKEN) == ["chat"]
+    for home in homes:  # every home holds every entry
+        assert home.streams.homes.log.state("chat").length == 3  # type: ignore[union-attr]
+
+
+async def test_readers_waiting_on_one_node_share_one_feed_and_a_reader_moving_between_nodes_resumes(
+    mesh: list[Services],
+) -> None:
+    await mesh[0].streams.create(TOKEN, "feed", {})
+    readers = [mesh[3].streams.read(TOKEN, {"feed": "$"}, 10, timeout=10.0) for _ in range(10)]
+    waiting = asyncio.gather(*readers)
+    await asyncio.sleep(0.3)
+    written = await mesh[1].streams.append(TOKEN, "feed", [(b"one", None), (b"two", None)])
+    assert all([e.id for e in got] == written for got in await waiting)
+    assert len(mesh[3].streams.feeds) == 1
+    cursor, seen = "0", []
+    for turn in range(6):  # the reader moves from node to node, its last id as its cursor
+        await mesh[turn % 2 + 1].streams.append(TOKEN, "feed", [(b"%d" % turn, None)])
+        got = await mesh[turn % NODES].streams.read(TOKEN, {"feed": cursor}, 2, timeout=5.0)
+        seen += [e.id for e in got]
+        cursor = got[-1].id
+    rest = await mesh[4].streams.read(TOKEN, {"feed": cursor}, 100)
+    everything = await mesh[2].streams.read(TOKEN, {"feed": "0"}, 100)
+    assert seen + [e.id for e in rest] == [e.id for e in everything]
+
+
+async def test_entries_appended_through_two_nodes_at_once_have_strictly_increasing_ids(mesh: list[Services]) -> None:
+    async def write(streams: Streams, tag: bytes) -> list[str]:
+        written = []
+        for i in range(20):
+            written += await streams.append(TOKEN, "both", [(tag + b"%d" % i, None), (tag + b"%d'" % i, None)])
+        return written
+
+    first, second = await asyncio.gather(write(mesh[1].streams, b"a"), write(mesh[2].streams, b"b"))
+    for written in (first, second):
+        assert [ids.parse(i) for i in written] == sorted(ids.parse(i) for i in written)
+    read = await mesh[4].streams.read(TOKEN, {"both": "0"}, 1000)
+    assert [e.id for e in read] == sorted(first + second, key=ids.parse)
+    assert len({e.id for e in read}) == 80
+
+
+async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old_primary_commits_nothing(
+    mesh: list[Services],
+) -> None:
+    await mesh[0].streams.create(TOKEN, "log", {})
+    homes, others = await homes_of(mesh, "log")
+    writer, reader = others
+    acknowledged: list[str] = []
+    refused = 0
+    for i in range(30):
+        if i == 10:
+            await cut_off(homes[0])
+        try:
+            acknowledged += await writer.streams.append(TOKEN, "log", [(b"%d" % i, None)] * 5)
+        except StreamError:
+            refused += 1  # while the other homes take over
+    assert refused <= 3 and len(acknowledged) >= 135
+    read = await reader.streams.read(TOKEN, {"log": "0"}, 1000)
+    assert set(acknowledged) <= {e.id for e in read}
+    assert [ids.parse(e.id) for e in read] == sorted(ids.parse(e.id) for e in read)
+
+    old = homes[0].streams  # back, still taking itself for the primary of its term
+    record = await old.book.find("log")
+    assert record is not None
+    with pytest.raises(NotPrimary):  # the other homes promised a later term: it learns it is deposed
+        await old.homes.append(record, [], [(b"from the deposed primary", None)])
+    assert (
+        homes[1].node.counters.get("stream_replica_stale_terms")
+        + homes[2].node.counters.get("stream_replica_stale_terms")
+        >= 1
+    )
+    after = await reader.streams.read(TOKEN, {"log": "0"}, 1000)
+    assert b"from the deposed primary" not in {e.data for e in after}
+    more = await writer.streams.append(TOKEN, "log", [(b"after", None)])
+    assert ids.parse(more[0]) > ids.parse(after[-1].id)
+
+    host, port = homes[0].node.address[:2]
+    await homes[0].port.start(host, port)  # its port back: the new primary brings it up to date
+    state = old.homes.log.state("log")
+    assert state is not None
+    await eventually(lambda: state.last == ids.parse(more[0]))
+    held = [row[2] for row in old.homes.log.rows_after("log", ids.ZERO, 1000)]
+    assert b"from the deposed primary" not in held and len(held) == len(after) + 1
+
+
+async def test_a_home_that_was_away_catches_up_and_groups_survive_the_primary(mesh: list[Services]) -> None:
+    await mesh[0].streams.create(TOKEN, "away", {"max_len": 500})
+    homes, (writer, reader) = await homes_of(mesh, "away")
+    await writer.streams.append(TOKEN, "away", [(b"before", None)])
+    follower = homes[2]
+    await follower.port.stop()  # away: its port closed, its connections cut
+    await follower.streams.links.close()
+    written = []
+    for i in range(20):
+        written += await writer.streams.append(TOKEN, "away", [(b"%d" % i, None)] * 10)
+    delivered = await reader.streams.group_read(TOKEN, "away", "g", "c1", 5, 0)
+    host, port = follower.node.address[:2]
+    await follower.port.start(host, port)  # back
+    written += await writer.streams.append(TOKEN, "away", [(b"after", None)])
+    state = follower.streams.homes.log.state("away")
+    assert state is not None
+    await eventually(lambda: state.length == 202 and state.last == ids.parse(written[-1]))
+    assert state.meta == {"max_len": 500}
+
+    await cut_off(homes[0])  # the primary goes: the group's state was on a majority of homes
+    redelivered = await reader.streams.group_read(TOKEN, "away", "g", "c2", 5, 0, ack_wait=0.0)
+    assert [e.id for e in redelivered] == [e.id for e in delivered]  # at least once, across the failover
+    assert await reader.streams.group_ack(TOKEN, "away", "g", [e.id for e in redelivered]) == 5
+    fresh = await reader.streams.group_read(TOKEN, "away", "g", "c2", 5, 0)
+    assert [e.id for e in fresh] == written[4:9]
+
+
+async def _connect(services: Services) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = services.node.address[:2]
+    return await asyncio.open_connection(host, port)
+
+
+async def test_replica_ops_from_a_node_that_is_not_a_home_or_not_authenticated_are_refused(
+    mesh: list[Services],
+) -> None:
+    await mesh[0].streams.create(TOKEN, "guarded", {})
+    homes, others = await homes_of(mesh, "guarded")
+    stranger = others[0].streams.links
+    append = {"sid": "guarded", "term": 99, "prev": [0, 0, 0], "rows": [[1, 0, 99, b"forged"]], "commit": [1, 0]}
+    home = (homes[1].node.node_id, *homes[1].node.address[:2])
+    answer = await stranger.request(home, "r.append", append)
+    assert answer["err"] == "bad" and "homes only" in answer["msg"]
+    assert homes[1].node.counters.get("stream_replica_not_home") >= 1
+
+    reader, writer = await _connect(homes[1])  # no hello: refused
+    writer.write(frame({"op": "r.append", "rid": 1}, msgpack.packb(append)))
+    _, body = await read_frame(reader)
+    assert body["err"] == "bad"
+    writer.close()
+    reader, writer = await _connect(homes[1])  # a hello signed for another node: refused
+    auth = sign_request(Identity.generate(), HELLO_METHOD, HELLO_PATH, b"", homes[2].node.node_id)
+    writer.write(frame({"op": HELLO, "rid": 0, "auth": auth}))
+    _, body = await read_frame(reader)
+    assert body["err"] == "bad" and "signature" in body["msg"]
+    writer.close()
+    counters = homes[1].node.counters
+    assert counters.get("stream_port_no_hello") == 1 and counters.get("stream_port_bad_signatures") == 1
+    assert (await mesh[0].streams.read(TOKEN, {"guarded": "0"}, 10)) == []
+
+
+async def test_a_bad_frame_is_answered_with_an_error_and_counted(mesh: list[Services]) -> None:
+    reader, writer = await _connect(mesh[1])
+    writer.write(struct.pack(">I", 1 << 20) + b"x" * 100)  # a header over the bound
+    header, _ = await read_frame(reader)
+    assert "header is at most" in header["err"]
+    writer.close()
+    assert mesh[1].node.counters.get("chunk_port_bad_frames") == 1
+
+    reader, writer = await _connect(mesh[1])  # after a good hello, a body that is not msgpack
+    auth = sign_request(Identity.generate(), HELLO_METHOD, HELLO_PATH, b"", mesh[1].node.node_id)
+    writer.write(frame({"op": HELLO, "rid": 0, "auth": auth}))
+    _, body = await read_frame(reader)
+    assert "ok" in body
+    writer.write(frame({"op": "s.read", "rid": 1}, b"\xc1\xc1\xc1"))
+    _, body = await read_frame(reader)
+    assert body["err"] == "bad"
+    writer.close()
+    assert mesh[1].node.counters.get("stream_port_bad_frames") == 1
+    assert await mesh[1].streams.append(TOKEN, "still", [(b"serving", None)])  # and the node serves on
+
+
+@pytest.mark.process
+async def test_a_dhtmesh_run_node_serves_stream_replicas_on_its_udp_port_number(
+    spawn: Callable[..., NodeProcess],
+) -> None:
+    """Every node listens on TCP at its UDP port (not only farmers), so a stream's home is reached from
+    its contact alone; a stranger's replica op is answered with a refusal."""
+    node = spawn("plain")
+    host, port = node.address
+    links = Links(Identity.generate(), Counters())
+    try:
+        answer = await links.request((bytes.fromhex(node.node_id), host, port), "r.position", {"sid": "nothing"})
+    finally:
+        await links.close()
+    assert answer["err"] in ("unknown", "bad")
