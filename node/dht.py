@@ -204,6 +204,15 @@ class DhtNode(SignedPuts, Listening):
         values, _ = await self._gather(key, self.config.get_quorum, Wanted(value_id, value_type))
         return values
 
+    async def get_held(
+        self, key: bytes, value_id: int | None = None, value_type: int | None = None
+    ) -> list[tuple[Value, int]]:
+        """`get`'s values, each with how many replicas (this node's own copy included) returned it."""
+        if value_id == 0:
+            raise ValueError("value id 0 is not a value's id")
+        collector, _ = await self._collect(key, self.config.get_quorum, Wanted(value_id, value_type))
+        return collector.counted()
+
     async def get_stream(self, key: bytes) -> AsyncIterator[Value]:
         """The values under `key` as they arrive: this node's own first, then each value (or newer
         version of one) that the lookup finds. Ends when the lookup does."""
@@ -224,10 +233,14 @@ class DhtNode(SignedPuts, Listening):
     async def _gather(
         self, key: bytes, quorum: int = 0, wanted: Wanted = ALL_VALUES
     ) -> tuple[list[Value], list[Contact]]:
+        collector, nodes = await self._collect(key, quorum, wanted)
+        return collector.result(), nodes
+
+    async def _collect(self, key: bytes, quorum: int, wanted: Wanted) -> tuple[ValueCollector, list[Contact]]:
         collector = ValueCollector(key, self.store.get(key, wanted.value_type), self.rules.check, wanted=wanted)
         nodes = await self._lookups.run(key, collector, quorum)
         self.counters.add("gets")
-        return collector.result(), nodes
+        return collector, nodes
 
     async def put(
         self, key: bytes, value: Value, *, permanent: bool = False, until: float = math.inf, client: str = ""

@@ -58,6 +58,7 @@ from dhtmesh.proxy.route import (
 )
 from dhtmesh.proxy.routes import ROUTES
 from dhtmesh.proxy.stats import RequestStats
+from dhtmesh.proxy.stream_sockets import STREAM_SOCKETS, sockets_slots
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def create_app(
     app[JOBS] = services.jobs
     app[ACCOUNTS] = services.accounts
     app[STREAMS] = services.streams
+    app[STREAM_SOCKETS] = sockets_slots()
     app[STANDINGS] = services.standings
     app[JOB_CHANGES] = Slots("job changes", JOB_CHANGES_IN_ALL, JOB_CHANGES_PER_CLIENT)
     app[FOLLOW_BUDGET] = Buckets(FOLLOWED_KEYS_PER_CLIENT, FOLLOWED_KEYS_PER_CLIENT)

@@ -31,6 +31,7 @@ from dhtmesh.node.jobs.service import NotOwner, UnknownJob
 from dhtmesh.node.jobs.view import TooManyFollowed
 from dhtmesh.node.records.farmer_events import HeightOverLimit
 from dhtmesh.node.records.registry import AlreadyRegistered, RegistryError, UnknownFarmer
+from dhtmesh.node.streams.errors import BadStreamRequest, EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.value import InvalidValue
 from dhtmesh.node.wire.ratelimit import Full
@@ -139,6 +140,11 @@ TABLE: dict[type[BaseException], Refusal] = {
     BadToken: Refusal(401, counter="http_tokens_refused", headers=_BEARER),
     AccountExists: Refusal(409),
     BadAccount: Refusal(400),
+    StreamError: Refusal(400),
+    UnknownStream: Refusal(404),
+    BadStreamRequest: Refusal(400),
+    EntryTooLarge: Refusal(413),
+    StreamUnavailable: Refusal(503, lambda error: f"stream unavailable: {error}"),
 }
 
 

@@ -46,6 +46,10 @@ PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"type": "string", "pattern": "^(0x)?[0-9a-fA-F]{40}$"},
     ),
     "slice_number": ("a slice's number, from 1", {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}),
+    "sid": (
+        "a stream's name, or several joined with `+` (`a+b`, at most 16; `*`: every stream, for a batch push)",
+        {"type": "string", "minLength": 1},
+    ),
 }
 STANDARD_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 JSON = "application/json"

@@ -5,7 +5,10 @@ no CORS preflight) to a proxy on 127.0.0.1, and the browser labels it with the p
 request that can change state — every method but GET, HEAD and OPTIONS, and the dataserv routes that
 change a farmer over GET — is refused (403) when it carries an `Origin` that is not allowed with
 `--allow-origin`. Native clients (curl, `dhtnode`, the CLI) send no `Origin` and are not affected; GET
-reads stay open to every page, as OpenDHT serves them (`Access-Control-Allow-Origin: *`).
+reads stay open to every page, as OpenDHT serves them (`Access-Control-Allow-Origin: *`, never with
+credentials, so a browser keeps an answer to a cookie-carrying read from the page). The data WebSockets
+apply the same check to their handshake (`refuse_foreign`): a browser sends the `authorization` cookie to
+a socket any page opens, and the same-origin policy does not cover WebSockets.
 """
 
 import re
@@ -52,17 +55,21 @@ def origin_policy(routes: list[Route]) -> Handler:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _changes_state(request, unsafe_gets):
-            allowed = request.app[ALLOWED_ORIGINS]
-            foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
-            if foreign:
-                raise Forbidden(
-                    f"a web page of origin {foreign[0]!r} may not change state through this node "
-                    "(its operator can allow it with --allow-origin)",
-                    REFUSED,
-                )
+            refuse_foreign(request, "change state through this node")
         return await handler(request)
 
     return middleware  # type: ignore[return-value]
+
+
+def refuse_foreign(request: web.Request, what: str) -> None:
+    """A 403 (counted) when the request carries an `Origin` not allowed: such a page may not `what`."""
+    allowed = request.app.get(ALLOWED_ORIGINS, frozenset())  # an app that allows none: every page is foreign
+    foreign = [origin for origin in request.headers.getall("Origin", []) if origin not in allowed]
+    if foreign:
+        raise Forbidden(
+            f"a web page of origin {foreign[0]!r} may not {what} (its operator can allow it with --allow-origin)",
+            REFUSED,
+        )
 
 
 def _changes_state(request: web.Request, unsafe_gets: frozenset[str]) -> bool:

@@ -7,6 +7,11 @@ cookie set as ptg sets it. Its Argon2id costs the node CPU and memory, so a clie
 taken before anything else (`Accounts.limits`); so is a lookup for a token this node has not verified
 yet (an unknown user costs a DHT lookup). An account is created from the record the CLI signed with
 the password-derived key: the password never reaches a node.
+
+The cookie is a credential the browser sends by itself (on a WebSocket, which CORS does not guard, and
+from any page of the same site, 127.0.0.1 on any port): a token read from the cookie is refused (403)
+on a request a web page of an origin not allowed with `--allow-origin` made. A token in the query or
+the `Authorization` header is one the page knew, so it stands.
 """
 
 from aiohttp import web
@@ -21,6 +26,7 @@ from dhtmesh.node.records.account import account_key
 from dhtmesh.node.wire.ratelimit import Buckets
 from dhtmesh.proxy.clients import client_of
 from dhtmesh.proxy.errors import BadRequest, NotFound, TooLarge, TooManyRequests
+from dhtmesh.proxy.origins import refuse_foreign
 from dhtmesh.proxy.responses import json_body, json_reply
 from dhtmesh.proxy.route import ACCOUNTS, Route
 
@@ -33,22 +39,30 @@ BODY_LIMIT = 16 * 1024  # an account record's value JSON
 def token_of(request: web.Request) -> str | None:
     """The request's token, in ptg's order: query `token`, then `Authorization: Bearer`, then the
     `authorization` cookie ("Bearer <jwt>")."""
+    return _sourced(request)[0]
+
+
+def _sourced(request: web.Request) -> tuple[str | None, bool]:
+    """The request's token (`token_of`), and whether it came from the cookie."""
     if "token" in request.query:
-        return request.query["token"]
-    for credential in (request.headers.get("Authorization"), request.cookies.get(COOKIE)):
+        return request.query["token"], False
+    for credential, from_cookie in ((request.headers.get("Authorization"), False), (request.cookies.get(COOKIE), True)):
         if credential:
             scheme, _, token = credential.strip().strip('"').partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return None
+                return token.strip(), from_cookie
+    return None, False
 
 
 async def authenticated(request: web.Request) -> str:
-    """The user the request's token is for; raises `BadToken` (401), or a 429 when the client's host
-    has had as many tokens checked as it may (only a token new to this node costs a lookup)."""
-    token = token_of(request)
+    """The user the request's token is for; raises `BadToken` (401), a 403 for the cookie sent by a web
+    page of a foreign origin, or a 429 when the client's host has had as many tokens checked as it may
+    (only a token new to this node costs a lookup)."""
+    token, from_cookie = _sourced(request)
     if token is None:
         raise BadToken("Not authenticated")
+    if from_cookie:
+        refuse_foreign(request, "use this node's login cookie")
     accounts = request.app[ACCOUNTS]
     if not accounts.known(token):
         _take(accounts.limits.lookups, request, "token checks")
@@ -70,7 +84,7 @@ async def login(request: web.Request) -> web.Response:
     username, password = form.get("username"), form.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise BadLogin("Incorrect username or password")
-    issued = await accounts.issue(username, password, lifetime)
+    issued = await accounts.issue(username, password, lifetime, client_of(request))
     reply = json_reply({"access_token": issued.token, "token_type": "bearer"})
     max_age = COOKIE_MAX_AGE if lifetime is None else int(lifetime)
     reply.set_cookie(COOKIE, f"Bearer {issued.token}", max_age=max_age, path="/", httponly=True, samesite="lax")
@@ -104,7 +118,7 @@ async def put_user(request: web.Request) -> web.Response:
         raise TooLarge(f"an account record is at most {BODY_LIMIT} bytes")
     _take(accounts.limits.creations, request, "account creations")
     name = request.match_info["name"]
-    record = await accounts.create(name, value_from_json(await json_body(request)))
+    record = await accounts.create(name, value_from_json(await json_body(request)), client_of(request))
     return json_reply({"name": record.name, "public_key": record.public_key.hex(), "key": account_key(name).hex()}, 201)
 
 

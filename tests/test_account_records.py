@@ -27,7 +27,7 @@ from dhtmesh.node.records.kind import FORMAT, value_id_of
 from dhtmesh.node.records.rules import check_value, is_valid_successor
 from dhtmesh.node.values.policy import Verdict
 from dhtmesh.node.values.value import InvalidValue, Value, sign_value
-from dhtmesh.testing import Mesh
+from dhtmesh.testing import Mesh, join_mesh, start_node
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +133,20 @@ async def test_no_hop_takes_a_forged_account_or_another_keys_claim_on_a_held_nam
         assert [decode_account(value.data).public_key for value in held] == [alice.public_key]
     finally:
         await mesh.stop()
+
+
+async def test_a_get_says_how_many_replicas_returned_each_claim() -> None:
+    """What a node new to a name weighs two claims by (`DhtNode.get_held`): the replicas that hold each."""
+    nodes = [await start_node() for _ in range(4)]
+    try:
+        await join_mesh(nodes)
+        key = account_key("zoe")
+        _, honest = new_account("zoe", "zoes-password", SALT, int(time.time()))
+        _, hostile = new_account("zoe", "another-password", SALT[::-1], int(time.time()))
+        assert nodes[3].store_locally(key, hostile).accepted  # before the put: it keeps its own claim
+        await nodes[0].put(key, honest)
+        held = {value.owner: holders for value, holders in await nodes[1].get_held(key, value_id_of(key))}
+        assert held == {honest.owner: 3, hostile.owner: 1}
+    finally:
+        for node in nodes:
+            await node.stop()

@@ -23,6 +23,7 @@ from aiohttp import web
 from dhtmesh.crypto import Identity
 from dhtmesh.crypto.addresses import node_address
 from dhtmesh.node.records import RESERVED_TYPES, outvote
+from dhtmesh.node.records.account import ACCOUNT_TYPE, MEMLIMIT, OPSLIMIT, AccountRecord, account_key
 from dhtmesh.node.records.audit import AUDIT_TYPE, AuditEntry, AuditLog, Outcome, audits_key
 from dhtmesh.node.records.blob import BLOB_MANIFEST_TYPE, Manifest, blob_key, blob_value_id
 from dhtmesh.node.records.farmer import FARMER_VALUE_TYPE, FarmerRecord, farmer_key, farmer_value_id
@@ -46,6 +47,7 @@ from dhtmesh.node.records.job import (
 )
 from dhtmesh.node.records.kind import value_id_of
 from dhtmesh.node.records.outvote import OUTVOTE_TYPE, Outvote, OutvoteLog
+from dhtmesh.node.records.stream import STREAM_TYPE, STREAMS, StreamRecord, stream_id
 from dhtmesh.proxy.app import LISTENS_PER_CLIENT
 from dhtmesh.proxy.push import SUBSCRIPTIONS_PER_CLIENT
 from dhtmesh.testing import NodeProcess
@@ -70,11 +72,11 @@ async def values_under(session: aiohttp.ClientSession, url: str, key_path: str) 
 # ---- A. the node's key is not a signing oracle ------------------------------------------------------
 
 
-def records_for(node_id: bytes) -> dict[int, tuple[bytes, int, bytes]]:
+def records_for(node_id: bytes, public_key: bytes) -> dict[int, tuple[bytes, int, bytes]]:
     """A well-formed record of every reserved type that the node's own key would make valid: its farmer
     record, a holding of a chunk it lacks, an audit log failing another farmer, a manifest, a job of
-    its own with a batch, a lease and a forged result, an outvote of another worker. Each as (key, value
-    id, data)."""
+    its own with a batch, a lease and a forged result, an outvote of another worker, an account bound to
+    its key, a stream it created. Each as (key, value id, data)."""
     now = int(time.time())
     root, blob_id, victim = os.urandom(32), os.urandom(32), os.urandom(20)
     entry = AuditEntry(root, blob_id, 1000, os.urandom(16), (0,), Outcome.FAILED, now)
@@ -88,7 +90,11 @@ def records_for(node_id: bytes) -> dict[int, tuple[bytes, int, bytes]]:
     lease = LeaseRecord(node_id, job.job_id, 0, now * 1000, now * 1000 + 5000)
     result = ResultRecord(node_id, job.job_id, 0, 0, now, (SliceResult(1, b"99", None, 1),))
     outvoted = OutvoteLog(node_id, victim, (Outvote(job.job_id, 1, now),))
+    account = AccountRecord(f"n{node_id.hex()[:8]}", public_key, os.urandom(16), OPSLIMIT, MEMLIMIT, now)
+    stream = StreamRecord("oracle", node_id, ((node_id, "127.0.0.1", 4222),), now)
     return {
+        ACCOUNT_TYPE: (account_key(account.name), value_id_of(account_key(account.name)), account.encode()),
+        STREAM_TYPE: (STREAMS.key_for(stream_id(stream.sid)), value_id_of(stream_id(stream.sid)), stream.encode()),
         JOB_TYPE: (JOB.key_for(job), value_id_of(job.job_id), job.encode()),
         BATCH_TYPE: (BATCH.key_for(batch), value_id_of(BATCH.id_of(batch)), batch.encode()),
         LEASE_TYPE: (LEASE.key_for(lease), value_id_of(LEASE.id_of(lease)), lease.encode()),
@@ -103,7 +109,7 @@ def records_for(node_id: bytes) -> dict[int, tuple[bytes, int, bytes]]:
 
 async def test_sign_and_encrypt_refuse_every_record_type(serve: Serve) -> None:
     node, url = await serve()
-    records = records_for(node.node_id)
+    records = records_for(node.node_id, node.identity.public_key)
     assert records.keys() == RESERVED_TYPES, "every reserved type is tried"
     recipient = Identity.generate().public_key.hex()
     async with aiohttp.ClientSession() as session:

@@ -64,7 +64,9 @@ class StoreAlong:
 class ValueCollector:
     """Merges the values a lookup gathers: one per (owner, id), the highest seq wins.
 
-    A replica counts as a holder only once its values are in hand.
+    A replica counts as a holder only once its values are in hand. Which replicas returned each value
+    is kept too (`held_by`; this node's own copy as the empty id): a reader choosing between values
+    that contradict each other can side with most replicas rather than with a few hostile ones.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class ValueCollector:
         self._check = check  # the node's rules (`ValueRules.check`)
         self.wanted = wanted
         self.values: dict[tuple[bytes, int], Value] = {v.identity: v for v in initial if v in wanted}
+        self.held_by: dict[tuple[bytes, int], set[bytes]] = {identity: {b""} for identity in self.values}
         self._on_new = on_new
         self.holders = 1 if self.values else 0  # replicas that returned values, this node included
 
@@ -102,8 +105,18 @@ class ValueCollector:
         known = self.values.get((owner, value_id))
         return None if known is not None and known.seq >= seq else (owner, value_id)
 
+    def note_holder(self, holder: bytes, offered: list[tuple[bytes, int]]) -> None:
+        """`holder` (a replica's node id) offered these values: those taken count it as a holder."""
+        for identity in offered:
+            if identity in self.values:
+                self.held_by.setdefault(identity, set()).add(holder)
+
     def result(self) -> list[Value]:
         return sorted(self.values.values(), key=lambda v: (v.owner, v.id))
+
+    def counted(self) -> list[tuple[Value, int]]:
+        """`result`, each value with how many replicas returned it."""
+        return [(value, len(self.held_by.get(value.identity, ()))) for value in self.result()]
 
 
 async def collect_pages(
@@ -117,6 +130,8 @@ async def collect_pages(
             collector.offer(value)
         wanted = [identity for identity in map(collector.wants, reply.refs or []) if identity is not None]
         await asyncio.gather(*(_fetch(endpoint, contact, key, identity, collector) for identity in wanted))
+        offered = [value.identity for value in reply.vals or []] + [(ref[0], ref[1]) for ref in reply.refs or []]
+        collector.note_holder(contact.node_id, offered)
         if reply.more is None:
             return
         try:
