@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the side-by-side benchmarks (proxy vs OpenDHT, DHT vs stock kademlia, cost, scale and churn, farmer
-registry vs dataserv, jobs vs Dask), each in its own process, and print one table of figures and ratios,
-with the machine and date; write it all as JSON.
+registry vs dataserv, jobs vs Dask, data streams vs Redis streams), each in its own process, and print one
+table of figures and ratios, with the machine and date; write it all as JSON.
 
 Each benchmark script prints, as its last line of output, a JSON document
 `{"bench": name, "rows": [...], "ratios": [{"case", "metric", "dhtmesh", "anchor", "ratio"}]}`.
@@ -24,6 +24,7 @@ BENCHES = {
     "scale": (["bench_scale.py"], ["--quick"]),
     "farmers": (["bench_farmers.py"], ["--quick"]),
     "jobs": (["bench_jobs.py"], ["--quick"]),
+    "streams": (["bench_streams.py"], ["--quick"]),
 }
 
 
