@@ -7,14 +7,16 @@ opens, so a foreign page could otherwise read or write a user's streams), the qu
 the client's (429). After the handshake a bad frame closes the socket with a close code and a reason;
 whatever was acknowledged before it stays.
 
-Push reads the next frame only once the last batch is durably appended (one `Streams.append` per stream
-of a batch), so a fast writer is slowed by TCP rather than queued in memory. Pull sends a frame pair only
-once the last was written (`send_bytes` is awaited), and with `ack`, or in a consumer group, only once the
-client acknowledged (a group has at most `GROUP_WINDOW` frame pairs unacknowledged: its `MaxAckPending`).
-Heartbeats end a half-open socket.
+Push commits in groups: while one append is under way the socket reads on (up to `READ_AHEAD_BYTES`),
+and what it read goes to the streams as the next append (one `Streams.append` per stream), each frame
+or batch acknowledged on its own; a fast writer is slowed by TCP rather than queued in memory. Pull sends
+a frame pair only once the last was written (`send_bytes` is awaited), and with `ack`, or in a consumer
+group, only once the client acknowledged (a group has at most `GROUP_WINDOW` frame pairs
+unacknowledged: its `MaxAckPending`). Heartbeats end a half-open socket.
 """
 
 import asyncio
+import contextlib
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from dhtmesh.api.stream_frames import (
     ALL,
     INVALID,
+    MAX_BATCH_ENTRIES,
     MAX_FRAME_BYTES,
     NORMAL,
     POLICY,
@@ -65,6 +68,7 @@ WAIT = 30.0  # seconds one blocking read waits when the client gave no `timeout`
 MAX_TIMEOUT_MS = 300_000
 DEFAULT_ACK_WAIT = 30.0
 MAX_ACK_WAIT = 3600.0
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # entries a push socket holds read but not yet appended (a batch may pass it)
 GROUP_WINDOW = 8  # frame pairs a consumer-group socket has unacknowledged at most
 BAD_FRAMES = "stream_bad_frames"  # sockets closed for a frame that breaks the framing
 SOCKET_REFUSALS = "stream_socket_refusals"  # sockets closed for a refusal of the streams service
@@ -149,19 +153,99 @@ async def push(request: web.Request) -> web.StreamResponse:
     with client_slot(request.app[STREAM_SOCKETS], request, REFUSED_SOCKETS):
         socket = await _open(request)
         try:
-            await _push_frames(socket, state)
-        except ConnectionError:
+            # Shielded: the proxy cancels a handler whose client has gone (`handler_cancellation`, which
+            # ends listen streams), and a client closing right after its last frames goes before they are
+            # appended; what the socket took in is appended all the same.
+            await asyncio.shield(_push_frames(socket, state))
+        except* ConnectionError:
             pass  # the client went: what it was acknowledged stays, a batch it was not is its to send again
-        except (FrameError, StreamError, AccountError) as error:
-            await _refuse(request, socket, error)
+        except* (FrameError, StreamError, AccountError) as errors:
+            await _refuse(request, socket, errors.exceptions[0])  # type: ignore[arg-type]
         return socket
 
 
+class _ReadAhead:
+    """The frames a push socket has read but not yet appended, bounded in bytes (`READ_AHEAD_BYTES`), and
+    how reading ended: None when the client closed, or the error a bad frame raised, which is raised
+    only once every unit read before it was appended (and acknowledged)."""
+
+    def __init__(self) -> None:
+        self.units: deque[list[PushEntry]] = deque()
+        self.size = 0
+        self.end: FrameError | None = None
+        self.ended = False
+        self.changed = asyncio.Event()
+
+    def add(self, unit: list[PushEntry]) -> None:
+        self.units.append(unit)
+        self.size += sum(len(entry.data) for entry in unit)
+        self.changed.set()
+
+    def finish(self, error: FrameError | None) -> None:
+        self.end, self.ended = error, True
+        self.changed.set()
+
+    def take(self) -> list[list[PushEntry]]:
+        """The units waiting, oldest first, as many as one append takes (at least one)."""
+        taken = [self.units.popleft()]
+        count, size = len(taken[0]), sum(len(entry.data) for entry in taken[0])
+        while self.units and count + len(self.units[0]) <= MAX_BATCH_ENTRIES:
+            unit_size = sum(len(entry.data) for entry in self.units[0])
+            if size + unit_size > MAX_FRAME_BYTES:
+                break
+            taken.append(self.units.popleft())
+            count, size = count + len(taken[-1]), size + unit_size
+        self.size -= size
+        self.changed.set()
+        return taken
+
+    async def wait(self) -> None:
+        self.changed.clear()
+        await self.changed.wait()
+
+
 async def _push_frames(socket: web.WebSocketResponse, state: _Push) -> None:
-    while (entries := await _next_entries(socket, state)) is not None:
-        ids = await _append(state, entries)
+    """Group commit: frames are read while the last append is under way, and every unit (entry or batch)
+    read meanwhile goes to the streams as one append, each unit acknowledged on its own, in order. So a
+    client sending entry by entry costs the homes one transaction per round trip, not per entry, and
+    reading stops at `READ_AHEAD_BYTES` waiting, so a fast writer is still slowed by TCP."""
+    ahead = _ReadAhead()
+    async with asyncio.TaskGroup() as tasks:
+        reader = tasks.create_task(_read_ahead(socket, state, ahead))
+        try:
+            await _append_ahead(socket, state, ahead)
+        finally:
+            reader.cancel()
+
+
+async def _append_ahead(socket: web.WebSocketResponse, state: _Push, ahead: _ReadAhead) -> None:
+    """Append what the reader read, in groups, until it ended; then raise the bad frame that ended it."""
+    while True:
+        while not ahead.units and not ahead.ended:
+            await ahead.wait()
+        if not ahead.units:
+            break
+        units = ahead.take()
+        ids = await _append(state, [entry for unit in units for entry in unit])
         if state.ack:
-            await socket.send_str(",".join(ids))
+            for unit in units:
+                unit_ids, ids = ids[: len(unit)], ids[len(unit) :]
+                with contextlib.suppress(ConnectionError):  # the client went: what it sent is appended still
+                    await socket.send_str(",".join(unit_ids))
+    if ahead.end is not None:
+        raise ahead.end
+
+
+async def _read_ahead(socket: web.WebSocketResponse, state: _Push, ahead: _ReadAhead) -> None:
+    try:
+        while (unit := await _next_entries(socket, state)) is not None:
+            ahead.add(unit)
+            while ahead.size >= READ_AHEAD_BYTES:
+                await ahead.wait()
+    except FrameError as error:
+        ahead.finish(error)
+        return
+    ahead.finish(None)
 
 
 async def _next_entries(socket: web.WebSocketResponse, state: _Push) -> list[PushEntry] | None:

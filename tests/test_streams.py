@@ -149,6 +149,28 @@ async def test_entries_pushed_through_a_are_pulled_through_b_in_order(
         assert [entry_id for _, entry_id, _ in got] == [entry_id for batch_ids in ids for entry_id in batch_ids or []]
 
 
+async def test_entries_sent_one_per_frame_then_a_close_are_all_appended(
+    clients: tuple[StreamClient, StreamClient],
+) -> None:
+    """The push socket reads ahead while it appends (group commit): a client that sends entry by entry
+    without acknowledgements and closes at once still finds every entry it sent, in order."""
+    a, b = clients
+    await a.put_stream("one-by-one", {})
+    sent = [f"single {i}".encode() for i in range(300)]
+    async with a.push("one-by-one") as pusher:
+        for entry in sent:
+            await pusher.send([entry])
+
+    got: list[tuple[str, str, bytes]] = []
+
+    async def all_there() -> bool:
+        got[:] = await b.get("one-by-one", last_entry_id="0", count=1000)
+        return len(got) == len(sent)
+
+    await eventually(all_there, within=WITHIN)
+    assert payloads(got) == sent
+
+
 async def test_several_streams_at_once_and_get_data_with_entry_offsets(
     clients: tuple[StreamClient, StreamClient], mesh: Mesh
 ) -> None:

@@ -5,11 +5,12 @@ announced.
 
 Two nodes making one stream at once each sign a record; every node takes the same one (the earliest
 made, then the lowest creator id), so they agree on its homes. A record is used only if its homes are
-plausibly the stream's: each one no farther from the stream's id than the farthest of the nodes this
-node's own lookup finds closest to it (so a node cannot send a stream to homes of its choosing without
-grinding node ids near its key, as for any DHT key).
+plausibly the stream's: each one among the k nodes closest to the stream's id that this node's own
+lookup finds (so a node cannot send a stream to homes of its choosing without grinding node ids near
+its key, as for any DHT key, while a stream outlives the mesh's growth until k closer nodes joined).
 """
 
+import ipaddress
 import time
 
 from dhtmesh.node.dht import DhtNode, PutRefused
@@ -84,15 +85,32 @@ class StreamBook:
     async def _closest(self, sid: str) -> list[Home]:
         target = stream_id(sid)
         contacts = await self._node.lookup(target)
-        me = (self._node.node_id, *self._node.address[:2])
-        nodes = {c.node_id: (c.node_id, c.host, c.port) for c in contacts} | {me[0]: me}
+        nodes = {c.node_id: (c.node_id, c.host, c.port) for c in contacts}
+        me = self._own_home(alone=not nodes)
+        if me is not None:
+            nodes[me[0]] = me
         return sorted(nodes.values(), key=lambda home: distance(home[0], target))
 
+    def _own_home(self, alone: bool) -> Home | None:
+        """This node as a home. Bound to an unspecified address (0.0.0.0, the default), it does not know
+        the address its peers reach it at: it names itself only when alone (on loopback, where every
+        node of a one-machine mesh is), and is otherwise left to the others' lookups, which see it."""
+        host, port = self._node.address[:2]
+        if ipaddress.ip_address(host).is_unspecified:
+            if not alone:
+                return None
+            host = "::1" if ":" in host else "127.0.0.1"
+        return self._node.node_id, host, port
+
     async def _plausible(self, record: StreamRecord) -> bool:
+        """Whether each home is among the k nodes closest to the stream's id that this node finds (the
+        homes aside): a node cannot place a stream on homes of its choosing without ids near the
+        stream's, and a stream made when the mesh was small stays usable until k closer nodes joined."""
         target = stream_id(record.sid)
-        closest = await self._closest(record.sid)
-        farthest = max(distance(home[0], target) for home in closest)
-        return all(distance(home[0], target) <= farthest for home in record.homes)
+        homes = {home[0] for home in record.homes}
+        others = [distance(node[0], target) for node in await self._closest(record.sid) if node[0] not in homes]
+        k = self._node.config.k
+        return all(sum(d < distance(home, target) for d in others) < k for home in homes)
 
 
 def _carried(key: bytes, carried: object) -> list[Value]:
