@@ -11,6 +11,7 @@ its key, as for any DHT key, while a stream outlives the mesh's growth until k c
 """
 
 import ipaddress
+import socket
 import time
 
 from dhtmesh.node.dht import DhtNode, PutRefused
@@ -86,20 +87,17 @@ class StreamBook:
         target = stream_id(sid)
         contacts = await self._node.lookup(target)
         nodes = {c.node_id: (c.node_id, c.host, c.port) for c in contacts}
-        me = self._own_home(alone=not nodes)
-        if me is not None:
-            nodes[me[0]] = me
+        me = self._own_home(next(iter(nodes.values()), None))
+        nodes[me[0]] = me
         return sorted(nodes.values(), key=lambda home: distance(home[0], target))
 
-    def _own_home(self, alone: bool) -> Home | None:
-        """This node as a home. Bound to an unspecified address (0.0.0.0, the default), it does not know
-        the address its peers reach it at: it names itself only when alone (on loopback, where every
-        node of a one-machine mesh is), and is otherwise left to the others' lookups, which see it."""
+    def _own_home(self, peer: Home | None) -> Home:
+        """This node as a home. Bound to an unspecified address (0.0.0.0, the default), it names itself
+        by the address it reaches `peer` from (what the system routes by: no packet is sent), or
+        loopback when it knows no peer."""
         host, port = self._node.address[:2]
         if ipaddress.ip_address(host).is_unspecified:
-            if not alone:
-                return None
-            host = "::1" if ":" in host else "127.0.0.1"
+            host = _local_address_towards(peer[1] if peer else None, ipv6=":" in host)
         return self._node.node_id, host, port
 
     async def _plausible(self, record: StreamRecord) -> bool:
@@ -111,6 +109,19 @@ class StreamBook:
         others = [distance(node[0], target) for node in await self._closest(record.sid) if node[0] not in homes]
         k = self._node.config.k
         return all(sum(d < distance(home, target) for d in others) < k for home in homes)
+
+
+def _local_address_towards(peer_host: str | None, ipv6: bool) -> str:
+    loopback = "::1" if ipv6 else "127.0.0.1"
+    if peer_host is None:
+        return loopback
+    family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((peer_host, 9))  # a UDP connect only picks the route and source address
+            return str(probe.getsockname()[0])
+    except OSError:
+        return loopback
 
 
 def _carried(key: bytes, carried: object) -> list[Value]:
