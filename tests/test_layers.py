@@ -2,7 +2,7 @@
 one above (README, "Architecture"). Read from the sources themselves, so a new upward import fails here.
 
     testing (the test kit)  →  cli  →  proxy, client, bootstrap  →  api (the contract proxy and client share)
-         →  services (node/records, audits, blobs, jobs, transfer, services.py)
+         →  services (node/records, accounts, audits, blobs, jobs, streams, transfer, services.py)
          →  the DHT core (the rest of node/)  →  crypto
 """
 
