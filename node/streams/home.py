@@ -19,6 +19,8 @@ A home that promised a term refuses appends of older terms, so a deposed primary
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,8 @@ from dhtmesh.node.streams.records import StreamBook
 from dhtmesh.node.streams.retention import checked_meta
 from dhtmesh.node.streams.wire import MAX_BATCH, MAX_BATCH_BYTES, MAX_ENTRY
 from dhtmesh.node.tasks import TaskSet
+
+log = logging.getLogger(__name__)
 
 REPLICA_TIMEOUT = 3.0  # seconds a home waits for another's answer before counting it unreachable
 RESYNC_ROWS = 1000
@@ -272,10 +276,19 @@ class Homes:
     def _commit(self, state: State, upto: Id) -> None:
         if upto > state.commit:
             state.commit = upto
-            self.log.save(state)
             event = self._committed.pop(state.sid, None)
             if event is not None:
                 event.set()
+            # Saved once the readers just woken have run: the commit id on disk may lag (a node restarted
+            # serves a little less until the next commit, as Raft keeps none), never lead.
+            asyncio.get_running_loop().call_soon(self._save_commit, state)
+
+    def _save_commit(self, state: State) -> None:
+        try:
+            self.log.save(state)
+        except sqlite3.Error as error:  # the log closed meanwhile (the node stopping), or a failing disk
+            self._counters.add("stream_commit_not_saved")
+            log.warning("the commit id of stream %r was not saved: %s", state.sid, error)
 
     async def _replicated(
         self, record: StreamRecord, state: State, home: tuple, leading: _Leading, sent: Awaitable[dict] | None,
