@@ -47,6 +47,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     group.stop()
 
 
+@pytest.fixture
+def lone(spawn: Callable[..., NodeProcess]) -> NodeProcess:
+    """A `dhtmesh run` node of its own, whose per-host budgets a test may drain."""
+    return spawn("lone")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every test its kind (see the module docstring)."""
     for item in items:

@@ -184,3 +184,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -
     assert "Traceback" not in result.stderr
     for fragment in expected:
         assert fragment in lines[0]
+
+
+class Tokens:
+    """A verifier that accepts the tokens it was given (the accounts service's `verify`, for streams)."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens
+
+    async def verify(self, token: str) -> str:
+        if token not in self.tokens:
+            raise PermissionError("unknown token")
+        return self.tokens[token]
+
+    async def close(self) -> None:
+        return None

@@ -77,16 +77,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         group.stop()
 
 
-@pytest.fixture
-def lone(tmp_path: Path) -> Iterator[NodeProcess]:
-    """A node of its own, whose per-host budgets a test may drain."""
-    group = ProcessGroup(tmp_path)
-    try:
-        yield group.launch("lone")
-    finally:
-        group.stop()
-
-
 @dataclass
 class NodeC:
     node: DhtNode

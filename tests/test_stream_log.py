@@ -16,23 +16,10 @@ from dhtmesh.node.streams.log import State, StreamLog
 from dhtmesh.node.streams.service import Streams
 from dhtmesh.testing.meshes import Mesh
 
+from support import Tokens
+
 pytestmark = pytest.mark.unit
 TOKEN = "alice's token"
-
-
-class Tokens:
-    """A verifier that accepts the tokens it was given (the accounts service's `verify`, for streams)."""
-
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self.tokens = tokens
-
-    async def verify(self, token: str) -> str:
-        if token not in self.tokens:
-            raise PermissionError("unknown token")
-        return self.tokens[token]
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture

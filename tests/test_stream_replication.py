@@ -28,23 +28,10 @@ from dhtmesh.testing import NodeProcess
 from dhtmesh.testing.meshes import Mesh
 from dhtmesh.testing.waiting import eventually
 
+from support import Tokens
+
 TOKEN = "alice's token"
 NODES = 5
-
-
-class Tokens:
-    """A verifier that accepts the tokens it was given (the accounts service's `verify`, for streams)."""
-
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self.tokens = tokens
-
-    async def verify(self, token: str) -> str:
-        if token not in self.tokens:
-            raise PermissionError("unknown token")
-        return self.tokens[token]
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture
