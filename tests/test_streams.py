@@ -149,6 +149,18 @@ async def test_entries_pushed_through_a_are_pulled_through_b_in_order(
         assert [entry_id for _, entry_id, _ in got] == [entry_id for batch_ids in ids for entry_id in batch_ids or []]
 
 
+async def test_entries_of_a_whole_mebibyte_cross_from_a_to_b(clients: tuple[StreamClient, StreamClient]) -> None:
+    a, b = clients
+    await a.put_stream("big", {})
+    sent = [bytes([i]) * (1024 * 1024) for i in range(3)]  # MAX_ENTRY each: the largest an entry may be
+    async with a.push("big", batch=True, ack=True) as pusher:
+        ids = await pusher.send(sent)
+    async with b.pull("big", last_entry_id="0", count=3) as puller:
+        got = await drain(puller, len(sent))
+    assert payloads(got) == sent
+    assert [entry_id for _, entry_id, _ in got] == ids
+
+
 async def test_entries_sent_one_per_frame_then_a_close_are_all_appended(
     clients: tuple[StreamClient, StreamClient],
 ) -> None:
