@@ -7,6 +7,8 @@ requests are pipelined: the replica ops ("r.*": a primary's appends and state, a
 and fetches), only from the stream's homes (`Homes.home_of`), are answered in arrival order, so that a
 primary's batches are taken in the order it sent them; user ops ("s.*": appends, reads, meta...
 forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection.
+Every answer waits for the peer to take what was sent before (`writer.drain`), so a peer that pipelines
+requests and never reads the answers stops being read, rather than filling this node's memory.
 Bad frames are answered with an error and counted; a malformed request gets an error and the
 connection keeps serving.
 """
@@ -105,29 +107,28 @@ class ReplicaService:
             rid, op = header.get("rid"), header.get("op")
             if not isinstance(rid, int) or not isinstance(op, str):
                 self._refuse("stream_port_bad_requests")
-                writer.write(answer(0, {"err": "bad", "msg": "a request has an op and an integer rid"}))
-                continue
-            if not self._requests.allow_host(host):
+                reply = answer(0, {"err": "bad", "msg": "a request has an op and an integer rid"})
+            elif not self._requests.allow_host(host):
                 self._refuse("stream_port_rate_limited")
-                writer.write(answer(rid, {"err": "unavailable", "msg": "too many requests"}))
-                continue
-            handler = self._replica_ops.get(op)
-            if handler is not None:
-                writer.write(answer(rid, await self._run(functools.partial(handler, peer, body))))
+                reply = answer(rid, {"err": "unavailable", "msg": "too many requests"})
+            elif (handler := self._replica_ops.get(op)) is not None:
+                reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
                 tasks.spawn(self._user(op, rid, body, writer, in_flight))
+                continue
             else:
                 self._refuse("stream_port_unknown_ops")
-                writer.write(answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"}))
+                reply = answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"})
+            if not await _sent(writer, reply):
+                return  # the peer went away
 
     async def _user(
         self, op: str, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, in_flight: asyncio.Semaphore
     ) -> None:
         try:
             result = await self._run(functools.partial(self._user_op, op, body))
-            with contextlib.suppress(OSError):
-                writer.write(answer(rid, result))
+            await _sent(writer, answer(rid, result))  # its slot is free once the peer took the answer
         finally:
             in_flight.release()
 
@@ -145,6 +146,16 @@ class ReplicaService:
     def _refuse(self, counter: str) -> None:
         self._counters.add("stream_port_refusals")
         self._counters.add(counter)
+
+
+async def _sent(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended."""
+    try:
+        writer.write(data)
+        await writer.drain()
+    except OSError:
+        return False
+    return True
 
 
 class _Refused(Exception):
