@@ -14,7 +14,9 @@ from test_stream_replication import Tokens
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
+from dhtmesh.node.records.stream import KIND, StreamRecord
 from dhtmesh.node.services import Services
+from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
@@ -86,3 +88,35 @@ async def test_the_largest_entry_id_cannot_use_up_a_streams_ids(node: Services) 
     after = await node.streams.append(TOKEN, "s", [(b"next", None), (b"and next", None)])
     assert after == [f"{ids.MAX_EXPLICIT_MS + 1}-0", f"{ids.MAX_EXPLICIT_MS + 1}-1"]
     assert node.node.counters.get("stream_port_internal_errors") == 0
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[list[Services]]:
+    nodes = Mesh()
+    started: list[Services] = []
+    try:
+        for each in await nodes.grow(4):
+            services = Services(each)
+            services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
+            started.append(services)
+            await services.start()
+        yield started
+    finally:
+        for services in started:
+            await services.stop()
+        await nodes.stop()
+
+
+async def test_a_backdated_record_naming_the_attackers_homes_does_not_take_over_a_stream(
+    mesh: list[Services],
+) -> None:
+    honest, attacker, newcomer = mesh[0], mesh[3], mesh[1]
+    await honest.streams.append(TOKEN, "cam", [(b"frame", None)])
+    mine = (attacker.node.node_id, *attacker.node.address[:2])
+    forged = StreamRecord("cam", attacker.node.node_id, (mine,), 0)  # "made" in 1970: the earliest
+    with pytest.raises(PutRefused, match="another owner"):  # the record's value id is the honest creator's
+        await attacker.node.put(KIND.key_for(forged), KIND.sign(attacker.node.identity, forged, 1), permanent=True)
+    newcomer.streams.book._known.clear()  # a node that has not looked the stream up yet
+    record = await newcomer.streams.book.find("cam")
+    assert record is not None and record.creator == honest.node.node_id
+    assert [e.data for e in await newcomer.streams.read(TOKEN, {"cam": "0"}, 10)] == [b"frame"]
