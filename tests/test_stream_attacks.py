@@ -66,7 +66,7 @@ def _buffered(services: Services) -> int:
 async def test_pipelined_requests_whose_answers_are_never_read_do_not_fill_the_nodes_memory(
     node: Services,
 ) -> None:
-    reader, writer = await _hostile_link(node)
+    _, writer = await _hostile_link(node)
     writer.write(b"".join(request(LONG_OP, rid, {}) for rid in range(1, PIPELINED + 1)))
     most = 0
     for _ in range(30):  # the node reads on only as fast as the attacker takes its answers
