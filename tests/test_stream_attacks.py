@@ -1,9 +1,13 @@
 """Attacks on the data streams (issue 17), each against real in-process nodes (real TCP and UDP sockets,
-real SQLite): a hostile node on the streams' TCP port that pipelines requests and never reads the
-answers (the node's send buffer), and a user who pushes the largest possible entry id (the stream's id
-space used up: every later append failed). The attacks the other stream tests already make (no hello, a
-hello signed for another node, replica ops from a non-home, bad frames: test_stream_replication; bad
-frames, tokens and sockets: test_stream_sockets) are not repeated here."""
+real SQLite). On the streams' TCP port, from a hostile node of the attacker's own: requests pipelined and
+their answers never read (the node buffered them all), one host's long reads filling the primary's
+node-wide cap on waiting reads (honest long polls then returned empty at once), user ops without a valid
+token. Through the streams' interface, as a user with a throwaway account: the largest entry id (it used
+a stream's ids up: every later append failed), odd group and consumer names, extreme counts and waits,
+one group too many, another account's stream deleted (ptg's model, kept). From a hostile node's DHT
+side: a backdated stream record naming its own homes. The attacks the other stream tests make already
+(no hello, a hello signed for another node, replica ops from a non-home, bad frames and bodies:
+test_stream_replication; bad WebSocket frames, tokens and ids: test_stream_sockets) are not repeated."""
 
 import asyncio
 import socket
@@ -18,10 +22,12 @@ from dhtmesh.node.records.stream import KIND, StreamRecord
 from dhtmesh.node.services import Services
 from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
-from dhtmesh.node.streams.errors import BadStreamRequest
+from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
+from dhtmesh.node.streams.replica import MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
 from dhtmesh.node.transfer.framing import frame
 from dhtmesh.testing.meshes import Mesh
+from dhtmesh.testing.waiting import eventually
 
 pytestmark = pytest.mark.unit
 TOKEN = "mallory's token"
@@ -120,3 +126,60 @@ async def test_a_backdated_record_naming_the_attackers_homes_does_not_take_over_
     record = await newcomer.streams.book.find("cam")
     assert record is not None and record.creator == honest.node.node_id
     assert [e.data for e in await newcomer.streams.read(TOKEN, {"cam": "0"}, 10)] == [b"frame"]
+
+
+async def test_one_hosts_waiting_reads_do_not_starve_honest_readers(node: Services) -> None:
+    await node.streams.append(TOKEN, "bait", [(b"bait", None)])
+    await node.streams.append(TOKEN, "honest", [(b"before", None)])
+    links = [await _hostile_link(node) for _ in range(4)]
+    wait = {"sid": "bait", "token": TOKEN, "after": "$", "count": 1, "wait": 300.0, "down": [], "record": None}
+    for connection, (_, writer) in enumerate(links):
+        writer.write(b"".join(request("s.read", 256 * connection + i, wait) for i in range(256)))
+    await eventually(lambda: node.node.counters.get("stream_port_waits_over_cap") >= 1024 - MAX_WAITING_PER_HOST)
+    assert node.streams.homes._waiting == MAX_WAITING_PER_HOST  # the rest were answered at once
+    reading = asyncio.ensure_future(node.streams.read(TOKEN, {"honest": "$"}, 10, timeout=10.0))
+    await asyncio.sleep(0.5)
+    await node.streams.append(TOKEN, "honest", [(b"after", None)])
+    assert [entry.data for entry in await reading] == [b"after"]
+    assert node.node.counters.get("stream_readers_over_cap") <= 2  # one refused poll, not a loop of them
+    for _, writer in links:
+        writer.close()
+
+
+async def test_odd_group_names_extreme_counts_and_waits_and_many_groups_are_bounded(node: Services) -> None:
+    streams = node.streams
+    await streams.append(TOKEN, "g", [(b"one", None)])
+    for group, consumer in (("", "c"), ("g" * 201, "c"), ("g", ""), ("g", "c" * 201)):
+        with pytest.raises(BadStreamRequest, match="name"):
+            await streams.group_read(TOKEN, "g", group, consumer, 1, 0.0)
+    for count in (0, -1, True, 1.5):
+        with pytest.raises(BadStreamRequest, match="count"):
+            await streams.read(TOKEN, {"g": "0"}, count)  # type: ignore[arg-type]
+    read = await streams.read(TOKEN, {"g": "0"}, 10**18, timeout=float("inf"))  # capped, and no wait at all
+    assert [entry.data for entry in read] == [b"one"]
+    for number in range(64):
+        await streams.group_read(TOKEN, "g", f"group-{number}", "c", 1, 0.0)
+    with pytest.raises(BadStreamRequest, match="at most 64 groups"):
+        await streams.group_read(TOKEN, "g", "one-too-many", "c", 1, 0.0)
+
+
+async def test_any_account_deletes_any_stream_as_in_ptg(node: Services) -> None:
+    """ptg's model, kept (the README says so): no per-stream scopes, so another account's DELETE works."""
+    streams = node.streams
+    streams.accounts = Tokens({TOKEN: "mallory", "alice's token": "alice"})  # type: ignore[assignment]
+    await streams.create("alice's token", "alices", {})
+    await streams.delete(TOKEN, "alices")
+    with pytest.raises(UnknownStream):
+        await streams.info("alice's token", "alices")
+
+
+async def test_user_ops_over_tcp_without_a_valid_token_are_refused(node: Services) -> None:
+    await node.streams.append(TOKEN, "t", [(b"one", None)])
+    reader, writer = await _hostile_link(node)
+    append = {"sid": "t", "entries": [[b"forged", None]], "down": [], "record": None}
+    for rid, token in enumerate((None, 7, "forged", "x" * 10_000), start=1):
+        writer.write(request("s.append", rid, {**append, **({} if token is None else {"token": token})}))
+        _, body = await read_frame(reader)
+        assert "err" in body and body["err"] != "ok"
+    writer.close()
+    assert [entry.data for entry in await node.streams.read(TOKEN, {"t": "0"}, 10)] == [b"one"]
