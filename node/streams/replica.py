@@ -9,8 +9,9 @@ primary's batches are taken in the order it sent them; user ops ("s.*": appends,
 forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection.
 Reads that wait for entries hold a slot of their calling host's (`MAX_WAITING_PER_HOST`; beyond it a read
 answers at once): the primary's node-wide cap on waiting reads (`home.MAX_WAITING_READERS`) was filled by
-one hostile node, and every honest long poll then returned empty at once. Every answer waits for the peer to take what was sent before (`writer.drain`), so a peer that pipelines
-requests and never reads the answers stops being read, rather than filling this node's memory.
+one hostile node, and every honest long poll then returned empty at once. Every answer waits for the
+peer to take what was sent before (`writer.drain`), so a peer that pipelines requests and never reads
+the answers stops being read, rather than filling this node's memory.
 Bad frames are answered with an error and counted; a malformed request gets an error and the
 connection keeps serving.
 """
