@@ -1,7 +1,8 @@
 """Attacks on the data streams (issue 17), each against real in-process nodes (real TCP and UDP sockets,
 real SQLite). On the streams' TCP port, from a hostile node of the attacker's own: requests pipelined and
 their answers never read (the node buffered them all), one host's long reads filling the primary's
-node-wide cap on waiting reads (honest long polls then returned empty at once), user ops without a valid
+node-wide cap on waiting reads (honest long polls then returned empty at once), a hello stating a body it
+never sends (the connection was held for ever, unauthenticated), user ops without a valid
 token. Through the streams' interface, as a user with a throwaway account: the largest entry id (it used
 a stream's ids up: every later append failed), odd group and consumer names, extreme counts and waits,
 one group too many, another account's stream deleted (ptg's model, kept). From a hostile node's DHT
@@ -25,7 +26,8 @@ from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
 from dhtmesh.node.streams.replica import MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
-from dhtmesh.node.transfer.framing import frame
+from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
+from dhtmesh.node.transfer.framing import announce, frame
 from dhtmesh.testing.meshes import Mesh
 from dhtmesh.testing.waiting import eventually
 
@@ -183,3 +185,15 @@ async def test_user_ops_over_tcp_without_a_valid_token_are_refused(node: Service
         assert "err" in body and body["err"] != "ok"
     writer.close()
     assert [entry.data for entry in await node.streams.read(TOKEN, {"t": "0"}, 10)] == [b"one"]
+
+
+async def test_a_hello_stating_a_body_it_never_sends_does_not_hold_a_connection(node: Services) -> None:
+    host, port = node.node.address[:2]
+    reader, writer = await asyncio.open_connection(host, port)
+    auth = sign_request(Identity.generate(), HELLO_METHOD, HELLO_PATH, b"", node.node.node_id)
+    writer.write(announce({"op": HELLO, "rid": 0, "auth": auth}, 16 * 1024 * 1024))  # and not one byte of it
+    _, body = await asyncio.wait_for(read_frame(reader), HEADER_TIMEOUT + 5)  # before: no answer, ever
+    assert body["err"] == "bad" and "no body" in body["msg"]
+    assert await reader.read() == b""  # and closed
+    writer.close()
+    assert node.node.counters.get("stream_port_bad_hellos") == 1

@@ -28,7 +28,7 @@ from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_re
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
 from dhtmesh.node.streams.home import MAX_WAITING_READERS, Homes
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_body_of, read_frame
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_frame
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.transfer.framing import FramingError
 from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
@@ -65,7 +65,7 @@ class ReplicaService:
         """Serve one connection whose first header (`header`) the port read."""
         tasks = TaskSet(self._counters)
         try:
-            peer = self._hello(header, await read_body_of(reader, header))
+            peer = self._hello(header)
             writer.write(answer(0, {"ok": True}))
             await self._requests_of(peer, reader, writer, host, tasks)
         except _Refused as refusal:
@@ -87,10 +87,14 @@ class ReplicaService:
                     await writer.drain()
             writer.close()
 
-    def _hello(self, header: dict[str, Any], body: dict[str, Any]) -> bytes:
+    def _hello(self, header: dict[str, Any]) -> bytes:
+        """The calling node's id, from the hello's header alone: a hello that states a body is refused
+        unread (a stranger's body of up to 16 MiB, never sent, held the connection for ever)."""
         auth = header.get("auth")
         if header.get("op") != HELLO:
             raise _Refused("a connection starts with a signed hello", "stream_port_no_hello")
+        if header.get("size", 0) != 0:
+            raise _Refused("a hello has no body", "stream_port_bad_hellos")
         if not (isinstance(auth, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in auth.items())):
             raise _Refused("auth must be a map of the signed request's headers", "stream_port_bad_signatures")
         try:
