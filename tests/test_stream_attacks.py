@@ -6,20 +6,24 @@ never sends (the connection was held for ever, unauthenticated), user ops withou
 token. Through the streams' interface, as a user with a throwaway account: the largest entry id (it used
 a stream's ids up: every later append failed), odd group and consumer names, extreme counts and waits,
 one group too many, another account's stream deleted (ptg's model, kept). From a hostile node's DHT
-side: a backdated stream record naming its own homes. The attacks the other stream tests make already
+side: a backdated stream record naming its own homes, a name squatted with a record nobody can use (its
+creator got the DHT's PutRefused, an internal error). The attacks the other stream tests make already
 (no hello, a hello signed for another node, replica ops from a non-home, bad frames and bodies:
 test_stream_replication; bad WebSocket frames, tokens and ids: test_stream_sockets) are not repeated."""
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from test_stream_replication import Tokens
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
-from dhtmesh.node.records.stream import KIND, StreamRecord
+from dhtmesh.node.records.stream import KIND, StreamRecord, stream_id
+from dhtmesh.node.routing.contact import distance
 from dhtmesh.node.services import Services
 from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
@@ -28,7 +32,7 @@ from dhtmesh.node.streams.replica import MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
 from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
-from dhtmesh.testing.meshes import Mesh
+from dhtmesh.testing.meshes import FAST, Mesh
 from dhtmesh.testing.waiting import eventually
 
 pytestmark = pytest.mark.unit
@@ -197,3 +201,26 @@ async def test_a_hello_stating_a_body_it_never_sends_does_not_hold_a_connection(
     assert await reader.read() == b""  # and closed
     writer.close()
     assert node.node.counters.get("stream_port_bad_hellos") == 1
+
+
+async def test_a_squatted_name_with_implausible_homes_is_refused_as_a_bad_request() -> None:
+    """Another node signed a stream's record first, naming a home far from the stream's id (k = 1 here,
+    so that the node itself is closer than it). Nobody uses that record; a creator of the name is told the
+    name is held (a StreamError, 400), not with the DHT's PutRefused, which no route expects."""
+    mesh = Mesh()
+    (node,) = await mesh.grow(1, replace(FAST, k=1))
+    services = Services(node)
+    services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
+    try:
+        await services.start()
+        squatter = Identity.generate()
+        far = max((bytes(20), b"\xff" * 20), key=lambda node_id: distance(node_id, stream_id("cam")))
+        squat = StreamRecord("cam", squatter.node_id, ((far, "127.0.0.1", 9),), int(time.time()) - 60)
+        await node.put(KIND.key_for(squat), KIND.sign(squatter, squat, 1), permanent=True)
+        with pytest.raises(BadStreamRequest, match="held"):
+            await services.streams.append(TOKEN, "cam", [(b"frame", None)])
+        assert node.counters.get("stream_records_implausible") >= 1
+        assert await services.streams.append(TOKEN, "free", [(b"frame", None)])  # other names are served
+    finally:
+        await services.stop()
+        await mesh.stop()
