@@ -15,6 +15,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
@@ -22,6 +23,7 @@ from test_stream_replication import Tokens
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
+from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.records.stream import KIND, StreamRecord, stream_id
 from dhtmesh.node.routing.contact import distance
 from dhtmesh.node.services import Services
@@ -41,17 +43,34 @@ LONG_OP = "r." + "x" * 3900  # an unknown op is echoed in its refusal: ~4 KiB an
 PIPELINED = 4096  # ~16 MiB of answers: well above what the kernel's socket buffers take
 
 
+@asynccontextmanager
+async def _started(count: int, config: NodeConfig = FAST) -> AsyncIterator[list[Services]]:
+    """`count` joined in-process nodes with their services, whose accounts take `TOKEN`; stopped after."""
+    nodes = Mesh()
+    started: list[Services] = []
+    try:
+        for each in await nodes.grow(count, config):
+            services = Services(each)
+            services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
+            started.append(services)
+            await services.start()
+        yield started
+    finally:
+        for services in started:
+            await services.stop()
+        await nodes.stop()
+
+
 @pytest.fixture
 async def node() -> AsyncIterator[Services]:
-    mesh = Mesh()
-    services = Services((await mesh.grow(1))[0])
-    services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
-    try:
-        await services.start()
+    async with _started(1) as (services,):
         yield services
-    finally:
-        await services.stop()
-        await mesh.stop()
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[list[Services]]:
+    async with _started(4) as started:
+        yield started
 
 
 async def _hostile_link(services: Services) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -100,23 +119,6 @@ async def test_the_largest_entry_id_cannot_use_up_a_streams_ids(node: Services) 
     after = await node.streams.append(TOKEN, "s", [(b"next", None), (b"and next", None)])
     assert after == [f"{ids.MAX_EXPLICIT_MS + 1}-0", f"{ids.MAX_EXPLICIT_MS + 1}-1"]
     assert node.node.counters.get("stream_port_internal_errors") == 0
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[list[Services]]:
-    nodes = Mesh()
-    started: list[Services] = []
-    try:
-        for each in await nodes.grow(4):
-            services = Services(each)
-            services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
-            started.append(services)
-            await services.start()
-        yield started
-    finally:
-        for services in started:
-            await services.stop()
-        await nodes.stop()
 
 
 async def test_a_backdated_record_naming_the_attackers_homes_does_not_take_over_a_stream(
@@ -207,12 +209,8 @@ async def test_a_squatted_name_with_implausible_homes_is_refused_as_a_bad_reques
     """Another node signed a stream's record first, naming a home far from the stream's id (k = 1 here,
     so that the node itself is closer than it). Nobody uses that record; a creator of the name is told the
     name is held (a StreamError, 400), not with the DHT's PutRefused, which no route expects."""
-    mesh = Mesh()
-    (node,) = await mesh.grow(1, replace(FAST, k=1))
-    services = Services(node)
-    services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
-    try:
-        await services.start()
+    async with _started(1, replace(FAST, k=1)) as (services,):
+        node = services.node
         squatter = Identity.generate()
         far = max((bytes(20), b"\xff" * 20), key=lambda node_id: distance(node_id, stream_id("cam")))
         squat = StreamRecord("cam", squatter.node_id, ((far, "127.0.0.1", 9),), int(time.time()) - 60)
@@ -221,6 +219,3 @@ async def test_a_squatted_name_with_implausible_homes_is_refused_as_a_bad_reques
             await services.streams.append(TOKEN, "cam", [(b"frame", None)])
         assert node.counters.get("stream_records_implausible") >= 1
         assert await services.streams.append(TOKEN, "free", [(b"frame", None)])  # other names are served
-    finally:
-        await services.stop()
-        await mesh.stop()
