@@ -2,14 +2,15 @@
 real SQLite). On the streams' TCP port, from a hostile node of the attacker's own: requests pipelined and
 their answers never read (the node buffered them all), one host's long reads filling the primary's
 node-wide cap on waiting reads (honest long polls then returned empty at once), a hello stating a body it
-never sends (the connection was held for ever, unauthenticated), user ops without a valid
-token. Through the streams' interface, as a user with a throwaway account: the largest entry id (it used
-a stream's ids up: every later append failed), odd group and consumer names, extreme counts and waits,
-one group too many, another account's stream deleted (ptg's model, kept). From a hostile node's DHT
-side: a backdated stream record naming its own homes, a name squatted with a record nobody can use (its
-creator got the DHT's PutRefused, an internal error). The attacks the other stream tests make already
-(no hello, a hello signed for another node, replica ops from a non-home, bad frames and bodies:
-test_stream_replication; bad WebSocket frames, tokens and ids: test_stream_sockets) are not repeated."""
+never sends (the connection was held for ever, unauthenticated), user ops without a valid token, a user
+op naming the live primary down (any account holder deposed it at will). Through the streams'
+interface, as a user with a throwaway account: the largest entry id (it used a stream's ids up: every
+later append failed), odd group and consumer names, extreme counts and waits, one group too many,
+another account's stream deleted (ptg's model, kept). From a hostile node's DHT side: a backdated stream
+record naming its own homes, a name squatted with a record nobody can use (its creator got the DHT's
+PutRefused, an internal error). The attacks the other stream tests make already (no hello, a hello
+signed for another node, replica ops from a non-home, bad frames and bodies: test_stream_replication;
+bad WebSocket frames, tokens and ids, socket caps: test_stream_sockets, test_streams) are not repeated."""
 
 import asyncio
 import socket
@@ -219,3 +220,20 @@ async def test_a_squatted_name_with_implausible_homes_is_refused_as_a_bad_reques
             await services.streams.append(TOKEN, "cam", [(b"frame", None)])
         assert node.counters.get("stream_records_implausible") >= 1
         assert await services.streams.append(TOKEN, "free", [(b"frame", None)])  # other names are served
+
+
+async def test_a_user_op_naming_the_live_primary_down_does_not_depose_it(mesh: list[Services]) -> None:
+    await mesh[0].streams.create(TOKEN, "churn", {})
+    await mesh[0].streams.append(TOKEN, "churn", [(b"one", None)])
+    record = await mesh[0].streams.book.find("churn")
+    assert record is not None
+    by_id = {services.node.node_id: services for services in mesh}
+    primary, second = by_id[record.homes[0][0]], by_id[record.homes[1][0]]
+    reader, writer = await _hostile_link(second)
+    lie = {"sid": "churn", "token": TOKEN, "down": [primary.node.node_id], "record": None}
+    writer.write(request("s.info", 1, lie))
+    _, body = await read_frame(reader)
+    writer.close()
+    assert body.get("err") == "not_primary"  # it points back to the primary, which still serves
+    assert primary.node.counters.get("stream_primary_deposed") == 0
+    assert second.node.counters.get("stream_claims_refused_primary_alive") == 1
