@@ -10,7 +10,8 @@ promised, and only if the batch follows its last entry; otherwise it answers its
 and the primary sends it what it lacks (dropping the follower's entries past its commit id when they
 are not on the primary's log).
 
-Failover: a home asked to serve when the primary is down claims the next term. It needs the promise
+Failover: a home asked to serve when the primary is down (the caller says so, and the primary does not
+answer this home either) claims the next term. It needs the promise
 of a majority (itself included); each promiser answers its last entry's (term, id) and its state. The
 claimer takes the entries it lacks from the promiser with the highest (term, id) (which holds every
 committed entry, since a committed entry is on a majority and any two majorities meet), then serves.
@@ -163,12 +164,13 @@ class Homes:
             await leading.ready.wait()
             return state
         known = self._primary.get(record.sid)
-        if known is not None and known[0] == state.term and record.homes[known[1]][0] not in down:
-            raise NotPrimary(known[1], known[0])
+        if known is not None and known[0] == state.term and record.homes[known[1]][0] != self.node_id:
+            if not await self._down(record, record.homes[known[1]], down):
+                raise NotPrimary(known[1], known[0])
         for home in record.homes:
             if home[0] == self.node_id:
                 break
-            if home[0] not in down:
+            if not await self._down(record, home, down):
                 raise NotPrimary(self._index(record, home[0]), state.term)  # an earlier home may serve
         await self._claim(record, state)
         leading = self._leading.get(record.sid)
@@ -176,6 +178,16 @@ class Homes:
             raise NotPrimary(None, state.term)
         await leading.ready.wait()
         return state
+
+    async def _down(self, record: StreamRecord, home: tuple, down: list[bytes]) -> bool:
+        """Whether `home` is down: named so by the caller and not answering this node either (a caller's
+        word alone let any account holder's node depose a live primary, as often as it liked)."""
+        if home[0] not in down:
+            return False
+        if await self._ask(home, "r.position", {"sid": record.sid}) is not None:
+            self._counters.add("stream_claims_refused_primary_alive")
+            return False
+        return True
 
     async def _claim(self, record: StreamRecord, state: State) -> None:
         async with self._lock(record.sid):

@@ -11,6 +11,9 @@ from dhtmesh.node.streams.errors import BadStreamRequest
 Id = tuple[int, int]
 ZERO: Id = (0, 0)
 MAX_PART = (1 << 63) - 1  # Redis's bound, and SQLite's INTEGER
+# The highest ms a writer may name (the year 33658): an explicit id of Redis's bound used a stream's ids
+# up, and every append after it failed; above this one the primary's own ids go on past any use.
+MAX_EXPLICIT_MS = 10**15 - 1
 _ID = re.compile(r"(\d{1,19})(?:-(\d{1,19}))?")
 
 
@@ -38,6 +41,8 @@ def next_id(last: Id, explicit: str | None, clock_ms: int) -> Id:
     BadStreamRequest), else (max(clock, last ms), seq) with seq counting within the ms, so that ids
     strictly increase even when the clock goes back."""
     if explicit is not None:
+        if parse(explicit)[0] > MAX_EXPLICIT_MS:
+            raise BadStreamRequest(f"an entry id's ms is at most {MAX_EXPLICIT_MS}")
         if "-" in explicit:
             wanted = parse(explicit)
         else:  # "<ms>": the next seq in that ms (Redis's "<ms>-*")

@@ -20,6 +20,7 @@ from dhtmesh.node.records.kind import InvalidRecord, value_id_of
 from dhtmesh.node.records.rules import check_value
 from dhtmesh.node.records.stream import KIND, MAX_HOMES, STREAMS, StreamRecord, decode_stream, stream_id
 from dhtmesh.node.routing.contact import distance
+from dhtmesh.node.streams.errors import BadStreamRequest
 from dhtmesh.node.values.value import InvalidValue, Value, value_from_wire
 
 Home = tuple[bytes, str, int]
@@ -77,7 +78,11 @@ class StreamBook:
         homes = tuple((c_id, host, port) for c_id, host, port in closest[:MAX_HOMES])
         record = StreamRecord(sid, self._node.node_id, homes, int(time.time()))
         value = KIND.sign(self._node.identity, record, 1)
-        await self._node.put(KIND.key_for(record), value, permanent=True)
+        try:
+            await self._node.put(KIND.key_for(record), value, permanent=True)
+        except PutRefused as refusal:  # another node's record holds the name, one no node uses (implausible)
+            self._node.counters.add("stream_records_squatted")
+            raise BadStreamRequest(f"the name {sid!r} is held by an unusable record: {refusal}") from refusal
         return await self.find(sid) or record
 
     async def names(self) -> list[str]:

@@ -7,6 +7,11 @@ requests are pipelined: the replica ops ("r.*": a primary's appends and state, a
 and fetches), only from the stream's homes (`Homes.home_of`), are answered in arrival order, so that a
 primary's batches are taken in the order it sent them; user ops ("s.*": appends, reads, meta...
 forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection.
+Reads that wait for entries hold a slot of their calling host's (`MAX_WAITING_PER_HOST`; beyond it a read
+answers at once): the primary's node-wide cap on waiting reads (`home.MAX_WAITING_READERS`) was filled by
+one hostile node, and every honest long poll then returned empty at once. Every answer waits for the
+peer to take what was sent before (`writer.drain`), so a peer that pipelines requests and never reads
+the answers stops being read, rather than filling this node's memory.
 Bad frames are answered with an error and counted; a malformed request gets an error and the
 connection keeps serving.
 """
@@ -22,14 +27,17 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
-from dhtmesh.node.streams.home import Homes
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_body_of, read_frame
+from dhtmesh.node.streams.home import MAX_WAITING_READERS, Homes
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_frame
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.transfer.framing import FramingError
-from dhtmesh.node.wire.ratelimit import RequestLimiter
+from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
 
 MAX_IN_FLIGHT = 256  # user requests one connection may have waiting (long reads included)
 IDLE_TIMEOUT = 300.0  # seconds a connection may stay silent
+MAX_WAITING_PER_HOST = 128  # waiting reads from one host: a forwarding node's feeds, one per stream it follows
+# waiting reads from other nodes in all: this node's own readers keep the rest of the primary's cap
+MAX_WAITING_REMOTE = MAX_WAITING_READERS * 3 // 4
 UserOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -42,6 +50,7 @@ class ReplicaService:
         self._errors = ErrorLog(counters, "stream_port_internal_errors")
         self._guard = ReplayGuard()
         self._requests = RequestLimiter(total_rate=50_000.0, per_peer_rate=20_000.0)
+        self._waits = Slots("waiting reads", MAX_WAITING_REMOTE, MAX_WAITING_PER_HOST)
         self._replica_ops: dict[str, Callable[[bytes, dict], Awaitable[dict]]] = {
             "r.append": homes.on_append,
             "r.state": homes.on_state,
@@ -56,7 +65,7 @@ class ReplicaService:
         """Serve one connection whose first header (`header`) the port read."""
         tasks = TaskSet(self._counters)
         try:
-            peer = self._hello(header, await read_body_of(reader, header))
+            peer = self._hello(header)
             writer.write(answer(0, {"ok": True}))
             await self._requests_of(peer, reader, writer, host, tasks)
         except _Refused as refusal:
@@ -78,10 +87,14 @@ class ReplicaService:
                     await writer.drain()
             writer.close()
 
-    def _hello(self, header: dict[str, Any], body: dict[str, Any]) -> bytes:
+    def _hello(self, header: dict[str, Any]) -> bytes:
+        """The calling node's id, from the hello's header alone: a hello that states a body is refused
+        unread (a stranger's body of up to 16 MiB, never sent, held the connection for ever)."""
         auth = header.get("auth")
         if header.get("op") != HELLO:
             raise _Refused("a connection starts with a signed hello", "stream_port_no_hello")
+        if header.get("size", 0) != 0:
+            raise _Refused("a hello has no body", "stream_port_bad_hellos")
         if not (isinstance(auth, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in auth.items())):
             raise _Refused("auth must be a map of the signed request's headers", "stream_port_bad_signatures")
         try:
@@ -105,31 +118,45 @@ class ReplicaService:
             rid, op = header.get("rid"), header.get("op")
             if not isinstance(rid, int) or not isinstance(op, str):
                 self._refuse("stream_port_bad_requests")
-                writer.write(answer(0, {"err": "bad", "msg": "a request has an op and an integer rid"}))
-                continue
-            if not self._requests.allow_host(host):
+                reply = answer(0, {"err": "bad", "msg": "a request has an op and an integer rid"})
+            elif not self._requests.allow_host(host):
                 self._refuse("stream_port_rate_limited")
-                writer.write(answer(rid, {"err": "unavailable", "msg": "too many requests"}))
-                continue
-            handler = self._replica_ops.get(op)
-            if handler is not None:
-                writer.write(answer(rid, await self._run(functools.partial(handler, peer, body))))
+                reply = answer(rid, {"err": "unavailable", "msg": "too many requests"})
+            elif (handler := self._replica_ops.get(op)) is not None:
+                reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
-                tasks.spawn(self._user(op, rid, body, writer, in_flight))
+                tasks.spawn(self._user(op, rid, body, writer, in_flight, host))
+                continue
             else:
                 self._refuse("stream_port_unknown_ops")
-                writer.write(answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"}))
+                reply = answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"})
+            if not await _sent(writer, reply):
+                return  # the peer went away
 
     async def _user(
-        self, op: str, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, in_flight: asyncio.Semaphore
+        self,
+        op: str,
+        rid: int,
+        body: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        in_flight: asyncio.Semaphore,
+        host: str,
     ) -> None:
+        waits = _waits(body)
+        if waits:
+            try:
+                self._waits.take(host)
+            except Full:
+                self._counters.add("stream_port_waits_over_cap")
+                body, waits = {**body, "wait": 0.0}, False
         try:
             result = await self._run(functools.partial(self._user_op, op, body))
-            with contextlib.suppress(OSError):
-                writer.write(answer(rid, result))
+            await _sent(writer, answer(rid, result))  # its slot is free once the peer took the answer
         finally:
             in_flight.release()
+            if waits:
+                self._waits.give(host)
 
     async def _run(self, call: Callable[[], Awaitable[dict]]) -> dict:
         """The call's answer; a refusal or our own failure as an error answer, counted."""
@@ -145,6 +172,22 @@ class ReplicaService:
     def _refuse(self, counter: str) -> None:
         self._counters.add("stream_port_refusals")
         self._counters.add(counter)
+
+
+def _waits(body: dict[str, Any]) -> bool:
+    """Whether a user op asks to wait for entries."""
+    wait = body.get("wait")
+    return isinstance(wait, int | float) and wait > 0
+
+
+async def _sent(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended."""
+    try:
+        writer.write(data)
+        await writer.drain()
+    except OSError:
+        return False
+    return True
 
 
 class _Refused(Exception):
