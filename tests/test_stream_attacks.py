@@ -20,23 +20,23 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
-from test_stream_replication import Tokens
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.records.stream import KIND, StreamRecord, stream_id
-from dhtmesh.node.routing.contact import distance
 from dhtmesh.node.services import Services
 from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
-from dhtmesh.node.streams.replica import MAX_WAITING_PER_HOST
+from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
 from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
 from dhtmesh.testing.meshes import FAST, Mesh
 from dhtmesh.testing.waiting import eventually
+
+from support import Tokens
 
 pytestmark = pytest.mark.unit
 TOKEN = "mallory's token"
@@ -213,7 +213,7 @@ async def test_a_squatted_name_with_implausible_homes_is_refused_as_a_bad_reques
     async with _started(1, replace(FAST, k=1)) as (services,):
         node = services.node
         squatter = Identity.generate()
-        far = max((bytes(20), b"\xff" * 20), key=lambda node_id: distance(node_id, stream_id("cam")))
+        far = bytes(byte ^ 0xFF for byte in stream_id("cam"))  # the farthest id there is: the node is closer
         squat = StreamRecord("cam", squatter.node_id, ((far, "127.0.0.1", 9),), int(time.time()) - 60)
         await node.put(KIND.key_for(squat), KIND.sign(squatter, squat, 1), permanent=True)
         with pytest.raises(BadStreamRequest, match="held"):
@@ -237,3 +237,17 @@ async def test_a_user_op_naming_the_live_primary_down_does_not_depose_it(mesh: l
     assert body.get("err") == "not_primary"  # it points back to the primary, which still serves
     assert primary.node.counters.get("stream_primary_deposed") == 0
     assert second.node.counters.get("stream_claims_refused_primary_alive") == 1
+
+
+async def test_large_bodies_sent_slowly_from_many_connections_hold_a_few_slots_not_memory(node: Services) -> None:
+    """Any identity passes the hello; then each connection announces a 16 MiB body and sends a byte of it.
+    One host gets `BIG_BODIES_PER_HOST` such bodies under way; a further one is refused at once."""
+    links = [await _hostile_link(node) for _ in range(BIG_BODIES_PER_HOST + 1)]
+    try:
+        for _, writer in links:
+            writer.write(announce({"op": "s.append", "rid": 1}, 16 * 1024 * 1024) + b"x")
+        await eventually(lambda: node.node.counters.get("stream_port_bodies_refused") == 1)
+        assert node.node.counters.get("stream_port_bad_frames") == 1  # only that one: the others are read on
+    finally:
+        for _, writer in links:
+            writer.close()

@@ -28,13 +28,17 @@ from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_re
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
 from dhtmesh.node.streams.home import MAX_WAITING_READERS, Homes
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_frame
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_body_of
 from dhtmesh.node.tasks import TaskSet
-from dhtmesh.node.transfer.framing import FramingError
+from dhtmesh.node.transfer.framing import FramingError, read_header
 from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
 
 MAX_IN_FLIGHT = 256  # user requests one connection may have waiting (long reads included)
 IDLE_TIMEOUT = 300.0  # seconds a connection may stay silent
+BODY_TIMEOUT = 30.0  # seconds for a request's body once its header came: 16 MiB at 550 KiB/s
+BIG_BODY = 1024 * 1024  # bytes over which a body being read takes one of its host's slots
+BIG_BODIES_PER_HOST = 4  # bodies over BIG_BODY read at once from one host (a primary sends one batch at a time)
+BIG_BODIES = 32  # and in all: 32 x 16 MiB at most
 MAX_WAITING_PER_HOST = 128  # waiting reads from one host: a forwarding node's feeds, one per stream it follows
 # waiting reads from other nodes in all: this node's own readers keep the rest of the primary's cap
 MAX_WAITING_REMOTE = MAX_WAITING_READERS * 3 // 4
@@ -51,6 +55,7 @@ class ReplicaService:
         self._guard = ReplayGuard()
         self._requests = RequestLimiter(total_rate=50_000.0, per_peer_rate=20_000.0)
         self._waits = Slots("waiting reads", MAX_WAITING_REMOTE, MAX_WAITING_PER_HOST)
+        self._big_bodies = Slots("large requests", BIG_BODIES, BIG_BODIES_PER_HOST)
         self._replica_ops: dict[str, Callable[[bytes, dict], Awaitable[dict]]] = {
             "r.append": homes.on_append,
             "r.state": homes.on_state,
@@ -110,11 +115,15 @@ class ReplicaService:
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    header, body = await read_frame(reader)
+                    header = await read_header(reader)
+            except TimeoutError:
+                self._counters.add("stream_port_idle_closed")
+                return  # silent for too long: the descriptor goes to someone else
             except FramingError as error:
                 if not isinstance(error.__cause__, asyncio.IncompleteReadError) or error.__cause__.partial:
                     raise
                 return  # the peer closed the connection between frames
+            body = await self._body(header, reader, host)
             rid, op = header.get("rid"), header.get("op")
             if not isinstance(rid, int) or not isinstance(op, str):
                 self._refuse("stream_port_bad_requests")
@@ -133,6 +142,23 @@ class ReplicaService:
                 reply = answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"})
             if not await _sent(writer, reply):
                 return  # the peer went away
+
+    async def _body(self, header: dict[str, Any], reader: asyncio.StreamReader, host: str) -> dict[str, Any]:
+        """The request's body, read within `BODY_TIMEOUT`; one over `BIG_BODY` bytes needs a slot of the
+        calling host's (`_big_bodies`), so that a peer announcing 16 MiB and sending it slowly from many
+        connections holds a few bodies in memory, not one per connection."""
+        size = header.get("size", 0)
+        big = isinstance(size, int) and size > BIG_BODY
+        try:
+            with self._big_bodies.held(host) if big else contextlib.nullcontext():
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    return await read_body_of(reader, header)
+        except Full as error:
+            self._refuse("stream_port_bodies_refused")
+            raise FramingError("too many large requests being sent from your address") from error
+        except TimeoutError as error:
+            self._refuse("stream_port_timeouts")
+            raise FramingError("a request's body did not arrive in time") from error
 
     async def _user(
         self,
