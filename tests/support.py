@@ -14,16 +14,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
+from dhtmesh.node.services import Services
 from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused
 from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
 from dhtmesh.node.wire.ratelimit import Address
-from dhtmesh.testing import run_cli
+from dhtmesh.testing import FAST, Mesh, run_cli
 
 ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -199,3 +203,24 @@ class Tokens:
 
     async def close(self) -> None:
         return None
+
+
+@asynccontextmanager
+async def stream_services(
+    count: int, tokens: dict[str, str], config: NodeConfig = FAST, root: Path | None = None, persist: bool = False
+) -> AsyncIterator[list[Services]]:
+    """`count` joined in-process nodes with their services started, whose streams take `tokens`
+    (`Tokens`); all stopped after."""
+    nodes = Mesh(root)
+    started: list[Services] = []
+    try:
+        for node in await nodes.grow(count, config, persist=persist):
+            services = Services(node)
+            services.streams.accounts = Tokens(tokens)  # type: ignore[assignment]
+            started.append(services)
+            await services.start()
+        yield started
+    finally:
+        for services in started:
+            await services.stop()
+        await nodes.stop()

@@ -16,7 +16,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
 import pytest
@@ -33,10 +33,10 @@ from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_WAITING_PER_HO
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
 from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
-from dhtmesh.testing.meshes import FAST, Mesh
+from dhtmesh.testing.meshes import FAST
 from dhtmesh.testing.waiting import eventually
 
-from support import Tokens
+from support import Tokens, stream_services
 
 pytestmark = pytest.mark.unit
 TOKEN = "mallory's token"
@@ -44,22 +44,9 @@ LONG_OP = "r." + "x" * 3900  # an unknown op is echoed in its refusal: ~4 KiB an
 PIPELINED = 4096  # ~16 MiB of answers: well above what the kernel's socket buffers take
 
 
-@asynccontextmanager
-async def _started(count: int, config: NodeConfig = FAST) -> AsyncIterator[list[Services]]:
+def _started(count: int, config: NodeConfig = FAST) -> AbstractAsyncContextManager[list[Services]]:
     """`count` joined in-process nodes with their services, whose accounts take `TOKEN`; stopped after."""
-    nodes = Mesh()
-    started: list[Services] = []
-    try:
-        for each in await nodes.grow(count, config):
-            services = Services(each)
-            services.streams.accounts = Tokens({TOKEN: "mallory"})  # type: ignore[assignment]
-            started.append(services)
-            await services.start()
-        yield started
-    finally:
-        for services in started:
-            await services.stop()
-        await nodes.stop()
+    return stream_services(count, {TOKEN: "mallory"}, config)
 
 
 @pytest.fixture

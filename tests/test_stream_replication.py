@@ -25,10 +25,9 @@ from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame
 from dhtmesh.node.transfer.framing import frame
 from dhtmesh.testing import NodeProcess
-from dhtmesh.testing.meshes import Mesh
 from dhtmesh.testing.waiting import eventually
 
-from support import Tokens
+from support import stream_services
 
 TOKEN = "alice's token"
 NODES = 5
@@ -36,19 +35,8 @@ NODES = 5
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[list[Services]]:
-    nodes = Mesh(tmp_path)
-    started: list[Services] = []
-    try:
-        for node in await nodes.grow(NODES, persist=True):
-            services = Services(node)
-            services.streams.accounts = Tokens({TOKEN: "alice"})  # type: ignore[assignment]
-            started.append(services)
-            await services.start()
+    async with stream_services(NODES, {TOKEN: "alice"}, root=tmp_path, persist=True) as started:
         yield started
-    finally:
-        for services in started:
-            await services.stop()
-        await nodes.stop()
 
 
 async def homes_of(mesh: list[Services], sid: str) -> tuple[list[Services], list[Services]]:
