@@ -7,9 +7,11 @@ opens, so a foreign page could otherwise read or write a user's streams), the qu
 the client's (429). After the handshake a bad frame closes the socket with a close code and a reason;
 whatever was acknowledged before it stays.
 
-Push commits in groups: while one append is under way the socket reads on (up to `READ_AHEAD_BYTES`),
-and what it read goes to the streams as the next append (one `Streams.append` per stream), each frame
-or batch acknowledged on its own; a fast writer is slowed by TCP rather than queued in memory. Pull sends
+Push pipelines its appends (up to `PUSH_IN_FLIGHT` under way, given their ids in order by the stream's
+primary: `streams.lanes`) and commits in groups: while the pipeline is full the socket reads on (up to
+`READ_AHEAD_BYTES` not yet appended), and what it read goes to the streams as the next append (one
+`Streams.append` per stream), each frame or batch acknowledged on its own, in order; a fast writer is
+slowed by TCP rather than queued in memory. Pull sends
 a frame pair only once the last was written (`send_bytes` is awaited), and with `ack`, or in a consumer
 group, only once the client acknowledged (a group has at most `GROUP_WINDOW` frame pairs
 unacknowledged: its `MaxAckPending`). Heartbeats end a half-open socket.
@@ -17,9 +19,10 @@ unacknowledged: its `MaxAckPending`). Heartbeats end a half-open socket.
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -68,7 +71,8 @@ WAIT = 30.0  # seconds one blocking read waits when the client gave no `timeout`
 MAX_TIMEOUT_MS = 300_000
 DEFAULT_ACK_WAIT = 30.0
 MAX_ACK_WAIT = 3600.0
-READ_AHEAD_BYTES = 4 * 1024 * 1024  # entries a push socket holds read but not yet appended (a batch may pass it)
+PUSH_IN_FLIGHT = 8  # appends a push socket has under way at once (each up to a batch)
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # entries a push socket holds read, not yet appended (a batch may pass it)
 GROUP_WINDOW = 8  # frame pairs a consumer-group socket has unacknowledged at most
 BAD_FRAMES = "stream_bad_frames"  # sockets closed for a frame that breaks the framing
 SOCKET_REFUSALS = "stream_socket_refusals"  # sockets closed for a refusal of the streams service
@@ -140,6 +144,15 @@ class _Push:
     sids: list[str]
     batch: bool
     ack: bool
+    lanes: dict[str, tuple[bytes, Iterator[int]]] = field(default_factory=dict)
+
+    def lane(self, sid: str) -> tuple[bytes, int]:
+        """The next place in this socket's lane of stream `sid` (a lane per stream: the streams' primaries
+        differ)."""
+        if sid not in self.lanes:
+            self.lanes[sid] = (secrets.token_bytes(16), itertools.count())
+        lane_id, places = self.lanes[sid]
+        return lane_id, next(places)
 
 
 async def push(request: web.Request) -> web.StreamResponse:
@@ -165,7 +178,8 @@ async def push(request: web.Request) -> web.StreamResponse:
 
 
 class _ReadAhead:
-    """The frames a push socket has read but not yet appended, bounded in bytes (`READ_AHEAD_BYTES`), and
+    """The frames a push socket has read and not yet appended (waiting, or in an append under way), bounded
+    in bytes (`READ_AHEAD_BYTES`), and
     how reading ended: None when the client closed, or the error a bad frame raised, which is raised
     only once every unit read before it was appended (and acknowledged)."""
 
@@ -195,9 +209,12 @@ class _ReadAhead:
                 break
             taken.append(self.units.popleft())
             count, size = count + len(taken[-1]), size + unit_size
-        self.size -= size
-        self.changed.set()
         return taken
+
+    def appended(self, units: list[list[PushEntry]]) -> None:
+        """`units` are appended: their bytes no longer count against `READ_AHEAD_BYTES`."""
+        self.size -= sum(len(entry.data) for unit in units for entry in unit)
+        self.changed.set()
 
     async def wait(self) -> None:
         self.changed.clear()
@@ -205,35 +222,69 @@ class _ReadAhead:
 
 
 async def _push_frames(socket: web.WebSocketResponse, state: _Push) -> None:
-    """Group commit: frames are read while the last append is under way, and every unit (entry or batch)
-    read meanwhile goes to the streams as one append, each unit acknowledged on its own, in order. So a
-    client sending entry by entry costs the homes one transaction per round trip, not per entry, and
-    reading stops at `READ_AHEAD_BYTES` waiting, so a fast writer is still slowed by TCP."""
+    """Pipelined group commit: up to `PUSH_IN_FLIGHT` appends are under way at once, numbered in the
+    socket's lane so that the primary gives their ids in order; frames are read meanwhile, and every unit
+    (entry or batch) read while the pipeline is full goes to the streams as one append. Each unit is
+    acknowledged on its own, in order. So a client sending entry by entry waits for no earlier entry's
+    round trip, costs the homes one transaction per append, and reading stops at `READ_AHEAD_BYTES`
+    waiting, so a fast writer is still slowed by TCP."""
     ahead = _ReadAhead()
     async with asyncio.TaskGroup() as tasks:
         reader = tasks.create_task(_read_ahead(socket, state, ahead))
         try:
-            await _append_ahead(socket, state, ahead)
+            await _append_ahead(socket, state, ahead, tasks)
         finally:
             reader.cancel()
 
 
-async def _append_ahead(socket: web.WebSocketResponse, state: _Push, ahead: _ReadAhead) -> None:
-    """Append what the reader read, in groups, until it ended; then raise the bad frame that ended it."""
+async def _append_ahead(
+    socket: web.WebSocketResponse, state: _Push, ahead: _ReadAhead, tasks: asyncio.TaskGroup
+) -> None:
+    """Append what the reader read, in groups, until it ended; then, once all is acknowledged, raise the
+    bad frame that ended it. An append that fails ends the socket (its lane fails every later one)."""
+    under_way: asyncio.Queue[_Appending | None] = asyncio.Queue()
+    room = asyncio.Semaphore(PUSH_IN_FLIGHT)
+    acknowledging = tasks.create_task(_acknowledge(socket, state, ahead, under_way, room))
     while True:
+        await room.acquire()
         while not ahead.units and not ahead.ended:
             await ahead.wait()
         if not ahead.units:
             break
         units = ahead.take()
-        ids = await _append(state, [entry for unit in units for entry in unit])
-        if state.ack:
-            for unit in units:
-                unit_ids, ids = ids[: len(unit)], ids[len(unit) :]
-                with contextlib.suppress(ConnectionError):  # the client went: what it sent is appended still
-                    await socket.send_str(",".join(unit_ids))
+        entries = [entry for unit in units for entry in unit]
+        appending = tasks.create_task(_append(state, entries, _planned(state, entries)))
+        under_way.put_nowait(_Appending(units, appending))
+    under_way.put_nowait(None)
+    await acknowledging
     if ahead.end is not None:
         raise ahead.end
+
+
+@dataclass(frozen=True)
+class _Appending:
+    units: list[list[PushEntry]]
+    ids: asyncio.Task[list[str]]
+
+
+async def _acknowledge(
+    socket: web.WebSocketResponse,
+    state: _Push,
+    ahead: _ReadAhead,
+    under_way: asyncio.Queue,
+    room: asyncio.Semaphore,
+) -> None:
+    """Each unit's ids to the client (with `ack`), in the order the units came, as their appends end."""
+    while (appending := await under_way.get()) is not None:
+        ids = await appending.ids
+        room.release()
+        ahead.appended(appending.units)
+        if not state.ack:
+            continue
+        for unit in appending.units:
+            unit_ids, ids = ids[: len(unit)], ids[len(unit) :]
+            with contextlib.suppress(ConnectionError):  # the client went: what it sent is appended still
+                await socket.send_str(",".join(unit_ids))
 
 
 async def _read_ahead(socket: web.WebSocketResponse, state: _Push, ahead: _ReadAhead) -> None:
@@ -270,19 +321,29 @@ def _binary(message: WSMessage) -> bytes:
     return message.data
 
 
-async def _append(state: _Push, entries: Sequence[PushEntry]) -> list[str]:
-    """One append per stream of the batch (concurrently); the new ids in the batch's order."""
+def _planned(state: _Push, entries: Sequence[PushEntry]) -> list[tuple[str, list[int], tuple[bytes, int]]]:
+    """Each stream's part of a batch: its entries' positions, and its place in the stream's lane on this
+    socket (taken here, as batches are read, so that places follow the client's order)."""
     if len(state.sids) == 1 and ALL not in state.sids:  # one stream: the batch as it is
-        return await state.streams.append(state.token, state.sids[0], [(entry.data, entry.id) for entry in entries])
-    groups = by_stream(entries)
+        groups = {state.sids[0]: list(range(len(entries)))}
+    else:
+        groups = by_stream(entries)
+    return [(sid, positions, state.lane(sid)) for sid, positions in groups.items()]
+
+
+async def _append(
+    state: _Push, entries: Sequence[PushEntry], plan: list[tuple[str, list[int], tuple[bytes, int]]]
+) -> list[str]:
+    """One append per stream of the batch (concurrently), each in its lane; the new ids in the batch's
+    order."""
     appended = await asyncio.gather(
         *(
-            state.streams.append(state.token, sid, [(entries[i].data, entries[i].id) for i in positions])
-            for sid, positions in groups.items()
+            state.streams.append(state.token, sid, [(entries[i].data, entries[i].id) for i in positions], lane)
+            for sid, positions, lane in plan
         )
     )
     ids = [""] * len(entries)
-    for positions, new_ids in zip(groups.values(), appended, strict=True):
+    for (_, positions, _), new_ids in zip(plan, appended, strict=True):
         for position, new_id in zip(positions, new_ids, strict=True):
             ids[position] = new_id
     return ids

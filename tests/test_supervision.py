@@ -197,7 +197,9 @@ OWNED_TASKS = {
     "node/wire/fragments.py": 1,  # pieces of one transfer, in a TaskGroup
     "node/lookups/traverse.py": 1,  # the queries of one lookup, awaited by it
     "node/blobs/download.py": 1,  # the chunk fetches of one read, awaited by it
-    "proxy/stream_sockets.py": 3,  # a push socket's reader, a pull socket's listener and sender: TaskGroups
+    # a push socket's reader, acknowledger and appends under way, a pull socket's listener and sender:
+    # each in its socket's TaskGroup
+    "proxy/stream_sockets.py": 5,
 }
 
 

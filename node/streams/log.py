@@ -9,6 +9,7 @@ Retention (`retention.Retention`, from the meta) is applied within each append's
 or more made a WITHOUT ROWID table's inserts three times slower.
 """
 
+import copy
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,9 +94,11 @@ class StreamLog:
     def save(self, state: State) -> None:
         self._db.execute("INSERT OR REPLACE INTO streams VALUES (?, ?)", (state.sid, state.to_blob()))
 
-    def append(self, state: State, rows: list[Row]) -> None:
-        """Add `rows` (ids above the last) in one transaction, trimming by the stream's retention."""
-        with self._transaction():
+    def append(self, state: State, rows: list[Row], commit: Id = ZERO) -> None:
+        """Add `rows` (ids above the last) in one transaction, trimming by the stream's retention; and a
+        commit id heard from the primary (up to the last row), saved with them."""
+        with self._transaction(state):
+            state.commit = max(state.commit, min(commit, rows[-1][0]))
             self._db.executemany(
                 "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
                 [(state.sid, ms, seq, term, data) for (ms, seq), term, data in rows],
@@ -109,7 +112,7 @@ class StreamLog:
 
     def truncate_after(self, state: State, entry_id: Id) -> None:
         """Drop the entries above `entry_id` (a new primary's log does not have them)."""
-        with self._transaction():
+        with self._transaction(state):
             count, size = self._count(state.sid, "> (?, ?)", entry_id)
             if count:
                 self._db.execute("DELETE FROM entries WHERE sid = ? AND (ms, seq) > (?, ?)", (state.sid, *entry_id))
@@ -125,14 +128,14 @@ class StreamLog:
             self.save(state)
 
     def trim(self, state: State) -> None:
-        with self._transaction():
+        with self._transaction(state):
             self._trim(state)
             self.save(state)
 
     def drop(self, state: State) -> None:
         """Delete every entry and group of the stream; its state stays, marked deleted, so that its ids
         keep increasing if it is made again."""
-        with self._transaction():
+        with self._transaction(state):
             self._db.execute("DELETE FROM entries WHERE sid = ?", (state.sid,))
             self._db.execute("DELETE FROM groups WHERE sid = ?", (state.sid,))
             state.max_deleted = max(state.max_deleted, state.last)
@@ -172,7 +175,7 @@ class StreamLog:
         """Give the entries above `after` the term `term` (a new primary's, for the entries it takes on)."""
         if state.last <= after:
             return
-        with self._transaction():
+        with self._transaction(state):
             self._db.execute(
                 "UPDATE entries SET term = ? WHERE sid = ? AND (ms, seq) > (?, ?)", (term, state.sid, *after)
             )
@@ -233,8 +236,8 @@ class StreamLog:
         state.bytes -= size
         state.max_deleted = max(state.max_deleted, cut)
 
-    def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+    def _transaction(self, state: State) -> "_Transaction":
+        return _Transaction(self._db, state)
 
 
 def _bounded(rows: Iterator[Row]) -> list[Row]:
@@ -250,13 +253,20 @@ def _bounded(rows: Iterator[Row]) -> list[Row]:
 
 
 class _Transaction:
-    """BEGIN ... COMMIT (ROLLBACK on an error) on a connection in autocommit mode."""
+    """BEGIN ... COMMIT (ROLLBACK on an error) on a connection in autocommit mode; a rollback also undoes
+    what the transaction changed of the stream's state in memory, so memory never leads the disk."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, state: State) -> None:
         self._db = db
+        self._state = state
+        self._before = copy.copy(state)
 
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type | None, *_: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self._db.execute("COMMIT")
+            return
+        self._state.__dict__.update(self._before.__dict__)
+        self._db.execute("ROLLBACK")

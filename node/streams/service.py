@@ -27,6 +27,7 @@ from dhtmesh.node.streams.errors import (
 )
 from dhtmesh.node.streams.feeds import Feeds
 from dhtmesh.node.streams.home import REPLICA_TIMEOUT, Homes, NotPrimary, check_batch
+from dhtmesh.node.streams.lanes import check_lane
 from dhtmesh.node.streams.links import LinkDown, Links
 from dhtmesh.node.streams.log import Row, StreamLog
 from dhtmesh.node.streams.records import StreamBook
@@ -148,15 +149,25 @@ class Streams:
         await self._verify(token)
         await self._call(token, check_sid(sid), "s.delete", {})
 
-    async def append(self, token: str, sid: str, entries: Sequence[tuple[bytes, str | None]]) -> list[str]:
+    async def append(
+        self,
+        token: str,
+        sid: str,
+        entries: Sequence[tuple[bytes, str | None]],
+        lane: tuple[bytes, int] | None = None,
+    ) -> list[str]:
+        """The new entries' ids. Appends naming a `lane` (its id, and this append's place in it) may be
+        in flight together: they get their ids in the lane's order (`lanes.Lanes`)."""
         await self._verify(token)
+        check_lane(lane)
         batch = [(bytes(data), explicit) for data, explicit in entries]
         check_batch(batch)
         for _, explicit in batch:
             if explicit is not None:
                 ids.parse(explicit)
         record = await self.book.create(check_sid(sid))
-        return await self._call(token, sid, "s.append", {"entries": [list(entry) for entry in batch]}, record)
+        args = {"entries": [list(entry) for entry in batch], "lane": None if lane is None else [*lane]}
+        return await self._call(token, sid, "s.append", args, record)
 
     async def read(
         self,
@@ -313,7 +324,8 @@ class Streams:
         if op == "s.append":
             entries = [(data, explicit) for data, explicit in args["entries"]]
             check_batch(entries)
-            return [ids.text(entry_id) for entry_id in await homes.append(record, down, entries)]
+            appended = await homes.append(record, down, entries, check_lane(args.get("lane")))
+            return [ids.text(entry_id) for entry_id in appended]
         if op == "s.read":
             after = args["after"] if args["after"] == "$" else list(args["after"])
             cursor, rows = await homes.read(

@@ -1,0 +1,93 @@
+"""`Lanes`: the order in which one writer's pipelined appends to a stream are given ids at the primary.
+
+A push socket keeps several appends in flight (a round trip to the homes per entry, one at a time, was
+most of a lone entry's latency). They travel as separate requests, forwarded through other nodes and
+served concurrently, so the primary could otherwise number the second before the first. Each append
+names its lane (a random id, one per socket) and its place in it (0, 1, 2 ...); the primary gives ids
+to a lane's appends in that order: an append waits (up to `WAIT`) for the one before it to have its ids
+or to fail. Once one fails, or the one before never comes, every later append of the lane fails too, so
+a writer never finds a later batch appended behind an earlier one it must send again: its socket is
+closed and it resends from the first entry not acknowledged, in a new lane.
+
+Lanes are bounded (`MAX_LANES`, the least recently used one forgotten); a forgotten lane's next append
+waits for a place that never comes, and fails.
+"""
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
+
+WAIT = 3.0  # seconds an append waits for the one before it in its lane
+MAX_LANES = 4096
+MAX_LANE_ID = 32  # bytes
+
+
+@dataclass
+class _Lane:
+    next: int = 0  # the place whose turn it is
+    broken: bool = False
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+def check_lane(raw: object) -> tuple[bytes, int] | None:
+    """A request's lane, [id, place], or None when it names none; raises BadStreamRequest."""
+    if raw is None:
+        return None
+    if not (isinstance(raw, list | tuple) and len(raw) == 2):
+        raise BadStreamRequest("a lane is [id, place]")
+    lane_id, place = raw
+    if not (isinstance(lane_id, bytes) and 0 < len(lane_id) <= MAX_LANE_ID):
+        raise BadStreamRequest(f"a lane id is 1 to {MAX_LANE_ID} bytes")
+    if not (type(place) is int and 0 <= place < 1 << 63):
+        raise BadStreamRequest("a lane's place is a whole number")
+    return lane_id, place
+
+
+class Lanes:
+    def __init__(self) -> None:
+        self._lanes: OrderedDict[bytes, _Lane] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    @asynccontextmanager
+    async def turn(self, lane: tuple[bytes, int] | None) -> AsyncIterator[None]:
+        """Within: this append's turn in its lane (at once without a lane). Leaving passes the turn on;
+        leaving by an exception breaks the lane."""
+        if lane is None:
+            yield
+            return
+        lane_id, place = lane
+        found = self._lane(lane_id)
+        async with found.changed:
+            try:
+                async with asyncio.timeout(WAIT):
+                    await found.changed.wait_for(lambda: found.broken or found.next >= place)
+            except TimeoutError:
+                found.broken = True
+            if found.broken or found.next != place:
+                found.broken = True
+                found.changed.notify_all()
+                raise StreamUnavailable("an earlier append of this socket failed or never came: send again")
+        try:
+            yield
+        except BaseException:
+            found.broken = True
+            raise
+        finally:
+            found.next = max(found.next, place + 1)
+            async with found.changed:
+                found.changed.notify_all()
+
+    def _lane(self, lane_id: bytes) -> _Lane:
+        found = self._lanes.get(lane_id)
+        if found is None:
+            found = self._lanes[lane_id] = _Lane()
+            while len(self._lanes) > MAX_LANES:
+                self._lanes.popitem(last=False)
+        self._lanes.move_to_end(lane_id)
+        return found
