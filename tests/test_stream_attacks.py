@@ -30,7 +30,7 @@ from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
 from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_WAITING_PER_HOST
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
+from dhtmesh.node.streams.wire import FOLLOW, HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, read_frame, request
 from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
 from dhtmesh.testing.meshes import FAST
@@ -238,3 +238,32 @@ async def test_large_bodies_sent_slowly_from_many_connections_hold_a_few_slots_n
     finally:
         for _, writer in links:
             writer.close()
+
+
+async def test_followed_reads_are_bounded_per_host_malformed_ones_refused_and_only_their_caller_unfollows(
+    node: Services,
+) -> None:
+    await node.streams.append(TOKEN, "bait", [(b"bait", None)])
+    reader, writer = await _hostile_link(node)
+    follow = {"sid": "bait", "token": TOKEN, "after": "$", "down": [], "record": None}
+    writer.write(request(FOLLOW, 9000, {**follow, "after": "not an id"}))
+    header, body = await read_frame(reader)
+    assert (header["rid"], body["err"]) == (9000, "bad")  # answered with an error; the connection serves on
+    writer.write(b"".join(request(FOLLOW, rid, follow) for rid in range(1, MAX_WAITING_PER_HOST + 11)))
+    writer.write(request(UNFOLLOW, 9001, {"rid": 424242}))  # none of this connection's: nothing happens
+    refusals = []
+    for _ in range(10):
+        header, body = await read_frame(reader)
+        refusals.append(body.get("err"))
+    assert refusals == ["unavailable"] * 10  # past its host's cap, a follow is refused at once
+    assert node.streams.homes._waiting == MAX_WAITING_PER_HOST
+    # A second connection of the attacker's cannot stop the first one's follows; the first one can.
+    _, other = await _hostile_link(node)
+    other.write(b"".join(request(UNFOLLOW, 10_000 + rid, {"rid": rid}) for rid in range(1, 11)))
+    await asyncio.sleep(0.3)
+    assert node.streams.homes._waiting == MAX_WAITING_PER_HOST
+    writer.write(b"".join(request(UNFOLLOW, 10_000 + rid, {"rid": rid}) for rid in range(1, 11)))
+    await eventually(lambda: node.streams.homes._waiting == MAX_WAITING_PER_HOST - 10)
+    writer.close()
+    other.close()
+    await eventually(lambda: node.streams.homes._waiting == 0)  # a connection gone takes its follows along

@@ -17,7 +17,7 @@ from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.services import Services
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.streams import ids
+from dhtmesh.node.streams import feeds, ids
 from dhtmesh.node.streams.errors import StreamError
 from dhtmesh.node.streams.home import NotPrimary
 from dhtmesh.node.streams.links import Links
@@ -96,6 +96,7 @@ async def test_readers_waiting_on_one_node_share_one_feed_and_a_reader_moving_be
         seen += [e.id for e in got]
         cursor = got[-1].id
     rest = await mesh[4].streams.read(TOKEN, {"feed": cursor}, 100)
+    assert sum(services.node.counters.get("stream_follows") for services in mesh) <= NODES  # one per feed
     everything = await mesh[2].streams.read(TOKEN, {"feed": "0"}, 100)
     assert seen + [e.id for e in rest] == [e.id for e in everything]
 
@@ -254,3 +255,27 @@ async def test_a_dhtmesh_run_node_serves_stream_replicas_on_its_udp_port_number(
     finally:
         await links.close()
     assert answer["err"] in ("unknown", "bad")
+
+
+async def test_a_feed_follows_its_primary_with_one_request_and_stops_it_once_idle(
+    mesh: list[Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds, "IDLE", 1.0)
+    await mesh[0].streams.create(TOKEN, "followed", {})
+    homes, others = await homes_of(mesh, "followed")
+    reader, primary = others[0], homes[0]
+    cursor, seen = "$", []
+    for turn in range(20):  # each entry read by a reader waiting on the feed of a node that is no home
+        reading = asyncio.ensure_future(reader.streams.read(TOKEN, {"followed": cursor}, 10, timeout=10.0))
+        await asyncio.sleep(0.05)
+        await mesh[turn % NODES].streams.append(TOKEN, "followed", [(b"%d" % turn, None)])
+        got = await reading
+        seen += [entry.data for entry in got]
+        cursor = got[-1].id
+    assert seen == [b"%d" % turn for turn in range(20)]
+    assert primary.node.counters.get("stream_follows") == 1  # not a request per entry, as a long poll made
+    # Unread for IDLE, the feed ends with the next answer (a round waits FOLLOW_WAIT at most), and unfollows.
+    await mesh[1].streams.append(TOKEN, "followed", [(b"unread", None)])
+    await asyncio.sleep(1.2)
+    await mesh[1].streams.append(TOKEN, "followed", [(b"unread too", None)])
+    await eventually(lambda: len(reader.streams.feeds) == 0 and primary.streams.homes._waiting == 0, within=10.0)

@@ -1,38 +1,40 @@
 """`Feeds`: the committed entries of the streams this node's readers wait on, fetched once per stream.
 
 A blocking read (`Streams.read` with a timeout) of a stream is served from the stream's feed on this
-node: one loop that long-polls the stream's primary for entries above the last it has and keeps the
-latest `CACHE_ENTRIES` of them, so that any number of readers of one stream on this node cost the
-primary one waiting request, and a new entry reaches them within one round trip of its commit.
+node: one loop that follows the stream's primary (one request, answered with the new entries at each
+commit: no request per entry, as a long poll made) and keeps the latest `CACHE_ENTRIES` of them, so that
+any number of readers of one stream on this node cost the primary one followed read, and a new entry
+reaches them one message after its commit.
 
 A reader whose cursor is at or above the feed's base (every entry above the base, up to the feed's
 cursor, is in the cache) is served from it; a reader further behind reads from the primary directly.
 Ids are the cursors, so a reader moving between nodes resumes without gaps or duplicates. A feed
-nobody read for `IDLE` seconds ends; one whose primary cannot be reached ends at once (its readers
-then read from the homes directly, and fail as they do).
+nobody read for `IDLE` seconds ends; one whose primary cannot be followed ends at once (its readers
+then read from the homes directly, which finds a live primary, and fail as they do).
 """
 
 import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.streams.errors import StreamError
+from dhtmesh.node.streams.errors import StreamError, StreamUnavailable
 from dhtmesh.node.streams.ids import Id
 from dhtmesh.node.tasks import Supervisor
 
 CACHE_ENTRIES = 10_000
 CACHE_BYTES = 16 * 1024 * 1024
-POLL_WAIT = 5.0  # seconds one poll waits at the primary
-POLL_COUNT = 1000
 IDLE = 30.0
 MAX_FEEDS = 1024
+MAX_EMPTY_FOLLOWS = 3  # follows in a row that end unanswered (sent to a home that is no primary) before a feed ends
 
 Fetch = Callable[[str, str, "str | list", int, float], Awaitable[tuple[Id, list[tuple[Id, bytes]]]]]
 """(token, sid, after, count, wait) -> (cursor, [(id, data)]): a read of committed entries at the primary."""
+Follow = Callable[[str, str, list], AsyncIterator[tuple[Id, list[tuple[Id, bytes]]]]]
+"""(token, sid, after) -> each (cursor, [(id, data)]) committed above `after` at the primary, as they commit."""
 
 
 @dataclass
@@ -65,9 +67,14 @@ class _Feed:
         return found[::-1][:count]
 
 
+def _idle(feed: _Feed) -> bool:
+    return time.monotonic() - feed.used >= IDLE
+
+
 class Feeds:
-    def __init__(self, fetch: Fetch, counters: Counters) -> None:
+    def __init__(self, fetch: Fetch, follow: Follow, counters: Counters) -> None:
         self._fetch = fetch
+        self._follow_primary = follow
         self._counters = counters
         self._feeds: dict[str, _Feed] = {}
         self._loops = Supervisor(counters)
@@ -109,12 +116,21 @@ class Feeds:
 
     async def _follow(self, sid: str, feed: _Feed) -> None:
         try:
-            while time.monotonic() - feed.used < IDLE:
-                _, rows = await self._fetch(feed.token, sid, [*feed.cursor], POLL_COUNT, POLL_WAIT)
-                if rows:
-                    feed.take(rows)
-                    async with feed.changed:
-                        feed.changed.notify_all()
+            unanswered = 0
+            while not _idle(feed):
+                answered = False
+                async with contextlib.aclosing(self._follow_primary(feed.token, sid, [*feed.cursor])) as updates:
+                    async for _, rows in updates:
+                        answered = True
+                        if rows:
+                            feed.take(rows)
+                            async with feed.changed:
+                                feed.changed.notify_all()
+                        if _idle(feed):
+                            break
+                unanswered = 0 if answered else unanswered + 1
+                if unanswered >= MAX_EMPTY_FOLLOWS:
+                    raise StreamUnavailable(f"stream {sid!r}: no home answered as its primary")
         except StreamError:
             self._counters.add("stream_feeds_lost")
         finally:

@@ -2,24 +2,27 @@
 
 One connection per peer, opened on first use with a signed hello (`crypto.request_auth`, bound to the
 peer's node id, so the peer knows which node calls and nobody can replay it elsewhere), then shared by
-every request to that peer, pipelined: each request has an id its answer carries. A connection that
-fails fails every request waiting on it (`LinkDown`) and is opened again by the next request.
+every request to that peer, pipelined: each request has an id its answer carries. A followed request
+(`Links.follow`) has many answers, taken until the caller stops (which tells the peer: `UNFOLLOW`). A
+connection that fails fails every request waiting on it (`LinkDown`) and is opened again by the next
+request.
 """
 
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, read_frame, request
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, read_frame, request
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.transfer.framing import FramingError, frame
 
 CONNECT_TIMEOUT = 2.0
+MAX_QUEUED = 64  # answers of a followed request received and not yet taken: past it, the follow ends
 Peer = tuple[bytes, str, int]
 
 
@@ -34,6 +37,7 @@ class _Link:
         self._tasks = tasks
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
+        self._following: dict[int, asyncio.Queue[dict[str, Any] | LinkDown]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._opening = asyncio.Lock()
 
@@ -48,6 +52,44 @@ class _Link:
         except OSError as error:
             raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: {error}") from error
         return self._answer(op, rid, answered, writer, within)
+
+    async def follow(self, op: str, args: dict[str, Any], within: float) -> AsyncIterator[dict[str, Any]]:
+        """Each answer to a followed request, as it comes; raises LinkDown when none came within `within`
+        seconds, the connection was lost, or the answers piled up untaken. Closing the iterator tells
+        the peer to stop."""
+        try:
+            writer = await self._open()
+        except OSError as error:
+            raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: {error}") from error
+        rid = next(self._ids)
+        answers = self._following[rid] = asyncio.Queue()
+        try:
+            writer.write(request(op, rid, args))
+            while True:
+                try:
+                    async with asyncio.timeout(within):
+                        answer = await answers.get()
+                except TimeoutError as error:
+                    raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: nothing within {within} s") from error
+                if isinstance(answer, LinkDown):
+                    raise answer
+                yield answer
+        finally:  # the peer stops answering (unless the connection is gone, which stops it too)
+            self._following.pop(rid, None)
+            if not writer.is_closing():
+                writer.write(request(UNFOLLOW, next(self._ids), {"rid": rid}))
+
+    def _followed(self, rid: int, body: dict[str, Any]) -> bool:
+        """Queue an answer to a followed request; False if `rid` is none."""
+        answers = self._following.get(rid)
+        if answers is None:
+            return False
+        if answers.qsize() >= MAX_QUEUED:
+            del self._following[rid]
+            answers.put_nowait(LinkDown("answers of a followed request piled up untaken"))
+        else:
+            answers.put_nowait(body)
+        return True
 
     async def _answer(
         self, op: str, rid: int, answered: asyncio.Future, writer: asyncio.StreamWriter, within: float
@@ -85,7 +127,10 @@ class _Link:
         try:
             while True:
                 header, body = await read_frame(reader)
-                waiting = self._waiting.get(header.get("rid", -1))
+                rid = header.get("rid", -1)
+                if self._followed(rid, body):
+                    continue
+                waiting = self._waiting.get(rid)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(body)
         except (FramingError, OSError):
@@ -94,9 +139,13 @@ class _Link:
             writer.close()
             if self._writer is writer:
                 self._writer = None
+            lost = f"connection to {self._peer[1]}:{self._peer[2]} lost"
             for waiting in self._waiting.values():
                 if not waiting.done():
-                    waiting.set_exception(LinkDown(f"connection to {self._peer[1]}:{self._peer[2]} lost"))
+                    waiting.set_exception(LinkDown(lost))
+            for answers in self._following.values():
+                answers.put_nowait(LinkDown(lost))
+            self._following.clear()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -115,10 +164,17 @@ class Links:
 
     async def send(self, peer: Peer, op: str, args: dict[str, Any], within: float = 5.0) -> Awaitable[dict[str, Any]]:
         """Send a request now; returns what awaits its answer (which raises LinkDown)."""
+        return await self._link(peer).send(op, args, within)
+
+    def follow(self, peer: Peer, op: str, args: dict[str, Any], within: float) -> AsyncIterator[dict[str, Any]]:
+        """The answers to a followed request (see `_Link.follow`); close the iterator to stop."""
+        return self._link(peer).follow(op, args, within)
+
+    def _link(self, peer: Peer) -> _Link:
         link = self._links.get(peer)
         if link is None:
             link = self._links[peer] = _Link(self._identity, peer, self._tasks)
-        return await link.send(op, args, within)
+        return link
 
     def drop(self, peer: Peer) -> None:
         """Close the connection to `peer` (a test's way of cutting it; the next request opens another)."""

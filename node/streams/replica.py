@@ -6,7 +6,9 @@ never seen before (`crypto.request_auth`); anything else is refused and the conn
 requests are pipelined: the replica ops ("r.*": a primary's appends and state, a claimer's promises
 and fetches), only from the stream's homes (`Homes.home_of`), are answered in arrival order, so that a
 primary's batches are taken in the order it sent them; user ops ("s.*": appends, reads, meta...
-forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection.
+forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection;
+a followed read (`FOLLOW`: a forwarding node's feed) is answered at each commit until its caller
+unfollows it, the connection ends, or a round fails.
 Reads that wait for entries hold a slot of their calling host's (`MAX_WAITING_PER_HOST`; beyond it a read
 answers at once): the primary's node-wide cap on waiting reads (`home.MAX_WAITING_READERS`) was filled by
 one hostile node, and every honest long poll then returned empty at once. Every answer waits for the
@@ -19,7 +21,7 @@ connection keeps serving.
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dhtmesh.crypto.identity import Identity
@@ -28,7 +30,7 @@ from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_re
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
 from dhtmesh.node.streams.home import MAX_WAITING_READERS, Homes
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, answer, read_body_of
+from dhtmesh.node.streams.wire import FOLLOW, HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, answer, read_body_of
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.transfer.framing import FramingError, read_header
 from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
@@ -43,13 +45,17 @@ MAX_WAITING_PER_HOST = 128  # waiting reads from one host: a forwarding node's f
 # waiting reads from other nodes in all: this node's own readers keep the rest of the primary's cap
 MAX_WAITING_REMOTE = MAX_WAITING_READERS * 3 // 4
 UserOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+FollowOp = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
 
 class ReplicaService:
-    def __init__(self, identity: Identity, homes: Homes, user_op: UserOp, counters: Counters) -> None:
+    def __init__(
+        self, identity: Identity, homes: Homes, user_op: UserOp, follow_op: FollowOp, counters: Counters
+    ) -> None:
         self._identity = identity
         self._homes = homes
         self._user_op = user_op
+        self._follow_op = follow_op
         self._counters = counters
         self._errors = ErrorLog(counters, "stream_port_internal_errors")
         self._guard = ReplayGuard()
@@ -112,6 +118,7 @@ class ReplicaService:
         self, peer: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, tasks: TaskSet
     ) -> None:
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        follows: dict[int, asyncio.Task] = {}
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
@@ -133,6 +140,15 @@ class ReplicaService:
                 reply = answer(rid, {"err": "unavailable", "msg": "too many requests"})
             elif (handler := self._replica_ops.get(op)) is not None:
                 reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
+            elif op == FOLLOW:
+                await in_flight.acquire()
+                follows[rid] = tasks.spawn(self._follow(rid, body, writer, in_flight, host, follows))
+                continue
+            elif op == UNFOLLOW:  # not answered: the caller waits for nothing
+                followed = follows.pop(body.get("rid"), None) if isinstance(body.get("rid"), int) else None
+                if followed is not None:
+                    followed.cancel()
+                continue
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
                 tasks.spawn(self._user(op, rid, body, writer, in_flight, host))
@@ -184,16 +200,51 @@ class ReplicaService:
             if waits:
                 self._waits.give(host)
 
+    async def _follow(
+        self,
+        rid: int,
+        body: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        in_flight: asyncio.Semaphore,
+        host: str,
+        follows: dict[int, asyncio.Task],
+    ) -> None:
+        """A followed read's answers, one per change, until it is unfollowed, a round fails (its error is
+        the last answer) or the peer stops taking them; it holds a waiting read's slot of its host's."""
+        try:
+            try:
+                self._waits.take(host)
+            except Full:
+                self._counters.add("stream_port_waits_over_cap")
+                await _sent(writer, answer(rid, {"err": "unavailable", "msg": "too many waiting reads from you"}))
+                return
+            try:
+                async with contextlib.aclosing(self._follow_op(body)) as answers:
+                    async for reply in answers:
+                        if not await _sent(writer, answer(rid, reply)):
+                            return
+            except Exception as error:
+                await _sent(writer, answer(rid, self._failed(error)))
+            finally:
+                self._waits.give(host)
+        finally:
+            in_flight.release()
+            follows.pop(rid, None)
+
     async def _run(self, call: Callable[[], Awaitable[dict]]) -> dict:
         """The call's answer; a refusal or our own failure as an error answer, counted."""
         try:
             return await call()
-        except (StreamError, KeyError, TypeError, ValueError) as error:  # a malformed or refused request
+        except Exception as error:
+            return self._failed(error)
+
+    def _failed(self, error: Exception) -> dict:
+        """A refusal (a malformed or refused request) or our own failure, as an error answer, counted."""
+        if isinstance(error, StreamError | KeyError | TypeError | ValueError):
             self._refuse("stream_port_refused")
             return {"err": error_kind(error), "msg": str(error)}
-        except Exception as error:
-            self._errors.internal(error, "the streams port")
-            return {"err": "unavailable", "msg": "internal error"}
+        self._errors.internal(error, "the streams port")
+        return {"err": "unavailable", "msg": "internal error"}
 
     def _refuse(self, counter: str) -> None:
         self._counters.add("stream_port_refusals")

@@ -9,8 +9,9 @@ down, which may then claim the stream (`home.Homes`). The node remembers which h
 """
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,15 @@ from dhtmesh.node.streams.log import Row, StreamLog
 from dhtmesh.node.streams.records import StreamBook
 from dhtmesh.node.streams.replica import ReplicaService, error_kind
 from dhtmesh.node.streams.retention import checked_meta
-from dhtmesh.node.streams.wire import MAX_ENTRY
+from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY
 from dhtmesh.node.tasks import TaskSet
 
 MAX_COUNT = 10_000  # entries one read returns per stream
 MAX_WAIT = 300.0  # seconds a read may block
 MAX_ACK_WAIT = 86_400.0  # seconds a group's entry may stay unacked before it is delivered again
 MAX_NAMES_CHECKED = 32  # streams whose liveness `names` asks at once
+FOLLOW_WAIT = 5.0  # seconds a round of a followed read waits for entries before it answers none
+FOLLOW_COUNT = 1000  # entries a round of a followed read answers at most
 _ERRORS: dict[str, type[StreamError]] = {
     "unknown": UnknownStream,
     "large": EntryTooLarge,
@@ -92,10 +95,10 @@ class Streams:
         self.links = Links(node.identity, node.counters)
         path = node.data_dir / "streams.sqlite3" if node.data_dir else None
         self.homes = Homes(node.node_id, StreamLog(path), self.links, self.book, self._verify, node.counters)
-        self.replica = ReplicaService(node.identity, self.homes, self.serve, node.counters)
+        self.replica = ReplicaService(node.identity, self.homes, self.serve, self.serve_follow, node.counters)
         self._primary: dict[str, int] = {}  # sid -> index of the home that answered last
         self._tasks = TaskSet(node.counters)  # the reads of one multi-stream read, awaited by it
-        self.feeds = Feeds(self._fetch, node.counters)
+        self.feeds = Feeds(self._fetch, self._follow, node.counters)
 
     async def _verify(self, token: object) -> str:
         if not isinstance(token, str):
@@ -219,6 +222,46 @@ class Streams:
         """Committed entries above `after` from the stream's primary, and the cursor after them."""
         found = await self._call(token, sid, "s.read", {"after": after, "count": count, "wait": wait})
         return tuple(found["cursor"]), [((ms, seq), data) for ms, seq, data in found["rows"]]  # type: ignore[return-value]
+
+    async def _follow(
+        self, token: str, sid: str, after: list
+    ) -> AsyncIterator[tuple[ids.Id, list[tuple[ids.Id, bytes]]]]:
+        """Committed entries above `after` from the stream's primary as they commit (a followed read:
+        one request, answered at each commit), with the cursor after them. Ends when the home asked says
+        another is the primary (the next follow asks that one); raises StreamError when it cannot be
+        followed (the caller then reads through `_call`, which finds a live primary)."""
+        record = await self._record(sid)
+        home = record.homes[self._primary.get(sid, 0)]
+        body = {"sid": sid, "token": token, "down": [], "record": self.book.wire(sid), "after": after}
+        if home[0] == self.node.node_id:
+            answers = self.serve_follow(body)
+        else:
+            answers = self.links.follow(home, FOLLOW, body, REPLICA_TIMEOUT + FOLLOW_WAIT)
+        try:
+            async with contextlib.aclosing(answers):
+                async for reply in answers:
+                    if "ok" in reply:
+                        yield _followed(reply["ok"])
+                    elif reply.get("err") == "not_primary" and _valid(reply.get("primary"), record.homes, []):
+                        self._primary[sid] = reply["primary"]
+                        return
+                    else:
+                        raise _ERRORS.get(reply.get("err"), StreamUnavailable)(reply.get("msg", "refused"))
+        except LinkDown as error:
+            raise StreamUnavailable(f"stream {sid!r}: its primary could not be followed: {error}") from error
+
+    async def serve_follow(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """A followed read on this node as a home: a read's answer each time entries commit (and every
+        FOLLOW_WAIT seconds without any, so the caller knows it lives), until a round fails, its error the
+        last answer. Each round is a read of its own, checks included (the token's expiry among them)."""
+        self.node.counters.add("stream_follows")
+        after = args.get("after")
+        while True:
+            reply = await self.serve("s.read", {**args, "after": after, "count": FOLLOW_COUNT, "wait": FOLLOW_WAIT})
+            yield reply
+            if "ok" not in reply:
+                return
+            after = reply["ok"]["cursor"]
 
     async def latest(self, token: str, sid: str, count: int) -> list[Entry]:
         await self._verify(token)
@@ -368,6 +411,29 @@ def _seconds(raw: object, limit: float) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         return 0.0
     return min(max(float(raw), 0.0), limit)
+
+
+def _followed(found: Any) -> tuple[ids.Id, list[tuple[ids.Id, bytes]]]:
+    """A followed read's answer: the cursor and the entries; raises StreamUnavailable if it is malformed
+    (a home's answer, checked as any peer's)."""
+    try:
+        cursor_ms, cursor_seq = found["cursor"]
+        rows = [((_part(ms), _part(seq)), _bytes(data)) for ms, seq, data in found["rows"]]
+        return (_part(cursor_ms), _part(cursor_seq)), rows
+    except (KeyError, TypeError, ValueError) as error:
+        raise StreamUnavailable(f"a home's answer to a followed read is malformed: {error}") from error
+
+
+def _part(raw: object) -> int:
+    if type(raw) is int and 0 <= raw <= ids.MAX_PART:
+        return raw
+    raise ValueError("an id's part is a whole number")
+
+
+def _bytes(raw: object) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    raise ValueError("an entry is bytes")
 
 
 def _valid(index: object, homes: tuple, down: list[bytes]) -> bool:

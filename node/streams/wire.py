@@ -1,7 +1,8 @@
 """The streams' frames on a node's TCP port (`transfer.framing`): a request is a header
 `{op, rid, size}` and a msgpack body of its arguments; an answer is `{rid, size}` and a msgpack body
 `{"ok": ...}` or `{"err": kind, "msg": text, ...}`. Requests on one connection are pipelined (matched by
-`rid`). The first request on a connection is a signed hello (`HELLO`) that names the calling node.
+`rid`). The first request on a connection is a signed hello (`HELLO`) that names the calling node. A
+followed request (`FOLLOW`) has an answer per change until the caller sends `UNFOLLOW` with its `rid`.
 """
 
 import asyncio
@@ -12,6 +13,8 @@ import msgpack
 from dhtmesh.node.transfer.framing import FramingError, frame, read_body, read_header
 
 HELLO = "s.hello"
+FOLLOW = "s.follow"  # a read answered again at each commit, until the caller sends UNFOLLOW {rid}
+UNFOLLOW = "s.unfollow"
 HELLO_PATH = "/streams/hello"
 HELLO_METHOD = "STREAM"
 MAX_ENTRY = 1024 * 1024
