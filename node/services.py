@@ -122,6 +122,7 @@ class Services:
         for name, loop in extra:
             self.loops.start(name, loop)
         self.loops.start("stream_retention", self.streams.homes.trim_periodically)
+        self.loops.start("stream_checkpoint", self.streams.homes.checkpoint_periodically)
         if self.worker is not None and self.sandboxes is not None:
             self.loops.start("sandbox_warm", self.sandboxes.warm)  # ends once its processes are up
             for slot in range(self.worker.slots):

@@ -81,6 +81,25 @@ def test_retention_trims_by_length_age_and_bytes_in_the_append_transaction(tmp_p
     reopened.close()
 
 
+async def test_the_wal_is_checkpointed_in_a_thread_and_a_failed_transaction_leaves_the_state_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = StreamLog(path)
+    state = log.ensure("big")
+    for first in range(1, 2001, 100):
+        log.append(state, [((ms, 0), 1, bytes(1024)) for ms in range(first, first + 100)])
+    before = path.stat().st_size
+    await asyncio.to_thread(log.checkpoint)  # the entries move from the WAL into the database file
+    assert path.stat().st_size > before + 2000 * 1024
+    with pytest.raises(sqlite3.IntegrityError):  # an id already there: the transaction rolls back
+        log.append(state, [((2001, 0), 1, b"new"), ((5, 0), 1, b"duplicate")], commit=(2001, 0))
+    assert (state.last, state.length, state.added, state.commit) == ((2000, 0), 2000, 2000, ids.ZERO)
+    assert [row[0] for row in log.rows_after("big", (1999, 0), 10)] == [(2000, 0)]
+    log.close()
+    log.checkpoint()  # closed: nothing to do, nothing raised
+
+
 async def test_appends_are_in_order_and_explicit_ids_must_be_above_the_last(streams: Streams) -> None:
     first = await streams.append(TOKEN, "s", [(b"a", None), (b"b", None), (b"c", "99999999999999-0")])
     parsed = [ids.parse(entry_id) for entry_id in first]

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 REPLICA_TIMEOUT = 3.0  # seconds a home waits for another's answer before counting it unreachable
 RESYNC_ROWS = 1000
 TRIM_PERIOD = 5.0  # seconds between retention passes over every stream
+CHECKPOINT_PERIOD = 0.5  # seconds between the log's checkpoints
 RETRY_SYNC = 1.0  # seconds between attempts to bring a lagging home up to date
 MAX_WAITING_READERS = 1024
 MAX_STREAMS = 10_000  # streams one node is a home of
@@ -587,6 +588,17 @@ class Homes:
 
         await self._set_state(record, state, change, group=group)
         return acked
+
+    async def checkpoint_periodically(self) -> None:
+        """Checkpoint the log now and then, in a thread (see `log`); a failed checkpoint is counted and
+        the next one tries again (the WAL keeps everything meanwhile)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_PERIOD)
+            try:
+                await asyncio.to_thread(self.log.checkpoint)
+            except sqlite3.Error as error:
+                self._counters.add("stream_checkpoints_failed")
+                log.warning("the streams' log could not be checkpointed: %s", error)
 
     async def trim_periodically(self) -> None:
         """Apply every stream's retention now and then (by age, entries expire without appends)."""

@@ -1,7 +1,11 @@
 """`StreamLog`: the durable log of every stream this node is a home of, in one SQLite file.
 
 SQLite in WAL mode with synchronous=NORMAL: a committed transaction survives the process being killed
-(not the machine losing power before a checkpoint). Each batch of entries is one transaction (one
+(not the machine losing power before a checkpoint). Checkpoints (copying the WAL into the database, and
+its fsyncs) run on a connection of their own in a thread (`checkpoint`, called periodically), not in
+the commit that filled the WAL: on the event loop they stalled every stream of the node for up to
+tens of milliseconds several times a second. SQLite's own checkpoint stays as a backstop, at a size the
+thread's keep the WAL well below. Each batch of entries is one transaction (one
 `executemany`), never one per entry. Per stream the log keeps its state (`State`: last id and term,
 commit id, counts, meta, the term it promised), cached in memory and written with each change.
 Retention (`retention.Retention`, from the meta) is applied within each append's transaction and by
@@ -11,6 +15,7 @@ or more made a WITHOUT ROWID table's inserts three times slower.
 
 import copy
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,7 @@ from dhtmesh.node.streams.retention import retention_of
 
 Row = tuple[Id, int, bytes]  # (id, term, data) as replicated
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of entries' data in one answer or replica message (wire.MAX_BODY is above)
+BACKSTOP_CHECKPOINT_PAGES = 64_000  # WAL pages (256 MiB) past which a commit checkpoints on its own
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (sid TEXT, ms INTEGER, seq INTEGER, term INTEGER, data BLOB,
     PRIMARY KEY (sid, ms, seq));
@@ -62,10 +68,14 @@ class State:
 
 class StreamLog:
     def __init__(self, path: Path | None) -> None:
+        self._path = path
         self._db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointing = threading.Lock()  # the checkpointer is used by one thread at a time, closed by none
         self._states: dict[str, State] = {
             sid: State.from_blob(sid, blob) for sid, blob in self._db.execute("SELECT sid, state FROM streams")
         }
@@ -75,7 +85,21 @@ class StreamLog:
         return self._db
 
     def close(self) -> None:
+        with self._checkpointing:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._path = None
         self._db.close()
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database, as far as no reader needs it (PASSIVE: writers go
+        on meanwhile). Blocking: run it in a thread."""
+        with self._checkpointing:
+            if self._path is None:
+                return  # in memory, or closed
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def sids(self) -> list[str]:
         return sorted(self._states)
