@@ -159,6 +159,18 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     held = [row[2] for row in old.homes.log.rows_after("log", ids.ZERO, 1000)]
     assert b"from the deposed primary" not in held and len(held) == len(after) + 1
 
+    # As if restarted (its term on disk, nothing in memory): asked first (it is the first home), it does
+    # not take the stream from the live primary (which failed that primary's writers): the homes name
+    # the primary they follow, and the caller is sent there.
+    old.homes._leading.clear(), old.homes._primary.clear(), old.homes._heard.clear()
+    deposed = homes[1].node.counters.get("stream_primary_deposed")
+    with pytest.raises(NotPrimary) as sent:
+        await old.homes.append(record, [], [(b"through the first home", None)])
+    assert sent.value.primary == 1 and old.node.counters.get("stream_prevotes_refused") == 1
+    assert homes[1].streams.homes._leading.get("log") is not None
+    assert await old.append(TOKEN, "log", [(b"through the first home", None)])
+    assert homes[1].node.counters.get("stream_primary_deposed") == deposed
+
 
 async def test_a_home_that_was_away_catches_up_and_groups_survive_the_primary(mesh: list[Services]) -> None:
     await mesh[0].streams.create(TOKEN, "away", {"max_len": 500})

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ REPLICA_TIMEOUT = 3.0  # seconds a home waits for another's answer before counti
 RESYNC_ROWS = 1000
 TRIM_PERIOD = 5.0  # seconds between retention passes over every stream
 CHECKPOINT_PERIOD = 0.5  # seconds between the log's checkpoints
+PRIMARY_FRESH = 10.0  # seconds after its primary's last message in which a home helps no uninvited claim
 RETRY_SYNC = 1.0  # seconds between attempts to bring a lagging home up to date
 MAX_WAITING_READERS = 1024
 MAX_STREAMS = 10_000  # streams one node is a home of
@@ -118,6 +120,7 @@ class Homes:
         self._committed: dict[str, asyncio.Event] = {}  # set (and replaced) at each commit: readers wake at once
         self._waiting = 0
         self._unsaved: dict[str, asyncio.TimerHandle] = {}  # streams whose commit id is to be saved
+        self._heard: dict[str, float] = {}  # sid -> when its primary's last message was taken
         self._lanes = Lanes()
         self._tasks = TaskSet(counters)
 
@@ -177,7 +180,7 @@ class Homes:
                 break
             if not await self._down(record, home, down):
                 raise NotPrimary(self._index(record, home[0]), state.term)  # an earlier home may serve
-        await self._claim(record, state)
+        await self._claim(record, state, polite=not down)
         leading = self._leading.get(record.sid)
         if leading is None:
             raise NotPrimary(None, state.term)
@@ -194,14 +197,20 @@ class Homes:
             return False
         return True
 
-    async def _claim(self, record: StreamRecord, state: State) -> None:
+    async def _claim(self, record: StreamRecord, state: State, polite: bool) -> None:
+        """Become the stream's primary in the next term. A `polite` claim (the caller named no home down:
+        this node is the first home, back from a restart or asked first) is made only if a majority
+        would promise (`_prevote`): a home back from a restart took the stream over from a live primary,
+        failing its writers' appends."""
         async with self._lock(record.sid):
             if (leading := self._leading.get(record.sid)) is not None and leading.term == state.term:
                 return
+            others = [home for home in record.homes if home[0] != self.node_id]
+            if polite:
+                await self._prevote(record, state, others)
             state.term += 1
             self.log.save(state)
             term = state.term
-            others = [home for home in record.homes if home[0] != self.node_id]
             answers = await asyncio.gather(
                 *(
                     self._ask(
@@ -215,6 +224,7 @@ class Homes:
             ]
             if 1 + len(promised) <= len(record.homes) // 2:
                 self._counters.add("stream_claims_failed")
+                self._defer_to_newer(record, state, answers)
                 raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes answered")
             await self._take_best(record, state, promised)
             # Its own term on every entry not known committed: a later claimer then prefers this log to
@@ -230,6 +240,37 @@ class Homes:
         if 1 + sum(synced) > len(record.homes) // 2:
             self._commit(state, state.last)
         leading.ready.set()
+
+    async def _prevote(self, record: StreamRecord, state: State, others: list[tuple]) -> None:
+        """Whether a majority of the homes would promise the next term (nothing changes anywhere); if
+        not, raises NotPrimary naming the primary they follow, or StreamUnavailable."""
+        args = {"sid": record.sid, "term": state.term + 1, "record": self._book.wire(record.sid)}
+        answers = await asyncio.gather(*(self._ask(home, "r.prevote", args) for home in others))
+        if 1 + sum(1 for answer in answers if answer and "ok" in answer) > len(record.homes) // 2:
+            return
+        self._counters.add("stream_prevotes_refused")
+        self._defer_to_newer(record, state, answers)
+        raise StreamUnavailable(f"no majority of stream {record.sid!r}'s homes would take a new primary")
+
+    def _defer_to_newer(self, record: StreamRecord, state: State, answers: list[dict | None]) -> None:
+        """After a failed claim: if homes hold a term as new as the one claimed and name its primary, take
+        that term and send the caller there (raises NotPrimary). A home back from a restart found the
+        stream served by another in a newer term: its claim failed (a 503 for its caller), and the next
+        one took the stream over from a live primary."""
+        newer = [a for a in answers if a and a.get("err") == "stale" and type(a.get("term")) is int]
+        newer = [a for a in newer if a["term"] >= state.term]
+        if not newer:
+            return
+        term = max(a["term"] for a in newer)
+        state.term = term
+        self.log.save(state)
+        for answer in newer:
+            index = answer.get("primary")
+            if answer["term"] == term and type(index) is int and 0 <= index < len(record.homes):
+                if record.homes[index][0] != self.node_id:
+                    self._primary[record.sid] = (term, index)
+                    self._counters.add("stream_claims_deferred")
+                    raise NotPrimary(index, term)
 
     async def _take_best(self, record: StreamRecord, state: State, promised: list[tuple[tuple, dict]]) -> None:
         """Catch up with the promiser holding the most: its entries and, if newer, its state."""
@@ -617,12 +658,33 @@ class Homes:
         state = self._state(record)
         term = args.get("term")
         if not (type(term) is int and term > state.term):
-            return {"err": "stale", "term": state.term}
+            return self._refusal(record.sid, state)
         state.term = term
         self.log.save(state)
         self._leading.pop(record.sid, None)
         self._primary.pop(record.sid, None)
         return {"ok": True, "last": [*state.last], "last_term": state.last_term, **self._state_wire(state, None)}
+
+    async def on_prevote(self, caller: bytes, args: dict) -> dict:
+        """Whether this home would promise `term` to a claim nobody asked for: not while it leads the
+        stream, nor within PRIMARY_FRESH seconds of its primary's last message. Changes nothing."""
+        record, _ = await self.home_of(args["sid"], caller, args.get("record"))
+        state = self._state(record)
+        term = args.get("term")
+        heard = time.monotonic() - self._heard.get(record.sid, float("-inf")) < PRIMARY_FRESH
+        known = self._primary.get(record.sid)
+        follows = known is not None and known[0] == state.term and heard
+        if type(term) is int and term > state.term and record.sid not in self._leading and not follows:
+            return {"ok": True}
+        return self._refusal(record.sid, state)
+
+    def _refusal(self, sid: str, state: State) -> dict:
+        """A claim refused: the term this home promised and, if it knows it, that term's primary."""
+        refusal = {"err": "stale", "term": state.term}
+        known = self._primary.get(sid)
+        if known is not None and known[0] == state.term:
+            refusal["primary"] = known[1]
+        return refusal
 
     async def on_position(self, caller: bytes, args: dict) -> dict:
         record, _ = await self.home_of(args["sid"], caller)
@@ -680,6 +742,7 @@ class Homes:
             self.log.save(state)
             self._leading.pop(sid, None)
         self._primary[sid] = (term, index)
+        self._heard[sid] = time.monotonic()
         return True
 
     async def close(self) -> None:

@@ -66,6 +66,7 @@ class ReplicaService:
             "r.append": homes.on_append,
             "r.state": homes.on_state,
             "r.promise": homes.on_promise,
+            "r.prevote": homes.on_prevote,
             "r.position": homes.on_position,
             "r.fetch": homes.on_fetch,
         }
