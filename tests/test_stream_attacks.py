@@ -29,7 +29,7 @@ from dhtmesh.node.services import Services
 from dhtmesh.node.signing import PutRefused
 from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
-from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_WAITING_PER_HOST
+from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_IN_FLIGHT, MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import FOLLOW, HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, read_frame, request
 from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
@@ -258,12 +258,20 @@ async def test_followed_reads_are_bounded_per_host_malformed_ones_refused_and_on
     assert refusals == ["unavailable"] * 10  # past its host's cap, a follow is refused at once
     assert node.streams.homes._waiting == MAX_WAITING_PER_HOST
     # A second connection of the attacker's cannot stop the first one's follows; the first one can.
-    _, other = await _hostile_link(node)
+    other_reader, other = await _hostile_link(node)
     other.write(b"".join(request(UNFOLLOW, 10_000 + rid, {"rid": rid}) for rid in range(1, 11)))
     await asyncio.sleep(0.3)
     assert node.streams.homes._waiting == MAX_WAITING_PER_HOST
     writer.write(b"".join(request(UNFOLLOW, 10_000 + rid, {"rid": rid}) for rid in range(1, 11)))
     await eventually(lambda: node.streams.homes._waiting == MAX_WAITING_PER_HOST - 10)
+    # Follows stopped before they ran give their in-flight slots back: the connection still serves.
+    pairs = MAX_IN_FLIGHT + 44
+    stopped = (request(FOLLOW, 20_000 + i, follow) + request(UNFOLLOW, 0, {"rid": 20_000 + i}) for i in range(pairs))
+    other.write(b"".join(stopped))
+    other.write(request("s.live", 30_000, follow))
+    async with asyncio.timeout(10):
+        while (await read_frame(other_reader))[0].get("rid") != 30_000:
+            pass
     writer.close()
     other.close()
     await eventually(lambda: node.streams.homes._waiting == 0)  # a connection gone takes its follows along

@@ -143,7 +143,9 @@ class ReplicaService:
                 reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
             elif op == FOLLOW:
                 await in_flight.acquire()
-                follows[rid] = tasks.spawn(self._follow(rid, body, writer, in_flight, host, follows))
+                follows[rid] = followed = tasks.spawn(self._follow(rid, body, writer, host))
+                # On its end, even when unfollowed before it ran (then no `finally` of its own runs).
+                followed.add_done_callback(functools.partial(_followed, in_flight, follows, rid))
                 continue
             elif op == UNFOLLOW:  # not answered: the caller waits for nothing
                 followed = follows.pop(body.get("rid"), None) if isinstance(body.get("rid"), int) else None
@@ -201,36 +203,24 @@ class ReplicaService:
             if waits:
                 self._waits.give(host)
 
-    async def _follow(
-        self,
-        rid: int,
-        body: dict[str, Any],
-        writer: asyncio.StreamWriter,
-        in_flight: asyncio.Semaphore,
-        host: str,
-        follows: dict[int, asyncio.Task],
-    ) -> None:
+    async def _follow(self, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, host: str) -> None:
         """A followed read's answers, one per change, until it is unfollowed, a round fails (its error is
         the last answer) or the peer stops taking them; it holds a waiting read's slot of its host's."""
         try:
-            try:
-                self._waits.take(host)
-            except Full:
-                self._counters.add("stream_port_waits_over_cap")
-                await _sent(writer, answer(rid, {"err": "unavailable", "msg": "too many waiting reads from you"}))
-                return
-            try:
-                async with contextlib.aclosing(self._follow_op(body)) as answers:
-                    async for reply in answers:
-                        if not await _sent(writer, answer(rid, reply)):
-                            return
-            except Exception as error:
-                await _sent(writer, answer(rid, self._failed(error)))
-            finally:
-                self._waits.give(host)
+            self._waits.take(host)
+        except Full:
+            self._counters.add("stream_port_waits_over_cap")
+            await _sent(writer, answer(rid, {"err": "unavailable", "msg": "too many waiting reads from you"}))
+            return
+        try:
+            async with contextlib.aclosing(self._follow_op(body)) as answers:
+                async for reply in answers:
+                    if not await _sent(writer, answer(rid, reply)):
+                        return
+        except Exception as error:
+            await _sent(writer, answer(rid, self._failed(error)))
         finally:
-            in_flight.release()
-            follows.pop(rid, None)
+            self._waits.give(host)
 
     async def _run(self, call: Callable[[], Awaitable[dict]]) -> dict:
         """The call's answer; a refusal or our own failure as an error answer, counted."""
@@ -250,6 +240,13 @@ class ReplicaService:
     def _refuse(self, counter: str) -> None:
         self._counters.add("stream_port_refusals")
         self._counters.add(counter)
+
+
+def _followed(in_flight: asyncio.Semaphore, follows: dict[int, asyncio.Task], rid: int, task: asyncio.Task) -> None:
+    """A followed read ended: its in-flight slot back, and its rid no longer its."""
+    in_flight.release()
+    if follows.get(rid) is task:
+        del follows[rid]
 
 
 def _waits(body: dict[str, Any]) -> bool:
