@@ -31,8 +31,9 @@ from dhtmesh.node.storage.chunks import ChunkStore
 from dhtmesh.node.streams.service import Streams
 from dhtmesh.node.tasks import Loop, Supervisor
 from dhtmesh.node.transfer.chunk_client import ChunkClient
-from dhtmesh.node.transfer.chunk_service import MAX_CONNECTIONS, ChunkService
+from dhtmesh.node.transfer.chunk_service import ChunkService
 from dhtmesh.node.transfer.port import Port
+from dhtmesh.node.transfer.port_limits import MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,6 @@ class Services:
                 self.keeper.keep,
                 may_audit=self.registry.is_registered,  # only registered farmers challenge this node
                 counters=node.counters,
-                max_connections=farming.max_connections,
             )
         self.port = Port(
             node.counters,

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -25,7 +26,8 @@ from dhtmesh.node.config import NodeConfig
 from dhtmesh.node.dht import DhtNode
 from dhtmesh.node.services import Services
 from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused
-from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR
+from dhtmesh.node.transfer.chunk_service import NOT_AUDITOR, ChunkService
+from dhtmesh.node.transfer.port import Port
 from dhtmesh.node.wire.ratelimit import Address
 from dhtmesh.testing import FAST, Mesh, run_cli
 
@@ -224,3 +226,15 @@ async def stream_services(
         for services in started:
             await services.stop()
         await nodes.stop()
+
+
+@asynccontextmanager
+async def chunk_port(service: ChunkService, sock: socket.socket | None = None) -> AsyncIterator[tuple[str, int]]:
+    """`service` on a node's TCP port (`Port`, as a farmer serves it; no streams), on a free loopback
+    port or the bound `sock`: its address; stopped after."""
+    port = Port(service.counters, None, service)
+    await port.start("127.0.0.1", 0, sock=sock)
+    try:
+        yield "127.0.0.1", port.port
+    finally:
+        await port.stop()

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from dhtmesh.node.transfer.binding import start_with_stream_socket
 from dhtmesh.node.transfer.chunk_client import ChunkClient, HolderFailed, new_challenge
 from dhtmesh.node.transfer.chunk_service import ChunkService, proof_message
 from dhtmesh.testing import FAST, NodeProcess, ProcessGroup, eventually, run_cli, start_node
+
+from support import chunk_port
 
 pytestmark = pytest.mark.process
 
@@ -273,17 +276,23 @@ async def anyone(_: bytes) -> bool:
     return True
 
 
+@asynccontextmanager
 async def cheating_holder(
     service_class: type[ChunkService], mesh: Mesh, tmp_path: Path, name: str
-) -> tuple[DhtNode, ChunkService]:
+) -> AsyncIterator[DhtNode]:
+    """A registered farmer whose port runs `service_class`; stopped after."""
     node = DhtNode(Identity.generate(), FAST, rules=RECORD_RULES)
     stream_socket = await start_with_stream_socket(node, "127.0.0.1", 0)  # as `dhtmesh run --farmer` does
-    await node.join([mesh.farmers[0].address])
     store = ChunkStore(tmp_path / name)
-    service = service_class(node.identity, store, ChunkKeeper(node, store).keep, may_audit=anyone)
-    await service.start(sock=stream_socket)
-    await FarmerAgent(FarmerRegistry(node)).step()  # a registered farmer: only farmers' holdings are read and audited
-    return node, service
+    try:
+        await node.join([mesh.farmers[0].address])
+        service = service_class(node.identity, store, ChunkKeeper(node, store).keep, may_audit=anyone)
+        async with chunk_port(service, stream_socket):
+            await FarmerAgent(FarmerRegistry(node)).step()  # a registered farmer: only farmers' holdings are audited
+            yield node
+    finally:
+        store.close()
+        await node.stop()
 
 
 async def first_chunk_of(mesh: Mesh, observer: DhtNode, data: bytes) -> tuple[bytes, bytes]:
@@ -309,28 +318,23 @@ async def test_made_up_blocks_and_a_replayed_answer_fail_their_audits(
     data = os.urandom(300 * 1024)
     blob_id, root = await first_chunk_of(mesh, observer, data)
     client = ChunkClient(Identity.generate())
-    cheaters = [
-        await cheating_holder(MadeUpProofs, mesh, tmp_path, "made-up"),
-        await cheating_holder(ReplayedAnswers, mesh, tmp_path, "replayer"),
-    ]
-    try:
-        for node, _ in cheaters:
+    async with AsyncExitStack() as holders:
+        cheaters = [
+            await holders.enter_async_context(cheating_holder(MadeUpProofs, mesh, tmp_path, "made-up")),
+            await holders.enter_async_context(cheating_holder(ReplayedAnswers, mesh, tmp_path, "replayer")),
+        ]
+        for node in cheaters:
             await client.put(node.address, node.node_id, root, data)
             await client.keep(node.address, root, blob_id)  # publishes its holding: auditors will come
-        replayer = cheaters[1][0]
+        replayer = cheaters[1]
         challenge = new_challenge(root, math.ceil(len(data) / BLOCK_SIZE), 8)
         await client.audit(replayer.address, replayer.node_id, challenge)  # its one honest answer
         farmer_ids = {f.node_id for f in mesh.farmers}
-        for node, _ in cheaters:
+        for node in cheaters:
             document = await wait_for_verdict(mesh.gateway.url, node.node_id, "failed")
             failed = [a for a in document["audits"] if a["verdict"] == "failed"]
             assert {a["auditor"] for a in failed} <= farmer_ids and all(a["chunk"] == root.hex() for a in failed)
             assert document["reputation"]["passed"] == 0 and document["reputation"]["verified_bytes"] == 0
-    finally:
-        for node, service in cheaters:
-            await service.stop()
-            service.chunks.close()
-            await node.stop()
 
 
 async def test_one_auditor_publishing_false_failures_cannot_condemn_an_honest_farmer(

@@ -24,7 +24,6 @@ from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ChunkStore
 from dhtmesh.node.transfer.chunk_client import Challenge, ChunkClient, HolderRefused, new_challenge
 from dhtmesh.node.transfer.chunk_service import (
-    HEADER_TIMEOUT,
     NOT_AUDITOR,
     TOO_MANY_REQUESTS,
     ChunkService,
@@ -34,6 +33,7 @@ from dhtmesh.node.transfer.chunk_service import (
 )
 from dhtmesh.node.transfer.framing import announce, read_header
 from dhtmesh.node.transfer.port_limits import (
+    HEADER_TIMEOUT,
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_READS_PER_ADDRESS,
     PROVES_PER_ADDRESS,
@@ -41,7 +41,7 @@ from dhtmesh.node.transfer.port_limits import (
 )
 from dhtmesh.testing import NodeProcess
 
-from support import audit_once_registered, get_json
+from support import audit_once_registered, chunk_port, get_json
 
 BLOCKS = 300
 DATA = os.urandom(BLOCK_SIZE * BLOCKS)
@@ -69,12 +69,9 @@ async def holder(tmp_path: Path) -> AsyncIterator[Holder]:
         return node_id in registered
 
     service = ChunkService(identity, ChunkStore(tmp_path / "chunks"), may_audit=may_audit)
-    await service.start("127.0.0.1", 0)
-    assert service._server is not None
-    address = service._server.sockets[0].getsockname()[:2]
-    assert await ChunkClient(Identity.generate()).put(address, identity.node_id, ROOT, DATA)
-    yield Holder(service, identity.node_id, address, auditors)
-    await service.stop()
+    async with chunk_port(service) as address:
+        assert await ChunkClient(Identity.generate()).put(address, identity.node_id, ROOT, DATA)
+        yield Holder(service, identity.node_id, address, auditors)
     service.chunks.close()
 
 
@@ -356,32 +353,29 @@ async def test_reads_nobody_takes_hold_a_few_slots_of_one_address_and_nothing_el
     few read slots; another address still reads, and puts (their own slots) still land."""
     identity = Identity.generate()
     service = ChunkService(identity, ChunkStore(tmp_path / "chunks"))
-    await service.start("127.0.0.1", 0)
-    assert service._server is not None
-    address = service._server.sockets[0].getsockname()[:2]
     big = os.urandom(CHUNK_SIZE)
     root = chunk_root(big)
     stalled: list[socket.socket] = []
     try:
-        assert await ChunkClient(Identity.generate()).put(address, identity.node_id, root, big)
-        request = frame_of({"op": "get", "root": root})
-        for _ in range(MAX_READS_PER_ADDRESS + 2):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: the send stalls
-            sock.bind(("127.0.0.3", 0))
-            sock.connect(address)
-            sock.sendall(request)
-            stalled.append(sock)
-        await asyncio.sleep(0.5)
-        assert service.counters.get("chunk_port_reads_over_address_cap") == 2
-        other = ChunkClient(Identity.generate())
-        assert await other.get(address, root) == big  # from 127.0.0.1
-        data = os.urandom(5000)
-        assert await other.put(address, identity.node_id, chunk_root(data), data)
+        async with chunk_port(service) as address:
+            assert await ChunkClient(Identity.generate()).put(address, identity.node_id, root, big)
+            request = frame_of({"op": "get", "root": root})
+            for _ in range(MAX_READS_PER_ADDRESS + 2):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: the send stalls
+                sock.bind(("127.0.0.3", 0))
+                sock.connect(address)
+                sock.sendall(request)
+                stalled.append(sock)
+            await asyncio.sleep(0.5)
+            assert service.counters.get("chunk_port_reads_over_address_cap") == 2
+            other = ChunkClient(Identity.generate())
+            assert await other.get(address, root) == big  # from 127.0.0.1
+            data = os.urandom(5000)
+            assert await other.put(address, identity.node_id, chunk_root(data), data)
     finally:
         for sock in stalled:
             sock.close()
-        await service.stop()
         service.chunks.close()
 
 

@@ -31,8 +31,8 @@ from dhtmesh.node.streams import ids
 from dhtmesh.node.streams.errors import BadStreamRequest, UnknownStream
 from dhtmesh.node.streams.replica import BIG_BODIES_PER_HOST, MAX_IN_FLIGHT, MAX_WAITING_PER_HOST
 from dhtmesh.node.streams.wire import FOLLOW, HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, read_frame, request
-from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT
 from dhtmesh.node.transfer.framing import announce, frame
+from dhtmesh.node.transfer.port_limits import HEADER_TIMEOUT
 from dhtmesh.testing.meshes import FAST
 from dhtmesh.testing.waiting import eventually
 

@@ -7,6 +7,7 @@ import os
 import random
 import struct
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from dhtmesh.node.transfer.chunk_service import ChunkService, challenge_binding,
 from dhtmesh.node.transfer.framing import announce, frame
 from dhtmesh.testing import NodeProcess
 
-from support import audit_once_registered
+from support import audit_once_registered, chunk_port
 
 CHUNK = BLOCK_SIZE * 300 + 77
 AUDITOR = Identity.generate()  # the one node the holders below take challenges from
@@ -46,16 +47,14 @@ class Holder:
 @pytest.fixture
 async def holders(tmp_path: Path) -> AsyncIterator[list[Holder]]:
     started = []
-    for index in range(2):
-        identity = Identity.generate()
-        service = ChunkService(identity, ChunkStore(tmp_path / f"holder{index}"), may_audit=only_the_auditor)
-        await service.start("127.0.0.1", 0)
-        assert service._server is not None
-        port = service._server.sockets[0].getsockname()[1]
-        started.append(Holder(identity, service, ("127.0.0.1", port)))
-    yield started
+    async with AsyncExitStack() as ports:
+        for index in range(2):
+            identity = Identity.generate()
+            service = ChunkService(identity, ChunkStore(tmp_path / f"holder{index}"), may_audit=only_the_auditor)
+            address = await ports.enter_async_context(chunk_port(service))
+            started.append(Holder(identity, service, address))
+        yield started
     for holder in started:
-        await holder.service.stop()
         holder.service.chunks.close()
 
 

@@ -1,4 +1,5 @@
-"""The chunk service a farming node runs on its stream port: it stores the chunks other nodes send it
+"""The chunk service a farming node runs on its TCP port (`port.Port` hands it every connection whose
+first request is a chunk op): it stores the chunks other nodes send it
 (each put signed by the sender, for this node), keeps them once their blob is published (`keep`, which
 the injected keeper checks against the mesh), serves them, and proves it holds them to the registered
 farmers that audit it.
@@ -7,9 +8,9 @@ A proof answers a challenge (a chunk, block indices, a nonce) with those blocks 
 paths, signed by the holder together with the nonce, so an answer recorded earlier cannot be replayed
 to a new challenge, nor an answer passed off as another holder's.
 
-Every request is checked before it costs this node memory or hashing: a connection over its
-address's or the port's cap is refused unread (`port_limits`); a request's header must arrive within
-`HEADER_TIMEOUT`; a put is verified from its header alone (the uploader signs the chunk's root and
+Every request is checked before it costs this node memory or hashing: the port refuses a connection
+over its address's or its own cap unread and waits `HEADER_TIMEOUT` at most for the first header
+(`port_limits`); a put is verified from its header alone (the uploader signs the chunk's root and
 size, and the bytes must hash to the root), and its body is asked for only then; a challenge must be
 signed by a registered farmer, at a bounded rate, and is answered from trees kept for recently
 challenged chunks (`proof_trees`). Every refusal is counted in the node's counters.
@@ -18,7 +19,6 @@ challenged chunks (`proof_trees`). Every refusal is counted in the node's counte
 import asyncio
 import contextlib
 import hashlib
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +30,8 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.storage.chunks import CHUNK_SIZE, ROOT_SIZE, ChunkRefused, ChunkStore
-from dhtmesh.node.transfer.framing import FramingError, frame, read_body, read_header
+from dhtmesh.node.transfer.framing import FramingError, frame, read_body
 from dhtmesh.node.transfer.port_limits import (
-    MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_ADDRESS,
     MAX_READS,
     MAX_READS_PER_ADDRESS,
     MAX_TRANSFERS,
@@ -46,7 +44,6 @@ from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Full, RequestLimiter, Slots
 
 STREAM_TIMEOUT = 30.0  # seconds for a whole exchange: a 4 MiB chunk on a slow link, not a stalled peer
-HEADER_TIMEOUT = 5.0  # seconds for a request's header (a few hundred bytes): an idle connection holds a descriptor
 MAX_CHALLENGED_BLOCKS = 64
 NONCE_SIZE = 16
 _PROOF_DOMAIN = b"dhtmesh/proof/v1\n"
@@ -135,7 +132,6 @@ class ChunkService:
         *,
         may_audit: MayAudit = _nobody,
         counters: Counters | None = None,
-        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._identity = identity
         self.chunks = chunks
@@ -145,43 +141,22 @@ class ChunkService:
         self._errors = ErrorLog(self.counters, "chunk_port_internal_errors")
         self._guard = ReplayGuard()
         self._requests = RequestLimiter(total_rate=2000.0, per_peer_rate=200.0)  # keeps the guard from filling
-        self._connections = Slots("connections", max_connections, min(MAX_CONNECTIONS_PER_ADDRESS, max_connections))
         self._transfers = Slots("transfers", MAX_TRANSFERS, MAX_TRANSFERS_PER_ADDRESS)
         self._reads = Slots("reads", MAX_READS, MAX_READS_PER_ADDRESS)
         self._proves = ProveRates()
         self._trees = ProofTrees(chunks, on_build=lambda: self.counters.add("chunk_port_trees_built"))
-        self._server: asyncio.Server | None = None
 
     @property
     def refused(self) -> int:
         """Requests answered with an error (caps, deadlines, bad frames, signatures, chunks)."""
         return self.counters.get(REFUSED)
 
-    async def start(self, host: str = "", port: int = 0, sock: socket.socket | None = None) -> None:
-        """Listen on TCP `host:port`, or on the bound socket `sock` (raises `OSError`, e.g. EADDRINUSE)."""
-        if sock is not None:
-            self._server = await asyncio.start_server(self._serve, sock=sock)
-        else:
-            self._server = await asyncio.start_server(self._serve, host, port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self.serve(reader, writer)
-
-    async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: dict[str, Any] | None = None
-    ) -> None:
-        """Serve one connection; `header`: its first request's, if the node's port read it already."""
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: dict[str, Any]) -> None:
+        """Serve one connection, whose first request's `header` the port read."""
         group = host_of(str((writer.get_extra_info("peername") or ("",))[0]))
         with contextlib.ExitStack() as held:  # the slots this connection holds, freed when it ends
             connection = _Connection(reader, writer, group, held)
             try:
-                connection.take(self._connections)
                 reply, body = await self._request(connection, header)
             except Refused as refusal:
                 self.counters.add(REFUSED)
@@ -193,12 +168,12 @@ class ChunkService:
                 reply, body = {"err": "internal error"}, b""
             await _send(writer, reply, body)
 
-    async def _request(self, connection: "_Connection", header: dict[str, Any] | None) -> tuple[dict, bytes]:
+    async def _request(self, connection: "_Connection", header: dict[str, Any]) -> tuple[dict, bytes]:
         try:
             async with asyncio.timeout(STREAM_TIMEOUT):
                 if not self._requests.allow_host(connection.group):
                     raise Refused(TOO_MANY_REQUESTS, "chunk_port_rate_limited")
-                return await self._answer(header or await _header(connection.reader), connection)
+                return await self._answer(header, connection)
         except FramingError as error:
             raise Refused(str(error), "chunk_port_bad_frames") from error
         except TimeoutError as error:
@@ -304,14 +279,6 @@ class _Connection:
             self.held.enter_context(slots.held(self.group))
         except Full as full:
             raise Refused(str(full), f"chunk_port_{full.what}_over_{full.scope}_cap") from full
-
-
-async def _header(reader: asyncio.StreamReader) -> dict[str, Any]:
-    try:
-        async with asyncio.timeout(HEADER_TIMEOUT):
-            return await read_header(reader)
-    except TimeoutError as error:
-        raise Refused(f"no request within {HEADER_TIMEOUT:g} s", "chunk_port_header_timeouts") from error
 
 
 async def _send(writer: asyncio.StreamWriter, reply: dict, body: bytes) -> None:

@@ -1,9 +1,10 @@
 """`Port`: a node's TCP port (the same number as its UDP port), shared by its stream services.
 
-It accepts a connection within the per-host and total connection caps (`port_limits`), reads the first
-frame's header (bounded, within `HEADER_TIMEOUT`) and hands the connection to the service that op
-belongs to: the chunk service ("put", "keep", "get", "prove"; a farmer's only) or the streams' replica
-service ("s.*" and "r.*"). Anything else is answered with an error, counted, and closed.
+It accepts a connection within the per-host and total connection caps (`port_limits`: the only ones a
+connection counts against), reads the first frame's header (bounded, within `HEADER_TIMEOUT`) and hands
+the connection to the service that op belongs to: the chunk service ("put", "keep", "get", "prove"; a
+farmer's only) or the streams' replica service ("s.*" and "r.*"). Anything else is answered with an
+error, counted, and closed.
 
 Its refusals keep the counter names of the chunk port it grew out of (`chunk_port_refused`,
 `chunk_port_header_timeouts`, `chunk_port_connections_over_..._cap`, `chunk_port_bad_frames`): what
@@ -17,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.transfer.chunk_service import HEADER_TIMEOUT, REFUSED, ChunkService
+from dhtmesh.node.transfer.chunk_service import REFUSED, ChunkService
 from dhtmesh.node.transfer.framing import FramingError, frame, read_header
-from dhtmesh.node.transfer.port_limits import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS
+from dhtmesh.node.transfer.port_limits import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS
 from dhtmesh.node.wire.netgroup import host_of
 from dhtmesh.node.wire.ratelimit import Full, Slots
 
@@ -31,7 +32,7 @@ class Port:
     def __init__(
         self,
         counters: Counters,
-        streams: StreamHandler,
+        streams: StreamHandler | None,
         chunks: ChunkService | None = None,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
@@ -71,7 +72,7 @@ class Port:
                 op = header.get("op")
                 if isinstance(op, str) and op in CHUNK_OPS and self._chunks is not None:
                     await self._chunks.serve(reader, writer, header)
-                elif isinstance(op, str) and op.startswith(("s.", "r.")):
+                elif isinstance(op, str) and op.startswith(("s.", "r.")) and self._streams is not None:
                     await self._streams(header, reader, writer, host)
                 else:
                     self._refuse(writer, "chunk_port_unknown_ops", "this node serves no such op")

@@ -17,6 +17,7 @@ from dhtmesh.node.wire.ratelimit import Buckets, TokenBucket
 # address. The total is also kept to a quarter of the process's descriptors (`connection_cap`).
 MAX_CONNECTIONS_PER_ADDRESS = 64
 MAX_CONNECTIONS = 512
+HEADER_TIMEOUT = 5.0  # seconds for a connection's first header (a few hundred bytes): an idle one holds a descriptor
 # Chunk bodies in memory at once, 4 MiB each: 128 MiB at most, whoever sends them. One node's two
 # clients fill an address's share (8 each): a few nodes behind one address pass one another over.
 MAX_TRANSFERS_PER_ADDRESS = 16
