@@ -101,7 +101,10 @@ class Feeds:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await feed.changed.wait_for(lambda: feed.cursor > cursor or self._feeds.get(sid) is not feed)
-        return feed.after(cursor, count) if cursor >= feed.base else None
+        found = feed.after(cursor, count) if cursor >= feed.base else None
+        if not found and self._feeds.get(sid) is not feed:
+            return None  # the feed ended (its follow refused or lost): the caller reads from the primary
+        return found
 
     async def _open(self, token: str, sid: str) -> _Feed | None:
         if len(self._feeds) >= MAX_FEEDS:

@@ -466,10 +466,14 @@ class Homes:
         self, record: StreamRecord, down: list[bytes], after: str | list, count: int, wait: float
     ) -> tuple[Id, list[Row]]:
         """Committed entries above `after` ("$": the commit id now), at most `count`; with `wait`,
-        waits that long for one. Returns the cursor to read on from, and the entries."""
+        waits that long for one. Returns the cursor to read on from, and the entries. Committed ids no
+        entry holds any more (retention trimmed them) are passed over: a stream whose retention keeps
+        it empty made every waiting read return at once, and a follower of it spin."""
         state = await self.primary(record, down)
         cursor = state.commit if after == "$" else _id_of(after)
         rows = self.log.rows_after(record.sid, cursor, count, state.commit)
+        if not rows:
+            cursor = max(cursor, state.commit)
         if rows or wait <= 0 or state.deleted:
             return (rows[-1][0] if rows else cursor), rows
         if self._waiting >= MAX_WAITING_READERS:
@@ -484,7 +488,7 @@ class Homes:
         finally:
             self._waiting -= 1
         rows = self.log.rows_after(record.sid, cursor, count, state.commit)
-        return (rows[-1][0] if rows else cursor), rows
+        return (rows[-1][0] if rows else max(cursor, state.commit)), rows
 
     async def latest(self, record: StreamRecord, down: list[bytes], count: int) -> list[Row]:
         state = await self.primary(record, down)

@@ -11,6 +11,7 @@ down, which may then claim the stream (`home.Homes`). The node remembers which h
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ MAX_ACK_WAIT = 86_400.0  # seconds a group's entry may stay unacked before it is
 MAX_NAMES_CHECKED = 32  # streams whose liveness `names` asks at once
 FOLLOW_WAIT = 5.0  # seconds a round of a followed read waits for entries before it answers none
 FOLLOW_COUNT = 1000  # entries a round of a followed read answers at most
+FOLLOW_PAUSE = 1.0  # seconds at least between the starts of two rounds of a followed read that found nothing
 _ERRORS: dict[str, type[StreamError]] = {
     "unknown": UnknownStream,
     "large": EntryTooLarge,
@@ -257,11 +259,17 @@ class Streams:
         self.node.counters.add("stream_follows")
         after = args.get("after")
         while True:
+            began = time.monotonic()
             reply = await self.serve("s.read", {**args, "after": after, "count": FOLLOW_COUNT, "wait": FOLLOW_WAIT})
             yield reply
             if "ok" not in reply:
                 return
             after = reply["ok"]["cursor"]
+            if not reply["ok"]["rows"]:
+                # A round that found nothing without waiting (a deleted stream, whose reads do not wait;
+                # the primary's waiting readers all taken): the next one after a pause. At once, they
+                # were a busy loop, and on this node's own feed one that never yielded.
+                await asyncio.sleep(max(0.0, FOLLOW_PAUSE - (time.monotonic() - began)))
 
     async def latest(self, token: str, sid: str, count: int) -> list[Entry]:
         await self._verify(token)
