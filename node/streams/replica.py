@@ -119,6 +119,7 @@ class ReplicaService:
     ) -> None:
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         follows: dict[int, asyncio.Task] = {}
+        sending = asyncio.Lock()  # one answer written and drained at a time (see `_sent`)
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
@@ -140,9 +141,12 @@ class ReplicaService:
                 reply = answer(rid, {"err": "unavailable", "msg": "too many requests"})
             elif (handler := self._replica_ops.get(op)) is not None:
                 reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
+            elif op == FOLLOW and rid in follows:  # the first one could no longer be unfollowed
+                self._refuse("stream_port_bad_requests")
+                reply = answer(rid, {"err": "bad", "msg": f"request {rid} is followed already"})
             elif op == FOLLOW:
                 await in_flight.acquire()
-                follows[rid] = tasks.spawn(self._follow(rid, body, writer, in_flight, host, follows))
+                follows[rid] = tasks.spawn(self._follow(rid, body, writer, sending, in_flight, host, follows))
                 continue
             elif op == UNFOLLOW:  # not answered: the caller waits for nothing
                 followed = follows.pop(body.get("rid"), None) if isinstance(body.get("rid"), int) else None
@@ -151,12 +155,12 @@ class ReplicaService:
                 continue
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
-                tasks.spawn(self._user(op, rid, body, writer, in_flight, host))
+                tasks.spawn(self._user(op, rid, body, writer, sending, in_flight, host))
                 continue
             else:
                 self._refuse("stream_port_unknown_ops")
                 reply = answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"})
-            if not await _sent(writer, reply):
+            if not await _sent(writer, sending, reply):
                 return  # the peer went away
 
     async def _body(self, header: dict[str, Any], reader: asyncio.StreamReader, host: str) -> dict[str, Any]:
@@ -182,6 +186,7 @@ class ReplicaService:
         rid: int,
         body: dict[str, Any],
         writer: asyncio.StreamWriter,
+        sending: asyncio.Lock,
         in_flight: asyncio.Semaphore,
         host: str,
     ) -> None:
@@ -194,7 +199,7 @@ class ReplicaService:
                 body, waits = {**body, "wait": 0.0}, False
         try:
             result = await self._run(functools.partial(self._user_op, op, body))
-            await _sent(writer, answer(rid, result))  # its slot is free once the peer took the answer
+            await _sent(writer, sending, answer(rid, result))  # its slot is free once the peer took the answer
         finally:
             in_flight.release()
             if waits:
@@ -205,6 +210,7 @@ class ReplicaService:
         rid: int,
         body: dict[str, Any],
         writer: asyncio.StreamWriter,
+        sending: asyncio.Lock,
         in_flight: asyncio.Semaphore,
         host: str,
         follows: dict[int, asyncio.Task],
@@ -216,15 +222,16 @@ class ReplicaService:
                 self._waits.take(host)
             except Full:
                 self._counters.add("stream_port_waits_over_cap")
-                await _sent(writer, answer(rid, {"err": "unavailable", "msg": "too many waiting reads from you"}))
+                refusal = {"err": "unavailable", "msg": "too many waiting reads from you"}
+                await _sent(writer, sending, answer(rid, refusal))
                 return
             try:
                 async with contextlib.aclosing(self._follow_op(body)) as answers:
                     async for reply in answers:
-                        if not await _sent(writer, answer(rid, reply)):
+                        if not await _sent(writer, sending, answer(rid, reply)):
                             return
             except Exception as error:
-                await _sent(writer, answer(rid, self._failed(error)))
+                await _sent(writer, sending, answer(rid, self._failed(error)))
             finally:
                 self._waits.give(host)
         finally:
@@ -257,11 +264,15 @@ def _waits(body: dict[str, Any]) -> bool:
     return isinstance(wait, int | float) and wait > 0
 
 
-async def _sent(writer: asyncio.StreamWriter, data: bytes) -> bool:
-    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended."""
+async def _sent(writer: asyncio.StreamWriter, sending: asyncio.Lock, data: bytes) -> bool:
+    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended.
+    One answer at a time per connection (`sending`): concurrent answers (user ops, follows) each wrote
+    theirs before any drained, so a peer pipelining reads of 8 MiB answers and taking none had 8 MiB per
+    request buffered (2 GiB per connection); now one answer, and the rest wait their turn."""
     try:
-        writer.write(data)
-        await writer.drain()
+        async with sending:
+            writer.write(data)
+            await writer.drain()
     except OSError:
         return False
     return True
