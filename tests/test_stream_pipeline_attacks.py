@@ -7,7 +7,9 @@ was forgotten and its next append failed); the same lane id named on another str
 a far place that waits its 3 s (it holds no stream lock); a lane whose appends each wait behind a busy
 stream lock (the wait counted from the first, and a lane making progress failed); pipelined reads and
 follows whose 8 MiB answers the peer never takes (each was written before any drained); a follow's rid
-used twice (the first one could no longer be stopped); the checkpoint thread racing the log's close."""
+used twice (the first one could no longer be stopped); a follow of a deleted stream (its rounds came
+back at once, in a busy loop: remotely 17,000 answers a second; on the primary's own node the loop never
+yielded, freezing the node until the feed went idle); the checkpoint thread racing the log's close."""
 
 import asyncio
 import threading
@@ -19,10 +21,10 @@ import pytest
 from test_stream_attacks import _buffered, _hostile_link
 
 from dhtmesh.node.services import Services
-from dhtmesh.node.streams import lanes
+from dhtmesh.node.streams import feeds, lanes
 from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
 from dhtmesh.node.streams.log import MAX_ANSWER_BYTES, StreamLog
-from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY, UNFOLLOW, request
+from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY, UNFOLLOW, read_frame, request
 from dhtmesh.testing.waiting import eventually
 
 from support import stream_services
@@ -208,3 +210,65 @@ def test_a_checkpoint_thread_racing_the_logs_close_neither_fails_nor_touches_a_c
         thread.join(5)
         assert not thread.is_alive()
     assert failures == []
+
+
+# ---- followed reads answered at once -------------------------------------------------------------
+
+
+async def _answers_within(reader: asyncio.StreamReader, seconds: float) -> int:
+    """How many answers arrive within `seconds`."""
+    answers, deadline = 0, time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            await asyncio.wait_for(read_frame(reader), left)
+        except TimeoutError:
+            break
+        answers += 1
+    return answers
+
+
+async def test_a_follow_of_a_deleted_stream_is_not_answered_in_a_busy_loop(node: Services) -> None:
+    """A read of a deleted stream answers at once, without waiting: a follow's rounds then came back one
+    after another, as fast as the peer took them (tens of thousands a second, the node's CPU spent on
+    nothing) for a peer that reads 50-byte answers; any account may delete a stream, or make its own."""
+    await node.streams.append(TOKEN, "gone", entry(0))
+    await node.streams.delete(TOKEN, "gone")
+    reader, writer = await _hostile_link(node)
+    writer.write(request(FOLLOW, 1, {"sid": "gone", "token": TOKEN, "after": "$", "down": [], "record": None}))
+    try:
+        answers = await _answers_within(reader, 1.5)
+    finally:
+        writer.close()
+    assert answers <= 2, f"{answers} answers in 1.5 s"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: Streams.serve_follow (service.py) loops on rounds that return at once (a deleted "
+    "stream: Homes.read does not wait on one), and none of its awaits suspends: a feed on the "
+    "primary's own node blocks the node's event loop until the feed goes idle (IDLE, 30 s)",
+)
+async def test_a_reader_waiting_on_a_deleted_stream_at_its_primary_does_not_block_the_node(
+    node: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds, "IDLE", 0.5)  # the feed's loop ends after 0.5 s of it (30 s in a node)
+    await node.streams.append(HONEST, "gone", entry(0))
+    await node.streams.delete(HONEST, "gone")
+    gaps: list[float] = []
+    ticking = True
+
+    async def tick() -> None:  # anything else the node's loop runs
+        last = time.monotonic()
+        while ticking:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        assert await node.streams.read(HONEST, {"gone": "$"}, 10, timeout=1.0) == []
+    finally:
+        ticking = False
+        await ticker
+    assert max(gaps) < 0.25, f"the node's loop stood still for {max(gaps):.2f} s"

@@ -41,6 +41,7 @@ BODY_TIMEOUT = 30.0  # seconds for a request's body once its header came: 16 MiB
 BIG_BODY = 1024 * 1024  # bytes over which a body being read takes one of its host's slots
 BIG_BODIES_PER_HOST = 4  # bodies over BIG_BODY read at once from one host (a primary sends one batch at a time)
 BIG_BODIES = 32  # and in all: 32 x 16 MiB at most
+EMPTY_ROUNDS_APART = 1.0  # seconds at least between a followed read's answers without entries
 MAX_WAITING_PER_HOST = 128  # waiting reads from one host: a forwarding node's feeds, one per stream it follows
 # waiting reads from other nodes in all: this node's own readers keep the rest of the primary's cap
 MAX_WAITING_REMOTE = MAX_WAITING_READERS * 3 // 4
@@ -227,9 +228,17 @@ class ReplicaService:
                 return
             try:
                 async with contextlib.aclosing(self._follow_op(body)) as answers:
+                    loop = asyncio.get_running_loop()
+                    started = loop.time()
                     async for reply in answers:
                         if not await _sent(writer, sending, answer(rid, reply)):
                             return
+                        # A round answered at once with nothing (a deleted stream, the primary's waiting
+                        # readers all taken) came back in a busy loop: 17,000 answers a second to a peer
+                        # that took them, the node's loop spent on nothing. Such rounds are paced.
+                        if _empty(reply):
+                            await asyncio.sleep(max(0.0, EMPTY_ROUNDS_APART - (loop.time() - started)))
+                        started = loop.time()
             except Exception as error:
                 await _sent(writer, sending, answer(rid, self._failed(error)))
             finally:
@@ -256,6 +265,12 @@ class ReplicaService:
     def _refuse(self, counter: str) -> None:
         self._counters.add("stream_port_refusals")
         self._counters.add(counter)
+
+
+def _empty(reply: dict[str, Any]) -> bool:
+    """Whether a followed read's answer is a round without entries (an error ends the follow)."""
+    found = reply.get("ok")
+    return isinstance(found, dict) and not found.get("rows")
 
 
 def _waits(body: dict[str, Any]) -> bool:
