@@ -9,9 +9,12 @@ stream lock (the wait counted from the first, and a lane making progress failed)
 follows whose 8 MiB answers the peer never takes (each was written before any drained); a follow's rid
 used twice (the first one could no longer be stopped); a follow of a deleted stream (its rounds came
 back at once, in a busy loop: remotely 17,000 answers a second; on the primary's own node the loop never
-yielded, freezing the node until the feed went idle); the checkpoint thread racing the log's close."""
+yielded, freezing the node until the feed went idle); a home flooding a follow nobody takes; one user's
+followed streams taking its node's follows at a primary (another user's long poll then ended empty at
+once); the checkpoint thread racing the log's close."""
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,10 +24,12 @@ import pytest
 from test_stream_attacks import _buffered, _hostile_link
 
 from dhtmesh.node.services import Services
-from dhtmesh.node.streams import feeds, lanes
+from dhtmesh.node.streams import feeds, lanes, replica
 from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
+from dhtmesh.node.streams.links import MAX_QUEUED, LinkDown
 from dhtmesh.node.streams.log import MAX_ANSWER_BYTES, StreamLog
-from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY, UNFOLLOW, read_frame, request
+from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY, UNFOLLOW, answer, read_frame, request
+from dhtmesh.node.transfer.framing import FramingError
 from dhtmesh.testing.waiting import eventually
 
 from support import stream_services
@@ -272,3 +277,79 @@ async def test_a_reader_waiting_on_a_deleted_stream_at_its_primary_does_not_bloc
         ticking = False
         await ticker
     assert max(gaps) < 0.25, f"the node's loop stood still for {max(gaps):.2f} s"
+
+
+# ---- a hostile home answering a follow -----------------------------------------------------------
+
+
+async def test_a_home_flooding_a_follow_with_answers_never_taken_ends_it_with_the_queue_bounded(
+    node: Services,
+) -> None:
+    """A hostile home (a listener speaking the streams' frames) answers a follow 10 x MAX_QUEUED times at
+    once, 64 KiB each, while the follower takes none: at most MAX_QUEUED are queued, then the follow
+    ends (LinkDown), the home is told to stop, and the link serves on."""
+    unfollowed = asyncio.Event()
+
+    async def hostile_home(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_frame(reader)  # the hello
+        writer.write(answer(0, {"ok": True}))
+        header, _ = await read_frame(reader)
+        flood = {"ok": {"cursor": [1, 0], "rows": [[1, 0, b"x" * 65536]]}}
+        writer.write(b"".join(answer(header["rid"], flood) for _ in range(10 * MAX_QUEUED)))
+        with contextlib.suppress(FramingError, OSError):
+            while True:
+                header, _ = await read_frame(reader)
+                if header["op"] == UNFOLLOW:
+                    unfollowed.set()
+                else:
+                    writer.write(answer(header["rid"], {"ok": "still here"}))
+
+    server = await asyncio.start_server(hostile_home, "127.0.0.1", 0)
+    home = (bytes(20), "127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        answers = node.streams.links.follow(home, FOLLOW, {"sid": "cam"}, 5.0)
+        assert "ok" in await anext(answers)
+        link = node.streams.links._links[home]
+        await asyncio.sleep(0.5)  # the flood arrives, untaken
+        assert all(queue.qsize() <= MAX_QUEUED + 1 for queue in link._following.values())
+        with pytest.raises(LinkDown, match="piled up"):
+            async for _ in answers:
+                pass
+        await asyncio.wait_for(unfollowed.wait(), 5)
+        assert await node.streams.links.request(home, "s.live", {}) == {"ok": "still here"}
+    finally:
+        server.close()
+
+
+# ---- one user's followed streams and another's long poll through the same node --------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: a forwarding node's feeds share its host's MAX_WAITING_PER_HOST follows at a primary "
+    "among all its users; past them a feed's follow is refused and Feeds.read returns [] at once (not None, "
+    "so no direct read): another user's long poll ends empty at once (a pull socket with timeout closes)",
+)
+async def test_one_users_followed_streams_do_not_end_another_users_long_poll_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replica, "MAX_WAITING_PER_HOST", 1)  # 128 in a node: one user's 8 pull sockets
+    async with stream_services(4, {HONEST: "alice", TOKEN: "mallory"}) as mesh:
+        by_primary: dict[bytes, list[str]] = {}
+        for n in range(12):
+            await mesh[0].streams.create(TOKEN, f"s{n}", {})
+            record = await mesh[0].streams.book.find(f"s{n}")
+            assert record is not None
+            by_primary.setdefault(record.homes[0][0], []).append(f"s{n}")
+        primary, (taken, wanted, *_) = max(by_primary.items(), key=lambda item: len(item[1]))
+        forwarder = next(services for services in mesh if services.node.node_id != primary)
+        hogging = asyncio.ensure_future(forwarder.streams.read(TOKEN, {taken: "$"}, 10, timeout=5.0))
+        await asyncio.sleep(0.3)  # mallory's feed follows `taken` at the primary: the host's follows taken
+        late = asyncio.get_running_loop().call_later(
+            0.5, lambda: asyncio.ensure_future(mesh[0].streams.append(TOKEN, wanted, [(b"late", None)]))
+        )
+        started = time.monotonic()
+        found = await forwarder.streams.read(HONEST, {wanted: "$"}, 10, timeout=3.0)
+        late.cancel()
+        hogging.cancel()
+        assert [item.data for item in found] == [b"late"], f"{found} after {time.monotonic() - started:.2f} s"
