@@ -7,9 +7,10 @@ was forgotten and its next append failed); the same lane id named on another str
 a far place that waits its 3 s (it holds no stream lock); a lane whose appends each wait behind a busy
 stream lock (the wait counted from the first, and a lane making progress failed); pipelined reads and
 follows whose 8 MiB answers the peer never takes (each was written before any drained); a follow's rid
-used twice (the first one could no longer be stopped); a follow of a deleted stream (its rounds came
-back at once, in a busy loop: remotely 17,000 answers a second; on the primary's own node the loop never
-yielded, freezing the node until the feed went idle); a home flooding a follow nobody takes; one user's
+used twice (the first one could no longer be stopped); a follow of a deleted stream or one its retention
+keeps empty (its rounds came back at once, in a busy loop: 18,000 answers in 1.5 s, or the node's event
+loop frozen while the peer stayed; on the primary's own node a feed froze it until it went idle, 30 s);
+a blocking read of a stream kept empty (it did not block); a home flooding a follow nobody takes; one user's
 followed streams taking its node's follows at a primary (another user's long poll then ended empty at
 once); the checkpoint thread racing the log's close."""
 
@@ -220,6 +221,36 @@ def test_a_checkpoint_thread_racing_the_logs_close_neither_fails_nor_touches_a_c
 # ---- followed reads answered at once -------------------------------------------------------------
 
 
+class _Ticker:
+    """Something else the node's event loop runs: a tick every 20 ms; `longest` is the longest gap."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = [0.0]
+        self.last = time.monotonic()
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        self.last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            self.gaps.append(now - self.last)
+            self.last = now
+
+    @classmethod
+    async def started(cls) -> "_Ticker":
+        ticker = cls()
+        await asyncio.sleep(0.05)  # ticking
+        return ticker
+
+    async def stop(self) -> float:
+        self.gaps.append(time.monotonic() - self.last)  # a tick due while the loop stood still counts too
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return max(self.gaps)
+
+
 async def _answers_within(reader: asyncio.StreamReader, seconds: float) -> int:
     """How many answers arrive within `seconds`."""
     answers, deadline = 0, time.monotonic() + seconds
@@ -232,19 +263,47 @@ async def _answers_within(reader: asyncio.StreamReader, seconds: float) -> int:
     return answers
 
 
-async def test_a_follow_of_a_deleted_stream_is_not_answered_in_a_busy_loop(node: Services) -> None:
-    """A read of a deleted stream answers at once, without waiting: a follow's rounds then came back one
-    after another, as fast as the peer took them (tens of thousands a second, the node's CPU spent on
+async def _emptied(node: Services, how: str) -> str:
+    """A stream whose reads answer at once with nothing: deleted, or kept to nothing by its retention
+    (max_bytes below an entry's size: its commit id is above every reader's cursor, no entry is)."""
+    if how == "deleted":
+        await node.streams.append(TOKEN, "gone", entry(0))
+        await node.streams.delete(TOKEN, "gone")
+    else:
+        await node.streams.create(TOKEN, "gone", {"max_bytes": 1})
+        await node.streams.append(TOKEN, "gone", entry(0))
+    return "gone"
+
+
+@pytest.mark.parametrize("how", ["deleted", "trimmed-to-nothing"])
+async def test_a_follow_of_an_emptied_stream_is_not_answered_in_a_busy_loop(node: Services, how: str) -> None:
+    """A read of such a stream answers at once, without waiting: a follow's rounds then came back one
+    after another, as fast as the peer took them (17,000 answers in 1.5 s, the node's CPU spent on
     nothing) for a peer that reads 50-byte answers; any account may delete a stream, or make its own."""
-    await node.streams.append(TOKEN, "gone", entry(0))
-    await node.streams.delete(TOKEN, "gone")
+    sid = await _emptied(node, how)
     reader, writer = await _hostile_link(node)
-    writer.write(request(FOLLOW, 1, {"sid": "gone", "token": TOKEN, "after": "$", "down": [], "record": None}))
+    follow = {"sid": sid, "token": TOKEN, "after": [0, 0], "down": [], "record": None}
+    ticker = await _Ticker.started()
+    writer.write(request(FOLLOW, 1, follow))
     try:
         answers = await _answers_within(reader, 1.5)
     finally:
         writer.close()
+        longest = await ticker.stop()
     assert answers <= 2, f"{answers} answers in 1.5 s"
+    assert longest < 0.25, f"the node's loop stood still for {longest:.2f} s"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: Homes.read (home.py) returns at once, with nothing, for a cursor below a commit id whose "
+    "entries retention removed (`while state.commit <= cursor` never waits): a blocking read does not block",
+)
+async def test_a_blocking_read_of_a_stream_trimmed_to_nothing_waits_its_timeout(node: Services) -> None:
+    sid = await _emptied(node, "trimmed-to-nothing")
+    started = time.monotonic()
+    assert await node.streams.read(HONEST, {sid: "0"}, 10, timeout=0.5) == []
+    assert time.monotonic() - started >= 0.4  # a WS pull with `timeout` closed at once on such an answer
 
 
 @pytest.mark.xfail(
@@ -259,24 +318,12 @@ async def test_a_reader_waiting_on_a_deleted_stream_at_its_primary_does_not_bloc
     monkeypatch.setattr(feeds, "IDLE", 0.5)  # the feed's loop ends after 0.5 s of it (30 s in a node)
     await node.streams.append(HONEST, "gone", entry(0))
     await node.streams.delete(HONEST, "gone")
-    gaps: list[float] = []
-    ticking = True
-
-    async def tick() -> None:  # anything else the node's loop runs
-        last = time.monotonic()
-        while ticking:
-            await asyncio.sleep(0.02)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    ticker = asyncio.ensure_future(tick())
+    ticker = await _Ticker.started()
     try:
         assert await node.streams.read(HONEST, {"gone": "$"}, 10, timeout=1.0) == []
     finally:
-        ticking = False
-        await ticker
-    assert max(gaps) < 0.25, f"the node's loop stood still for {max(gaps):.2f} s"
+        longest = await ticker.stop()
+    assert longest < 0.25, f"the node's loop stood still for {longest:.2f} s"
 
 
 # ---- a hostile home answering a follow -----------------------------------------------------------
