@@ -4,10 +4,11 @@ A push socket keeps several appends in flight (a round trip to the homes per ent
 most of a lone entry's latency). They travel as separate requests, forwarded through other nodes and
 served concurrently, so the primary could otherwise number the second before the first. Each append
 names its lane (a random id, one per socket) and its place in it (0, 1, 2 ...); the primary gives ids
-to a lane's appends in that order: an append waits (up to `WAIT`) for the one before it to have its ids
-or to fail. Once one fails, or the one before never comes, every later append of the lane fails too, so
-a writer never finds a later batch appended behind an earlier one it must send again: its socket is
-closed and it resends from the first entry not acknowledged, in a new lane.
+to a lane's appends in that order: an append waits for the one before it to have its ids or to fail,
+as long as the lane moves on (`WAIT` without progress: the one before never came). Once one fails, or
+the one before never comes, every later append of the lane fails too, so a writer never finds a later
+batch appended behind an earlier one it must send again: its socket is closed and it resends from the
+first entry not acknowledged, in a new lane.
 
 Lanes are bounded (`MAX_LANES`, the least recently used one forgotten); a forgotten lane's next append
 waits for a place that never comes, and fails.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
 
-WAIT = 3.0  # seconds an append waits for the one before it in its lane
+WAIT = 3.0  # seconds an append waits for its lane to move on (the one before it to have its ids)
 MAX_LANES = 4096
 MAX_LANE_ID = 32  # bytes
 
@@ -64,11 +65,15 @@ class Lanes:
         lane_id, place = lane
         found = self._lane(lane_id)
         async with found.changed:
-            try:
-                async with asyncio.timeout(WAIT):
-                    await found.changed.wait_for(lambda: found.broken or found.next >= place)
-            except TimeoutError:
-                found.broken = True
+            # WAIT without the lane moving on, not in all: counted from its arrival, an append behind
+            # several that each waited at a busy stream lock failed while its lane moved steadily.
+            while not (found.broken or found.next >= place):
+                seen = found.next
+                try:
+                    async with asyncio.timeout(WAIT):
+                        await found.changed.wait_for(lambda: found.broken or found.next != seen)  # noqa: B023
+                except TimeoutError:
+                    found.broken = True
             if found.broken or found.next != place:
                 found.broken = True
                 found.changed.notify_all()

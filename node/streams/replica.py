@@ -8,12 +8,13 @@ and fetches), only from the stream's homes (`Homes.home_of`), are answered in ar
 primary's batches are taken in the order it sent them; user ops ("s.*": appends, reads, meta...
 forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection;
 a followed read (`FOLLOW`: a forwarding node's feed) is answered at each commit until its caller
-unfollows it, the connection ends, or a round fails.
+unfollows it, the connection ends, or a round fails (`Streams.serve_follow` paces rounds without
+entries; a rid followed already is refused).
 Reads that wait for entries hold a slot of their calling host's (`MAX_WAITING_PER_HOST`; beyond it a read
 answers at once): the primary's node-wide cap on waiting reads (`home.MAX_WAITING_READERS`) was filled by
 one hostile node, and every honest long poll then returned empty at once. Every answer waits for the
-peer to take what was sent before (`writer.drain`), so a peer that pipelines requests and never reads
-the answers stops being read, rather than filling this node's memory.
+peer to take what was sent before (`writer.drain`), one answer at a time per connection, so a peer that
+pipelines requests and never reads the answers stops being read, rather than filling this node's memory.
 Bad frames are answered with an error and counted; a malformed request gets an error and the
 connection keeps serving.
 """
@@ -120,6 +121,7 @@ class ReplicaService:
     ) -> None:
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         follows: dict[int, asyncio.Task] = {}
+        sending = asyncio.Lock()  # one answer written and drained at a time (see `_sent`)
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
@@ -141,9 +143,12 @@ class ReplicaService:
                 reply = answer(rid, {"err": "unavailable", "msg": "too many requests"})
             elif (handler := self._replica_ops.get(op)) is not None:
                 reply = answer(rid, await self._run(functools.partial(handler, peer, body)))
+            elif op == FOLLOW and rid in follows:  # the first one could no longer be unfollowed
+                self._refuse("stream_port_bad_requests")
+                reply = answer(rid, {"err": "bad", "msg": f"request {rid} is followed already"})
             elif op == FOLLOW:
                 await in_flight.acquire()
-                follows[rid] = followed = tasks.spawn(self._follow(rid, body, writer, host))
+                follows[rid] = followed = tasks.spawn(self._follow(rid, body, writer, sending, host))
                 # On its end, even when unfollowed before it ran (then no `finally` of its own runs).
                 followed.add_done_callback(functools.partial(_followed, in_flight, follows, rid))
                 continue
@@ -154,12 +159,12 @@ class ReplicaService:
                 continue
             elif op.startswith("s.") and op != HELLO:
                 await in_flight.acquire()
-                tasks.spawn(self._user(op, rid, body, writer, in_flight, host))
+                tasks.spawn(self._user(op, rid, body, writer, sending, in_flight, host))
                 continue
             else:
                 self._refuse("stream_port_unknown_ops")
                 reply = answer(rid, {"err": "bad", "msg": f"unknown op {op!r}"})
-            if not await _sent(writer, reply):
+            if not await _sent(writer, sending, reply):
                 return  # the peer went away
 
     async def _body(self, header: dict[str, Any], reader: asyncio.StreamReader, host: str) -> dict[str, Any]:
@@ -185,6 +190,7 @@ class ReplicaService:
         rid: int,
         body: dict[str, Any],
         writer: asyncio.StreamWriter,
+        sending: asyncio.Lock,
         in_flight: asyncio.Semaphore,
         host: str,
     ) -> None:
@@ -197,28 +203,31 @@ class ReplicaService:
                 body, waits = {**body, "wait": 0.0}, False
         try:
             result = await self._run(functools.partial(self._user_op, op, body))
-            await _sent(writer, answer(rid, result))  # its slot is free once the peer took the answer
+            await _sent(writer, sending, answer(rid, result))  # its slot is free once the peer took the answer
         finally:
             in_flight.release()
             if waits:
                 self._waits.give(host)
 
-    async def _follow(self, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, host: str) -> None:
+    async def _follow(
+        self, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, sending: asyncio.Lock, host: str
+    ) -> None:
         """A followed read's answers, one per change, until it is unfollowed, a round fails (its error is
         the last answer) or the peer stops taking them; it holds a waiting read's slot of its host's."""
         try:
             self._waits.take(host)
         except Full:
             self._counters.add("stream_port_waits_over_cap")
-            await _sent(writer, answer(rid, {"err": "unavailable", "msg": "too many waiting reads from you"}))
+            refusal = {"err": "unavailable", "msg": "too many waiting reads from you"}
+            await _sent(writer, sending, answer(rid, refusal))
             return
         try:
             async with contextlib.aclosing(self._follow_op(body)) as answers:
                 async for reply in answers:
-                    if not await _sent(writer, answer(rid, reply)):
+                    if not await _sent(writer, sending, answer(rid, reply)):
                         return
         except Exception as error:
-            await _sent(writer, answer(rid, self._failed(error)))
+            await _sent(writer, sending, answer(rid, self._failed(error)))
         finally:
             self._waits.give(host)
 
@@ -255,11 +264,15 @@ def _waits(body: dict[str, Any]) -> bool:
     return isinstance(wait, int | float) and wait > 0
 
 
-async def _sent(writer: asyncio.StreamWriter, data: bytes) -> bool:
-    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended."""
+async def _sent(writer: asyncio.StreamWriter, sending: asyncio.Lock, data: bytes) -> bool:
+    """Send `data` and wait until the peer took enough of what was sent; False if the connection ended.
+    One answer at a time per connection (`sending`): concurrent answers (user ops, follows) each wrote
+    theirs before any drained, so a peer pipelining reads of 8 MiB answers and taking none had 8 MiB per
+    request buffered (2 GiB per connection); now one answer, and the rest wait their turn."""
     try:
-        writer.write(data)
-        await writer.drain()
+        async with sending:
+            writer.write(data)
+            await writer.drain()
     except OSError:
         return False
     return True
