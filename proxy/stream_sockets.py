@@ -145,6 +145,7 @@ class _Push:
     batch: bool
     ack: bool
     lanes: dict[str, tuple[bytes, Iterator[int]]] = field(default_factory=dict)
+    under_way: int = 0  # appends sent and not yet answered
 
     def lane(self, sid: str) -> tuple[bytes, int]:
         """The next place in this socket's lane of stream `sid` (a lane per stream: the streams' primaries
@@ -254,6 +255,7 @@ async def _append_ahead(
         units = ahead.take()
         entries = [entry for unit in units for entry in unit]
         appending = tasks.create_task(_append(state, entries, _planned(state, entries)))
+        state.under_way += 1
         under_way.put_nowait(_Appending(units, appending))
     under_way.put_nowait(None)
     await acknowledging
@@ -277,6 +279,7 @@ async def _acknowledge(
     """Each unit's ids to the client (with `ack`), in the order the units came, as their appends end."""
     while (appending := await under_way.get()) is not None:
         ids = await appending.ids
+        state.under_way -= 1
         room.release()
         ahead.appended(appending.units)
         if not state.ack:
@@ -323,7 +326,11 @@ def _binary(message: WSMessage) -> bytes:
 
 def _planned(state: _Push, entries: Sequence[PushEntry]) -> list[tuple[str, list[int], tuple[bytes, int]]]:
     """Each stream's part of a batch: its entries' positions, and its place in the stream's lane on this
-    socket (taken here, as batches are read, so that places follow the client's order)."""
+    socket (taken here, as batches are read, so that places follow the client's order). With nothing
+    under way, every stream starts a new lane: a socket idle for long does not count on its old lanes,
+    which the primary may have forgotten meanwhile."""
+    if state.under_way == 0:
+        state.lanes.clear()
     if len(state.sids) == 1 and ALL not in state.sids:  # one stream: the batch as it is
         groups = {state.sids[0]: list(range(len(entries)))}
     else:

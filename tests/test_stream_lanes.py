@@ -92,3 +92,19 @@ async def test_a_malformed_lane_is_refused_before_anything_is_sent(mesh: list[Se
     with pytest.raises(BadStreamRequest):
         await writer.streams.append(TOKEN, "malformed", entry(0), lane)  # type: ignore[arg-type]
     assert await writer.streams.read(TOKEN, {"malformed": "0"}, 10) == []
+
+
+async def test_many_accounts_flooding_fresh_lanes_forget_their_own_not_a_light_writers() -> None:
+    """Past the per-account bound an account's own oldest lane goes; past the total, the oldest of the
+    account holding the most: twenty accounts opening lanes without end never forget a light writer's."""
+    table = lanes.Lanes()
+    async with table.turn("honest", "cam", (b"honest lane", 0)):
+        pass
+    for flooder in range(20):
+        for n in range(lanes.MAX_LANES_PER_OWNER + 10):
+            async with table.turn(f"flooder {flooder}", "spam", (n.to_bytes(16, "big"), 0)):
+                pass
+    assert len(table) <= lanes.MAX_LANES
+    async with asyncio.timeout(1.0):  # its next place passes at once: the lane is still known
+        async with table.turn("honest", "cam", (b"honest lane", 1)):
+            pass

@@ -297,11 +297,13 @@ class Homes:
         down: list[bytes],
         entries: list[tuple[bytes, str | None]],
         lane: tuple[bytes, int] | None = None,
+        owner: str = "",
     ) -> list[Id]:
-        """The new entries' ids, once a majority of the homes holds them. Appends of one `lane` get their
-        ids in the lane's order (`lanes.Lanes`), while earlier ones still wait for their majority."""
+        """The new entries' ids, once a majority of the homes holds them. Appends of one `lane` (of
+        `owner`'s, the account that sends them) get their ids in the lane's order (`lanes.Lanes`), while
+        earlier ones still wait for their majority."""
         state = await self.primary(record, down)
-        async with self._lanes.turn(lane):
+        async with self._lanes.turn(owner, record.sid, lane):
             if state.deleted:
                 await self._set_state(record, state, lambda: setattr(state, "deleted", False))
             rows, votes, leading = await self._start_append(record, state, entries)

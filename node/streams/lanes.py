@@ -10,8 +10,13 @@ the one before never comes, every later append of the lane fails too, so a write
 batch appended behind an earlier one it must send again: its socket is closed and it resends from the
 first entry not acknowledged, in a new lane.
 
-Lanes are bounded (`MAX_LANES`, the least recently used one forgotten); a forgotten lane's next append
-waits for a place that never comes, and fails.
+A lane is its writer's: it is keyed by the account that sends it (the token the primary verified), the
+stream and its id, so no other account can reach it, whatever id it names. Lanes are bounded: an
+account holds at most `MAX_LANES_PER_OWNER` (past it, its own least recently used one is forgotten), and
+all at most `MAX_LANES` (past it, the least recently used lane of the account holding the most): one
+account's flood of fresh lanes forgets its own, not an honest writer's. A forgotten lane's next append
+waits for a place that never comes, and fails (a push socket starts a new lane whenever it has nothing
+under way, so only a socket with appends under way has a lane to lose).
 """
 
 import asyncio
@@ -24,7 +29,9 @@ from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
 
 WAIT = 3.0  # seconds an append waits for its lane to move on (the one before it to have its ids)
 MAX_LANES = 4096
+MAX_LANES_PER_OWNER = 256
 MAX_LANE_ID = 32  # bytes
+Key = tuple[str, str, bytes]  # (owner: the account, stream, lane id)
 
 
 @dataclass
@@ -50,20 +57,21 @@ def check_lane(raw: object) -> tuple[bytes, int] | None:
 
 class Lanes:
     def __init__(self) -> None:
-        self._lanes: OrderedDict[bytes, _Lane] = OrderedDict()
+        self._owners: dict[str, OrderedDict[tuple[str, bytes], _Lane]] = {}
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._lanes)
+        return self._count
 
     @asynccontextmanager
-    async def turn(self, lane: tuple[bytes, int] | None) -> AsyncIterator[None]:
-        """Within: this append's turn in its lane (at once without a lane). Leaving passes the turn on;
-        leaving by an exception breaks the lane."""
+    async def turn(self, owner: str, sid: str, lane: tuple[bytes, int] | None) -> AsyncIterator[None]:
+        """Within: this append's turn in `owner`'s lane of stream `sid` (at once without a lane). Leaving
+        passes the turn on; leaving by an exception breaks the lane."""
         if lane is None:
             yield
             return
         lane_id, place = lane
-        found = self._lane(lane_id)
+        found = self._lane((owner, sid, lane_id))
         async with found.changed:
             # WAIT without the lane moving on, not in all: counted from its arrival, an append behind
             # several that each waited at a busy stream lock failed while its lane moved steadily.
@@ -88,11 +96,24 @@ class Lanes:
             async with found.changed:
                 found.changed.notify_all()
 
-    def _lane(self, lane_id: bytes) -> _Lane:
-        found = self._lanes.get(lane_id)
+    def _lane(self, key: Key) -> _Lane:
+        owner, sid, lane_id = key
+        owned = self._owners.setdefault(owner, OrderedDict())
+        found = owned.get((sid, lane_id))
         if found is None:
-            found = self._lanes[lane_id] = _Lane()
-            while len(self._lanes) > MAX_LANES:
-                self._lanes.popitem(last=False)
-        self._lanes.move_to_end(lane_id)
+            if len(owned) >= MAX_LANES_PER_OWNER:
+                self._forget(owner)
+            elif self._count >= MAX_LANES:
+                self._forget(max(self._owners, key=lambda other: len(self._owners[other])))
+            found = owned[(sid, lane_id)] = _Lane()
+            self._count += 1
+        owned.move_to_end((sid, lane_id))
         return found
+
+    def _forget(self, owner: str) -> None:
+        """The least recently used lane of `owner`'s."""
+        owned = self._owners[owner]
+        owned.popitem(last=False)
+        self._count -= 1
+        if not owned:
+            del self._owners[owner]

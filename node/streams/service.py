@@ -356,7 +356,7 @@ class Streams:
     async def serve(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """A user op on this node as a home (from this node, or forwarded by another with the token)."""
         try:
-            await self._verify(args["token"])
+            user = await self._verify(args["token"])
         except StreamError:
             raise
         except Exception as error:  # the accounts' BadToken: the forwarding node's user is not ours
@@ -364,18 +364,18 @@ class Streams:
         try:
             record = await self.homes.record(check_sid(args["sid"]), args.get("record"))
             down = [node_id for node_id in args.get("down", []) if isinstance(node_id, bytes)][:8]
-            return {"ok": await self._op(op, record, down, args)}
+            return {"ok": await self._op(op, record, down, args, user)}
         except NotPrimary as refusal:
             return {"err": "not_primary", "primary": refusal.primary, "term": refusal.term}
         except StreamError as error:
             return {"err": error_kind(error), "msg": str(error)}
 
-    async def _op(self, op: str, record: StreamRecord, down: list[bytes], args: dict[str, Any]) -> Any:
+    async def _op(self, op: str, record: StreamRecord, down: list[bytes], args: dict[str, Any], user: str) -> Any:
         homes = self.homes
         if op == "s.append":
             entries = [(data, explicit) for data, explicit in args["entries"]]
             check_batch(entries)
-            appended = await homes.append(record, down, entries, check_lane(args.get("lane")))
+            appended = await homes.append(record, down, entries, check_lane(args.get("lane")), user)
             return [ids.text(entry_id) for entry_id in appended]
         if op == "s.read":
             after = args["after"] if args["after"] == "$" else list(args["after"])
