@@ -290,4 +290,8 @@ async def test_a_feed_follows_its_primary_with_one_request_and_stops_it_once_idl
     await mesh[1].streams.append(TOKEN, "followed", [(b"unread", None)])
     await asyncio.sleep(1.2)
     await mesh[1].streams.append(TOKEN, "followed", [(b"unread too", None)])
-    await eventually(lambda: len(reader.streams.feeds) == 0 and primary.streams.homes._waiting == 0, within=10.0)
+
+    def unfollowed() -> bool:
+        return len(reader.streams.feeds) == 0 and primary.streams.replica._follows.in_use == 0
+
+    await eventually(unfollowed, within=10.0)

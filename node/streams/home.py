@@ -465,10 +465,11 @@ class Homes:
     # ---- the primary's reads and state -------------------------------------------------------
 
     async def read(
-        self, record: StreamRecord, down: list[bytes], after: str | list, count: int, wait: float
+        self, record: StreamRecord, down: list[bytes], after: str | list, count: int, wait: float, counted: bool = True
     ) -> tuple[Id, list[Row]]:
         """Committed entries above `after` ("$": the commit id now), at most `count`; with `wait`,
-        waits that long for one. Returns the cursor to read on from, and the entries. Committed ids no
+        waits that long for one (a `counted` wait is one of MAX_WAITING_READERS; a followed read's round
+        is bounded by its caller). Returns the cursor to read on from, and the entries. Committed ids no
         entry holds any more (retention trimmed them) are passed over: a stream whose retention keeps
         it empty made every waiting read return at once, and a follower of it spin."""
         state = await self.primary(record, down)
@@ -478,17 +479,17 @@ class Homes:
             cursor = max(cursor, state.commit)
         if rows or wait <= 0 or state.deleted:
             return (rows[-1][0] if rows else cursor), rows
-        if self._waiting >= MAX_WAITING_READERS:
+        if counted and self._waiting >= MAX_WAITING_READERS:
             self._counters.add("stream_readers_over_cap")
             return cursor, []
-        self._waiting += 1
+        self._waiting += counted
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     while state.commit <= cursor and not state.deleted:
                         await self._commit_event(record.sid).wait()
         finally:
-            self._waiting -= 1
+            self._waiting -= counted
         rows = self.log.rows_after(record.sid, cursor, count, state.commit)
         return (rows[-1][0] if rows else max(cursor, state.commit)), rows
 

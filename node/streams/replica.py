@@ -9,7 +9,7 @@ primary's batches are taken in the order it sent them; user ops ("s.*": appends,
 forwarded by any node with the user's token) run concurrently, at most `MAX_IN_FLIGHT` per connection;
 a followed read (`FOLLOW`: a forwarding node's feed) is answered at each commit until its caller
 unfollows it, the connection ends, or a round fails (`Streams.serve_follow` paces rounds without
-entries; a rid followed already is refused).
+entries; a rid followed already is refused); it holds one of its host's `MAX_FOLLOWS_PER_HOST`.
 Reads that wait for entries hold a slot of their calling host's (`MAX_WAITING_PER_HOST`; beyond it a read
 answers at once): the primary's node-wide cap on waiting reads (`home.MAX_WAITING_READERS`) was filled by
 one hostile node, and every honest long poll then returned empty at once. Every answer waits for the
@@ -30,6 +30,7 @@ from dhtmesh.crypto.keys import node_id_from_public_key
 from dhtmesh.crypto.request_auth import ReplayGuard, RequestAuthError, verify_request
 from dhtmesh.node.stats import Counters, ErrorLog
 from dhtmesh.node.streams.errors import EntryTooLarge, StreamError, StreamUnavailable, UnknownStream
+from dhtmesh.node.streams.feeds import MAX_FEEDS
 from dhtmesh.node.streams.home import MAX_WAITING_READERS, Homes
 from dhtmesh.node.streams.wire import FOLLOW, HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, answer, read_body_of
 from dhtmesh.node.tasks import TaskSet
@@ -42,7 +43,12 @@ BODY_TIMEOUT = 30.0  # seconds for a request's body once its header came: 16 MiB
 BIG_BODY = 1024 * 1024  # bytes over which a body being read takes one of its host's slots
 BIG_BODIES_PER_HOST = 4  # bodies over BIG_BODY read at once from one host (a primary sends one batch at a time)
 BIG_BODIES = 32  # and in all: 32 x 16 MiB at most
-MAX_WAITING_PER_HOST = 128  # waiting reads from one host: a forwarding node's feeds, one per stream it follows
+MAX_WAITING_PER_HOST = 128  # waiting reads from one host
+# Followed reads: a forwarding node has at most MAX_FEEDS feeds, one follow each, so its follows are never
+# refused, whoever its users are (sharing the waiting reads' 128, one user's followed streams ended
+# another's long polls at once); they do not count against the primary's waiting readers either.
+MAX_FOLLOWS_PER_HOST = MAX_FEEDS
+MAX_FOLLOWS = 4 * MAX_FEEDS
 # waiting reads from other nodes in all: this node's own readers keep the rest of the primary's cap
 MAX_WAITING_REMOTE = MAX_WAITING_READERS * 3 // 4
 UserOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -62,6 +68,7 @@ class ReplicaService:
         self._guard = ReplayGuard()
         self._requests = RequestLimiter(total_rate=50_000.0, per_peer_rate=20_000.0)
         self._waits = Slots("waiting reads", MAX_WAITING_REMOTE, MAX_WAITING_PER_HOST)
+        self._follows = Slots("followed reads", MAX_FOLLOWS, MAX_FOLLOWS_PER_HOST)
         self._big_bodies = Slots("large requests", BIG_BODIES, BIG_BODIES_PER_HOST)
         self._replica_ops: dict[str, Callable[[bytes, dict], Awaitable[dict]]] = {
             "r.append": homes.on_append,
@@ -146,11 +153,10 @@ class ReplicaService:
             elif op == FOLLOW and rid in follows:  # the first one could no longer be unfollowed
                 self._refuse("stream_port_bad_requests")
                 reply = answer(rid, {"err": "bad", "msg": f"request {rid} is followed already"})
-            elif op == FOLLOW:
-                await in_flight.acquire()
+            elif op == FOLLOW:  # bounded by its own slots (`_follows`), not the connection's in-flight ones
                 follows[rid] = followed = tasks.spawn(self._follow(rid, body, writer, sending, host))
                 # On its end, even when unfollowed before it ran (then no `finally` of its own runs).
-                followed.add_done_callback(functools.partial(_followed, in_flight, follows, rid))
+                followed.add_done_callback(functools.partial(_followed, follows, rid))
                 continue
             elif op == UNFOLLOW:  # not answered: the caller waits for nothing
                 followed = follows.pop(body.get("rid"), None) if isinstance(body.get("rid"), int) else None
@@ -213,12 +219,12 @@ class ReplicaService:
         self, rid: int, body: dict[str, Any], writer: asyncio.StreamWriter, sending: asyncio.Lock, host: str
     ) -> None:
         """A followed read's answers, one per change, until it is unfollowed, a round fails (its error is
-        the last answer) or the peer stops taking them; it holds a waiting read's slot of its host's."""
+        the last answer) or the peer stops taking them; it holds a followed read's slot of its host's."""
         try:
-            self._waits.take(host)
+            self._follows.take(host)
         except Full:
-            self._counters.add("stream_port_waits_over_cap")
-            refusal = {"err": "unavailable", "msg": "too many waiting reads from you"}
+            self._counters.add("stream_port_follows_over_cap")
+            refusal = {"err": "unavailable", "msg": "too many followed reads from you"}
             await _sent(writer, sending, answer(rid, refusal))
             return
         try:
@@ -229,7 +235,7 @@ class ReplicaService:
         except Exception as error:
             await _sent(writer, sending, answer(rid, self._failed(error)))
         finally:
-            self._waits.give(host)
+            self._follows.give(host)
 
     async def _run(self, call: Callable[[], Awaitable[dict]]) -> dict:
         """The call's answer; a refusal or our own failure as an error answer, counted."""
@@ -251,9 +257,8 @@ class ReplicaService:
         self._counters.add(counter)
 
 
-def _followed(in_flight: asyncio.Semaphore, follows: dict[int, asyncio.Task], rid: int, task: asyncio.Task) -> None:
-    """A followed read ended: its in-flight slot back, and its rid no longer its."""
-    in_flight.release()
+def _followed(follows: dict[int, asyncio.Task], rid: int, task: asyncio.Task) -> None:
+    """A followed read ended: its rid is no longer its."""
     if follows.get(rid) is task:
         del follows[rid]
 

@@ -260,7 +260,7 @@ class Streams:
         after = args.get("after")
         while True:
             began = time.monotonic()
-            reply = await self.serve("s.read", {**args, "after": after, "count": FOLLOW_COUNT, "wait": FOLLOW_WAIT})
+            reply = await self.serve(FOLLOW, {**args, "after": after, "count": FOLLOW_COUNT, "wait": FOLLOW_WAIT})
             yield reply
             if "ok" not in reply:
                 return
@@ -377,11 +377,10 @@ class Streams:
             check_batch(entries)
             appended = await homes.append(record, down, entries, check_lane(args.get("lane")), user)
             return [ids.text(entry_id) for entry_id in appended]
-        if op == "s.read":
+        if op in ("s.read", FOLLOW):  # a followed read's round: its waits are the port's follows, not reads
             after = args["after"] if args["after"] == "$" else list(args["after"])
-            cursor, rows = await homes.read(
-                record, down, after, _count(args["count"]), _seconds(args["wait"], MAX_WAIT)
-            )
+            count, wait = _count(args["count"]), _seconds(args["wait"], MAX_WAIT)
+            cursor, rows = await homes.read(record, down, after, count, wait, counted=op != FOLLOW)
             return {"cursor": [*cursor], "rows": _rows(rows)}
         if op == "s.latest":
             return _rows(await homes.latest(record, down, _count(args["count"])))
