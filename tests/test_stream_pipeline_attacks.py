@@ -27,7 +27,7 @@ from test_stream_attacks import _buffered, _hostile_link
 from dhtmesh.node.services import Services
 from dhtmesh.node.streams import feeds, lanes, replica
 from dhtmesh.node.streams.errors import BadStreamRequest, StreamUnavailable
-from dhtmesh.node.streams.links import MAX_QUEUED, LinkDown
+from dhtmesh.node.streams.links import MAX_QUEUED, MAX_QUEUED_BYTES, LinkDown
 from dhtmesh.node.streams.log import MAX_ANSWER_BYTES, StreamLog
 from dhtmesh.node.streams.wire import FOLLOW, MAX_ENTRY, UNFOLLOW, answer, read_frame, request
 from dhtmesh.node.transfer.framing import FramingError
@@ -308,19 +308,21 @@ async def test_a_reader_waiting_on_a_deleted_stream_at_its_primary_does_not_bloc
 # ---- a hostile home answering a follow -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [65536, 1024 * 1024], ids=["many-answers", "many-bytes"])
 async def test_a_home_flooding_a_follow_with_answers_never_taken_ends_it_with_the_queue_bounded(
-    node: Services,
+    node: Services, size: int
 ) -> None:
     """A hostile home (a listener speaking the streams' frames) answers a follow 10 x MAX_QUEUED times at
-    once, 64 KiB each, while the follower takes none: at most MAX_QUEUED are queued, then the follow
-    ends (LinkDown), the home is told to stop, and the link serves on."""
+    once, 64 KiB or 1 MiB each, while the follower takes none: at most MAX_QUEUED answers and
+    MAX_QUEUED_BYTES are queued, then the follow ends (LinkDown), the home is told to stop, and the link
+    serves on."""
     unfollowed = asyncio.Event()
 
     async def hostile_home(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_frame(reader)  # the hello
         writer.write(answer(0, {"ok": True}))
         header, _ = await read_frame(reader)
-        flood = {"ok": {"cursor": [1, 0], "rows": [[1, 0, b"x" * 65536]]}}
+        flood = {"ok": {"cursor": [1, 0], "rows": [[1, 0, b"x" * size]]}}
         writer.write(b"".join(answer(header["rid"], flood) for _ in range(10 * MAX_QUEUED)))
         with contextlib.suppress(FramingError, OSError):
             while True:
@@ -337,7 +339,8 @@ async def test_a_home_flooding_a_follow_with_answers_never_taken_ends_it_with_th
         assert "ok" in await anext(answers)
         link = node.streams.links._links[home]
         await asyncio.sleep(0.5)  # the flood arrives, untaken
-        assert all(queue.qsize() <= MAX_QUEUED + 1 for queue in link._following.values())
+        queued = list(link._following.values())
+        assert all(answers._queue.qsize() <= MAX_QUEUED and answers._bytes <= MAX_QUEUED_BYTES for answers in queued)
         with pytest.raises(LinkDown, match="piled up"):
             async for _ in answers:
                 pass

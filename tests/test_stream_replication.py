@@ -295,3 +295,22 @@ async def test_a_feed_follows_its_primary_with_one_request_and_stops_it_once_idl
         return len(reader.streams.feeds) == 0 and primary.streams.replica._follows.in_use == 0
 
     await eventually(unfollowed, within=10.0)
+
+
+async def test_feeds_keep_their_share_of_the_nodes_cache_and_readers_behind_it_read_the_primary(
+    mesh: list[Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds, "CACHED_BYTES", 8 * 1024)  # 8 KiB for all feeds: eight 1 KiB entries
+    await mesh[0].streams.create(TOKEN, "cached", {})
+    _, others = await homes_of(mesh, "cached")
+    reader = others[0]
+    waiting = asyncio.ensure_future(reader.streams.read(TOKEN, {"cached": "$"}, 100, timeout=10.0))
+    await asyncio.sleep(0.2)
+    written = []
+    for turn in range(5):
+        written += await mesh[1].streams.append(TOKEN, "cached", [(bytes([turn]) * 1024, None)] * 10)
+    assert (await waiting)[0].id == written[0]
+    await eventually(lambda: reader.streams.feeds._feeds["cached"].cursor == ids.parse(written[-1]))
+    assert reader.streams.feeds._feeds["cached"].size <= 8 * 1024
+    got = await reader.streams.read(TOKEN, {"cached": written[0]}, 100, timeout=5.0)  # behind the cache
+    assert [entry.id for entry in got] == written[1:]

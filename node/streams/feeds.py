@@ -27,6 +27,8 @@ from dhtmesh.node.tasks import Supervisor
 
 CACHE_ENTRIES = 10_000
 CACHE_BYTES = 16 * 1024 * 1024
+# Of all feeds' caches together: each feed keeps at most its share (1,024 feeds of 16 MiB were 16 GiB).
+CACHED_BYTES = 256 * 1024 * 1024
 IDLE = 30.0
 MAX_FEEDS = 1024
 MAX_EMPTY_FOLLOWS = 3  # follows in a row that end unanswered (sent to a home that is no primary) before a feed ends
@@ -47,10 +49,11 @@ class _Feed:
     used: float = field(default_factory=time.monotonic)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    def take(self, rows: list[tuple[Id, bytes]]) -> None:
+    def take(self, rows: list[tuple[Id, bytes]], most_bytes: int) -> None:
+        """Add `rows` (the next committed entries), keeping at most CACHE_ENTRIES and `most_bytes`."""
         self.entries.extend(rows)
         self.size += sum(len(data) for _, data in rows)
-        while len(self.entries) > CACHE_ENTRIES or self.size > CACHE_BYTES:
+        while len(self.entries) > CACHE_ENTRIES or self.size > most_bytes:
             dropped, data = self.entries.popleft()
             self.size -= len(data)
             self.base = dropped
@@ -84,27 +87,28 @@ class Feeds:
 
     async def read(
         self, token: str, sid: str, after: "str | list", count: int, wait: float
-    ) -> list[tuple[Id, bytes]] | None:
-        """Entries above `after` ("$": the feed's cursor), waiting up to `wait`; None if the feed cannot
-        serve this cursor (the caller reads from the primary)."""
+    ) -> tuple["str | list", list[tuple[Id, bytes]] | None]:
+        """Entries above `after` ("$": the feed's cursor), waiting up to `wait`, and the cursor they are
+        above; the entries are None if the feed cannot serve it (the caller reads from the primary,
+        above that cursor: "$" read there once this one waited would skip what came meanwhile)."""
         feed = self._feeds.get(sid) or await self._open(token, sid)
         if feed is None:
-            return None
+            return after, None
         feed.token, feed.used = token, time.monotonic()
         cursor = feed.cursor if after == "$" else (after[0], after[1])
         if cursor < feed.base:
-            return None
+            return [*cursor], None
         found = feed.after(cursor, count)
         if found or wait <= 0:
-            return found
+            return [*cursor], found
         async with feed.changed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await feed.changed.wait_for(lambda: feed.cursor > cursor or self._feeds.get(sid) is not feed)
         found = feed.after(cursor, count) if cursor >= feed.base else None
         if not found and self._feeds.get(sid) is not feed:
-            return None  # the feed ended (its follow refused or lost): the caller reads from the primary
-        return found
+            return [*cursor], None  # the feed ended (its follow refused or lost): read from the primary
+        return [*cursor], found
 
     async def _open(self, token: str, sid: str) -> _Feed | None:
         if len(self._feeds) >= MAX_FEEDS:
@@ -126,7 +130,7 @@ class Feeds:
                     async for _, rows in updates:
                         answered = True
                         if rows:
-                            feed.take(rows)
+                            feed.take(rows, min(CACHE_BYTES, CACHED_BYTES // max(1, len(self._feeds))))
                             async with feed.changed:
                                 feed.changed.notify_all()
                         if _idle(feed):

@@ -17,17 +17,47 @@ from typing import Any
 from dhtmesh.crypto.identity import Identity
 from dhtmesh.crypto.request_auth import sign_request
 from dhtmesh.node.stats import Counters
-from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, UNFOLLOW, read_frame, request
+from dhtmesh.node.streams.wire import HELLO, HELLO_METHOD, HELLO_PATH, MAX_BODY, UNFOLLOW, read_frame, request
 from dhtmesh.node.tasks import TaskSet
 from dhtmesh.node.transfer.framing import FramingError, frame
 
 CONNECT_TIMEOUT = 2.0
 MAX_QUEUED = 64  # answers of a followed request received and not yet taken: past it, the follow ends
+MAX_QUEUED_BYTES = 2 * MAX_BODY  # and their bytes (64 answers of 16 MiB from a hostile home: 1 GiB)
 Peer = tuple[bytes, str, int]
 
 
 class LinkDown(Exception):
     """The peer could not be reached, or its connection was lost before it answered."""
+
+
+class _Answers:
+    """The answers of a followed request received and not yet taken, bounded in count and bytes; past
+    either bound the follow ends (its taker gets LinkDown)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[dict[str, Any], int] | LinkDown] = asyncio.Queue()
+        self._bytes = 0
+
+    def put(self, body: dict[str, Any], size: int) -> bool:
+        """False, and the follow ended, when the answer would pass a bound."""
+        if self._queue.qsize() >= MAX_QUEUED or self._bytes + size > MAX_QUEUED_BYTES:
+            self.end(LinkDown("answers of a followed request piled up untaken"))
+            return False
+        self._bytes += size
+        self._queue.put_nowait((body, size))
+        return True
+
+    def end(self, error: LinkDown) -> None:
+        self._queue.put_nowait(error)
+
+    async def get(self) -> dict[str, Any]:
+        item = await self._queue.get()
+        if isinstance(item, LinkDown):
+            raise item
+        body, size = item
+        self._bytes -= size
+        return body
 
 
 class _Link:
@@ -37,7 +67,7 @@ class _Link:
         self._tasks = tasks
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self._following: dict[int, asyncio.Queue[dict[str, Any] | LinkDown]] = {}
+        self._following: dict[int, _Answers] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._opening = asyncio.Lock()
 
@@ -62,7 +92,7 @@ class _Link:
         except OSError as error:
             raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: {error}") from error
         rid = next(self._ids)
-        answers = self._following[rid] = asyncio.Queue()
+        answers = self._following[rid] = _Answers()
         try:
             writer.write(request(op, rid, args))
             while True:
@@ -71,24 +101,19 @@ class _Link:
                         answer = await answers.get()
                 except TimeoutError as error:
                     raise LinkDown(f"{op} to {self._peer[1]}:{self._peer[2]}: nothing within {within} s") from error
-                if isinstance(answer, LinkDown):
-                    raise answer
                 yield answer
         finally:  # the peer stops answering (unless the connection is gone, which stops it too)
             self._following.pop(rid, None)
             if not writer.is_closing():
                 writer.write(request(UNFOLLOW, next(self._ids), {"rid": rid}))
 
-    def _followed(self, rid: int, body: dict[str, Any]) -> bool:
-        """Queue an answer to a followed request; False if `rid` is none."""
+    def _followed(self, rid: int, body: dict[str, Any], size: int) -> bool:
+        """Queue an answer to a followed request (`size`: its body's bytes); False if `rid` is none."""
         answers = self._following.get(rid)
         if answers is None:
             return False
-        if answers.qsize() >= MAX_QUEUED:
+        if not answers.put(body, size):
             del self._following[rid]
-            answers.put_nowait(LinkDown("answers of a followed request piled up untaken"))
-        else:
-            answers.put_nowait(body)
         return True
 
     async def _answer(
@@ -128,7 +153,7 @@ class _Link:
             while True:
                 header, body = await read_frame(reader)
                 rid = header.get("rid", -1)
-                if self._followed(rid, body):
+                if self._followed(rid, body, header.get("size", 0)):
                     continue
                 waiting = self._waiting.get(rid)
                 if waiting is not None and not waiting.done():
@@ -144,7 +169,7 @@ class _Link:
                 if not waiting.done():
                     waiting.set_exception(LinkDown(lost))
             for answers in self._following.values():
-                answers.put_nowait(LinkDown(lost))
+                answers.end(LinkDown(lost))
             self._following.clear()
 
     def close(self) -> None:

@@ -211,7 +211,9 @@ class Streams:
         if await self.book.find(sid) is None:
             return []  # unknown streams: no entries
         try:
-            rows = await self.feeds.read(token, sid, after, count, wait) if wait > 0 else None
+            rows = None
+            if wait > 0:
+                after, rows = await self.feeds.read(token, sid, after, count, wait)
             if rows is None:
                 _, rows = await self._fetch(token, sid, after, count, wait)
         except UnknownStream:
