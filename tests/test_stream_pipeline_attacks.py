@@ -308,14 +308,18 @@ async def test_a_reader_waiting_on_a_deleted_stream_at_its_primary_does_not_bloc
 # ---- a hostile home answering a follow -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [65536, 1024 * 1024], ids=["many-answers", "many-bytes"])
+@pytest.mark.parametrize(
+    ("size", "count"),
+    [(65536, 10 * MAX_QUEUED), (1024 * 1024, MAX_QUEUED_BYTES // (1024 * 1024) + 16)],
+    ids=["many-answers", "many-bytes"],
+)
 async def test_a_home_flooding_a_follow_with_answers_never_taken_ends_it_with_the_queue_bounded(
-    node: Services, size: int
+    node: Services, size: int, count: int
 ) -> None:
-    """A hostile home (a listener speaking the streams' frames) answers a follow 10 x MAX_QUEUED times at
-    once, 64 KiB or 1 MiB each, while the follower takes none: at most MAX_QUEUED answers and
-    MAX_QUEUED_BYTES are queued, then the follow ends (LinkDown), the home is told to stop, and the link
-    serves on."""
+    """A hostile home (a listener speaking the streams' frames) answers a follow many times at once while
+    the follower takes none: 640 answers of 64 KiB (past MAX_QUEUED), or 48 of 1 MiB (fewer than
+    MAX_QUEUED, past MAX_QUEUED_BYTES). No more than both is queued, then the follow ends (LinkDown),
+    the home is told to stop, and the link serves on."""
     unfollowed = asyncio.Event()
 
     async def hostile_home(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -323,7 +327,7 @@ async def test_a_home_flooding_a_follow_with_answers_never_taken_ends_it_with_th
         writer.write(answer(0, {"ok": True}))
         header, _ = await read_frame(reader)
         flood = {"ok": {"cursor": [1, 0], "rows": [[1, 0, b"x" * size]]}}
-        writer.write(b"".join(answer(header["rid"], flood) for _ in range(10 * MAX_QUEUED)))
+        writer.write(b"".join(answer(header["rid"], flood) for _ in range(count)))
         with contextlib.suppress(FramingError, OSError):
             while True:
                 header, _ = await read_frame(reader)
