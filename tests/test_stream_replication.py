@@ -272,7 +272,6 @@ async def test_a_dhtmesh_run_node_serves_stream_replicas_on_its_udp_port_number(
 async def test_a_feed_follows_its_primary_with_one_request_and_stops_it_once_idle(
     mesh: list[Services], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(feeds, "IDLE", 1.0)
     await mesh[0].streams.create(TOKEN, "followed", {})
     homes, others = await homes_of(mesh, "followed")
     reader, primary = others[0], homes[0]
@@ -287,6 +286,7 @@ async def test_a_feed_follows_its_primary_with_one_request_and_stops_it_once_idl
     assert seen == [b"%d" % turn for turn in range(20)]
     assert primary.node.counters.get("stream_follows") == 1  # not a request per entry, as a long poll made
     # Unread for IDLE, the feed ends with the next answer (a round waits FOLLOW_WAIT at most), and unfollows.
+    monkeypatch.setattr(feeds, "IDLE", 1.0)
     await mesh[1].streams.append(TOKEN, "followed", [(b"unread", None)])
     await asyncio.sleep(1.2)
     await mesh[1].streams.append(TOKEN, "followed", [(b"unread too", None)])
