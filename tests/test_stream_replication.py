@@ -163,6 +163,7 @@ async def test_a_home_cut_off_mid_stream_loses_no_acknowledged_entry_and_its_old
     # not take the stream from the live primary (which failed that primary's writers): the homes name
     # the primary they follow, and the caller is sent there.
     old.homes._leading.clear(), old.homes._primary.clear(), old.homes._heard.clear()
+    homes[2].streams.homes._heard.clear()  # and the stream idle: the follower asks the primary it follows
     deposed = homes[1].node.counters.get("stream_primary_deposed")
     with pytest.raises(NotPrimary) as sent:
         await old.homes.append(record, [], [(b"through the first home", None)])

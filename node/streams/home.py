@@ -674,16 +674,19 @@ class Homes:
 
     async def on_prevote(self, caller: bytes, args: dict) -> dict:
         """Whether this home would promise `term` to a claim nobody asked for: not while it leads the
-        stream, nor within PRIMARY_FRESH seconds of its primary's last message. Changes nothing."""
+        stream, nor while the primary it follows lives (heard from in the last PRIMARY_FRESH seconds, or
+        answering it now: an idle stream's primary was taken over). Changes nothing."""
         record, _ = await self.home_of(args["sid"], caller, args.get("record"))
         state = self._state(record)
         term = args.get("term")
-        heard = time.monotonic() - self._heard.get(record.sid, float("-inf")) < PRIMARY_FRESH
+        if not (type(term) is int and term > state.term) or record.sid in self._leading:
+            return self._refusal(record.sid, state)
         known = self._primary.get(record.sid)
-        follows = known is not None and known[0] == state.term and heard
-        if type(term) is int and term > state.term and record.sid not in self._leading and not follows:
-            return {"ok": True}
-        return self._refusal(record.sid, state)
+        if known is not None and known[0] == state.term and record.homes[known[1]][0] != self.node_id:
+            heard = time.monotonic() - self._heard.get(record.sid, float("-inf")) < PRIMARY_FRESH
+            if heard or await self._ask(record.homes[known[1]], "r.position", {"sid": record.sid}) is not None:
+                return self._refusal(record.sid, state)
+        return {"ok": True}
 
     def _refusal(self, sid: str, state: State) -> dict:
         """A claim refused: the term this home promised and, if it knows it, that term's primary."""
