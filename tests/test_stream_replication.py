@@ -233,6 +233,32 @@ async def test_replica_ops_from_a_node_that_is_not_a_home_or_not_authenticated_a
     assert (await mesh[0].streams.read(TOKEN, {"guarded": "0"}, 10)) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"term": "high"}, {"term": -1}, {"term": 2**64 - 1}, {"term": None, "record": b"junk"}],
+    ids=["no-term", "text-term", "negative-term", "huge-term", "junk-record"],
+)
+async def test_a_prevote_changes_nothing_refuses_garbage_and_is_for_homes_only(
+    mesh: list[Services], args: dict
+) -> None:
+    await mesh[0].streams.create(TOKEN, "asked", {})
+    await mesh[0].streams.append(TOKEN, "asked", [(b"one", None)])
+    homes, others = await homes_of(mesh, "asked")
+    follower = homes[2].streams.homes.log.state("asked")
+    assert follower is not None
+    term = follower.term
+    asked = (homes[2].node.node_id, *homes[2].node.address[:2])
+    from_stranger = await others[0].streams.links.request(asked, "r.prevote", {"sid": "asked", "term": term + 1})
+    assert from_stranger["err"] == "bad" and "homes only" in from_stranger["msg"]
+    garbage = await homes[1].streams.links.request(asked, "r.prevote", {"sid": "asked", **args})
+    assert "ok" not in garbage  # refused (a stale answer or an error), never a promise
+    # A well-formed prevote from a home, the primary alive and just heard: refused, naming the primary.
+    answer = await homes[1].streams.links.request(asked, "r.prevote", {"sid": "asked", "term": term + 1})
+    assert answer == {"err": "stale", "term": term, "primary": 0}
+    assert follower.term == term and homes[0].streams.homes._leading.get("asked") is not None  # nothing changed
+    assert [e.data for e in await others[0].streams.read(TOKEN, {"asked": "0"}, 10)] == [b"one"]
+
+
 async def test_a_bad_frame_is_answered_with_an_error_and_counted(mesh: list[Services]) -> None:
     reader, writer = await _connect(mesh[1])
     writer.write(struct.pack(">I", 1 << 20) + b"x" * 100)  # a header over the bound
