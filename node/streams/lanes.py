@@ -31,7 +31,6 @@ WAIT = 3.0  # seconds an append waits for its lane to move on (the one before it
 MAX_LANES = 4096
 MAX_LANES_PER_OWNER = 256
 MAX_LANE_ID = 32  # bytes
-Key = tuple[str, str, bytes]  # (owner: the account, stream, lane id)
 
 
 @dataclass
@@ -71,7 +70,7 @@ class Lanes:
             yield
             return
         lane_id, place = lane
-        found = self._lane((owner, sid, lane_id))
+        found = self._lane(owner, sid, lane_id)
         async with found.changed:
             # WAIT without the lane moving on, not in all: counted from its arrival, an append behind
             # several that each waited at a busy stream lock failed while its lane moved steadily.
@@ -96,8 +95,7 @@ class Lanes:
             async with found.changed:
                 found.changed.notify_all()
 
-    def _lane(self, key: Key) -> _Lane:
-        owner, sid, lane_id = key
+    def _lane(self, owner: str, sid: str, lane_id: bytes) -> _Lane:
         owned = self._owners.setdefault(owner, OrderedDict())
         found = owned.get((sid, lane_id))
         if found is None:

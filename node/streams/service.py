@@ -250,7 +250,7 @@ class Streams:
                         self._primary[sid] = reply["primary"]
                         return
                     else:
-                        raise _ERRORS.get(reply.get("err"), StreamUnavailable)(reply.get("msg", "refused"))
+                        raise _refusal(reply)
         except LinkDown as error:
             raise StreamUnavailable(f"stream {sid!r}: its primary could not be followed: {error}") from error
 
@@ -347,7 +347,7 @@ class Streams:
                 index = reply["primary"]
                 continue
             if reply.get("err") not in ("down", "not_primary"):
-                raise _ERRORS.get(reply.get("err"), StreamUnavailable)(reply.get("msg", "refused"))
+                raise _refusal(reply)
             if home[0] not in down:
                 down.append(home[0])
             index = next((i for i, other in enumerate(homes) if other[0] not in down), -1)
@@ -420,6 +420,11 @@ def _seconds(raw: object, limit: float) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         return 0.0
     return min(max(float(raw), 0.0), limit)
+
+
+def _refusal(reply: dict[str, Any]) -> StreamError:
+    """A home's error answer as the error its kind names (`replica.error_kind` made it)."""
+    return _ERRORS.get(reply.get("err"), StreamUnavailable)(reply.get("msg", "refused"))
 
 
 def _followed(found: Any) -> tuple[ids.Id, list[tuple[ids.Id, bytes]]]:
